@@ -1,0 +1,11 @@
+//! Palisade power-device drivers.
+//!
+//! The fencing engine knows devices only through [`PowerDevice`]; drivers know nothing of the
+//! engine. Each device kind lives in its own module; wire formats are pure functions over bytes
+//! so they can be unit-tested, property-tested and fuzzed without I/O.
+
+pub mod power;
+pub mod secret;
+
+pub use power::{DeviceError, Identity, Outlet, PowerCommand, PowerDevice, PowerState};
+pub use secret::Secret;

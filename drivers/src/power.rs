@@ -1,0 +1,198 @@
+//! The one trait every power device implements, and the values it speaks in.
+//!
+//! There is deliberately no "power cycle" command: a cycle cannot be confirmed (the state reads
+//! "on" before and after), so the engine fences with `off`, reads the state back, and only then
+//! (for a reboot) sends `on`.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The power state a device reports for one node (or one outlet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    /// Power is on.
+    On,
+    /// Power is off. The only state that confirms a fence.
+    Off,
+    /// The device says it is turning the power on.
+    PoweringOn,
+    /// The device says it is turning the power off; not yet confirmation.
+    PoweringOff,
+    /// The device answered with a state this driver cannot interpret as on or off.
+    Unknown,
+}
+
+impl fmt::Display for PowerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+            PowerState::PoweringOn => "powering on",
+            PowerState::PoweringOff => "powering off",
+            PowerState::Unknown => "unknown",
+        })
+    }
+}
+
+/// A power change a device is asked to make. No cycle, by design (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerCommand {
+    /// Cut power (a hard off, never a graceful ACPI shutdown the OS could ignore).
+    Off,
+    /// Restore power.
+    On,
+}
+
+impl PowerCommand {
+    /// The state that confirms this command took effect.
+    pub fn expected_state(self) -> PowerState {
+        match self {
+            PowerCommand::Off => PowerState::Off,
+            PowerCommand::On => PowerState::On,
+        }
+    }
+}
+
+impl fmt::Display for PowerCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PowerCommand::Off => "off",
+            PowerCommand::On => "on",
+        })
+    }
+}
+
+/// What a device says it is, used to check that a device really controls the node the
+/// configuration maps it to (a wrong mapping fences the healthy node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// What kind of identifier `value` is, e.g. `system-guid`, `uuid`, `serial`.
+    pub kind: String,
+    /// The identifier, normalised by the driver (GUIDs and UUIDs in lower-case hyphenated form).
+    pub value: String,
+    /// Free-form description of the device (vendor, model, firmware) for operators.
+    pub description: String,
+}
+
+/// One outlet (or port) of a device that powers several nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outlet {
+    /// The id used to address the outlet (its number, as a string).
+    pub id: String,
+    /// The outlet's name as configured on the device, if it has one.
+    pub name: Option<String>,
+    /// The outlet's power state, if the listing included it.
+    pub state: Option<PowerState>,
+}
+
+/// Why a device call failed. Every message says what failed and what to try.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// Nothing answered at the address within the time allowed.
+    #[error("device {address} did not answer within {timeout_ms} ms ({what}); check that it is powered, reachable from this node, and that the address and port are right")]
+    Timeout {
+        /// The address that was asked.
+        address: String,
+        /// What was being asked.
+        what: String,
+        /// How long we waited.
+        timeout_ms: u64,
+    },
+    /// The address could not be reached at all (connection refused, no route, bad address).
+    #[error("device {address} is unreachable: {reason}; check the address, port and network path")]
+    Unreachable {
+        /// The address that was tried.
+        address: String,
+        /// The operating system's or library's reason.
+        reason: String,
+    },
+    /// The device rejected our credentials or privilege.
+    #[error("device {address} refused authentication: {detail}; check the user name, password (file) and privilege level configured for this device")]
+    AuthFailed {
+        /// The address that was tried.
+        address: String,
+        /// What the device said.
+        detail: String,
+    },
+    /// The device answered a command with an error.
+    #[error("device {address} refused `{command}`: {detail}")]
+    Refused {
+        /// The address that was asked.
+        address: String,
+        /// The command that was refused.
+        command: String,
+        /// The device's error, decoded.
+        detail: String,
+    },
+    /// The device answered with bytes that do not parse or do not belong to our request.
+    #[error("device {address} sent a malformed or unexpected reply ({detail}); the device may be faulty or something else answers at that address")]
+    Protocol {
+        /// The address that answered.
+        address: String,
+        /// What was wrong with the reply.
+        detail: String,
+    },
+    /// The device cannot do this (e.g. listing outlets on a BMC).
+    #[error("device does not support {operation}")]
+    Unsupported {
+        /// The operation that is not supported.
+        operation: String,
+    },
+    /// The port or outlet named in the configuration does not exist on the device.
+    #[error("device has no port or outlet `{port}`; list the device's outlets with `fence_node devices` and fix the target's level")]
+    NoSuchPort {
+        /// The port that was asked for.
+        port: String,
+    },
+    /// The configuration refuses something the device offers (e.g. IPMI cipher suite 0).
+    #[error("{detail}")]
+    Policy {
+        /// What was refused and how to change it.
+        detail: String,
+    },
+}
+
+impl DeviceError {
+    /// A short stable code for history, metrics and the API (`timeout`, `auth_failed`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeviceError::Timeout { .. } => "timeout",
+            DeviceError::Unreachable { .. } => "unreachable",
+            DeviceError::AuthFailed { .. } => "auth_failed",
+            DeviceError::Refused { .. } => "refused",
+            DeviceError::Protocol { .. } => "protocol",
+            DeviceError::Unsupported { .. } => "unsupported",
+            DeviceError::NoSuchPort { .. } => "no_such_port",
+            DeviceError::Policy { .. } => "policy",
+        }
+    }
+}
+
+/// A device that can switch power to one node (a BMC) or to several (a PDU's outlets).
+///
+/// `port` names the outlet on multi-node devices and is `None` for single-node devices.
+/// Implementations put their own timeout on every network exchange; the engine additionally
+/// drops (cancels) a call that overruns the attempt's deadline, so implementations must be
+/// cancel-safe: a dropped call leaves no state that would let a late reply be taken for a new one.
+#[async_trait]
+pub trait PowerDevice: Send + Sync + 'static {
+    /// Reads the current power state.
+    async fn status(&self, port: Option<&str>) -> Result<PowerState, DeviceError>;
+
+    /// Asks the device to switch power. Success means the device accepted the command, not
+    /// that power changed: the engine confirms by reading [`PowerDevice::status`] back.
+    async fn power(&self, port: Option<&str>, command: PowerCommand) -> Result<(), DeviceError>;
+
+    /// Lists outlets, for devices that have several.
+    async fn list(&self) -> Result<Vec<Outlet>, DeviceError> {
+        Err(DeviceError::Unsupported {
+            operation: "listing outlets".into(),
+        })
+    }
+
+    /// Checks the device answers and returns what it says it is.
+    async fn health(&self) -> Result<Identity, DeviceError>;
+}

@@ -1,0 +1,268 @@
+//! The values the engine, the history and the API share: operations, attempts, outcomes.
+//!
+//! These types are the API's JSON and the history's stored form, so changing a field is an API
+//! change (the OpenAPI document test will say so).
+
+use drivers::PowerState;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Milliseconds since the Unix epoch (UTC).
+pub type Millis = u64;
+
+/// A fencing action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Power the target off and confirm it.
+    Off,
+    /// Power off, confirm off, then power on (never a device power cycle).
+    Reboot,
+    /// Power the target on (unfence).
+    On,
+}
+
+impl Action {
+    /// Parses `off`, `reboot` or `on`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Action::Off),
+            "reboot" => Some(Action::Reboot),
+            "on" => Some(Action::On),
+            _ => None,
+        }
+    }
+
+    /// Whether this action fences (takes power away).
+    pub fn fences(self) -> bool {
+        matches!(self, Action::Off | Action::Reboot)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Off => "off",
+            Action::Reboot => "reboot",
+            Action::On => "on",
+        })
+    }
+}
+
+/// Where an operation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// Accepted, waiting out the target's fence-race delay.
+    Delayed,
+    /// Devices are being driven.
+    Running,
+    /// Finished with the result confirmed (see [`Outcome`]).
+    Succeeded,
+    /// Finished without confirmation; the target must be treated as NOT fenced.
+    Failed,
+}
+
+impl OpState {
+    /// Whether the operation has finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, OpState::Succeeded | OpState::Failed)
+    }
+}
+
+impl fmt::Display for OpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpState::Delayed => "delayed",
+            OpState::Running => "running",
+            OpState::Succeeded => "succeeded",
+            OpState::Failed => "failed",
+        })
+    }
+}
+
+/// Which half of an action a device step belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Taking power away and reading it back as off.
+    Off,
+    /// Restoring power and reading it back as on.
+    On,
+}
+
+/// The result of one device's part in one level try.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum StepResult {
+    /// The device's power state was read back as expected.
+    Confirmed {
+        /// The state that was read back.
+        #[schemars(with = "String")]
+        state: PowerState,
+        /// The state was already the expected one before any command was sent.
+        already: bool,
+        /// How many status reads it took after the command.
+        polls: u32,
+    },
+    /// The step failed; the device must not be counted as having acted.
+    Failed {
+        /// Stable error code (`timeout`, `stuck`, `identity_mismatch`, ...).
+        code: String,
+        /// What happened, for operators.
+        message: String,
+    },
+}
+
+impl StepResult {
+    /// Whether the step reached its confirmation.
+    pub fn is_confirmed(&self) -> bool {
+        matches!(self, StepResult::Confirmed { .. })
+    }
+}
+
+/// One device's part in one try of one topology level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Attempt {
+    /// The level (1-based, in the target's configured order).
+    pub level: u32,
+    /// The device's configured name.
+    pub device: String,
+    /// The outlet or port on the device, for multi-node devices.
+    pub port: Option<String>,
+    /// Off or on.
+    pub phase: Phase,
+    /// When the step started.
+    pub started_ms: Millis,
+    /// When the step ended.
+    pub finished_ms: Millis,
+    /// What came of it.
+    #[serde(flatten)]
+    pub result: StepResult,
+}
+
+/// How a success was confirmed. There is no other way to succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Confirmation {
+    /// Every device of `level` read the power state back as expected.
+    PowerReadBack {
+        /// The level that acted.
+        level: u32,
+        /// The devices (and ports) whose state was read back.
+        devices: Vec<String>,
+        /// Every device already reported the expected state before any command.
+        already: bool,
+    },
+    /// An operator confirmed by hand that the target is off.
+    Manual {
+        /// Who confirmed.
+        by: String,
+        /// Why they are sure.
+        reason: String,
+    },
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The action was confirmed.
+    Succeeded {
+        /// How it was confirmed.
+        confirmation: Confirmation,
+        /// For reboot: whether the target's power came back on. `Some(false)` means the target
+        /// is fenced (off, confirmed) but did not come back.
+        powered_on: Option<bool>,
+        /// One line for operators.
+        summary: String,
+    },
+    /// The action was not confirmed: the target must be treated as NOT fenced.
+    Failed {
+        /// Stable code: `all_levels_failed`, `timeout`, `interrupted`, `no_levels`, ...
+        code: String,
+        /// One line for operators, naming each level's failure.
+        message: String,
+    },
+}
+
+/// Who asked for something, as established by the API's authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Caller {
+    /// An identity such as `uid:0`, `uid:1000` or `tcp:127.0.0.1:5500`.
+    pub identity: String,
+}
+
+impl Caller {
+    /// A caller inside the daemon itself (start-up recovery, the demo).
+    pub fn internal(what: &str) -> Self {
+        Caller {
+            identity: format!("fenced:{what}"),
+        }
+    }
+}
+
+/// A fencing operation: one action on one target, from request to outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Operation {
+    /// Unique, increasing id.
+    pub id: u64,
+    /// The target node.
+    pub target: String,
+    /// The action.
+    pub action: Action,
+    /// Why it was requested (free text from the caller).
+    pub reason: String,
+    /// Who requested it.
+    pub requested_by: Caller,
+    /// The caller's idempotency key, if it gave one.
+    pub request_id: Option<String>,
+    /// Current state.
+    pub state: OpState,
+    /// When it was accepted.
+    pub created_ms: Millis,
+    /// When the first device step started (after any delay).
+    pub started_ms: Option<Millis>,
+    /// When it finished.
+    pub finished_ms: Option<Millis>,
+    /// The fence-race delay that was applied, in milliseconds.
+    pub delay_ms: u64,
+    /// Every device step, in order.
+    pub attempts: Vec<Attempt>,
+    /// How it ended, once it has.
+    pub outcome: Option<Outcome>,
+}
+
+impl Operation {
+    /// Whether this operation proves the target is off (a confirmed off or reboot, or a manual
+    /// confirmation).
+    pub fn fenced(&self) -> bool {
+        self.action.fences() && matches!(self.outcome, Some(Outcome::Succeeded { .. }))
+    }
+
+    /// Duration from acceptance to finish, if finished.
+    pub fn elapsed_ms(&self) -> Option<u64> {
+        self.finished_ms.map(|f| f.saturating_sub(self.created_ms))
+    }
+}
+
+/// Something that happened, published to `/v1/events` subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// An operation changed (new, state change, new attempt, finished).
+    Operation {
+        /// The operation as it is now.
+        operation: Operation,
+    },
+    /// Fencing was paused or resumed.
+    Pause {
+        /// Whether new operations are refused now.
+        paused: bool,
+        /// Who did it.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+}
