@@ -1,3 +1,10 @@
 //! Palisade's fencer: configuration, the fencing engine, durable history and the fencer API.
 
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod history;
 pub mod model;
+
+pub use engine::{Clock, DeviceSlot, Engine};
+pub use error::EngineError;

@@ -266,3 +266,189 @@ pub enum Event {
         reason: String,
     },
 }
+
+/// `POST /v1/fence` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FenceRequest {
+    /// The target node, as named in the configuration.
+    pub target: String,
+    /// What to do.
+    pub action: Action,
+    /// Why (recorded in history).
+    #[serde(default)]
+    pub reason: String,
+    /// Idempotency key: the same key returns the same operation while it is in flight or
+    /// recently finished with no later operation on the target.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Overall deadline in seconds, if shorter than the target's configured one.
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// `POST /v1/fence` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FenceAccepted {
+    /// The operation's id.
+    pub id: u64,
+    /// Its state now.
+    pub state: OpState,
+    /// The request joined an operation already in flight (or recently finished with the same
+    /// request id) instead of starting a new one.
+    pub joined: bool,
+}
+
+/// A device's identity as reported by the device (mirror of `drivers::Identity`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceIdentity {
+    /// What kind of identifier (`system-guid`, `uuid`, `serial`).
+    pub kind: String,
+    /// The identifier.
+    pub value: String,
+    /// Vendor, model, firmware, as the device describes itself.
+    pub description: String,
+}
+
+impl From<drivers::Identity> for DeviceIdentity {
+    fn from(i: drivers::Identity) -> Self {
+        DeviceIdentity {
+            kind: i.kind,
+            value: i.value,
+            description: i.description,
+        }
+    }
+}
+
+/// What the last health check of a device found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Not checked yet.
+    Unknown,
+    /// Answered, and its identity matches every target that pins one.
+    Healthy,
+    /// Did not answer, refused us, or reported an identity a target does not expect.
+    Unhealthy,
+}
+
+/// A device as `GET /v1/devices` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceSummary {
+    /// Configured name.
+    pub name: String,
+    /// Kind (`ipmi`, ...).
+    pub kind: String,
+    /// Where it is (address:port), never credentials.
+    pub address: String,
+    /// Targets whose levels use it.
+    pub targets: Vec<String>,
+    /// Last health check result.
+    pub health: HealthState,
+    /// What the device said it is, at the last check.
+    pub identity: Option<DeviceIdentity>,
+    /// Why it is unhealthy, if it is.
+    pub error: Option<String>,
+    /// When it was last checked.
+    pub checked_ms: Option<Millis>,
+}
+
+/// One device entry of a topology level, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LevelDevice {
+    /// Device name.
+    pub device: String,
+    /// Port or outlet on the device, for multi-node devices.
+    pub port: Option<String>,
+    /// The identity the device must report for this target, if pinned.
+    pub expected_identity: Option<String>,
+}
+
+/// A live power reading of one level device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LivePower {
+    /// The level (1-based).
+    pub level: u32,
+    /// Device name.
+    pub device: String,
+    /// Port, if any.
+    pub port: Option<String>,
+    /// The state read, if the read succeeded.
+    #[schemars(with = "Option<String>")]
+    pub state: Option<PowerState>,
+    /// Why the read failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A target as `GET /v1/targets` and `GET /v1/targets/{t}` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TargetSummary {
+    /// Node name.
+    pub name: String,
+    /// Topology levels in order; each is a list of devices that must all succeed.
+    pub levels: Vec<Vec<LevelDevice>>,
+    /// Fixed fence-race delay, seconds.
+    pub delay_s: f64,
+    /// Upper bound of the random extra delay, seconds.
+    pub random_delay_s: f64,
+    /// The operation in flight, if any.
+    pub in_flight: Option<u64>,
+    /// The most recent finished operation, if any.
+    pub last_operation: Option<Operation>,
+    /// Live power readings (only on `GET /v1/targets/{t}`, with `?live=true`).
+    pub live: Option<Vec<LivePower>>,
+}
+
+/// Pause switch state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PauseStatus {
+    /// Whether new operations are refused.
+    pub paused: bool,
+    /// Who last changed it.
+    pub by: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// When.
+    pub since_ms: Option<Millis>,
+}
+
+/// `POST /v1/pause`, `/v1/resume` and `/v1/targets/{t}/confirm` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why (recorded in history; required for manual confirmation).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `GET /healthz` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HealthReport {
+    /// `ok` when the daemon is serving and its history is writable.
+    pub status: String,
+    /// Daemon version.
+    pub version: String,
+    /// Whether fencing is paused.
+    pub paused: bool,
+    /// Operations in flight.
+    pub in_flight: u32,
+    /// Operations recorded as interrupted at the last start-up.
+    pub interrupted_at_startup: u32,
+}
+
+/// A history query (`GET /v1/history?target=&since_ms=&until_ms=&limit=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HistoryQuery {
+    /// Only this target.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Only operations created at or after this time.
+    #[serde(default)]
+    pub since_ms: Option<Millis>,
+    /// Only operations created before this time.
+    #[serde(default)]
+    pub until_ms: Option<Millis>,
+    /// At most this many, newest first (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}

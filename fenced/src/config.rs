@@ -1,0 +1,711 @@
+//! The daemon's one TOML configuration file: devices, targets and their levels, limits, API.
+//!
+//! Every error names the file, the line and the field, and says what was expected. Secrets are
+//! read from files or environment variables named in the config, never written in it, and are
+//! held as [`drivers::Secret`] so they are never printed.
+
+use drivers::Secret;
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error, with where and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The field path, e.g. `targets.node1.levels`.
+    pub field: Option<String>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Raw file layout, as serde reads it; checked and resolved into [`Config`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    defaults: RawTiming,
+    #[serde(default)]
+    devices: BTreeMap<String, Spanned<RawDevice>>,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<RawTarget>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    history: Option<PathBuf>,
+    node_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    tcp: Option<Spanned<String>>,
+    tcp_role: Option<Role>,
+    socket_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    admin_uids: Vec<u32>,
+    #[serde(default)]
+    fence_uids: Vec<u32>,
+    #[serde(default)]
+    read_uids: Vec<u32>,
+    #[serde(default)]
+    admin_gids: Vec<u32>,
+    #[serde(default)]
+    fence_gids: Vec<u32>,
+    #[serde(default)]
+    read_gids: Vec<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    window_s: Option<u64>,
+    max_operations: Option<u32>,
+    max_operations_per_target: Option<u32>,
+    request_id_window_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTiming {
+    attempt_timeout_s: Option<f64>,
+    total_timeout_s: Option<f64>,
+    delay_s: Option<f64>,
+    random_delay_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    kind: Spanned<String>,
+    address: Option<Spanned<String>>,
+    username: Option<String>,
+    password_file: Option<Spanned<PathBuf>>,
+    password_env: Option<Spanned<String>>,
+    cipher_suite: Option<Spanned<toml::Value>>,
+    privilege: Option<Spanned<String>>,
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    allow_cipher_suite_0: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    levels: Spanned<Vec<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    identities: BTreeMap<String, Spanned<String>>,
+    attempt_timeout_s: Option<f64>,
+    total_timeout_s: Option<f64>,
+    delay_s: Option<f64>,
+    random_delay_s: Option<f64>,
+}
+
+/// Who may do what through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Status and history.
+    Read,
+    /// Read, plus fence and power on.
+    Fence,
+    /// Fence, plus manual confirmation and pause/resume.
+    Admin,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file was read from.
+    pub source: PathBuf,
+    /// Daemon paths.
+    pub daemon: DaemonConfig,
+    /// API listeners and access.
+    pub api: ApiConfig,
+    /// Blast-radius limits.
+    pub limits: Limits,
+    /// Devices by name.
+    pub devices: BTreeMap<String, DeviceConfig>,
+    /// Targets by name.
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+/// Daemon paths and name.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The API's Unix socket.
+    pub socket: PathBuf,
+    /// The history database file.
+    pub history: PathBuf,
+    /// This fence controller's name (history records say who fenced).
+    pub node_name: String,
+}
+
+/// API listeners and who gets which role.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Optional TCP listener (loopback only until TLS is configured).
+    pub tcp: Option<SocketAddr>,
+    /// Role of TCP callers (there is no authentication on plain loopback TCP).
+    pub tcp_role: Role,
+    /// Unix socket file mode.
+    pub socket_mode: u32,
+    /// uids with the admin role (root always has it).
+    pub admin_uids: Vec<u32>,
+    /// uids with the fence role.
+    pub fence_uids: Vec<u32>,
+    /// uids with the read role.
+    pub read_uids: Vec<u32>,
+    /// gids with the admin role.
+    pub admin_gids: Vec<u32>,
+    /// gids with the fence role.
+    pub fence_gids: Vec<u32>,
+    /// gids with the read role.
+    pub read_gids: Vec<u32>,
+}
+
+impl ApiConfig {
+    /// The role of a local caller with these credentials, if any. Root is always admin: it can
+    /// reach the devices directly anyway.
+    pub fn role_for_peer(&self, uid: u32, gid: u32) -> Option<Role> {
+        if uid == 0 || self.admin_uids.contains(&uid) || self.admin_gids.contains(&gid) {
+            Some(Role::Admin)
+        } else if self.fence_uids.contains(&uid) || self.fence_gids.contains(&gid) {
+            Some(Role::Fence)
+        } else if self.read_uids.contains(&uid) || self.read_gids.contains(&gid) {
+            Some(Role::Read)
+        } else {
+            None
+        }
+    }
+}
+
+/// Blast-radius limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// The sliding window the counts apply to.
+    pub window: Duration,
+    /// Fencing operations (off, reboot) started in the window, across all targets.
+    pub max_operations: u32,
+    /// Fencing operations started in the window for one target.
+    pub max_operations_per_target: u32,
+    /// How long after it finished a request id still returns the same operation.
+    pub request_id_window: Duration,
+}
+
+/// Per-target timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    /// Deadline for one device step (command plus read-back).
+    pub attempt_timeout: Duration,
+    /// Deadline for the whole operation, delays excluded.
+    pub total_timeout: Duration,
+    /// Fixed fence-race delay.
+    pub delay: Duration,
+    /// Upper bound of the random extra delay.
+    pub random_delay: Duration,
+}
+
+/// What kind of device, with its settings.
+#[derive(Debug, Clone)]
+pub enum DeviceKind {
+    /// An IPMI v2.0 BMC over RMCP+.
+    Ipmi(IpmiSettings),
+}
+
+/// IPMI device settings.
+#[derive(Debug, Clone)]
+pub struct IpmiSettings {
+    /// BMC address.
+    pub address: SocketAddr,
+    /// User name.
+    pub username: String,
+    /// Password (from a file or an environment variable).
+    pub password: Secret,
+    /// `auto`, or a cipher suite number.
+    pub cipher_suite: Option<u8>,
+    /// `administrator` (default) or `operator`.
+    pub privilege: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries per request.
+    pub retries: u32,
+    /// Whether the unauthenticated cipher suite 0 may be used.
+    pub allow_cipher_suite_0: bool,
+}
+
+/// A configured device.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Name.
+    pub name: String,
+    /// Kind and settings.
+    pub kind: DeviceKind,
+}
+
+impl DeviceConfig {
+    /// The kind's name as written in the config.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            DeviceKind::Ipmi(_) => "ipmi",
+        }
+    }
+
+    /// Where the device is, for display (never credentials).
+    pub fn address(&self) -> String {
+        match &self.kind {
+            DeviceKind::Ipmi(s) => s.address.to_string(),
+        }
+    }
+}
+
+/// One entry of a level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelEntry {
+    /// Device name.
+    pub device: String,
+    /// Port or outlet.
+    pub port: Option<String>,
+}
+
+/// A configured target.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Node name.
+    pub name: String,
+    /// Levels in order.
+    pub levels: Vec<Vec<LevelEntry>>,
+    /// Identity each device must report for this target, by device name.
+    pub identities: BTreeMap<String, String>,
+    /// Timing.
+    pub timing: Timing,
+}
+
+/// Default Unix socket path.
+pub const DEFAULT_SOCKET: &str = "/run/palisade/fenced.sock";
+/// Default history path.
+pub const DEFAULT_HISTORY: &str = "/var/lib/palisade/history.redb";
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text
+            .get(..offset.min(self.text.len()))
+            .map(|s| s.bytes().filter(|b| *b == b'\n').count() + 1)
+            .unwrap_or(1)
+    }
+
+    fn err(&self, span: Option<std::ops::Range<usize>>, field: &str, msg: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: span.map(|s| self.line_of(s.start)),
+            field: Some(field.to_string()),
+            message: msg,
+        }
+    }
+}
+
+fn seconds(
+    ctx: &Ctx,
+    span: Option<std::ops::Range<usize>>,
+    field: &str,
+    v: f64,
+) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+        return Err(ctx.err(
+            span,
+            field,
+            format!("expected a number of seconds from 0 to 86400, found {v}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Config {
+    /// Reads and checks a config file; the environment is consulted for `password_env`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            field: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(path, &text, &|name| {
+            std::env::var_os(name).map(|v| v.into_encoded_bytes())
+        })
+    }
+
+    /// Parses config text; `env` looks up environment variables (injectable for tests).
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| ctx.line_of(s.start));
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                field: None,
+                message: e.message().to_string(),
+            }
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+
+        let daemon = DaemonConfig {
+            socket: raw.daemon.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            history: raw.daemon.history.unwrap_or_else(|| DEFAULT_HISTORY.into()),
+            node_name: raw
+                .daemon
+                .node_name
+                .unwrap_or_else(|| hostname().unwrap_or_else(|| "fenced".into())),
+        };
+
+        let tcp = match raw.api.tcp {
+            None => None,
+            Some(s) => {
+                let addr: SocketAddr = s.get_ref().parse().map_err(|_| {
+                    ctx.err(
+                        Some(s.span()),
+                        "api.tcp",
+                        format!(
+                            "expected an address like 127.0.0.1:7420, found `{}`",
+                            s.get_ref()
+                        ),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(ctx.err(Some(s.span()), "api.tcp", format!(
+                        "{addr} is not a loopback address; plain TCP would let anyone on the network fence nodes. Bind to 127.0.0.1 or ::1 (TLS and tokens are required for other addresses)"
+                    )));
+                }
+                Some(addr)
+            }
+        };
+        let socket_mode = match raw.api.socket_mode {
+            None => 0o660,
+            Some(s) => u32::from_str_radix(s.get_ref().trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    ctx.err(
+                        Some(s.span()),
+                        "api.socket_mode",
+                        format!(
+                            "expected an octal file mode like \"0660\", found `{}`",
+                            s.get_ref()
+                        ),
+                    )
+                })?,
+        };
+        let api = ApiConfig {
+            tcp,
+            tcp_role: raw.api.tcp_role.unwrap_or(Role::Read),
+            socket_mode,
+            admin_uids: raw.api.admin_uids,
+            fence_uids: raw.api.fence_uids,
+            read_uids: raw.api.read_uids,
+            admin_gids: raw.api.admin_gids,
+            fence_gids: raw.api.fence_gids,
+            read_gids: raw.api.read_gids,
+        };
+
+        let limits = Limits {
+            window: Duration::from_secs(raw.limits.window_s.unwrap_or(600).max(1)),
+            max_operations: raw.limits.max_operations.unwrap_or(10),
+            max_operations_per_target: raw.limits.max_operations_per_target.unwrap_or(3),
+            request_id_window: Duration::from_secs(raw.limits.request_id_window_s.unwrap_or(300)),
+        };
+
+        let mut devices = BTreeMap::new();
+        for (name, dev) in raw.devices {
+            let span = dev.span();
+            let dev = dev.into_inner();
+            let field = |f: &str| format!("devices.{name}.{f}");
+            let kind = match dev.kind.get_ref().as_str() {
+                "ipmi" => {
+                    let address = dev.address.as_ref().ok_or_else(|| {
+                        ctx.err(
+                            Some(span.clone()),
+                            &field("address"),
+                            "an ipmi device needs `address = \"HOST:PORT\"` (port 623 if omitted)"
+                                .into(),
+                        )
+                    })?;
+                    let addr = parse_addr(address.get_ref(), 623).ok_or_else(|| {
+                        ctx.err(Some(address.span()), &field("address"), format!("expected an IP address with optional port, like 192.0.2.10:623, found `{}`", address.get_ref()))
+                    })?;
+                    let username = dev.username.clone().ok_or_else(|| {
+                        ctx.err(
+                            Some(span.clone()),
+                            &field("username"),
+                            "an ipmi device needs `username`".into(),
+                        )
+                    })?;
+                    let password = load_secret(&ctx, base_dir, &name, &dev, env)?;
+                    let cipher_suite = match &dev.cipher_suite {
+                        None => None,
+                        Some(v) => match v.get_ref() {
+                            toml::Value::String(s) if s == "auto" => None,
+                            toml::Value::Integer(n) if *n == 3 || *n == 17 || *n == 0 => {
+                                Some(*n as u8)
+                            }
+                            other => {
+                                return Err(ctx.err(
+                                    Some(v.span()),
+                                    &field("cipher_suite"),
+                                    format!("expected \"auto\", 3 or 17, found {other}"),
+                                ))
+                            }
+                        },
+                    };
+                    let allow0 = dev.allow_cipher_suite_0.unwrap_or(false);
+                    if cipher_suite == Some(0) && !allow0 {
+                        return Err(ctx.err(dev.cipher_suite.as_ref().map(|v| v.span()), &field("cipher_suite"), "cipher suite 0 sends commands without authentication; set `allow_cipher_suite_0 = true` if you really must".into()));
+                    }
+                    let privilege = match &dev.privilege {
+                        None => "administrator".to_string(),
+                        Some(p) => match p.get_ref().as_str() {
+                            "administrator" | "operator" => p.get_ref().clone(),
+                            other => return Err(ctx.err(
+                                Some(p.span()),
+                                &field("privilege"),
+                                format!(
+                                    "expected \"administrator\" or \"operator\", found `{other}`"
+                                ),
+                            )),
+                        },
+                    };
+                    DeviceKind::Ipmi(IpmiSettings {
+                        address: addr,
+                        username,
+                        password,
+                        cipher_suite,
+                        privilege,
+                        timeout: Duration::from_millis(
+                            dev.timeout_ms.unwrap_or(1000).clamp(50, 60_000),
+                        ),
+                        retries: dev.retries.unwrap_or(2).min(10),
+                        allow_cipher_suite_0: allow0,
+                    })
+                }
+                other => {
+                    return Err(ctx.err(
+                        Some(dev.kind.span()),
+                        &field("kind"),
+                        format!("unknown device kind `{other}`; expected one of: ipmi"),
+                    ))
+                }
+            };
+            devices.insert(name.clone(), DeviceConfig { name, kind });
+        }
+
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw.targets {
+            let span = t.span();
+            let t = t.into_inner();
+            let field = |f: &str| format!("targets.{name}.{f}");
+            if t.levels.get_ref().is_empty() {
+                return Err(ctx.err(
+                    Some(t.levels.span()),
+                    &field("levels"),
+                    "expected at least one level, e.g. levels = [[\"bmc-node1\"]]".into(),
+                ));
+            }
+            let mut levels = Vec::new();
+            for (i, level) in t.levels.get_ref().iter().enumerate() {
+                if level.is_empty() {
+                    return Err(ctx.err(
+                        Some(t.levels.span()),
+                        &field("levels"),
+                        format!(
+                            "level {} is empty; a level lists one or more devices",
+                            i + 1
+                        ),
+                    ));
+                }
+                let mut entries = Vec::new();
+                for entry in level {
+                    let (dev, port) = match entry.get_ref().split_once(':') {
+                        Some((d, p)) => (d.to_string(), Some(p.to_string())),
+                        None => (entry.get_ref().clone(), None),
+                    };
+                    if !devices.contains_key(&dev) {
+                        return Err(ctx.err(Some(entry.span()), &field("levels"), format!(
+                            "level {} names device `{dev}`, which is not defined; expected one of: {}",
+                            i + 1,
+                            devices.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    entries.push(LevelEntry { device: dev, port });
+                }
+                levels.push(entries);
+            }
+            let mut identities = BTreeMap::new();
+            for (dev, id) in &t.identities {
+                if !levels.iter().flatten().any(|e| &e.device == dev) {
+                    return Err(ctx.err(
+                        Some(id.span()),
+                        &field("identities"),
+                        format!(
+                            "identity given for device `{dev}`, which no level of this target uses"
+                        ),
+                    ));
+                }
+                identities.insert(dev.clone(), id.get_ref().trim().to_ascii_lowercase());
+            }
+            let own = RawTiming {
+                attempt_timeout_s: t.attempt_timeout_s,
+                total_timeout_s: t.total_timeout_s,
+                delay_s: t.delay_s,
+                random_delay_s: t.random_delay_s,
+            };
+            let timing = resolve_timing(&ctx, &name, &own, &raw.defaults, span)?;
+            targets.insert(
+                name.clone(),
+                TargetConfig {
+                    name,
+                    levels,
+                    identities,
+                    timing,
+                },
+            );
+        }
+
+        Ok(Config {
+            source: path.to_path_buf(),
+            daemon,
+            api,
+            limits,
+            devices,
+            targets,
+        })
+    }
+
+    /// Names of targets whose levels use `device`.
+    pub fn targets_of(&self, device: &str) -> Vec<String> {
+        self.targets
+            .values()
+            .filter(|t| t.levels.iter().flatten().any(|e| e.device == device))
+            .map(|t| t.name.clone())
+            .collect()
+    }
+}
+
+fn resolve_timing(
+    ctx: &Ctx,
+    target: &str,
+    t: &RawTiming,
+    d: &RawTiming,
+    span: std::ops::Range<usize>,
+) -> Result<Timing, ConfigError> {
+    let f = |n: &str| format!("targets.{target}.{n}");
+    let get = |a: Option<f64>, b: Option<f64>, default: f64| a.or(b).unwrap_or(default);
+    let attempt = seconds(
+        ctx,
+        Some(span.clone()),
+        &f("attempt_timeout_s"),
+        get(t.attempt_timeout_s, d.attempt_timeout_s, 20.0),
+    )?;
+    let total = seconds(
+        ctx,
+        Some(span.clone()),
+        &f("total_timeout_s"),
+        get(t.total_timeout_s, d.total_timeout_s, 120.0),
+    )?;
+    if attempt.is_zero() || total < attempt {
+        return Err(ctx.err(Some(span), &f("total_timeout_s"), format!(
+            "expected attempt_timeout_s > 0 and total_timeout_s >= attempt_timeout_s, found {} and {}",
+            attempt.as_secs_f64(), total.as_secs_f64()
+        )));
+    }
+    Ok(Timing {
+        attempt_timeout: attempt,
+        total_timeout: total,
+        delay: seconds(
+            ctx,
+            Some(span.clone()),
+            &f("delay_s"),
+            get(t.delay_s, d.delay_s, 0.0),
+        )?,
+        random_delay: seconds(
+            ctx,
+            Some(span),
+            &f("random_delay_s"),
+            get(t.random_delay_s, d.random_delay_s, 0.0),
+        )?,
+    })
+}
+
+fn load_secret(
+    ctx: &Ctx,
+    base_dir: &Path,
+    name: &str,
+    dev: &RawDevice,
+    env: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Secret, ConfigError> {
+    match (&dev.password_file, &dev.password_env) {
+        (Some(file), None) => {
+            let p = if file.get_ref().is_absolute() { file.get_ref().clone() } else { base_dir.join(file.get_ref()) };
+            std::fs::read(&p).map(Secret::from_file_contents).map_err(|e| {
+                ctx.err(Some(file.span()), &format!("devices.{name}.password_file"), format!("cannot read password file {}: {e}", p.display()))
+            })
+        }
+        (None, Some(var)) => env(var.get_ref()).map(Secret::from_file_contents).ok_or_else(|| {
+            ctx.err(Some(var.span()), &format!("devices.{name}.password_env"), format!("environment variable {} is not set", var.get_ref()))
+        }),
+        (Some(f), Some(_)) => Err(ctx.err(Some(f.span()), &format!("devices.{name}"), "give either password_file or password_env, not both".into())),
+        (None, None) => Err(ctx.err(Some(dev.kind.span()), &format!("devices.{name}.password_file"), "expected password_file = \"PATH\" or password_env = \"VAR\" (passwords are never written in the config itself)".into())),
+    }
+}
+
+fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}

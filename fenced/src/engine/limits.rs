@@ -1,0 +1,92 @@
+//! Blast-radius limits: a broken controller must not be able to power off the fleet.
+
+use crate::config::Limits;
+use std::collections::{HashMap, VecDeque};
+use tokio::time::Instant;
+
+/// Sliding-window counts of fencing operations started, overall and per target.
+pub(super) struct Limiter {
+    limits: Limits,
+    all: VecDeque<Instant>,
+    per_target: HashMap<String, VecDeque<Instant>>,
+}
+
+impl Limiter {
+    pub(super) fn new(limits: Limits) -> Self {
+        Limiter {
+            limits,
+            all: VecDeque::new(),
+            per_target: HashMap::new(),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let window = self.limits.window;
+        let old = |t: &Instant| now.saturating_duration_since(*t) >= window;
+        while self.all.front().is_some_and(old) {
+            self.all.pop_front();
+        }
+        self.per_target.retain(|_, q| {
+            while q.front().is_some_and(old) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+    }
+
+    /// Whether one more fencing operation on `target` may start now; the error says which
+    /// limit was hit, with its numbers.
+    pub(super) fn check(&mut self, target: &str, now: Instant) -> Result<(), String> {
+        self.expire(now);
+        let w = self.limits.window.as_secs();
+        if self.all.len() as u32 >= self.limits.max_operations {
+            return Err(format!(
+                "{} fencing operations already started in the last {w} s (limits.max_operations = {})",
+                self.all.len(),
+                self.limits.max_operations
+            ));
+        }
+        let n = self.per_target.get(target).map_or(0, |q| q.len()) as u32;
+        if n >= self.limits.max_operations_per_target {
+            return Err(format!(
+                "{n} fencing operations already started on {target} in the last {w} s (limits.max_operations_per_target = {})",
+                self.limits.max_operations_per_target
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts an operation that started.
+    pub(super) fn record(&mut self, target: &str, now: Instant) {
+        self.all.push_back(now);
+        self.per_target
+            .entry(target.to_string())
+            .or_default()
+            .push_back(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn window_slides() {
+        let mut l = Limiter::new(Limits {
+            window: Duration::from_secs(60),
+            max_operations: 2,
+            max_operations_per_target: 1,
+            request_id_window: Duration::from_secs(1),
+        });
+        let t0 = Instant::now();
+        assert!(l.check("a", t0).is_ok());
+        l.record("a", t0);
+        assert!(l.check("a", t0).unwrap_err().contains("on a"));
+        assert!(l.check("b", t0).is_ok());
+        l.record("b", t0);
+        assert!(l.check("c", t0).unwrap_err().contains("max_operations = 2"));
+        let later = t0 + Duration::from_secs(60);
+        assert!(l.check("a", later).is_ok());
+    }
+}
