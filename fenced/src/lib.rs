@@ -1,6 +1,9 @@
 //! Palisade's fencer: configuration, the fencing engine, durable history and the fencer API.
 
+pub mod api;
+pub mod client;
 pub mod config;
+pub mod devices;
 pub mod engine;
 pub mod error;
 pub mod history;

@@ -1,0 +1,165 @@
+//! `/metrics` in the Prometheus text exposition format 0.0.4.
+
+use crate::engine::Engine;
+use crate::model::HealthState;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// The content type of the exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value (backslash, double quote, newline), as the format requires.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Page(String);
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Renders every metric. `api_refused` counts requests the API layer refused before they
+/// reached the engine (forbidden, malformed); the engine counts the fence requests it refused.
+pub fn render(engine: &Engine, api_refused: &BTreeMap<String, u64>) -> String {
+    let m = engine.metrics();
+    let mut p = Page(String::new());
+
+    p.family(
+        "palisade_operations_total",
+        "counter",
+        "Finished operations by action and outcome.",
+    );
+    for ((action, outcome), n) in &m.operations {
+        p.sample(
+            "palisade_operations_total",
+            &[("action", action), ("outcome", outcome)],
+            n,
+        );
+    }
+
+    p.family(
+        "palisade_operation_duration_seconds_total",
+        "counter",
+        "Sum of finished operations' durations (request to outcome) by action, seconds.",
+    );
+    for (action, ms) in &m.duration_ms_sum {
+        p.sample(
+            "palisade_operation_duration_seconds_total",
+            &[("action", action)],
+            *ms as f64 / 1000.0,
+        );
+    }
+
+    p.family(
+        "palisade_device_steps_total",
+        "counter",
+        "Device steps (command plus read-back) by device and result (`confirmed` or an error code).",
+    );
+    for ((device, result), n) in &m.steps {
+        p.sample(
+            "palisade_device_steps_total",
+            &[("device", device), ("result", result)],
+            n,
+        );
+    }
+
+    p.family(
+        "palisade_requests_refused_total",
+        "counter",
+        "API requests refused, by error code (conflict, paused, rate_limited, forbidden, bad_request, ...).",
+    );
+    let mut refused = m.refused.clone();
+    for (code, n) in api_refused {
+        *refused.entry(code.clone()).or_default() += n;
+    }
+    for (code, n) in &refused {
+        p.sample("palisade_requests_refused_total", &[("code", code)], n);
+    }
+
+    p.family(
+        "palisade_operations_in_flight",
+        "gauge",
+        "Operations in flight now.",
+    );
+    p.sample("palisade_operations_in_flight", &[], engine.in_flight());
+
+    p.family(
+        "palisade_paused",
+        "gauge",
+        "1 while fencing is paused by an operator, else 0.",
+    );
+    p.sample(
+        "palisade_paused",
+        &[],
+        u8::from(engine.pause_status().paused),
+    );
+
+    p.family(
+        "palisade_device_health",
+        "gauge",
+        "Last health check of each device: 1 on the line of its current state (healthy, unhealthy, unknown).",
+    );
+    for (device, health) in engine.device_health() {
+        for (state, name) in [
+            (HealthState::Healthy, "healthy"),
+            (HealthState::Unhealthy, "unhealthy"),
+            (HealthState::Unknown, "unknown"),
+        ] {
+            p.sample(
+                "palisade_device_health",
+                &[("device", &device), ("state", name)],
+                u8::from(health == state),
+            );
+        }
+    }
+
+    p.family(
+        "palisade_operations_interrupted_at_startup",
+        "gauge",
+        "Operations found in flight at start-up (the daemon had stopped during them) and recorded as failed.",
+    );
+    p.sample(
+        "palisade_operations_interrupted_at_startup",
+        &[],
+        m.interrupted_at_startup,
+    );
+    p.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

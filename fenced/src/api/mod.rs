@@ -1,0 +1,450 @@
+//! The fencer API v1 (DESIGN.md §4): HTTP/JSON on a Unix socket (peer-uid auth) and optionally
+//! on loopback TCP.
+//!
+//! [`routes::ROUTES`] is the one table of routes: the router is built from it here and the
+//! OpenAPI document is generated from it in [`openapi`], so the two cannot drift apart.
+
+pub mod auth;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+
+use crate::config::Role;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use auth::{Authenticated, Credentials, RoleDisplay};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+/// Largest request body accepted; every body the API takes is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The error every endpoint answers with: `{"error": {"code", "message", "hint"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Stable code (`unknown_target`, `conflict`, `forbidden`, `bad_request`, ...).
+    pub code: String,
+    /// What happened.
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+/// An error answer: status plus [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The body.
+    pub detail: ErrorDetail,
+    /// Whether the engine already counted this refusal in its metrics.
+    counted: bool,
+}
+
+/// Marks an error response with its code, for the request log and the refusal counter.
+#[derive(Debug, Clone)]
+struct ErrorMark {
+    code: String,
+    counted: bool,
+}
+
+impl ApiError {
+    /// An error with the given status, code, message and hint.
+    pub fn new(
+        status: StatusCode,
+        code: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            detail: ErrorDetail {
+                code: code.to_string(),
+                message: message.into(),
+                hint: hint.into(),
+            },
+            counted: false,
+        }
+    }
+
+    /// A 400 with the given message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            "fix the request; see /v1/openapi.json",
+        )
+    }
+
+    /// An engine error from `fence` (which the engine counts as refused itself).
+    fn counted(e: EngineError) -> Self {
+        let mut a = ApiError::from(e);
+        a.counted = true;
+        a
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(e.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            detail: ErrorDetail {
+                code: e.code().to_string(),
+                message: e.to_string(),
+                hint: e.hint(),
+            },
+            counted: false,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mark = ErrorMark {
+            code: self.detail.code.clone(),
+            counted: self.counted,
+        };
+        let mut r = (
+            self.status,
+            axum::Json(ErrorBody {
+                error: self.detail,
+            }),
+        )
+            .into_response();
+        r.extensions_mut().insert(mark);
+        r
+    }
+}
+
+fn rejection(status: StatusCode, text: String, what: &str) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            "body_too_large",
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            "request bodies are small JSON objects; see /v1/openapi.json",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported_media_type",
+            text,
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        s if s.is_server_error() => ApiError::new(
+            s,
+            "internal",
+            text,
+            "retry; if it persists, check the daemon's log",
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid {what}: {text}"),
+            "fix the request; see /v1/openapi.json",
+        ),
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(rejection(r.status(), r.body_text(), "JSON body")),
+        }
+    }
+}
+
+/// A query string whose rejections are [`ApiError`]s.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(r) => Err(rejection(r.status(), r.body_text(), "query string")),
+        }
+    }
+}
+
+/// Path parameters whose rejections are [`ApiError`]s.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(r) => Err(rejection(r.status(), r.body_text(), "path")),
+        }
+    }
+}
+
+/// Shared by every handler.
+pub(crate) struct ApiState {
+    pub(crate) engine: Engine,
+    shutdown: watch::Sender<bool>,
+    /// Requests refused by the API layer itself (forbidden, malformed, ...), by code.
+    refused: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ApiState {
+    /// A future that completes when the API is shutting down.
+    pub(crate) fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    pub(crate) fn api_refused(&self) -> BTreeMap<String, u64> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+type AppState = Arc<ApiState>;
+
+/// The API service over one engine. Cheap to clone; clones share the shutdown switch.
+#[derive(Clone)]
+pub struct Api {
+    state: AppState,
+}
+
+impl Api {
+    /// The API for `engine`, with access rules from the engine's configuration.
+    pub fn new(engine: Engine) -> Api {
+        let (shutdown, _) = watch::channel(false);
+        Api {
+            state: Arc::new(ApiState {
+                engine,
+                shutdown,
+                refused: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The router: every route of [`routes::ROUTES`], JSON errors for unknown routes and
+    /// methods, a body limit, and caller identification with a request log.
+    pub fn router(&self) -> Router {
+        let mut router: Router<AppState> = Router::new();
+        for spec in routes::ROUTES {
+            let mut mr = routes::method_router(spec);
+            if let Some(role) = spec.role {
+                mr = mr.route_layer(axum::middleware::from_fn_with_state(
+                    (self.state.clone(), role),
+                    require_role,
+                ));
+            }
+            router = router.route(spec.path, mr);
+        }
+        router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                identify,
+            ))
+            .with_state(self.state.clone())
+    }
+
+    /// Ends event streams and long polls and makes the serve functions return once open
+    /// requests are answered.
+    pub fn shutdown(&self) {
+        self.state.shutdown.send_replace(true);
+    }
+
+    /// Serves on a Unix socket (see [`bind_unix`]) until [`Api::shutdown`].
+    pub async fn serve_unix(&self, listener: UnixListener) -> io::Result<()> {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<Credentials>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(self.state.shutdown_signal())
+            .await
+    }
+
+    /// Serves on a TCP listener (loopback: the config refuses other addresses) until
+    /// [`Api::shutdown`].
+    pub async fn serve_tcp(&self, listener: TcpListener) -> io::Result<()> {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<Credentials>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(self.state.shutdown_signal())
+            .await
+    }
+}
+
+/// Binds the API's Unix socket: creates the parent directory, replaces a stale socket file
+/// (one nobody is listening on; a live one means another daemon runs, which is an error, and
+/// a non-socket file is never removed), and sets the file mode.
+pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create socket directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another process is serving on {}; stop it first (is fenced already running?)",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot remove stale socket {}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it (fix daemon.socket in the config)",
+                    path.display()
+                ),
+            ))
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display()))
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot set mode {mode:o} on {}: {e}", path.display()),
+        )
+    })?;
+    Ok(listener)
+}
+
+/// Establishes who is calling, then logs the request with its outcome.
+async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let creds = req
+        .extensions()
+        .get::<ConnectInfo<Credentials>>()
+        .map(|c| c.0.clone())
+        .unwrap_or(Credentials::UnixUnknown);
+    let auth = auth::resolve(&state.engine.config().api, &creds);
+    let identity = auth.caller.identity.clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    req.extensions_mut().insert(auth);
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(mark) = resp.extensions().get::<ErrorMark>() {
+        if !mark.counted {
+            *state
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(mark.code.clone())
+                .or_default() += 1;
+        }
+        tracing::info!(caller = %identity, %method, %path, status, code = %mark.code, ms = format_args!("{ms:.1}"), "api request refused");
+    } else {
+        tracing::info!(caller = %identity, %method, %path, status, ms = format_args!("{ms:.1}"), "api request");
+    }
+    resp
+}
+
+/// Refuses callers below the route's role.
+async fn require_role(
+    State((_, needed)): State<(AppState, Role)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let have = req
+        .extensions()
+        .get::<Authenticated>()
+        .and_then(|a| a.role);
+    if have.is_some_and(|h| h >= needed) {
+        return next.run(req).await;
+    }
+    let who = req
+        .extensions()
+        .get::<Authenticated>()
+        .map_or_else(|| "unknown".to_string(), |a| a.caller.identity.clone());
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "{} {} needs {}; you ({who}) have {}",
+            req.method(),
+            req.uri().path(),
+            RoleDisplay(Some(needed)),
+            RoleDisplay(have)
+        ),
+        format!(
+            "ask an administrator to add your uid or group to api.{}_uids / api.{}_gids in the fenced config",
+            auth::role_name(needed),
+            auth::role_name(needed)
+        ),
+    )
+    .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {} {}", req.method(), req.uri().path()),
+        "the routes are listed in /v1/openapi.json",
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        "the routes and their methods are listed in /v1/openapi.json",
+    )
+}
