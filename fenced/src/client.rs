@@ -197,7 +197,10 @@ impl Client {
         let json: Value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
             detail: format!(
                 "HTTP {status} with a body that is not JSON ({e}): {}",
-                String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             ),
         })?;
         if (200..300).contains(&status) {

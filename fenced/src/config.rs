@@ -503,13 +503,15 @@ impl Config {
                         None => "administrator".to_string(),
                         Some(p) => match p.get_ref().as_str() {
                             "administrator" | "operator" => p.get_ref().clone(),
-                            other => return Err(ctx.err(
-                                Some(p.span()),
-                                &field("privilege"),
-                                format!(
+                            other => {
+                                return Err(ctx.err(
+                                    Some(p.span()),
+                                    &field("privilege"),
+                                    format!(
                                     "expected \"administrator\" or \"operator\", found `{other}`"
                                 ),
-                            )),
+                                ))
+                            }
                         },
                     };
                     DeviceKind::Ipmi(IpmiSettings {

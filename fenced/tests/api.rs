@@ -104,12 +104,7 @@ fn errors_are_json_with_the_right_status() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap();
-    assert_error(
-        code.parse().unwrap(),
-        body,
-        415,
-        "unsupported_media_type",
-    );
+    assert_error(code.parse().unwrap(), body, 415, "unsupported_media_type");
 }
 
 #[test]
@@ -123,7 +118,12 @@ fn roles_are_enforced_by_peer_uid() {
     let (code, body) = h.curl_as(Some(NOBODY), "GET", "/v1/targets", None);
     let err = assert_error(code, &body, 403, "forbidden");
     let msg = err["message"].as_str().unwrap();
-    assert!(msg.contains("`read` role") && msg.contains(&format!("uid:{NOBODY}")) && msg.contains("no role"), "{msg}");
+    assert!(
+        msg.contains("`read` role")
+            && msg.contains(&format!("uid:{NOBODY}"))
+            && msg.contains("no role"),
+        "{msg}"
+    );
     // /healthz needs only socket access.
     let (code, body) = h.curl_as(Some(NOBODY), "GET", "/healthz", None);
     assert_eq!(code, 200, "{body}");
@@ -131,23 +131,49 @@ fn roles_are_enforced_by_peer_uid() {
     // Read role: reads, but cannot fence.
     let (code, _) = h.curl_as(Some(READ_UID), "GET", "/v1/targets", None);
     assert_eq!(code, 200);
-    let (code, body) = h.curl_as(Some(READ_UID), "POST", "/v1/fence", Some(&fence_body("node1", "off")));
+    let (code, body) = h.curl_as(
+        Some(READ_UID),
+        "POST",
+        "/v1/fence",
+        Some(&fence_body("node1", "off")),
+    );
     let err = assert_error(code, &body, 403, "forbidden");
     let msg = err["message"].as_str().unwrap();
-    assert!(msg.contains("`fence` role") && msg.contains("`read` role"), "{msg}");
+    assert!(
+        msg.contains("`fence` role") && msg.contains("`read` role"),
+        "{msg}"
+    );
     // Refused before the engine: nothing was started.
     assert_eq!(h.engine.in_flight(), 0);
 
     // Fence role: fences, but cannot confirm by hand or pause.
-    let (code, body) = h.curl_as(Some(FENCE_UID), "POST", "/v1/fence", Some(&fence_body("node1", "off")));
+    let (code, body) = h.curl_as(
+        Some(FENCE_UID),
+        "POST",
+        "/v1/fence",
+        Some(&fence_body("node1", "off")),
+    );
     assert_eq!(code, 202, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let (_, op) = h.json("GET", &format!("/v1/operations/{}?wait=10", v["id"]), None);
     assert_eq!(op["requested_by"]["identity"], format!("uid:{FENCE_UID}"));
-    let (code, body) = h.curl_as(Some(FENCE_UID), "POST", "/v1/targets/node1/confirm", Some(r#"{"reason":"checked"}"#));
+    let (code, body) = h.curl_as(
+        Some(FENCE_UID),
+        "POST",
+        "/v1/targets/node1/confirm",
+        Some(r#"{"reason":"checked"}"#),
+    );
     let err = assert_error(code, &body, 403, "forbidden");
-    assert!(err["message"].as_str().unwrap().contains("`admin` role"), "{err}");
-    let (code, body) = h.curl_as(Some(FENCE_UID), "POST", "/v1/pause", Some(r#"{"reason":"x"}"#));
+    assert!(
+        err["message"].as_str().unwrap().contains("`admin` role"),
+        "{err}"
+    );
+    let (code, body) = h.curl_as(
+        Some(FENCE_UID),
+        "POST",
+        "/v1/pause",
+        Some(r#"{"reason":"x"}"#),
+    );
     assert_error(code, &body, 403, "forbidden");
 }
 
@@ -175,11 +201,19 @@ fn pause_refuses_new_operations_until_resume() {
 #[test]
 fn manual_confirmation_needs_a_reason_and_is_recorded() {
     let h = Harness::start();
-    let (code, body) = h.curl("POST", "/v1/targets/node2/confirm", Some(r#"{"reason":"  "}"#));
+    let (code, body) = h.curl(
+        "POST",
+        "/v1/targets/node2/confirm",
+        Some(r#"{"reason":"  "}"#),
+    );
     assert_error(code, &body, 400, "bad_request");
     let (code, body) = h.curl("POST", "/v1/targets/node2/confirm", Some("{}"));
     assert_error(code, &body, 400, "bad_request");
-    let (code, body) = h.curl("POST", "/v1/targets/nosuch/confirm", Some(r#"{"reason":"x"}"#));
+    let (code, body) = h.curl(
+        "POST",
+        "/v1/targets/nosuch/confirm",
+        Some(r#"{"reason":"x"}"#),
+    );
     assert_error(code, &body, 404, "unknown_target");
     let (code, op) = h.json(
         "POST",
@@ -205,7 +239,10 @@ fn events_stream_delivers_operation_events() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // Wait until subscribed, so the event cannot be published before the stream exists.
     loop {
-        let l = lines.next().expect("stream ended before subscribing").unwrap();
+        let l = lines
+            .next()
+            .expect("stream ended before subscribing")
+            .unwrap();
         if l.starts_with(": subscribed") {
             break;
         }
@@ -268,10 +305,13 @@ fn metrics_are_prometheus_text() {
             assert!(typed.insert(name.to_string(), kind.to_string()).is_none());
         } else {
             let (series, value) = line.rsplit_once(' ').unwrap();
-            value.parse::<f64>().unwrap_or_else(|_| panic!("bad value: {line}"));
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
             let name = series.split('{').next().unwrap();
             assert!(
-                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
                 "{line}"
             );
             assert!(typed.contains_key(name), "sample before its TYPE: {line}");
@@ -321,8 +361,13 @@ fn openapi_document_matches_the_code() {
     }
     let checked_in = std::fs::read_to_string(&path).unwrap();
     if generated != checked_in {
-        let (g, c): (Vec<&str>, Vec<&str>) = (generated.lines().collect(), checked_in.lines().collect());
-        let first = g.iter().zip(&c).position(|(a, b)| a != b).unwrap_or(g.len().min(c.len()));
+        let (g, c): (Vec<&str>, Vec<&str>) =
+            (generated.lines().collect(), checked_in.lines().collect());
+        let first = g
+            .iter()
+            .zip(&c)
+            .position(|(a, b)| a != b)
+            .unwrap_or(g.len().min(c.len()));
         let from = first.saturating_sub(3);
         let mut diff = String::new();
         for i in from..(first + 4) {
@@ -349,13 +394,20 @@ fn openapi_document_matches_the_code() {
             fenced::api::routes::Method::Get => "get",
             fenced::api::routes::Method::Post => "post",
         };
-        assert!(doc["paths"][spec.path][method].is_object(), "{method} {} missing", spec.path);
+        assert!(
+            doc["paths"][spec.path][method].is_object(),
+            "{method} {} missing",
+            spec.path
+        );
     }
     // Every reference resolves.
     let text = checked_in.as_str();
     for part in text.split("\"$ref\": \"#/components/schemas/").skip(1) {
         let name = part.split('"').next().unwrap();
-        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
     }
 }
 
@@ -396,7 +448,11 @@ fn fence_node_success_and_failure() {
     let h = Harness::start();
     let o = h.fence_node(&["off", "node1", "--reason", "test"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("node1 FENCED: power read back"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("node1 FENCED: power read back"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = h.fence_node(&["off", "node2", "--reason", "test"]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
@@ -405,7 +461,11 @@ fn fence_node_success_and_failure() {
     // A reboot that fenced but could not power on: fenced (exit 0), said plainly.
     let o = h.fence_node(&["reboot", "node4"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("did NOT come back on"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("did NOT come back on"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = h.fence_node(&["off", "node3", "--no-wait"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -459,7 +519,13 @@ fn fence_node_json_outputs_parse() {
     let h = Harness::start();
     let parse = |args: &[&str], want: i32| -> Value {
         let o = h.fence_node(args);
-        assert_eq!(o.status.code(), Some(want), "{args:?}: {}{}", stdout(&o), stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(want),
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
         serde_json::from_str(&stdout(&o))
             .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", stdout(&o)))
     };
@@ -468,7 +534,10 @@ fn fence_node_json_outputs_parse() {
     let op = parse(&["off", "node2", "--json"], 1);
     assert_eq!(op["state"], "failed");
     assert!(parse(&["--json", "status"], 0).is_array());
-    assert_eq!(parse(&["--json", "status", "node1", "--live"], 0)["name"], "node1");
+    assert_eq!(
+        parse(&["--json", "status", "node1", "--live"], 0)["name"],
+        "node1"
+    );
     assert!(parse(&["--json", "history", "--since", "1h", "--limit", "5"], 0).is_array());
     assert!(parse(&["--json", "history", "node1"], 0).is_array());
     let devs = parse(&["--json", "devices", "--check"], 0);
@@ -494,13 +563,19 @@ fn stale_socket_is_replaced_and_live_one_is_not() {
     let path = h.dir.path().join("new/dir/s.sock");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let l = fenced::api::bind_unix(&path, 0o640).unwrap();
         drop(l);
     });
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     // A regular file is never removed.
     let file = h.dir.path().join("not-a-socket");
     std::fs::write(&file, b"x").unwrap();

@@ -131,7 +131,11 @@ mod tests {
     #[test]
     fn unix_peers_get_configured_roles_and_root_is_admin() {
         let a = api("[api]\nfence_uids = [1000]\nread_gids = [50]\n");
-        let peer = |uid, gid| Credentials::UnixPeer { uid, gid, pid: None };
+        let peer = |uid, gid| Credentials::UnixPeer {
+            uid,
+            gid,
+            pid: None,
+        };
         assert_eq!(resolve(&a, &peer(0, 0)).role, Some(Role::Admin));
         assert_eq!(resolve(&a, &peer(1000, 1000)).role, Some(Role::Fence));
         assert_eq!(resolve(&a, &peer(2000, 50)).role, Some(Role::Read));

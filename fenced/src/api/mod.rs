@@ -128,13 +128,7 @@ impl IntoResponse for ApiError {
             code: self.detail.code.clone(),
             counted: self.counted,
         };
-        let mut r = (
-            self.status,
-            axum::Json(ErrorBody {
-                error: self.detail,
-            }),
-        )
-            .into_response();
+        let mut r = (self.status, axum::Json(ErrorBody { error: self.detail })).into_response();
         r.extensions_mut().insert(mark);
         r
     }
@@ -351,9 +345,8 @@ pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display()))
-    })?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -401,10 +394,7 @@ async fn require_role(
     req: Request,
     next: Next,
 ) -> Response {
-    let have = req
-        .extensions()
-        .get::<Authenticated>()
-        .and_then(|a| a.role);
+    let have = req.extensions().get::<Authenticated>().and_then(|a| a.role);
     if have.is_some_and(|h| h >= needed) {
         return next.run(req).await;
     }

@@ -3,8 +3,8 @@
 //! The document is checked in at `fenced/openapi.json` and served from there; a test
 //! regenerates it and fails with a diff when the two differ (`UPDATE_OPENAPI=1` rewrites it).
 
-use super::routes::{error_schema, Body, Method, RouteSpec, ROUTES};
 use super::auth::role_name;
+use super::routes::{error_schema, Body, Method, RouteSpec, ROUTES};
 use schemars::gen::SchemaSettings;
 use serde_json::{json, Map, Value};
 
@@ -47,7 +47,9 @@ fn operation(spec: &RouteSpec, g: &mut schemars::gen::SchemaGenerator) -> Value 
     }
     let ok_content = match spec.response {
         Body::Json(f) => json!({"application/json": {"schema": to_value(f(g))}}),
-        Body::PrometheusText => json!({"text/plain; version=0.0.4": {"schema": {"type": "string"}}}),
+        Body::PrometheusText => {
+            json!({"text/plain; version=0.0.4": {"schema": {"type": "string"}}})
+        }
         Body::EventStream(f) => json!({"text/event-stream": {
             "schema": {"type": "string", "description": "Server-sent events; each `data:` line is one JSON value of the referenced schema (`lagged` events: {\"type\": \"lagged\", \"missed\": N})."},
             "x-event-data": to_value(f(g)),

@@ -378,7 +378,10 @@ async fn fence(
     ApiJson(req): ApiJson<FenceRequest>,
 ) -> Result<(StatusCode, Json<FenceAccepted>), ApiError> {
     let (target, action) = (req.target.clone(), req.action);
-    let accepted = s.engine.fence(req, &auth.caller).map_err(ApiError::counted)?;
+    let accepted = s
+        .engine
+        .fence(req, &auth.caller)
+        .map_err(ApiError::counted)?;
     tracing::info!(caller = %auth.caller.identity, %target, %action, op = accepted.id, joined = accepted.joined, "fence request accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -442,7 +445,9 @@ async fn events(State(s): State<AppState>) -> Response {
                 SseEvent::default()
                     .event(name)
                     .json_data(&ev)
-                    .unwrap_or_else(|e| SseEvent::default().comment(format!("unencodable event: {e}")))
+                    .unwrap_or_else(|e| {
+                        SseEvent::default().comment(format!("unencodable event: {e}"))
+                    })
             }
             Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
                 .event("lagged")
@@ -475,9 +480,7 @@ async fn target(
     ApiQuery(q): ApiQuery<LiveQuery>,
 ) -> Result<Json<TargetSummary>, ApiError> {
     Ok(Json(
-        s.engine
-            .target_detail(&t, q.live.unwrap_or(false))
-            .await?,
+        s.engine.target_detail(&t, q.live.unwrap_or(false)).await?,
     ))
 }
 
@@ -556,11 +559,7 @@ async fn health(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = super::metrics::render(&s.engine, &s.api_refused());
-    (
-        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn openapi() -> Response {

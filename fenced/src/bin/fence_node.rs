@@ -200,10 +200,18 @@ impl Ui {
     /// Prints a client error and returns its exit status.
     fn report(&self, e: ClientError) -> u8 {
         let (code, json) = match &e {
-            ClientError::Api { status, error, json } => {
+            ClientError::Api {
+                status,
+                error,
+                json,
+            } => {
                 let refused = *status < 500 || error.code == "paused";
                 (
-                    if refused { EXIT_REFUSED } else { EXIT_UNREACHABLE },
+                    if refused {
+                        EXIT_REFUSED
+                    } else {
+                        EXIT_UNREACHABLE
+                    },
                     json.clone(),
                 )
             }
@@ -374,8 +382,10 @@ impl Ui {
                 }
             }
             None => {
-                let (targets, raw): (Vec<TargetSummary>, Value) =
-                    self.client.call_as("GET", "/v1/targets", None, None).await?;
+                let (targets, raw): (Vec<TargetSummary>, Value) = self
+                    .client
+                    .call_as("GET", "/v1/targets", None, None)
+                    .await?;
                 let (pause, _): (PauseStatus, Value) =
                     self.client.call_as("GET", "/v1/pause", None, None).await?;
                 if self.json {
@@ -455,15 +465,25 @@ impl Ui {
             })
             .collect();
         table(
-            &["ID", "CREATED (UTC)", "TARGET", "ACTION", "STATE", "BY", "DETAIL"],
+            &[
+                "ID",
+                "CREATED (UTC)",
+                "TARGET",
+                "ACTION",
+                "STATE",
+                "BY",
+                "DETAIL",
+            ],
             &rows,
         );
         Ok(EXIT_OK)
     }
 
     async fn devices(&self, check: bool) -> Result<u8, ClientError> {
-        let (mut devices, mut raw): (Vec<DeviceSummary>, Value) =
-            self.client.call_as("GET", "/v1/devices", None, None).await?;
+        let (mut devices, mut raw): (Vec<DeviceSummary>, Value) = self
+            .client
+            .call_as("GET", "/v1/devices", None, None)
+            .await?;
         if check {
             let mut checked = Vec::new();
             let mut checked_raw = Vec::new();
@@ -504,12 +524,23 @@ impl Ui {
                 })
                 .collect();
             table(
-                &["DEVICE", "KIND", "ADDRESS", "HEALTH", "TARGETS", "IDENTITY / ERROR"],
+                &[
+                    "DEVICE",
+                    "KIND",
+                    "ADDRESS",
+                    "HEALTH",
+                    "TARGETS",
+                    "IDENTITY / ERROR",
+                ],
                 &rows,
             );
         }
         let unhealthy = devices.iter().any(|d| d.health == HealthState::Unhealthy);
-        Ok(if check && unhealthy { EXIT_FAILED } else { EXIT_OK })
+        Ok(if check && unhealthy {
+            EXIT_FAILED
+        } else {
+            EXIT_OK
+        })
     }
 
     async fn confirm(&self, node: &str, reason: &str, yes: bool) -> Result<u8, ClientError> {
@@ -530,8 +561,10 @@ impl Ui {
         }
         let path = format!("/v1/targets/{}/confirm", encode(node));
         let body = json!({ "reason": reason });
-        let (op, raw): (Operation, Value) =
-            self.client.call_as("POST", &path, Some(&body), None).await?;
+        let (op, raw): (Operation, Value) = self
+            .client
+            .call_as("POST", &path, Some(&body), None)
+            .await?;
         if self.json {
             print_json(&raw);
         } else {
@@ -572,7 +605,10 @@ fn level_names(level: &[LevelDevice]) -> String {
 
 fn progress_line(op: &Operation) -> String {
     match (op.state, op.attempts.last()) {
-        (OpState::Delayed, _) => format!("delayed (fence-race delay {:.1} s)", op.delay_ms as f64 / 1000.0),
+        (OpState::Delayed, _) => format!(
+            "delayed (fence-race delay {:.1} s)",
+            op.delay_ms as f64 / 1000.0
+        ),
         (s, Some(a)) => {
             let phase = match a.phase {
                 Phase::Off => "off",
@@ -598,7 +634,11 @@ fn how(c: &Confirmation) -> String {
         } => format!(
             "power read back from {} (level {level}){}",
             devices.join(", "),
-            if *already { ", already in that state before any command" } else { "" }
+            if *already {
+                ", already in that state before any command"
+            } else {
+                ""
+            }
         ),
         Confirmation::Manual { by, reason } => format!("confirmed by hand by {by}: {reason}"),
     }
@@ -735,7 +775,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 fn format_ms(ms: u64) -> String {

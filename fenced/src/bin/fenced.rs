@@ -92,11 +92,16 @@ fn check_config(file: &Path) -> ExitCode {
         }
     };
     println!("{}: valid", file.display());
-    println!("daemon: node {}, socket {}, history {}", config.daemon.node_name, config.daemon.socket.display(), config.daemon.history.display());
-    let tcp = config
-        .api
-        .tcp
-        .map_or_else(|| "no TCP listener".to_string(), |a| format!("TCP {a} (role {})", role(config.api.tcp_role)));
+    println!(
+        "daemon: node {}, socket {}, history {}",
+        config.daemon.node_name,
+        config.daemon.socket.display(),
+        config.daemon.history.display()
+    );
+    let tcp = config.api.tcp.map_or_else(
+        || "no TCP listener".to_string(),
+        |a| format!("TCP {a} (role {})", role(config.api.tcp_role)),
+    );
     println!("api: socket mode {:04o}, {tcp}", config.api.socket_mode);
     println!(
         "limits: {} fencing operations per {} s ({} per target), request ids kept {} s",
@@ -112,7 +117,8 @@ fn check_config(file: &Path) -> ExitCode {
                 "user {}, privilege {}, cipher suite {}",
                 s.username,
                 s.privilege,
-                s.cipher_suite.map_or_else(|| "auto".to_string(), |c| c.to_string())
+                s.cipher_suite
+                    .map_or_else(|| "auto".to_string(), |c| c.to_string())
             ),
         };
         println!("  {name}: {} at {} ({extra})", d.kind_name(), d.address());
@@ -157,8 +163,13 @@ async fn run(path: &Path) -> Result<(), String> {
         env!("CARGO_PKG_VERSION")
     );
     let clock = Clock::system();
-    let (history, interrupted) = History::open(&config.daemon.history, clock.now_ms())
-        .map_err(|e| format!("cannot open history {}: {e}", config.daemon.history.display()))?;
+    let (history, interrupted) =
+        History::open(&config.daemon.history, clock.now_ms()).map_err(|e| {
+            format!(
+                "cannot open history {}: {e}",
+                config.daemon.history.display()
+            )
+        })?;
     for op in &interrupted {
         tracing::warn!(
             op = op.id,
@@ -179,8 +190,8 @@ async fn run(path: &Path) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let listener = bind_unix(&config.daemon.socket, config.api.socket_mode)
-        .map_err(|e| e.to_string())?;
+    let listener =
+        bind_unix(&config.daemon.socket, config.api.socket_mode).map_err(|e| e.to_string())?;
     tracing::info!(socket = %config.daemon.socket.display(), mode = format_args!("{:04o}", config.api.socket_mode), "API listening on Unix socket");
     let tcp = match config.api.tcp {
         Some(addr) => {
@@ -253,8 +264,10 @@ async fn run(path: &Path) -> Result<(), String> {
 
 async fn wait_for_signal() -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -1,0 +1,118 @@
+//! The `fenced` binary: check-config, and run (serve, sd_notify READY, stop on SIGTERM).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FENCED: &str = env!("CARGO_BIN_EXE_fenced");
+const FENCE_NODE: &str = env!("CARGO_BIN_EXE_fence_node");
+
+#[test]
+fn check_config_prints_a_summary_or_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret").unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[devices.bmc1]\nkind = \"ipmi\"\naddress = \"192.0.2.10\"\nusername = \"admin\"\npassword_file = \"{}\"\n\n[targets.node1]\nlevels = [[\"bmc1\"]]\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(FENCED)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("valid"), "{out}");
+    assert!(out.contains("bmc1: ipmi at 192.0.2.10:623"), "{out}");
+    assert!(out.contains("level 1: bmc1"), "{out}");
+    assert!(!out.contains("secret"), "a password was printed: {out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[targets.node1]\nlevels = [[\"nosuch\"]]\n").unwrap();
+    let o = Command::new(FENCED)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.toml") && err.contains("nosuch"), "{err}");
+}
+
+#[test]
+fn run_serves_notifies_systemd_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("run/fenced.sock");
+    let config = dir.path().join("fenced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = \"{}\"\nhistory = \"{}\"\n",
+            sock.display(),
+            dir.path().join("history.redb").display()
+        ),
+    )
+    .unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(FENCED)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+
+    let o = Command::new(FENCE_NODE)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "fenced did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!sock.exists(), "socket left behind");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut logs).unwrap();
+    assert!(
+        logs.contains("fenced ready") && logs.contains("SIGTERM"),
+        "{logs}"
+    );
+}
