@@ -707,3 +707,8 @@ impl Engine {
         self.inner.state().in_flight.len()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testdev;
+#[cfg(test)]
+pub(crate) mod tests;
