@@ -346,7 +346,7 @@ fn seconds(
     field: &str,
     v: f64,
 ) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+    if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
         return Err(ctx.err(
             span,
             field,

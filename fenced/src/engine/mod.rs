@@ -381,7 +381,7 @@ impl Engine {
         }
         drop(st);
         let _ = inner.events.send(Event::Operation {
-            operation: op.clone(),
+            operation: Box::new(op.clone()),
         });
         let total = req
             .timeout_s
@@ -629,7 +629,7 @@ impl Engine {
         st.latest.insert(target.to_string(), id);
         drop(st);
         let _ = inner.events.send(Event::Operation {
-            operation: op.clone(),
+            operation: Box::new(op.clone()),
         });
         Ok(op)
     }

@@ -30,7 +30,7 @@ pub(super) fn fence_race_delay(t: &Timing) -> Duration {
 fn publish(inner: &Inner, tx: &watch::Sender<Operation>, op: &Operation) {
     tx.send_replace(op.clone());
     let _ = inner.events.send(Event::Operation {
-        operation: op.clone(),
+        operation: Box::new(op.clone()),
     });
 }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the real third-party peers the test suite runs against (Debian packages).
+# Idempotent and quiet: already-installed packages cost one dpkg query.
+set -euo pipefail
+
+# Peers and tools the tests use, by the command each provides:
+#   ipmitool      -> ipmitool (drives our BMC simulator; always with -H in tests)
+#   openipmi      -> ipmi_sim (a BMC our IPMI client must fence)
+#   fence-agents  -> fence_ipmilan (ClusterLabs agent against our simulator)
+#   curl          -> a real HTTP client for the fencer API over its Unix socket
+#   procps        -> ps (RSS figures in benchmarks)
+packages=(ipmitool openipmi fence-agents curl procps)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to install: ${missing[*]} (run with sudo)" >&2
+    exit 1
+  fi
+  echo "install-test-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# fence_ipmilan needs ipmitool on PATH; ipmi_sim must exist for the interop tests.
+for c in ipmitool ipmi_sim fence_ipmilan curl; do
+  command -v "$c" >/dev/null || { echo "install-test-deps: $c missing after install" >&2; exit 1; }
+done
+echo "install-test-deps: ok"
