@@ -1,14 +1,43 @@
-#!/bin/sh
-# Installs what the test suites use beyond the Rust toolchain. Idempotent and quiet; run as root.
-#   curl                    - fenced/tests/api.rs drives the API with it
-#   openapi-spec-validator  - fenced/tests/api.rs validates fenced/openapi.json with it
-set -eu
+#!/usr/bin/env bash
+# Installs the real third-party peers the test suite runs against (Debian packages).
+# Idempotent and quiet: already-installed packages cost one dpkg query.
+set -euo pipefail
 
-if ! command -v curl >/dev/null 2>&1; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+# Peers and tools the tests use, by the command each provides:
+#   ipmitool      -> ipmitool (drives our BMC simulator; always with -H in tests)
+#   openipmi      -> ipmi_sim (a BMC our IPMI client must fence)
+#   fence-agents  -> fence_ipmilan (ClusterLabs agent against our simulator)
+#   curl          -> a real HTTP client for the fencer API over its Unix socket
+#   procps        -> ps (RSS figures in benchmarks)
+packages=(ipmitool openipmi fence-agents curl procps)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to install: ${missing[*]} (run with sudo)" >&2
+    exit 1
+  fi
+  echo "install-test-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# fence_ipmilan needs ipmitool on PATH; ipmi_sim must exist for the interop tests.
+for c in ipmitool ipmi_sim fence_ipmilan curl; do
+  command -v "$c" >/dev/null || { echo "install-test-deps: $c missing after install" >&2; exit 1; }
+done
+# openapi-spec-validator: fenced/tests/api.rs validates fenced/openapi.json with it (PyPI).
 if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to install openapi-spec-validator (run with sudo)" >&2
+    exit 1
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
+
+echo "install-test-deps: ok"

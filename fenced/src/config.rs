@@ -346,7 +346,7 @@ fn seconds(
     field: &str,
     v: f64,
 ) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+    if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
         return Err(ctx.err(
             span,
             field,
@@ -710,4 +710,111 @@ fn hostname() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<Vec<u8>> {
+        (name == "PW").then(|| b"secret-pw".to_vec())
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/palisade/fenced.toml"), text, &env)
+    }
+
+    const GOOD: &str = r#"
+[daemon]
+socket = "/tmp/x.sock"
+
+[limits]
+max_operations = 4
+
+[devices.bmc1]
+kind = "ipmi"
+address = "127.0.0.1:6230"
+username = "admin"
+password_env = "PW"
+cipher_suite = 17
+
+[targets.node1]
+levels = [["bmc1"]]
+identities = { bmc1 = "A1B2" }
+delay_s = 2.5
+"#;
+
+    #[test]
+    fn good_config_resolves() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits.max_operations, 4);
+        let t = &c.targets["node1"];
+        assert_eq!(
+            t.levels[0][0],
+            LevelEntry {
+                device: "bmc1".into(),
+                port: None
+            }
+        );
+        assert_eq!(t.identities["bmc1"], "a1b2");
+        assert_eq!(t.timing.delay, Duration::from_millis(2500));
+        let DeviceKind::Ipmi(s) = &c.devices["bmc1"].kind;
+        assert_eq!(s.password.expose(), b"secret-pw");
+        assert_eq!(s.cipher_suite, Some(17));
+        assert!(
+            !format!("{c:?}").contains("secret-pw"),
+            "secrets must never be printed"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_field_and_expectation() {
+        let e = parse(&GOOD.replace("levels = [[\"bmc1\"]]", "levels = [[\"bmc9\"]]")).unwrap_err();
+        assert_eq!(e.line, Some(16));
+        assert_eq!(e.field.as_deref(), Some("targets.node1.levels"));
+        let s = e.to_string();
+        assert!(
+            s.starts_with("/etc/palisade/fenced.toml:16: targets.node1.levels:"),
+            "{s}"
+        );
+        assert!(
+            s.contains("bmc9") && s.contains("expected one of: bmc1"),
+            "{s}"
+        );
+
+        let e = parse(&GOOD.replace("cipher_suite = 17", "cipher_suite = 2")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(13), Some("devices.bmc1.cipher_suite"))
+        );
+
+        let e =
+            parse(&GOOD.replace("password_env = \"PW\"", "password_env = \"NOPE\"")).unwrap_err();
+        assert!(e.to_string().contains("NOPE is not set"));
+
+        let e = parse(&GOOD.replace("max_operations = 4", "max_operatons = 4")).unwrap_err();
+        assert_eq!(e.line, Some(6));
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+
+        let e = parse(&format!("{GOOD}\n[api]\ntcp = \"0.0.0.0:7420\"\n")).unwrap_err();
+        assert!(e.message.contains("not a loopback address"));
+
+        let e = parse(&GOOD.replace("cipher_suite = 17", "cipher_suite = 0")).unwrap_err();
+        assert!(e.message.contains("allow_cipher_suite_0"));
+
+        let e = parse(&GOOD.replace("kind = \"ipmi\"", "kind = \"telepathy\"")).unwrap_err();
+        assert!(e.message.contains("unknown device kind `telepathy`"));
+    }
+
+    #[test]
+    fn root_is_always_admin_and_others_need_a_grant() {
+        let c = parse(&format!(
+            "{GOOD}\n[api]\nfence_uids = [1000]\nread_gids = [50]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.api.role_for_peer(0, 0), Some(Role::Admin));
+        assert_eq!(c.api.role_for_peer(1000, 1000), Some(Role::Fence));
+        assert_eq!(c.api.role_for_peer(1001, 50), Some(Role::Read));
+        assert_eq!(c.api.role_for_peer(1001, 1001), None);
+    }
 }

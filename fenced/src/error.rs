@@ -130,3 +130,11 @@ impl EngineError {
         }
     }
 }
+
+impl From<crate::history::HistoryError> for EngineError {
+    fn from(e: crate::history::HistoryError) -> Self {
+        EngineError::History {
+            detail: e.to_string(),
+        }
+    }
+}

@@ -445,3 +445,141 @@ impl History {
         tx.commit().unwrap();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Caller;
+
+    fn op(id: u64, target: &str, created_ms: u64) -> Operation {
+        Operation {
+            id,
+            target: target.into(),
+            action: Action::Off,
+            reason: String::new(),
+            requested_by: Caller {
+                identity: "uid:0".into(),
+            },
+            request_id: None,
+            state: OpState::Succeeded,
+            created_ms,
+            started_ms: Some(created_ms),
+            finished_ms: Some(created_ms + 1),
+            delay_ms: 0,
+            attempts: vec![],
+            outcome: None,
+        }
+    }
+
+    fn filled() -> (tempfile::TempDir, History) {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, _) = History::open(&dir.path().join("h.redb"), 0).unwrap();
+        for i in 1..=6 {
+            h.record(&op(i, if i % 2 == 0 { "a" } else { "b" }, i * 100))
+                .unwrap();
+        }
+        (dir, h)
+    }
+
+    #[test]
+    fn queries_by_target_and_time_newest_first() {
+        let (_d, h) = filled();
+        let ids = |q: HistoryQuery| {
+            h.query(&q)
+                .unwrap()
+                .iter()
+                .map(|o| o.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(HistoryQuery::default()), vec![6, 5, 4, 3, 2, 1]);
+        assert_eq!(
+            ids(HistoryQuery {
+                target: Some("a".into()),
+                ..Default::default()
+            }),
+            vec![6, 4, 2]
+        );
+        assert_eq!(
+            ids(HistoryQuery {
+                target: Some("a".into()),
+                since_ms: Some(200),
+                until_ms: Some(600),
+                limit: None
+            }),
+            vec![4, 2]
+        );
+        assert_eq!(
+            ids(HistoryQuery {
+                limit: Some(2),
+                ..Default::default()
+            }),
+            vec![6, 5]
+        );
+        assert_eq!(h.last_operation_id().unwrap(), 6);
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let (_d, h) = filled();
+        h.append_event(LedgerEntry::Pause {
+            status: PauseStatus {
+                paused: true,
+                by: Some("uid:0".into()),
+                reason: Some("x".into()),
+                since_ms: Some(1),
+            },
+        })
+        .unwrap();
+        assert_eq!(h.verify_chain().unwrap(), 7);
+        assert!(h.pause_status().unwrap().paused);
+    }
+
+    #[test]
+    fn changed_record_breaks_the_chain_at_that_record() {
+        let (_d, h) = filled();
+        h.tamper_ledger(3, |r| {
+            if let LedgerEntry::Operation { operation } = &mut r.entry {
+                operation.state = OpState::Failed;
+            }
+        });
+        match h.verify_chain() {
+            Err(HistoryError::ChainBroken { seq, detail }) => {
+                assert_eq!(seq, 3);
+                assert!(detail.contains("changed"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn changed_record_with_recomputed_hash_breaks_the_next_link() {
+        let (_d, h) = filled();
+        h.tamper_ledger(2, |r| {
+            r.entry = LedgerEntry::Operation {
+                operation: op(2, "a", 1),
+            };
+            let json = serde_json::to_vec(&r.entry).unwrap();
+            r.hash = chain_hash(r.seq, &r.prev_hash, &json);
+        });
+        assert!(matches!(
+            h.verify_chain(),
+            Err(HistoryError::ChainBroken { seq: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn removed_record_is_detected() {
+        let (_d, h) = filled();
+        h.remove_ledger(4);
+        assert!(matches!(
+            h.verify_chain(),
+            Err(HistoryError::ChainBroken { seq: 5, .. })
+        ));
+        let (_d, h) = filled();
+        h.remove_ledger(1);
+        assert!(matches!(
+            h.verify_chain(),
+            Err(HistoryError::ChainBroken { seq: 2, .. })
+        ));
+    }
+}

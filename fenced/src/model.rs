@@ -253,8 +253,8 @@ impl Operation {
 pub enum Event {
     /// An operation changed (new, state change, new attempt, finished).
     Operation {
-        /// The operation as it is now.
-        operation: Operation,
+        /// The operation as it is now (boxed: events sit in a broadcast ring).
+        operation: Box<Operation>,
     },
     /// Fencing was paused or resumed.
     Pause {

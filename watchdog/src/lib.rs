@@ -1,1 +1,6 @@
-//! placeholder
+//! Self-fencing: the hardware watchdog device and, later, the SBD disk watcher that feeds it
+//! only while the node is healthy.
+
+pub mod device;
+
+pub use device::{LinuxWatchdog, WatchdogDevice, WatchdogError, WatchdogInfo};

@@ -132,24 +132,19 @@ impl Engine {
         interrupted: u32,
         clock: Clock,
     ) -> Result<Engine, EngineError> {
-        let hist_err = |e: crate::history::HistoryError| EngineError::History {
-            detail: e.to_string(),
-        };
-        let next_id = history.last_operation_id().map_err(hist_err)? + 1;
-        let pause = history.pause_status().map_err(hist_err)?;
+        let next_id = history.last_operation_id()? + 1;
+        let pause = history.pause_status()?;
         let mut latest = HashMap::new();
         let mut request_ids = HashMap::new();
         let since = clock
             .now_ms()
             .saturating_sub(config.limits.request_id_window.as_millis() as u64);
         for t in config.targets.keys() {
-            let recent = history
-                .query(&HistoryQuery {
-                    target: Some(t.clone()),
-                    limit: Some(1),
-                    ..Default::default()
-                })
-                .map_err(hist_err)?;
+            let recent = history.query(&HistoryQuery {
+                target: Some(t.clone()),
+                limit: Some(1),
+                ..Default::default()
+            })?;
             if let Some(op) = recent.first() {
                 latest.insert(t.clone(), op.id);
                 if let (Some(rid), Some(fin)) = (&op.request_id, op.finished_ms) {
@@ -261,9 +256,7 @@ impl Engine {
             if let Some(&id) = st.request_ids.get(rid) {
                 let op = match st.in_flight.get(&req.target) {
                     Some(f) if f.id == id => Some(f.tx.borrow().clone()),
-                    _ => inner.history.get(id).map_err(|e| EngineError::History {
-                        detail: e.to_string(),
-                    })?,
+                    _ => inner.history.get(id)?,
                 };
                 if let Some(op) = op {
                     if op.target != req.target || op.action != req.action {
@@ -356,12 +349,7 @@ impl Engine {
             outcome: None,
         };
         // Durability first: the operation exists in history before anything else happens.
-        inner
-            .history
-            .record(&op)
-            .map_err(|e| EngineError::History {
-                detail: e.to_string(),
-            })?;
+        inner.history.record(&op)?;
         st.next_id += 1;
         if req.action.fences() {
             st.limiter.record(&req.target, tokio::time::Instant::now());
@@ -381,7 +369,7 @@ impl Engine {
         }
         drop(st);
         let _ = inner.events.send(Event::Operation {
-            operation: op.clone(),
+            operation: Box::new(op.clone()),
         });
         let total = req
             .timeout_s
@@ -415,10 +403,7 @@ impl Engine {
         }
         self.inner
             .history
-            .get(id)
-            .map_err(|e| EngineError::History {
-                detail: e.to_string(),
-            })?
+            .get(id)?
             .ok_or(EngineError::UnknownOperation { id })
     }
 
@@ -453,12 +438,7 @@ impl Engine {
         if let Some(t) = &q.target {
             self.target(t)?;
         }
-        self.inner
-            .history
-            .query(q)
-            .map_err(|e| EngineError::History {
-                detail: e.to_string(),
-            })
+        Ok(self.inner.history.query(q)?)
     }
 
     fn summary(&self, t: &TargetConfig) -> Result<TargetSummary, EngineError> {
@@ -470,9 +450,6 @@ impl Engine {
                 target: Some(t.name.clone()),
                 limit: Some(1),
                 ..Default::default()
-            })
-            .map_err(|e| EngineError::History {
-                detail: e.to_string(),
             })?
             .into_iter()
             .next();
@@ -619,17 +596,12 @@ impl Engine {
                 ),
             }),
         };
-        inner
-            .history
-            .record(&op)
-            .map_err(|e| EngineError::History {
-                detail: e.to_string(),
-            })?;
+        inner.history.record(&op)?;
         st.next_id += 1;
         st.latest.insert(target.to_string(), id);
         drop(st);
         let _ = inner.events.send(Event::Operation {
-            operation: op.clone(),
+            operation: Box::new(op.clone()),
         });
         Ok(op)
     }
@@ -648,14 +620,9 @@ impl Engine {
             reason: Some(reason.to_string()),
             since_ms: Some(inner.clock.now_ms()),
         };
-        inner
-            .history
-            .append_event(LedgerEntry::Pause {
-                status: status.clone(),
-            })
-            .map_err(|e| EngineError::History {
-                detail: e.to_string(),
-            })?;
+        inner.history.append_event(LedgerEntry::Pause {
+            status: status.clone(),
+        })?;
         inner.state().pause = status.clone();
         let _ = inner.events.send(Event::Pause {
             paused,
@@ -707,3 +674,8 @@ impl Engine {
         self.inner.state().in_flight.len()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testdev;
+#[cfg(test)]
+pub(crate) mod tests;

@@ -30,7 +30,7 @@ pub(super) fn fence_race_delay(t: &Timing) -> Duration {
 fn publish(inner: &Inner, tx: &watch::Sender<Operation>, op: &Operation) {
     tx.send_replace(op.clone());
     let _ = inner.events.send(Event::Operation {
-        operation: op.clone(),
+        operation: Box::new(op.clone()),
     });
 }
 
@@ -362,10 +362,12 @@ async fn step(
     let mut polls = 0u32;
     let mut last: Result<PowerState, DeviceError> = Ok(PowerState::Unknown);
     loop {
-        if Instant::now() + interval >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             break;
         }
-        tokio::time::sleep(interval).await;
+        // The last read lands on the deadline itself, so a slow switch gets all its time.
+        tokio::time::sleep(interval.min(left)).await;
         interval = (interval * 2).min(POLL_MAX);
         polls += 1;
         match timeout_at(deadline, dev.status(port)).await {

@@ -1,0 +1,156 @@
+//! An in-process power device with scriptable faults, for the engine's own tests.
+
+use async_trait::async_trait;
+use drivers::{DeviceError, Identity, PowerCommand, PowerDevice, PowerState};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the device does on one call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Behave.
+    None,
+    /// Answer with an error.
+    Error,
+    /// Answer with garbage (a protocol error).
+    Garbage,
+    /// Never answer.
+    Hang,
+    /// Answer after a delay.
+    Slow(Duration),
+}
+
+#[derive(Debug)]
+pub struct State {
+    /// The real power state of the node behind the device.
+    pub power: PowerState,
+    /// Commands are acknowledged and ignored (a lying BMC).
+    pub stuck: bool,
+    /// `on` is acknowledged and ignored.
+    pub on_fails: bool,
+    /// Time a power change takes.
+    pub switch_delay: Duration,
+    /// When the pending switch completes, and to what.
+    pending: Option<(tokio::time::Instant, PowerState)>,
+    /// Per-call faults, consumed in order; empty means behave.
+    pub faults: VecDeque<Fault>,
+    /// Every command received, in order.
+    pub commands: Vec<PowerCommand>,
+    /// Status reads answered.
+    pub status_reads: u32,
+    /// Status reads that answered `off`.
+    pub off_reads: u32,
+    /// What the device says it is.
+    pub identity: String,
+}
+
+#[derive(Clone)]
+pub struct TestDevice(pub Arc<Mutex<State>>);
+
+impl TestDevice {
+    pub fn new(power: PowerState) -> Self {
+        TestDevice(Arc::new(Mutex::new(State {
+            power,
+            stuck: false,
+            on_fails: false,
+            switch_delay: Duration::ZERO,
+            pending: None,
+            faults: VecDeque::new(),
+            commands: Vec::new(),
+            status_reads: 0,
+            off_reads: 0,
+            identity: "guid-a".into(),
+        })))
+    }
+
+    pub fn with(self, f: impl FnOnce(&mut State)) -> Self {
+        f(&mut self.0.lock().unwrap());
+        self
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+
+    /// The real power state now (after any pending switch).
+    pub fn true_power(&self) -> PowerState {
+        let mut s = self.state();
+        settle(&mut s);
+        s.power
+    }
+
+    async fn fault(&self) -> Result<(), DeviceError> {
+        let f = self.state().faults.pop_front().unwrap_or(Fault::None);
+        match f {
+            Fault::None => Ok(()),
+            Fault::Error => Err(DeviceError::Unreachable {
+                address: "test".into(),
+                reason: "injected error".into(),
+            }),
+            Fault::Garbage => Err(DeviceError::Protocol {
+                address: "test".into(),
+                detail: "injected garbage".into(),
+            }),
+            Fault::Hang => std::future::pending().await,
+            Fault::Slow(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn settle(s: &mut State) {
+    if let Some((at, to)) = s.pending {
+        if tokio::time::Instant::now() >= at {
+            s.power = to;
+            s.pending = None;
+        }
+    }
+}
+
+#[async_trait]
+impl PowerDevice for TestDevice {
+    async fn status(&self, _port: Option<&str>) -> Result<PowerState, DeviceError> {
+        self.fault().await?;
+        let mut s = self.state();
+        settle(&mut s);
+        s.status_reads += 1;
+        let shown = match s.pending {
+            Some((_, PowerState::Off)) => PowerState::PoweringOff,
+            Some((_, _)) => PowerState::PoweringOn,
+            None => s.power,
+        };
+        if shown == PowerState::Off {
+            s.off_reads += 1;
+        }
+        Ok(shown)
+    }
+
+    async fn power(&self, _port: Option<&str>, command: PowerCommand) -> Result<(), DeviceError> {
+        self.fault().await?;
+        let mut s = self.state();
+        settle(&mut s);
+        s.commands.push(command);
+        let ignore = s.stuck || (command == PowerCommand::On && s.on_fails);
+        if !ignore {
+            let to = command.expected_state();
+            if s.switch_delay.is_zero() {
+                s.power = to;
+            } else {
+                s.pending = Some((tokio::time::Instant::now() + s.switch_delay, to));
+            }
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<Identity, DeviceError> {
+        self.fault().await?;
+        Ok(Identity {
+            kind: "system-guid".into(),
+            value: self.state().identity.clone(),
+            description: "test device".into(),
+        })
+    }
+}

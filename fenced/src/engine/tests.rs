@@ -1,0 +1,764 @@
+//! Engine tests that try to make it lie: every path that can say "fenced" is attacked with a
+//! device that lies, hangs, errors or answers garbage, and must end in the honest outcome.
+
+use super::testdev::{Fault, TestDevice};
+use super::*;
+use crate::config::{ApiConfig, DaemonConfig, LevelEntry, Limits, Role, Timing};
+use drivers::{PowerCommand, PowerState};
+use std::time::Duration;
+
+pub(crate) struct Rig {
+    pub engine: Engine,
+    pub _dir: tempfile::TempDir,
+}
+
+pub(crate) fn target(name: &str, levels: &[&[&str]]) -> TargetConfig {
+    TargetConfig {
+        name: name.into(),
+        levels: levels
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|d| match d.split_once(':') {
+                        Some((d, p)) => LevelEntry {
+                            device: d.into(),
+                            port: Some(p.into()),
+                        },
+                        None => LevelEntry {
+                            device: (*d).into(),
+                            port: None,
+                        },
+                    })
+                    .collect()
+            })
+            .collect(),
+        identities: Default::default(),
+        timing: Timing {
+            attempt_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(30),
+            delay: Duration::ZERO,
+            random_delay: Duration::ZERO,
+        },
+    }
+}
+
+pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Config {
+    Config {
+        source: dir.join("test.toml"),
+        daemon: DaemonConfig {
+            socket: dir.join("s"),
+            history: dir.join("h.redb"),
+            node_name: "test".into(),
+        },
+        api: ApiConfig {
+            tcp: None,
+            tcp_role: Role::Read,
+            socket_mode: 0o660,
+            admin_uids: vec![],
+            fence_uids: vec![],
+            read_uids: vec![],
+            admin_gids: vec![],
+            fence_gids: vec![],
+            read_gids: vec![],
+        },
+        limits: Limits {
+            window: Duration::from_secs(600),
+            max_operations: 100,
+            max_operations_per_target: 100,
+            request_id_window: Duration::from_secs(300),
+        },
+        devices: Default::default(),
+        targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
+    }
+}
+
+pub(crate) fn rig_in(dir: tempfile::TempDir, cfg: Config, devs: &[(&str, &TestDevice)]) -> Rig {
+    let (history, interrupted) = History::open(&cfg.daemon.history, 0).unwrap();
+    let devices = devs
+        .iter()
+        .map(|(n, d)| {
+            (
+                n.to_string(),
+                DeviceSlot {
+                    device: Arc::new((*d).clone()),
+                    kind: "test".into(),
+                    address: "in-process".into(),
+                },
+            )
+        })
+        .collect();
+    let engine = Engine::new(
+        Arc::new(cfg),
+        devices,
+        history,
+        interrupted.len() as u32,
+        Clock::system(),
+    )
+    .unwrap();
+    Rig { engine, _dir: dir }
+}
+
+fn rig(targets: Vec<TargetConfig>, devs: &[(&str, &TestDevice)]) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(targets, dir.path());
+    rig_in(dir, cfg, devs)
+}
+
+fn caller() -> Caller {
+    Caller {
+        identity: "uid:0".into(),
+    }
+}
+
+fn req(target: &str, action: Action) -> FenceRequest {
+    FenceRequest {
+        target: target.into(),
+        action,
+        reason: "test".into(),
+        request_id: None,
+        timeout_s: None,
+    }
+}
+
+async fn run(e: &Engine, r: FenceRequest) -> Operation {
+    let a = e.fence(r, &caller()).unwrap();
+    e.wait_operation(a.id, Duration::from_secs(3600))
+        .await
+        .unwrap()
+}
+
+fn failed_code(op: &Operation) -> &str {
+    match &op.outcome {
+        Some(Outcome::Failed { code, .. }) => code,
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn off_confirmed_by_read_back() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_millis(300));
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Succeeded);
+    assert!(op.fenced());
+    match op.outcome.unwrap() {
+        Outcome::Succeeded {
+            confirmation: Confirmation::PowerReadBack { level, already, .. },
+            ..
+        } => {
+            assert_eq!(level, 1);
+            assert!(!already);
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(d.true_power(), PowerState::Off);
+    assert_eq!(d.state().commands, vec![PowerCommand::Off]);
+    // History holds the same final record, and the chain verifies.
+    let h = r.engine.history(&HistoryQuery::default()).unwrap();
+    assert_eq!(h[0].state, OpState::Succeeded);
+    assert!(r.engine.inner.history.verify_chain().unwrap() >= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn already_off_is_a_success_that_says_so_and_sends_nothing() {
+    let d = TestDevice::new(PowerState::Off);
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Succeeded);
+    let Some(Outcome::Succeeded {
+        confirmation: Confirmation::PowerReadBack { already, .. },
+        summary,
+        ..
+    }) = &op.outcome
+    else {
+        panic!("{op:?}")
+    };
+    assert!(already);
+    assert!(summary.contains("already off"), "{summary}");
+    assert!(d.state().commands.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stuck_device_is_never_reported_fenced() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.stuck = true);
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Failed);
+    assert!(!op.fenced());
+    assert_eq!(failed_code(&op), "all_levels_failed");
+    let Some(Outcome::Failed { message, .. }) = &op.outcome else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("NOT fenced") && message.contains("still reports on"),
+        "{message}"
+    );
+    assert!(
+        matches!(&op.attempts[0].result, StepResult::Failed { code, .. } if code == "not_confirmed")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stuck_first_level_falls_back_to_second() {
+    let bmc = TestDevice::new(PowerState::On).with(|s| s.stuck = true);
+    let pdu = TestDevice::new(PowerState::On);
+    let r = rig(
+        vec![target("n1", &[&["bmc"], &["pdu:4"]])],
+        &[("bmc", &bmc), ("pdu", &pdu)],
+    );
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Succeeded);
+    let Some(Outcome::Succeeded {
+        confirmation: Confirmation::PowerReadBack { level, devices, .. },
+        ..
+    }) = &op.outcome
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (*level, devices.as_slice()),
+        (2, &["pdu:4".to_string()][..])
+    );
+    assert_eq!(op.attempts.len(), 2);
+    assert!(!op.attempts[0].result.is_confirmed());
+    assert_eq!(op.attempts[1].port.as_deref(), Some("4"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn device_that_stops_answering_mid_operation_times_out() {
+    // health is not asked (no identity pinned): status answers, the command answers, then
+    // every status read hangs.
+    let d = TestDevice::new(PowerState::On).with(|s| {
+        s.stuck = true;
+        s.faults = vec![Fault::None, Fault::None]
+            .into_iter()
+            .chain(std::iter::repeat_n(Fault::Hang, 100))
+            .collect();
+    });
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let start = tokio::time::Instant::now();
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Failed);
+    assert!(
+        start.elapsed() <= Duration::from_secs(6),
+        "attempt deadline must bound a hung device"
+    );
+    assert!(matches!(&op.attempts[0].result, StepResult::Failed { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_and_garbage_fail_the_attempt() {
+    for f in [Fault::Error, Fault::Garbage] {
+        let d = TestDevice::new(PowerState::On)
+            .with(|s| s.faults = std::iter::repeat_n(f.clone(), 1000).collect());
+        let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert_eq!(op.state, OpState::Failed, "{f:?}");
+        let StepResult::Failed { code, .. } = &op.attempts[0].result else {
+            panic!()
+        };
+        assert!(code == "unreachable" || code == "protocol", "{code}");
+        assert!(d.state().commands.is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_error_while_polling_is_retried_until_confirmed() {
+    let d = TestDevice::new(PowerState::On).with(|s| {
+        s.switch_delay = Duration::from_millis(100);
+        s.faults = vec![Fault::None, Fault::None, Fault::Garbage, Fault::Error].into();
+    });
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reboot_is_off_confirm_on_never_a_cycle() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_millis(50));
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let op = run(&r.engine, req("n1", Action::Reboot)).await;
+    assert_eq!(op.state, OpState::Succeeded);
+    assert_eq!(
+        d.state().commands,
+        vec![PowerCommand::Off, PowerCommand::On]
+    );
+    assert!(
+        d.state().off_reads >= 1,
+        "off must be read back before on is sent"
+    );
+    let Some(Outcome::Succeeded {
+        powered_on,
+        summary,
+        ..
+    }) = &op.outcome
+    else {
+        panic!()
+    };
+    assert_eq!(*powered_on, Some(true));
+    assert!(summary.contains("rebooted"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reboot_whose_power_on_fails_is_fenced_but_says_it_did_not_come_back() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.on_fails = true);
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let op = run(&r.engine, req("n1", Action::Reboot)).await;
+    assert_eq!(op.state, OpState::Succeeded);
+    assert!(op.fenced());
+    let Some(Outcome::Succeeded {
+        powered_on,
+        summary,
+        ..
+    }) = &op.outcome
+    else {
+        panic!()
+    };
+    assert_eq!(*powered_on, Some(false));
+    assert!(summary.contains("did NOT come back"), "{summary}");
+    assert!(!summary.contains("rebooted"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_device_level_needs_every_device_and_turns_all_off_before_any_on() {
+    let a = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_millis(200));
+    let b = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_millis(900));
+    let r = rig(
+        vec![target("n1", &[&["a:1", "b:1"]])],
+        &[("a", &a), ("b", &b)],
+    );
+    let op = run(&r.engine, req("n1", Action::Reboot)).await;
+    assert_eq!(op.state, OpState::Succeeded);
+    let phases: Vec<Phase> = op.attempts.iter().map(|a| a.phase).collect();
+    assert_eq!(phases, vec![Phase::Off, Phase::Off, Phase::On, Phase::On]);
+    let last_off = op.attempts[..2]
+        .iter()
+        .map(|a| a.finished_ms)
+        .max()
+        .unwrap();
+    let first_on = op.attempts[2..].iter().map(|a| a.started_ms).min().unwrap();
+    assert!(first_on >= last_off);
+
+    // One supply stuck: the node still has power, so the level fails.
+    let a = TestDevice::new(PowerState::On);
+    let b = TestDevice::new(PowerState::On).with(|s| s.stuck = true);
+    let r = rig(
+        vec![target("n1", &[&["a:1", "b:1"]])],
+        &[("a", &a), ("b", &b)],
+    );
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_identity_is_never_used_to_fence() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.identity = "guid-of-another-node".into());
+    let mut t = target("n1", &[&["bmc"]]);
+    t.identities.insert("bmc".into(), "guid-a".into());
+    let r = rig(vec![t], &[("bmc", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(op.state, OpState::Failed);
+    assert!(
+        matches!(&op.attempts[0].result, StepResult::Failed { code, .. } if code == "identity_mismatch")
+    );
+    assert!(
+        d.state().commands.is_empty(),
+        "nothing may be sent to a device that is not the target's"
+    );
+    let dev = r.engine.devices().into_iter().next().unwrap();
+    assert_eq!(dev.health, HealthState::Unhealthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn same_request_joins_and_conflicting_one_is_refused() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_secs(2));
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let a = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
+    let b = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
+    assert_eq!(a.id, b.id);
+    assert!(b.joined && !a.joined);
+    let c = r
+        .engine
+        .fence(req("n1", Action::On), &caller())
+        .unwrap_err();
+    assert_eq!(c.code(), "conflict");
+    assert_eq!(c.http_status(), 409);
+    let op = r
+        .engine
+        .wait_operation(a.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Succeeded);
+    assert_eq!(
+        d.state().commands,
+        vec![PowerCommand::Off],
+        "a joined request sends nothing more"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reused_request_id_never_returns_old_success_after_power_on() {
+    let d = TestDevice::new(PowerState::On);
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let mut off = req("n1", Action::Off);
+    off.request_id = Some("ctrl-42".into());
+    let first = run(&r.engine, off.clone()).await;
+    assert!(first.fenced());
+    // Retrying the same request id returns the same operation: nothing is sent again.
+    let again = r.engine.fence(off.clone(), &caller()).unwrap();
+    assert_eq!((again.id, again.joined), (first.id, true));
+    assert_eq!(d.state().commands.len(), 1);
+    // The node is powered back on; the same request id must now start a new fence.
+    let on = run(&r.engine, req("n1", Action::On)).await;
+    assert_eq!(on.state, OpState::Succeeded);
+    assert_eq!(d.true_power(), PowerState::On);
+    let third = r.engine.fence(off.clone(), &caller()).unwrap();
+    assert_ne!(third.id, first.id);
+    assert!(!third.joined);
+    let op = r
+        .engine
+        .wait_operation(third.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(op.fenced());
+    assert_eq!(d.true_power(), PowerState::Off);
+    // Request id used for another target is refused.
+    let mut other = off.clone();
+    other.action = Action::On;
+    assert_eq!(
+        r.engine.fence(other, &caller()).unwrap_err().code(),
+        "request_id_mismatch"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_id_expires_after_the_window() {
+    let d = TestDevice::new(PowerState::On);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(vec![target("n1", &[&["bmc"]])], dir.path());
+    cfg.limits.request_id_window = Duration::from_secs(10);
+    let r = rig_in(dir, cfg, &[("bmc", &d)]);
+    let mut off = req("n1", Action::Off);
+    off.request_id = Some("k".into());
+    let first = run(&r.engine, off.clone()).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let second = r.engine.fence(off, &caller()).unwrap();
+    assert_ne!(second.id, first.id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
+    let devs: Vec<TestDevice> = (0..4).map(|_| TestDevice::new(PowerState::On)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let targets = (0..4)
+        .map(|i| target(&format!("n{i}"), &[&[&format!("d{i}")]]))
+        .collect();
+    let mut cfg = config(targets, dir.path());
+    cfg.limits.max_operations = 2;
+    cfg.limits.max_operations_per_target = 1;
+    let names: Vec<String> = (0..4).map(|i| format!("d{i}")).collect();
+    let pairs: Vec<(&str, &TestDevice)> =
+        names.iter().map(|n| n.as_str()).zip(devs.iter()).collect();
+    let r = rig_in(dir, cfg, &pairs);
+    run(&r.engine, req("n0", Action::Off)).await;
+    let e = r
+        .engine
+        .fence(req("n0", Action::Reboot), &caller())
+        .unwrap_err();
+    assert_eq!(e.code(), "rate_limited");
+    assert!(
+        e.to_string().contains("max_operations_per_target = 1"),
+        "{e}"
+    );
+    run(&r.engine, req("n1", Action::Off)).await;
+    let e = r
+        .engine
+        .fence(req("n2", Action::Off), &caller())
+        .unwrap_err();
+    assert!(e.to_string().contains("max_operations = 2"), "{e}");
+    assert!(devs[2].state().commands.is_empty());
+    // Unfencing is not fencing: it is not counted against the limits.
+    assert_eq!(
+        run(&r.engine, req("n0", Action::On)).await.state,
+        OpState::Succeeded
+    );
+    // The window slides.
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    assert!(run(&r.engine, req("n2", Action::Off)).await.fenced());
+
+    r.engine.set_paused(true, &caller(), "maintenance").unwrap();
+    let e = r
+        .engine
+        .fence(req("n3", Action::Off), &caller())
+        .unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("paused", 503));
+    assert!(e.to_string().contains("maintenance"));
+    r.engine.set_paused(false, &caller(), "done").unwrap();
+    assert!(run(&r.engine, req("n3", Action::Off)).await.fenced());
+    assert!(
+        r.engine
+            .metrics()
+            .refused
+            .get("rate_limited")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_survives_a_restart() {
+    let d = TestDevice::new(PowerState::On);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let r = rig_in(
+        dir,
+        config(vec![target("n1", &[&["bmc"]])], &path),
+        &[("bmc", &d)],
+    );
+    r.engine.set_paused(true, &caller(), "storm").unwrap();
+    let Rig { engine, _dir } = r;
+    drop(engine);
+    let r = rig_in(
+        _dir,
+        config(vec![target("n1", &[&["bmc"]])], &path),
+        &[("bmc", &d)],
+    );
+    assert!(r.engine.pause_status().paused);
+    assert_eq!(
+        r.engine
+            .fence(req("n1", Action::Off), &caller())
+            .unwrap_err()
+            .code(),
+        "paused"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fence_race_delay_is_applied_before_any_device_is_touched() {
+    let d = TestDevice::new(PowerState::On);
+    let mut t = target("n1", &[&["bmc"]]);
+    t.timing.delay = Duration::from_secs(5);
+    t.timing.random_delay = Duration::from_secs(3);
+    let r = rig(vec![t], &[("bmc", &d)]);
+    let a = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
+    assert_eq!(a.state, OpState::Delayed);
+    tokio::time::sleep(Duration::from_millis(4900)).await;
+    assert!(d.state().commands.is_empty() && d.state().status_reads == 0);
+    let op = r
+        .engine
+        .wait_operation(a.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(op.fenced());
+    assert!((5000..=8000).contains(&op.delay_ms), "{}", op.delay_ms);
+    assert!(op.started_ms.unwrap() - op.created_ms >= 5000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_timeout_stops_the_fallback() {
+    let slow: Vec<TestDevice> = (0..3)
+        .map(|_| TestDevice::new(PowerState::On).with(|s| s.stuck = true))
+        .collect();
+    let mut t = target("n1", &[&["a"], &["b"], &["c"]]);
+    t.timing.attempt_timeout = Duration::from_secs(4);
+    t.timing.total_timeout = Duration::from_secs(6);
+    let r = rig(
+        vec![t],
+        &[("a", &slow[0]), ("b", &slow[1]), ("c", &slow[2])],
+    );
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert_eq!(failed_code(&op), "timeout");
+    assert!(slow[2].state().commands.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_confirmation_is_recorded_with_who_and_why() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.stuck = true);
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    assert_eq!(
+        r.engine.confirm("n1", &caller(), " ").unwrap_err().code(),
+        "bad_request"
+    );
+    let op = r
+        .engine
+        .confirm("n1", &caller(), "pulled both power cords")
+        .unwrap();
+    assert!(op.fenced());
+    let Some(Outcome::Succeeded {
+        confirmation: Confirmation::Manual { by, reason },
+        ..
+    }) = &op.outcome
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (by.as_str(), reason.as_str()),
+        ("uid:0", "pulled both power cords")
+    );
+    assert!(d.state().commands.is_empty());
+}
+
+#[tokio::test]
+async fn crash_mid_operation_is_recorded_as_interrupted_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.redb");
+    {
+        let (h, _) = History::open(&path, 0).unwrap();
+        let op = Operation {
+            id: 7,
+            target: "n1".into(),
+            action: Action::Off,
+            reason: "r".into(),
+            requested_by: caller(),
+            request_id: None,
+            state: OpState::Running,
+            created_ms: 1,
+            started_ms: Some(1),
+            finished_ms: None,
+            delay_ms: 0,
+            attempts: vec![],
+            outcome: None,
+        };
+        h.record(&op).unwrap();
+        // Dropped without finishing: what a SIGKILL leaves behind.
+    }
+    let (h, interrupted) = History::open(&path, 99).unwrap();
+    assert_eq!(interrupted.len(), 1);
+    let op = h.get(7).unwrap().unwrap();
+    assert_eq!(op.state, OpState::Failed);
+    assert!(!op.fenced());
+    assert_eq!(failed_code(&op), "interrupted");
+    // Reopening again finds nothing more in flight.
+    drop(h);
+    let (_, again) = History::open(&path, 100).unwrap();
+    assert!(again.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_status_and_device_monitor() {
+    let d = TestDevice::new(PowerState::On);
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
+    let t = r.engine.target_detail("n1", true).await.unwrap();
+    assert_eq!(t.live.unwrap()[0].state, Some(PowerState::On));
+    let dev = r.engine.monitor_device("bmc").await.unwrap();
+    assert_eq!(dev.health, HealthState::Healthy);
+    assert_eq!(dev.identity.unwrap().value, "guid-a");
+    assert_eq!(
+        r.engine.monitor_device("nope").await.unwrap_err().code(),
+        "unknown_device"
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fault() -> impl Strategy<Value = Fault> {
+        prop_oneof![
+            6 => Just(Fault::None),
+            1 => Just(Fault::Error),
+            1 => Just(Fault::Garbage),
+            1 => Just(Fault::Hang),
+            1 => (1u64..3000).prop_map(|ms| Fault::Slow(Duration::from_millis(ms))),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct DevPlan {
+        on: bool,
+        stuck: bool,
+        on_fails: bool,
+        switch_ms: u64,
+        faults: Vec<Fault>,
+    }
+
+    fn dev_plan() -> impl Strategy<Value = DevPlan> {
+        (
+            any::<bool>(),
+            prop::bool::weighted(0.3),
+            any::<bool>(),
+            0u64..4000,
+            prop::collection::vec(fault(), 0..12),
+        )
+            .prop_map(|(on, stuck, on_fails, switch_ms, faults)| DevPlan {
+                on,
+                stuck,
+                on_fails,
+                switch_ms,
+                faults,
+            })
+    }
+
+    fn build(p: &DevPlan) -> TestDevice {
+        TestDevice::new(if p.on {
+            PowerState::On
+        } else {
+            PowerState::Off
+        })
+        .with(|s| {
+            s.stuck = p.stuck;
+            s.on_fails = p.on_fails;
+            s.switch_delay = Duration::from_millis(p.switch_ms);
+            s.faults = p.faults.clone().into();
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        /// Whatever the devices do (within "they do not report off while on", which no
+        /// software can detect), a success means every device of the confirming level really
+        /// is off, and a device that was never read back as off is never counted.
+        #[test]
+        fn no_success_without_confirmation(
+            plans in prop::collection::vec(dev_plan(), 3),
+            two_in_level_one in any::<bool>(),
+            reboot in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let devs: Vec<TestDevice> = plans.iter().map(build).collect();
+                let levels: Vec<Vec<&str>> = if two_in_level_one {
+                    vec![vec!["d0", "d1"], vec!["d2"]]
+                } else {
+                    vec![vec!["d0"], vec!["d1"], vec!["d2"]]
+                };
+                let lv: Vec<&[&str]> = levels.iter().map(|l| l.as_slice()).collect();
+                let mut t = target("n", &lv);
+                t.timing.attempt_timeout = Duration::from_secs(5);
+                t.timing.total_timeout = Duration::from_secs(20);
+                let r = rig(vec![t], &[("d0", &devs[0]), ("d1", &devs[1]), ("d2", &devs[2])]);
+                let action = if reboot { Action::Reboot } else { Action::Off };
+                let op = run(&r.engine, req("n", action)).await;
+                prop_assert!(op.state.is_terminal());
+                match &op.outcome {
+                    Some(Outcome::Succeeded { confirmation: Confirmation::PowerReadBack { level, .. }, powered_on, .. }) => {
+                        let idx: Vec<usize> = levels[*level as usize - 1].iter().map(|n| n[1..].parse().unwrap()).collect();
+                        for i in &idx {
+                            prop_assert!(devs[*i].state().off_reads >= 1, "device d{} never read back off", i);
+                            if !reboot {
+                                prop_assert_eq!(devs[*i].true_power(), PowerState::Off);
+                            }
+                        }
+                        let off_steps: Vec<_> = op.attempts.iter().filter(|a| a.level == *level && a.phase == Phase::Off).collect();
+                        prop_assert_eq!(off_steps.len(), idx.len());
+                        prop_assert!(off_steps.iter().all(|a| a.result.is_confirmed()));
+                        if reboot {
+                            prop_assert!(powered_on.is_some());
+                        }
+                    }
+                    Some(Outcome::Succeeded { .. }) => prop_assert!(false, "unexpected confirmation kind"),
+                    Some(Outcome::Failed { message, .. }) => {
+                        prop_assert!(message.contains("NOT fenced"));
+                        prop_assert!(!op.fenced());
+                    }
+                    None => prop_assert!(false, "terminal without outcome"),
+                }
+                // History agrees with what the caller was told.
+                let stored = r.engine.inner.history.get(op.id).unwrap().unwrap();
+                prop_assert_eq!(&stored, &op);
+                Ok(())
+            })?;
+        }
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: real peers installed, style gates, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+
+echo "== rustfmt"
+cargo fmt --all --check
+
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build (binaries used by end-to-end tests)"
+cargo build --workspace --bins --locked
+
+echo "== tests"
+cargo nextest run --workspace --locked --no-fail-fast --profile ci
