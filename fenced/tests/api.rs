@@ -584,3 +584,36 @@ fn stale_socket_is_replaced_and_live_one_is_not() {
     });
     assert!(file.exists());
 }
+
+#[test]
+fn loopback_tcp_callers_get_the_tcp_role() {
+    let h = Harness::start();
+    let addr = h.serve_tcp();
+    let url = format!("http://{addr}");
+    // The test config leaves api.tcp_role at its default, read.
+    let o = Command::new(env!("CARGO_BIN_EXE_fence_node"))
+        .args(["--url", &url, "--json", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(serde_json::from_str::<Value>(&stdout(&o))
+        .unwrap()
+        .is_array());
+    let o = Command::new(env!("CARGO_BIN_EXE_fence_node"))
+        .args(["--url", &url, "off", "node1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("`fence` role")
+            && err.contains("tcp:127.0.0.1:")
+            && err.contains("api.tcp_role"),
+        "{err}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_fence_node"))
+        .args(["--url", "ftp://x", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}

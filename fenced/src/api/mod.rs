@@ -402,6 +402,18 @@ async fn require_role(
         .extensions()
         .get::<Authenticated>()
         .map_or_else(|| "unknown".to_string(), |a| a.caller.identity.clone());
+    let hint = if who.starts_with("tcp:") {
+        format!(
+            "every TCP caller gets api.tcp_role; use the Unix socket as a user with the `{}` role, or have an administrator raise api.tcp_role",
+            auth::role_name(needed)
+        )
+    } else {
+        format!(
+            "ask an administrator to add your uid or group to api.{}_uids / api.{}_gids in the fenced config",
+            auth::role_name(needed),
+            auth::role_name(needed)
+        )
+    };
     ApiError::new(
         StatusCode::FORBIDDEN,
         "forbidden",
@@ -412,11 +424,7 @@ async fn require_role(
             RoleDisplay(Some(needed)),
             RoleDisplay(have)
         ),
-        format!(
-            "ask an administrator to add your uid or group to api.{}_uids / api.{}_gids in the fenced config",
-            auth::role_name(needed),
-            auth::role_name(needed)
-        ),
+        hint,
     )
     .into_response()
 }

@@ -423,6 +423,19 @@ async fn history(
     Ok(Json(s.engine.history(&q)?))
 }
 
+/// One item of the event stream, before it is encoded as a server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// An engine event.
+    Event(Box<Event>),
+    /// This subscriber fell behind and `missed` events were dropped for it; it should re-read
+    /// the state it cares about (`GET /v1/targets`, `GET /v1/operations/{id}`).
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+}
+
 /// A `lagged` event's data.
 #[derive(Serialize)]
 struct Lagged {
@@ -430,35 +443,46 @@ struct Lagged {
     missed: u64,
 }
 
+/// The events a subscriber receives: engine events in order, and a [`StreamItem::Lagged`]
+/// marker where a slow reader lost some (instead of ending the stream).
+pub fn event_items(
+    rx: tokio::sync::broadcast::Receiver<Event>,
+) -> impl futures_util::Stream<Item = StreamItem> {
+    BroadcastStream::new(rx).map(|item| match item {
+        Ok(ev) => StreamItem::Event(Box::new(ev)),
+        Err(BroadcastStreamRecvError::Lagged(missed)) => StreamItem::Lagged { missed },
+    })
+}
+
+fn sse_event(item: StreamItem) -> SseEvent {
+    match item {
+        StreamItem::Event(ev) => {
+            let name = match *ev {
+                Event::Operation { .. } => "operation",
+                Event::Pause { .. } => "pause",
+            };
+            SseEvent::default()
+                .event(name)
+                .json_data(&ev)
+                .unwrap_or_else(|e| SseEvent::default().comment(format!("unencodable event: {e}")))
+        }
+        StreamItem::Lagged { missed } => SseEvent::default()
+            .event("lagged")
+            .json_data(Lagged {
+                r#type: "lagged",
+                missed,
+            })
+            .unwrap_or_else(|_| SseEvent::default().event("lagged").data("{}")),
+    }
+}
+
 async fn events(State(s): State<AppState>) -> Response {
     let rx = s.engine.subscribe();
     let first = futures_util::stream::once(async {
         Ok::<_, Infallible>(SseEvent::default().comment("subscribed"))
     });
-    let stream = BroadcastStream::new(rx).map(|item| {
-        let ev = match item {
-            Ok(ev) => {
-                let name = match &ev {
-                    Event::Operation { .. } => "operation",
-                    Event::Pause { .. } => "pause",
-                };
-                SseEvent::default()
-                    .event(name)
-                    .json_data(&ev)
-                    .unwrap_or_else(|e| {
-                        SseEvent::default().comment(format!("unencodable event: {e}"))
-                    })
-            }
-            Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
-                .event("lagged")
-                .json_data(Lagged {
-                    r#type: "lagged",
-                    missed: n,
-                })
-                .unwrap_or_else(|_| SseEvent::default().event("lagged").data("{}")),
-        };
-        Ok::<_, Infallible>(ev)
-    });
+    let stream = event_items(rx).map(|i| Ok::<_, Infallible>(sse_event(i)));
+    // Ends with the server, so a graceful stop is not held open by subscribers.
     let stream = first.chain(stream).take_until(s.shutdown_signal());
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -568,4 +592,33 @@ async fn openapi() -> Response {
         super::openapi::CHECKED_IN,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn a_slow_subscriber_gets_a_lagged_marker_then_the_newest_events() {
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        let pause = |n: u32| Event::Pause {
+            paused: true,
+            by: "uid:0".into(),
+            reason: format!("r{n}"),
+        };
+        for n in 0..5 {
+            let _ = tx.send(pause(n));
+        }
+        drop(tx);
+        let items: Vec<StreamItem> = event_items(rx).collect().await;
+        assert_eq!(
+            items,
+            vec![
+                StreamItem::Lagged { missed: 3 },
+                StreamItem::Event(Box::new(pause(3))),
+                StreamItem::Event(Box::new(pause(4))),
+            ]
+        );
+    }
 }

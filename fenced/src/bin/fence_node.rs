@@ -742,6 +742,10 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
         }
         println!("{}", s.trim_end());
     };
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
     line(header.to_vec());
     for r in rows {
         line(r.iter().map(String::as_str).collect());

@@ -199,6 +199,17 @@ impl Harness {
         }
     }
 
+    /// Also serves the API on a loopback TCP port; returns its address.
+    pub fn serve_tcp(&self) -> std::net::SocketAddr {
+        let api = self.api.clone();
+        self.rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move { api.serve_tcp(l).await });
+            addr
+        })
+    }
+
     pub fn root(&self) -> bool {
         self.me == 0
     }
