@@ -617,3 +617,31 @@ fn loopback_tcp_callers_get_the_tcp_role() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn fence_node_shows_progress_on_a_terminal() {
+    let h = Harness::start();
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` (for a pseudo-terminal) is not installed");
+        return;
+    }
+    let cmd = format!(
+        "{} --socket {} off node3 --reason tty",
+        env!("CARGO_BIN_EXE_fence_node"),
+        h.socket.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    // The live line: state, level and device, elapsed time; then cleared for the final line.
+    assert!(out.contains("node3 off: running, level 1  "), "{out:?}");
+    assert!(out.contains("\r\x1b[K"), "{out:?}");
+    assert!(
+        out.contains("node3 FENCED: power read back from bmc-node3 (level 1)"),
+        "{out:?}"
+    );
+}

@@ -609,12 +609,21 @@ fn progress_line(op: &Operation) -> String {
             "delayed (fence-race delay {:.1} s)",
             op.delay_ms as f64 / 1000.0
         ),
+        // Steps are recorded when they finish: none yet means level 1 is being driven.
+        (OpState::Running, None) => "running, level 1".to_string(),
         (s, Some(a)) => {
             let phase = match a.phase {
                 Phase::Off => "off",
                 Phase::On => "on",
             };
-            format!("{s}, level {} {} ({phase})", a.level, a.device)
+            let result = match &a.result {
+                StepResult::Confirmed { .. } => "confirmed".to_string(),
+                StepResult::Failed { code, .. } => format!("failed ({code})"),
+            };
+            format!(
+                "{s}, last step: level {} {} {phase} {result}",
+                a.level, a.device
+            )
         }
         (s, None) => s.to_string(),
     }

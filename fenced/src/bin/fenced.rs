@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// How often every device is health-checked.
 const MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a stop waits for operations in flight (systemd's default stop timeout is 90 s).
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(
@@ -234,6 +236,7 @@ async fn run(path: &Path) -> Result<(), String> {
     notify_ready();
     tracing::info!("fenced ready");
     wait_for_signal().await?;
+    drain(&engine).await;
     tracing::info!("stopping: answering open requests, accepting no new ones");
     notify("STOPPING=1");
     monitor.abort();
@@ -260,6 +263,30 @@ async fn run(path: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&config.daemon.socket);
     tracing::info!("fenced stopped");
     result
+}
+
+/// Lets operations in flight finish (bounded), still serving so their callers see the
+/// outcome: an operation cut short is recorded as interrupted, and its target is NOT known to
+/// be fenced.
+async fn drain(engine: &Engine) {
+    let n = engine.in_flight();
+    if n == 0 {
+        return;
+    }
+    tracing::info!(
+        in_flight = n,
+        "waiting up to {} s for operations in flight to finish (signal again to stop now)",
+        DRAIN_LIMIT.as_secs()
+    );
+    let wait = async {
+        while engine.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(DRAIN_LIMIT, wait) => {}
+        _ = wait_for_signal() => tracing::warn!("second signal: stopping now"),
+    }
 }
 
 async fn wait_for_signal() -> Result<(), String> {
