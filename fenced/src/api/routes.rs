@@ -370,11 +370,12 @@ pub(super) fn method_router(spec: &RouteSpec) -> MethodRouter<AppState> {
     }
 }
 
-type Caller_ = Extension<Authenticated>;
+/// The caller, as the identify middleware established it.
+type Auth = Extension<Authenticated>;
 
 async fn fence(
     State(s): State<AppState>,
-    Extension(auth): Caller_,
+    Extension(auth): Auth,
     ApiJson(req): ApiJson<FenceRequest>,
 ) -> Result<(StatusCode, Json<FenceAccepted>), ApiError> {
     let (target, action) = (req.target.clone(), req.action);
@@ -519,7 +520,7 @@ fn require_reason(what: &str, body: &ReasonBody) -> Result<(), ApiError> {
 
 async fn confirm(
     State(s): State<AppState>,
-    Extension(auth): Caller_,
+    Extension(auth): Auth,
     ApiPath(t): ApiPath<String>,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> Result<Json<Operation>, ApiError> {
@@ -557,7 +558,7 @@ async fn set_paused(
 
 async fn pause(
     State(s): State<AppState>,
-    Extension(auth): Caller_,
+    Extension(auth): Auth,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> Result<Json<PauseStatus>, ApiError> {
     set_paused(s, auth, body, true).await
@@ -565,7 +566,7 @@ async fn pause(
 
 async fn resume(
     State(s): State<AppState>,
-    Extension(auth): Caller_,
+    Extension(auth): Auth,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> Result<Json<PauseStatus>, ApiError> {
     set_paused(s, auth, body, false).await
