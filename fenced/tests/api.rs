@@ -55,6 +55,21 @@ fn same_action_joins_and_conflicting_action_is_refused_with_a_hint() {
     );
     let (_, op) = h.json("GET", &format!("/v1/operations/{}?wait=10", a["id"]), None);
     assert_eq!(op["state"], "succeeded", "{op}");
+
+    // The same request id returns the same operation, also once it has finished.
+    let with_id = r#"{"target":"node1","action":"off","reason":"t","request_id":"ctl-42"}"#;
+    let (code, first) = h.json("POST", "/v1/fence", Some(with_id));
+    assert_eq!(code, 202, "{first}");
+    h.json(
+        "GET",
+        &format!("/v1/operations/{}?wait=10", first["id"]),
+        None,
+    );
+    let (code, again) = h.json("POST", "/v1/fence", Some(with_id));
+    assert_eq!(code, 202, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["joined"], true);
+    assert_eq!(again["state"], "succeeded");
 }
 
 #[test]
@@ -64,6 +79,12 @@ fn errors_are_json_with_the_right_status() {
     assert_error(code, &body, 404, "unknown_target");
     let (code, body) = h.curl("GET", "/v1/operations/999", None);
     assert_error(code, &body, 404, "unknown_operation");
+    let (code, body) = h.curl("GET", "/v1/targets/nosuch", None);
+    assert_error(code, &body, 404, "unknown_target");
+    let (code, body) = h.curl("POST", "/v1/devices/nosuch/monitor", None);
+    assert_error(code, &body, 404, "unknown_device");
+    let (code, body) = h.curl("GET", "/v1/history?limit=many", None);
+    assert_error(code, &body, 400, "bad_request");
 
     let (code, body) = h.curl(
         "POST",

@@ -116,3 +116,87 @@ fn run_serves_notifies_systemd_and_stops_on_sigterm() {
         "{logs}"
     );
 }
+
+#[test]
+fn run_records_operations_interrupted_by_a_crash() {
+    use fenced::model::*;
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history.redb");
+    {
+        // A daemon that died while fencing node1 left this behind.
+        let (h, _) = fenced::history::History::open(&history, 1_000).unwrap();
+        h.record(&Operation {
+            id: 7,
+            target: "node1".into(),
+            action: Action::Off,
+            reason: "lost heartbeat".into(),
+            requested_by: Caller {
+                identity: "uid:0".into(),
+            },
+            request_id: None,
+            state: OpState::Running,
+            created_ms: 1_000,
+            started_ms: Some(1_000),
+            finished_ms: None,
+            delay_ms: 0,
+            attempts: vec![],
+            outcome: None,
+        })
+        .unwrap();
+    }
+    let sock = dir.path().join("fenced.sock");
+    let config = dir.path().join("fenced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = \"{}\"\nhistory = \"{}\"\n",
+            sock.display(),
+            history.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(FENCED)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !sock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(&sock)
+        .arg("http://localhost/metrics")
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    let op = Command::new(FENCE_NODE)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--json", "history"])
+        .output()
+        .unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut logs).unwrap();
+    assert!(status.success());
+    assert!(
+        metrics.contains("\npalisade_operations_interrupted_at_startup 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        logs.contains("operation 7 on node1 was in flight"),
+        "{logs}"
+    );
+    let ops: serde_json::Value = serde_json::from_slice(&op.stdout).unwrap();
+    assert_eq!(ops[0]["id"], 7);
+    assert_eq!(ops[0]["state"], "failed");
+    assert_eq!(ops[0]["outcome"]["code"], "interrupted");
+}
