@@ -666,3 +666,45 @@ fn fence_node_shows_progress_on_a_terminal() {
         "{out:?}"
     );
 }
+
+#[test]
+fn fence_node_confirm_asks_on_a_terminal() {
+    let h = Harness::start();
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` (for a pseudo-terminal) is not installed");
+        return;
+    }
+    let run = |answer: &str| {
+        let cmd = format!(
+            "{} --socket {} confirm node2 --reason 'cords pulled'",
+            env!("CARGO_BIN_EXE_fence_node"),
+            h.socket.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), answer.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = run("n\n");
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("[y/N]"), "{}", stdout(&o));
+    let (_, hist) = h.json("GET", "/v1/history?target=node2", None);
+    assert_eq!(
+        hist.as_array().unwrap().len(),
+        0,
+        "declined, yet recorded: {hist}"
+    );
+    let o = run("y\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("node2 recorded as FENCED by manual confirmation"),
+        "{}",
+        stdout(&o)
+    );
+    let (_, hist) = h.json("GET", "/v1/history?target=node2", None);
+    assert_eq!(hist[0]["outcome"]["confirmation"]["reason"], "cords pulled");
+}
