@@ -258,10 +258,7 @@ impl Api {
         for spec in routes::ROUTES {
             let mut mr = routes::method_router(spec);
             if let Some(role) = spec.role {
-                mr = mr.route_layer(axum::middleware::from_fn_with_state(
-                    (self.state.clone(), role),
-                    require_role,
-                ));
+                mr = mr.route_layer(axum::middleware::from_fn_with_state(role, require_role));
             }
             router = router.route(spec.path, mr);
         }
@@ -389,11 +386,7 @@ async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -
 }
 
 /// Refuses callers below the route's role.
-async fn require_role(
-    State((_, needed)): State<(AppState, Role)>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn require_role(State(needed): State<Role>, req: Request, next: Next) -> Response {
     let have = req.extensions().get::<Authenticated>().and_then(|a| a.role);
     if have.is_some_and(|h| h >= needed) {
         return next.run(req).await;
