@@ -253,7 +253,7 @@ impl Operation {
 pub enum Event {
     /// An operation changed (new, state change, new attempt, finished).
     Operation {
-        /// The operation as it is now (boxed: events sit in a broadcast ring).
+        /// The operation as it is now.
         operation: Box<Operation>,
     },
     /// Fencing was paused or resumed.
