@@ -61,8 +61,14 @@ mod tests {
 
     #[test]
     fn file_contents_lose_one_trailing_newline_only() {
-        assert_eq!(Secret::from_file_contents(b"pw\r\n".to_vec()).expose(), b"pw");
-        assert_eq!(Secret::from_file_contents(b"pw\n\n".to_vec()).expose(), b"pw\n");
+        assert_eq!(
+            Secret::from_file_contents(b"pw\r\n".to_vec()).expose(),
+            b"pw"
+        );
+        assert_eq!(
+            Secret::from_file_contents(b"pw\n\n".to_vec()).expose(),
+            b"pw\n"
+        );
         assert_eq!(Secret::from_file_contents(b"pw".to_vec()).expose(), b"pw");
     }
 }

@@ -435,7 +435,9 @@ impl SessionKeys {
             .ok_or(WireError::Decrypt("payload shorter than the IV"))?;
         let ct = payload.get(16..).unwrap_or_default();
         if ct.is_empty() || ct.len() % 16 != 0 {
-            return Err(WireError::Decrypt("ciphertext is not a whole number of blocks"));
+            return Err(WireError::Decrypt(
+                "ciphertext is not a whole number of blocks",
+            ));
         }
         let mut buf = Zeroizing::new(ct.to_vec());
         let dec = cbc::Decryptor::<Aes128>::new_from_slices(key, iv)
@@ -450,9 +452,14 @@ impl SessionKeys {
         // The pad bytes' values are not checked: the AuthCode already authenticated the
         // ciphertext, and some BMC firmwares are known to pad with zeros instead of 1, 2, ….
         if pad_len > 15 || pad_len > rest.len() {
-            return Err(WireError::Decrypt("confidentiality pad length out of range"));
+            return Err(WireError::Decrypt(
+                "confidentiality pad length out of range",
+            ));
         }
-        Ok(rest.get(..rest.len() - pad_len).unwrap_or_default().to_vec())
+        Ok(rest
+            .get(..rest.len() - pad_len)
+            .unwrap_or_default()
+            .to_vec())
     }
 }
 
@@ -546,8 +553,14 @@ mod tests {
         let keys = SessionKeys::derive(CipherSuite::SUITE_17, b"p", None, &i);
         assert_eq!(keys.sik().len(), 32);
         assert_eq!(keys.auth_code(b"x").len(), 16);
-        assert_eq!(rakp2_auth_code(AuthAlgorithm::HmacSha256, b"p", &i).len(), 32);
-        assert_eq!(rakp4_integrity_check(AuthAlgorithm::HmacSha256, keys.sik(), &i).len(), 16);
+        assert_eq!(
+            rakp2_auth_code(AuthAlgorithm::HmacSha256, b"p", &i).len(),
+            32
+        );
+        assert_eq!(
+            rakp4_integrity_check(AuthAlgorithm::HmacSha256, keys.sik(), &i).len(),
+            16
+        );
         for n in 0..40 {
             let plain: Vec<u8> = (0..n).collect();
             let enc = keys.encrypt([7; 16], &plain);
@@ -560,8 +573,14 @@ mod tests {
 
     #[test]
     fn suites_by_algorithms() {
-        assert_eq!(CipherSuite::from_algorithms(1, 1, 1), Some(CipherSuite::SUITE_3));
-        assert_eq!(CipherSuite::from_algorithms(3, 4, 1), Some(CipherSuite::SUITE_17));
+        assert_eq!(
+            CipherSuite::from_algorithms(1, 1, 1),
+            Some(CipherSuite::SUITE_3)
+        );
+        assert_eq!(
+            CipherSuite::from_algorithms(3, 4, 1),
+            Some(CipherSuite::SUITE_17)
+        );
         assert_eq!(CipherSuite::from_algorithms(2, 2, 1), None);
         assert_eq!(CipherSuite::from_id(17), Some(CipherSuite::SUITE_17));
     }

@@ -114,7 +114,11 @@ fn decode_frame(buf: &[u8]) -> Result<([u8; 6], &[u8]), WireError> {
         });
     }
     check(&h[..2], h[2], "IPMI header checksum")?;
-    check(without_sum.get(3..).unwrap_or_default(), sum2, "IPMI data checksum")?;
+    check(
+        without_sum.get(3..).unwrap_or_default(),
+        sum2,
+        "IPMI data checksum",
+    )?;
     Ok((h, without_sum.get(6..).unwrap_or_default()))
 }
 
@@ -554,7 +558,13 @@ impl Body for SystemGuid {
         })
     }
 }
-command!(GetSystemGuid, SystemGuid, NETFN_APP, 0x37, "Get System GUID");
+command!(
+    GetSystemGuid,
+    SystemGuid,
+    NETFN_APP,
+    0x37,
+    "Get System GUID"
+);
 
 /// Get Chassis Status request (§28.2): no data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -648,7 +658,13 @@ impl Body for ChassisControl {
         })
     }
 }
-command!(ChassisControl, Empty, NETFN_CHASSIS, 0x02, "Chassis Control");
+command!(
+    ChassisControl,
+    Empty,
+    NETFN_CHASSIS,
+    0x02,
+    "Chassis Control"
+);
 
 /// Close Session request (§22.19).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -840,7 +856,11 @@ pub struct Algorithms {
 impl Algorithms {
     fn encode(&self, out: &mut Vec<u8>) {
         // Three 8-byte payloads: type, reserved ×2, length 8, algorithm, reserved ×3 (§13.17).
-        for (t, a) in [(0u8, self.auth), (1, self.integrity), (2, self.confidentiality)] {
+        for (t, a) in [
+            (0u8, self.auth),
+            (1, self.integrity),
+            (2, self.confidentiality),
+        ] {
             out.extend_from_slice(&[t, 0, 0, 8, a & 0x3F, 0, 0, 0]);
         }
     }
@@ -969,7 +989,10 @@ impl Rakp1 {
 
 impl Body for Rakp1 {
     fn encode(&self) -> Vec<u8> {
-        let name = self.username.get(..Self::MAX_USERNAME).unwrap_or(&self.username);
+        let name = self
+            .username
+            .get(..Self::MAX_USERNAME)
+            .unwrap_or(&self.username);
         let mut v = vec![self.tag, 0, 0, 0];
         v.extend_from_slice(&self.bmc_session_id.to_le_bytes());
         v.extend_from_slice(&self.console_random);
@@ -1208,18 +1231,28 @@ mod tests {
         assert_eq!(rakp1.encode(), r1);
         let r2 = Rakp2::decode(&hex("00 00 00 00 a4 a3 a2 a0 ce 74 99 e7 60 d8 d8 bc a9 2c 1b a3 d3 5b d6 f5 a1 23 45 67 89 ab cd ef a1 23 45 67 89 ab cd ef 26 b7 47 07 1b 52 0f 0c d8 ac be 43 db b6 c4 fd a8 54 44 fe")).unwrap();
         assert_eq!(r2.accepted.map(|a| a.auth_code.len()), Some(20));
-        let r4 = Rakp4::decode(&hex("00 00 00 00 a4 a3 a2 a0 42 8e b2 bc 5b e5 c4 f0 ae b8 aa a3")).unwrap();
+        let r4 = Rakp4::decode(&hex(
+            "00 00 00 00 a4 a3 a2 a0 42 8e b2 bc 5b e5 c4 f0 ae b8 aa a3",
+        ))
+        .unwrap();
         assert_eq!(r4.integrity_check.len(), 12);
         // A refusal is 8 bytes.
         let refused = Rakp2::decode(&hex("00 0d 00 00 a4 a3 a2 a0")).unwrap();
-        assert_eq!((refused.status, refused.accepted), (RAKP_UNAUTHORIZED_NAME, None));
+        assert_eq!(
+            (refused.status, refused.accepted),
+            (RAKP_UNAUTHORIZED_NAME, None)
+        );
         assert!(Rakp2::decode(&hex("00 00 00 00 a4 a3 a2 a0")).is_err());
     }
 
     #[test]
     fn guid_prints_like_ipmitool() {
-        let g = SystemGuid::decode(&hex("a1 23 45 67 89 ab cd ef a1 23 45 67 89 ab cd ef")).unwrap();
-        assert_eq!(g.to_ipmitool_string(), "efcdab89-6745-23a1-efcd-ab89674523a1");
+        let g =
+            SystemGuid::decode(&hex("a1 23 45 67 89 ab cd ef a1 23 45 67 89 ab cd ef")).unwrap();
+        assert_eq!(
+            g.to_ipmitool_string(),
+            "efcdab89-6745-23a1-efcd-ab89674523a1"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub mod message;
 pub mod rmcp;
 pub mod session;
 
-// pub use client::{ClientConfig, Session};
+pub use client::{ClientConfig, Session};
 pub use crypto::{CipherSuite, RakpInputs, SessionKeys};
 // pub use device::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
 

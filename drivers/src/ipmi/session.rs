@@ -241,11 +241,14 @@ pub fn decode_packet(datagram: &[u8], keys: Option<&SessionKeys>) -> Result<Pack
         .ok_or(WireError::Mismatch {
             what: "payload length",
         })?;
-    let raw = l.session.get(l.payload_start..end).ok_or(WireError::Truncated {
-        what: "payload",
-        needed: end,
-        got: l.session.len(),
-    })?;
+    let raw = l
+        .session
+        .get(l.payload_start..end)
+        .ok_or(WireError::Truncated {
+            what: "payload",
+            needed: end,
+            got: l.session.len(),
+        })?;
     let SessionHeader::V20(h) = l.header else {
         return Ok(Packet {
             header: l.header,
@@ -349,8 +352,7 @@ pub fn encode_packet(
                 });
             }
             let payload = if h.encrypted {
-                keys.ok_or(needs_keys.clone())?
-                    .encrypt(iv, &packet.payload)
+                keys.ok_or(needs_keys.clone())?.encrypt(iv, &packet.payload)
             } else {
                 packet.payload.clone()
             };
