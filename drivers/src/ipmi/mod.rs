@@ -35,7 +35,7 @@ pub mod session;
 
 pub use client::{ClientConfig, Session};
 pub use crypto::{CipherSuite, RakpInputs, SessionKeys};
-// pub use device::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
+pub use device::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
 
 /// Why bytes could not be decoded (or a value could not be encoded) at some protocol layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
