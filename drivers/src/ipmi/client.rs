@@ -459,7 +459,11 @@ impl Session {
             PayloadType::OpenSessionRequest,
             open_req.encode(),
             PayloadType::OpenSessionResponse,
-            |r: &OpenSessionResponse| r.tag == tag && r.console_session_id == console_id,
+            |r: &OpenSessionResponse| {
+                r.tag == tag
+                    && (r.console_session_id == console_id
+                        || short_refusal(r.status, r.console_session_id))
+            },
         )
         .await?;
         if open_resp.status != 0 {
@@ -503,7 +507,11 @@ impl Session {
             PayloadType::Rakp1,
             rakp1.encode(),
             PayloadType::Rakp2,
-            |r: &Rakp2| r.tag == tag && r.console_session_id == console_id,
+            |r: &Rakp2| {
+                r.tag == tag
+                    && (r.console_session_id == console_id
+                        || short_refusal(r.status, r.console_session_id))
+            },
         )
         .await?;
         if rakp2.status != 0 {
@@ -553,7 +561,11 @@ impl Session {
             PayloadType::Rakp3,
             rakp3.encode(),
             PayloadType::Rakp4,
-            |r: &Rakp4| r.tag == tag && r.console_session_id == console_id,
+            |r: &Rakp4| {
+                r.tag == tag
+                    && (r.console_session_id == console_id
+                        || short_refusal(r.status, r.console_session_id))
+            },
         )
         .await?;
         if rakp4.status != 0 {
@@ -726,6 +738,12 @@ impl Session {
             tracing::debug!(address = %self.cfg.address, error = %e, "closing the IPMI session failed");
         }
     }
+}
+
+/// Whether a session-setup reply is a refusal that was cut short before the session id
+/// (see `message::setup_session_id`): it can only be matched by its tag.
+fn short_refusal(status: u8, session_id: u32) -> bool {
+    status != 0 && session_id == 0
 }
 
 /// Sends a session-setup payload once without waiting (used to tell the BMC we reject it).

@@ -837,6 +837,16 @@ pub fn rakp_status_text(status: u8) -> &'static str {
     }
 }
 
+/// Reads the session id at bytes 4..8 of a session-setup message, tolerating refusals cut
+/// short after the status byte: OpenIPMI's ipmi_sim answers an Open Session Request it
+/// refuses with just tag and status (2 bytes). Such a refusal decodes with session id 0.
+fn setup_session_id(d: &[u8], status: u8, what: &'static str) -> Result<u32, WireError> {
+    match le32(d, 4, what) {
+        Err(_) if status != 0 && d.len() <= 4 => Ok(0),
+        r => r,
+    }
+}
+
 /// RMCP+ status: unauthorized name (§13.24).
 pub const RAKP_UNAUTHORIZED_NAME: u8 = 0x0D;
 /// RMCP+ status: invalid integrity check value (§13.24): the password is wrong.
@@ -960,8 +970,12 @@ impl Body for OpenSessionResponse {
         Ok(Self {
             tag: byte(d, 0, "Open Session Response")?,
             status,
-            max_privilege: byte(d, 2, "Open Session Response")? & 0x0F,
-            console_session_id: le32(d, 4, "Open Session Response")?,
+            // Absent from ipmi_sim's 2-byte refusals (see setup_session_id).
+            max_privilege: match byte(d, 2, "Open Session Response") {
+                Err(_) if status != 0 => 0,
+                r => r? & 0x0F,
+            },
+            console_session_id: setup_session_id(d, status, "Open Session Response")?,
             accepted,
         })
     }
@@ -1082,7 +1096,7 @@ impl Body for Rakp2 {
         Ok(Self {
             tag: byte(d, 0, "RAKP 2")?,
             status,
-            console_session_id: le32(d, 4, "RAKP 2")?,
+            console_session_id: setup_session_id(d, status, "RAKP 2")?,
             accepted,
         })
     }
@@ -1109,10 +1123,11 @@ impl Body for Rakp3 {
         v
     }
     fn decode(d: &[u8]) -> Result<Self, WireError> {
+        let status = byte(d, 1, "RAKP 3")?;
         Ok(Self {
             tag: byte(d, 0, "RAKP 3")?,
-            status: byte(d, 1, "RAKP 3")?,
-            bmc_session_id: le32(d, 4, "RAKP 3")?,
+            status,
+            bmc_session_id: setup_session_id(d, status, "RAKP 3")?,
             auth_code: d.get(8..).unwrap_or_default().to_vec(),
         })
     }
@@ -1139,10 +1154,11 @@ impl Body for Rakp4 {
         v
     }
     fn decode(d: &[u8]) -> Result<Self, WireError> {
+        let status = byte(d, 1, "RAKP 4")?;
         Ok(Self {
             tag: byte(d, 0, "RAKP 4")?,
-            status: byte(d, 1, "RAKP 4")?,
-            console_session_id: le32(d, 4, "RAKP 4")?,
+            status,
+            console_session_id: setup_session_id(d, status, "RAKP 4")?,
             integrity_check: d.get(8..).unwrap_or_default().to_vec(),
         })
     }
@@ -1243,6 +1259,13 @@ mod tests {
             (RAKP_UNAUTHORIZED_NAME, None)
         );
         assert!(Rakp2::decode(&hex("00 00 00 00 a4 a3 a2 a0")).is_err());
+        // ipmi_sim refuses suite 17 with 2 bytes: tag, status 0x04.
+        let short = OpenSessionResponse::decode(&hex("00 04")).unwrap();
+        assert_eq!(
+            (short.status, short.console_session_id, short.accepted),
+            (4, 0, None)
+        );
+        assert!(OpenSessionResponse::decode(&hex("00 00")).is_err());
     }
 
     #[test]
