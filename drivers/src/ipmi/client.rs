@@ -168,7 +168,7 @@ fn rakp_error(cfg: &ClientConfig, stage: &str, status: u8) -> DeviceError {
             address,
             detail: format!("{stage}: {text} (status {status:#04x}); check user and password"),
         },
-        0x09 | 0x0A | 0x0B => DeviceError::AuthFailed {
+        0x09..=0x0B => DeviceError::AuthFailed {
             address,
             detail: format!(
                 "{stage}: {text} (status {status:#04x}); the user may not hold privilege level {}: raise the user's privilege on the BMC or configure a lower one",
