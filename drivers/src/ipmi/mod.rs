@@ -29,6 +29,7 @@
 pub mod client;
 pub mod crypto;
 pub mod device;
+pub mod fuzzing;
 pub mod message;
 pub mod rmcp;
 pub mod session;
