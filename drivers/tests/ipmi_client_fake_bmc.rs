@@ -1,0 +1,295 @@
+//! The client against a small BMC built from the same codec in the BMC role (the way the
+//! hw-tests simulator will use it), with faults the real peer cannot produce on demand: late
+//! replies to earlier requests, forged packets, wrong session ids, completion codes.
+
+use drivers::ipmi::crypto::{
+    rakp2_auth_code, rakp3_auth_code, rakp4_integrity_check, CipherSuite, RakpInputs, SessionKeys,
+};
+use drivers::ipmi::message::*;
+use drivers::ipmi::session::{
+    decode_header, decode_packet, encode_packet, Packet, PayloadType, SessionHeader, V20Header,
+};
+use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice};
+use drivers::{DeviceError, PowerCommand, PowerDevice, PowerState, Secret};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    /// Before each real answer, send a late reply to the previous request claiming power off,
+    /// a packet with a broken AuthCode, and one for another session id.
+    noise: bool,
+    /// Completion code for Chassis Control.
+    control_cc: u8,
+}
+
+struct Bmc {
+    socket: Arc<UdpSocket>,
+    faults: Faults,
+}
+
+struct Sess {
+    console_id: u32,
+    keys: SessionKeys,
+    out_seq: u32,
+}
+
+const BMC_ID: u32 = 0x0102_0304;
+const GUID: [u8; 16] = [0x11; 16];
+
+impl Bmc {
+    async fn start(faults: Faults) -> SocketAddr {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(Bmc { socket, faults }.run());
+        addr
+    }
+
+    async fn send(&self, to: SocketAddr, p: &Packet, keys: Option<&SessionKeys>) {
+        let d = encode_packet(p, keys, rand::random()).unwrap();
+        self.socket.send_to(&d, to).await.unwrap();
+    }
+
+    fn setup(pt: PayloadType, payload: Vec<u8>) -> Packet {
+        Packet {
+            header: SessionHeader::V20(V20Header {
+                payload_type: pt,
+                encrypted: false,
+                authenticated: false,
+                oem: None,
+                session_id: 0,
+                sequence: 0,
+            }),
+            payload,
+        }
+    }
+
+    fn in_session(s: &mut Sess, session_id: u32, payload: Vec<u8>) -> Packet {
+        s.out_seq += 1;
+        Packet {
+            header: SessionHeader::V20(V20Header {
+                payload_type: PayloadType::Ipmi,
+                encrypted: true,
+                authenticated: true,
+                oem: None,
+                session_id,
+                sequence: s.out_seq,
+            }),
+            payload,
+        }
+    }
+
+    async fn run(self) {
+        let mut buf = [0u8; 1024];
+        let mut pending: Option<(u32, [u8; 16], u8, Vec<u8>)> = None; // console id, Rm, role, name
+        let mut sess: Option<Sess> = None;
+        let bmc_random = [0x22; 16];
+        let mut power_on = true;
+        loop {
+            let (n, from) = self.socket.recv_from(&mut buf).await.unwrap();
+            let d = &buf[..n];
+            let Ok(header) = decode_header(d) else {
+                continue;
+            };
+            match (header, header.payload_type()) {
+                (SessionHeader::V15(_), _) => {
+                    let p = decode_packet(d, None).unwrap();
+                    let req = IpmiRequest::decode(&p.payload).unwrap();
+                    let caps = ChannelAuthCapabilities {
+                        channel: 1,
+                        auth_types: 0x80,
+                        status: 0,
+                        extended: 0x02,
+                        oem_iana: 0,
+                        oem_aux: 0,
+                    };
+                    let resp = req.response(0, caps.encode());
+                    self.send(
+                        from,
+                        &Packet {
+                            header,
+                            payload: resp.encode(),
+                        },
+                        None,
+                    )
+                    .await;
+                }
+                (_, PayloadType::OpenSessionRequest) => {
+                    let p = decode_packet(d, None).unwrap();
+                    let r = OpenSessionRequest::decode(&p.payload).unwrap();
+                    let resp = OpenSessionResponse {
+                        tag: r.tag,
+                        status: 0,
+                        max_privilege: 4,
+                        console_session_id: r.console_session_id,
+                        accepted: Some((BMC_ID, r.algorithms)),
+                    };
+                    pending = Some((r.console_session_id, [0; 16], 0, Vec::new()));
+                    self.send(
+                        from,
+                        &Self::setup(PayloadType::OpenSessionResponse, resp.encode()),
+                        None,
+                    )
+                    .await;
+                }
+                (_, PayloadType::Rakp1) => {
+                    let p = decode_packet(d, None).unwrap();
+                    let r = Rakp1::decode(&p.payload).unwrap();
+                    let Some(pend) = pending.as_mut() else {
+                        continue;
+                    };
+                    *pend = (pend.0, r.console_random, r.role, r.username.clone());
+                    let i = RakpInputs {
+                        console_session_id: pend.0,
+                        bmc_session_id: BMC_ID,
+                        console_random: r.console_random,
+                        bmc_random,
+                        bmc_guid: GUID,
+                        role: r.role,
+                        username: &r.username,
+                    };
+                    let resp = Rakp2 {
+                        tag: r.tag,
+                        status: 0,
+                        console_session_id: pend.0,
+                        accepted: Some(Rakp2Accepted {
+                            bmc_random,
+                            bmc_guid: GUID,
+                            auth_code: rakp2_auth_code(CipherSuite::SUITE_3.auth, b"pw", &i),
+                        }),
+                    };
+                    self.send(from, &Self::setup(PayloadType::Rakp2, resp.encode()), None)
+                        .await;
+                }
+                (_, PayloadType::Rakp3) => {
+                    let p = decode_packet(d, None).unwrap();
+                    let r = Rakp3::decode(&p.payload).unwrap();
+                    let Some((cid, rm, role, name)) = pending.clone() else {
+                        continue;
+                    };
+                    let i = RakpInputs {
+                        console_session_id: cid,
+                        bmc_session_id: BMC_ID,
+                        console_random: rm,
+                        bmc_random,
+                        bmc_guid: GUID,
+                        role,
+                        username: &name,
+                    };
+                    let suite = CipherSuite::SUITE_3;
+                    assert_eq!(r.auth_code, rakp3_auth_code(suite.auth, b"pw", &i));
+                    let keys = SessionKeys::derive(suite, b"pw", None, &i);
+                    let resp = Rakp4 {
+                        tag: r.tag,
+                        status: 0,
+                        console_session_id: cid,
+                        integrity_check: rakp4_integrity_check(suite.auth, keys.sik(), &i),
+                    };
+                    sess = Some(Sess {
+                        console_id: cid,
+                        keys,
+                        out_seq: 0,
+                    });
+                    self.send(from, &Self::setup(PayloadType::Rakp4, resp.encode()), None)
+                        .await;
+                }
+                (SessionHeader::V20(h), PayloadType::Ipmi) if h.session_id == BMC_ID => {
+                    let Some(s) = sess.as_mut() else { continue };
+                    let p = decode_packet(d, Some(&s.keys)).expect("client packets verify");
+                    let req = IpmiRequest::decode(&p.payload).unwrap();
+                    let (cc, data) = match (req.net_fn, req.cmd) {
+                        (NETFN_APP, 0x3B) => (0, vec![req.data[0]]),
+                        (NETFN_CHASSIS, 0x01) => (0, vec![u8::from(power_on), 0, 0]),
+                        (NETFN_CHASSIS, 0x02) => {
+                            let c = ChassisControl::decode(&req.data).unwrap().control;
+                            assert!(c <= 1, "the client must never send control {c}");
+                            if self.faults.control_cc == 0 {
+                                power_on = c == 1;
+                            }
+                            (self.faults.control_cc, vec![])
+                        }
+                        _ => (0xC1, vec![]),
+                    };
+                    if self.faults.noise {
+                        // A late reply to the previous request, claiming power is off.
+                        let mut old = req.clone();
+                        old.rq_seq = (old.rq_seq + 63) & 0x3F;
+                        let late = old.response(0, vec![0, 0, 0]);
+                        let pkt = Self::in_session(s, s.console_id, late.encode());
+                        self.send(from, &pkt, Some(&s.keys)).await;
+                        // A forged packet: right everything, broken AuthCode.
+                        let forged = req.response(0, vec![0, 0, 0]);
+                        let pkt = Self::in_session(s, s.console_id, forged.encode());
+                        let mut bytes = encode_packet(&pkt, Some(&s.keys), [1; 16]).unwrap();
+                        let last = bytes.len() - 1;
+                        bytes[last] ^= 0xFF;
+                        self.socket.send_to(&bytes, from).await.unwrap();
+                        // Another session's reply.
+                        let pkt = Self::in_session(s, s.console_id ^ 1, forged.encode());
+                        self.send(from, &pkt, Some(&s.keys)).await;
+                    }
+                    let pkt = Self::in_session(s, s.console_id, req.response(cc, data).encode());
+                    self.send(from, &pkt, Some(&s.keys)).await;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn device(addr: SocketAddr) -> IpmiDevice {
+    let mut cfg = IpmiConfig::new("127.0.0.1", "admin", Secret::new(b"pw".to_vec()));
+    cfg.port = addr.port();
+    cfg.cipher_suite = CipherSuiteChoice::Id(3);
+    cfg.timeout = std::time::Duration::from_millis(300);
+    IpmiDevice::new(cfg)
+}
+
+#[tokio::test]
+async fn late_forged_and_foreign_replies_are_never_taken() {
+    let addr = Bmc::start(Faults {
+        noise: true,
+        control_cc: 0,
+    })
+    .await;
+    let dev = device(addr);
+    for _ in 0..3 {
+        assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
+    }
+    dev.power(None, PowerCommand::Off).await.unwrap();
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
+    dev.power(None, PowerCommand::On).await.unwrap();
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
+}
+
+#[tokio::test]
+async fn insufficient_privilege_says_what_to_do() {
+    let addr = Bmc::start(Faults {
+        noise: false,
+        control_cc: 0xD4,
+    })
+    .await;
+    let dev = device(addr);
+    match dev.power(None, PowerCommand::Off).await {
+        Err(e @ DeviceError::Refused { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("Chassis Control") && text.contains("raise"),
+                "{text}"
+            );
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    // The session survives a refusal.
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
+}
+
+#[tokio::test]
+async fn wrong_password_against_the_codec_bmc_is_auth_failed() {
+    let addr = Bmc::start(Faults::default()).await;
+    let mut cfg = device(addr).config().clone();
+    cfg.password = Secret::new(b"not-pw".to_vec());
+    let err = IpmiDevice::new(cfg).status(None).await.unwrap_err();
+    assert!(matches!(err, DeviceError::AuthFailed { .. }), "{err:?}");
+}
