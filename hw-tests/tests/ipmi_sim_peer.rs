@@ -1,5 +1,8 @@
 //! Interop: our IPMI client against OpenIPMI's `ipmi_sim` (a third-party BMC implementation).
 
+// Tests may panic on failure; the workspace lints are for production code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use drivers::ipmi::{CipherSuite, CipherSuiteChoice, IpmiConfig, IpmiDevice};
 use drivers::{DeviceError, PowerCommand, PowerDevice, PowerState, Secret};
 use hw_tests::peers::{free_udp_port, IpmiSim, IPMI_SIM_GUID, IPMI_SIM_PASSWORD, IPMI_SIM_USER};
