@@ -15,11 +15,17 @@ use drivers::ipmi::session::{
 use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice};
 use drivers::{DeviceError, PowerCommand, PowerDevice, PowerState, Secret};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::UdpSocket;
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Faults {
+    /// Answer Get Channel Cipher Suites with these records (None: ignore it, like ipmi_sim).
+    cipher_suites: Option<Vec<u8>>,
+    /// Counts Close Session requests.
+    closes: Arc<AtomicUsize>,
     /// Before each real answer, send a late reply to the previous request claiming power off,
     /// a packet with a broken AuthCode, and one for another session id.
     noise: bool,
@@ -86,6 +92,7 @@ impl Bmc {
     async fn run(self) {
         let mut buf = [0u8; 1024];
         let mut pending: Option<(u32, [u8; 16], u8, Vec<u8>)> = None; // console id, Rm, role, name
+        let mut suite = CipherSuite::SUITE_3;
         let mut sess: Option<Sess> = None;
         let bmc_random = [0x22; 16];
         let mut power_on = true;
@@ -121,6 +128,9 @@ impl Bmc {
                 (_, PayloadType::OpenSessionRequest) => {
                     let p = decode_packet(d, None).unwrap();
                     let r = OpenSessionRequest::decode(&p.payload).unwrap();
+                    let a = r.algorithms;
+                    suite = CipherSuite::from_algorithms(a.auth, a.integrity, a.confidentiality)
+                        .unwrap();
                     let resp = OpenSessionResponse {
                         tag: r.tag,
                         status: 0,
@@ -159,7 +169,7 @@ impl Bmc {
                         accepted: Some(Rakp2Accepted {
                             bmc_random,
                             bmc_guid: GUID,
-                            auth_code: rakp2_auth_code(CipherSuite::SUITE_3.auth, b"pw", &i),
+                            auth_code: rakp2_auth_code(suite.auth, b"pw", &i),
                         }),
                     };
                     self.send(from, &Self::setup(PayloadType::Rakp2, resp.encode()), None)
@@ -180,7 +190,6 @@ impl Bmc {
                         role,
                         username: &name,
                     };
-                    let suite = CipherSuite::SUITE_3;
                     assert_eq!(r.auth_code, rakp3_auth_code(suite.auth, b"pw", &i));
                     let keys = SessionKeys::derive(suite, b"pw", None, &i);
                     let resp = Rakp4 {
@@ -197,12 +206,40 @@ impl Bmc {
                     self.send(from, &Self::setup(PayloadType::Rakp4, resp.encode()), None)
                         .await;
                 }
+                (SessionHeader::V20(h), PayloadType::Ipmi) if h.session_id == 0 => {
+                    let Some(records) = &self.faults.cipher_suites else {
+                        continue;
+                    };
+                    let p = decode_packet(d, None).unwrap();
+                    let req = IpmiRequest::decode(&p.payload).unwrap();
+                    let q = GetChannelCipherSuites::decode(&req.data).unwrap();
+                    let start = usize::from(q.index) * 16;
+                    let chunk = records.get(start..).unwrap_or_default();
+                    let body = ChannelCipherSuites {
+                        channel: 1,
+                        records: chunk[..chunk.len().min(16)].to_vec(),
+                    };
+                    let resp = req.response(0, body.encode());
+                    self.send(
+                        from,
+                        &Packet {
+                            header,
+                            payload: resp.encode(),
+                        },
+                        None,
+                    )
+                    .await;
+                }
                 (SessionHeader::V20(h), PayloadType::Ipmi) if h.session_id == BMC_ID => {
                     let Some(s) = sess.as_mut() else { continue };
                     let p = decode_packet(d, Some(&s.keys)).expect("client packets verify");
                     let req = IpmiRequest::decode(&p.payload).unwrap();
                     let (cc, data) = match (req.net_fn, req.cmd) {
                         (NETFN_APP, 0x3B) => (0, vec![req.data[0]]),
+                        (NETFN_APP, 0x3C) => {
+                            self.faults.closes.fetch_add(1, Ordering::SeqCst);
+                            (0, vec![])
+                        }
                         (NETFN_CHASSIS, 0x01) => (0, vec![u8::from(power_on), 0, 0]),
                         (NETFN_CHASSIS, 0x02) => {
                             let c = ChassisControl::decode(&req.data).unwrap().control;
@@ -253,7 +290,7 @@ fn device(addr: SocketAddr) -> IpmiDevice {
 async fn late_forged_and_foreign_replies_are_never_taken() {
     let addr = Bmc::start(Faults {
         noise: true,
-        control_cc: 0,
+        ..Faults::default()
     })
     .await;
     let dev = device(addr);
@@ -269,8 +306,8 @@ async fn late_forged_and_foreign_replies_are_never_taken() {
 #[tokio::test]
 async fn insufficient_privilege_says_what_to_do() {
     let addr = Bmc::start(Faults {
-        noise: false,
         control_cc: 0xD4,
+        ..Faults::default()
     })
     .await;
     let dev = device(addr);
@@ -295,4 +332,47 @@ async fn wrong_password_against_the_codec_bmc_is_auth_failed() {
     cfg.password = Secret::new(b"not-pw".to_vec());
     let err = IpmiDevice::new(cfg).status(None).await.unwrap_err();
     assert!(matches!(err, DeviceError::AuthFailed { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn auto_prefers_suite_17_when_offered_and_runs_it() {
+    // Suites 0, 3 and 17 (records split across two 16-byte chunks).
+    let records = vec![
+        0xC0, 0x00, 0x00, 0x40, 0x80, 0xC0, 0x03, 0x01, 0x41, 0x81, 0xC0, 0x11, 0x03, 0x44, 0x81,
+        0xC0, 0x01, 0x01, 0x40, 0x80,
+    ];
+    let addr = Bmc::start(Faults {
+        cipher_suites: Some(records),
+        ..Faults::default()
+    })
+    .await;
+    let mut cfg = device(addr).config().clone();
+    cfg.cipher_suite = CipherSuiteChoice::Auto;
+    let dev = IpmiDevice::new(cfg);
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
+    assert_eq!(dev.negotiated_suite().await, Some(CipherSuite::SUITE_17));
+    dev.power(None, PowerCommand::Off).await.unwrap();
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_and_so_is_the_session_of_a_dropped_device() {
+    let faults = Faults::default();
+    let closes = faults.closes.clone();
+    let addr = Bmc::start(faults).await;
+    let mut cfg = device(addr).config().clone();
+    cfg.idle_close = Duration::from_millis(150);
+    let dev = IpmiDevice::new(cfg.clone());
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        closes.load(Ordering::SeqCst),
+        1,
+        "closed after the idle period"
+    );
+    // The next call opens a new session transparently.
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
+    drop(dev);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(closes.load(Ordering::SeqCst), 2, "closed on drop");
 }
