@@ -149,6 +149,22 @@ async fn figures() {
     let mut fresh_status = Vec::new();
     let mut kept_status = Vec::new();
     let mut off_confirm = Vec::new();
+    let mut fresh_off_confirm = Vec::new();
+    let mut health = Vec::new();
+    for _ in 0..5 {
+        // As a fence agent runs it: a new device (new session), off, then read back.
+        let dev = device(&sim, CipherSuiteChoice::Id(3));
+        let t = Instant::now();
+        dev.power(None, PowerCommand::Off).await.unwrap();
+        assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
+        fresh_off_confirm.push(t.elapsed());
+        dev.power(None, PowerCommand::On).await.unwrap();
+        let t = Instant::now();
+        let id = dev.health().await.unwrap();
+        health.push(t.elapsed());
+        assert_eq!(id.value, IPMI_SIM_GUID, "{}", id.description);
+        dev.close().await;
+    }
     for _ in 0..5 {
         let dev = device(&sim, CipherSuiteChoice::Id(3));
         let t = Instant::now();
@@ -165,9 +181,11 @@ async fn figures() {
         dev.close().await;
     }
     eprintln!(
-        "ipmi_sim suite 3, median of 5: status with a new session {:?}, status on a kept session {:?}, off + confirm (kept session) {:?}",
+        "ipmi_sim suite 3, median of 5: status with a new session {:?}, status on a kept session {:?}, off + confirm on a kept session {:?}, off + confirm with a new session {:?}, health (GUID + device id) on a kept session {:?}",
         median(fresh_status),
         median(kept_status),
-        median(off_confirm)
+        median(off_confirm),
+        median(fresh_off_confirm),
+        median(health)
     );
 }

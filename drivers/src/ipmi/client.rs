@@ -830,6 +830,38 @@ mod tests {
         assert!(w.check(1));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_a_timeout_after_exactly_the_deadline() {
+        // A port nobody listens on; with paused time the runtime jumps from timer to timer,
+        // so this checks the retry schedule itself, deterministically and instantly.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = ClientConfig {
+            address: (Ipv4Addr::LOCALHOST, port).into(),
+            username: "u".into(),
+            password: Secret::new(b"p".to_vec()),
+            kg: None,
+            privilege: 4,
+            suite: CipherSuite::SUITE_3,
+            timeout: Duration::from_millis(1000),
+            retries: 2,
+        };
+        let start = Instant::now();
+        match Session::open(&cfg).await {
+            Err(DeviceError::Timeout {
+                timeout_ms, what, ..
+            }) => {
+                assert_eq!(timeout_ms, 4500);
+                assert_eq!(what, "Get Channel Authentication Capabilities");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(4500));
+    }
+
     #[test]
     fn timing_backs_off_and_bounds_the_deadline() {
         let t = Timing {
