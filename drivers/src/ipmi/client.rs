@@ -76,14 +76,22 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// Longest wait of one try, whatever the configuration says (a typo of a few zeros in
+    /// `timeout_ms` must not turn into an overflow panic or a wait of days).
+    pub const MAX_TRY: Duration = Duration::from_secs(60);
+
     /// How long try `n` (0-based) waits for its answer.
     pub fn try_timeout(&self, n: u32) -> Duration {
-        self.timeout + self.timeout * n / 2
+        self.timeout
+            .saturating_add(self.timeout.saturating_mul(n) / 2)
+            .min(Self::MAX_TRY)
     }
 
     /// The longest one exchange can take before it reports a timeout.
     pub fn deadline(&self) -> Duration {
-        (0..=self.retries).map(|n| self.try_timeout(n)).sum()
+        (0..=self.retries).fold(Duration::ZERO, |acc, n| {
+            acc.saturating_add(self.try_timeout(n))
+        })
     }
 }
 
@@ -218,7 +226,8 @@ async fn exchange<T>(
                 reason: e.to_string(),
             })?;
         let wait = timing.try_timeout(attempt);
-        let deadline = Instant::now() + wait;
+        let now = Instant::now();
+        let deadline = now.checked_add(wait).unwrap_or(now);
         loop {
             match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
                 Err(_elapsed) => break,
@@ -239,7 +248,7 @@ async fn exchange<T>(
                 }
             }
         }
-        waited += wait;
+        waited = waited.saturating_add(wait);
         if attempt < timing.retries {
             tracing::debug!(%peer, what, attempt, "no answer, retransmitting");
         }
@@ -871,5 +880,10 @@ mod tests {
         assert_eq!(t.try_timeout(0), Duration::from_millis(1000));
         assert_eq!(t.try_timeout(2), Duration::from_millis(2000));
         assert_eq!(t.deadline(), Duration::from_millis(4500));
+        let absurd = Timing {
+            timeout: Duration::MAX,
+            retries: u32::MAX,
+        };
+        assert_eq!(absurd.try_timeout(7), Timing::MAX_TRY);
     }
 }
