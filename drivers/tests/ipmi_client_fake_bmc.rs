@@ -31,6 +31,8 @@ struct Faults {
     noise: bool,
     /// Completion code for Chassis Control.
     control_cc: u8,
+    /// Completion code for Set Session Privilege Level.
+    privilege_cc: u8,
 }
 
 struct Bmc {
@@ -235,7 +237,7 @@ impl Bmc {
                     let p = decode_packet(d, Some(&s.keys)).expect("client packets verify");
                     let req = IpmiRequest::decode(&p.payload).unwrap();
                     let (cc, data) = match (req.net_fn, req.cmd) {
-                        (NETFN_APP, 0x3B) => (0, vec![req.data[0]]),
+                        (NETFN_APP, 0x3B) => (self.faults.privilege_cc, vec![req.data[0]]),
                         (NETFN_APP, 0x3C) => {
                             self.faults.closes.fetch_add(1, Ordering::SeqCst);
                             (0, vec![])
@@ -407,4 +409,21 @@ async fn ipmitool_talks_to_the_codec_bmc_with_suites_3_and_17() {
             "ipmitool -C {suite}: {text}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_refused_session_privilege_says_to_raise_it() {
+    // 0x81: "requested level exceeds the user's or channel's limit" (§22.18).
+    let addr = Bmc::start(Faults {
+        privilege_cc: 0x81,
+        ..Faults::default()
+    })
+    .await;
+    let err = device(addr).status(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, DeviceError::AuthFailed { .. })
+            && text.contains("raise the user's privilege"),
+        "{text}"
+    );
 }
