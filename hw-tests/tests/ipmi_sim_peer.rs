@@ -217,3 +217,21 @@ async fn ipmi_sim_quirk_grants_administrator_beyond_a_users_limit() {
     dev.power(None, PowerCommand::Off).await.unwrap();
     assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
 }
+
+#[tokio::test]
+async fn suite_0_is_refused_by_default_and_works_only_when_allowed() {
+    let sim = IpmiSim::start().expect("start ipmi_sim");
+    let mut cfg = config(sim.port(), CipherSuiteChoice::Id(0), IPMI_SIM_PASSWORD);
+    let err = IpmiDevice::new(cfg.clone()).status(None).await.unwrap_err();
+    assert!(matches!(err, DeviceError::Policy { .. }), "{err:?}");
+    cfg.allow_cipher_suite_0 = true;
+    assert_eq!(
+        IpmiDevice::new(cfg.clone()).status(None).await.unwrap(),
+        PowerState::On
+    );
+    // Why it is refused by default: with suite 0 the password is never checked.
+    cfg.password = Secret::new(b"anything".to_vec());
+    let dev = IpmiDevice::new(cfg);
+    dev.power(None, PowerCommand::Off).await.unwrap();
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
+}
