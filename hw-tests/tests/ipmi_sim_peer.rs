@@ -235,3 +235,17 @@ async fn suite_0_is_refused_by_default_and_works_only_when_allowed() {
     dev.power(None, PowerCommand::Off).await.unwrap();
     assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
 }
+
+#[tokio::test]
+async fn sessions_are_really_closed() {
+    // ipmi_sim has 63 session slots (it ignores the lab user's max-sess 10): with sessions
+    // leaked instead of closed, the 64th Open Session is refused with "insufficient resources
+    // to create a session". 100 in a row therefore only work if every Close Session lands.
+    let sim = IpmiSim::start().expect("start ipmi_sim");
+    for i in 0..100 {
+        let dev = device(&sim, CipherSuiteChoice::Id(3));
+        let state = dev.status(None).await;
+        assert_eq!(state, Ok(PowerState::On), "session {i}");
+        dev.close().await;
+    }
+}
