@@ -25,6 +25,13 @@ async fn suite_3_reads_guid_and_status_turns_off_and_on() {
     let dev = device(&sim, CipherSuiteChoice::Id(3));
     let id = dev.health().await.expect("health");
     assert_eq!(id.kind, "system-guid");
+    // From Get Device ID; bmc.emu declares manufacturer 0x1291 (4753), product 0x0f02.
+    assert!(
+        id.description.contains("manufacturer 4753"),
+        "{}",
+        id.description
+    );
+    eprintln!("ipmi_sim identity: {id:?}");
     assert_eq!(
         id.value, IPMI_SIM_GUID,
         "GUID as `ipmitool mc guid` prints it"
