@@ -1,8 +1,11 @@
 //! Builds the configured devices' drivers for the engine.
 
-use crate::config::{Config, DeviceConfig, DeviceKind};
+use crate::config::{Config, DeviceConfig, DeviceKind, IpmiSettings};
 use crate::engine::DeviceSlot;
+use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
+use drivers::PowerDevice;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One [`DeviceSlot`] per configured device, or a message naming the device that cannot be
 /// built and what to do.
@@ -15,11 +18,35 @@ pub fn build(config: &Config) -> Result<BTreeMap<String, DeviceSlot>, String> {
 }
 
 fn slot(name: &str, dev: &DeviceConfig) -> Result<DeviceSlot, String> {
-    match &dev.kind {
-        // The IPMI driver lands from its own branch and replaces this arm.
-        DeviceKind::Ipmi(_) => Err(format!(
-            "device `{name}` (kind ipmi, {}): the IPMI driver is not linked into this build of fenced yet; use a build that includes drivers::ipmi",
-            dev.address()
+    let device: Arc<dyn PowerDevice> = match &dev.kind {
+        DeviceKind::Ipmi(s) => Arc::new(IpmiDevice::new(
+            ipmi_config(s).map_err(|e| format!("device `{name}`: {e}"))?,
         )),
-    }
+    };
+    Ok(DeviceSlot {
+        device,
+        kind: dev.kind_name().to_string(),
+        address: dev.address(),
+    })
+}
+
+fn ipmi_config(s: &IpmiSettings) -> Result<IpmiConfig, String> {
+    let mut c = IpmiConfig::new(
+        s.address.ip().to_string(),
+        s.username.clone(),
+        s.password.clone(),
+    );
+    c.port = s.address.port();
+    c.privilege = match s.privilege.as_str() {
+        "operator" => Privilege::Operator,
+        "administrator" => Privilege::Administrator,
+        other => return Err(format!("unknown privilege `{other}`")),
+    };
+    c.cipher_suite = s
+        .cipher_suite
+        .map_or(CipherSuiteChoice::Auto, CipherSuiteChoice::Id);
+    c.timeout = s.timeout;
+    c.retries = s.retries;
+    c.allow_cipher_suite_0 = s.allow_cipher_suite_0;
+    Ok(c)
 }
