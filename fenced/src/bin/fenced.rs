@@ -1,17 +1,13 @@
 //! `fenced`: the Palisade fencer daemon.
 
 use clap::{Parser, Subcommand};
-use fenced::api::{bind_unix, Api};
 use fenced::config::{Config, DeviceKind, Role};
-use fenced::history::History;
-use fenced::{Clock, Engine};
+use fenced::daemon::{notify, wait_for_signal, Daemon};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often every device is health-checked.
-const MONITOR_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a stop waits for operations in flight (systemd's default stop timeout is 90 s).
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -156,178 +152,15 @@ fn check_config(file: &Path) -> ExitCode {
 
 async fn run(path: &Path) -> Result<(), String> {
     let config = Arc::new(Config::load(path).map_err(|e| e.to_string())?);
-    tracing::info!(
-        config = %path.display(),
-        node = %config.daemon.node_name,
-        targets = config.targets.len(),
-        devices = config.devices.len(),
-        "fenced {} starting",
-        env!("CARGO_PKG_VERSION")
-    );
-    let clock = Clock::system();
-    let (history, interrupted) =
-        History::open(&config.daemon.history, clock.now_ms()).map_err(|e| {
-            format!(
-                "cannot open history {}: {e}",
-                config.daemon.history.display()
-            )
-        })?;
-    for op in &interrupted {
-        tracing::warn!(
-            op = op.id,
-            target = %op.target,
-            action = %op.action,
-            "operation {} on {} was in flight when fenced stopped; recorded as failed (interrupted): the target is NOT known to be fenced",
-            op.id,
-            op.target
-        );
-    }
-    let devices = fenced::devices::build(&config)?;
-    let engine = Engine::new(
-        config.clone(),
-        devices,
-        history,
-        interrupted.len() as u32,
-        clock,
-    )
-    .map_err(|e| e.to_string())?;
-
-    let listener =
-        bind_unix(&config.daemon.socket, config.api.socket_mode).map_err(|e| e.to_string())?;
-    tracing::info!(socket = %config.daemon.socket.display(), mode = format_args!("{:04o}", config.api.socket_mode), "API listening on Unix socket");
-    let tcp = match config.api.tcp {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} (api.tcp): {e}"))?;
-            tracing::info!(%addr, role = role(config.api.tcp_role), "API listening on loopback TCP");
-            Some(l)
-        }
-        None => None,
-    };
-
-    let api = Api::new(engine.clone());
-    let unix_task = tokio::spawn({
-        let api = api.clone();
-        async move { api.serve_unix(listener).await }
-    });
-    let tcp_task = tcp.map(|l| {
-        let api = api.clone();
-        tokio::spawn(async move { api.serve_tcp(l).await })
-    });
-    let monitor = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            let mut tick = tokio::time::interval(MONITOR_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                // The first tick is immediate: devices are checked at start-up.
-                tick.tick().await;
-                engine.monitor_all().await;
-                for d in engine.devices() {
-                    if d.health == fenced::model::HealthState::Unhealthy {
-                        tracing::warn!(device = %d.name, "device unhealthy: {}", d.error.unwrap_or_default());
-                    }
-                }
-            }
-        }
-    });
-
-    notify_ready();
+    let daemon = Daemon::start(config).await?;
+    notify("READY=1\nSTATUS=serving the fencer API");
     tracing::info!("fenced ready");
     wait_for_signal().await?;
-    drain(&engine).await;
-    tracing::info!("stopping: answering open requests, accepting no new ones");
+    daemon
+        .drain(DRAIN_LIMIT, async {
+            let _ = wait_for_signal().await;
+        })
+        .await;
     notify("STOPPING=1");
-    monitor.abort();
-    api.shutdown();
-    let mut result = Ok(());
-    match unix_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => result = Err(format!("Unix socket server failed: {e}")),
-        Err(e) => result = Err(format!("Unix socket server task failed: {e}")),
-    }
-    if let Some(t) = tcp_task {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(format!("TCP server failed: {e}")),
-            Err(e) => result = Err(format!("TCP server task failed: {e}")),
-        }
-    }
-    if engine.in_flight() > 0 {
-        tracing::warn!(
-            in_flight = engine.in_flight(),
-            "stopping with operations in flight; they will be recorded as interrupted (NOT fenced) at the next start"
-        );
-    }
-    let _ = std::fs::remove_file(&config.daemon.socket);
-    tracing::info!("fenced stopped");
-    result
-}
-
-/// Lets operations in flight finish (bounded), still serving so their callers see the
-/// outcome: an operation cut short is recorded as interrupted, and its target is NOT known to
-/// be fenced.
-async fn drain(engine: &Engine) {
-    let n = engine.in_flight();
-    if n == 0 {
-        return;
-    }
-    tracing::info!(
-        in_flight = n,
-        "waiting up to {} s for operations in flight to finish (signal again to stop now)",
-        DRAIN_LIMIT.as_secs()
-    );
-    let wait = async {
-        while engine.in_flight() > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::select! {
-        _ = tokio::time::timeout(DRAIN_LIMIT, wait) => {}
-        _ = wait_for_signal() => tracing::warn!("second signal: stopping now"),
-    }
-}
-
-async fn wait_for_signal() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
-}
-
-fn notify_ready() {
-    notify("READY=1\nSTATUS=serving the fencer API");
-}
-
-/// Sends a systemd notification (sd_notify protocol: one datagram to `$NOTIFY_SOCKET`; a
-/// leading `@` names an abstract socket).
-fn notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot notify systemd: {e}");
-            return;
-        }
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| sock.send_to_addr(msg.as_bytes(), &addr))
-    } else {
-        sock.send_to(msg.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = sent {
-        tracing::warn!("cannot notify systemd at {}: {e}", path.to_string_lossy());
-    }
+    daemon.stop().await
 }

@@ -1,0 +1,214 @@
+//! The daemon's life: open history, build devices, start the engine, serve the API, check
+//! devices periodically, and stop cleanly. `fenced run` and `fenced demo` both use it.
+
+use crate::api::{bind_unix, Api};
+use crate::config::Config;
+use crate::history::History;
+use crate::model::HealthState;
+use crate::{Clock, Engine};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often every device is health-checked.
+pub const MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A running daemon.
+pub struct Daemon {
+    config: Arc<Config>,
+    engine: Engine,
+    api: Api,
+    unix_task: JoinHandle<std::io::Result<()>>,
+    tcp_task: Option<JoinHandle<std::io::Result<()>>>,
+    monitor: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Opens history (recording operations a crash left in flight as failed), builds the
+    /// devices, binds the API listeners and starts serving. Must run inside a tokio runtime.
+    pub async fn start(config: Arc<Config>) -> Result<Daemon, String> {
+        tracing::info!(
+            config = %config.source.display(),
+            node = %config.daemon.node_name,
+            targets = config.targets.len(),
+            devices = config.devices.len(),
+            "fenced {} starting",
+            env!("CARGO_PKG_VERSION")
+        );
+        let clock = Clock::system();
+        let (history, interrupted) = History::open(&config.daemon.history, clock.now_ms())
+            .map_err(|e| {
+                format!(
+                    "cannot open history {}: {e}",
+                    config.daemon.history.display()
+                )
+            })?;
+        for op in &interrupted {
+            tracing::warn!(
+                op = op.id,
+                target = %op.target,
+                action = %op.action,
+                "operation {} on {} was in flight when fenced stopped; recorded as failed (interrupted): the target is NOT known to be fenced",
+                op.id,
+                op.target
+            );
+        }
+        let devices = crate::devices::build(&config)?;
+        let engine = Engine::new(
+            config.clone(),
+            devices,
+            history,
+            interrupted.len() as u32,
+            clock,
+        )
+        .map_err(|e| e.to_string())?;
+
+        let listener =
+            bind_unix(&config.daemon.socket, config.api.socket_mode).map_err(|e| e.to_string())?;
+        tracing::info!(socket = %config.daemon.socket.display(), mode = format_args!("{:04o}", config.api.socket_mode), "API listening on Unix socket");
+        let tcp = match config.api.tcp {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} (api.tcp): {e}"))?;
+                tracing::info!(%addr, role = crate::api::auth::role_name(config.api.tcp_role), "API listening on loopback TCP");
+                Some(l)
+            }
+            None => None,
+        };
+
+        let api = Api::new(engine.clone());
+        let unix_task = tokio::spawn({
+            let api = api.clone();
+            async move { api.serve_unix(listener).await }
+        });
+        let tcp_task = tcp.map(|l| {
+            let api = api.clone();
+            tokio::spawn(async move { api.serve_tcp(l).await })
+        });
+        let monitor = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                let mut tick = tokio::time::interval(MONITOR_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    // The first tick is immediate: devices are checked at start-up.
+                    tick.tick().await;
+                    engine.monitor_all().await;
+                    for d in engine.devices() {
+                        if d.health == HealthState::Unhealthy {
+                            tracing::warn!(device = %d.name, "device unhealthy: {}", d.error.unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Daemon {
+            config,
+            engine,
+            api,
+            unix_task,
+            tcp_task,
+            monitor,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Lets operations in flight finish, still serving so their callers see the outcome,
+    /// for at most `limit` or until `interrupt` completes. An operation cut short is recorded
+    /// as interrupted at the next start, and its target is NOT known to be fenced.
+    pub async fn drain(&self, limit: Duration, interrupt: impl Future<Output = ()>) {
+        let n = self.engine.in_flight();
+        if n == 0 {
+            return;
+        }
+        tracing::info!(
+            in_flight = n,
+            "waiting up to {} s for operations in flight to finish (signal again to stop now)",
+            limit.as_secs()
+        );
+        let wait = async {
+            while self.engine.in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(limit, wait) => {}
+            _ = interrupt => tracing::warn!("second signal: stopping now"),
+        }
+    }
+
+    /// Stops serving and removes the socket.
+    pub async fn stop(self) -> Result<(), String> {
+        tracing::info!("stopping: answering open requests, accepting no new ones");
+        self.monitor.abort();
+        self.api.shutdown();
+        let mut result = Ok(());
+        match self.unix_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(format!("Unix socket server failed: {e}")),
+            Err(e) => result = Err(format!("Unix socket server task failed: {e}")),
+        }
+        if let Some(t) = self.tcp_task {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(format!("TCP server failed: {e}")),
+                Err(e) => result = Err(format!("TCP server task failed: {e}")),
+            }
+        }
+        if self.engine.in_flight() > 0 {
+            tracing::warn!(
+                in_flight = self.engine.in_flight(),
+                "stopping with operations in flight; they will be recorded as interrupted (NOT fenced) at the next start"
+            );
+        }
+        let _ = std::fs::remove_file(&self.config.daemon.socket);
+        tracing::info!("fenced stopped");
+        result
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Sends a systemd notification (sd_notify protocol: one datagram to `$NOTIFY_SOCKET`; a
+/// leading `@` names an abstract socket).
+pub fn notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot notify systemd: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(msg.as_bytes(), &addr))
+    } else {
+        sock.send_to(msg.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd at {}: {e}", path.to_string_lossy());
+    }
+}
