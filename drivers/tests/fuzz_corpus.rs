@@ -1,5 +1,8 @@
 //! Replays the cargo-fuzz seed corpus (and any crash inputs added to it) with stable Rust.
 
+// Tests may panic on failure; the workspace lints are for production code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::fs;
 use std::path::Path;
 

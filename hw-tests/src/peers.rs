@@ -94,7 +94,13 @@ impl IpmiSim {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot run {IPMI_SIM} ({e}); install the Debian package `openipmi`"),
+                )
+            })?;
         self.child = Some(child);
         self.wait_until_answering(Duration::from_secs(5))
     }

@@ -76,14 +76,22 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// Longest wait of one try, whatever the configuration says (a typo of a few zeros in
+    /// `timeout_ms` must not turn into an overflow panic or a wait of days).
+    pub const MAX_TRY: Duration = Duration::from_secs(60);
+
     /// How long try `n` (0-based) waits for its answer.
     pub fn try_timeout(&self, n: u32) -> Duration {
-        self.timeout + self.timeout * n / 2
+        self.timeout
+            .saturating_add(self.timeout.saturating_mul(n) / 2)
+            .min(Self::MAX_TRY)
     }
 
     /// The longest one exchange can take before it reports a timeout.
     pub fn deadline(&self) -> Duration {
-        (0..=self.retries).map(|n| self.try_timeout(n)).sum()
+        (0..=self.retries).fold(Duration::ZERO, |acc, n| {
+            acc.saturating_add(self.try_timeout(n))
+        })
     }
 }
 
@@ -218,7 +226,8 @@ async fn exchange<T>(
                 reason: e.to_string(),
             })?;
         let wait = timing.try_timeout(attempt);
-        let deadline = Instant::now() + wait;
+        let now = Instant::now();
+        let deadline = now.checked_add(wait).unwrap_or(now);
         loop {
             match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
                 Err(_elapsed) => break,
@@ -239,7 +248,7 @@ async fn exchange<T>(
                 }
             }
         }
-        waited += wait;
+        waited = waited.saturating_add(wait);
         if attempt < timing.retries {
             tracing::debug!(%peer, what, attempt, "no answer, retransmitting");
         }
@@ -830,6 +839,38 @@ mod tests {
         assert!(w.check(1));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_a_timeout_after_exactly_the_deadline() {
+        // A port nobody listens on; with paused time the runtime jumps from timer to timer,
+        // so this checks the retry schedule itself, deterministically and instantly.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = ClientConfig {
+            address: (Ipv4Addr::LOCALHOST, port).into(),
+            username: "u".into(),
+            password: Secret::new(b"p".to_vec()),
+            kg: None,
+            privilege: 4,
+            suite: CipherSuite::SUITE_3,
+            timeout: Duration::from_millis(1000),
+            retries: 2,
+        };
+        let start = Instant::now();
+        match Session::open(&cfg).await {
+            Err(DeviceError::Timeout {
+                timeout_ms, what, ..
+            }) => {
+                assert_eq!(timeout_ms, 4500);
+                assert_eq!(what, "Get Channel Authentication Capabilities");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(4500));
+    }
+
     #[test]
     fn timing_backs_off_and_bounds_the_deadline() {
         let t = Timing {
@@ -839,5 +880,10 @@ mod tests {
         assert_eq!(t.try_timeout(0), Duration::from_millis(1000));
         assert_eq!(t.try_timeout(2), Duration::from_millis(2000));
         assert_eq!(t.deadline(), Duration::from_millis(4500));
+        let absurd = Timing {
+            timeout: Duration::MAX,
+            retries: u32::MAX,
+        };
+        assert_eq!(absurd.try_timeout(7), Timing::MAX_TRY);
     }
 }

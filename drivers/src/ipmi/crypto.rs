@@ -353,12 +353,14 @@ impl SessionKeys {
         Self::from_sik(suite, sik)
     }
 
-    /// Builds the keys from a known SIK: K1 = HMAC_SIK(0x01 × N), K2 = HMAC_SIK(0x02 × N),
-    /// N being the digest length of the RAKP HMAC (§13.32).
+    /// Builds the keys from a known SIK: K1 = HMAC_SIK(0x01 × 20), K2 = HMAC_SIK(0x02 × 20)
+    /// (§13.32). The constants are 20 bytes for RAKP-HMAC-SHA256 too: the spec defines them
+    /// as 20 bytes and ipmitool (`lanplus_generate_k1/k2`) and FreeIPMI use 20 with every
+    /// algorithm, so BMCs that interoperate with them do the same (checked against ipmitool
+    /// `-C 17` in drivers/tests/ipmi_client_fake_bmc.rs).
     pub fn from_sik(suite: CipherSuite, sik: Zeroizing<Vec<u8>>) -> Self {
-        let n = suite.auth.auth_code_len();
-        let k1 = hmac(suite.auth, &sik, &[&vec![0x01; n]]);
-        let k2 = hmac(suite.auth, &sik, &[&vec![0x02; n]]);
+        let k1 = hmac(suite.auth, &sik, &[&[0x01; 20]]);
+        let k2 = hmac(suite.auth, &sik, &[&[0x02; 20]]);
         Self { suite, sik, k1, k2 }
     }
 

@@ -328,32 +328,44 @@ impl IpmiDevice {
         let cfg = &self.inner.cfg;
         let mut guard = self.inner.state.lock().await;
         let st = &mut *guard;
-        if let Some(s) = st.session.take() {
-            if s.last_used().elapsed() < cfg.idle_close {
-                st.session = Some(s);
-            } else {
-                s.close().await;
-            }
+        if let Some(s) = st
+            .session
+            .take_if(|s| s.last_used().elapsed() >= cfg.idle_close)
+        {
+            // Not awaited: a BMC that has gone away would make every later call wait for it.
+            tokio::spawn(s.close());
         }
         let reused = st.session.is_some();
-        let mut session = match st.session.take() {
-            Some(s) => s,
-            None => self.open(st).await?,
+        if !reused {
+            let s = self.open(st).await?;
+            st.session = Some(s);
+        }
+        // The session stays in the state while it is used, so a call the engine cancels
+        // leaves it there with its counters already advanced (the cancelled request's late
+        // reply cannot match the next one) instead of leaking a BMC session slot.
+        let Some(session) = st.session.as_mut() else {
+            return Err(unexpected());
         };
         // A kept session gets one try: if the BMC dropped it (reset, timeout), it silently
         // ignores the session id and waiting through every retry would only delay the reopen.
         let retries = if reused { 0 } else { cfg.retries };
-        let mut result = execute(&mut session, op, retries).await;
+        let mut result = execute(session, op, retries).await;
         if reused && matches!(result, Err(DeviceError::Timeout { .. })) {
             tracing::debug!(address = %cfg.address_string(), "kept IPMI session did not answer; reopening");
-            session = self.open(st).await?;
-            result = execute(&mut session, op, cfg.retries).await;
+            st.session = None;
+            let s = self.open(st).await?;
+            result = execute(st.session.insert(s), op, cfg.retries).await;
         }
         // Keep the session only when it is known good; after a timeout or a protocol error
         // its state is doubtful and the next call opens a fresh one.
-        if matches!(result, Ok(_) | Err(DeviceError::Refused { .. })) {
-            st.session = Some(session);
-            self.spawn_idle_closer(st);
+        match &result {
+            Ok(_) | Err(DeviceError::Refused { .. }) => self.spawn_idle_closer(st),
+            Err(DeviceError::Timeout { .. }) => st.session = None,
+            Err(_) => {
+                if let Some(s) = st.session.take() {
+                    tokio::spawn(s.close());
+                }
+            }
         }
         result
     }

@@ -18,6 +18,23 @@
 //! party peers (ipmitool captures in unit tests, OpenIPMI `ipmi_sim` in `hw-tests`), so the
 //! simulator and the driver cannot agree on a shared mistake unnoticed.
 //!
+//! # Using the codec in the BMC role (the simulator)
+//! 1. [`session::decode_header`] on each datagram: session id 0 means session setup or a
+//!    pre-session command; otherwise look the session (and its [`SessionKeys`]) up by id.
+//! 2. [`session::decode_packet`] with those keys: verifies the AuthCode, then decrypts.
+//! 3. Setup payloads: [`message::OpenSessionRequest`], [`message::Rakp1`], [`message::Rakp3`]
+//!    decode; answer with [`message::OpenSessionResponse`], [`message::Rakp2`] (code from
+//!    [`crypto::rakp2_auth_code`]) and [`message::Rakp4`] (value from
+//!    [`crypto::rakp4_integrity_check`] keyed with [`SessionKeys::derive`]'s SIK), after
+//!    checking RAKP 3 against [`crypto::rakp3_auth_code`] — the same [`RakpInputs`] the
+//!    console fills in.
+//! 4. IPMI messages: [`message::IpmiRequest::decode`], the command's [`message::Body`]
+//!    `decode`, then [`message::IpmiRequest::response`] with a completion code and the
+//!    response body's `encode`, wrapped by [`session::encode_packet`] with the console's
+//!    session id and a fresh random IV.
+//!
+//! `drivers/tests/ipmi_client_fake_bmc.rs` is a working example of exactly that.
+//!
 //! Why not the `ipmi-rs` crate: it was evaluated and rejected for the fencing path because it
 //! has no Set Session Privilege Level (so a session stays at USER and cannot power off), no
 //! cipher suite 17, `unwrap`s on received data (a garbage reply panics the daemon) and no
