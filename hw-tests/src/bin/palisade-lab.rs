@@ -31,7 +31,7 @@ enum Command {
 
 fn after_help_ipmi() -> String {
     format!(
-        "{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  ipmi node1 127.0.0.1:6230 guid=5a1e1ab0-0000-0000-0000-000000000001\n\nExample:\n  palisade-lab ipmi --count 2 --base-port 6230 --user admin --password-file pw --fault node2:stuck\n  ipmitool -I lanplus -H 127.0.0.1 -p 6230 -U admin -f pw -C 17 chassis power status"
+        "{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  ipmi node1 127.0.0.1:6230 guid=5a1e1ab0-0000-4000-8000-000000000001\n\nExample:\n  palisade-lab ipmi --count 2 --base-port 6230 --user admin --password-file pw --fault node2:stuck\n  ipmitool -I lanplus -H 127.0.0.1 -p 6230 -U admin -f pw -C 17 chassis power status"
     )
 }
 
@@ -56,7 +56,7 @@ struct IpmiArgs {
     /// A fault knob, `[NODE:]KNOB[=VALUE]` (repeatable; see the list below).
     #[arg(long = "fault", value_name = "KNOB")]
     faults: Vec<FaultKnob>,
-    /// Hex prefix of the BMCs' system GUIDs (up to 20 digits); the node number ends the GUID.
+    /// Hex prefix of the BMCs' system GUIDs (up to 8 digits); the node number ends the GUID.
     #[arg(long, default_value = DEFAULT_GUID_PREFIX, value_name = "HEX")]
     guid_prefix: String,
     /// Start with every node powered off.

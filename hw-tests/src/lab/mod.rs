@@ -295,28 +295,27 @@ fn guid_text_to_wire(text: &str) -> Option<[u8; 16]> {
     Some(bytes)
 }
 
-/// The GUID of BMC number `index` (1-based): `prefix` (hex digits), zeros, and the index in
-/// hex at the end, formatted as ipmitool prints GUIDs.
+/// The GUID of BMC number `index` (1-based), as ipmitool prints it:
+/// `PPPPPPPP-0000-4000-8000-NNNNNNNNNNNN`, with `prefix` (up to 8 hex digits, zero-padded on
+/// the right) first and the index in hex last.
+///
+/// The fixed middle makes `ipmitool mc guid` recognise the IPMI encoding (§20.8: every field
+/// LS byte first) and print the GUID hyphenated: ipmitool tries the IPMI, RFC 4122 and SMBIOS
+/// readings and keeps one whose version nibble is valid. Read the IPMI way, the version is 4
+/// (random); read the other two ways the same bytes give versions 0 and 8, which are invalid,
+/// so IPMI is the only candidate. Without that, ipmitool dumps the raw bytes instead.
 pub fn lab_guid(prefix: &str, index: usize) -> Result<String, String> {
-    if prefix.len() > 20 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+    if prefix.len() > 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!(
-            "GUID prefix `{prefix}` must be at most 20 hex digits (e.g. 5a1e1ab0)"
+            "GUID prefix `{prefix}` must be at most 8 hex digits (e.g. 5a1e1ab0)"
         ));
     }
-    let digits = format!(
-        "{}{:0>width$x}",
-        prefix.to_ascii_lowercase(),
-        index,
-        width = 32 - prefix.len()
-    );
-    let d = |a: usize, b: usize| digits.get(a..b).unwrap_or_default();
+    if index > 0xFFFF_FFFF_FFFF {
+        return Err(format!("BMC index {index} does not fit a GUID's last 12 digits"));
+    }
     Ok(format!(
-        "{}-{}-{}-{}-{}",
-        d(0, 8),
-        d(8, 12),
-        d(12, 16),
-        d(16, 20),
-        d(20, 32)
+        "{:0<8}-0000-4000-8000-{index:012x}",
+        prefix.to_ascii_lowercase()
     ))
 }
 
@@ -751,13 +750,15 @@ mod tests {
     #[test]
     fn guids_round_trip_through_ipmitool_order() {
         let g = lab_guid(DEFAULT_GUID_PREFIX, 2).unwrap();
-        assert_eq!(g, "5a1e1ab0-0000-0000-0000-000000000002");
+        assert_eq!(g, "5a1e1ab0-0000-4000-8000-000000000002");
+        assert_eq!(lab_guid("ab", 0x1f).unwrap(), "ab000000-0000-4000-8000-00000000001f");
         let wire = guid_text_to_wire(&g).unwrap();
         assert_eq!(
             drivers::ipmi::message::SystemGuid { guid: wire }.to_ipmitool_string(),
             g
         );
         assert!(lab_guid("xyz", 1).is_err());
+        assert!(lab_guid("123456789", 1).is_err());
     }
 
     #[test]
