@@ -272,6 +272,14 @@ impl BmcState {
 /// the bytes (property-tested). Faults that change *what* is answered (crash, drop, garbage,
 /// refuse-auth, stuck, power-on-fails) act here; latency is the socket loop's.
 pub fn handle(st: &mut BmcState, datagram: &[u8], now: Instant) -> Option<Vec<u8>> {
+    let reply = handle_inner(st, datagram, now);
+    st.shared
+        .sessions
+        .store(st.sessions.len(), std::sync::atomic::Ordering::Relaxed);
+    reply
+}
+
+fn handle_inner(st: &mut BmcState, datagram: &[u8], now: Instant) -> Option<Vec<u8>> {
     st.shared.settle(now);
     let epoch = st.shared.crash_epoch();
     if epoch != st.crash_epoch {

@@ -402,6 +402,9 @@ pub enum LabError {
     /// The spec is inconsistent.
     #[error("invalid lab spec: {0}")]
     Spec(String),
+    /// The background runtime could not be started.
+    #[error("cannot start the lab's async runtime: {0}; check the process's thread and file limits")]
+    Runtime(std::io::Error),
 }
 
 /// State one BMC shares between its serving task and its handles.
@@ -417,6 +420,8 @@ pub(crate) struct Shared {
     /// Incremented on every crash, so the serving state drops its sessions even when no
     /// datagram arrives while crashed.
     crash_epoch: AtomicU64,
+    /// How many sessions the BMC holds, as of the last datagram it handled.
+    sessions: std::sync::atomic::AtomicUsize,
     /// Wakes the serving task when a handle changed something it schedules around.
     wake: Notify,
 }
@@ -433,6 +438,7 @@ impl Shared {
             events: Mutex::new(EventLog::default()),
             hook: Mutex::new(cfg.power_hook.clone()),
             crash_epoch: AtomicU64::new(0),
+            sessions: std::sync::atomic::AtomicUsize::new(0),
             wake: Notify::new(),
         }
     }
@@ -593,6 +599,11 @@ impl BmcHandle {
         lock(&self.shared.events).entries()
     }
 
+    /// How many sessions the BMC holds (in any stage), as of the last datagram it handled.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+
     /// How many events were recorded since start (repeats included).
     pub fn event_total(&self) -> u64 {
         lock(&self.shared.events).total()
@@ -711,6 +722,46 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// A lab on its own small runtime (one worker thread for all its BMCs), for synchronous tests
+/// and programs that have no runtime; stops on drop like [`Lab`].
+#[derive(Debug)]
+pub struct BackgroundLab {
+    lab: Lab,
+    /// Always `Some` until drop.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl BackgroundLab {
+    /// Starts the lab and returns once every BMC listens.
+    pub fn start(spec: LabSpec) -> Result<Self, LabError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("palisade-lab")
+            .enable_all()
+            .build()
+            .map_err(LabError::Runtime)?;
+        let lab = rt.block_on(Lab::start(spec))?;
+        Ok(Self { lab, rt: Some(rt) })
+    }
+}
+
+impl std::ops::Deref for BackgroundLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl Drop for BackgroundLab {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // Cancels every BMC task and closes their sockets. Unlike a plain drop of the
+            // runtime, this is also allowed inside another runtime.
+            rt.shutdown_background();
         }
     }
 }
