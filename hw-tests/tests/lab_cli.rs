@@ -18,8 +18,19 @@ fn serves_prints_ready_lines_answers_ipmitool_and_stops_on_sigterm() {
     let pw = password_file(dir.path(), "secret");
     let mut child = Command::new(LAB)
         .args([
-            "ipmi", "--count", "3", "--base-port", "0", "--user", "admin", "--password-file", &pw,
-            "--fault", "node2:stuck", "--guid-prefix", "abc",
+            "ipmi",
+            "--count",
+            "3",
+            "--base-port",
+            "0",
+            "--user",
+            "admin",
+            "--password-file",
+            &pw,
+            "--fault",
+            "node2:stuck",
+            "--guid-prefix",
+            "abc",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -38,7 +49,10 @@ fn serves_prints_ready_lines_answers_ipmitool_and_stops_on_sigterm() {
     });
     let mut ready = Vec::new();
     for _ in 0..3 {
-        ready.push(rx.recv_timeout(Duration::from_secs(10)).expect("ready line"));
+        ready.push(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("ready line"),
+        );
     }
     let mut ports = Vec::new();
     for (i, line) in ready.iter().enumerate() {
@@ -58,7 +72,10 @@ fn serves_prints_ready_lines_answers_ipmitool_and_stops_on_sigterm() {
     let r = ipmitool(ports[0], "admin", &pw, 17, &["chassis", "power", "status"]);
     assert_eq!(r.stdout.trim(), "Chassis Power is off", "{r:?}");
     let r = ipmitool(ports[0], "admin", &pw, 3, &["mc", "guid"]);
-    assert!(r.stdout.contains("abc00000-0000-4000-8000-000000000001"), "{r:?}");
+    assert!(
+        r.stdout.contains("abc00000-0000-4000-8000-000000000001"),
+        "{r:?}"
+    );
     // node2 is stuck: acknowledged, still on.
     let r = ipmitool(ports[1], "admin", &pw, 3, &["chassis", "power", "off"]);
     assert!(r.ok(), "{r:?}");
@@ -73,7 +90,10 @@ fn serves_prints_ready_lines_answers_ipmitool_and_stops_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "did not stop on SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status:?}");
@@ -89,7 +109,15 @@ fn bad_fault_knob_exits_nonzero_and_lists_the_knobs() {
     let pw = password_file(dir.path(), "p");
     let r = run(
         LAB,
-        &["ipmi", "--user", "u", "--password-file", &pw, "--fault", "node1:wobble"],
+        &[
+            "ipmi",
+            "--user",
+            "u",
+            "--password-file",
+            &pw,
+            "--fault",
+            "node1:wobble",
+        ],
         Duration::from_secs(10),
     );
     assert_eq!(r.code(), Some(2), "{r:?}");
@@ -99,7 +127,17 @@ fn bad_fault_knob_exits_nonzero_and_lists_the_knobs() {
 
     let r = run(
         LAB,
-        &["ipmi", "--count", "2", "--user", "u", "--password-file", &pw, "--fault", "node3:crash"],
+        &[
+            "ipmi",
+            "--count",
+            "2",
+            "--user",
+            "u",
+            "--password-file",
+            &pw,
+            "--fault",
+            "node3:crash",
+        ],
         Duration::from_secs(10),
     );
     assert_eq!(r.code(), Some(2), "{r:?}");
@@ -115,7 +153,8 @@ fn unreadable_password_file_and_busy_port_say_what_to_do() {
     );
     assert_eq!(r.code(), Some(1), "{r:?}");
     assert!(
-        r.stderr.contains("cannot read the password file /nonexistent/pw")
+        r.stderr
+            .contains("cannot read the password file /nonexistent/pw")
             && r.stderr.contains("--password-file"),
         "{}",
         r.stderr
@@ -127,7 +166,15 @@ fn unreadable_password_file_and_busy_port_say_what_to_do() {
     let pw = password_file(dir.path(), "p");
     let r = run(
         LAB,
-        &["ipmi", "--base-port", &port, "--user", "u", "--password-file", &pw],
+        &[
+            "ipmi",
+            "--base-port",
+            &port,
+            "--user",
+            "u",
+            "--password-file",
+            &pw,
+        ],
         Duration::from_secs(10),
     );
     assert_eq!(r.code(), Some(1), "{r:?}");
@@ -143,7 +190,13 @@ fn help_documents_every_knob() {
     let r = run(LAB, &["ipmi", "--help"], Duration::from_secs(10));
     assert!(r.ok(), "{r:?}");
     for knob in [
-        "latency=", "drop=", "refuse-auth", "stuck", "power-on-fails", "garbage", "crash",
+        "latency=",
+        "drop=",
+        "refuse-auth",
+        "stuck",
+        "power-on-fails",
+        "garbage",
+        "crash",
     ] {
         assert!(r.stdout.contains(knob), "{knob} missing:\n{}", r.stdout);
     }

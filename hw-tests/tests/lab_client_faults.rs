@@ -56,7 +56,9 @@ async fn stuck_acknowledges_off_but_status_stays_on() {
     assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
     // Flipped mid-operation, on a kept session.
     bmc.set_fault(Fault::Stuck(true));
-    dev.power(None, PowerCommand::Off).await.expect("acknowledged");
+    dev.power(None, PowerCommand::Off)
+        .await
+        .expect("acknowledged");
     assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
     assert!(bmc.power());
     assert!(bmc
@@ -76,7 +78,9 @@ async fn power_on_fails_acknowledges_on_and_stays_off() {
     let dev = device(bmc, CipherSuiteChoice::Id(17));
     dev.power(None, PowerCommand::Off).await.unwrap();
     assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
-    dev.power(None, PowerCommand::On).await.expect("acknowledged");
+    dev.power(None, PowerCommand::On)
+        .await
+        .expect("acknowledged");
     assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
     assert!(!bmc.power());
 }
@@ -211,7 +215,11 @@ async fn latency_above_the_timeout_is_a_timeout_below_it_works() {
     let t = Instant::now();
     assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
     // Five exchanges (caps, open, RAKP 1, RAKP 3, privilege) and the status, 50 ms each.
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     bmc.set_fault(Fault::Latency(1000));
     let mut cfg = dev.config().clone();
     cfg.retries = 1;
@@ -237,7 +245,10 @@ async fn power_delay_and_hook_model_a_real_chassis() {
     assert!(bmc.power_changing());
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Applied by the BMC's own timer, before anyone asked.
-    assert_eq!(*seen.lock().unwrap(), [("node1".to_string(), PowerEvent::Off)]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("node1".to_string(), PowerEvent::Off)]
+    );
     assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
     // A power cycle of an off node is refused (§28.3), a hard reset of an on node kills
     // what runs on it but leaves power on.

@@ -41,7 +41,13 @@ fn ipmitool_suites_3_and_17_power_off_on_and_guid() {
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), PASSWORD);
     for suite in [3u8, 17] {
-        let r = ipmitool(bmc.port(), USER, &pw, suite, &["chassis", "power", "status"]);
+        let r = ipmitool(
+            bmc.port(),
+            USER,
+            &pw,
+            suite,
+            &["chassis", "power", "status"],
+        );
         assert!(r.ok(), "suite {suite}: {r:?}");
         assert_eq!(r.stdout.trim(), "Chassis Power is on", "suite {suite}");
 
@@ -49,7 +55,13 @@ fn ipmitool_suites_3_and_17_power_off_on_and_guid() {
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.stdout.trim(), "Chassis Power Control: Down/Off");
         assert!(!bmc.power());
-        let r = ipmitool(bmc.port(), USER, &pw, suite, &["chassis", "power", "status"]);
+        let r = ipmitool(
+            bmc.port(),
+            USER,
+            &pw,
+            suite,
+            &["chassis", "power", "status"],
+        );
         assert_eq!(r.stdout.trim(), "Chassis Power is off", "{r:?}");
 
         let r = ipmitool(bmc.port(), USER, &pw, suite, &["chassis", "power", "on"]);
@@ -90,14 +102,27 @@ fn ipmitool_wrong_password_wrong_user_and_suite_0_are_refused() {
     let bad_dir = tempfile::tempdir().unwrap();
     let bad = password_file(bad_dir.path(), "wrong");
 
-    let r = ipmitool(bmc.port(), USER, &bad, 3, &["-v", "chassis", "power", "status"]);
+    let r = ipmitool(
+        bmc.port(),
+        USER,
+        &bad,
+        3,
+        &["-v", "chassis", "power", "status"],
+    );
     assert!(!r.ok(), "{r:?}");
     assert!(
         r.stderr.contains("RAKP 2 HMAC is invalid")
-            && r.stderr.contains("Unable to establish IPMI v2 / RMCP+ session"),
+            && r.stderr
+                .contains("Unable to establish IPMI v2 / RMCP+ session"),
         "{r:?}"
     );
-    let r = ipmitool(bmc.port(), "nobody", &good, 17, &["-v", "chassis", "power", "status"]);
+    let r = ipmitool(
+        bmc.port(),
+        "nobody",
+        &good,
+        17,
+        &["-v", "chassis", "power", "status"],
+    );
     assert!(!r.ok(), "{r:?}");
     assert!(r.stderr.contains("unauthorized name"), "{r:?}");
 
@@ -119,7 +144,13 @@ fn ipmitool_refuse_auth_gets_invalid_integrity_check() {
     bmc.set_fault(Fault::RefuseAuth(true));
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), PASSWORD);
-    let r = ipmitool(bmc.port(), USER, &pw, 3, &["-v", "chassis", "power", "status"]);
+    let r = ipmitool(
+        bmc.port(),
+        USER,
+        &pw,
+        3,
+        &["-v", "chassis", "power", "status"],
+    );
     assert!(!r.ok(), "{r:?}");
     assert!(r.stderr.contains("invalid integrity check value"), "{r:?}");
 }
@@ -127,7 +158,18 @@ fn ipmitool_refuse_auth_gets_invalid_integrity_check() {
 fn fence(port: u16, action: &str, extra: &[&str]) -> common::Run {
     let port = port.to_string();
     let mut args = vec![
-        "--lanplus", "-a", "127.0.0.1", "-u", &port, "-l", USER, "-p", PASSWORD, "-C", "3", "-o",
+        "--lanplus",
+        "-a",
+        "127.0.0.1",
+        "-u",
+        &port,
+        "-l",
+        USER,
+        "-p",
+        PASSWORD,
+        "-C",
+        "3",
+        "-o",
         action,
     ];
     args.extend_from_slice(extra);
@@ -175,7 +217,16 @@ fn fence_ipmilan_off_status_on_and_a_stuck_bmc_fails() {
         "{r:?}"
     );
     assert!(node2.power());
-    eprintln!("fence_ipmilan -o off vs stuck BMC (--power-timeout=2): exit {:?} after {:?}: {}", r.code(), r.elapsed, r.stderr.lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join(" | "));
+    eprintln!(
+        "fence_ipmilan -o off vs stuck BMC (--power-timeout=2): exit {:?} after {:?}: {}",
+        r.code(),
+        r.elapsed,
+        r.stderr
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
 }
 
 /// Figures for the report, medians of 5 (`cargo nextest run -p hw-tests --run-ignored all
@@ -199,8 +250,10 @@ fn figures_fence_ipmilan_and_ipmitool() {
         assert!(r.ok(), "{r:?}");
         off_nowait.push(r.elapsed);
         status_fence.push(fence(bmc.port(), "status", &[]).elapsed);
-        status_tool3.push(ipmitool(bmc.port(), USER, &pw, 3, &["chassis", "power", "status"]).elapsed);
-        status_tool17.push(ipmitool(bmc.port(), USER, &pw, 17, &["chassis", "power", "status"]).elapsed);
+        status_tool3
+            .push(ipmitool(bmc.port(), USER, &pw, 3, &["chassis", "power", "status"]).elapsed);
+        status_tool17
+            .push(ipmitool(bmc.port(), USER, &pw, 17, &["chassis", "power", "status"]).elapsed);
     }
     eprintln!(
         "lab BMC, median of 5: fence_ipmilan -C 3 -o off {:?} (default power_wait), {:?} (--power-wait=0); fence_ipmilan -o status {:?}; ipmitool chassis power status -C 3 {:?}, -C 17 {:?}",

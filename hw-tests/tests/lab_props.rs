@@ -8,7 +8,9 @@ use drivers::ipmi::message::{
     Algorithms, Body, IpmiRequest, IpmiResponse, OpenSessionRequest, OpenSessionResponse, Rakp1,
     Rakp2, Rakp3, Rakp4, NETFN_APP, NETFN_CHASSIS,
 };
-use drivers::ipmi::session::{decode_packet, encode_packet, Packet, PayloadType, SessionHeader, V20Header};
+use drivers::ipmi::session::{
+    decode_packet, encode_packet, Packet, PayloadType, SessionHeader, V20Header,
+};
 use drivers::Secret;
 use hw_tests::lab::ipmi::{handle, BmcConfig, BmcState};
 use proptest::prelude::*;
@@ -52,14 +54,24 @@ fn reply(st: &mut BmcState, d: &[u8]) -> Packet {
 }
 
 /// Opens a session; `Err(status)` with the RMCP+ status of the step that refused.
-fn open(st: &mut BmcState, suite: CipherSuite, user: &[u8], password: &[u8]) -> Result<Console, u8> {
+fn open(
+    st: &mut BmcState,
+    suite: CipherSuite,
+    user: &[u8],
+    password: &[u8],
+) -> Result<Console, u8> {
     let console_id = 0xa0a2_a3a4;
     let algorithms = Algorithms {
         auth: suite.auth.to_byte(),
         integrity: suite.integrity.to_byte(),
         confidentiality: suite.confidentiality.to_byte(),
     };
-    let req = OpenSessionRequest { tag: 1, max_privilege: 0, console_session_id: console_id, algorithms };
+    let req = OpenSessionRequest {
+        tag: 1,
+        max_privilege: 0,
+        console_session_id: console_id,
+        algorithms,
+    };
     let p = reply(st, &setup(PayloadType::OpenSessionRequest, req.encode()));
     let r = OpenSessionResponse::decode(&p.payload).unwrap();
     if r.status != 0 {
@@ -67,7 +79,13 @@ fn open(st: &mut BmcState, suite: CipherSuite, user: &[u8], password: &[u8]) -> 
     }
     let (bmc_id, chosen) = r.accepted.unwrap();
     assert_eq!(chosen, algorithms);
-    let rakp1 = Rakp1 { tag: 2, bmc_session_id: bmc_id, console_random: [7; 16], role: 0x14, username: user.to_vec() };
+    let rakp1 = Rakp1 {
+        tag: 2,
+        bmc_session_id: bmc_id,
+        console_random: [7; 16],
+        role: 0x14,
+        username: user.to_vec(),
+    };
     let p = reply(st, &setup(PayloadType::Rakp1, rakp1.encode()));
     let r2 = Rakp2::decode(&p.payload).unwrap();
     if r2.status != 0 {
@@ -84,13 +102,24 @@ fn open(st: &mut BmcState, suite: CipherSuite, user: &[u8], password: &[u8]) -> 
         username: user,
     };
     // No check of RAKP 2 here on purpose: the BMC must catch a wrong password at RAKP 3.
-    let rakp3 = Rakp3 { tag: 3, status: 0, bmc_session_id: bmc_id, auth_code: rakp3_auth_code(suite.auth, password, &inputs) };
+    let rakp3 = Rakp3 {
+        tag: 3,
+        status: 0,
+        bmc_session_id: bmc_id,
+        auth_code: rakp3_auth_code(suite.auth, password, &inputs),
+    };
     let p = reply(st, &setup(PayloadType::Rakp3, rakp3.encode()));
     let r4 = Rakp4::decode(&p.payload).unwrap();
     if r4.status != 0 {
         return Err(r4.status);
     }
-    Ok(Console { keys: SessionKeys::derive(suite, password, None, &inputs), console_id, bmc_id, seq: 0, rq_seq: 0 })
+    Ok(Console {
+        keys: SessionKeys::derive(suite, password, None, &inputs),
+        console_id,
+        bmc_id,
+        seq: 0,
+        rq_seq: 0,
+    })
 }
 
 impl Console {
@@ -132,12 +161,24 @@ fn setup_refusals_carry_the_right_status() {
     let mut st = bmc();
     // Wrong password: the BMC finds out at RAKP 3 (§13.31) and answers "invalid integrity
     // check value" (0Fh).
-    assert_eq!(open(&mut st, CipherSuite::SUITE_3, b"u", b"wrong").err(), Some(0x0F));
-    assert_eq!(open(&mut st, CipherSuite::SUITE_17, b"u", b"wrong").err(), Some(0x0F));
+    assert_eq!(
+        open(&mut st, CipherSuite::SUITE_3, b"u", b"wrong").err(),
+        Some(0x0F)
+    );
+    assert_eq!(
+        open(&mut st, CipherSuite::SUITE_17, b"u", b"wrong").err(),
+        Some(0x0F)
+    );
     // Unknown user: "unauthorized name" (0Dh) in RAKP 2.
-    assert_eq!(open(&mut st, CipherSuite::SUITE_3, b"x", b"p").err(), Some(0x0D));
+    assert_eq!(
+        open(&mut st, CipherSuite::SUITE_3, b"x", b"p").err(),
+        Some(0x0D)
+    );
     // Suite 0 (no authentication): "no cipher suite match" (11h).
-    assert_eq!(open(&mut st, CipherSuite::SUITE_0, b"u", b"p").err(), Some(0x11));
+    assert_eq!(
+        open(&mut st, CipherSuite::SUITE_0, b"u", b"p").err(),
+        Some(0x11)
+    );
     assert_eq!(st.session_count(), 0, "refused sessions are freed");
     let mut c = open(&mut st, CipherSuite::SUITE_17, b"u", b"p").unwrap();
     let r = c.call(&mut st, NETFN_CHASSIS, 0x01, vec![]);
@@ -152,7 +193,10 @@ fn setup_refusals_carry_the_right_status() {
     let r = c.call(&mut st, NETFN_CHASSIS, 0x01, vec![]);
     assert_eq!(r.data[0] & 1, 0, "off");
     // Unknown command: C1h.
-    assert_eq!(c.call(&mut st, NETFN_APP, 0x04, vec![]).completion_code, 0xC1);
+    assert_eq!(
+        c.call(&mut st, NETFN_APP, 0x04, vec![]).completion_code,
+        0xC1
+    );
 }
 
 #[test]
@@ -165,12 +209,21 @@ fn replays_and_forgeries_are_dropped() {
     let mut forged = c.request(NETFN_CHASSIS, 0x01, vec![]);
     let n = forged.len();
     forged[n - 20] ^= 1;
-    assert!(handle(&mut st, &forged, Instant::now()).is_none(), "forgery");
+    assert!(
+        handle(&mut st, &forged, Instant::now()).is_none(),
+        "forgery"
+    );
     c.seq += 1000;
     let far = c.request(NETFN_CHASSIS, 0x01, vec![]);
-    assert!(handle(&mut st, &far, Instant::now()).is_none(), "out of window");
+    assert!(
+        handle(&mut st, &far, Instant::now()).is_none(),
+        "out of window"
+    );
     c.seq -= 1001;
-    assert_eq!(c.call(&mut st, NETFN_CHASSIS, 0x01, vec![]).completion_code, 0);
+    assert_eq!(
+        c.call(&mut st, NETFN_CHASSIS, 0x01, vec![]).completion_code,
+        0
+    );
 }
 
 proptest! {

@@ -343,7 +343,8 @@ fn respond(st: &mut BmcState, datagram: &[u8], now: Instant, faults: &Faults) ->
             let header = match decode_header(datagram) {
                 Ok(h) => h,
                 Err(_) => {
-                    st.shared.record(EventKind::Discarded("malformed session header"));
+                    st.shared
+                        .record(EventKind::Discarded("malformed session header"));
                     return None;
                 }
             };
@@ -379,7 +380,8 @@ fn respond(st: &mut BmcState, datagram: &[u8], now: Instant, faults: &Faults) ->
                             rakp3(st, &p.payload, now, faults)
                         }
                         _ => {
-                            st.shared.record(EventKind::Discarded("unsupported payload"));
+                            st.shared
+                                .record(EventKind::Discarded("unsupported payload"));
                             None
                         }
                     }
@@ -473,7 +475,8 @@ fn presession(st: &mut BmcState, payload: &[u8], v15: bool) -> Option<Vec<u8>> {
             Err(_) => (cc::REQUEST_DATA_LENGTH_INVALID, Vec::new()),
         },
         _ => {
-            st.shared.record(EventKind::Discarded("command outside a session"));
+            st.shared
+                .record(EventKind::Discarded("command outside a session"));
             return None;
         }
     };
@@ -661,7 +664,10 @@ fn rakp1(st: &mut BmcState, payload: &[u8], now: Instant) -> Option<Vec<u8>> {
     let Some(console_id) = st.sessions.get(&bmc_id).map(|s| s.console_id) else {
         return rakp2_refusal(st, tag, 0, status::INVALID_SESSION_ID);
     };
-    if payload.get(27).is_some_and(|&n| usize::from(n) > Rakp1::MAX_USERNAME) {
+    if payload
+        .get(27)
+        .is_some_and(|&n| usize::from(n) > Rakp1::MAX_USERNAME)
+    {
         st.sessions.remove(&bmc_id);
         return rakp2_refusal(st, tag, console_id, status::INVALID_NAME_LENGTH);
     }
@@ -789,7 +795,12 @@ fn rakp3(st: &mut BmcState, payload: &[u8], now: Instant, faults: &Faults) -> Op
             stage: "RAKP 3",
             status: RAKP_INVALID_INTEGRITY_CHECK,
         });
-        return rakp4_reply(req.tag, RAKP_INVALID_INTEGRITY_CHECK, console_id, Vec::new());
+        return rakp4_reply(
+            req.tag,
+            RAKP_INVALID_INTEGRITY_CHECK,
+            console_id,
+            Vec::new(),
+        );
     }
     let keys = SessionKeys::derive(suite, password.expose(), None, &i);
     let icv = rakp4_integrity_check(suite.auth, keys.sik(), &i);
@@ -858,19 +869,23 @@ fn in_session(
     // Suites 3 and 17 both integrity-protect and encrypt every packet (§13.28); a packet
     // without either is not of this session.
     if !h.authenticated || !h.encrypted {
-        st.shared.record(EventKind::Discarded("unprotected packet in a session"));
+        st.shared
+            .record(EventKind::Discarded("unprotected packet in a session"));
         return None;
     }
     let Ok(packet) = decode_packet(datagram, Some(keys)) else {
-        st.shared.record(EventKind::Discarded("integrity or decryption failed"));
+        st.shared
+            .record(EventKind::Discarded("integrity or decryption failed"));
         return None;
     };
     if !in_seq.accept(h.sequence) {
-        st.shared.record(EventKind::Discarded("session sequence number"));
+        st.shared
+            .record(EventKind::Discarded("session sequence number"));
         return None;
     }
     let Ok(req) = IpmiRequest::decode(&packet.payload) else {
-        st.shared.record(EventKind::Discarded("malformed IPMI message"));
+        st.shared
+            .record(EventKind::Discarded("malformed IPMI message"));
         return None;
     };
     session.last_activity = now;
@@ -907,9 +922,7 @@ fn in_session(
                     }
                     .encode(),
                 ),
-                Ok(r) if r.level > PRIV_ADMINISTRATOR => {
-                    (cc::LEVEL_NOT_AVAILABLE, Vec::new())
-                }
+                Ok(r) if r.level > PRIV_ADMINISTRATOR => (cc::LEVEL_NOT_AVAILABLE, Vec::new()),
                 Ok(r) if r.level > user_max || r.level > session_max => {
                     (cc::LEVEL_EXCEEDS_LIMIT, Vec::new())
                 }
@@ -1058,6 +1071,10 @@ fn chassis(st: &mut BmcState, control: u8, now: Instant, faults: &Faults) -> u8 
     }
 }
 
+/// Replies waiting out their latency: (due, arrival counter for FIFO order, peer, datagram),
+/// earliest first.
+type Outbox = BinaryHeap<Reverse<(Instant, u64, SocketAddr, Vec<u8>)>>;
+
 /// Serves one BMC on `socket` until the task is aborted: receives datagrams, hands them to
 /// [`handle`], and sends replies at once or, with the latency fault, from a timer queue.
 /// Scheduled power changes are applied when due even when no datagram arrives.
@@ -1065,7 +1082,7 @@ pub async fn serve(socket: UdpSocket, mut st: BmcState) {
     let shared = st.shared.clone();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // Replies waiting out their latency, earliest first (the counter keeps FIFO order).
-    let mut outbox: BinaryHeap<Reverse<(Instant, u64, SocketAddr, Vec<u8>)>> = BinaryHeap::new();
+    let mut outbox: Outbox = BinaryHeap::new();
     let mut counter: u64 = 0;
     loop {
         let next_send = outbox.peek().map(|Reverse((at, ..))| *at);

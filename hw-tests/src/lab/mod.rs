@@ -143,7 +143,8 @@ impl FromStr for FaultKnob {
         };
         let fault = match name {
             "latency" => {
-                let v = value.ok_or_else(|| err("latency needs milliseconds: latency=200".into()))?;
+                let v =
+                    value.ok_or_else(|| err("latency needs milliseconds: latency=200".into()))?;
                 let ms = v
                     .parse::<u64>()
                     .map_err(|_| err(format!("latency must be whole milliseconds, not `{v}`")))?;
@@ -250,11 +251,7 @@ impl EventLog {
         if self.entries.len() >= EVENT_LOG_CAPACITY {
             self.entries.pop_front();
         }
-        self.entries.push_back(Event {
-            at,
-            count: 1,
-            kind,
-        });
+        self.entries.push_back(Event { at, count: 1, kind });
     }
 
     /// The entries, oldest first.
@@ -311,7 +308,9 @@ pub fn lab_guid(prefix: &str, index: usize) -> Result<String, String> {
         ));
     }
     if index > 0xFFFF_FFFF_FFFF {
-        return Err(format!("BMC index {index} does not fit a GUID's last 12 digits"));
+        return Err(format!(
+            "BMC index {index} does not fit a GUID's last 12 digits"
+        ));
     }
     Ok(format!(
         "{:0<8}-0000-4000-8000-{index:012x}",
@@ -403,7 +402,9 @@ pub enum LabError {
     #[error("invalid lab spec: {0}")]
     Spec(String),
     /// The background runtime could not be started.
-    #[error("cannot start the lab's async runtime: {0}; check the process's thread and file limits")]
+    #[error(
+        "cannot start the lab's async runtime: {0}; check the process's thread and file limits"
+    )]
     Runtime(std::io::Error),
 }
 
@@ -579,7 +580,8 @@ impl BmcHandle {
         if fault == Fault::Crash(true) && !was_crashed {
             self.shared.crash_epoch.fetch_add(1, Ordering::Relaxed);
         }
-        self.shared.record(EventKind::FaultSet(format!("{fault:?}")));
+        self.shared
+            .record(EventKind::FaultSet(format!("{fault:?}")));
         self.shared.wake.notify_one();
     }
 
@@ -590,7 +592,8 @@ impl BmcHandle {
         if crash {
             self.shared.crash_epoch.fetch_add(1, Ordering::Relaxed);
         }
-        self.shared.record(EventKind::FaultSet(format!("{faults:?}")));
+        self.shared
+            .record(EventKind::FaultSet(format!("{faults:?}")));
         self.shared.wake.notify_one();
     }
 
@@ -792,7 +795,14 @@ mod tests {
             "crash=off".parse::<FaultKnob>().unwrap().fault,
             Fault::Crash(false)
         );
-        for bad in ["drop=1.5", "latency", "latency=x", "wobble", ":stuck", "stuck=maybe"] {
+        for bad in [
+            "drop=1.5",
+            "latency",
+            "latency=x",
+            "wobble",
+            ":stuck",
+            "stuck=maybe",
+        ] {
             let e = bad.parse::<FaultKnob>().unwrap_err().to_string();
             assert!(e.contains("refuse-auth") && e.contains(bad), "{e}");
         }
@@ -802,7 +812,10 @@ mod tests {
     fn guids_round_trip_through_ipmitool_order() {
         let g = lab_guid(DEFAULT_GUID_PREFIX, 2).unwrap();
         assert_eq!(g, "5a1e1ab0-0000-4000-8000-000000000002");
-        assert_eq!(lab_guid("ab", 0x1f).unwrap(), "ab000000-0000-4000-8000-00000000001f");
+        assert_eq!(
+            lab_guid("ab", 0x1f).unwrap(),
+            "ab000000-0000-4000-8000-00000000001f"
+        );
         let wire = guid_text_to_wire(&g).unwrap();
         assert_eq!(
             drivers::ipmi::message::SystemGuid { guid: wire }.to_ipmitool_string(),

@@ -198,10 +198,7 @@ mod tests {
         n.request(PowerAction::Down, t0).unwrap();
         assert!(n.settle(t0 + Duration::from_millis(99)).is_empty());
         assert!(n.is_on());
-        assert_eq!(
-            n.settle(t0 + Duration::from_millis(100)),
-            [PowerEvent::Off]
-        );
+        assert_eq!(n.settle(t0 + Duration::from_millis(100)), [PowerEvent::Off]);
         assert!(!n.is_on());
         // Off when off: acknowledged, no event.
         n.request(PowerAction::Down, t0).unwrap();

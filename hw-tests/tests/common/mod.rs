@@ -111,9 +111,23 @@ pub fn ipmitool(port: u16, user: &str, passfile: &str, suite: u8, cmd: &[&str]) 
     let port = port.to_string();
     let suite = suite.to_string();
     let mut args = vec![
-        "-I", "lanplus", "-H", "127.0.0.1", "-p", &port, "-U", user, "-f", passfile, "-C", &suite,
+        "-I",
+        "lanplus",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        user,
+        "-f",
+        passfile,
+        "-C",
+        &suite,
         // One retry with a short timeout keeps failing cases quick (defaults: 4 × 1 s... ).
-        "-N", "1", "-R", "2",
+        "-N",
+        "1",
+        "-R",
+        "2",
     ];
     args.extend_from_slice(cmd);
     run(IPMITOOL, &args, Duration::from_secs(30))
