@@ -82,6 +82,31 @@ fn ipmitool_suites_3_and_17_power_off_on_and_guid() {
         assert_eq!(printed, bmc.guid_text());
         assert_eq!(printed, our_identity(bmc.port()));
     }
+    // ipmitool decodes our Get Channel Cipher Suites records (§22.15) itself.
+    let r = ipmitool(
+        bmc.port(),
+        USER,
+        &pw,
+        17,
+        &["channel", "getciphers", "ipmi"],
+    );
+    assert!(r.ok(), "{r:?}");
+    let rows: Vec<Vec<&str>> = r
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["3", "N/A", "hmac_sha1", "hmac_sha1_96", "aes_cbc_128"],
+            vec!["17", "N/A", "hmac_sha256", "sha256_128", "aes_cbc_128"]
+        ],
+        "{}",
+        r.stdout
+    );
+
     // Every ipmitool session was closed by ipmitool (Close Session), none left behind.
     assert_eq!(bmc.session_count(), 0, "{:#?}", bmc.events());
     // ipmitool probes for PICMG and VSO extensions (netFn 2Ch); unknown commands get C1h.

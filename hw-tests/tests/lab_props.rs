@@ -226,6 +226,16 @@ fn replays_and_forgeries_are_dropped() {
     );
 }
 
+#[test]
+fn presence_ping_is_answered_outside_any_session() {
+    use drivers::ipmi::rmcp::{encode_presence_ping, PresencePong};
+    let mut st = bmc();
+    let pong = handle(&mut st, &encode_presence_ping(9), Instant::now()).unwrap();
+    let pong = PresencePong::decode(&pong).unwrap();
+    assert_eq!(pong.tag, 9);
+    assert!(pong.supports_ipmi());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
