@@ -242,6 +242,13 @@ fn fence_ipmilan_off_status_on_and_a_stuck_bmc_fails() {
         "{r:?}"
     );
     assert!(node2.power());
+    // Its `-m cycle` reboot (a Chassis Control power cycle, §28.3) cannot be confirmed: the
+    // state reads on before and after, and fence_ipmilan reports success against the same
+    // lying BMC. This is why Palisade never fences with a cycle.
+    let r = fence(node2.port(), "reboot", &["-m", "cycle", "--power-wait=0"]);
+    assert!(r.ok(), "{r:?}");
+    assert!(r.stdout.contains("Success: Rebooted"), "{r:?}");
+    assert!(node2.power());
     eprintln!(
         "fence_ipmilan -o off vs stuck BMC (--power-timeout=2): exit {:?} after {:?}: {}",
         r.code(),

@@ -201,7 +201,7 @@ enum Stage {
 struct Session {
     console_id: u32,
     suite: CipherSuite,
-    tag_max_privilege: u8,
+    open_max_privilege: u8,
     stage: Stage,
     last_activity: Instant,
 }
@@ -620,7 +620,7 @@ fn open_session(st: &mut BmcState, payload: &[u8], now: Instant) -> Option<Vec<u
         Session {
             console_id: req.console_session_id,
             suite,
-            tag_max_privilege: max_privilege,
+            open_max_privilege: max_privilege,
             stage: Stage::Opened,
             last_activity: now,
         },
@@ -702,7 +702,7 @@ fn rakp1(st: &mut BmcState, payload: &[u8], now: Instant) -> Option<Vec<u8>> {
         // RAKP 1 for a session that is already up: not a retransmission we can honour.
         return None;
     }
-    let max_privilege = level.min(user_max).min(session.tag_max_privilege);
+    let max_privilege = level.min(user_max).min(session.open_max_privilege);
     let rakp = Rakp {
         console_random: req.console_random,
         bmc_random,
@@ -1008,7 +1008,7 @@ fn device_id() -> DeviceId {
         firmware_minor: 0x00,
         // IPMI 2.0, BCD with the minor version in the high nibble (§20.1).
         ipmi_version: 0x02,
-        // Chassis device (bit 7) and IPMB event receiver (bit 5)... only chassis here.
+        // Additional device support: bit 7, chassis device.
         additional_support: 0x80,
         manufacturer_id: 0,
         product_id: 0x5061,
