@@ -132,7 +132,9 @@ async fn garbage_is_an_error_never_a_state() {
         cfg.timeout = Duration::from_millis(100);
         cfg.retries = 1;
         let dev = IpmiDevice::new(cfg);
-        match dev.status(None).await {
+        let r = dev.status(None).await;
+        eprintln!("garbage: status -> {r:?}");
+        match r {
             Err(DeviceError::Timeout { .. } | DeviceError::Protocol { .. }) => {}
             // A flipped bit inside RAKP 2's code reads as a wrong password; still no state.
             Err(DeviceError::AuthFailed { .. } | DeviceError::Refused { .. }) => {}
@@ -225,6 +227,7 @@ async fn latency_above_the_timeout_is_a_timeout_below_it_works() {
     cfg.retries = 1;
     let err = IpmiDevice::new(cfg.clone()).status(None).await.unwrap_err();
     assert!(matches!(err, DeviceError::Timeout { .. }), "{err:?}");
+    eprintln!("latency 1000 ms vs timeout 200 ms, 1 retry: {err}");
 }
 
 #[tokio::test]
