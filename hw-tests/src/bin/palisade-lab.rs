@@ -1,0 +1,179 @@
+//! `palisade-lab`: serves simulated devices on loopback for manual tests, demos and
+//! third-party tools (ipmitool, fence agents).
+//!
+//! `palisade-lab ipmi --count 3 --base-port 6230 --user admin --password-file pw` serves BMCs
+//! node1..node3 and prints one ready line per BMC, `ipmi NAME 127.0.0.1:PORT guid=GUID`, once
+//! it listens; then it runs until SIGINT or SIGTERM.
+
+use clap::{Args, Parser, Subcommand};
+use drivers::Secret;
+use hw_tests::lab::{FaultKnob, Lab, LabSpec, DEFAULT_GUID_PREFIX, FAULT_KNOBS_HELP};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Simulated power devices for the Palisade test bench.
+#[derive(Debug, Parser)]
+#[command(name = "palisade-lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One subcommand per device kind (Redfish and SNMP PDUs will join IPMI).
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve simulated IPMI v2.0 (RMCP+) BMCs on 127.0.0.1, one UDP port each.
+    #[command(after_help = after_help_ipmi())]
+    Ipmi(IpmiArgs),
+}
+
+fn after_help_ipmi() -> String {
+    format!(
+        "{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  ipmi node1 127.0.0.1:6230 guid=5a1e1ab0-0000-4000-8000-000000000001\n\nExample:\n  palisade-lab ipmi --count 2 --base-port 6230 --user admin --password-file pw --fault node2:stuck\n  ipmitool -I lanplus -H 127.0.0.1 -p 6230 -U admin -f pw -C 17 chassis power status"
+    )
+}
+
+/// Options of `palisade-lab ipmi`.
+#[derive(Debug, Args)]
+struct IpmiArgs {
+    /// Number of BMCs, named node1..nodeN.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// UDP port of node1; nodeK listens on PORT+K-1. 0 picks free ports.
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    base_port: u16,
+    /// IPMI user name (administrator privilege).
+    #[arg(long, value_name = "NAME")]
+    user: String,
+    /// File holding the user's password (one line; a trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    password_file: PathBuf,
+    /// Delay between a chassis control command and the power change, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    power_delay_ms: u64,
+    /// A fault knob, `[NODE:]KNOB[=VALUE]` (repeatable; see the list below).
+    #[arg(long = "fault", value_name = "KNOB")]
+    faults: Vec<FaultKnob>,
+    /// Hex prefix of the BMCs' system GUIDs (up to 8 digits); the node number ends the GUID.
+    #[arg(long, default_value = DEFAULT_GUID_PREFIX, value_name = "HEX")]
+    guid_prefix: String,
+    /// Start with every node powered off.
+    #[arg(long)]
+    power_off: bool,
+    /// Idle seconds after which a BMC forgets a session.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    session_timeout: u64,
+    /// Seed of the BMCs' random number generators (drop decisions, garbage).
+    #[arg(long, default_value_t = 0x5a1e_1ab0)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Ipmi(args) => run_ipmi(args),
+    }
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("palisade-lab: {msg}");
+    ExitCode::from(code)
+}
+
+fn run_ipmi(args: IpmiArgs) -> ExitCode {
+    if args.count == 0 {
+        return fail(2, "--count must be at least 1");
+    }
+    for knob in &args.faults {
+        if let Some(node) = &knob.node {
+            let known = node
+                .strip_prefix("node")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| (1..=args.count).contains(&n));
+            if !known {
+                return fail(
+                    2,
+                    format!(
+                        "--fault names `{node}`, but the BMCs are node1..node{}; use one of those or leave the node out to apply the knob to all",
+                        args.count
+                    ),
+                );
+            }
+        }
+    }
+    let password = match std::fs::read(&args.password_file) {
+        Ok(bytes) => Secret::from_file_contents(bytes),
+        Err(e) => {
+            return fail(
+                1,
+                format!(
+                    "cannot read the password file {}: {e}; write the password on one line into a file this user can read (mode 0600) and pass it with --password-file",
+                    args.password_file.display()
+                ),
+            )
+        }
+    };
+    if args.user.is_empty() || args.user.len() > 16 {
+        return fail(2, "--user must be 1 to 16 bytes long (IPMI user names)");
+    }
+    if password.expose().len() > 20 {
+        return fail(
+            2,
+            "the password is longer than the 20 bytes IPMI 2.0 allows; use a shorter one",
+        );
+    }
+    let mut spec = LabSpec::new(args.count, args.user.clone(), password);
+    spec.base_port = args.base_port;
+    spec.power_delay = Duration::from_millis(args.power_delay_ms);
+    spec.power_on = !args.power_off;
+    spec.guid_prefix = args.guid_prefix.clone();
+    spec.session_timeout = Duration::from_secs(args.session_timeout);
+    spec.seed = args.seed;
+
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    rt.block_on(async move {
+        let lab = match Lab::start(spec).await {
+            Ok(lab) => lab,
+            Err(e) => return fail(1, e),
+        };
+        for knob in &args.faults {
+            lab.apply(knob);
+        }
+        {
+            let mut out = std::io::stdout().lock();
+            for b in lab.bmcs() {
+                let _ = writeln!(out, "ipmi {} {} guid={}", b.name(), b.addr(), b.guid_text());
+            }
+            let _ = out.flush();
+        }
+        let signal = wait_for_signal().await;
+        eprintln!("palisade-lab: {signal}, stopping");
+        lab.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Waits for SIGINT or SIGTERM and says which came.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default action (terminate) still stops us.
+        std::future::pending::<()>().await;
+        return "no signal handler";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

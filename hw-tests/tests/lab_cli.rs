@@ -1,0 +1,203 @@
+//! The `palisade-lab` binary: ready lines, a real console against a printed port, clean stop
+//! on SIGTERM, and helpful errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{ipmitool, password_file, run, ChildGuard};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const LAB: &str = env!("CARGO_BIN_EXE_palisade-lab");
+
+#[test]
+fn serves_prints_ready_lines_answers_ipmitool_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "secret");
+    let mut child = Command::new(LAB)
+        .args([
+            "ipmi",
+            "--count",
+            "3",
+            "--base-port",
+            "0",
+            "--user",
+            "admin",
+            "--password-file",
+            &pw,
+            "--fault",
+            "node2:stuck",
+            "--guid-prefix",
+            "abc",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut ready = Vec::new();
+    for _ in 0..3 {
+        ready.push(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("ready line"),
+        );
+    }
+    let mut ports = Vec::new();
+    for (i, line) in ready.iter().enumerate() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 4, "{line}");
+        assert_eq!((f[0], f[1]), ("ipmi", format!("node{}", i + 1).as_str()));
+        let port: u16 = f[2].strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
+        assert_eq!(
+            f[3],
+            format!("guid=abc00000-0000-4000-8000-00000000000{}", i + 1)
+        );
+        ports.push(port);
+    }
+
+    let r = ipmitool(ports[0], "admin", &pw, 17, &["chassis", "power", "off"]);
+    assert!(r.ok(), "{r:?}");
+    let r = ipmitool(ports[0], "admin", &pw, 17, &["chassis", "power", "status"]);
+    assert_eq!(r.stdout.trim(), "Chassis Power is off", "{r:?}");
+    let r = ipmitool(ports[0], "admin", &pw, 3, &["mc", "guid"]);
+    assert!(
+        r.stdout.contains("abc00000-0000-4000-8000-000000000001"),
+        "{r:?}"
+    );
+    // node2 is stuck: acknowledged, still on.
+    let r = ipmitool(ports[1], "admin", &pw, 3, &["chassis", "power", "off"]);
+    assert!(r.ok(), "{r:?}");
+    let r = ipmitool(ports[1], "admin", &pw, 3, &["chassis", "power", "status"]);
+    assert_eq!(r.stdout.trim(), "Chassis Power is on", "{r:?}");
+
+    let child = guard.0.as_mut().unwrap();
+    // SAFETY: sending a signal to our own child, whose pid is still ours (not yet reaped).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+    // Its ports are free again.
+    for p in ports {
+        std::net::UdpSocket::bind(("127.0.0.1", p)).expect("port released");
+    }
+}
+
+#[test]
+fn bad_fault_knob_exits_nonzero_and_lists_the_knobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "p");
+    let r = run(
+        LAB,
+        &[
+            "ipmi",
+            "--user",
+            "u",
+            "--password-file",
+            &pw,
+            "--fault",
+            "node1:wobble",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.code(), Some(2), "{r:?}");
+    assert!(r.stderr.contains("unknown knob `wobble`"), "{}", r.stderr);
+    assert!(r.stderr.contains("--fault node2:stuck"), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+
+    let r = run(
+        LAB,
+        &[
+            "ipmi",
+            "--count",
+            "2",
+            "--user",
+            "u",
+            "--password-file",
+            &pw,
+            "--fault",
+            "node3:crash",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.code(), Some(2), "{r:?}");
+    assert!(r.stderr.contains("node1..node2"), "{}", r.stderr);
+}
+
+#[test]
+fn unreadable_password_file_and_busy_port_say_what_to_do() {
+    let r = run(
+        LAB,
+        &["ipmi", "--user", "u", "--password-file", "/nonexistent/pw"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot read the password file /nonexistent/pw")
+            && r.stderr.contains("--password-file"),
+        "{}",
+        r.stderr
+    );
+
+    let busy = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "p");
+    let r = run(
+        LAB,
+        &[
+            "ipmi",
+            "--base-port",
+            &port,
+            "--user",
+            "u",
+            "--password-file",
+            &pw,
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("cannot listen on UDP") && r.stderr.contains("--base-port"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn help_documents_every_knob() {
+    let r = run(LAB, &["ipmi", "--help"], Duration::from_secs(10));
+    assert!(r.ok(), "{r:?}");
+    for knob in [
+        "latency=",
+        "drop=",
+        "refuse-auth",
+        "stuck",
+        "power-on-fails",
+        "garbage",
+        "crash",
+    ] {
+        assert!(r.stdout.contains(knob), "{knob} missing:\n{}", r.stdout);
+    }
+}
