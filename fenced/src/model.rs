@@ -105,6 +105,10 @@ pub enum StepResult {
         already: bool,
         /// How many status reads it took after the command.
         polls: u32,
+        /// The identity the device reported and that matched the target's pinned one
+        /// (`system-guid 5a1e…`), when the target pins one.
+        #[serde(default)]
+        identity: Option<String>,
     },
     /// The step failed; the device must not be counted as having acted.
     Failed {

@@ -10,10 +10,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 
-/// First interval between status reads after a command; doubles up to [`POLL_MAX`]. A BMC that
-/// switches in 10 ms is confirmed in ~10 ms, one that takes seconds costs at most one extra
-/// half-second, and no fixed multi-second sleep is ever taken.
+/// Status reads after a command start 5 ms apart and double, capped at 20 ms for the first
+/// [`POLL_FAST_FOR`] (most BMCs and PDUs switch within that: the change is seen within 20 ms
+/// of happening), then at 500 ms so a slow device is not flooded. No fixed multi-second sleep
+/// is ever taken.
 const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_FAST_MAX: Duration = Duration::from_millis(20);
+const POLL_FAST_FOR: Duration = Duration::from_secs(2);
 const POLL_MAX: Duration = Duration::from_millis(500);
 
 /// The fixed delay plus a uniform random share of the random delay.
@@ -319,6 +322,7 @@ async fn step(
         )
     };
 
+    let mut identity = None;
     if let Some(want) = target.identities.get(&e.device) {
         match timeout_at(deadline, dev.health()).await {
             Err(_) => return timed_out("identity check"),
@@ -335,6 +339,7 @@ async fn step(
                         ),
                     );
                 }
+                identity = Some(format!("{} {got}", id.kind));
             }
         }
     }
@@ -347,6 +352,7 @@ async fn step(
                 state: s,
                 already: true,
                 polls: 0,
+                identity,
             }
         }
         Ok(Ok(_)) => {}
@@ -360,6 +366,7 @@ async fn step(
 
     let mut interval = POLL_FIRST;
     let mut polls = 0u32;
+    let sent = Instant::now();
     let mut last: Result<PowerState, DeviceError> = Ok(PowerState::Unknown);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -368,7 +375,12 @@ async fn step(
         }
         // The last read lands on the deadline itself, so a slow switch gets all its time.
         tokio::time::sleep(interval.min(left)).await;
-        interval = (interval * 2).min(POLL_MAX);
+        let cap = if sent.elapsed() < POLL_FAST_FOR {
+            POLL_FAST_MAX
+        } else {
+            POLL_MAX
+        };
+        interval = (interval * 2).min(cap);
         polls += 1;
         match timeout_at(deadline, dev.status(port)).await {
             Err(_) => break,
@@ -377,6 +389,7 @@ async fn step(
                     state: s,
                     already: false,
                     polls,
+                    identity,
                 }
             }
             // A dropped packet or a BMC busy switching is not yet a failure: keep reading

@@ -1,0 +1,258 @@
+//! `fenced demo`: the daemon on an embedded default that needs no hardware — a lab of
+//! simulated IPMI v2.0 BMCs (real RMCP+ endpoints on loopback, started in-process), a config
+//! written for them, and one node fenced end to end through the API.
+
+use crate::client::{Client, Endpoint};
+use crate::config::Config;
+use crate::daemon::{wait_for_signal, Daemon};
+use crate::model::{Confirmation, FenceAccepted, Operation, Outcome, Phase, StepResult};
+use drivers::Secret;
+use hw_tests::lab::{Lab, LabSpec};
+use rand::Rng;
+use std::fmt::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the demo starts.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Number of simulated nodes (each with its own BMC).
+    pub nodes: usize,
+    /// How long a simulated node takes to change power after the BMC accepts the command.
+    pub power_delay: Duration,
+    /// Where the demo's socket, config and history go (a fresh temporary directory if None).
+    pub dir: Option<PathBuf>,
+    /// Skip the first fence (only start the lab and the daemon).
+    pub no_fence: bool,
+}
+
+const USER: &str = "palisade";
+
+/// Runs the demo until SIGINT/SIGTERM.
+pub async fn run(opts: DemoOptions) -> Result<(), String> {
+    if !(1..=64).contains(&opts.nodes) {
+        return Err(format!("--nodes must be 1 to 64, found {}", opts.nodes));
+    }
+    let (dir, remove_dir) = match &opts.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("palisade-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create the demo directory {}: {e}", dir.display()))?;
+    let result = run_in(&opts, &dir).await;
+    if remove_dir {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
+    // A fresh random password per run, kept in a 0600 file the config names, as in production.
+    let password: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect();
+    let pw_file = dir.join("bmc.password");
+    write_private(&pw_file, password.as_bytes())?;
+
+    let mut spec = LabSpec::new(opts.nodes, USER, Secret::new(password.into_bytes()));
+    spec.power_delay = opts.power_delay;
+    let lab = Lab::start(spec)
+        .await
+        .map_err(|e| format!("cannot start the simulated BMCs: {e}"))?;
+
+    let config_path = dir.join("fenced.toml");
+    write_private(&config_path, demo_config(dir, &pw_file, &lab).as_bytes())?;
+    // The daemon reads the demo's config exactly as it reads an operator's.
+    let config = Arc::new(Config::load(&config_path).map_err(|e| e.to_string())?);
+    let socket = config.daemon.socket.clone();
+
+    println!(
+        "Palisade demo: {} simulated nodes whose BMCs speak IPMI v2.0 RMCP+ on loopback\n",
+        opts.nodes
+    );
+    for b in lab.bmcs() {
+        println!(
+            "  {:<7} BMC {:<21} system GUID {}",
+            b.name(),
+            b.addr().to_string(),
+            b.guid_text()
+        );
+    }
+    let daemon = Daemon::start(config).await?;
+    println!("\nfenced serves the API on {}", socket.display());
+    println!(
+        "  config  {}\n  history {}\n",
+        config_path.display(),
+        dir.join("history.redb").display()
+    );
+
+    if !opts.no_fence {
+        first_fence(&socket).await?;
+    }
+
+    println!("\nfenced keeps running until Ctrl-C. From another terminal:");
+    println!("  export PALISADE_SOCKET={}", socket.display());
+    println!("  fence_node status");
+    println!("  fence_node off node2 --reason \"trying Palisade\"");
+    println!("  fence_node on node1 --reason \"unfence\"");
+    println!("  fence_node history");
+    println!("  fence_node devices --check");
+    println!("(fence_node is built next to fenced: target/release/fence_node)");
+
+    wait_for_signal().await?;
+    daemon.drain(Duration::from_secs(10), async {}).await;
+    daemon.stop().await?;
+    lab.shutdown().await;
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn demo_config(dir: &Path, pw_file: &Path, lab: &Lab) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Written by `fenced demo` for its lab of simulated BMCs."
+    );
+    let _ = writeln!(
+        s,
+        "[daemon]\nsocket = {:?}\nhistory = {:?}\nnode_name = \"demo\"\n",
+        dir.join("fenced.sock"),
+        dir.join("history.redb")
+    );
+    let _ = writeln!(
+        s,
+        "[defaults]\nattempt_timeout_s = 10\ntotal_timeout_s = 30\n"
+    );
+    for b in lab.bmcs() {
+        let _ = writeln!(
+            s,
+            "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"{USER}\"\npassword_file = {pw:?}\ncipher_suite = \"auto\"\ntimeout_ms = 500\n",
+            n = b.name(),
+            a = b.addr(),
+            pw = pw_file,
+        );
+        let _ = writeln!(
+            s,
+            "[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{g}\" }}\n",
+            n = b.name(),
+            g = b.guid_text()
+        );
+    }
+    s
+}
+
+async fn first_fence(socket: &Path) -> Result<(), String> {
+    let client = Client::new(
+        Endpoint::Unix(socket.to_path_buf()),
+        Duration::from_secs(60),
+    );
+    let body = serde_json::json!({"target": "node1", "action": "off", "reason": "fenced demo: first fence"});
+    println!("Fencing node1 through the API: POST /v1/fence {body}");
+    let (accepted, _) = client
+        .call_as::<FenceAccepted>("POST", "/v1/fence", Some(&body), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (op, _) = client
+        .call_as::<Operation>(
+            "GET",
+            &format!("/v1/operations/{}?wait=60", accepted.id),
+            None,
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{}", describe(&op));
+    Ok(())
+}
+
+/// What an operation did, step by step, for people.
+pub fn describe(op: &Operation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  operation {} ({} {}), {} attempt(s):",
+        op.id,
+        op.action,
+        op.target,
+        op.attempts.len()
+    );
+    for a in &op.attempts {
+        let took = a.finished_ms.saturating_sub(a.started_ms);
+        let what = match &a.result {
+            StepResult::Confirmed {
+                state,
+                already: true,
+                identity,
+                ..
+            } => {
+                format!("{}was already {state}; nothing sent", checked(identity))
+            }
+            StepResult::Confirmed {
+                state,
+                polls,
+                identity,
+                ..
+            } => {
+                let phase = match a.phase {
+                    Phase::Off => "off",
+                    Phase::On => "on",
+                };
+                format!(
+                    "{}power {phase} sent, state read back as {state} after {polls} status read(s)",
+                    checked(identity)
+                )
+            }
+            StepResult::Failed { code, message } => format!("FAILED ({code}): {message}"),
+        };
+        let _ = writeln!(s, "    level {} {}: {what} [{took} ms]", a.level, a.device);
+    }
+    let ms = op.elapsed_ms().unwrap_or(0);
+    match &op.outcome {
+        Some(Outcome::Succeeded {
+            confirmation,
+            summary,
+            ..
+        }) => {
+            let how = match confirmation {
+                Confirmation::PowerReadBack { .. } => "confirmed by reading the power state back",
+                Confirmation::Manual { .. } => "confirmed by hand",
+            };
+            let _ = writeln!(s, "  => SUCCEEDED in {ms} ms, {how}: {summary}");
+        }
+        Some(Outcome::Failed { code, message }) => {
+            let _ = writeln!(s, "  => FAILED ({code}) after {ms} ms: {message}");
+        }
+        None => {
+            let _ = writeln!(s, "  => still {} after the wait", op.state);
+        }
+    }
+    s
+}
+
+fn checked(identity: &Option<String>) -> String {
+    identity
+        .as_ref()
+        .map(|i| format!("identity checked ({i}), "))
+        .unwrap_or_default()
+}
