@@ -1,0 +1,343 @@
+//! Lie tests through the whole stack: the `fence_node` binary -> the `fenced` daemon process ->
+//! the native IPMI client -> a simulated BMC (hw-tests' lab, real RMCP+ over loopback UDP).
+//! Each fault must end in the honest outcome: "NOT FENCED" with the reason, never a success.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use drivers::Secret;
+use hw_tests::lab::{BackgroundLab, Fault, LabSpec};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "lab-password";
+
+/// A `fenced run` child process, killed on drop.
+struct Fenced {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Fenced {
+    fn start(dir: &Path, config: &Path) -> Fenced {
+        let socket = dir.join("fenced.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::File::create(dir.join("fenced.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fenced"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut f = Fenced {
+            child: Some(child),
+            dir: dir.into(),
+            config: config.into(),
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = f.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("fenced exited with {status}: {}", f.log());
+            }
+            assert!(
+                Instant::now() < until,
+                "fenced did not create its socket: {}",
+                f.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("fenced.log")).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL: no drain, no clean-up
+            c.wait().unwrap();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill9();
+        let again = Fenced::start(&self.dir, &self.config);
+        *self = again;
+    }
+
+    fn fence_node(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fence_node"))
+            .args(args)
+            .env("PALISADE_SOCKET", self.dir.join("fenced.sock"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.fence_node(&a);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    }
+}
+
+impl Drop for Fenced {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct Bench {
+    lab: BackgroundLab,
+    _tmp: tempfile::TempDir,
+    fenced: Fenced,
+}
+
+/// Options for the config written for the lab.
+#[derive(Default)]
+struct Opts {
+    power_delay_ms: u64,
+    wrong_password: bool,
+    wrong_guid_for: Option<&'static str>,
+}
+
+fn bench(nodes: usize, opts: Opts) -> Bench {
+    let mut spec = LabSpec::new(nodes, "admin", Secret::new(PASSWORD.as_bytes().to_vec()));
+    spec.power_delay = Duration::from_millis(opts.power_delay_ms);
+    let lab = BackgroundLab::start(spec).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pw = dir.join("pw");
+    let mut f = std::fs::File::create(&pw).unwrap();
+    writeln!(
+        f,
+        "{}",
+        if opts.wrong_password {
+            "not-the-password"
+        } else {
+            PASSWORD
+        }
+    )
+    .unwrap();
+    let mut cfg = format!(
+        "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n",
+        dir.join("fenced.sock"),
+        dir.join("history.redb")
+    );
+    for b in lab.bmcs() {
+        let guid = if opts.wrong_guid_for == Some(b.name()) {
+            "00000000-0000-4000-8000-00000000dead".to_string()
+        } else {
+            b.guid_text()
+        };
+        cfg.push_str(&format!(
+            "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = 17\ntimeout_ms = 200\nretries = 1\n\n[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{guid}\" }}\n\n",
+            n = b.name(),
+            a = b.addr(),
+        ));
+    }
+    let config = dir.join("fenced.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let fenced = Fenced::start(dir, &config);
+    Bench {
+        lab,
+        _tmp: tmp,
+        fenced,
+    }
+}
+
+fn last_op(b: &Bench, node: &str) -> Value {
+    let h = b.fenced.json(&["history", node]);
+    h.as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("no history for {node}: {h}"))
+}
+
+#[test]
+fn honest_bmc_is_fenced_and_confirmed_by_read_back() {
+    let b = bench(2, Opts::default());
+    let out = b.fenced.fence_node(&["off", "node1", "--reason", "e2e"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("FENCED") && !t.contains("NOT FENCED"), "{t}");
+    assert!(
+        !b.lab.bmc("node1").unwrap().power(),
+        "the node must really be off"
+    );
+    assert!(
+        b.lab.bmc("node2").unwrap().power(),
+        "the other node is untouched"
+    );
+    let op = last_op(&b, "node1");
+    assert_eq!(op["state"], "succeeded");
+    assert_eq!(op["outcome"]["confirmation"]["method"], "power_read_back");
+    assert!(op["attempts"][0]["identity"]
+        .as_str()
+        .unwrap()
+        .contains(&b.lab.bmc("node1").unwrap().guid_text()));
+    // And back on.
+    let out = b.fenced.fence_node(&["on", "node1", "--reason", "e2e"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(b.lab.bmc("node1").unwrap().power());
+}
+
+#[test]
+fn stuck_bmc_is_not_fenced() {
+    let b = bench(1, Opts::default());
+    b.lab.bmc("node1").unwrap().set_fault(Fault::Stuck(true));
+    let out = b.fenced.fence_node(&["off", "node1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("NOT FENCED"), "{}", text(&out));
+    assert!(
+        b.lab.bmc("node1").unwrap().power(),
+        "a stuck BMC leaves the node running"
+    );
+    let op = last_op(&b, "node1");
+    assert_eq!(op["state"], "failed");
+    assert_eq!(op["attempts"][0]["code"], "not_confirmed");
+}
+
+#[test]
+fn bmc_that_stops_answering_mid_operation_is_not_fenced() {
+    let b = bench(
+        1,
+        Opts {
+            power_delay_ms: 1500,
+            ..Opts::default()
+        },
+    );
+    let bmc = b.lab.bmc("node1").unwrap().clone();
+    let killer = std::thread::spawn(move || {
+        // Let the command through, then the BMC dies before it can confirm anything.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !bmc.power_changing() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bmc.set_fault(Fault::Crash(true));
+    });
+    let out = b.fenced.fence_node(&["off", "node1"]);
+    killer.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("NOT FENCED"), "{}", text(&out));
+    // The node did go off behind the dead BMC; we could not see it, so we must not claim it.
+    let op = last_op(&b, "node1");
+    assert_eq!(op["state"], "failed");
+}
+
+#[test]
+fn wrong_password_is_not_fenced_and_says_why() {
+    let b = bench(
+        1,
+        Opts {
+            wrong_password: true,
+            ..Opts::default()
+        },
+    );
+    let out = b.fenced.fence_node(&["off", "node1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("NOT FENCED") && t.contains("password"), "{t}");
+    assert!(b.lab.bmc("node1").unwrap().power());
+}
+
+#[test]
+fn garbage_replies_are_not_fenced() {
+    let b = bench(1, Opts::default());
+    b.lab.bmc("node1").unwrap().set_fault(Fault::Garbage(true));
+    let out = b.fenced.fence_node(&["off", "node1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("NOT FENCED"));
+    assert!(b.lab.bmc("node1").unwrap().power());
+}
+
+#[test]
+fn wrong_system_guid_is_never_used_to_fence() {
+    let b = bench(
+        2,
+        Opts {
+            wrong_guid_for: Some("node1"),
+            ..Opts::default()
+        },
+    );
+    let out = b.fenced.fence_node(&["off", "node1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("does not control this node"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        b.lab.bmc("node1").unwrap().power(),
+        "nothing may be sent through a mis-mapped BMC"
+    );
+    let devs = b.fenced.json(&["devices"]);
+    let d = devs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "bmc-node1")
+        .unwrap();
+    assert_eq!(d["health"], "unhealthy");
+}
+
+#[test]
+fn reboot_whose_power_on_fails_is_fenced_but_did_not_come_back() {
+    let b = bench(1, Opts::default());
+    b.lab
+        .bmc("node1")
+        .unwrap()
+        .set_fault(Fault::PowerOnFails(true));
+    let out = b.fenced.fence_node(&["reboot", "node1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("did NOT come back"), "{t}");
+    assert!(!b.lab.bmc("node1").unwrap().power());
+}
+
+#[test]
+fn fenced_killed_mid_operation_is_recorded_interrupted_not_fenced() {
+    let mut b = bench(
+        1,
+        Opts {
+            power_delay_ms: 2500,
+            ..Opts::default()
+        },
+    );
+    let out = b.fenced.fence_node(&["off", "node1", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let until = Instant::now() + Duration::from_secs(10);
+    while !b.lab.bmc("node1").unwrap().power_changing() {
+        assert!(
+            Instant::now() < until,
+            "the off command never reached the BMC"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.fenced.restart(); // SIGKILL, then start again on the same history
+    let op = last_op(&b, "node1");
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(op["outcome"]["code"], "interrupted", "{op}");
+    assert!(b.fenced.log().contains("interrupted"));
+    // The target is not reported fenced anywhere.
+    let st = b.fenced.json(&["status", "node1"]);
+    assert_ne!(st["last_operation"]["state"], "succeeded", "{st}");
+}
