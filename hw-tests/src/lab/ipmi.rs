@@ -310,8 +310,10 @@ fn handle_inner(st: &mut BmcState, datagram: &[u8], now: Instant) -> Option<Vec<
     Some(reply)
 }
 
-/// Turns a valid reply into garbage: random bytes, a truncated copy, or a copy with one byte
-/// flipped (which no integrity check or checksum lets through).
+/// Turns a valid reply into garbage: random bytes, a truncated copy, or a copy with one bit
+/// flipped. Integrity codes (in a session) and message checksums catch a flipped bit, except
+/// in fields nothing covers (the RMCP header's reserved and sequence bytes, an IPMI 1.5
+/// session sequence number), where the reply stays readable and still tells the truth.
 fn garble(rng: &mut StdRng, mut reply: Vec<u8>) -> Vec<u8> {
     match rng.gen_range(0..3u8) {
         0 => {
