@@ -25,6 +25,13 @@ async fn suite_3_reads_guid_and_status_turns_off_and_on() {
     let dev = device(&sim, CipherSuiteChoice::Id(3));
     let id = dev.health().await.expect("health");
     assert_eq!(id.kind, "system-guid");
+    // From Get Device ID; bmc.emu declares manufacturer 0x1291 (4753), product 0x0f02.
+    assert!(
+        id.description.contains("manufacturer 4753"),
+        "{}",
+        id.description
+    );
+    eprintln!("ipmi_sim identity: {id:?}");
     assert_eq!(
         id.value, IPMI_SIM_GUID,
         "GUID as `ipmitool mc guid` prints it"
@@ -234,4 +241,18 @@ async fn suite_0_is_refused_by_default_and_works_only_when_allowed() {
     let dev = IpmiDevice::new(cfg);
     dev.power(None, PowerCommand::Off).await.unwrap();
     assert_eq!(dev.status(None).await.unwrap(), PowerState::Off);
+}
+
+#[tokio::test]
+async fn sessions_are_really_closed() {
+    // ipmi_sim has 63 session slots (it ignores the lab user's max-sess 10): with sessions
+    // leaked instead of closed, the 64th Open Session is refused with "insufficient resources
+    // to create a session". 100 in a row therefore only work if every Close Session lands.
+    let sim = IpmiSim::start().expect("start ipmi_sim");
+    for i in 0..100 {
+        let dev = device(&sim, CipherSuiteChoice::Id(3));
+        let state = dev.status(None).await;
+        assert_eq!(state, Ok(PowerState::On), "session {i}");
+        dev.close().await;
+    }
 }

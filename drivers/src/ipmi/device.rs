@@ -311,7 +311,7 @@ impl IpmiDevice {
         let cfg = &self.inner.cfg;
         let peer = self.resolve().await?;
         let suite = self.suite(st, peer).await?;
-        Session::open(&ClientConfig {
+        let opened = Session::open(&ClientConfig {
             address: peer,
             username: cfg.username.clone(),
             password: cfg.password.clone(),
@@ -321,7 +321,16 @@ impl IpmiDevice {
             timeout: cfg.timeout,
             retries: cfg.retries,
         })
-        .await
+        .await;
+        // A BMC that answered nothing at all may have been down rather than mute to Get
+        // Channel Cipher Suites: forget what `auto` settled on, so it asks again next time
+        // instead of pinning suite 3 on a BMC that offers 17.
+        if matches!(opened, Err(DeviceError::Timeout { .. })) {
+            if let CipherSuiteChoice::Auto = cfg.cipher_suite {
+                st.suite = None;
+            }
+        }
+        opened
     }
 
     async fn run(&self, op: Op) -> Result<Reply, DeviceError> {

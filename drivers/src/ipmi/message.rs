@@ -709,7 +709,8 @@ pub struct DeviceId {
     pub firmware_major: u8,
     /// Firmware minor revision, BCD.
     pub firmware_minor: u8,
-    /// IPMI version, BCD (0x02 = 2.0, LS nibble major... as the spec packs it: 0x51 = 1.5).
+    /// IPMI version, BCD with the major digit in bits 3:0 and the minor in bits 7:4
+    /// (0x02 = 2.0, 0x51 = 1.5).
     pub ipmi_version: u8,
     /// Additional device support bits.
     pub additional_support: u8,
