@@ -301,3 +301,42 @@ fn figures_fence_ipmilan_and_ipmitool() {
         median(status_tool17)
     );
 }
+
+#[test]
+fn ipmitool_without_a_suite_asks_for_cipher_suites_and_picks_17() {
+    let lab = lab(1);
+    let bmc = &lab.bmcs()[0];
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), PASSWORD);
+    let port = bmc.port().to_string();
+    // No -C: ipmitool sends Get Channel Cipher Suites outside a session (§22.15) and picks
+    // the best suite it reads from our records (ipmi_sim never answers it: ~14 s wait there).
+    let r = run(
+        common::IPMITOOL,
+        &[
+            "-vv",
+            "-I",
+            "lanplus",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            USER,
+            "-f",
+            &pw,
+            "chassis",
+            "power",
+            "status",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(r.ok(), "{r:?}");
+    assert!(r.stdout.contains("Chassis Power is on"), "{r:?}");
+    assert!(
+        r.stderr.contains("Using best available cipher suite 17"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.elapsed < Duration::from_secs(2), "{:?}", r.elapsed);
+}
