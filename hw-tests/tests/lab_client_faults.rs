@@ -384,3 +384,29 @@ async fn idle_sessions_time_out_and_the_client_reopens() {
         }
     )));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_bmcs_fence_concurrently() {
+    let mut s = spec();
+    s.count = 100;
+    let lab = Lab::start(s).await.unwrap();
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for bmc in lab.bmcs() {
+        let d = device(bmc, CipherSuiteChoice::Id(17));
+        set.spawn(async move {
+            d.power(None, PowerCommand::Off).await?;
+            let s = d.status(None).await;
+            d.close().await;
+            s
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r.unwrap(), Ok(PowerState::Off));
+    }
+    eprintln!(
+        "100 lab BMCs: off + status (new session each) concurrently in {:?}",
+        t.elapsed()
+    );
+    assert!(lab.bmcs().iter().all(|b| !b.power()));
+}

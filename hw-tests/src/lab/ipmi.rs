@@ -9,8 +9,8 @@
 //! - ASF presence ping (DSP0136 §3.2.4), outside any session.
 //! - Outside a session (IPMI 1.5 or 2.0 framing, session id 0, no authentication): Get Channel
 //!   Authentication Capabilities (§22.13) and Get Channel Cipher Suites (§22.15, suites 3
-//!   and 17). Other commands outside a session are discarded silently, as §13.14 asks of
-//!   packets that belong to no session.
+//!   and 17). Other commands outside a session are discarded silently:
+//!   only session-setup commands are sessionless, and a BMC does not answer the rest.
 //! - Open Session (§13.17/§13.18, suites 3 and 17 only), RAKP 1–4 (§13.20–§13.23).
 //! - In a session (integrity checked, then decrypted; §13.28.4): Get Device ID (§20.1), Get
 //!   System GUID (§22.14), Get Channel Authentication Capabilities, Get Channel Cipher
@@ -310,8 +310,10 @@ fn handle_inner(st: &mut BmcState, datagram: &[u8], now: Instant) -> Option<Vec<
     Some(reply)
 }
 
-/// Turns a valid reply into garbage: random bytes, a truncated copy, or a copy with one byte
-/// flipped (which no integrity check or checksum lets through).
+/// Turns a valid reply into garbage: random bytes, a truncated copy, or a copy with one bit
+/// flipped. Integrity codes (in a session) and message checksums catch a flipped bit, except
+/// in fields nothing covers (the RMCP header's reserved and sequence bytes, an IPMI 1.5
+/// session sequence number), where the reply stays readable and still tells the truth.
 fn garble(rng: &mut StdRng, mut reply: Vec<u8>) -> Vec<u8> {
     match rng.gen_range(0..3u8) {
         0 => {
@@ -465,7 +467,7 @@ fn cipher_suites(req: &GetChannelCipherSuites) -> (u8, Vec<u8>) {
     )
 }
 
-/// Session-less IPMI requests (§13.14: only the commands needed to set a session up).
+/// Session-less IPMI requests: only the commands a console needs before it has a session.
 fn presession(st: &mut BmcState, payload: &[u8], v15: bool) -> Option<Vec<u8>> {
     let req = IpmiRequest::decode(payload).ok()?;
     let (code, data) = match (req.net_fn, req.cmd) {
@@ -826,7 +828,7 @@ fn rakp3(st: &mut BmcState, payload: &[u8], now: Instant, faults: &Faults) -> Op
     rakp4_reply(req.tag, 0, console_id, icv)
 }
 
-/// Privilege each command needs (§G, "Command Assignments"): status reads need USER, power
+/// Privilege each command needs (Appendix G, "Command Assignments"): status reads need USER, power
 /// control OPERATOR, closing one's own session CALLBACK.
 fn required_privilege(net_fn: u8, cmd: u8) -> Option<u8> {
     match (net_fn, cmd) {

@@ -91,13 +91,14 @@ impl Faults {
 /// What `--fault` accepts, one line per knob, for `palisade-lab --help` and error messages.
 pub const FAULT_KNOBS_HELP: &str = "\
 Fault knobs (`--fault [NODE:]KNOB`, repeatable; without NODE: every BMC):
-  latency=MS       delay every reply by MS milliseconds        e.g. --fault latency=200
-  drop=P           drop a share P (0.0-1.0) of received packets e.g. --fault node1:drop=0.3
-  refuse-auth      every session fails RAKP (integrity check)  e.g. --fault refuse-auth
-  stuck            acknowledge chassis control, never change   e.g. --fault node2:stuck
-  power-on-fails   acknowledge power on, stay off              e.g. --fault power-on-fails
-  garbage          answer with random, truncated or corrupted bytes  e.g. --fault garbage
-  crash            answer nothing at all (a dead BMC)          e.g. --fault node3:crash";
+  latency=MS      delay every reply by MS milliseconds         --fault latency=200
+  drop=P          drop a share P (0.0-1.0) of received packets --fault node1:drop=0.3
+  refuse-auth     every session fails RAKP (integrity check)   --fault refuse-auth
+  stuck           acknowledge chassis control, never change    --fault node2:stuck
+  power-on-fails  acknowledge power on, stay off               --fault power-on-fails
+  garbage         random, truncated or corrupted replies       --fault garbage
+  crash           answer nothing at all (a dead BMC)           --fault node3:crash
+Switch knobs also take =on or =off (e.g. --fault node1:stuck=off).";
 
 /// A knob as written on a command line: `[NODE:]KNOB[=VALUE]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -123,7 +123,7 @@ pub fn ipmitool(port: u16, user: &str, passfile: &str, suite: u8, cmd: &[&str]) 
         passfile,
         "-C",
         &suite,
-        // One retry with a short timeout keeps failing cases quick (defaults: 4 × 1 s... ).
+        // 1 s per try and 2 retries (ipmitool defaults: 1 s, 4 retries) keep failing cases quick.
         "-N",
         "1",
         "-R",
