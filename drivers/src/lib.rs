@@ -8,5 +8,8 @@ pub mod ipmi;
 pub mod power;
 pub mod secret;
 
-pub use power::{DeviceError, Identity, Outlet, PowerCommand, PowerDevice, PowerState};
+pub use power::{
+    DeviceError, FenceProof, Identity, Outlet, PillKind, PillReport, PowerCommand, PowerDevice,
+    PowerState,
+};
 pub use secret::Secret;

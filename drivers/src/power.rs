@@ -171,6 +171,40 @@ impl DeviceError {
     }
 }
 
+/// How a device proves that a node is fenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FenceProof {
+    /// The device switches power and the engine reads the power state back as off.
+    PowerReadBack,
+    /// The device cannot read a node's power state (a shared disk): it writes a poison pill to
+    /// the node's slot and reads it back, and the engine then waits the pill's msgwait, after
+    /// which the node's watcher has killed it (or its watchdog has).
+    PoisonPill,
+}
+
+/// What a poison pill asks the node's watcher to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PillKind {
+    /// Power off.
+    Off,
+    /// Reset (reboot) immediately.
+    Reset,
+}
+
+/// A poison pill that was written and read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PillReport {
+    /// Disks on which the pill was written and read back.
+    pub written: u32,
+    /// Disks configured.
+    pub disks: u32,
+    /// How long the node's watcher may take to obey (from the disks' header): the engine waits
+    /// this long after the write before it counts the node as fenced.
+    pub msgwait: std::time::Duration,
+}
+
 /// A device that can switch power to one node (a BMC) or to several (a PDU's outlets).
 ///
 /// `port` names the outlet on multi-node devices and is `None` for single-node devices.
@@ -195,4 +229,23 @@ pub trait PowerDevice: Send + Sync + 'static {
 
     /// Checks the device answers and returns what it says it is.
     async fn health(&self) -> Result<Identity, DeviceError>;
+
+    /// How this device proves a fence; most read the power state back.
+    fn proof(&self) -> FenceProof {
+        FenceProof::PowerReadBack
+    }
+
+    /// For [`FenceProof::PoisonPill`] devices: writes the pill to `port`'s slot on a majority
+    /// of the disks and reads it back. Returns as soon as it is written; the engine waits
+    /// msgwait. Fewer than a majority written is an error, never a partial success.
+    async fn write_pill(
+        &self,
+        port: Option<&str>,
+        kind: PillKind,
+    ) -> Result<PillReport, DeviceError> {
+        let _ = (port, kind);
+        Err(DeviceError::Unsupported {
+            operation: "poison pills".into(),
+        })
+    }
 }

@@ -237,6 +237,7 @@ pub fn describe(op: &Operation) -> String {
             let how = match confirmation {
                 Confirmation::PowerReadBack { .. } => "confirmed by reading the power state back",
                 Confirmation::Manual { .. } => "confirmed by hand",
+                Confirmation::PoisonPill { .. } => "confirmed by poison pill and msgwait elapsed",
             };
             let _ = writeln!(s, "  => SUCCEEDED in {ms} ms, {how}: {summary}");
         }

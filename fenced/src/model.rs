@@ -109,6 +109,10 @@ pub enum StepResult {
         /// (`system-guid 5a1e…`), when the target pins one.
         #[serde(default)]
         identity: Option<String>,
+        /// For poison-pill devices: the pill that was written, read back and waited out
+        /// (then `state` is `off` by msgwait, not by a power reading).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pill: Option<PillProof>,
     },
     /// The step failed; the device must not be counted as having acted.
     Failed {
@@ -124,6 +128,19 @@ impl StepResult {
     pub fn is_confirmed(&self) -> bool {
         matches!(self, StepResult::Confirmed { .. })
     }
+}
+
+/// A poison pill written to a target's slot on shared disks, and its msgwait waited out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PillProof {
+    /// `off` or `reset`.
+    pub kind: String,
+    /// Disks the pill was written to and read back from.
+    pub written: u32,
+    /// Disks configured.
+    pub disks: u32,
+    /// The msgwait that elapsed after the write (monotonic clock), in milliseconds.
+    pub msgwait_ms: u64,
 }
 
 /// One device's part in one try of one topology level.
@@ -158,6 +175,17 @@ pub enum Confirmation {
         devices: Vec<String>,
         /// Every device already reported the expected state before any command.
         already: bool,
+    },
+    /// A poison pill was written to the target's slot on a majority of the shared disks, read
+    /// back, and its msgwait elapsed: the target's watcher (or, if it hung, its hardware
+    /// watchdog) has taken it down by then.
+    PoisonPill {
+        /// The level that acted.
+        level: u32,
+        /// The devices (disk sets) that carried the pill.
+        devices: Vec<String>,
+        /// The longest msgwait waited out, in milliseconds.
+        msgwait_ms: u64,
     },
     /// An operator confirmed by hand that the target is off.
     Manual {

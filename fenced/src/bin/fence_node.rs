@@ -649,6 +649,15 @@ fn how(c: &Confirmation) -> String {
                 ""
             }
         ),
+        Confirmation::PoisonPill {
+            level,
+            devices,
+            msgwait_ms,
+        } => format!(
+            "poison pill written via {} (level {level}), read back, and msgwait ({:.1} s) elapsed",
+            devices.join(", "),
+            *msgwait_ms as f64 / 1000.0
+        ),
         Confirmation::Manual { by, reason } => format!("confirmed by hand by {by}: {reason}"),
     }
 }

@@ -3,7 +3,7 @@
 use super::{DeviceStatus, Inner};
 use crate::config::{LevelEntry, TargetConfig, Timing};
 use crate::model::*;
-use drivers::{DeviceError, PowerCommand, PowerState};
+use drivers::{DeviceError, FenceProof, PillKind, PowerCommand, PowerDevice, PowerState};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +109,8 @@ struct LevelResult {
     ok: bool,
     already: bool,
     failures: Vec<String>,
+    /// Set when a device of the level confirmed by poison pill: the longest msgwait.
+    pill_msgwait_ms: Option<u64>,
 }
 
 async fn drive(
@@ -136,6 +138,22 @@ async fn drive(
         }
         let devices: Vec<String> = level.iter().map(entry_name).collect();
         let names = devices.join(", ");
+        if let (Some(msgwait_ms), true) = (r.pill_msgwait_ms, op.action.fences()) {
+            let verb = if op.action == Action::Reboot {
+                "reset"
+            } else {
+                "off"
+            };
+            return Outcome::Succeeded {
+                confirmation: Confirmation::PoisonPill { level: n, devices, msgwait_ms },
+                // A reset pill makes the node restart itself; nothing here can see it return.
+                powered_on: None,
+                summary: format!(
+                    "{} fenced: poison pill ({verb}) written to its slot on a majority of disks via {names} (level {n}), read back, and msgwait ({msgwait_ms} ms) elapsed",
+                    op.target
+                ),
+            };
+        }
         let confirmation = Confirmation::PowerReadBack {
             level: n,
             devices,
@@ -238,15 +256,21 @@ async fn run_level(
         Phase::On => PowerCommand::On,
     };
     // All devices of a level act together: a node with two supplies is off only when both are.
+    let pill = if op.action == Action::Reboot {
+        PillKind::Reset
+    } else {
+        PillKind::Off
+    };
     let steps = entries.iter().map(|e| async move {
         let started = inner.clock.now_ms();
-        let result = step(inner, target, e, command, attempt_deadline).await;
+        let result = step(inner, target, e, command, pill, attempt_deadline).await;
         (e, started, result)
     });
     let results = futures_util::future::join_all(steps).await;
     let mut ok = true;
     let mut already = true;
     let mut failures = Vec::new();
+    let mut pill_msgwait_ms = None;
     for (e, started, result) in results {
         let code = match &result {
             StepResult::Confirmed { .. } => "confirmed".to_string(),
@@ -259,7 +283,14 @@ async fn run_level(
             .entry((e.device.clone(), code))
             .or_default() += 1;
         match &result {
-            StepResult::Confirmed { already: a, .. } => already &= *a,
+            StepResult::Confirmed {
+                already: a, pill, ..
+            } => {
+                already &= *a;
+                if let Some(p) = pill {
+                    pill_msgwait_ms = Some(pill_msgwait_ms.unwrap_or(0).max(p.msgwait_ms));
+                }
+            }
             StepResult::Failed { message, .. } => {
                 ok = false;
                 failures.push(format!("{}: {message}", entry_name(e)));
@@ -280,6 +311,7 @@ async fn run_level(
         ok,
         already: ok && already,
         failures,
+        pill_msgwait_ms,
     }
 }
 
@@ -301,6 +333,7 @@ async fn step(
     target: &TargetConfig,
     e: &LevelEntry,
     command: PowerCommand,
+    pill: PillKind,
     deadline: Instant,
 ) -> StepResult {
     let Some(slot) = inner.devices.get(&e.device) else {
@@ -344,6 +377,10 @@ async fn step(
         }
     }
 
+    if dev.proof() == FenceProof::PoisonPill && command == PowerCommand::Off {
+        return pill_step(dev.as_ref(), port, pill, identity, deadline, budget).await;
+    }
+
     match timeout_at(deadline, dev.status(port)).await {
         Err(_) => return timed_out("reading the power state"),
         Ok(Err(err)) => return device_failed(&err),
@@ -353,6 +390,7 @@ async fn step(
                 already: true,
                 polls: 0,
                 identity,
+                pill: None,
             }
         }
         Ok(Ok(_)) => {}
@@ -390,6 +428,7 @@ async fn step(
                     already: false,
                     polls,
                     identity,
+                    pill: None,
                 }
             }
             // A dropped packet or a BMC busy switching is not yet a failure: keep reading
@@ -486,4 +525,60 @@ pub(super) async fn live_power(inner: &Inner, t: &TargetConfig) -> Vec<LivePower
         })
     });
     futures_util::future::join_all(reads).await
+}
+
+/// A poison-pill step: write and read back on a majority (the device), then wait msgwait on
+/// tokio's monotonic clock, so a wall-clock jump cannot shorten it. A crash during the wait
+/// leaves the operation in flight in history, which the next start records as interrupted.
+async fn pill_step(
+    dev: &dyn PowerDevice,
+    port: Option<&str>,
+    kind: PillKind,
+    identity: Option<String>,
+    deadline: Instant,
+    budget: u128,
+) -> StepResult {
+    let report = match timeout_at(deadline, dev.write_pill(port, kind)).await {
+        Err(_) => return failed(
+            "timeout",
+            format!(
+                "writing the poison pill did not finish within the attempt deadline ({budget} ms)"
+            ),
+        ),
+        Ok(Err(err)) => return device_failed(&err),
+        Ok(Ok(r)) => r,
+    };
+    if report.written * 2 <= report.disks {
+        // The device must refuse this itself; checked again because it decides the outcome.
+        return failed(
+            "no_majority",
+            format!("poison pill written to {} of {} disks, not a majority: the target may not see it; NOT fenced", report.written, report.disks),
+        );
+    }
+    let until = Instant::now() + report.msgwait;
+    if until > deadline {
+        return failed(
+            "timeout",
+            format!(
+                "poison pill written, but its msgwait ({} ms) does not fit the attempt deadline ({budget} ms): the target will probably die, but that is NOT confirmed; raise attempt_timeout_s above msgwait",
+                report.msgwait.as_millis()
+            ),
+        );
+    }
+    tokio::time::sleep_until(until).await;
+    StepResult::Confirmed {
+        state: PowerState::Off,
+        already: false,
+        polls: 0,
+        identity,
+        pill: Some(PillProof {
+            kind: match kind {
+                PillKind::Off => "off".into(),
+                PillKind::Reset => "reset".into(),
+            },
+            written: report.written,
+            disks: report.disks,
+            msgwait_ms: report.msgwait.as_millis() as u64,
+        }),
+    }
 }

@@ -1,7 +1,9 @@
 //! An in-process power device with scriptable faults, for the engine's own tests.
 
 use async_trait::async_trait;
-use drivers::{DeviceError, Identity, PowerCommand, PowerDevice, PowerState};
+use drivers::{
+    DeviceError, FenceProof, Identity, PillKind, PillReport, PowerCommand, PowerDevice, PowerState,
+};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +45,10 @@ pub struct State {
     pub off_reads: u32,
     /// What the device says it is.
     pub identity: String,
+    /// Poison-pill mode: (disks the pill lands on, disks, msgwait).
+    pub pill: Option<(u32, u32, Duration)>,
+    /// Pills written, in order.
+    pub pills: Vec<PillKind>,
 }
 
 #[derive(Clone)]
@@ -61,6 +67,8 @@ impl TestDevice {
             status_reads: 0,
             off_reads: 0,
             identity: "guid-a".into(),
+            pill: None,
+            pills: Vec::new(),
         })))
     }
 
@@ -143,6 +151,34 @@ impl PowerDevice for TestDevice {
             }
         }
         Ok(())
+    }
+
+    fn proof(&self) -> FenceProof {
+        if self.state().pill.is_some() {
+            FenceProof::PoisonPill
+        } else {
+            FenceProof::PowerReadBack
+        }
+    }
+
+    async fn write_pill(
+        &self,
+        _port: Option<&str>,
+        kind: PillKind,
+    ) -> Result<PillReport, DeviceError> {
+        self.fault().await?;
+        let mut s = self.state();
+        let Some((written, disks, msgwait)) = s.pill else {
+            return Err(DeviceError::Unsupported {
+                operation: "poison pills".into(),
+            });
+        };
+        s.pills.push(kind);
+        Ok(PillReport {
+            written,
+            disks,
+            msgwait,
+        })
     }
 
     async fn health(&self) -> Result<Identity, DeviceError> {

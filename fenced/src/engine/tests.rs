@@ -650,6 +650,84 @@ async fn live_status_and_device_monitor() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn poison_pill_is_confirmed_only_after_msgwait() {
+    let d =
+        TestDevice::new(PowerState::On).with(|s| s.pill = Some((3, 3, Duration::from_secs(10))));
+    let mut t = target("n1", &[&["sbd"]]);
+    t.timing.attempt_timeout = Duration::from_secs(15);
+    let r = rig(vec![t], &[("sbd", &d)]);
+    let a = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
+    tokio::time::sleep(Duration::from_millis(9_990)).await;
+    let op = r.engine.operation(a.id).unwrap();
+    assert_eq!(
+        op.state,
+        OpState::Running,
+        "not fenced before msgwait has elapsed"
+    );
+    assert_eq!(d.state().pills, vec![drivers::PillKind::Off]);
+    let op = r
+        .engine
+        .wait_operation(a.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(op.fenced());
+    let Some(Outcome::Succeeded {
+        confirmation: Confirmation::PoisonPill { msgwait_ms, .. },
+        ..
+    }) = &op.outcome
+    else {
+        panic!("{op:?}")
+    };
+    assert_eq!(*msgwait_ms, 10_000);
+    assert!(op.finished_ms.unwrap() - op.started_ms.unwrap() >= 10_000);
+    assert!(
+        d.state().commands.is_empty() && d.state().status_reads == 0,
+        "no power command or read on a disk"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_pill_on_a_minority_of_disks_is_not_fenced() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.pill = Some((1, 3, Duration::from_secs(1))));
+    let r = rig(vec![target("n1", &[&["sbd"]])], &[("sbd", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert!(!op.fenced());
+    assert!(
+        matches!(&op.attempts[0].result, StepResult::Failed { code, .. } if code == "no_majority")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_pill_whose_msgwait_exceeds_the_deadline_is_not_fenced() {
+    let d =
+        TestDevice::new(PowerState::On).with(|s| s.pill = Some((2, 3, Duration::from_secs(10))));
+    let r = rig(vec![target("n1", &[&["sbd"]])], &[("sbd", &d)]); // attempt timeout 5 s
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert!(!op.fenced());
+    let StepResult::Failed { code, message } = &op.attempts[0].result else {
+        panic!()
+    };
+    assert_eq!(code, "timeout");
+    assert!(
+        message.contains("raise attempt_timeout_s above msgwait"),
+        "{message}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_pill_reboot_writes_a_reset_pill_and_claims_nothing_about_power_on() {
+    let d = TestDevice::new(PowerState::On).with(|s| s.pill = Some((2, 3, Duration::from_secs(2))));
+    let r = rig(vec![target("n1", &[&["sbd"]])], &[("sbd", &d)]);
+    let op = run(&r.engine, req("n1", Action::Reboot)).await;
+    assert!(op.fenced());
+    assert_eq!(d.state().pills, vec![drivers::PillKind::Reset]);
+    let Some(Outcome::Succeeded { powered_on, .. }) = &op.outcome else {
+        panic!()
+    };
+    assert_eq!(*powered_on, None);
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
