@@ -605,36 +605,40 @@ impl Session {
         };
         // Sessions start at USER (§13.15 "session privilege level"); power control needs at
         // least OPERATOR, so the level must be raised explicitly.
-        match session
+        let raised = match session
             .call(&SetSessionPrivilegeLevel {
                 level: cfg.privilege,
             })
             .await
         {
-            Ok(granted) if granted.level == cfg.privilege & 0x0F => {}
-            Ok(granted) => {
-                return Err(auth_failed(
+            Ok(granted) if granted.level == cfg.privilege & 0x0F => Ok(()),
+            Ok(granted) => Err(auth_failed(
                     cfg,
                     format!(
                         "asked for privilege level {} and the BMC granted {}",
                         cfg.privilege, granted.level
                     ),
-                ))
-            }
+                )),
             Err(DeviceError::Refused { detail, .. })
                 if detail.contains("0x80")
                     || detail.contains("0x81")
                     || detail.contains("0xd4") =>
             {
-                return Err(auth_failed(
+                Err(auth_failed(
                     cfg,
                     format!(
                         "Set Session Privilege Level {} refused ({detail}); raise the user's privilege on the BMC (e.g. `ipmitool user priv ID 4`) or configure a lower privilege",
                         cfg.privilege
                     ),
-                ));
+                ))
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = raised {
+            // The session exists on the BMC: close it, or it holds one of the BMC's few session
+            // slots until its inactivity timeout (a retrying controller could exhaust them).
+            session.close().await;
+            return Err(e);
         }
         tracing::debug!(address = %peer, suite = cfg.suite.id, "IPMI session open");
         Ok(session)

@@ -539,12 +539,14 @@ async fn pill_step(
     budget: u128,
 ) -> StepResult {
     let report = match timeout_at(deadline, dev.write_pill(port, kind)).await {
-        Err(_) => return failed(
-            "timeout",
-            format!(
+        Err(_) => {
+            return failed(
+                "timeout",
+                format!(
                 "writing the poison pill did not finish within the attempt deadline ({budget} ms)"
             ),
-        ),
+            )
+        }
         Ok(Err(err)) => return device_failed(&err),
         Ok(Ok(r)) => r,
     };
