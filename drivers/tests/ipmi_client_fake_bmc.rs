@@ -63,17 +63,7 @@ impl Bmc {
     }
 
     fn setup(pt: PayloadType, payload: Vec<u8>) -> Packet {
-        Packet {
-            header: SessionHeader::V20(V20Header {
-                payload_type: pt,
-                encrypted: false,
-                authenticated: false,
-                oem: None,
-                session_id: 0,
-                sequence: 0,
-            }),
-            payload,
-        }
+        Packet::outside_session(pt, payload)
     }
 
     fn in_session(s: &mut Sess, session_id: u32, payload: Vec<u8>) -> Packet {

@@ -21,22 +21,7 @@ fn bmc() -> BmcState {
 }
 
 fn setup(pt: PayloadType, payload: Vec<u8>) -> Vec<u8> {
-    encode_packet(
-        &Packet {
-            header: SessionHeader::V20(V20Header {
-                payload_type: pt,
-                encrypted: false,
-                authenticated: false,
-                oem: None,
-                session_id: 0,
-                sequence: 0,
-            }),
-            payload,
-        },
-        None,
-        [0; 16],
-    )
-    .unwrap()
+    encode_packet(&Packet::outside_session(pt, payload), None, [0; 16]).unwrap()
 }
 
 /// A minimal console written directly on the codec, so tests can also send what a correct

@@ -761,23 +761,9 @@ fn short_refusal(status: u8, session_id: u32) -> bool {
 
 /// Sends a session-setup payload once without waiting (used to tell the BMC we reject it).
 async fn send_setup(socket: &UdpSocket, peer: SocketAddr, pt: PayloadType, payload: Vec<u8>) {
-    let packet = setup_packet(pt, payload);
+    let packet = Packet::outside_session(pt, payload);
     if let Ok(d) = encode_packet(&packet, None, [0; 16]) {
         let _ = socket.send_to(&d, peer).await;
-    }
-}
-
-fn setup_packet(pt: PayloadType, payload: Vec<u8>) -> Packet {
-    Packet {
-        header: SessionHeader::V20(V20Header {
-            payload_type: pt,
-            encrypted: false,
-            authenticated: false,
-            oem: None,
-            session_id: 0,
-            sequence: 0,
-        }),
-        payload,
     }
 }
 
@@ -794,7 +780,7 @@ async fn setup_exchange<R: Body>(
     want: PayloadType,
     matches: impl Fn(&R) -> bool,
 ) -> Result<R, DeviceError> {
-    let packet = setup_packet(pt, payload);
+    let packet = Packet::outside_session(pt, payload);
     exchange(
         socket,
         cfg.address,

@@ -155,6 +155,31 @@ pub struct Packet {
     pub payload: Vec<u8>,
 }
 
+impl SessionHeader {
+    /// An RMCP+ header outside any session (session id and sequence 0, no integrity or
+    /// encryption), as session setup (Open Session, RAKP) and pre-session commands use (§13.6).
+    pub fn outside_session(payload_type: PayloadType) -> SessionHeader {
+        SessionHeader::V20(V20Header {
+            payload_type,
+            encrypted: false,
+            authenticated: false,
+            oem: None,
+            session_id: 0,
+            sequence: 0,
+        })
+    }
+}
+
+impl Packet {
+    /// A packet outside any session (see [`SessionHeader::outside_session`]).
+    pub fn outside_session(payload_type: PayloadType, payload: Vec<u8>) -> Packet {
+        Packet {
+            header: SessionHeader::outside_session(payload_type),
+            payload,
+        }
+    }
+}
+
 /// Where the parts of a datagram are, once its session header has been read.
 struct Layout<'a> {
     header: SessionHeader,

@@ -495,7 +495,7 @@ fn presession(st: &mut BmcState, payload: &[u8], v15: bool) -> Option<Vec<u8>> {
             auth_code: None,
         })
     } else {
-        setup_header(PayloadType::Ipmi)
+        SessionHeader::outside_session(PayloadType::Ipmi)
     };
     encode_packet(
         &Packet {
@@ -508,21 +508,10 @@ fn presession(st: &mut BmcState, payload: &[u8], v15: bool) -> Option<Vec<u8>> {
     .ok()
 }
 
-fn setup_header(pt: PayloadType) -> SessionHeader {
-    SessionHeader::V20(V20Header {
-        payload_type: pt,
-        encrypted: false,
-        authenticated: false,
-        oem: None,
-        session_id: 0,
-        sequence: 0,
-    })
-}
-
 fn setup_reply(pt: PayloadType, payload: Vec<u8>) -> Option<Vec<u8>> {
     encode_packet(
         &Packet {
-            header: setup_header(pt),
+            header: SessionHeader::outside_session(pt),
             payload,
         },
         None,
