@@ -332,6 +332,35 @@ fn idle_rss_demo() -> u64 {
     rss
 }
 
+fn history_commit() -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, _) = History::open(&dir.path().join("h.redb"), 0).unwrap();
+    let mut times = Vec::new();
+    for id in 1..=31 {
+        let op = Operation {
+            id,
+            target: "n".into(),
+            action: fenced::model::Action::Off,
+            reason: String::new(),
+            requested_by: fenced::model::Caller {
+                identity: "bench".into(),
+            },
+            request_id: None,
+            state: fenced::model::OpState::Running,
+            created_ms: id,
+            started_ms: Some(id),
+            finished_ms: None,
+            delay_ms: 0,
+            attempts: vec![],
+            outcome: None,
+        };
+        let t = Instant::now();
+        h.record(&op).unwrap();
+        times.push(t.elapsed());
+    }
+    median(times)
+}
+
 fn size_kib(p: &str) -> u64 {
     std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0)
 }
@@ -343,6 +372,10 @@ fn main() {
         .build()
         .unwrap();
     println!("Palisade fencing figures (medians; {RUNS} runs unless noted)\n");
+    println!(
+        "durable history write (one redb commit = one fsync here): median {}",
+        ms(history_commit())
+    );
     let (p50, p90) = engine_overhead(&rt);
     println!(
         "engine overhead, API request -> confirmed, instant device (200 ops): p50 {} p90 {}",

@@ -583,3 +583,50 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod figures {
+    use super::*;
+
+    /// Prints what one durable commit costs on this disk (`cargo nextest run -p fenced
+    /// figure_history_commit --run-ignored only --no-capture`). A figure, not an assertion.
+    #[test]
+    #[ignore]
+    fn figure_history_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, _) = History::open(&dir.path().join("h.redb"), 0).unwrap();
+        let mut op = tests_op(1);
+        let mut times = Vec::new();
+        for i in 0..50 {
+            op.id = i + 1;
+            let t = std::time::Instant::now();
+            h.record(&op).unwrap();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "history record (durable commit): median {:?}, p90 {:?}",
+            times[25], times[45]
+        );
+    }
+
+    fn tests_op(id: u64) -> Operation {
+        Operation {
+            id,
+            target: "n".into(),
+            action: Action::Off,
+            reason: String::new(),
+            requested_by: crate::model::Caller {
+                identity: "uid:0".into(),
+            },
+            request_id: None,
+            state: OpState::Running,
+            created_ms: 1,
+            started_ms: None,
+            finished_ms: None,
+            delay_ms: 0,
+            attempts: vec![],
+            outcome: None,
+        }
+    }
+}

@@ -342,7 +342,9 @@ impl Engine {
                 OpState::Delayed
             },
             created_ms: now,
-            started_ms: None,
+            // Without a delay the operation starts now: one durable write less (each costs
+            // an fsync, ~4 ms on a VM disk).
+            started_ms: delay.is_zero().then_some(now),
             finished_ms: None,
             delay_ms: delay.as_millis() as u64,
             attempts: Vec::new(),

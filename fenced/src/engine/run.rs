@@ -4,6 +4,7 @@ use super::{DeviceStatus, Inner};
 use crate::config::{LevelEntry, TargetConfig, Timing};
 use crate::model::*;
 use drivers::{DeviceError, FenceProof, PillKind, PowerCommand, PowerDevice, PowerState};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,10 +58,10 @@ pub(super) async fn run_operation(
     if !delay.is_zero() {
         tracing::info!(op = op.id, target = %op.target, delay_ms = delay.as_millis() as u64, "fence-race delay");
         tokio::time::sleep(delay).await;
+        op.state = OpState::Running;
+        op.started_ms = Some(inner.clock.now_ms());
+        save(&inner, &tx, &op);
     }
-    op.state = OpState::Running;
-    op.started_ms = Some(inner.clock.now_ms());
-    save(&inner, &tx, &op);
     tracing::info!(op = op.id, target = %op.target, action = %op.action, "operation started");
 
     let deadline = Instant::now() + total;
@@ -261,17 +262,28 @@ async fn run_level(
     } else {
         PillKind::Off
     };
-    let steps = entries.iter().map(|e| async move {
-        let started = inner.clock.now_ms();
-        let result = step(inner, target, e, command, pill, attempt_deadline).await;
-        (e, started, result)
-    });
-    let results = futures_util::future::join_all(steps).await;
+    let mut steps: FuturesUnordered<_> = entries
+        .iter()
+        .map(|e| async move {
+            let started = inner.clock.now_ms();
+            let result = step(inner, target, e, command, pill, attempt_deadline).await;
+            (e, started, result)
+        })
+        .collect();
+    // When the operation ends with this level, its final record follows at once and holds the
+    // last attempt too: that attempt is not written twice (each write is an fsync).
+    let ends_if_ok = matches!(
+        (op.action, phase),
+        (Action::Off, Phase::Off) | (Action::On, Phase::On)
+    );
+    let ends_anyway = op.action == Action::Reboot && phase == Phase::On;
     let mut ok = true;
     let mut already = true;
     let mut failures = Vec::new();
     let mut pill_msgwait_ms = None;
-    for (e, started, result) in results {
+    let mut done = 0;
+    while let Some((e, started, result)) = steps.next().await {
+        done += 1;
         let code = match &result {
             StepResult::Confirmed { .. } => "confirmed".to_string(),
             StepResult::Failed { code, .. } => code.clone(),
@@ -305,7 +317,13 @@ async fn run_level(
             finished_ms: inner.clock.now_ms(),
             result,
         });
-        save(inner, tx, op);
+        let last = done == entries.len();
+        if last && (ends_anyway || (ends_if_ok && ok)) {
+            publish(inner, tx, op);
+        } else {
+            // Written as each device finishes, so a crash loses no finished attempt.
+            save(inner, tx, op);
+        }
     }
     LevelResult {
         ok,

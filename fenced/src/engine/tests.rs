@@ -156,7 +156,14 @@ async fn off_confirmed_by_read_back() {
     // History holds the same final record, and the chain verifies.
     let h = r.engine.history(&HistoryQuery::default()).unwrap();
     assert_eq!(h[0].state, OpState::Succeeded);
-    assert!(r.engine.inner.history.verify_chain().unwrap() >= 3);
+    // Two durable records: the operation before any device was touched, and the outcome
+    // holding the attempt. Both chain.
+    assert_eq!(r.engine.inner.history.verify_chain().unwrap(), 2);
+    let ledger = r.engine.inner.history.ledger(1, 10).unwrap();
+    let crate::history::LedgerEntry::Operation { operation: first } = &ledger[0].entry else {
+        panic!()
+    };
+    assert!(first.attempts.is_empty() && first.state == OpState::Running);
 }
 
 #[tokio::test(start_paused = true)]
