@@ -5,6 +5,7 @@
 //! so they can be unit-tested, property-tested and fuzzed without I/O.
 
 pub mod power;
+pub mod sbd;
 pub mod secret;
 
 pub use power::{DeviceError, Identity, Outlet, PowerCommand, PowerDevice, PowerState};
