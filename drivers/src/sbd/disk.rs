@@ -266,6 +266,11 @@ impl Disk {
         })
     }
 
+    /// The open file descriptor (sbd prints it in `create`'s output).
+    pub fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
     /// The device size in bytes.
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes

@@ -26,8 +26,9 @@
 //! | 32 | 1 | minor version (1 since sbd 1.2: the UUID is valid) |
 //! | 33 | 16 | UUID |
 //!
-//! Node entry: byte 0 `in_use` (non-zero = allocated), bytes 1..64 the NUL-padded name (at most
-//! 63 bytes). Mailbox: byte 0 the command (a signed char), bytes 1..64 the sender's name.
+//! Node entry: byte 0 `in_use` (non-zero = allocated), bytes 1..65 the NUL-padded name
+//! (`char name[64]`, at most 63 bytes plus NUL). Mailbox: byte 0 the command (a signed char),
+//! bytes 1..65 the sender's name.
 //! The rest of every sector is zero when sbd writes it; decoding ignores it.
 
 use core::fmt;
@@ -43,8 +44,8 @@ pub const MINOR_VERSION: u8 = 1;
 pub const DEFAULT_SLOTS: u8 = 255;
 /// Longest node name the format holds (`SECTOR_NAME_MAX`).
 pub const NAME_MAX: usize = 63;
-/// Bytes of a sector the format uses; the rest is zero.
-pub const USED_BYTES: usize = 64;
+/// Bytes of a sector the format uses (a tag byte and a 64-byte name field); the rest is zero.
+pub const USED_BYTES: usize = 65;
 
 /// A node name as stored in a slot or a mailbox's sender: 0 to 63 bytes, no NUL.
 pub type NodeName = HVec<u8, NAME_MAX>;
@@ -95,8 +96,8 @@ pub const fn sectors_used(slots: u8) -> u64 {
 /// Why a sector does not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
-    /// The buffer is shorter than the 64 bytes every SBD sector uses.
-    #[error("sector buffer has {len} bytes, SBD needs at least 64; read a whole sector")]
+    /// The buffer is shorter than the 65 bytes every SBD sector uses.
+    #[error("sector buffer has {len} bytes, SBD needs at least 65; read a whole sector")]
     Short {
         /// Bytes given.
         len: usize,
@@ -111,13 +112,17 @@ pub enum FormatError {
         found: u8,
     },
     /// The header's sector size is neither 512 nor 4096.
-    #[error("SBD header says sector size {found}, which is neither 512 nor 4096; the header is damaged")]
+    #[error(
+        "SBD header says sector size {found}, which is neither 512 nor 4096; the header is damaged"
+    )]
     BadSectorSize {
         /// The size found.
         found: u32,
     },
     /// A name field has bytes after its NUL terminator or no terminator at all.
-    #[error("a node name on disk is not NUL-terminated within 64 bytes; the sector is damaged")]
+    #[error(
+        "a node name on disk is not NUL-terminated within its 64-byte field; the sector is damaged"
+    )]
     BadName,
 }
 
@@ -143,7 +148,7 @@ pub struct Header {
 }
 
 impl Header {
-    /// Encodes the header into `out` (at least 64 bytes); bytes past 64 are zeroed.
+    /// Encodes the header into `out` (at least 65 bytes); bytes past 49 are zeroed.
     pub fn encode(&self, out: &mut [u8]) -> Result<(), FormatError> {
         let used = prefix_mut(out)?;
         used.fill(0);
@@ -171,10 +176,8 @@ impl Header {
             return Err(FormatError::BadVersion { found: s[8] });
         }
         let size = be32(s, 12);
-        let sector_size =
-            SectorSize::from_bytes(u64::from(size)).ok_or(FormatError::BadSectorSize {
-                found: size,
-            })?;
+        let sector_size = SectorSize::from_bytes(u64::from(size))
+            .ok_or(FormatError::BadSectorSize { found: size })?;
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&s[33..49]);
         Ok(Header {
@@ -241,7 +244,7 @@ impl NodeEntry {
         self.in_use != 0
     }
 
-    /// Encodes into `out` (at least 64 bytes; the rest is zeroed).
+    /// Encodes into `out` (at least 65 bytes; the rest is zeroed).
     pub fn encode(&self, out: &mut [u8]) -> Result<(), FormatError> {
         encode_tagged(self.in_use, &self.name, out)
     }
@@ -352,7 +355,7 @@ impl Default for Mailbox {
 }
 
 impl Mailbox {
-    /// Encodes into `out` (at least 64 bytes; the rest is zeroed).
+    /// Encodes into `out` (at least 65 bytes; the rest is zeroed).
     pub fn encode(&self, out: &mut [u8]) -> Result<(), FormatError> {
         encode_tagged(self.cmd.to_byte(), &self.from, out)
     }
@@ -398,10 +401,14 @@ fn encode_tagged(tag: u8, name: &[u8], out: &mut [u8]) -> Result<(), FormatError
 fn decode_tagged(sector: &[u8]) -> Result<(u8, NodeName), FormatError> {
     let s = prefix(sector)?;
     let field = &s[1..USED_BYTES];
-    // sbd reads names with C string functions: everything up to the first NUL. A name that
-    // fills all 63 bytes is still terminated by the 64th byte of the field. We accept bytes
-    // after the NUL (sbd ignores them too) but refuse a field with no NUL at all.
-    let end = field.iter().position(|b| *b == 0).ok_or(FormatError::BadName)?;
+    // sbd reads names with C string functions: everything up to the first NUL. A 63-byte name
+    // is still terminated by the 64th byte of the field (sbd strncpy's at most 63 bytes into a
+    // zeroed sector). We accept bytes after the NUL (sbd ignores them too) but refuse a field
+    // with no NUL at all, which sbd would read past.
+    let end = field
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(FormatError::BadName)?;
     let name = NodeName::from_slice(&field[..end]).map_err(|_| FormatError::BadName)?;
     Ok((s[0], name))
 }
@@ -473,7 +480,11 @@ mod tests {
         );
         let mut again = [0xaau8; 512];
         h.encode(&mut again).unwrap();
-        assert_eq!(again, sector(&REAL_HEADER), "encode is byte-identical to sbd");
+        assert_eq!(
+            again,
+            sector(&REAL_HEADER),
+            "encode is byte-identical to sbd"
+        );
     }
 
     #[test]
@@ -509,7 +520,10 @@ mod tests {
         assert_eq!(Header::decode(&s), Err(FormatError::BadMagic));
         let mut s = sector(&REAL_HEADER);
         s[8] = 3;
-        assert_eq!(Header::decode(&s), Err(FormatError::BadVersion { found: 3 }));
+        assert_eq!(
+            Header::decode(&s),
+            Err(FormatError::BadVersion { found: 3 })
+        );
         let mut s = sector(&REAL_HEADER);
         s[14] = 4;
         assert!(matches!(
@@ -520,12 +534,12 @@ mod tests {
             Header::decode(&[0u8; 10]),
             Err(FormatError::Short { len: 10 })
         );
-        assert_eq!(NodeEntry::decode(&[1u8; 64]), Err(FormatError::BadName));
+        assert_eq!(NodeEntry::decode(&[1u8; 65]), Err(FormatError::BadName));
     }
 
     #[test]
     fn unknown_command_is_listed_as_undefined() {
-        let mut s = [0u8; 64];
+        let mut s = [0u8; 65];
         s[0] = 0x80;
         let m = Mailbox::decode(&s).unwrap();
         assert_eq!(m.cmd, Message::Other(-128));

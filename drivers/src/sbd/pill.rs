@@ -107,9 +107,8 @@ pub fn deliver(
     let target_name = format::node_name(target).ok_or_else(|| DeliveryError::BadName {
         name: target.into(),
     })?;
-    let from_name = format::node_name(from).ok_or_else(|| DeliveryError::BadName {
-        name: from.into(),
-    })?;
+    let from_name =
+        format::node_name(from).ok_or_else(|| DeliveryError::BadName { name: from.into() })?;
     let mailbox = Mailbox {
         cmd: msg,
         from: from_name,
@@ -327,7 +326,10 @@ mod tests {
         ];
         let e = deliver(&pds, "n1", Message::Off, "f", T).unwrap_err();
         assert!(e.to_string().contains("replaced"), "{e}");
-        assert!(disks[1].snapshot()[1024] == 0, "nothing written to the impostor");
+        assert!(
+            disks[1].snapshot()[1024] == 0,
+            "nothing written to the impostor"
+        );
     }
 
     #[test]
