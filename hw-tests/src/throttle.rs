@@ -76,6 +76,13 @@ impl Drop for Throttle {
             self.dir.join("blkio.throttle.read_bps_device"),
             format!("{} 0", self.maj_min),
         );
-        let _ = std::fs::remove_dir(&self.dir);
+        // The group can only go once its tasks left it: a thread whose read was abandoned
+        // stays until that read completes (now quickly, the limit being gone).
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
