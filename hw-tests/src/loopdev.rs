@@ -34,6 +34,26 @@ impl LoopDevice {
         Ok(LoopDevice { path, _dir: dir })
     }
 
+    /// Detaches the device and attaches the same file again read-only (`losetup -r`): a disk
+    /// that opens for reading only, so writes fail. (Not `blockdev --setro`: that flag
+    /// outlives the attachment and would make the next test's loop device read-only.)
+    pub fn reattach_read_only(&mut self) -> io::Result<()> {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        let file = self._dir.path().join("disk");
+        let out = Command::new("losetup")
+            .args(["-r", "-f", "--show"])
+            .arg(&file)
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "losetup -r failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        self.path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(())
+    }
+
     /// The device node, e.g. `/dev/loop3`.
     pub fn path(&self) -> &Path {
         &self.path

@@ -221,15 +221,11 @@ fn pill_on_one_of_three_disks_is_a_failure() {
     let s = sbd(&d, "message n1 off");
     assert_eq!(s.rc, 1, "sbd agrees it is not delivered");
     // Same through read-only disks: ours names them; one of three written is still a failure.
-    let ro: Vec<LoopDevice> = (0..2).map(|_| LoopDevice::new(16, None).unwrap()).collect();
-    for r in &ro {
+    let mut ro: Vec<LoopDevice> = (0..2).map(|_| LoopDevice::new(16, None).unwrap()).collect();
+    for r in &mut ro {
         assert_eq!(ours(&[r], "-1 1 -4 2 create").rc, 0);
         assert_eq!(ours(&[r], "allocate n1").rc, 0);
-        let st = Command::new("blockdev")
-            .args(["--setro", &r.arg()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        r.reattach_read_only().unwrap();
     }
     let m = ours(&[&v[0], &ro[0], &ro[1]], "message n1 off");
     assert_eq!(m.rc, 1);
@@ -427,4 +423,103 @@ fn fence_sbd_fences_through_palisade_sbd() {
     assert_eq!(sbd(&d, "list").out.matches("n1\tclear").count(), 2);
     let monitor = agent("monitor");
     assert_eq!(monitor.rc, 0, "{}", monitor.err);
+}
+
+/// A small tmpfs, unmounted on drop: a loop device over a sparse file on it gets real write
+/// errors (ENOSPC) where the file has a hole and the tmpfs is full.
+struct SmallTmpfs(tempfile::TempDir);
+
+impl SmallTmpfs {
+    fn new(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .ok()?
+            .success();
+        ok.then_some(SmallTmpfs(dir))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// sbd's `slot_msg` tests `mbox_write_verify(...) < -1`, which is never true: a pill whose write
+/// failed is still reported delivered (exit 0 after msgwait). Ours reports the failure.
+#[test]
+fn a_failed_pill_write_is_a_failure_although_sbd_reports_success() {
+    if !ready() {
+        return;
+    }
+    let Some(fs) = SmallTmpfs::new("2M") else {
+        eprintln!("SKIP: cannot mount a tmpfs");
+        return;
+    };
+    let backing = fs.0.path().join("disk");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let out = Command::new("losetup")
+        .args(["--sector-size", "4096", "-f", "--show"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let run = |bin: &str, args: &[&str]| {
+        let t = Instant::now();
+        let o = Command::new(bin)
+            .args(["-d", &dev, "-n", "fencer"])
+            .args(args)
+            .env("PALISADE_SBD_CONFIG", "")
+            .env("SBD_PACEMAKER", "no")
+            .output()
+            .unwrap();
+        finish(o, t.elapsed())
+    };
+    assert_eq!(run(SBD, &["-1", "1", "-4", "2", "create"]).rc, 0);
+    assert_eq!(run(SBD, &["allocate", "n1"]).rc, 0);
+    // With 4096-byte sectors slot 0's mailbox (sector 2) is exactly page 2 of the file: punch
+    // it out and fill the tmpfs, so writing the mailbox fails with ENOSPC.
+    assert!(Command::new("fallocate")
+        .args(["--punch-hole", "--offset", "8192", "--length", "4096"])
+        .arg(&backing)
+        .status()
+        .unwrap()
+        .success());
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", fs.0.path().join("fill").display()))
+        .output();
+    let s = run(SBD, &["message", "n1", "off"]);
+    let list = run(SBD, &["list"]);
+    assert_eq!(list.out, "0\tn1\tclear\t\n", "nothing was written");
+    assert_eq!(s.rc, 0, "sbd's quirk: reports delivered ({})", s.err);
+    let o = ours_at(&dev, &["message", "n1", "off"]);
+    assert_eq!(o.rc, 1, "ours: not delivered");
+    assert!(o.err.contains("No space left on device"), "{}", o.err);
+    assert!(o.err.contains("0 of 1 SBD disks"), "{}", o.err);
+}
+
+fn ours_at(dev: &str, args: &[&str]) -> Run {
+    let t = Instant::now();
+    let o = Command::new(hw_tests::bins::palisade_sbd())
+        .args(["-d", dev, "-n", "fencer"])
+        .args(args)
+        .env("PALISADE_SBD_CONFIG", "")
+        .output()
+        .unwrap();
+    finish(o, t.elapsed())
 }

@@ -11,8 +11,8 @@
 //!   see `drivers::sbd::pill`).
 
 use drivers::sbd::{
-    self, deliver, format, BlockDevice, Disk, Header, Mailbox, Message, NodeEntry, PillDisk,
-    SbdError,
+    self, format, open_and_deliver, BlockDevice, Disk, DiskConfig, Header, Mailbox, Message,
+    NodeEntry, SbdError,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -620,36 +620,29 @@ fn message(
     } else {
         name
     };
-    let mut opened = Vec::new();
-    let mut open_failed = Vec::new();
-    for p in &ctx.o.devices {
-        match open(ctx, p) {
-            Ok(d) => opened.push(d),
-            Err(e) => open_failed.push(e),
-        }
-    }
-    let pds: Vec<PillDisk<'_>> = opened
+    let disks: Vec<DiskConfig> = ctx
+        .o
+        .devices
         .iter()
-        .map(|d| PillDisk {
-            dev: d,
-            expected_uuid: None,
+        .map(|p| DiskConfig {
+            path: p.clone(),
+            uuid: None,
         })
         .collect();
-    let total = ctx.o.devices.len();
-    let r = deliver(&pds, target, msg, &local, ctx.io);
-    let delivered = match r {
-        Ok(mut ok) => {
-            // Disks that did not even open count against the majority too.
-            ok.failed.extend(open_failed.iter().cloned());
-            let needed = sbd::pill::majority(total);
-            if ok.written.len() < needed {
-                Err(format!(
-                    "message written and read back on {} of {total} SBD disks, a majority needs {needed}; not delivered",
-                    ok.written.len()
-                ))
-            } else {
-                Ok(ok)
+    let delivered = match open_and_deliver(&disks, target, msg, &local, ctx.io) {
+        Ok(ok) => Ok(ok),
+        Err(sbd::DeliveryError::NoMajority {
+            written,
+            total,
+            needed,
+            failed,
+        }) => {
+            for e in &failed {
+                verbose(ctx, err, e);
             }
+            Err(format!(
+                "message written and read back on {written} of {total} SBD disks, a majority needs {needed}; not delivered"
+            ))
         }
         Err(e) => Err(e.to_string()),
     };
@@ -677,9 +670,6 @@ fn message(
             Ok(0)
         }
         Err(e) => {
-            for f in &open_failed {
-                verbose(ctx, err, f);
-            }
             let _ = writeln!(err, "palisade-sbd: {e}");
             Ok(1)
         }

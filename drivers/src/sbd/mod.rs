@@ -12,7 +12,9 @@ pub mod pill;
 
 pub use disk::{BlockDevice, Disk, DiskError, MemDisk};
 pub use format::{FormatError, Header, Mailbox, Message, NodeEntry, NodeName, SectorSize};
-pub use pill::{deliver, Delivered, DeliveryError, DiskOutcome, PillDisk};
+pub use pill::{
+    deliver, open_and_deliver, Delivered, DeliveryError, DiskConfig, DiskOutcome, PillDisk,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -10,7 +10,7 @@
 //! how to wait msgwait ([`Delivered::msgwait`]) so it can use a monotonic clock.
 
 use super::{
-    check_uuid, format, lookup_slot, read_header, sector_with, BlockDevice, Header, Mailbox,
+    check_uuid, format, lookup_slot, read_header, sector_with, BlockDevice, Disk, Header, Mailbox,
     Message, SbdError,
 };
 use std::path::PathBuf;
@@ -104,6 +104,55 @@ pub fn deliver(
     from: &str,
     io_timeout: Duration,
 ) -> Result<Delivered, DeliveryError> {
+    deliver_counting(disks, Vec::new(), target, msg, from, io_timeout)
+}
+
+/// A configured SBD disk: its path and, if pinned in configuration, its UUID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The block device.
+    pub path: PathBuf,
+    /// The UUID it must carry (`None`: any, as sbd itself does).
+    pub uuid: Option<[u8; 16]>,
+}
+
+/// Opens every configured disk (each open with `io_timeout`) and delivers `msg` to `target` as
+/// [`deliver`] does; a disk that does not open counts as failed against the majority of all
+/// configured disks. This is the one call a fencer needs: on `Ok`, wait
+/// [`Delivered::msgwait`] on a monotonic clock, then the target is fenced.
+pub fn open_and_deliver(
+    disks: &[DiskConfig],
+    target: &str,
+    msg: Message,
+    from: &str,
+    io_timeout: Duration,
+) -> Result<Delivered, DeliveryError> {
+    let mut opened = Vec::new();
+    let mut failed = Vec::new();
+    for d in disks {
+        match Disk::open(&d.path, Instant::now() + io_timeout) {
+            Ok(x) => opened.push((x, d.uuid)),
+            Err(e) => failed.push(SbdError::Disk(e)),
+        }
+    }
+    let pds: Vec<PillDisk<'_>> = opened
+        .iter()
+        .map(|(x, u)| PillDisk {
+            dev: x,
+            expected_uuid: *u,
+        })
+        .collect();
+    deliver_counting(&pds, failed, target, msg, from, io_timeout)
+}
+
+fn deliver_counting(
+    disks: &[PillDisk<'_>],
+    pre_failed: Vec<SbdError>,
+    target: &str,
+    msg: Message,
+    from: &str,
+    io_timeout: Duration,
+) -> Result<Delivered, DeliveryError> {
     let target_name = format::node_name(target).ok_or_else(|| DeliveryError::BadName {
         name: target.into(),
     })?;
@@ -139,14 +188,14 @@ pub fn deliver(
             .collect()
     });
     let mut written = Vec::new();
-    let mut failed = Vec::new();
+    let mut failed = pre_failed;
+    let total = disks.len() + failed.len();
     for r in results {
         match r {
             Ok(o) => written.push(o),
             Err(e) => failed.push(e),
         }
     }
-    let total = disks.len();
     let needed = majority(total);
     if written.len() >= needed && total > 0 {
         let msgwait = written
@@ -161,6 +210,8 @@ pub fn deliver(
             msgwait: Duration::from_secs(u64::from(msgwait)),
         });
     }
+    // "No slot" only when every disk answered and none has one; a disk we could not read
+    // might hold the slot, so then it is the plain majority failure.
     if written.is_empty()
         && !failed.is_empty()
         && failed.iter().all(|e| matches!(e, SbdError::NoSlot { .. }))
