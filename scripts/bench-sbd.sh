@@ -38,6 +38,10 @@ D="-d ${loops[0]} -d ${loops[1]} -d ${loops[2]}"
 t() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || true; e=$(date +%s%N); echo "scale=4; ($e-$s)/1000000000" | bc; }
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.4f", m}'; }
 bench() { local n=$1; shift; for _ in $(seq "$n"); do t "$@"; done | median; }
+# fence_sbd answers "Already OFF" without writing when the mailbox says off: put an "exit"
+# message there first (no msgwait wait), so every run really fences.
+unfence() { "$OURS" $D message n1 exit >/dev/null 2>&1 || true; }
+fence_bench() { local n=$1; shift; for _ in $(seq "$n"); do unfence; t "$@"; done | median; }
 
 $SBD $D create >/dev/null
 $SBD $D allocate n1 >/dev/null
@@ -49,12 +53,25 @@ echo "| list, 3 disks | \`-d A -d B -d C list\` | $(bench "$RUNS" $SBD $D list) 
 echo "| dump, 3 disks | \`-d A -d B -d C dump\` | $(bench "$RUNS" $SBD $D dump) | $(bench "$RUNS" "$OURS" $D dump) |"
 echo "| message (msgwait 10) | \`-d A -d B -d C message n1 test\` | $(bench $MSG_RUNS $SBD $D message n1 test) | $(bench $MSG_RUNS "$OURS" $D message n1 test) |"
 echo "| message exit (no msgwait) | \`-d A -d B -d C message n2 exit\` | $(bench "$RUNS" $SBD $D message n2 exit) | $(bench "$RUNS" "$OURS" $D message n2 exit) |"
+FDH="--devices=${loops[0]},${loops[1]},${loops[2]} --plug=n1 --action=off"
+echo "| fence_sbd off (msgwait 10) | \`fence_sbd --devices=A,B,C --plug=n1 --sbd-path=BIN --action=off\` | $(fence_bench 3 /usr/sbin/fence_sbd $FDH --sbd-path=$SBD) | $(fence_bench 3 /usr/sbin/fence_sbd $FDH --sbd-path="$(realpath "$OURS")") |"
 
 # One of three disks hung for the processes in $cg.
 majmin=$(lsblk -dno MAJ:MIN "${loops[1]}" | tr -d ' ')
 mkdir -p "$cg"
 echo "$majmin $HUNG_BPS" >"$cg/blkio.throttle.read_bps_device"
 inside() { sh -c "echo \$\$ > $cg/cgroup.procs; exec $*"; }
-sbd_hung=$(t inside $SBD $D list)
-ours_hung=$(for _ in $(seq "$RUNS"); do t inside "$OURS" $D list; done | median)
-echo "| list, disk 2 of 3 hung ($HUNG_BPS B/s reads) | \`-d A -d B -d C list\` | $sbd_hung (1 run) | $ours_hung |"
+# sbd first: each sbd run waits for its own throttled read, so it leaves nothing queued; ours
+# abandon theirs, which then sit in the throttle queue (harmless to later runs of ours).
+FD="--devices=${loops[0]},${loops[1]},${loops[2]} --plug=n1"
+sbd_list=$(t inside $SBD $D list)
+sbd_msg=$(t inside $SBD $D message n1 test)
+unfence
+sbd_fence=$(t inside /usr/sbin/fence_sbd $FD --sbd-path=$SBD --action=off)
+ours_list=$(for _ in $(seq "$RUNS"); do t inside "$OURS" $D list; done | median)
+ours_msg=$(for _ in $(seq 3); do t inside "$OURS" $D message n1 test; done | median)
+unfence
+ours_fence=$(t inside /usr/sbin/fence_sbd $FD --sbd-path="$(realpath "$OURS")" --action=off)
+echo "| list, disk 2 of 3 hung ($HUNG_BPS B/s reads) | \`-d A -d B -d C list\` | $sbd_list (1 run) | $ours_list |"
+echo "| message (msgwait 10), disk 2 of 3 hung | \`-d A -d B -d C message n1 test\` | $sbd_msg (1 run) | $ours_msg (3 runs) |"
+echo "| fence_sbd off (msgwait 10), disk 2 of 3 hung | \`fence_sbd --devices=A,B,C --plug=n1 --sbd-path=BIN --action=off\` | $sbd_fence (1 run) | $ours_fence (1 run) |"

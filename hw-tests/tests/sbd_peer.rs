@@ -523,3 +523,51 @@ fn ours_at(dev: &str, args: &[&str]) -> Run {
         .unwrap();
     finish(o, t.elapsed())
 }
+
+#[test]
+fn devices_come_from_sbd_device_in_the_config_file_or_environment() {
+    if !ready() {
+        return;
+    }
+    let v = loops(2);
+    let d = refs(&v);
+    assert_eq!(sbd(&d, "create").rc, 0);
+    assert_eq!(sbd(&d[..1], "allocate only-on-a").rc, 0);
+    assert_eq!(sbd(&d[1..], "allocate only-on-b").rc, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sbd");
+    std::fs::write(
+        &cfg,
+        format!(
+            "# as /etc/sysconfig/sbd\nSBD_DEVICE=\"{} ; {}\"\nSBD_PACEMAKER=yes\n",
+            v[0].arg(),
+            v[1].arg()
+        ),
+    )
+    .unwrap();
+    let run = |env_dev: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(hw_tests::bins::palisade_sbd());
+        c.env("PALISADE_SBD_CONFIG", &cfg).env_remove("SBD_DEVICE");
+        if let Some(e) = env_dev {
+            c.env("SBD_DEVICE", e);
+        }
+        String::from_utf8_lossy(&c.args(args).output().unwrap().stdout).into_owned()
+    };
+    let both = run(None, &["list"]);
+    assert!(
+        both.contains("only-on-a") && both.contains("only-on-b"),
+        "{both}"
+    );
+    // The environment wins over the file, and -d over both (as with sbd under systemd).
+    let env_only = run(Some(&v[1].arg()), &["list"]);
+    assert_eq!(env_only, "0\tonly-on-b\tclear\t\n");
+    let d_only = run(Some(&v[1].arg()), &["-d", &v[0].arg(), "list"]);
+    assert_eq!(d_only, "0\tonly-on-a\tclear\t\n");
+    // And sbd reads the same variable from its environment.
+    let o = Command::new(SBD)
+        .env("SBD_DEVICE", format!("{};{}", v[0].arg(), v[1].arg()))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), both);
+}

@@ -363,10 +363,9 @@ fn open(ctx: &Ctx<'_>, path: &Path) -> Result<Disk, SbdError> {
     Ok(Disk::open(path, Instant::now() + ctx.io)?)
 }
 
-fn verbose(ctx: &Ctx<'_>, err: &mut dyn Write, e: &SbdError) {
-    // sbd logs these only to syslog; we always say why on stderr (it never contains the
-    // words fence_sbd greps for).
-    let _ = ctx;
+fn explain(err: &mut dyn Write, e: &SbdError) {
+    // sbd logs the reason only to syslog; we always say it on stderr (it never contains the
+    // words fence_sbd greps for: "NOT dumped").
     let _ = writeln!(err, "palisade-sbd: {e}");
 }
 
@@ -427,7 +426,7 @@ fn create(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32
             Ok(())
         })();
         if let Err(e) = r {
-            verbose(ctx, err, &e);
+            explain(err, &e);
             let _ = writeln!(err, "Failed to init device {}", path.display());
             return Ok(1);
         }
@@ -444,7 +443,7 @@ fn dump(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         let _ = out.flush();
         let r = match open(ctx, path) {
             Err(e) => {
-                verbose(ctx, err, &e);
+                explain(err, &e);
                 let _ = writeln!(err, "== disk {} unreadable!", path.display());
                 Err(())
             }
@@ -454,7 +453,7 @@ fn dump(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                     Ok(())
                 }
                 Err(e) => {
-                    verbose(ctx, err, &e);
+                    explain(err, &e);
                     Err(())
                 }
             },
@@ -497,7 +496,7 @@ fn list(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         let d = match open(ctx, path) {
             Ok(d) => d,
             Err(e) => {
-                verbose(ctx, err, &e);
+                explain(err, &e);
                 rc = 1;
                 let _ = writeln!(err, "== disk {} unreadable!", path.display());
                 continue;
@@ -518,7 +517,7 @@ fn list(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                 }
             }
             Err(e) => {
-                verbose(ctx, err, &e);
+                explain(err, &e);
                 rc = 1;
                 let _ = writeln!(err, "== Slots on disk {} NOT dumped", path.display());
             }
@@ -582,7 +581,7 @@ fn allocate(
             }
         })();
         if let Err(e) = r {
-            verbose(ctx, err, &e);
+            explain(err, &e);
             if matches!(e, SbdError::NoFreeSlot { .. }) {
                 let _ = writeln!(err, "No more free slots.");
             }
@@ -638,7 +637,7 @@ fn message(
             failed,
         }) => {
             for e in &failed {
-                verbose(ctx, err, e);
+                explain(err, e);
             }
             Err(format!(
                 "message written and read back on {written} of {total} SBD disks, a majority needs {needed}; not delivered"
@@ -649,7 +648,7 @@ fn message(
     match delivered {
         Ok(ok) => {
             for e in &ok.failed {
-                verbose(ctx, err, e);
+                explain(err, e);
             }
             if ctx.o.verbose > 0 {
                 for w in &ok.written {
