@@ -38,9 +38,9 @@ D="-d ${loops[0]} -d ${loops[1]} -d ${loops[2]}"
 t() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || true; e=$(date +%s%N); echo "scale=4; ($e-$s)/1000000000" | bc; }
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.4f", m}'; }
 bench() { local n=$1; shift; for _ in $(seq "$n"); do t "$@"; done | median; }
-# fence_sbd answers "Already OFF" without writing when the mailbox says off: put an "exit"
-# message there first (no msgwait wait), so every run really fences.
-unfence() { "$OURS" $D message n1 exit >/dev/null 2>&1 || true; }
+# fence_sbd answers "Already OFF" when n1's mailbox says off, and fails unless it says clear:
+# zero n1's mailbox (slot 0, sector 2) before each run, so every run really fences.
+unfence() { for l in "${loops[@]}"; do dd if=/dev/zero of="$l" bs=512 seek=2 count=1 oflag=direct conv=notrunc status=none; done; }
 fence_bench() { local n=$1; shift; for _ in $(seq "$n"); do unfence; t "$@"; done | median; }
 
 $SBD $D create >/dev/null

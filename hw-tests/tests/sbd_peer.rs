@@ -110,6 +110,12 @@ fn disks_created_by_sbd_dump_and_list_identically_with_ours() {
         "two nodes on three disks: {}",
         o.out
     );
+    // Messages cross on sbd's disk too ("exit" skips msgwait in both, keeping this quick).
+    assert_eq!(ours(&d, "message alpha exit").rc, 0);
+    assert_eq!(sbd(&d, "message Beta exit").rc, 0);
+    let (s, o) = (sbd(&d, "list"), ours(&d, "list"));
+    assert_eq!(o.out, s.out);
+    assert_eq!(o.out.matches("\texit\tfencer").count(), 6, "{}", o.out);
     // Allocating an existing name (any case, like sbd's strncasecmp) reuses its slot.
     let again = ours(&d[..1], "allocate ALPHA");
     assert!(again.out.contains("has been allocated"));

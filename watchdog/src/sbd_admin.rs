@@ -663,8 +663,10 @@ fn message(
             }
             // sbd's slot_msg sleeps msgwait after writing (not for exit) and only then reports
             // success; fence_sbd relies on that to call the target off.
+            // We count msgwait from when a majority held the pill, so a disk that timed out
+            // meanwhile does not add its timeout on top.
             if msg != Message::Exit {
-                std::thread::sleep(ok.msgwait);
+                std::thread::sleep(ok.remaining_wait());
             }
             Ok(0)
         }

@@ -34,6 +34,8 @@ pub struct DiskOutcome {
     pub slot: u8,
     /// The disk's header (timeouts, UUID).
     pub header: Header,
+    /// When the message had been read back from this disk (monotonic clock).
+    pub confirmed_at: Instant,
 }
 
 /// A message written and read back on a majority of disks.
@@ -49,6 +51,17 @@ pub struct Delivered {
     /// watcher has either obeyed the pill or been reset by its watchdog. Wait it on a
     /// monotonic clock before calling the target fenced.
     pub msgwait: Duration,
+    /// When a majority of disks held the message (the read-back of the disk that made the
+    /// majority): msgwait counts from here, as sbd's per-disk sleep starts after its write.
+    pub majority_at: Instant,
+}
+
+impl Delivered {
+    /// How much of msgwait is still to wait from now (a disk that timed out may have kept
+    /// [`deliver`] busy for part of it already).
+    pub fn remaining_wait(&self) -> Duration {
+        self.msgwait.saturating_sub(self.majority_at.elapsed())
+    }
 }
 
 /// Why a message was not delivered.
@@ -203,11 +216,15 @@ fn deliver_counting(
             .map(|o| o.header.timeout_msgwait)
             .max()
             .unwrap_or(0);
+        let mut times: Vec<Instant> = written.iter().map(|o| o.confirmed_at).collect();
+        times.sort();
+        let majority_at = times.get(needed - 1).copied().unwrap_or_else(Instant::now);
         return Ok(Delivered {
             written,
             failed,
             total,
             msgwait: Duration::from_secs(u64::from(msgwait)),
+            majority_at,
         });
     }
     // "No slot" only when every disk answered and none has one; a disk we could not read
@@ -252,6 +269,7 @@ fn deliver_one(
             slot,
         });
     }
+    let confirmed_at = Instant::now();
     // The disk could have been swapped or re-created while we wrote: the header must still
     // be the one we checked, or the slot number we wrote to means nothing.
     if read_header(dev, io_timeout)? != header {
@@ -263,6 +281,7 @@ fn deliver_one(
         path: dev.path().into(),
         slot,
         header,
+        confirmed_at,
     })
 }
 
@@ -359,6 +378,9 @@ mod tests {
         let ok = deliver(&pds, "n1", Message::Reset, "f", T).unwrap();
         assert!(t0.elapsed() < T * 3);
         assert_eq!(ok.written.len(), 2);
+        // The hung disk's timeout is already part of msgwait: less than msgwait remains.
+        assert!(ok.majority_at < t0 + T / 2);
+        assert!(ok.remaining_wait() <= ok.msgwait - T / 2);
         assert!(ok.failed[0].to_string().contains("did not answer"));
     }
 
