@@ -3,7 +3,8 @@
 # list and dump on 3 disks, message (msgwait + overhead), and list with one of three disks hung
 # (reads throttled to a few bytes per second through the cgroup v1 blkio throttle, which makes
 # a 512-byte O_DIRECT read sleep in the kernel; device-mapper is not available here).
-# Whole-process wall times, medians of RUNS (default 7; message 5). Needs root, sbd, losetup.
+# Whole-process wall times, medians of RUNS (default 7; message and fence_sbd 5; hung-disk
+# rows HUNG_RUNS, default 5). Needs root, sbd, fence_sbd, losetup, bc.
 # Usage: scripts/bench-sbd.sh [RUNS]   (never runs sbd's watcher)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,24 +55,20 @@ echo "| dump, 3 disks | \`-d A -d B -d C dump\` | $(bench "$RUNS" $SBD $D dump) 
 echo "| message (msgwait 10) | \`-d A -d B -d C message n1 test\` | $(bench $MSG_RUNS $SBD $D message n1 test) | $(bench $MSG_RUNS "$OURS" $D message n1 test) |"
 echo "| message exit (no msgwait) | \`-d A -d B -d C message n2 exit\` | $(bench "$RUNS" $SBD $D message n2 exit) | $(bench "$RUNS" "$OURS" $D message n2 exit) |"
 FDH="--devices=${loops[0]},${loops[1]},${loops[2]} --plug=n1 --action=off"
-echo "| fence_sbd off (msgwait 10) | \`fence_sbd --devices=A,B,C --plug=n1 --sbd-path=BIN --action=off\` | $(fence_bench 3 /usr/sbin/fence_sbd $FDH --sbd-path=$SBD) | $(fence_bench 3 /usr/sbin/fence_sbd $FDH --sbd-path="$(realpath "$OURS")") |"
+echo "| fence_sbd off (msgwait 10) | \`fence_sbd --devices=A,B,C --plug=n1 --sbd-path=BIN --action=off\` | $(fence_bench 5 /usr/sbin/fence_sbd $FDH --sbd-path=$SBD) | $(fence_bench 5 /usr/sbin/fence_sbd $FDH --sbd-path="$(realpath "$OURS")") |"
 
 # One of three disks hung for the processes in $cg.
 majmin=$(lsblk -dno MAJ:MIN "${loops[1]}" | tr -d ' ')
 mkdir -p "$cg"
 echo "$majmin $HUNG_BPS" >"$cg/blkio.throttle.read_bps_device"
 inside() { sh -c "echo \$\$ > $cg/cgroup.procs; exec $*"; }
-# sbd first: each sbd run waits for its own throttled read, so it leaves nothing queued; ours
-# abandon theirs, which then sit in the throttle queue (harmless to later runs of ours).
-FD="--devices=${loops[0]},${loops[1]},${loops[2]} --plug=n1"
-sbd_list=$(t inside $SBD $D list)
-sbd_msg=$(t inside $SBD $D message n1 test)
-unfence
-sbd_fence=$(t inside /usr/sbin/fence_sbd $FD --sbd-path=$SBD --action=off)
-ours_list=$(for _ in $(seq "$RUNS"); do t inside "$OURS" $D list; done | median)
-ours_msg=$(for _ in $(seq 3); do t inside "$OURS" $D message n1 test; done | median)
-unfence
-ours_fence=$(t inside /usr/sbin/fence_sbd $FD --sbd-path="$(realpath "$OURS")" --action=off)
-echo "| list, disk 2 of 3 hung ($HUNG_BPS B/s reads) | \`-d A -d B -d C list\` | $sbd_list (1 run) | $ours_list |"
-echo "| message (msgwait 10), disk 2 of 3 hung | \`-d A -d B -d C message n1 test\` | $sbd_msg (1 run) | $ours_msg (3 runs) |"
-echo "| fence_sbd off (msgwait 10), disk 2 of 3 hung | \`fence_sbd --devices=A,B,C --plug=n1 --sbd-path=BIN --action=off\` | $sbd_fence (1 run) | $ours_fence (1 run) |"
+# Before every run the throttle queue is drained (limit lifted for a moment, then set again),
+# so each run meets a fresh hang rather than reads queued by earlier runs (sbd's own stuck
+# children, or the reads ours abandoned).
+drain() { echo "$majmin 0" >"$cg/blkio.throttle.read_bps_device"; sleep 1; echo "$majmin $HUNG_BPS" >"$cg/blkio.throttle.read_bps_device"; }
+hung() { local n=$1; shift; for _ in $(seq "$n"); do drain; unfence; t inside "$@"; done | median; }
+FD="--devices=${loops[0]},${loops[1]},${loops[2]} --plug=n1 --action=off"
+H=${HUNG_RUNS:-5}
+echo "| list, disk 2 of 3 hung ($HUNG_BPS B/s reads) | \`-d A -d B -d C list\` | $(hung "$H" $SBD $D list) | $(hung "$H" "$OURS" $D list) |"
+echo "| message (msgwait 10), disk 2 of 3 hung | \`-d A -d B -d C message n1 test\` | $(hung "$H" $SBD $D message n1 test) | $(hung "$H" "$OURS" $D message n1 test) |"
+echo "| fence_sbd off (msgwait 10), disk 2 of 3 hung | \`fence_sbd --devices=A,B,C --plug=n1 --sbd-path=BIN --action=off\` | $(hung "$H" /usr/sbin/fence_sbd $FD --sbd-path=$SBD) | $(hung "$H" /usr/sbin/fence_sbd $FD --sbd-path="$(realpath "$OURS")") |"
