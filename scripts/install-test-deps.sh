@@ -6,10 +6,12 @@ set -euo pipefail
 # Peers and tools the tests use, by the command each provides:
 #   ipmitool      -> ipmitool (drives our BMC simulator; always with -H in tests)
 #   openipmi      -> ipmi_sim (a BMC our IPMI client must fence)
-#   fence-agents  -> fence_ipmilan (ClusterLabs agent against our simulator)
+#   fence-agents  -> fence_ipmilan, fence_sbd (ClusterLabs agents against our simulator and palisade-sbd)
 #   curl          -> a real HTTP client for the fencer API over its Unix socket
 #   procps        -> ps (RSS figures in benchmarks)
-packages=(ipmitool openipmi fence-agents curl procps)
+#   sbd           -> sbd (ClusterLabs SBD: its disk format and admin commands are our peer;
+#                    never run its watcher on a test machine, see shared/PEERS.md)
+packages=(ipmitool openipmi fence-agents curl procps sbd)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -28,7 +30,7 @@ if ((${#missing[@]})); then
 fi
 
 # fence_ipmilan needs ipmitool on PATH; ipmi_sim must exist for the interop tests.
-for c in ipmitool ipmi_sim fence_ipmilan curl; do
+for c in ipmitool ipmi_sim fence_ipmilan fence_sbd sbd curl; do
   command -v "$c" >/dev/null || { echo "install-test-deps: $c missing after install" >&2; exit 1; }
 done
 # openapi-spec-validator: fenced/tests/api.rs validates fenced/openapi.json with it (PyPI).

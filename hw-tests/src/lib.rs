@@ -1,10 +1,17 @@
-//! Palisade test bench: harnesses for real third-party peers and simulated devices that the
-//! interop tests in `tests/` drive.
+//! Palisade test bench: simulated devices, harnesses for real third-party peers, and helpers
+//! that the interop tests in `tests/` drive.
 //!
-//! - [`peers`]: real third-party peers (OpenIPMI `ipmi_sim`), started per test on loopback in
-//!   a temporary directory and stopped on drop, also when the test panics.
 //! - [`lab`]: our own simulated devices (IPMI BMCs) with fault knobs, for tests, the
 //!   `palisade-lab` command and the daemon's in-process demo.
+//! - [`peers`]: real third-party peers (OpenIPMI `ipmi_sim`), started per test on loopback in
+//!   a temporary directory and stopped on drop, also when the test panics.
+//! - [`loopdev`]: real loop block devices that detach themselves on drop.
+//! - [`throttle`]: make one block device (nearly) stop answering for the threads we choose,
+//!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.
+//! - [`bins`]: where the workspace's binaries are.
 
+pub mod bins;
 pub mod lab;
+pub mod loopdev;
 pub mod peers;
+pub mod throttle;

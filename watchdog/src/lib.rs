@@ -2,5 +2,6 @@
 //! only while the node is healthy.
 
 pub mod device;
+pub mod sbd_admin;
 
 pub use device::{LinuxWatchdog, WatchdogDevice, WatchdogError, WatchdogInfo};
