@@ -191,6 +191,8 @@ pub enum PillKind {
     Off,
     /// Reset (reboot) immediately.
     Reset,
+    /// Clear the slot: unfence (the node may run again).
+    Clear,
 }
 
 /// A poison pill that was written and read back.

@@ -118,6 +118,8 @@ struct RawDevice {
     timeout_ms: Option<u64>,
     retries: Option<u32>,
     allow_cipher_suite_0: Option<bool>,
+    disks: Option<Spanned<Vec<PathBuf>>>,
+    uuids: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +244,19 @@ pub struct Timing {
 pub enum DeviceKind {
     /// An IPMI v2.0 BMC over RMCP+.
     Ipmi(IpmiSettings),
+    /// SBD shared disks: fences by poison pill and msgwait.
+    Sbd(SbdSettings),
+}
+
+/// SBD device settings.
+#[derive(Debug, Clone)]
+pub struct SbdSettings {
+    /// The shared block devices (1 to 3).
+    pub disks: Vec<PathBuf>,
+    /// The UUID each disk must carry (parallel to `disks`), if pinned.
+    pub uuids: Vec<Option<[u8; 16]>>,
+    /// Deadline of each disk I/O.
+    pub io_timeout: Duration,
 }
 
 /// IPMI device settings.
@@ -279,6 +294,7 @@ impl DeviceConfig {
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             DeviceKind::Ipmi(_) => "ipmi",
+            DeviceKind::Sbd(_) => "sbd",
         }
     }
 
@@ -286,6 +302,12 @@ impl DeviceConfig {
     pub fn address(&self) -> String {
         match &self.kind {
             DeviceKind::Ipmi(s) => s.address.to_string(),
+            DeviceKind::Sbd(s) => s
+                .disks
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 }
@@ -527,11 +549,33 @@ impl Config {
                         allow_cipher_suite_0: allow0,
                     })
                 }
+                "sbd" => {
+                    let disks = dev.disks.as_ref().filter(|d| (1..=3).contains(&d.get_ref().len())).ok_or_else(|| {
+                        ctx.err(dev.disks.as_ref().map(|d| d.span()).or(Some(span.clone())), &field("disks"), "an sbd device needs `disks = [\"/dev/disk/by-id/...\"]` with 1 to 3 shared block devices".into())
+                    })?;
+                    let uuids = match &dev.uuids {
+                        None => vec![None; disks.get_ref().len()],
+                        Some(u) if u.get_ref().len() == disks.get_ref().len() => u
+                            .get_ref()
+                            .iter()
+                            .map(|s| drivers::sbd::format::parse_uuid(s).map(Some))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| ctx.err(Some(u.span()), &field("uuids"), "expected UUIDs like 3f2c9d1e-...-..., as `palisade-sbd dump` prints them".into()))?,
+                        Some(u) => return Err(ctx.err(Some(u.span()), &field("uuids"), format!("expected one UUID per disk ({}), found {}", disks.get_ref().len(), u.get_ref().len()))),
+                    };
+                    DeviceKind::Sbd(SbdSettings {
+                        disks: disks.get_ref().clone(),
+                        uuids,
+                        io_timeout: Duration::from_millis(
+                            dev.timeout_ms.unwrap_or(2000).clamp(100, 60_000),
+                        ),
+                    })
+                }
                 other => {
                     return Err(ctx.err(
                         Some(dev.kind.span()),
                         &field("kind"),
-                        format!("unknown device kind `{other}`; expected one of: ipmi"),
+                        format!("unknown device kind `{other}`; expected one of: ipmi, sbd"),
                     ))
                 }
             };
@@ -575,6 +619,11 @@ impl Config {
                             devices.keys().cloned().collect::<Vec<_>>().join(", ")
                         )));
                     }
+                    // An SBD level entry's port is the slot name: the target's own by default.
+                    let port = match devices.get(&dev).map(|d| &d.kind) {
+                        Some(DeviceKind::Sbd(_)) => port.or_else(|| Some(name.clone())),
+                        _ => port,
+                    };
                     entries.push(LevelEntry { device: dev, port });
                 }
                 levels.push(entries);
@@ -758,7 +807,9 @@ delay_s = 2.5
         );
         assert_eq!(t.identities["bmc1"], "a1b2");
         assert_eq!(t.timing.delay, Duration::from_millis(2500));
-        let DeviceKind::Ipmi(s) = &c.devices["bmc1"].kind;
+        let DeviceKind::Ipmi(s) = &c.devices["bmc1"].kind else {
+            panic!("bmc1 is ipmi")
+        };
         assert_eq!(s.password.expose(), b"secret-pw");
         assert_eq!(s.cipher_suite, Some(17));
         assert!(

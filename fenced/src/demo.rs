@@ -238,6 +238,7 @@ pub fn describe(op: &Operation) -> String {
                 Confirmation::PowerReadBack { .. } => "confirmed by reading the power state back",
                 Confirmation::Manual { .. } => "confirmed by hand",
                 Confirmation::PoisonPill { .. } => "confirmed by poison pill and msgwait elapsed",
+                Confirmation::SlotCleared { .. } => "SBD slot cleared and read back",
             };
             let _ = writeln!(s, "  => SUCCEEDED in {ms} ms, {how}: {summary}");
         }

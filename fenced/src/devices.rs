@@ -3,6 +3,7 @@
 use crate::config::{Config, DeviceConfig, DeviceKind, IpmiSettings};
 use crate::engine::DeviceSlot;
 use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
+use drivers::sbd::{DiskConfig, SbdDevice};
 use drivers::PowerDevice;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,13 +13,25 @@ use std::sync::Arc;
 pub fn build(config: &Config) -> Result<BTreeMap<String, DeviceSlot>, String> {
     let mut out = BTreeMap::new();
     for (name, dev) in &config.devices {
-        out.insert(name.clone(), slot(name, dev)?);
+        out.insert(name.clone(), slot(name, dev, &config.daemon.node_name)?);
     }
     Ok(out)
 }
 
-fn slot(name: &str, dev: &DeviceConfig) -> Result<DeviceSlot, String> {
+fn slot(name: &str, dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, String> {
     let device: Arc<dyn PowerDevice> = match &dev.kind {
+        DeviceKind::Sbd(s) => Arc::new(SbdDevice::new(
+            s.disks
+                .iter()
+                .zip(&s.uuids)
+                .map(|(path, uuid)| DiskConfig {
+                    path: path.clone(),
+                    uuid: *uuid,
+                })
+                .collect(),
+            node_name,
+            s.io_timeout,
+        )),
         DeviceKind::Ipmi(s) => Arc::new(IpmiDevice::new(
             ipmi_config(s).map_err(|e| format!("device `{name}`: {e}"))?,
         )),

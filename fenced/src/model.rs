@@ -187,6 +187,14 @@ pub enum Confirmation {
         /// The longest msgwait waited out, in milliseconds.
         msgwait_ms: u64,
     },
+    /// For `on` through SBD disks: the target's slot was cleared and read back on a majority
+    /// of the disks (its watcher will let it run; nothing reads its power state).
+    SlotCleared {
+        /// The level that acted.
+        level: u32,
+        /// The devices (disk sets).
+        devices: Vec<String>,
+    },
     /// An operator confirmed by hand that the target is off.
     Manual {
         /// Who confirmed.

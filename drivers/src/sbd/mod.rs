@@ -5,11 +5,14 @@
 //! - [`disk`]: O_DIRECT block I/O with a deadline on every I/O ([`BlockDevice`], [`Disk`]).
 //! - this module: reading an SBD area (header, slot table) from one disk.
 //! - [`pill`]: writing a message to a node's slot on a majority of disks and reading it back.
+//! - [`device`]: the disks as a fencing device (poison pill + msgwait) for the engine.
 
+pub mod device;
 pub mod disk;
 pub mod format;
 pub mod pill;
 
+pub use device::SbdDevice;
 pub use disk::{BlockDevice, Disk, DiskError, MemDisk};
 pub use format::{FormatError, Header, Mailbox, Message, NodeEntry, NodeName, SectorSize};
 pub use pill::{

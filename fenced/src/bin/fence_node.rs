@@ -658,6 +658,10 @@ fn how(c: &Confirmation) -> String {
             devices.join(", "),
             *msgwait_ms as f64 / 1000.0
         ),
+        Confirmation::SlotCleared { level, devices } => format!(
+            "SBD slot cleared and read back via {} (level {level})",
+            devices.join(", ")
+        ),
         Confirmation::Manual { by, reason } => format!("confirmed by hand by {by}: {reason}"),
     }
 }

@@ -158,6 +158,11 @@ fn check_config(file: &Path) -> ExitCode {
                 s.cipher_suite
                     .map_or_else(|| "auto".to_string(), |c| c.to_string())
             ),
+            DeviceKind::Sbd(s) => format!(
+                "{} disk(s), I/O deadline {} ms, poison pill + msgwait",
+                s.disks.len(),
+                s.io_timeout.as_millis()
+            ),
         };
         println!("  {name}: {} at {} ({extra})", d.kind_name(), d.address());
     }

@@ -139,6 +139,16 @@ async fn drive(
         }
         let devices: Vec<String> = level.iter().map(entry_name).collect();
         let names = devices.join(", ");
+        if let (Some(_), Action::On) = (r.pill_msgwait_ms, op.action) {
+            return Outcome::Succeeded {
+                summary: format!(
+                    "{} unfenced: its SBD slot was cleared and read back on a majority of disks via {names} (level {n})",
+                    op.target
+                ),
+                confirmation: Confirmation::SlotCleared { level: n, devices },
+                powered_on: None,
+            };
+        }
         if let (Some(msgwait_ms), true) = (r.pill_msgwait_ms, op.action.fences()) {
             let verb = if op.action == Action::Reboot {
                 "reset"
@@ -395,8 +405,12 @@ async fn step(
         }
     }
 
-    if dev.proof() == FenceProof::PoisonPill && command == PowerCommand::Off {
-        return pill_step(dev.as_ref(), port, pill, identity, deadline, budget).await;
+    if dev.proof() == FenceProof::PoisonPill {
+        let kind = match command {
+            PowerCommand::Off => pill,
+            PowerCommand::On => PillKind::Clear,
+        };
+        return pill_step(dev.as_ref(), port, kind, identity, deadline, budget).await;
     }
 
     match timeout_at(deadline, dev.status(port)).await {
@@ -575,6 +589,21 @@ async fn pill_step(
             format!("poison pill written to {} of {} disks, not a majority: the target may not see it; NOT fenced", report.written, report.disks),
         );
     }
+    if kind == PillKind::Clear {
+        // Unfencing: the cleared slot was read back on a majority; nothing to wait for.
+        return StepResult::Confirmed {
+            state: PowerState::On,
+            already: false,
+            polls: 0,
+            identity,
+            pill: Some(PillProof {
+                kind: "clear".into(),
+                written: report.written,
+                disks: report.disks,
+                msgwait_ms: 0,
+            }),
+        };
+    }
     let until = Instant::now() + report.msgwait;
     if until > deadline {
         return failed(
@@ -595,6 +624,7 @@ async fn pill_step(
             kind: match kind {
                 PillKind::Off => "off".into(),
                 PillKind::Reset => "reset".into(),
+                PillKind::Clear => "clear".into(),
             },
             written: report.written,
             disks: report.disks,

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use async_trait::async_trait;
 use drivers::{DeviceError, Identity, PowerCommand, PowerDevice, PowerState};
 use fenced::api::{bind_unix, Api};

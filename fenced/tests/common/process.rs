@@ -1,0 +1,99 @@
+//! A `fenced run` daemon as a child process, driven with the `fence_node` binary.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `fenced run` child process, killed on drop (also when the test panics).
+pub struct Fenced {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Fenced {
+    pub fn start(dir: &Path, config: &Path) -> Fenced {
+        let socket = dir.join("fenced.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::File::create(dir.join("fenced.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fenced"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut f = Fenced {
+            child: Some(child),
+            dir: dir.into(),
+            config: config.into(),
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = f.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("fenced exited with {status}: {}", f.log());
+            }
+            assert!(
+                Instant::now() < until,
+                "fenced did not create its socket: {}",
+                f.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("fenced.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL: no drain, no clean-up
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        let again = Fenced::start(&self.dir, &self.config);
+        *self = again;
+    }
+
+    pub fn fence_node(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fence_node"))
+            .args(args)
+            .env("PALISADE_SOCKET", self.dir.join("fenced.sock"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.fence_node(&a);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    }
+}
+
+/// `fenced` is killed, never left running, whatever the test did.
+impl Drop for Fenced {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Both output streams of a command, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
