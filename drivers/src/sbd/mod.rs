@@ -6,6 +6,16 @@
 //! - this module: reading an SBD area (header, slot table) from one disk.
 //! - [`pill`]: writing a message to a node's slot on a majority of disks and reading it back.
 //! - [`device`]: the disks as a fencing device (poison pill + msgwait) for the engine.
+//!
+//! [`SbdDevice`] is the fencer's `sbd` device kind; the disk side is one call:
+//! [`open_and_deliver`]`(&[DiskConfig { path, uuid }], target, Message::Off, local_node, io)`
+//! opens every disk (a deadline on each I/O), refuses disks whose UUID is not the configured
+//! one, writes the pill to the target's slot, reads it back, and succeeds only on more than half
+//! of the configured disks; a target with no slot anywhere is [`DeliveryError::NoSlot`]. On
+//! success wait [`Delivered::remaining_wait`] (msgwait from the disks' headers, counted from
+//! when the majority held the pill) on a monotonic clock before reporting the target fenced.
+//! It blocks (threads, not async): call it from `spawn_blocking`. msgwait alone is
+//! [`read_header`]`(&disk, io)?.timeout_msgwait`.
 
 pub mod device;
 pub mod disk;
