@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 
-/// Status reads after a command start 5 ms apart and double, capped at 20 ms for the first
+/// Status reads after a command: one at once, then 5 ms apart and doubling, capped at 20 ms for the first
 /// [`POLL_FAST_FOR`] (most BMCs and PDUs switch within that: the change is seen within 20 ms
 /// of happening), then at 500 ms so a slow device is not flooded. No fixed multi-second sleep
 /// is ever taken.
@@ -434,7 +434,9 @@ async fn step(
         Ok(Ok(())) => {}
     }
 
-    let mut interval = POLL_FIRST;
+    // The first read is immediate: many devices report the new state as soon as they accept
+    // the command.
+    let mut interval = Duration::ZERO;
     let mut polls = 0u32;
     let sent = Instant::now();
     let mut last: Result<PowerState, DeviceError> = Ok(PowerState::Unknown);
@@ -450,7 +452,7 @@ async fn step(
         } else {
             POLL_MAX
         };
-        interval = (interval * 2).min(cap);
+        interval = (interval * 2).clamp(POLL_FIRST, cap);
         polls += 1;
         match timeout_at(deadline, dev.status(port)).await {
             Err(_) => break,
