@@ -9,9 +9,10 @@ set -euo pipefail
 #   fence-agents  -> fence_ipmilan, fence_sbd (ClusterLabs agents against our simulator and palisade-sbd)
 #   curl          -> a real HTTP client for the fencer API over its Unix socket
 #   procps        -> ps (RSS figures in benchmarks)
+#   faketime      -> libfaketime (runs fenced with a racing wall clock: msgwait must not shrink)
 #   sbd           -> sbd (ClusterLabs SBD: its disk format and admin commands are our peer;
 #                    never run its watcher on a test machine, see shared/PEERS.md)
-packages=(ipmitool openipmi fence-agents curl procps sbd)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -36,6 +36,10 @@ struct Bench {
 
 /// Three disks with node1 allocated; the config lists `extra` as more (missing) disks.
 fn bench(extra_missing_disks: usize) -> Bench {
+    bench_with_env(extra_missing_disks, &[])
+}
+
+fn bench_with_env(extra_missing_disks: usize, env: &[(&str, &str)]) -> Bench {
     let disks: Vec<LoopDevice> = (0..3 - extra_missing_disks.min(2))
         .map(|_| LoopDevice::new(16, None).unwrap())
         .collect();
@@ -137,4 +141,41 @@ fn fenced_killed_during_msgwait_is_interrupted_not_fenced() {
     let op = &b.fenced.json(&["history", "node1"])[0];
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(op["outcome"]["code"], "interrupted", "{op}");
+}
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn wall_clock_racing_ahead_during_msgwait_does_not_shorten_it() {
+    // fenced runs under libfaketime with its wall clock running 50x fast (msgwait 2 s would
+    // be over after 40 ms of real time if it were measured on the wall clock); the monotonic
+    // clock is left alone, as the kernel keeps it across settimeofday and NTP steps.
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "libfaketime missing: scripts/install-test-deps.sh installs the `faketime` package"
+    );
+    let b = bench_with_env(
+        0,
+        &[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME", "+0 x50"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let t = Instant::now();
+    let out = b.fenced.fence_node(&["off", "node1"]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        took >= Duration::from_secs(MSGWAIT_S),
+        "msgwait was cut short by the wall clock: {took:?}"
+    );
+    // History's timestamps follow the monotonic clock too: the operation took about msgwait,
+    // not 50 times that.
+    let op = &b.fenced.json(&["history", "node1"])[0];
+    let ms = op["finished_ms"].as_u64().unwrap() - op["started_ms"].as_u64().unwrap();
+    assert!(
+        (MSGWAIT_S * 1000..MSGWAIT_S * 1000 * 10).contains(&ms),
+        "recorded duration {ms} ms"
+    );
 }

@@ -14,6 +14,11 @@ pub struct Fenced {
 
 impl Fenced {
     pub fn start(dir: &Path, config: &Path) -> Fenced {
+        Fenced::start_with_env(dir, config, &[])
+    }
+
+    /// Starts `fenced` with extra environment variables (e.g. libfaketime's).
+    pub fn start_with_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Fenced {
         let socket = dir.join("fenced.sock");
         let _ = std::fs::remove_file(&socket);
         let log = std::fs::File::create(dir.join("fenced.log")).unwrap();
@@ -21,6 +26,7 @@ impl Fenced {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
