@@ -60,7 +60,7 @@ fn bench_with_env(extra_missing_disks: usize, env: &[(&str, &str)]) -> Bench {
     );
     let config = dir.join("fenced.toml");
     std::fs::write(&config, cfg).unwrap();
-    let fenced = Fenced::start(dir, &config);
+    let fenced = Fenced::start_with_env(dir, &config, env);
     Bench {
         disks,
         fenced,
