@@ -49,6 +49,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
             socket: dir.join("s"),
             history: dir.join("h.redb"),
             node_name: "test".into(),
+            ledger_key: "/nonexistent/ledger.key".into(),
         },
         api: ApiConfig {
             tcp: None,
@@ -60,6 +61,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
             admin_gids: vec![],
             fence_gids: vec![],
             read_gids: vec![],
+            security: Default::default(),
         },
         limits: Limits {
             window: Duration::from_secs(600),
