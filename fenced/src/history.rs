@@ -841,6 +841,142 @@ mod tests {
         ));
     }
 
+    fn signed(key: &SigningKey) -> (tempfile::TempDir, History) {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, _) = History::open_signed(&dir.path().join("h.redb"), 0, key.clone()).unwrap();
+        for i in 1..=6 {
+            h.record(&op(i, "a", i * 100)).unwrap();
+        }
+        (dir, h)
+    }
+
+    fn bad_seq(h: &History, key: &SigningKey) -> (u64, String) {
+        match h.verify(Some(&key.verifying_key())) {
+            Err(HistoryError::ChainBroken { seq, detail }) => (seq, detail),
+            other => panic!("expected a broken chain, got {other:?}"),
+        }
+    }
+
+    /// Re-hashes and re-signs record `rec` (and fixes the next record's link) with `key`.
+    fn forge(h: &History, rec: &mut LedgerRecord, key: &SigningKey) {
+        let json = serde_json::to_vec(&rec.entry).unwrap();
+        rec.hash = chain_hash(rec.seq, &rec.prev_hash, &json);
+        rec.sig = Some(hex::encode(
+            key.sign(&signed_message(rec.seq, &rec.hash)).to_bytes(),
+        ));
+        h.overwrite_ledger_record(rec).unwrap();
+    }
+
+    #[test]
+    fn signed_ledger_verifies_and_reports_its_head() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (_d, h) = signed(&key);
+        let r = h.verify(Some(&key.verifying_key())).unwrap();
+        assert_eq!((r.records, r.signed, r.unsigned, r.head_seq), (6, 6, 0, 6));
+        assert_eq!(r.head_hash, h.ledger(6, 1).unwrap()[0].hash);
+        // The stored key is used when none is given.
+        assert!(h.verify(None).is_ok());
+    }
+
+    #[test]
+    fn signed_ledger_names_the_first_bad_record_for_each_tampering() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mallory = SigningKey::from_bytes(&[9; 32]);
+
+        // Removed.
+        let (_d, h) = signed(&key);
+        h.remove_ledger(3);
+        assert_eq!(bad_seq(&h, &key).0, 4);
+
+        // Changed, hash left alone.
+        let (_d, h) = signed(&key);
+        h.tamper_ledger(2, |r| {
+            if let LedgerEntry::Operation { operation } = &mut r.entry {
+                operation.reason = "changed".into();
+            }
+        });
+        assert_eq!(bad_seq(&h, &key).0, 2);
+
+        // Reordered: records 2 and 3 swapped (with their seq fields rewritten to fit).
+        let (_d, h) = signed(&key);
+        let mut r2 = h.ledger(2, 1).unwrap().remove(0);
+        let mut r3 = h.ledger(3, 1).unwrap().remove(0);
+        std::mem::swap(&mut r2.seq, &mut r3.seq);
+        h.overwrite_ledger_record(&r2).unwrap();
+        h.overwrite_ledger_record(&r3).unwrap();
+        assert_eq!(bad_seq(&h, &key).0, 2);
+
+        // Changed, then the whole chain from there re-hashed and re-signed with another key
+        // (and that key recorded in the file): only the real public key catches it.
+        let (_d, h) = signed(&key);
+        let mut prev = h.ledger(3, 1).unwrap()[0].prev_hash.clone();
+        for seq in 3..=6 {
+            let mut r = h.ledger(seq, 1).unwrap().remove(0);
+            if seq == 3 {
+                if let LedgerEntry::Operation { operation } = &mut r.entry {
+                    operation.state = OpState::Failed;
+                }
+            }
+            r.prev_hash = prev;
+            forge(&h, &mut r, &mallory);
+            prev = r.hash.clone();
+        }
+        let tx = h.db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert(
+                "ledger_public_key",
+                hex::encode(mallory.verifying_key().as_bytes()).as_bytes(),
+            )
+            .unwrap();
+        tx.commit().unwrap();
+        let (seq, detail) = bad_seq(&h, &key);
+        assert_eq!(seq, 3);
+        assert!(detail.contains("re-signed with another key"), "{detail}");
+
+        // Signature stripped from a record after signed ones.
+        let (_d, h) = signed(&key);
+        h.tamper_ledger(5, |r| r.sig = None);
+        assert_eq!(bad_seq(&h, &key).0, 5);
+    }
+
+    #[test]
+    fn old_unsigned_records_stay_readable_and_precede_signed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        {
+            let (h, _) = History::open(&path, 0).unwrap();
+            h.record(&op(1, "a", 1)).unwrap();
+        }
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (h, _) = History::open_signed(&path, 0, key.clone()).unwrap();
+        h.record(&op(2, "a", 2)).unwrap();
+        let r = h.verify(Some(&key.verifying_key())).unwrap();
+        assert_eq!((r.records, r.signed, r.unsigned), (2, 1, 1));
+        // A record written by an older fenced (no `sig` field at all) decodes.
+        let old = r#"{"seq":1,"prev_hash":"00","entry":{"kind":"pause","status":{"paused":false,"by":null,"reason":null,"since_ms":null}},"hash":"ab"}"#;
+        let rec: LedgerRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.sig, None);
+    }
+
+    #[test]
+    fn key_file_is_created_0600_with_its_public_key_and_reloaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/ledger.key");
+        let k1 = load_or_create_key(&p).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let k2 = load_or_create_key(&p).unwrap();
+        assert_eq!(k1.to_bytes(), k2.to_bytes());
+        let pubtext = std::fs::read_to_string(public_key_path(&p)).unwrap();
+        assert_eq!(parse_public_key(&pubtext).unwrap(), k1.verifying_key());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(load_or_create_key(&p).unwrap_err().contains("chmod 600"));
+    }
+
     #[test]
     fn removed_record_is_detected() {
         let (_d, h) = filled();

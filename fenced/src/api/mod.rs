@@ -288,7 +288,10 @@ impl Api {
         for spec in routes::ROUTES {
             let mut mr = routes::method_router(spec);
             if let Some(role) = spec.role {
-                mr = mr.route_layer(axum::middleware::from_fn_with_state(role, require_role));
+                mr = mr.route_layer(axum::middleware::from_fn_with_state(
+                    (role, self.state.clone()),
+                    require_role,
+                ));
             }
             router = router.route(spec.path, mr);
         }
@@ -474,7 +477,11 @@ fn bearer_of(state: &ApiState, req: &Request) -> Bearer {
 }
 
 /// Refuses callers below the route's role.
-async fn require_role(State(needed): State<Role>, req: Request, next: Next) -> Response {
+async fn require_role(
+    State((needed, state)): State<(Role, AppState)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let have = req.extensions().get::<Authenticated>().and_then(|a| a.role);
     if have.is_some_and(|h| h >= needed) {
         return next.run(req).await;
@@ -483,6 +490,23 @@ async fn require_role(State(needed): State<Role>, req: Request, next: Next) -> R
         .extensions()
         .get::<Authenticated>()
         .map_or_else(|| "unknown".to_string(), |a| a.caller.identity.clone());
+    // Refused actions (fence, confirm, pause, ...) are audited; refused reads are only logged.
+    if req.method() != axum::http::Method::GET {
+        let from = req
+            .extensions()
+            .get::<Authenticated>()
+            .map_or_else(String::new, |a| a.source.clone());
+        state.engine.audit(
+            &who,
+            &from,
+            &format!("{} {}", req.method(), req.uri().path()),
+            "",
+            &format!(
+                "refused: forbidden (needs the `{}` role)",
+                auth::role_name(needed)
+            ),
+        );
+    }
     let hint = if who.starts_with("tls:") {
         format!(
             "authenticate with a token that has the `{}` role (`fenced token create --role {} --name NAME`; fence_node --token-file) or a client certificate mapped in api.client_certs",
