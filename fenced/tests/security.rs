@@ -640,3 +640,94 @@ fn insecure_configurations_are_refused_with_the_fix() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
+
+/// Slow clients and idle connections are bounded: a client that sends no request, or sends its
+/// headers too slowly, is disconnected after `header_timeout_s`; past `max_connections` open
+/// connections, new ones are closed at once; afterwards the daemon serves normally.
+#[test]
+fn slow_and_idle_connections_are_bounded() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+    let config = dir.join("fenced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = \"{d}/fenced.sock\"\nhistory = \"{d}/history.redb\"\n\n[api]\ntcp = \"127.0.0.1:{port}\"\nheader_timeout_s = 1\nmax_connections = 3\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(dir, &config, port);
+    // The readiness probe's connection may still be counted for a moment.
+    std::thread::sleep(Duration::from_millis(1500));
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let closed_within = |s: &mut TcpStream, limit: Duration| {
+        let t = Instant::now();
+        let mut b = [0u8; 64];
+        let closed = matches!(s.read(&mut b), Ok(0) | Err(_));
+        closed && t.elapsed() <= limit
+    };
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| connect()).collect();
+    // Slowloris: a header line, then a byte every 300 ms.
+    let mut slow = connect();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Over the limit: closed at once.
+    let mut extra = connect();
+    assert!(
+        closed_within(&mut extra, Duration::from_millis(500)),
+        "a 4th connection must be refused"
+    );
+    let t = Instant::now();
+    let mut slow_closed = false;
+    while t.elapsed() < Duration::from_secs(4) {
+        if slow.write_all(b"X").is_err() {
+            slow_closed = true;
+            break;
+        }
+        let mut b = [0u8; 64];
+        slow.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        if matches!(slow.read(&mut b), Ok(0)) {
+            slow_closed = true;
+            break;
+        }
+    }
+    assert!(
+        slow_closed,
+        "a client dribbling its headers must be cut off"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(3)),
+            "an idle connection must be closed"
+        );
+    }
+    // Serving normally afterwards.
+    let mut ok = connect();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    let _ = ok.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let o = d.unix(&["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (_, metrics) = curl(&[
+        "--unix-socket",
+        &format!("{}/fenced.sock", dir.display()),
+        "http://localhost/metrics",
+    ]);
+    assert!(
+        metrics.contains("palisade_api_connections_refused_total{reason=\"over_limit\"} 1"),
+        "{metrics}"
+    );
+    d.stop();
+}
