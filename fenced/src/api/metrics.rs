@@ -154,16 +154,6 @@ pub fn render(engine: &Engine, api_refused: &BTreeMap<String, u64>) -> String {
     p.0
 }
 
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
-}
-
 /// Appends the API's security counters: failed authentications, sources refused for failing
 /// too often, and connections refused by the listeners' bounds.
 pub(crate) fn render_security(out: &mut String, s: &super::ApiState) {
@@ -205,4 +195,14 @@ pub(crate) fn render_security(out: &mut String, s: &super::ApiState) {
         s.conns.handshake_failed.load(Relaxed),
     );
     *out = p.0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
