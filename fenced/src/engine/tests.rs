@@ -493,7 +493,7 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
         .engine
         .fence(req("n3", Action::Off), &caller())
         .unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("paused", 503));
+    assert_eq!((e.code(), e.http_status()), ("paused", 409));
     assert!(e.to_string().contains("maintenance"));
     r.engine.set_paused(false, &caller(), "done").unwrap();
     assert!(run(&r.engine, req("n3", Action::Off)).await.fenced());
