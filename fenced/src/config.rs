@@ -188,7 +188,8 @@ pub struct DaemonConfig {
 pub struct ApiConfig {
     /// Optional TCP listener (loopback only until TLS is configured).
     pub tcp: Option<SocketAddr>,
-    /// Role of TCP callers (there is no authentication on plain loopback TCP).
+    /// Role of plain loopback TCP callers that present no token (TLS callers without a token
+    /// or a mapped client certificate get no role).
     pub tcp_role: Role,
     /// Unix socket file mode.
     pub socket_mode: u32,

@@ -686,7 +686,19 @@ async fn ledger(
 async fn ledger_verify(
     State(s): State<AppState>,
 ) -> Result<Json<crate::engine::audit::LedgerVerification>, ApiError> {
-    Ok(Json(s.engine.verify_ledger()?))
+    // A long ledger takes a while to check (one signature per record): off the event loop.
+    let engine = s.engine.clone();
+    let r = tokio::task::spawn_blocking(move || engine.verify_ledger())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("ledger verification stopped: {e}"),
+                "retry; if it persists, run `fenced verify-ledger` on a copy of the history file",
+            )
+        })?;
+    Ok(Json(r?))
 }
 
 async fn openapi() -> Response {
