@@ -8,10 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 fn unit() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/fenced.service"),
-    )
-    .unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/fenced.service"))
+        .unwrap()
 }
 
 #[test]
@@ -38,7 +36,11 @@ fn unit_keeps_least_privilege() {
 
 #[test]
 fn systemd_analyze_verifies_the_unit() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIPPED: systemd-analyze is not installed (Debian package systemd)");
         return;
     }
@@ -60,7 +62,10 @@ fn systemd_analyze_verifies_the_unit() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(o.status.success(), "systemd-analyze verify: {out}");
-    assert!(!out.contains("fenced.service:"), "warnings about the unit: {out}");
+    assert!(
+        !out.contains("fenced.service:"),
+        "warnings about the unit: {out}"
+    );
 
     let o = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])

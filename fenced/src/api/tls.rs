@@ -183,6 +183,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_reload_keeps_the_old_certificate_and_says_why() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let files = TlsConfig {
+            cert: dir.path().join("c.pem"),
+            key: dir.path().join("k.pem"),
+            client_ca: None,
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let r = TlsReloader::new(files.clone()).unwrap();
+        let before = r.current();
+        std::fs::write(&files.cert, "not a certificate").unwrap();
+        let e = r.reload().unwrap_err();
+        assert!(e.contains("BEGIN CERTIFICATE"), "{e}");
+        assert!(Arc::ptr_eq(&before, &r.current()));
+        // A key others can read is refused at reload too.
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(r.reload().unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        r.reload().unwrap();
+        assert!(!Arc::ptr_eq(&before, &r.current()));
+        // Only TLS 1.2 and 1.3 are offered.
+        let cfg = r.current();
+        assert!(cfg.crypto_provider().cipher_suites.iter().all(|s| matches!(
+            s.version().version,
+            rustls::ProtocolVersion::TLSv1_2 | rustls::ProtocolVersion::TLSv1_3
+        )));
+    }
+
+    #[test]
     fn common_name_is_found_and_garbage_is_none() {
         let mut p = rcgen::CertificateParams::new(vec!["x.example".into()]).unwrap();
         p.distinguished_name
