@@ -50,4 +50,11 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check schemathesis
 fi
 
+# cargo-deny: scripts/test.sh checks licences, bans and sources with it (deny.toml). Built from
+# crates.io (about 5 minutes on 2 cores, once per machine).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "install-test-deps: building cargo-deny"
+  cargo install --locked --quiet cargo-deny
+fi
+
 echo "install-test-deps: ok"
