@@ -288,6 +288,23 @@ fn tls_tokens_certificates_roles_audit_and_reload() {
     assert!(text(&o).contains("needs the `admin` role"), "{}", text(&o));
     assert!(text(&o).contains("token:ctrl-1"), "{}", text(&o));
 
+    // The token file may also come from the environment (its path; never the token).
+    let o = Command::new(FENCE_NODE)
+        .args(["--url", &d.url, "--ca"])
+        .arg(&s.ca)
+        .arg("status")
+        .env("PALISADE_TOKEN_FILE", &fence_tok)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A token file others can read is refused before anything is sent.
+    std::fs::set_permissions(&fence_tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = d.https(&s.ca, Some(&fence_tok), &["status"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("chmod 600"), "{}", text(&o));
+    std::fs::set_permissions(&fence_tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+
     // No credentials over TLS: no role, and the hint says how to get one.
     let o = d.https(&s.ca, None, &["status"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
