@@ -18,9 +18,14 @@ for crate in drivers fenced; do
       out=$(mktemp -d)
       echo "== fuzz $crate/$target for ${secs}s"
       # New inputs go to a scratch corpus; the committed seeds are read only.
-      cargo +nightly fuzz run -O "$target" "$out" "corpus/$target" -- \
-        -max_total_time="$secs" -rss_limit_mb=1024 2>&1 | grep -E '^(Done|==[0-9]+==ERROR)|panicked' || true
-      rm -rf "$out"
+      if ! cargo +nightly fuzz run -O "$target" "$out" "corpus/$target" -- \
+        -max_total_time="$secs" -rss_limit_mb=1024 >"$out.log" 2>&1; then
+        tail -40 "$out.log"
+        echo "fuzz: $crate/$target found a crash; the input is in $crate/fuzz/artifacts/$target" >&2
+        exit 1
+      fi
+      grep -E '^Done' "$out.log" || true
+      rm -rf "$out" "$out.log"
     done
   )
 done
