@@ -719,9 +719,14 @@ fn load_secret(
                 ctx.err(Some(file.span()), &format!("devices.{name}.password_file"), format!("cannot read password file {}: {e}", p.display()))
             })
         }
-        (None, Some(var)) => env(var.get_ref()).map(Secret::from_file_contents).ok_or_else(|| {
+        (None, Some(var)) => {
+            // The kernel keeps the initial environment readable in /proc/PID/environ (to root
+            // and the same user) for the life of the process, whatever we do with it.
+            tracing::warn!("devices.{name}.password_env: the password stays readable in fenced's /proc/PID/environ; prefer password_file (mode 0600)");
+            env(var.get_ref()).map(Secret::from_file_contents).ok_or_else(|| {
             ctx.err(Some(var.span()), &format!("devices.{name}.password_env"), format!("environment variable {} is not set", var.get_ref()))
-        }),
+        })
+        }
         (Some(f), Some(_)) => Err(ctx.err(Some(f.span()), &format!("devices.{name}"), "give either password_file or password_env, not both".into())),
         (None, None) => Err(ctx.err(Some(dev.kind.span()), &format!("devices.{name}.password_file"), "expected password_file = \"PATH\" or password_env = \"VAR\" (passwords are never written in the config itself)".into())),
     }
