@@ -43,4 +43,21 @@ if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
 
+# schemathesis: fenced/tests/security.rs runs it against a live fenced through its served
+# OpenAPI document (PyPI; the test skips, saying so, when it is absent).
+if ! command -v schemathesis >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to install schemathesis (run with sudo)" >&2
+    exit 1
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis
+fi
+
+# cargo-deny: scripts/test.sh checks licences, bans and sources with it (deny.toml). Built from
+# crates.io (about 5 minutes on 2 cores, once per machine).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "install-test-deps: building cargo-deny"
+  cargo install --locked --quiet cargo-deny
+fi
+
 echo "install-test-deps: ok"

@@ -8,6 +8,9 @@ bash scripts/install-test-deps.sh
 echo "== rustfmt"
 cargo fmt --all --check
 
+echo "== cargo deny (licences, bans, sources; advisories cannot be fetched here)"
+cargo deny check licenses bans sources
+
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -1,14 +1,18 @@
 //! A small client of the fencer API, used by `fence_node`: one HTTP/1.1 request per
-//! connection, over the Unix socket or loopback TCP, each with a timeout.
+//! connection, over the Unix socket, loopback TCP, or TCP with TLS (server verified against a
+//! CA file; bearer token sent in the `Authorization` header and never printed), each with a
+//! timeout.
 
 use crate::api::ErrorDetail;
+use drivers::Secret;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -19,21 +23,47 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `host:port` on loopback TCP.
     Tcp(String),
+    /// `host:port` over TLS.
+    Https(String),
 }
 
 impl Endpoint {
-    /// Parses `http://HOST:PORT` (a trailing `/` is allowed); https is not supported yet.
+    /// Parses `http://HOST:PORT` or `https://HOST:PORT` (a trailing `/` is allowed).
     pub fn from_url(url: &str) -> Result<Endpoint, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("expected a URL like http://127.0.0.1:7420, found `{url}` (only plain http on loopback is supported)")
-        })?;
+        let (rest, tls) = if let Some(r) = url.strip_prefix("https://") {
+            (r, true)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (r, false)
+        } else {
+            return Err(format!(
+                "expected a URL like https://fencer.example:7420 or http://127.0.0.1:7420, found `{url}`"
+            ));
+        };
         let hostport = rest.trim_end_matches('/');
         if hostport.is_empty() || hostport.contains('/') {
             return Err(format!(
-                "expected a URL like http://127.0.0.1:7420 with no path, found `{url}`"
+                "expected a URL like https://fencer.example:7420 with no path, found `{url}`"
             ));
         }
-        Ok(Endpoint::Tcp(hostport.to_string()))
+        Ok(if tls {
+            Endpoint::Https(hostport.to_string())
+        } else {
+            Endpoint::Tcp(hostport.to_string())
+        })
+    }
+
+    /// The host part of a TCP endpoint (brackets of an IPv6 address removed).
+    fn host(&self) -> Option<&str> {
+        match self {
+            Endpoint::Unix(_) => None,
+            Endpoint::Tcp(a) | Endpoint::Https(a) => {
+                let h = match a.rsplit_once(':') {
+                    Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                    _ => a.as_str(),
+                };
+                Some(h.trim_start_matches('[').trim_end_matches(']'))
+            }
+        }
     }
 }
 
@@ -42,6 +72,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
             Endpoint::Tcp(a) => write!(f, "http://{a}"),
+            Endpoint::Https(a) => write!(f, "https://{a}"),
         }
     }
 }
@@ -88,6 +119,45 @@ pub enum ClientError {
 pub struct Client {
     endpoint: Endpoint,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: Option<Secret>,
+}
+
+/// A TLS client configuration that trusts the CA certificates in `ca_file` (PEM) only, and
+/// speaks TLS 1.2 or 1.3.
+pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::api::tls::load_certs(ca_file, "CA")? {
+        roots
+            .add(c)
+            .map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(crate::api::tls::provider())
+        .with_protocol_versions(crate::api::tls::VERSIONS)
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Reads a bearer token from a file (one trailing newline removed); refuses a file others can
+/// read.
+pub fn read_token_file(path: &Path) -> Result<Secret, String> {
+    crate::config::check_secret_file_mode(path)?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let s = Secret::from_file_contents(bytes);
+    if s.is_empty()
+        || s.expose()
+            .iter()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(format!(
+            "token file {} must hold just the token printed by `fenced token create`",
+            path.display()
+        ));
+    }
+    Ok(s)
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -97,7 +167,25 @@ impl Client {
     /// A client of the daemon at `endpoint`; `timeout` bounds each request that does not say
     /// otherwise.
     pub fn new(endpoint: Endpoint, timeout: Duration) -> Client {
-        Client { endpoint, timeout }
+        Client {
+            endpoint,
+            timeout,
+            tls: None,
+            token: None,
+        }
+    }
+
+    /// Verifies an `https://` endpoint's certificate with this configuration (see
+    /// [`tls_config`]).
+    pub fn with_tls(mut self, cfg: Arc<rustls::ClientConfig>) -> Client {
+        self.tls = Some(cfg);
+        self
+    }
+
+    /// Sends this bearer token with every request.
+    pub fn with_token(mut self, token: Secret) -> Client {
+        self.token = Some(token);
+        self
     }
 
     /// Where the client connects.
@@ -121,6 +209,31 @@ impl Client {
                     .await
                     .map_err(unreachable)?,
             ),
+            Endpoint::Https(a) => {
+                let cfg = self.tls.clone().ok_or_else(|| ClientError::Unreachable {
+                    endpoint: self.endpoint.to_string(),
+                    detail: "no CA file to verify the daemon's certificate with; give --ca FILE"
+                        .into(),
+                })?;
+                let host = self.endpoint.host().unwrap_or_default().to_string();
+                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                    ClientError::Unreachable {
+                        endpoint: self.endpoint.to_string(),
+                        detail: format!("`{host}` is not a valid server name: {e}"),
+                    }
+                })?;
+                let tcp = tokio::net::TcpStream::connect(a.as_str())
+                    .await
+                    .map_err(unreachable)?;
+                let s = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| ClientError::Unreachable {
+                        endpoint: self.endpoint.to_string(),
+                        detail: format!("TLS handshake failed: {e} (is --ca the CA that signed the daemon's certificate, and does the URL's host match it?)"),
+                    })?;
+                Box::new(s)
+            }
         })
     }
 
@@ -140,13 +253,22 @@ impl Client {
         let driver = tokio::spawn(conn);
         let host = match &self.endpoint {
             Endpoint::Unix(_) => "localhost".to_string(),
-            Endpoint::Tcp(a) => a.clone(),
+            Endpoint::Tcp(a) | Endpoint::Https(a) => a.clone(),
         };
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, host)
             .header(hyper::header::ACCEPT, "application/json");
+        if let Some(t) = &self.token {
+            let mut v = zeroize::Zeroizing::new(b"Bearer ".to_vec());
+            v.extend_from_slice(t.expose());
+            let mut hv = hyper::header::HeaderValue::from_bytes(&v).map_err(|_| ClientError::Protocol {
+                detail: "the token holds characters a header cannot carry; use the token printed by `fenced token create`".into(),
+            })?;
+            hv.set_sensitive(true);
+            req = req.header(hyper::header::AUTHORIZATION, hv);
+        }
         let payload = match body {
             Some(v) => {
                 req = req.header(hyper::header::CONTENT_TYPE, "application/json");
@@ -259,7 +381,15 @@ mod tests {
             Endpoint::from_url("http://127.0.0.1:7420/"),
             Ok(Endpoint::Tcp("127.0.0.1:7420".into()))
         );
-        assert!(Endpoint::from_url("https://x:1").is_err());
+        assert_eq!(
+            Endpoint::from_url("https://x:1"),
+            Ok(Endpoint::Https("x:1".into()))
+        );
+        assert_eq!(
+            Endpoint::from_url("https://[::1]:7").unwrap().host(),
+            Some("::1")
+        );
+        assert!(Endpoint::from_url("ftp://x:1").is_err());
         assert!(Endpoint::from_url("http://x:1/v1").is_err());
         assert_eq!(encode("node 1/a"), "node%201%2Fa");
     }

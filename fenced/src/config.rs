@@ -65,6 +65,7 @@ struct RawDaemon {
     socket: Option<PathBuf>,
     history: Option<PathBuf>,
     node_name: Option<String>,
+    ledger_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +86,14 @@ struct RawApi {
     fence_gids: Vec<u32>,
     #[serde(default)]
     read_gids: Vec<u32>,
+    // Security (issue 5): see `resolve_security`.
+    tls: Option<Spanned<RawTls>>,
+    tokens_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    client_certs: Vec<Spanned<RawClientCert>>,
+    auth_failures_per_minute: Option<u32>,
+    max_connections: Option<usize>,
+    header_timeout_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +181,8 @@ pub struct DaemonConfig {
     pub history: PathBuf,
     /// This fence controller's name (history records say who fenced).
     pub node_name: String,
+    /// The Ed25519 key that signs the ledger (created, mode 0600, at first start).
+    pub ledger_key: PathBuf,
 }
 
 /// API listeners and who gets which role.
@@ -179,7 +190,8 @@ pub struct DaemonConfig {
 pub struct ApiConfig {
     /// Optional TCP listener (loopback only until TLS is configured).
     pub tcp: Option<SocketAddr>,
-    /// Role of TCP callers (there is no authentication on plain loopback TCP).
+    /// Role of plain loopback TCP callers that present no token (TLS callers without a token
+    /// or a mapped client certificate get no role).
     pub tcp_role: Role,
     /// Unix socket file mode.
     pub socket_mode: u32,
@@ -195,6 +207,8 @@ pub struct ApiConfig {
     pub fence_gids: Vec<u32>,
     /// gids with the read role.
     pub read_gids: Vec<u32>,
+    /// TLS, tokens, client certificates and connection bounds.
+    pub security: ApiSecurity,
 }
 
 impl ApiConfig {
@@ -399,7 +413,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<Vec<u8>>,
     ) -> Result<Config, ConfigError> {
         let ctx = Ctx { file: path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| ctx.line_of(s.start));
             ConfigError {
                 file: path.to_path_buf(),
@@ -410,13 +424,25 @@ impl Config {
         })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
 
+        let security = resolve_security(&ctx, base_dir, &mut raw.api)?;
         let daemon = DaemonConfig {
             socket: raw.daemon.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
-            history: raw.daemon.history.unwrap_or_else(|| DEFAULT_HISTORY.into()),
+            history: raw
+                .daemon
+                .history
+                .clone()
+                .unwrap_or_else(|| DEFAULT_HISTORY.into()),
             node_name: raw
                 .daemon
                 .node_name
                 .unwrap_or_else(|| hostname().unwrap_or_else(|| "fenced".into())),
+            ledger_key: raw.daemon.ledger_key.unwrap_or_else(|| {
+                raw.daemon
+                    .history
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_HISTORY))
+                    .with_extension("key")
+            }),
         };
 
         let tcp = match raw.api.tcp {
@@ -432,9 +458,11 @@ impl Config {
                         ),
                     )
                 })?;
-                if !addr.ip().is_loopback() {
+                if !addr.ip().is_loopback() && (security.tls.is_none() || !security.authenticates())
+                {
                     return Err(ctx.err(Some(s.span()), "api.tcp", format!(
-                        "{addr} is not a loopback address; plain TCP would let anyone on the network fence nodes. Bind to 127.0.0.1 or ::1 (TLS and tokens are required for other addresses)"
+                        "{addr} is not a loopback address, and {}; anyone on the network could fence nodes. Either bind to 127.0.0.1 or ::1, or configure both `[api.tls] cert = \"PATH\"` + `key = \"PATH\"` and `api.tokens_file = \"PATH\"` (create tokens with `fenced token create`) or `[[api.client_certs]]` with `[api.tls] client_ca`",
+                        if security.tls.is_none() { "TLS is not configured" } else { "no authentication (tokens_file or client_certs) is configured" }
                     )));
                 }
                 Some(addr)
@@ -466,6 +494,7 @@ impl Config {
             admin_gids: raw.api.admin_gids,
             fence_gids: raw.api.fence_gids,
             read_gids: raw.api.read_gids,
+            security,
         };
 
         let limits = Limits {
@@ -734,16 +763,212 @@ fn load_secret(
     match (&dev.password_file, &dev.password_env) {
         (Some(file), None) => {
             let p = if file.get_ref().is_absolute() { file.get_ref().clone() } else { base_dir.join(file.get_ref()) };
+            check_secret_file_mode(&p).map_err(|m| ctx.err(Some(file.span()), &format!("devices.{name}.password_file"), m))?;
             std::fs::read(&p).map(Secret::from_file_contents).map_err(|e| {
                 ctx.err(Some(file.span()), &format!("devices.{name}.password_file"), format!("cannot read password file {}: {e}", p.display()))
             })
         }
-        (None, Some(var)) => env(var.get_ref()).map(Secret::from_file_contents).ok_or_else(|| {
+        (None, Some(var)) => {
+            // The kernel keeps the initial environment readable in /proc/PID/environ (to root
+            // and the same user) for the life of the process, whatever we do with it.
+            tracing::warn!("devices.{name}.password_env: the password stays readable in fenced's /proc/PID/environ; prefer password_file (mode 0600)");
+            env(var.get_ref()).map(Secret::from_file_contents).ok_or_else(|| {
             ctx.err(Some(var.span()), &format!("devices.{name}.password_env"), format!("environment variable {} is not set", var.get_ref()))
-        }),
+        })
+        }
         (Some(f), Some(_)) => Err(ctx.err(Some(f.span()), &format!("devices.{name}"), "give either password_file or password_env, not both".into())),
         (None, None) => Err(ctx.err(Some(dev.kind.span()), &format!("devices.{name}.password_file"), "expected password_file = \"PATH\" or password_env = \"VAR\" (passwords are never written in the config itself)".into())),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security (issue 5): TLS, tokens, client certificates, connection bounds, secret file modes.
+// Kept in its own section so other branches' config changes merge cleanly.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientCert {
+    cn: Option<String>,
+    sha256: Option<String>,
+    identity: String,
+    role: Role,
+}
+
+/// TLS settings of the TCP listener (TLS 1.2 and 1.3 only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (must not be readable by group or others).
+    pub key: PathBuf,
+    /// PEM CA certificates that sign client certificates, if client certificates are used.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How a client certificate is recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertMatch {
+    /// The subject's common name (the certificate must also chain to `client_ca`).
+    CommonName(String),
+    /// The SHA-256 fingerprint of the certificate (DER), lowercase hex.
+    Sha256(String),
+}
+
+/// A client certificate mapped to an identity and a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertRule {
+    /// Which certificates.
+    pub matches: CertMatch,
+    /// The identity recorded in history (`cert:IDENTITY`).
+    pub identity: String,
+    /// Their role.
+    pub role: Role,
+}
+
+/// TLS, authentication and connection bounds of the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSecurity {
+    /// TLS on the TCP listener.
+    pub tls: Option<TlsConfig>,
+    /// The file of hashed bearer tokens (`fenced token create|list|revoke`).
+    pub tokens_file: Option<PathBuf>,
+    /// Client certificates mapped to identities.
+    pub client_certs: Vec<ClientCertRule>,
+    /// Failed authentications allowed per source per minute before it is refused (429).
+    pub auth_failures_per_minute: u32,
+    /// Open TCP connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time.
+    pub header_timeout: Duration,
+}
+
+impl Default for ApiSecurity {
+    fn default() -> Self {
+        ApiSecurity {
+            tls: None,
+            tokens_file: None,
+            client_certs: Vec::new(),
+            auth_failures_per_minute: 10,
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ApiSecurity {
+    /// Whether remote callers can authenticate (tokens or client certificates).
+    pub fn authenticates(&self) -> bool {
+        self.tokens_file.is_some()
+            || (!self.client_certs.is_empty()
+                && self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()))
+    }
+}
+
+/// Refuses a file holding a secret that group or others can read or write, as ssh refuses
+/// such private keys; the message says how to fix it.
+pub fn check_secret_file_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} holds a secret but its mode is {mode:04o} (group or others can access it); run `chmod 600 {}` (and make it owned by the user fenced runs as)",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_security(
+    ctx: &Ctx,
+    base_dir: &Path,
+    raw: &mut RawApi,
+) -> Result<ApiSecurity, ConfigError> {
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        }
+    };
+    let mut sec = ApiSecurity::default();
+    if let Some(t) = raw.tls.take() {
+        let span = t.span();
+        let t = t.into_inner();
+        let key = abs(&t.key);
+        check_secret_file_mode(&key).map_err(|m| ctx.err(Some(span), "api.tls.key", m))?;
+        sec.tls = Some(TlsConfig {
+            cert: abs(&t.cert),
+            key,
+            client_ca: t.client_ca.as_deref().map(abs),
+        });
+    }
+    if let Some(f) = raw.tokens_file.take() {
+        let p = abs(f.get_ref());
+        // A missing file is an empty one: `fenced token create` creates it.
+        if p.exists() {
+            check_secret_file_mode(&p)
+                .map_err(|m| ctx.err(Some(f.span()), "api.tokens_file", m))?;
+        }
+        sec.tokens_file = Some(p);
+    }
+    for c in std::mem::take(&mut raw.client_certs) {
+        let span = c.span();
+        let c = c.into_inner();
+        let matches = match (c.cn, c.sha256) {
+            (Some(cn), None) => CertMatch::CommonName(cn),
+            (None, Some(fp)) => {
+                let fp = fp.replace(':', "").to_ascii_lowercase();
+                if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ctx.err(Some(span), "api.client_certs.sha256", format!(
+                        "expected the certificate's SHA-256 fingerprint as 64 hex digits (`openssl x509 -noout -fingerprint -sha256 -in CERT`), found `{fp}`"
+                    )));
+                }
+                CertMatch::Sha256(fp)
+            }
+            _ => {
+                return Err(ctx.err(
+                    Some(span),
+                    "api.client_certs",
+                    "give exactly one of `cn = \"NAME\"` or `sha256 = \"FINGERPRINT\"`".into(),
+                ))
+            }
+        };
+        if sec
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_ca.as_ref())
+            .is_none()
+        {
+            return Err(ctx.err(Some(span), "api.client_certs", "client certificates need `[api.tls] client_ca = \"PATH\"` (the CA that signs them)".into()));
+        }
+        sec.client_certs.push(ClientCertRule {
+            matches,
+            identity: c.identity,
+            role: c.role,
+        });
+    }
+    if let Some(n) = raw.auth_failures_per_minute {
+        sec.auth_failures_per_minute = n.max(1);
+    }
+    if let Some(n) = raw.max_connections {
+        sec.max_connections = n.clamp(1, 65_536);
+    }
+    if let Some(t) = raw.header_timeout_s {
+        sec.header_timeout =
+            seconds(ctx, None, "api.header_timeout_s", t)?.max(Duration::from_millis(100));
+    }
+    Ok(sec)
 }
 
 fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {

@@ -1,6 +1,7 @@
 //! The daemon's life: open history, build devices, start the engine, serve the API, check
 //! devices periodically, and stop cleanly. `fenced run` and `fenced demo` both use it.
 
+use crate::api::tls::TlsReloader;
 use crate::api::{bind_unix, Api};
 use crate::config::Config;
 use crate::history::History;
@@ -22,6 +23,7 @@ pub struct Daemon {
     unix_task: JoinHandle<std::io::Result<()>>,
     tcp_task: Option<JoinHandle<std::io::Result<()>>>,
     monitor: JoinHandle<()>,
+    tls: Option<Arc<TlsReloader>>,
 }
 
 impl Daemon {
@@ -37,8 +39,10 @@ impl Daemon {
             env!("CARGO_PKG_VERSION")
         );
         let clock = Clock::system();
-        let (history, interrupted) = History::open(&config.daemon.history, clock.now_ms())
-            .map_err(|e| {
+        let key = crate::history::load_or_create_key(&config.daemon.ledger_key)
+            .map_err(|e| format!("ledger signing key (daemon.ledger_key): {e}"))?;
+        let (history, interrupted) =
+            History::open_signed(&config.daemon.history, clock.now_ms(), key).map_err(|e| {
                 format!(
                     "cannot open history {}: {e}",
                     config.daemon.history.display()
@@ -67,12 +71,22 @@ impl Daemon {
         let listener =
             bind_unix(&config.daemon.socket, config.api.socket_mode).map_err(|e| e.to_string())?;
         tracing::info!(socket = %config.daemon.socket.display(), mode = format_args!("{:04o}", config.api.socket_mode), "API listening on Unix socket");
+        let tls = match &config.api.security.tls {
+            Some(files) if config.api.tcp.is_some() => Some(Arc::new(
+                TlsReloader::new(files.clone()).map_err(|e| format!("api.tls: {e}"))?,
+            )),
+            _ => None,
+        };
         let tcp = match config.api.tcp {
             Some(addr) => {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| format!("cannot listen on {addr} (api.tcp): {e}"))?;
-                tracing::info!(%addr, role = crate::api::auth::role_name(config.api.tcp_role), "API listening on loopback TCP");
+                if tls.is_some() {
+                    tracing::info!(%addr, tokens = config.api.security.tokens_file.is_some(), client_certs = config.api.security.client_certs.len(), "API listening on TCP with TLS");
+                } else {
+                    tracing::info!(%addr, role = crate::api::auth::role_name(config.api.tcp_role), "API listening on loopback TCP");
+                }
                 Some(l)
             }
             None => None,
@@ -85,7 +99,8 @@ impl Daemon {
         });
         let tcp_task = tcp.map(|l| {
             let api = api.clone();
-            tokio::spawn(async move { api.serve_tcp(l).await })
+            let tls = tls.clone();
+            tokio::spawn(async move { api.serve_tcp(l, tls).await })
         });
         let monitor = tokio::spawn({
             let engine = engine.clone();
@@ -111,7 +126,17 @@ impl Daemon {
             unix_task,
             tcp_task,
             monitor,
+            tls,
         })
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP). The Unix socket and open connections
+    /// are untouched; on error the old certificate stays in use. False if TLS is off.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.tls {
+            None => Ok(false),
+            Some(t) => t.reload().map(|()| true),
+        }
     }
 
     /// The engine.
@@ -170,6 +195,45 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.config.daemon.socket);
         tracing::info!("fenced stopped");
         result
+    }
+}
+
+/// What a signal asks the daemon to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalAction {
+    /// SIGTERM or SIGINT: stop.
+    Stop,
+    /// SIGHUP: reload the TLS certificate and key.
+    Reload,
+}
+
+/// The daemon's signal handlers, installed once.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs handlers for SIGTERM, SIGINT and SIGHUP.
+    pub fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?,
+            int: signal(SignalKind::interrupt())
+                .map_err(|e| format!("cannot handle SIGINT: {e}"))?,
+            hup: signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
+        })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> SignalAction {
+        tokio::select! {
+            _ = self.term.recv() => { tracing::info!("SIGTERM received"); SignalAction::Stop }
+            _ = self.int.recv() => { tracing::info!("SIGINT received"); SignalAction::Stop }
+            _ = self.hup.recv() => { tracing::info!("SIGHUP received"); SignalAction::Reload }
+        }
     }
 }
 

@@ -98,7 +98,7 @@ impl EngineError {
             | EngineError::UnknownDevice { .. }
             | EngineError::UnknownOperation { .. } => 404,
             EngineError::Conflict { .. } | EngineError::RequestIdMismatch { .. } => 409,
-            EngineError::Paused { .. } => 503,
+            EngineError::Paused { .. } => 409,
             EngineError::RateLimited { .. } => 429,
             EngineError::BadRequest { .. } => 400,
             EngineError::History { .. } => 500,

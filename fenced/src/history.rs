@@ -8,9 +8,17 @@
 //! Two views are kept in the same transaction: the latest snapshot of every operation (indexed
 //! by target and by creation time, for queries) and an append-only ledger in which every record
 //! holds the SHA-256 of the previous one, so removing or changing a record breaks the chain.
-//! Signatures can later be added over the same chain without a migration.
+//!
+//! Each record is also signed with the node's Ed25519 key (see [`signed_message`]): whoever can
+//! write the file can recompute hashes, but cannot sign without the key, so a rewritten chain is
+//! found by checking signatures against the node's public key (`fenced verify-ledger FILE
+//! --public-key FILE`). Records written before signing existed (no `sig`) stay readable and are
+//! reported as unsigned; an unsigned record after a signed one is a verification failure.
+//! What a chain cannot show alone is removal of the newest records: compare the reported head
+//! (`head_seq`, `head_hash`) with one kept elsewhere (the audit log of the controller).
 
 use crate::model::{Action, HistoryQuery, Millis, OpState, Operation, Outcome, PauseStatus};
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,7 +65,7 @@ pub enum HistoryError {
 }
 
 /// What a ledger record says happened.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LedgerEntry {
     /// An operation was created or changed (the full snapshot).
@@ -69,6 +77,22 @@ pub enum LedgerEntry {
     Pause {
         /// The new status.
         status: PauseStatus,
+    },
+    /// An audited request: a fence request, manual confirmation, pause or resume, or a failed
+    /// authentication, with who, from where, what, why and the outcome.
+    Audit {
+        /// When, ms since the Unix epoch.
+        at_ms: Millis,
+        /// The caller's identity (`token:ctrl-1`, `cert:ctrl-2`, `uid:0`, `tls:192.0.2.1:4000`).
+        who: String,
+        /// Where from (peer address, or `unix:uid=…,pid=…`).
+        from: String,
+        /// What was asked (`fence node1 off`, `confirm node1`, `pause`, `POST /v1/fence`).
+        what: String,
+        /// The reason given (empty if none).
+        why: String,
+        /// What came of it (`accepted op 7`, `refused: paused`, `authentication failed`).
+        outcome: String,
     },
     /// A request was refused by a safety rule.
     Refused {
@@ -88,7 +112,7 @@ pub enum LedgerEntry {
 }
 
 /// A ledger record: the entry, its sequence number and the chain hashes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerRecord {
     /// 1-based position.
     pub seq: u64,
@@ -98,6 +122,36 @@ pub struct LedgerRecord {
     pub entry: LedgerEntry,
     /// SHA-256 over `seq`, `prev_hash` and the entry's JSON.
     pub hash: String,
+    /// Ed25519 signature (hex) of [`signed_message`]`(seq, hash)`; absent on records written
+    /// before the ledger was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+/// What a record's signature signs: a domain tag, the sequence number and the chain hash (which
+/// covers the previous record's hash and the entry).
+pub fn signed_message(seq: u64, hash: &str) -> Vec<u8> {
+    let mut m = b"palisade-ledger-v1\0".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash.as_bytes());
+    m
+}
+
+/// The result of a successful ledger verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LedgerReport {
+    /// Records checked.
+    pub records: u64,
+    /// Of which signed (and the signature verified).
+    pub signed: u64,
+    /// Of which unsigned (written before signing was enabled; all precede the signed ones).
+    pub unsigned: u64,
+    /// Sequence number of the newest record (0 if the ledger is empty).
+    pub head_seq: u64,
+    /// Hash of the newest record; compare with a copy kept elsewhere to detect truncation.
+    pub head_hash: String,
+    /// The Ed25519 public key the signatures were checked against (hex), if any.
+    pub public_key: Option<String>,
 }
 
 fn chain_hash(seq: u64, prev_hash: &str, entry_json: &[u8]) -> String {
@@ -108,12 +162,72 @@ fn chain_hash(seq: u64, prev_hash: &str, entry_json: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+/// Parses a hex Ed25519 public key (64 hex digits, as in a `.pub` file).
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+    let mut b = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut b)
+        .map_err(|_| "expected an Ed25519 public key as 64 hex digits".to_string())?;
+    VerifyingKey::from_bytes(&b).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
+/// Loads the node's ledger signing key from `path`, creating it (mode 0600, and the public key
+/// beside it as `PATH.pub`) if it does not exist. A key file others can read is refused.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            crate::config::check_secret_file_mode(path)?;
+            let text = zeroize::Zeroizing::new(text);
+            let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| {
+                format!(
+                    "ledger key {} is not 64 hex digits; restore it from backup (a new key cannot sign on for the old one)",
+                    path.display()
+                )
+            })?;
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let seed = zeroize::Zeroizing::new(hex::encode(key.to_bytes()));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("cannot create ledger key {}: {e}", path.display()))?;
+            f.write_all(seed.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot write ledger key {}: {e}", path.display()))?;
+            let pubpath = public_key_path(path);
+            std::fs::write(&pubpath, hex::encode(key.verifying_key().as_bytes()) + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", pubpath.display()))?;
+            tracing::info!(key = %path.display(), public_key = %pubpath.display(), "created the ledger signing key; keep a copy of the public key off this node");
+            Ok(key)
+        }
+        Err(e) => Err(format!("cannot read ledger key {}: {e}", path.display())),
+    }
+}
+
+/// Where the public key of a ledger key file is written (`PATH.pub`).
+pub fn public_key_path(key: &Path) -> std::path::PathBuf {
+    let mut s = key.as_os_str().to_os_string();
+    s.push(".pub");
+    s.into()
+}
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The history store.
 pub struct History {
     db: Database,
     path: String,
+    signer: Option<SigningKey>,
 }
 
 impl History {
@@ -135,10 +249,93 @@ impl History {
                 path: p.clone(),
                 detail: e.to_string(),
             })?;
-        let h = History { db, path: p };
+        let h = History {
+            db,
+            path: p,
+            signer: None,
+        };
         h.init_tables()?;
         let interrupted = h.recover(now_ms)?;
         Ok((h, interrupted))
+    }
+
+    /// Opens the history file and signs every record appended from now on with `key`; its
+    /// public key is recorded in the file. Interrupted operations are recorded (signed).
+    pub fn open_signed(
+        path: &Path,
+        now_ms: Millis,
+        key: SigningKey,
+    ) -> Result<(History, Vec<Operation>), HistoryError> {
+        let p = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| HistoryError::Store {
+                path: p.clone(),
+                detail: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| HistoryError::Store {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?;
+        let h = History {
+            db,
+            path: p,
+            signer: Some(key),
+        };
+        h.init_tables()?;
+        h.record_public_key()?;
+        let interrupted = h.recover(now_ms)?;
+        Ok((h, interrupted))
+    }
+
+    /// Opens a copy of a history file for verification only: nothing is recovered or
+    /// appended.
+    pub fn open_readonly_copy(path: &Path) -> Result<History, HistoryError> {
+        let p = path.display().to_string();
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .open(path)
+            .map_err(|e| HistoryError::Store {
+                path: p.clone(),
+                detail: format!("{e} (is it a fenced history file?)"),
+            })?;
+        Ok(History {
+            db,
+            path: p,
+            signer: None,
+        })
+    }
+
+    fn record_public_key(&self) -> Result<(), HistoryError> {
+        let Some(k) = &self.signer else {
+            return Ok(());
+        };
+        let pk = hex::encode(k.verifying_key().as_bytes());
+        let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
+        tx.open_table(META)
+            .map_err(|e| self.store_err(e))?
+            .insert("ledger_public_key", pk.as_bytes())
+            .map_err(|e| self.store_err(e))?;
+        tx.commit().map_err(|e| self.store_err(e))
+    }
+
+    /// The public key of the key that signs new records, if signing is on.
+    pub fn verifying_key(&self) -> Option<VerifyingKey> {
+        self.signer.as_ref().map(SigningKey::verifying_key)
+    }
+
+    /// The public key recorded in the file by the daemon that last signed it (hex).
+    pub fn stored_public_key(&self) -> Result<Option<String>, HistoryError> {
+        let rx = self.db.begin_read().map_err(|e| self.store_err(e))?;
+        let t = rx.open_table(META).map_err(|e| self.store_err(e))?;
+        let v = t
+            .get("ledger_public_key")
+            .map_err(|e| self.store_err(e))?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        Ok(v)
     }
 
     fn store_err(&self, e: impl std::fmt::Display) -> HistoryError {
@@ -259,11 +456,16 @@ impl History {
         };
         let entry_json = serde_json::to_vec(entry).map_err(|e| self.store_err(e))?;
         let hash = chain_hash(seq, &prev_hash, &entry_json);
+        let sig = self
+            .signer
+            .as_ref()
+            .map(|k| hex::encode(k.sign(&signed_message(seq, &hash)).to_bytes()));
         let rec = LedgerRecord {
             seq,
             prev_hash,
             entry: entry.clone(),
             hash,
+            sig,
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| self.store_err(e))?;
         ledger
@@ -388,6 +590,27 @@ impl History {
 
     /// Walks the whole ledger and checks every link; returns the number of records.
     pub fn verify_chain(&self) -> Result<u64, HistoryError> {
+        self.verify(None).map(|r| r.records)
+    }
+
+    /// Walks the whole ledger, checks every link and every signature against `key` (or, if
+    /// none is given, the key recorded in the file, which proves less: whoever rewrote the file
+    /// may have replaced it too). Names the first bad record.
+    pub fn verify(&self, key: Option<&VerifyingKey>) -> Result<LedgerReport, HistoryError> {
+        let stored = match self.stored_public_key()? {
+            Some(hexkey) => {
+                Some(
+                    parse_public_key(&hexkey).map_err(|detail| HistoryError::Corrupt {
+                        key: "meta/ledger_public_key".into(),
+                        detail,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let key = key.copied().or(stored);
+        let mut signed = 0u64;
+        let mut unsigned = 0u64;
         let rx = self.db.begin_read().map_err(|e| self.store_err(e))?;
         let t = rx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
         let mut prev = GENESIS.to_string();
@@ -419,10 +642,61 @@ impl History {
                     detail: "hash does not match the record's content: it was changed".into(),
                 });
             }
+            match &rec.sig {
+                None if signed > 0 => {
+                    return Err(HistoryError::ChainBroken {
+                        seq,
+                        detail: "unsigned record after signed ones: its signature was removed or it was inserted".into(),
+                    })
+                }
+                None => unsigned += 1,
+                Some(sig) => {
+                    let Some(k) = &key else {
+                        return Err(HistoryError::ChainBroken {
+                            seq,
+                            detail: "signed, but no public key is known to check it; give --public-key".into(),
+                        });
+                    };
+                    let ok = hex::decode(sig)
+                        .ok()
+                        .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+                        .is_some_and(|s| k.verify(&signed_message(seq, &rec.hash), &s).is_ok());
+                    if !ok {
+                        return Err(HistoryError::ChainBroken {
+                            seq,
+                            detail: format!(
+                                "signature does not verify with public key {}: the record was re-signed with another key or changed",
+                                hex::encode(k.as_bytes())
+                            ),
+                        });
+                    }
+                    signed += 1;
+                }
+            }
             prev = rec.hash;
             expected_seq += 1;
         }
-        Ok(expected_seq - 1)
+        Ok(LedgerReport {
+            records: expected_seq - 1,
+            signed,
+            unsigned,
+            head_seq: expected_seq - 1,
+            head_hash: prev,
+            public_key: key.map(|k| hex::encode(k.as_bytes())),
+        })
+    }
+
+    /// Replaces a ledger record as it is stored (for tampering tests; never used by the daemon).
+    #[doc(hidden)]
+    pub fn overwrite_ledger_record(&self, rec: &LedgerRecord) -> Result<(), HistoryError> {
+        let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
+        {
+            let mut t = tx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
+            let bytes = serde_json::to_vec(rec).map_err(|e| self.store_err(e))?;
+            t.insert(rec.seq, bytes.as_slice())
+                .map_err(|e| self.store_err(e))?;
+        }
+        tx.commit().map_err(|e| self.store_err(e))
     }
 
     #[cfg(test)]
@@ -565,6 +839,142 @@ mod tests {
             h.verify_chain(),
             Err(HistoryError::ChainBroken { seq: 3, .. })
         ));
+    }
+
+    fn signed(key: &SigningKey) -> (tempfile::TempDir, History) {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, _) = History::open_signed(&dir.path().join("h.redb"), 0, key.clone()).unwrap();
+        for i in 1..=6 {
+            h.record(&op(i, "a", i * 100)).unwrap();
+        }
+        (dir, h)
+    }
+
+    fn bad_seq(h: &History, key: &SigningKey) -> (u64, String) {
+        match h.verify(Some(&key.verifying_key())) {
+            Err(HistoryError::ChainBroken { seq, detail }) => (seq, detail),
+            other => panic!("expected a broken chain, got {other:?}"),
+        }
+    }
+
+    /// Re-hashes and re-signs record `rec` (and fixes the next record's link) with `key`.
+    fn forge(h: &History, rec: &mut LedgerRecord, key: &SigningKey) {
+        let json = serde_json::to_vec(&rec.entry).unwrap();
+        rec.hash = chain_hash(rec.seq, &rec.prev_hash, &json);
+        rec.sig = Some(hex::encode(
+            key.sign(&signed_message(rec.seq, &rec.hash)).to_bytes(),
+        ));
+        h.overwrite_ledger_record(rec).unwrap();
+    }
+
+    #[test]
+    fn signed_ledger_verifies_and_reports_its_head() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (_d, h) = signed(&key);
+        let r = h.verify(Some(&key.verifying_key())).unwrap();
+        assert_eq!((r.records, r.signed, r.unsigned, r.head_seq), (6, 6, 0, 6));
+        assert_eq!(r.head_hash, h.ledger(6, 1).unwrap()[0].hash);
+        // The stored key is used when none is given.
+        assert!(h.verify(None).is_ok());
+    }
+
+    #[test]
+    fn signed_ledger_names_the_first_bad_record_for_each_tampering() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mallory = SigningKey::from_bytes(&[9; 32]);
+
+        // Removed.
+        let (_d, h) = signed(&key);
+        h.remove_ledger(3);
+        assert_eq!(bad_seq(&h, &key).0, 4);
+
+        // Changed, hash left alone.
+        let (_d, h) = signed(&key);
+        h.tamper_ledger(2, |r| {
+            if let LedgerEntry::Operation { operation } = &mut r.entry {
+                operation.reason = "changed".into();
+            }
+        });
+        assert_eq!(bad_seq(&h, &key).0, 2);
+
+        // Reordered: records 2 and 3 swapped (with their seq fields rewritten to fit).
+        let (_d, h) = signed(&key);
+        let mut r2 = h.ledger(2, 1).unwrap().remove(0);
+        let mut r3 = h.ledger(3, 1).unwrap().remove(0);
+        std::mem::swap(&mut r2.seq, &mut r3.seq);
+        h.overwrite_ledger_record(&r2).unwrap();
+        h.overwrite_ledger_record(&r3).unwrap();
+        assert_eq!(bad_seq(&h, &key).0, 2);
+
+        // Changed, then the whole chain from there re-hashed and re-signed with another key
+        // (and that key recorded in the file): only the real public key catches it.
+        let (_d, h) = signed(&key);
+        let mut prev = h.ledger(3, 1).unwrap()[0].prev_hash.clone();
+        for seq in 3..=6 {
+            let mut r = h.ledger(seq, 1).unwrap().remove(0);
+            if seq == 3 {
+                if let LedgerEntry::Operation { operation } = &mut r.entry {
+                    operation.state = OpState::Failed;
+                }
+            }
+            r.prev_hash = prev;
+            forge(&h, &mut r, &mallory);
+            prev = r.hash.clone();
+        }
+        let tx = h.db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert(
+                "ledger_public_key",
+                hex::encode(mallory.verifying_key().as_bytes()).as_bytes(),
+            )
+            .unwrap();
+        tx.commit().unwrap();
+        let (seq, detail) = bad_seq(&h, &key);
+        assert_eq!(seq, 3);
+        assert!(detail.contains("re-signed with another key"), "{detail}");
+
+        // Signature stripped from a record after signed ones.
+        let (_d, h) = signed(&key);
+        h.tamper_ledger(5, |r| r.sig = None);
+        assert_eq!(bad_seq(&h, &key).0, 5);
+    }
+
+    #[test]
+    fn old_unsigned_records_stay_readable_and_precede_signed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        {
+            let (h, _) = History::open(&path, 0).unwrap();
+            h.record(&op(1, "a", 1)).unwrap();
+        }
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (h, _) = History::open_signed(&path, 0, key.clone()).unwrap();
+        h.record(&op(2, "a", 2)).unwrap();
+        let r = h.verify(Some(&key.verifying_key())).unwrap();
+        assert_eq!((r.records, r.signed, r.unsigned), (2, 1, 1));
+        // A record written by an older fenced (no `sig` field at all) decodes.
+        let old = r#"{"seq":1,"prev_hash":"00","entry":{"kind":"pause","status":{"paused":false,"by":null,"reason":null,"since_ms":null}},"hash":"ab"}"#;
+        let rec: LedgerRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.sig, None);
+    }
+
+    #[test]
+    fn key_file_is_created_0600_with_its_public_key_and_reloaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/ledger.key");
+        let k1 = load_or_create_key(&p).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let k2 = load_or_create_key(&p).unwrap();
+        assert_eq!(k1.to_bytes(), k2.to_bytes());
+        let pubtext = std::fs::read_to_string(public_key_path(&p)).unwrap();
+        assert_eq!(parse_public_key(&pubtext).unwrap(), k1.verifying_key());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(load_or_create_key(&p).unwrap_err().contains("chmod 600"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod demo;
 pub mod devices;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod model;
 

@@ -210,7 +210,7 @@ fn pause_refuses_new_operations_until_resume() {
     assert_eq!(v["paused"], true);
     assert_eq!(v["reason"], "maintenance");
     let (code, body) = h.curl("POST", "/v1/fence", Some(&fence_body("node1", "off")));
-    let err = assert_error(code, &body, 503, "paused");
+    let err = assert_error(code, &body, 409, "paused");
     assert!(err["hint"].as_str().unwrap().contains("resume"), "{err}");
     let (code, v) = h.json("POST", "/v1/resume", Some(r#"{"reason":"done"}"#));
     assert_eq!(code, 200, "{v}");

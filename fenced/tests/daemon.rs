@@ -14,6 +14,7 @@ fn check_config_prints_a_summary_or_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "secret").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,

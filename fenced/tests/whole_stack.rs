@@ -37,6 +37,8 @@ fn bench(nodes: usize, opts: Opts) -> Bench {
     let dir = tmp.path();
     let pw = dir.join("pw");
     let mut f = std::fs::File::create(&pw).unwrap();
+    // A password file others can read is refused (as ssh refuses such keys).
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     writeln!(
         f,
         "{}",

@@ -154,6 +154,49 @@ pub fn render(engine: &Engine, api_refused: &BTreeMap<String, u64>) -> String {
     p.0
 }
 
+/// Appends the API's security counters: failed authentications, sources refused for failing
+/// too often, and connections refused by the listeners' bounds.
+pub(crate) fn render_security(out: &mut String, s: &super::ApiState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut p = Page(std::mem::take(out));
+    p.family(
+        "palisade_api_auth_failures_total",
+        "counter",
+        "Requests whose bearer token or client certificate was not accepted.",
+    );
+    p.sample(
+        "palisade_api_auth_failures_total",
+        &[],
+        s.auth_failures.failed_total.load(Relaxed),
+    );
+    p.family(
+        "palisade_api_auth_rate_limited_total",
+        "counter",
+        "Requests refused because their source failed to authenticate too often in the last minute.",
+    );
+    p.sample(
+        "palisade_api_auth_rate_limited_total",
+        &[],
+        s.auth_failures.limited_total.load(Relaxed),
+    );
+    p.family(
+        "palisade_api_connections_refused_total",
+        "counter",
+        "Connections closed by the listeners' bounds, by reason.",
+    );
+    p.sample(
+        "palisade_api_connections_refused_total",
+        &[("reason", "over_limit")],
+        s.conns.over_limit.load(Relaxed),
+    );
+    p.sample(
+        "palisade_api_connections_refused_total",
+        &[("reason", "tls_handshake")],
+        s.conns.handshake_failed.load(Relaxed),
+    );
+    *out = p.0;
+}
+
 #[cfg(test)]
 mod tests {
     use super::escape;

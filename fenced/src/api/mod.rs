@@ -1,5 +1,5 @@
 //! The fencer API v1 (DESIGN.md §4): HTTP/JSON on a Unix socket (peer-uid auth) and optionally
-//! on loopback TCP.
+//! on TCP: plain on loopback, or TLS with tokens and client certificates (see [`auth`]).
 //!
 //! [`routes::ROUTES`] is the one table of routes: the router is built from it here and the
 //! OpenAPI document is generated from it in [`openapi`], so the two cannot drift apart.
@@ -8,11 +8,14 @@ pub mod auth;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod tls;
+pub mod tokens;
+pub mod transport;
 
 use crate::config::Role;
 use crate::engine::Engine;
 use crate::error::EngineError;
-use auth::{Authenticated, Credentials, RoleDisplay};
+use auth::{AuthFailures, Authenticated, Bearer, Credentials, RoleDisplay};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -211,6 +214,12 @@ pub(crate) struct ApiState {
     shutdown: watch::Sender<bool>,
     /// Requests refused by the API layer itself (forbidden, malformed, ...), by code.
     refused: Mutex<BTreeMap<String, u64>>,
+    /// Bearer tokens, when `api.tokens_file` is configured.
+    tokens: Option<tokens::TokenStore>,
+    /// Failed authentications per source.
+    pub(crate) auth_failures: AuthFailures,
+    /// Connections refused by the listeners' bounds.
+    pub(crate) conns: Arc<transport::ConnCounters>,
 }
 
 impl ApiState {
@@ -242,13 +251,34 @@ impl Api {
     /// The API for `engine`, with access rules from the engine's configuration.
     pub fn new(engine: Engine) -> Api {
         let (shutdown, _) = watch::channel(false);
+        let sec = &engine.config().api.security;
+        let tokens = sec.tokens_file.clone().map(tokens::TokenStore::new);
+        let auth_failures = AuthFailures::new(sec.auth_failures_per_minute);
         Api {
             state: Arc::new(ApiState {
                 engine,
                 shutdown,
                 refused: Mutex::new(BTreeMap::new()),
+                tokens,
+                auth_failures,
+                conns: Default::default(),
             }),
         }
+    }
+
+    fn bounds(&self) -> transport::Bounds {
+        let sec = &self.state.engine.config().api.security;
+        transport::Bounds {
+            max_connections: sec.max_connections,
+            header_timeout: sec.header_timeout,
+        }
+    }
+
+    fn stopper(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let state = self.state.clone();
+        move || Box::pin(state.shutdown_signal())
     }
 
     /// The router: every route of [`routes::ROUTES`], JSON errors for unknown routes and
@@ -258,7 +288,10 @@ impl Api {
         for spec in routes::ROUTES {
             let mut mr = routes::method_router(spec);
             if let Some(role) = spec.role {
-                mr = mr.route_layer(axum::middleware::from_fn_with_state(role, require_role));
+                mr = mr.route_layer(axum::middleware::from_fn_with_state(
+                    (role, self.state.clone()),
+                    require_role,
+                ));
             }
             router = router.route(spec.path, mr);
         }
@@ -281,23 +314,32 @@ impl Api {
 
     /// Serves on a Unix socket (see [`bind_unix`]) until [`Api::shutdown`].
     pub async fn serve_unix(&self, listener: UnixListener) -> io::Result<()> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<Credentials>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(self.state.shutdown_signal())
-            .await
+        transport::serve_unix(
+            listener,
+            self.router(),
+            self.bounds(),
+            self.state.conns.clone(),
+            self.stopper(),
+        )
+        .await
     }
 
-    /// Serves on a TCP listener (loopback: the config refuses other addresses) until
-    /// [`Api::shutdown`].
-    pub async fn serve_tcp(&self, listener: TcpListener) -> io::Result<()> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<Credentials>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(self.state.shutdown_signal())
-            .await
+    /// Serves on a TCP listener until [`Api::shutdown`]: over TLS when `tls` is given (the
+    /// config allows plain TCP on loopback only).
+    pub async fn serve_tcp(
+        &self,
+        listener: TcpListener,
+        tls: Option<Arc<tls::TlsReloader>>,
+    ) -> io::Result<()> {
+        transport::serve_tcp(
+            listener,
+            self.router(),
+            tls,
+            self.bounds(),
+            self.state.conns.clone(),
+            self.stopper(),
+        )
+        .await
     }
 }
 
@@ -360,12 +402,43 @@ async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -
         .get::<ConnectInfo<Credentials>>()
         .map(|c| c.0.clone())
         .unwrap_or(Credentials::UnixUnknown);
-    let auth = auth::resolve(&state.engine.config().api, &creds);
-    let identity = auth.caller.identity.clone();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    req.extensions_mut().insert(auth);
     let started = Instant::now();
+    let rate_key = creds.rate_key();
+    if state.auth_failures.is_limited(&rate_key, started) {
+        tracing::warn!(source = %creds.source(), %method, %path, "api request refused: too many failed authentications from this source");
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth_rate_limited",
+            format!("too many failed authentications from {rate_key} in the last minute"),
+            "check the token or client certificate this client uses, then retry after a minute",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("60"),
+        );
+        return r;
+    }
+    let bearer = bearer_of(&state, &req);
+    let auth = auth::resolve(&state.engine.config().api, &creds, &bearer);
+    let identity = auth.caller.identity.clone();
+    if auth.failed {
+        state.auth_failures.record(&rate_key, started);
+        state
+            .engine
+            .audit_auth_failure(&identity, &auth.source, &method, &path);
+        tracing::warn!(caller = %identity, source = %auth.source, %method, %path, "api request refused: authentication failed");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the bearer token or client certificate was not accepted",
+            "use a token from `fenced token create` (Authorization: Bearer TOKEN, or fence_node --token-file) or a client certificate mapped in api.client_certs",
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(auth);
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -385,8 +458,30 @@ async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -
     resp
 }
 
+/// What the request's `Authorization` header proves. The token is never logged or stored.
+fn bearer_of(state: &ApiState, req: &Request) -> Bearer {
+    let Some(v) = req.headers().get(axum::http::header::AUTHORIZATION) else {
+        return Bearer::Absent;
+    };
+    let token = v
+        .as_bytes()
+        .strip_prefix(b"Bearer ")
+        .map(<[u8]>::trim_ascii);
+    match (token, &state.tokens) {
+        (Some(t), Some(store)) if !t.is_empty() => match store.lookup(t) {
+            Some((name, role)) => Bearer::Valid { name, role },
+            None => Bearer::Invalid,
+        },
+        _ => Bearer::Invalid,
+    }
+}
+
 /// Refuses callers below the route's role.
-async fn require_role(State(needed): State<Role>, req: Request, next: Next) -> Response {
+async fn require_role(
+    State((needed, state)): State<(Role, AppState)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let have = req.extensions().get::<Authenticated>().and_then(|a| a.role);
     if have.is_some_and(|h| h >= needed) {
         return next.run(req).await;
@@ -395,7 +490,35 @@ async fn require_role(State(needed): State<Role>, req: Request, next: Next) -> R
         .extensions()
         .get::<Authenticated>()
         .map_or_else(|| "unknown".to_string(), |a| a.caller.identity.clone());
-    let hint = if who.starts_with("tcp:") {
+    // Refused actions (fence, confirm, pause, ...) are audited; refused reads are only logged.
+    if req.method() != axum::http::Method::GET {
+        let from = req
+            .extensions()
+            .get::<Authenticated>()
+            .map_or_else(String::new, |a| a.source.clone());
+        state.engine.audit(
+            &who,
+            &from,
+            &format!("{} {}", req.method(), req.uri().path()),
+            "",
+            &format!(
+                "refused: forbidden (needs the `{}` role)",
+                auth::role_name(needed)
+            ),
+        );
+    }
+    let hint = if who.starts_with("tls:") {
+        format!(
+            "authenticate with a token that has the `{}` role (`fenced token create --role {} --name NAME`; fence_node --token-file) or a client certificate mapped in api.client_certs",
+            auth::role_name(needed),
+            auth::role_name(needed)
+        )
+    } else if who.starts_with("token:") || who.starts_with("cert:") {
+        format!(
+            "this credential has a lower role; ask an administrator for one with the `{}` role",
+            auth::role_name(needed)
+        )
+    } else if who.starts_with("tcp:") {
         format!(
             "every TCP caller gets api.tcp_role; use the Unix socket as a user with the `{}` role, or have an administrator raise api.tcp_role",
             auth::role_name(needed)

@@ -89,6 +89,10 @@ pub enum Handler {
     Metrics,
     /// `GET /v1/openapi.json`.
     OpenApi,
+    /// `GET /v1/ledger`.
+    Ledger,
+    /// `GET /v1/ledger/verify`.
+    LedgerVerify,
 }
 
 /// One route: the router and the OpenAPI generator both read these.
@@ -329,6 +333,41 @@ pub const ROUTES: &[RouteSpec] = &[
     },
     RouteSpec {
         method: Method::Get,
+        path: "/v1/ledger",
+        role: Some(Role::Read),
+        summary: "The signed, hash-chained ledger: operations, pause switch, refusals and audit records (who, from where, what, why, outcome), oldest first.",
+        operation_id: "ledger",
+        handler: Handler::Ledger,
+        request: None,
+        status: 200,
+        response: Body::Json(schema::<Vec<crate::history::LedgerRecord>>),
+        query: &[
+            QueryParam {
+                name: "from_seq",
+                kind: "integer",
+                description: "First record (default 1).",
+            },
+            QueryParam {
+                name: "limit",
+                kind: "integer",
+                description: "At most this many (default 100, at most 1000).",
+            },
+        ],
+    },
+    RouteSpec {
+        method: Method::Get,
+        path: "/v1/ledger/verify",
+        role: Some(Role::Read),
+        summary: "Checks every link and signature of the ledger with the daemon's key; names the first bad record.",
+        operation_id: "verifyLedger",
+        handler: Handler::LedgerVerify,
+        request: None,
+        status: 200,
+        response: Body::Json(schema::<crate::engine::audit::LedgerVerification>),
+        query: &[],
+    },
+    RouteSpec {
+        method: Method::Get,
         path: "/v1/openapi.json",
         role: Some(Role::Read),
         summary: "This document.",
@@ -367,6 +406,8 @@ pub(super) fn method_router(spec: &RouteSpec) -> MethodRouter<AppState> {
         Handler::Health => m!(health),
         Handler::Metrics => m!(metrics),
         Handler::OpenApi => m!(openapi),
+        Handler::Ledger => m!(ledger),
+        Handler::LedgerVerify => m!(ledger_verify),
     }
 }
 
@@ -379,10 +420,17 @@ async fn fence(
     ApiJson(req): ApiJson<FenceRequest>,
 ) -> Result<(StatusCode, Json<FenceAccepted>), ApiError> {
     let (target, action) = (req.target.clone(), req.action);
-    let accepted = s
-        .engine
-        .fence(req, &auth.caller)
-        .map_err(ApiError::counted)?;
+    let what = format!("fence {target} {action}");
+    let why = req.reason.clone();
+    let result = s.engine.fence(req, &auth.caller);
+    let outcome = match &result {
+        Ok(a) if a.joined => format!("joined operation {}", a.id),
+        Ok(a) => format!("accepted as operation {}", a.id),
+        Err(e) => format!("refused: {} ({})", e.code(), e),
+    };
+    s.engine
+        .audit(&auth.caller.identity, &auth.source, &what, &why, &outcome);
+    let accepted = result.map_err(ApiError::counted)?;
     tracing::info!(caller = %auth.caller.identity, %target, %action, op = accepted.id, joined = accepted.joined, "fence request accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -524,7 +572,19 @@ async fn confirm(
     ApiPath(t): ApiPath<String>,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> Result<Json<Operation>, ApiError> {
-    let op = s.engine.confirm(&t, &auth.caller, &body.reason)?;
+    let result = s.engine.confirm(&t, &auth.caller, &body.reason);
+    let outcome = match &result {
+        Ok(op) => format!("recorded as operation {}", op.id),
+        Err(e) => format!("refused: {} ({})", e.code(), e),
+    };
+    s.engine.audit(
+        &auth.caller.identity,
+        &auth.source,
+        &format!("confirm {t} off"),
+        &body.reason,
+        &outcome,
+    );
+    let op = result?;
     tracing::warn!(caller = %auth.caller.identity, target = %t, op = op.id, reason = %body.reason, "manual confirmation recorded");
     Ok(Json(op))
 }
@@ -550,8 +610,27 @@ async fn set_paused(
     body: ReasonBody,
     paused: bool,
 ) -> Result<Json<PauseStatus>, ApiError> {
-    require_reason(if paused { "pausing" } else { "resuming" }, &body)?;
-    let st = s.engine.set_paused(paused, &auth.caller, &body.reason)?;
+    let what = if paused { "pause" } else { "resume" };
+    let checked = require_reason(if paused { "pausing" } else { "resuming" }, &body);
+    let result = match checked {
+        Ok(()) => s
+            .engine
+            .set_paused(paused, &auth.caller, &body.reason)
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let outcome = match &result {
+        Ok(_) => "done".to_string(),
+        Err(e) => format!("refused: {} ({})", e.detail.code, e.detail.message),
+    };
+    s.engine.audit(
+        &auth.caller.identity,
+        &auth.source,
+        what,
+        &body.reason,
+        &outcome,
+    );
+    let st = result?;
     tracing::warn!(caller = %auth.caller.identity, paused, reason = %body.reason, "pause switch changed");
     Ok(Json(st))
 }
@@ -583,8 +662,43 @@ async fn health(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let text = super::metrics::render(&s.engine, &s.api_refused());
+    let mut text = super::metrics::render(&s.engine, &s.api_refused());
+    super::metrics::render_security(&mut text, &s);
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+#[derive(Deserialize)]
+struct LedgerQuery {
+    from_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn ledger(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<LedgerQuery>,
+) -> Result<Json<Vec<crate::history::LedgerRecord>>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    Ok(Json(
+        s.engine.ledger(q.from_seq.unwrap_or(1).max(1), limit)?,
+    ))
+}
+
+async fn ledger_verify(
+    State(s): State<AppState>,
+) -> Result<Json<crate::engine::audit::LedgerVerification>, ApiError> {
+    // A long ledger takes a while to check (one signature per record): off the event loop.
+    let engine = s.engine.clone();
+    let r = tokio::task::spawn_blocking(move || engine.verify_ledger())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("ledger verification stopped: {e}"),
+                "retry; if it persists, run `fenced verify-ledger` on a copy of the history file",
+            )
+        })?;
+    Ok(Json(r?))
 }
 
 async fn openapi() -> Response {

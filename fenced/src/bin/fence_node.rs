@@ -33,7 +33,8 @@ Exit status:
   4  the daemon is unreachable, did not answer in time, or failed internally
 
 Environment:
-  PALISADE_SOCKET  the daemon's Unix socket when --socket is not given";
+  PALISADE_SOCKET      the daemon's Unix socket when --socket is not given
+  PALISADE_TOKEN_FILE  a file holding the bearer token when --token-file is not given";
 
 #[derive(Parser)]
 #[command(
@@ -46,9 +47,18 @@ struct Cli {
     /// The daemon's Unix socket [default: $PALISADE_SOCKET, else /run/palisade/fenced.sock].
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Talk to the daemon's loopback TCP listener instead, e.g. http://127.0.0.1:7420.
+    /// Talk to the daemon's TCP listener instead: https://HOST:PORT (with --ca), or
+    /// http://127.0.0.1:7420 on loopback.
     #[arg(long, global = true, value_name = "URL", conflicts_with = "socket")]
     url: Option<String>,
+    /// PEM file of the CA that signed the daemon's certificate (for https URLs).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// File holding a bearer token from `fenced token create` (mode 0600)
+    /// [default: $PALISADE_TOKEN_FILE]. Tokens are never taken on the command line, where
+    /// other users could read them.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Print the API's JSON answer on stdout instead of text (errors too).
     #[arg(long, global = true)]
     json: bool,
@@ -104,6 +114,13 @@ enum Verb {
         /// At most this many.
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
+        /// Show the ledger's audit records (who, from where, what, why, outcome) instead.
+        #[arg(long)]
+        audit: bool,
+        /// Verify the ledger's hash chain and signatures; exit 1 and name the first bad record
+        /// if anything was removed or changed.
+        #[arg(long)]
+        verify: bool,
     },
     /// Show devices and their last health check (with --check: check them now).
     Devices {
@@ -162,8 +179,32 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
+    let mut client = Client::new(endpoint, Duration::from_secs(cli.api_timeout.max(1)));
+    if let Some(ca) = &cli.ca {
+        match fenced::client::tls_config(ca) {
+            Ok(cfg) => client = client.with_tls(cfg),
+            Err(msg) => {
+                eprintln!("fence_node: --ca: {msg}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let token_file = cli.token_file.clone().or_else(|| {
+        std::env::var_os("PALISADE_TOKEN_FILE")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(f) = &token_file {
+        match fenced::client::read_token_file(f) {
+            Ok(t) => client = client.with_token(t),
+            Err(msg) => {
+                eprintln!("fence_node: token file: {msg}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     let ui = Ui {
-        client: Client::new(endpoint, Duration::from_secs(cli.api_timeout.max(1))),
+        client,
         json: cli.json,
     };
     ExitCode::from(rt.block_on(ui.run(cli.verb)))
@@ -188,7 +229,21 @@ impl Ui {
             Verb::Reboot(a) => self.fence(Action::Reboot, a).await,
             Verb::On(a) => self.fence(Action::On, a).await,
             Verb::Status { node, live } => self.status(node, live).await,
-            Verb::History { node, since, limit } => self.history(node, since, limit).await,
+            Verb::History {
+                node,
+                since,
+                limit,
+                audit,
+                verify,
+            } => {
+                if verify {
+                    self.verify_ledger().await
+                } else if audit {
+                    self.audit(limit).await
+                } else {
+                    self.history(node, since, limit).await
+                }
+            }
             Verb::Devices { check } => self.devices(check).await,
             Verb::Confirm { node, reason, yes } => self.confirm(&node, &reason, yes).await,
             Verb::Pause { reason } => self.pause(true, &reason).await,
@@ -414,6 +469,95 @@ impl Ui {
                 table(&["TARGET", "LEVELS", "LAST OPERATION"], &rows);
             }
         }
+        Ok(EXIT_OK)
+    }
+
+    async fn verify_ledger(&self) -> Result<u8, ClientError> {
+        let (v, raw): (fenced::engine::audit::LedgerVerification, Value) = self
+            .client
+            .call_as("GET", "/v1/ledger/verify", None, None)
+            .await?;
+        if self.json {
+            print_json(&raw);
+        }
+        match (&v.report, v.ok) {
+            (Some(r), true) => {
+                if !self.json {
+                    println!(
+                        "ledger intact: {} records ({} signed, {} unsigned from before signing), head {} {}",
+                        r.records, r.signed, r.unsigned, r.head_seq, r.head_hash
+                    );
+                    if let Some(k) = &r.public_key {
+                        println!("signed by {k}");
+                    }
+                }
+                Ok(EXIT_OK)
+            }
+            _ => {
+                eprintln!(
+                    "fence_node: ledger NOT intact: first bad record {}: {}",
+                    v.first_bad_seq.unwrap_or(0),
+                    v.detail.unwrap_or_default()
+                );
+                Ok(EXIT_FAILED)
+            }
+        }
+    }
+
+    async fn audit(&self, limit: Option<u32>) -> Result<u8, ClientError> {
+        let mut rows: Vec<[String; 7]> = Vec::new();
+        let mut raws = Vec::new();
+        let mut from = 1u64;
+        loop {
+            let (recs, raw): (Vec<fenced::history::LedgerRecord>, Value) = self
+                .client
+                .call_as(
+                    "GET",
+                    &format!("/v1/ledger?from_seq={from}&limit=1000"),
+                    None,
+                    None,
+                )
+                .await?;
+            let n = recs.len();
+            raws.push(raw);
+            for r in recs {
+                from = r.seq + 1;
+                if let fenced::history::LedgerEntry::Audit {
+                    at_ms,
+                    who,
+                    from: src,
+                    what,
+                    why,
+                    outcome,
+                } = r.entry
+                {
+                    rows.push([
+                        r.seq.to_string(),
+                        format_ms(at_ms),
+                        who,
+                        src,
+                        what,
+                        why,
+                        outcome,
+                    ]);
+                }
+            }
+            if n < 1000 {
+                break;
+            }
+        }
+        if let Some(l) = limit {
+            let skip = rows.len().saturating_sub(l as usize);
+            rows.drain(..skip);
+        }
+        if self.json {
+            print_json(&Value::Array(raws));
+            return Ok(EXIT_OK);
+        }
+        table(
+            &["SEQ", "AT (UTC)", "WHO", "FROM", "WHAT", "WHY", "OUTCOME"],
+            &rows,
+        );
         Ok(EXIT_OK)
     }
 

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use fenced::config::{Config, DeviceKind, Role};
-use fenced::daemon::{notify, wait_for_signal, Daemon};
+use fenced::daemon::{notify, Daemon, SignalAction, Signals};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,6 +37,23 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Manage the API's bearer tokens (the file named by api.tokens_file).
+    Token {
+        #[command(subcommand)]
+        verb: TokenVerb,
+    },
+    /// Check a history file's ledger offline: every hash link and every signature; names the
+    /// first bad record. Works on a copy, so fenced may keep running.
+    VerifyLedger {
+        /// The history database (daemon.history).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The node's ledger public key (daemon.ledger_key + `.pub`, 64 hex digits), kept off
+        /// the node. Without it the key recorded in the file is used, which whoever rewrote
+        /// the file could also have replaced.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
     /// Start a lab of simulated IPMI BMCs on loopback (no hardware needed), run fenced on it,
     /// fence node1 end to end through the API, then keep serving until Ctrl-C.
     #[cfg(feature = "demo")]
@@ -57,10 +74,167 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenVerb {
+    /// Create a token and print it once (only its hash is stored).
+    Create {
+        /// The configuration file naming api.tokens_file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Its role: read, fence or admin.
+        #[arg(long, value_parser = ["read", "fence", "admin"])]
+        role: String,
+        /// Its name, recorded as the caller's identity (`token:NAME`).
+        #[arg(long)]
+        name: String,
+    },
+    /// List tokens (names, roles, creation times; never the tokens).
+    List {
+        /// The configuration file naming api.tokens_file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Revoke a token by name; the daemon stops accepting it at the next request.
+    Revoke {
+        /// The configuration file naming api.tokens_file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The token's name.
+        name: String,
+    },
+}
+
+fn tokens_file(config: &Path) -> Result<PathBuf, String> {
+    let c = Config::load(config).map_err(|e| e.to_string())?;
+    c.api.security.tokens_file.ok_or_else(|| {
+        format!(
+            "{}: api.tokens_file is not set; add `tokens_file = \"/etc/palisade/tokens\"` to [api]",
+            config.display()
+        )
+    })
+}
+
+fn token(verb: TokenVerb) -> ExitCode {
+    let r = match verb {
+        TokenVerb::Create { config, role, name } => (|| {
+            let role = match role.as_str() {
+                "read" => Role::Read,
+                "fence" => Role::Fence,
+                _ => Role::Admin,
+            };
+            let file = tokens_file(&config)?;
+            let t = fenced::api::tokens::create(&file, &name, role)?;
+            eprintln!(
+                "token `{name}` ({}) created in {}; it is shown once, store it in a file readable only by its user (mode 0600):",
+                fenced::api::auth::role_name(role),
+                file.display()
+            );
+            println!("{}", t.as_str());
+            Ok(())
+        })(),
+        TokenVerb::List { config } => (|| {
+            let file = tokens_file(&config)?;
+            let entries = fenced::api::tokens::read_file(&file)?;
+            if entries.is_empty() {
+                println!("no tokens in {}", file.display());
+            }
+            for e in entries {
+                println!(
+                    "{}\t{}\tcreated {} ms",
+                    e.name,
+                    fenced::api::auth::role_name(e.role),
+                    e.created_ms
+                );
+            }
+            Ok(())
+        })(),
+        TokenVerb::Revoke { config, name } => (|| {
+            let file = tokens_file(&config)?;
+            if fenced::api::tokens::revoke(&file, &name)? {
+                println!("token `{name}` revoked");
+                Ok(())
+            } else {
+                Err(format!(
+                    "no token named `{name}` in {}; see `fenced token list`",
+                    file.display()
+                ))
+            }
+        })(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fenced token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify_ledger(file: &Path, public_key: Option<&Path>) -> ExitCode {
+    let r = (|| -> Result<fenced::history::LedgerReport, String> {
+        let key = match public_key {
+            None => None,
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read public key {}: {e}", p.display()))
+                    .and_then(|t| {
+                        fenced::history::parse_public_key(&t)
+                            .map_err(|e| format!("{}: {e}", p.display()))
+                    })?,
+            ),
+        };
+        // A copy: the daemon holds a lock on the file, and verification must not change it.
+        let dir = tempfile_dir()?;
+        let copy = dir.join("history.redb");
+        std::fs::copy(file, &copy).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let result = fenced::history::History::open_readonly_copy(&copy)
+            .and_then(|h| h.verify(key.as_ref()))
+            .map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    })();
+    match r {
+        Ok(rep) => {
+            println!(
+                "{}: ledger intact: {} records ({} signed, {} unsigned from before signing), head {} {}",
+                file.display(),
+                rep.records,
+                rep.signed,
+                rep.unsigned,
+                rep.head_seq,
+                rep.head_hash
+            );
+            match (&rep.public_key, public_key) {
+                (Some(k), Some(_)) => println!("signatures checked with the given public key {k}"),
+                (Some(k), None) => println!("signatures checked with the key recorded in the file ({k}); give --public-key with a copy kept off the node to rule out a rewritten file"),
+                (None, _) => println!("no signatures to check"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: ledger NOT intact: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let base = std::env::temp_dir();
+    for n in 0..100u32 {
+        let d = base.join(format!("fenced-verify-{}-{n}", std::process::id()));
+        if std::fs::create_dir(&d).is_ok() {
+            return Ok(d);
+        }
+    }
+    Err(format!("cannot create a directory in {}", base.display()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Token { verb } => token(verb),
+        Command::VerifyLedger { file, public_key } => verify_ledger(&file, public_key.as_deref()),
         Command::Run { config } => {
             init_logging("info");
             block_on(run(&config))
@@ -197,13 +371,22 @@ fn check_config(file: &Path) -> ExitCode {
 
 async fn run(path: &Path) -> Result<(), String> {
     let config = Arc::new(Config::load(path).map_err(|e| e.to_string())?);
+    let mut signals = Signals::install()?;
     let daemon = Daemon::start(config).await?;
     notify("READY=1\nSTATUS=serving the fencer API");
     tracing::info!("fenced ready");
-    wait_for_signal().await?;
+    while signals.next().await == SignalAction::Reload {
+        match daemon.reload_tls() {
+            Ok(true) => tracing::info!("TLS certificate and key reloaded"),
+            Ok(false) => tracing::info!("SIGHUP: nothing to reload (TLS is not configured)"),
+            Err(e) => {
+                tracing::error!("TLS reload failed, still serving the previous certificate: {e}")
+            }
+        }
+    }
     daemon
         .drain(DRAIN_LIMIT, async {
-            let _ = wait_for_signal().await;
+            while signals.next().await != SignalAction::Stop {}
         })
         .await;
     notify("STOPPING=1");

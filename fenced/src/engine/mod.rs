@@ -5,6 +5,7 @@
 //! Time is tokio's (`tokio::time`), so tests run with paused time; wall-clock stamps come from
 //! [`Clock`], which follows tokio's clock and therefore pauses with it.
 
+pub mod audit;
 mod limits;
 mod run;
 

@@ -49,6 +49,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
             socket: dir.join("s"),
             history: dir.join("h.redb"),
             node_name: "test".into(),
+            ledger_key: "/nonexistent/ledger.key".into(),
         },
         api: ApiConfig {
             tcp: None,
@@ -60,6 +61,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
             admin_gids: vec![],
             fence_gids: vec![],
             read_gids: vec![],
+            security: Default::default(),
         },
         limits: Limits {
             window: Duration::from_secs(600),
@@ -498,7 +500,7 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
         .engine
         .fence(req("n3", Action::Off), &caller())
         .unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("paused", 503));
+    assert_eq!((e.code(), e.http_status()), ("paused", 409));
     assert!(e.to_string().contains("maintenance"));
     r.engine.set_paused(false, &caller(), "done").unwrap();
     assert!(run(&r.engine, req("n3", Action::Off)).await.fenced());

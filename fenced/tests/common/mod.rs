@@ -207,7 +207,7 @@ impl Harness {
         self.rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
-            tokio::spawn(async move { api.serve_tcp(l).await });
+            tokio::spawn(async move { api.serve_tcp(l, None).await });
             addr
         })
     }

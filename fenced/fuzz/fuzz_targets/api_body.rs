@@ -1,0 +1,8 @@
+//! Fuzzes fenced::fuzzing::api_body (see that function for what it covers).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    fenced::fuzzing::api_body(data);
+});

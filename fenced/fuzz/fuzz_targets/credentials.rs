@@ -1,0 +1,8 @@
+//! Fuzzes fenced::fuzzing::credentials (see that function for what it covers).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    fenced::fuzzing::credentials(data);
+});
