@@ -5,8 +5,8 @@
 //! so they can be unit-tested, property-tested and fuzzed without I/O.
 
 pub mod ipmi;
-pub mod redfish;
 pub mod power;
+pub mod redfish;
 pub mod secret;
 
 pub use power::{DeviceError, Identity, Outlet, PowerCommand, PowerDevice, PowerState};

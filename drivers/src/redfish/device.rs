@@ -202,7 +202,12 @@ async fn delete_session(client: reqwest::Client, url: String, token: Secret) {
         return;
     };
     value.set_sensitive(true);
-    match client.delete(&url).header("X-Auth-Token", value).send().await {
+    match client
+        .delete(&url)
+        .header("X-Auth-Token", value)
+        .send()
+        .await
+    {
         Ok(r) if r.status().is_success() => tracing::debug!(%url, "Redfish session deleted"),
         Ok(r) => tracing::debug!(%url, status = %r.status(), "Redfish session delete refused"),
         Err(e) => tracing::debug!(%url, error = %e, "Redfish session delete failed"),
@@ -351,11 +356,12 @@ impl RedfishDevice {
         if authenticate {
             match &st.auth {
                 Some(Auth::Session { token, .. }) => {
-                    let mut v =
-                        HeaderValue::from_bytes(token.expose()).map_err(|_| DeviceError::Protocol {
+                    let mut v = HeaderValue::from_bytes(token.expose()).map_err(|_| {
+                        DeviceError::Protocol {
                             address: self.addr(),
                             detail: "the session token is not a valid header value".into(),
-                        })?;
+                        }
+                    })?;
                     v.set_sensitive(true);
                     req = req.header("X-Auth-Token", v);
                 }
@@ -441,8 +447,7 @@ impl RedfishDevice {
         let r = self
             .raw(st, method.clone(), path, body.clone(), what, true)
             .await?;
-        if r.status != StatusCode::UNAUTHORIZED || !matches!(st.auth, Some(Auth::Session { .. }))
-        {
+        if r.status != StatusCode::UNAUTHORIZED || !matches!(st.auth, Some(Auth::Session { .. })) {
             return Ok(r);
         }
         tracing::info!(address = %self.addr(), "Redfish session rejected (expired?); logging in again once");
@@ -457,7 +462,14 @@ impl RedfishDevice {
         }
         // The service root needs no authentication (DSP0266 §"Service root request").
         let r = self
-            .raw(st, Method::GET, "/redfish/v1/", None, "reading the service root", false)
+            .raw(
+                st,
+                Method::GET,
+                "/redfish/v1/",
+                None,
+                "reading the service root",
+                false,
+            )
             .await?;
         if !r.status.is_success() {
             return Err(self.refused(&r, "GET /redfish/v1/"));
@@ -505,7 +517,14 @@ impl RedfishDevice {
             })?,
         );
         let r = self
-            .raw(st, Method::POST, &sessions, Some(body), "opening a session", false)
+            .raw(
+                st,
+                Method::POST,
+                &sessions,
+                Some(body),
+                "opening a session",
+                false,
+            )
             .await?;
         if r.status.is_success() {
             let Some(token) = r.token else {
@@ -622,7 +641,9 @@ impl RedfishDevice {
             .as_ref()
             .and_then(|a| a.reset.clone())
             .ok_or_else(|| DeviceError::Unsupported {
-                operation: format!("power control: system {uri} has no #ComputerSystem.Reset action"),
+                operation: format!(
+                    "power control: system {uri} has no #ComputerSystem.Reset action"
+                ),
             })?;
         let allowed = match (reset.allowable_values.clone(), &reset.action_info) {
             (Some(v), _) => Some(v),
@@ -832,17 +853,22 @@ impl PowerDevice for RedfishDevice {
             Box::pin(async move {
                 let (sys, _) = d.system(st).await?;
                 let reset_type = d.reset_type(&sys, command)?;
-                let body = Zeroizing::new(
-                    serde_json::to_vec(&ResetRequest { reset_type }).map_err(|e| {
-                        DeviceError::Protocol {
+                let body =
+                    Zeroizing::new(serde_json::to_vec(&ResetRequest { reset_type }).map_err(
+                        |e| DeviceError::Protocol {
                             address: d.addr(),
                             detail: format!("cannot encode the reset: {e}"),
-                        }
-                    })?,
-                );
+                        },
+                    )?);
                 let command_text = format!("Reset {reset_type}");
                 let r = d
-                    .call(st, Method::POST, &sys.reset_target, Some(body), &command_text)
+                    .call(
+                        st,
+                        Method::POST,
+                        &sys.reset_target,
+                        Some(body),
+                        &command_text,
+                    )
                     .await?;
                 match r.status {
                     StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
@@ -914,7 +940,10 @@ mod tests {
     #[test]
     fn paths_stay_on_the_configured_origin() {
         let b = "https://10.0.0.5:443";
-        assert_eq!(join(b, "/redfish/v1/").unwrap(), "https://10.0.0.5:443/redfish/v1/");
+        assert_eq!(
+            join(b, "/redfish/v1/").unwrap(),
+            "https://10.0.0.5:443/redfish/v1/"
+        );
         assert_eq!(
             join(b, "https://10.0.0.5:443/redfish/v1/Systems").unwrap(),
             "https://10.0.0.5:443/redfish/v1/Systems"

@@ -133,9 +133,7 @@ impl Task {
     pub fn finished(&self) -> bool {
         matches!(
             self.task_state.as_deref(),
-            Some(
-                "Completed" | "Exception" | "Killed" | "Cancelled" | "Interrupted" | "Suspended"
-            )
+            Some("Completed" | "Exception" | "Killed" | "Cancelled" | "Interrupted" | "Suspended")
         )
     }
 

@@ -189,12 +189,17 @@ mod tests {
 
     #[test]
     fn fingerprints_parse_in_openssl_and_plain_form() {
-        let colon = (0..32).map(|i| format!("{i:02X}")).collect::<Vec<_>>().join(":");
+        let colon = (0..32)
+            .map(|i| format!("{i:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
         let plain = colon.replace(':', "").to_lowercase();
         let want: Vec<u8> = (0..32).collect();
         assert_eq!(TlsVerify::parse_fingerprint(&colon).unwrap().to_vec(), want);
         assert_eq!(TlsVerify::parse_fingerprint(&plain).unwrap().to_vec(), want);
-        assert!(TlsVerify::parse_fingerprint("AB:CD").unwrap_err().contains("openssl"));
+        assert!(TlsVerify::parse_fingerprint("AB:CD")
+            .unwrap_err()
+            .contains("openssl"));
         assert!(TlsVerify::parse_fingerprint(&"zz".repeat(32)).is_err());
     }
 }

@@ -309,7 +309,8 @@ impl RedfishBmcHandle {
     /// request with an old token gets 401.
     pub fn expire_sessions(&self) {
         lock(&self.shared.sessions).clear();
-        self.shared.record(EventKind::FaultApplied("sessions-expired"));
+        self.shared
+            .record(EventKind::FaultApplied("sessions-expired"));
     }
 
     /// How many sessions are open.
@@ -384,13 +385,17 @@ impl RedfishLab {
     /// returns once all listen. Must be called inside a tokio runtime.
     pub async fn start(spec: RedfishLabSpec) -> Result<RedfishLab, LabError> {
         if spec.systems == 0 {
-            return Err(LabError::Spec("a Redfish BMC needs at least one system".into()));
+            return Err(LabError::Spec(
+                "a Redfish BMC needs at least one system".into(),
+            ));
         }
         let (dir, tmp) = match &spec.cert_dir {
             Some(d) => (d.clone(), None),
             None => {
                 let t = tempfile::tempdir().map_err(|e| {
-                    LabError::Spec(format!("cannot create a directory for the certificate: {e}"))
+                    LabError::Spec(format!(
+                        "cannot create a directory for the certificate: {e}"
+                    ))
                 })?;
                 (t.path().to_path_buf(), Some(t))
             }
@@ -624,7 +629,11 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
         shared.record(EventKind::FaultApplied("refuse-auth"));
         return false;
     }
-    if let Some(tok) = req.headers().get("X-Auth-Token").and_then(|v| v.to_str().ok()) {
+    if let Some(tok) = req
+        .headers()
+        .get("X-Auth-Token")
+        .and_then(|v| v.to_str().ok())
+    {
         let mut sessions = lock(&shared.sessions);
         let timeout = shared.session_timeout;
         sessions.retain(|_, s| s.last_used.elapsed() < timeout);
@@ -685,9 +694,15 @@ async fn route(
     // Public resources (DSP0266: the service root, /redfish and the OData documents need no
     // authentication, and a session is opened without one).
     match (method, segs.as_slice()) {
-        (&Method::GET, ["redfish"]) => return reply(StatusCode::OK, Some(json!({"v1": "/redfish/v1/"}))),
-        (&Method::GET, ["redfish", "v1"]) => return reply(StatusCode::OK, Some(service_root(shared))),
-        (&Method::GET, ["redfish", "v1", "odata"]) => return reply(StatusCode::OK, Some(odata_doc())),
+        (&Method::GET, ["redfish"]) => {
+            return reply(StatusCode::OK, Some(json!({"v1": "/redfish/v1/"})))
+        }
+        (&Method::GET, ["redfish", "v1"]) => {
+            return reply(StatusCode::OK, Some(service_root(shared)))
+        }
+        (&Method::GET, ["redfish", "v1", "odata"]) => {
+            return reply(StatusCode::OK, Some(odata_doc()))
+        }
         (&Method::GET, ["redfish", "v1", "$metadata"]) => return metadata(),
         (&Method::POST, ["redfish", "v1", "SessionService", "Sessions"]) => {
             return create_session(shared, req).await
@@ -698,27 +713,44 @@ async fn route(
         return error(StatusCode::UNAUTHORIZED, "NoValidSession", "no valid session or credentials; log in through SessionService/Sessions or send Basic credentials");
     }
     match (method, segs.as_slice()) {
-        (&Method::GET, ["redfish", "v1", "SessionService"]) => reply(StatusCode::OK, Some(json!({
-            "@odata.id": "/redfish/v1/SessionService",
-            "@odata.type": "#SessionService.v1_1_8.SessionService",
-            "Id": "SessionService", "Name": "Session Service",
-            "ServiceEnabled": true,
-            "SessionTimeout": shared.session_timeout.as_secs().max(30),
-            "Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}
-        }))),
+        (&Method::GET, ["redfish", "v1", "SessionService"]) => reply(
+            StatusCode::OK,
+            Some(json!({
+                "@odata.id": "/redfish/v1/SessionService",
+                "@odata.type": "#SessionService.v1_1_8.SessionService",
+                "Id": "SessionService", "Name": "Session Service",
+                "ServiceEnabled": true,
+                "SessionTimeout": shared.session_timeout.as_secs().max(30),
+                "Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}
+            })),
+        ),
         (&Method::GET, ["redfish", "v1", "SessionService", "Sessions"]) => {
             let members: Vec<Value> = lock(&shared.sessions)
                 .values()
                 .map(|s| json!({"@odata.id": format!("/redfish/v1/SessionService/Sessions/{}", s.id)}))
                 .collect();
-            reply(StatusCode::OK, Some(collection("/redfish/v1/SessionService/Sessions", "#SessionCollection.SessionCollection", "Session Collection", members)))
+            reply(
+                StatusCode::OK,
+                Some(collection(
+                    "/redfish/v1/SessionService/Sessions",
+                    "#SessionCollection.SessionCollection",
+                    "Session Collection",
+                    members,
+                )),
+            )
         }
         (&Method::GET, ["redfish", "v1", "SessionService", "Sessions", id]) => {
-            let found = lock(&shared.sessions).values().any(|s| s.id.to_string() == *id);
+            let found = lock(&shared.sessions)
+                .values()
+                .any(|s| s.id.to_string() == *id);
             if found {
                 reply(StatusCode::OK, Some(session_json(id, &shared.user)))
             } else {
-                error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no such session")
+                error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceMissingAtURI",
+                    "no such session",
+                )
             }
         }
         (&Method::DELETE, ["redfish", "v1", "SessionService", "Sessions", id]) => {
@@ -726,10 +758,17 @@ async fn route(
             let before = sessions.len();
             sessions.retain(|_, s| s.id.to_string() != *id);
             if sessions.len() < before {
-                shared.record(EventKind::SessionClosed { session_id: id.parse().unwrap_or(0), reason: "DELETE" });
+                shared.record(EventKind::SessionClosed {
+                    session_id: id.parse().unwrap_or(0),
+                    reason: "DELETE",
+                });
                 reply(StatusCode::NO_CONTENT, None)
             } else {
-                error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no such session")
+                error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceMissingAtURI",
+                    "no such session",
+                )
             }
         }
         (&Method::GET, ["redfish", "v1", "Systems"]) => {
@@ -737,31 +776,64 @@ async fn route(
                 .iter()
                 .map(|s| json!({"@odata.id": format!("/redfish/v1/Systems/{}", s.id)}))
                 .collect();
-            reply(StatusCode::OK, Some(collection("/redfish/v1/Systems", "#ComputerSystemCollection.ComputerSystemCollection", "Computer System Collection", members)))
+            reply(
+                StatusCode::OK,
+                Some(collection(
+                    "/redfish/v1/Systems",
+                    "#ComputerSystemCollection.ComputerSystemCollection",
+                    "Computer System Collection",
+                    members,
+                )),
+            )
         }
         (&Method::GET, ["redfish", "v1", "Systems", id]) => match system_json(shared, id, faults) {
             Some(v) => reply(StatusCode::OK, Some(v)),
-            None => error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no such system"),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "ResourceMissingAtURI",
+                "no such system",
+            ),
         },
         (&Method::GET, ["redfish", "v1", "Systems", id, "ResetActionInfo"]) => {
             if system_index(shared, id).is_none() {
-                return error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no such system");
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceMissingAtURI",
+                    "no such system",
+                );
             }
-            reply(StatusCode::OK, Some(json!({
-                "@odata.id": format!("/redfish/v1/Systems/{id}/ResetActionInfo"),
-                "@odata.type": "#ActionInfo.v1_3_0.ActionInfo",
-                "Id": "ResetActionInfo", "Name": "Reset Action Info",
-                "Parameters": [{"Name": "ResetType", "Required": true, "DataType": "String", "AllowableValues": RESET_TYPES}]
-            })))
+            reply(
+                StatusCode::OK,
+                Some(json!({
+                    "@odata.id": format!("/redfish/v1/Systems/{id}/ResetActionInfo"),
+                    "@odata.type": "#ActionInfo.v1_3_0.ActionInfo",
+                    "Id": "ResetActionInfo", "Name": "Reset Action Info",
+                    "Parameters": [{"Name": "ResetType", "Required": true, "DataType": "String", "AllowableValues": RESET_TYPES}]
+                })),
+            )
         }
         (&Method::POST, ["redfish", "v1", "Systems", id, "Actions", "ComputerSystem.Reset"]) => {
             reset(shared, id, req, faults).await
         }
-        (&Method::GET, ["redfish", "v1", "TaskService", "Tasks", n, rest @ ..]) => task(shared, n, rest),
+        (&Method::GET, ["redfish", "v1", "TaskService", "Tasks", n, rest @ ..]) => {
+            task(shared, n, rest)
+        }
         (_, ["redfish", "v1", "Systems", _, "Actions", "ComputerSystem.Reset"])
-        | (_, ["redfish", "v1", "SessionService", "Sessions"]) => error(StatusCode::METHOD_NOT_ALLOWED, "OperationNotAllowed", "method not allowed here"),
-        (m, _) if *m != Method::GET => error(StatusCode::METHOD_NOT_ALLOWED, "OperationNotAllowed", "method not allowed here"),
-        _ => error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no resource at this URI"),
+        | (_, ["redfish", "v1", "SessionService", "Sessions"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "OperationNotAllowed",
+            "method not allowed here",
+        ),
+        (m, _) if *m != Method::GET => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "OperationNotAllowed",
+            "method not allowed here",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "ResourceMissingAtURI",
+            "no resource at this URI",
+        ),
     }
 }
 
@@ -833,34 +905,64 @@ fn session_json(id: &str, user: &str) -> Value {
 }
 
 async fn read_json(req: Request<Incoming>) -> Option<Value> {
-    let body = Limited::new(req.into_body(), 64 * 1024).collect().await.ok()?;
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .ok()?;
     serde_json::from_slice(&body.to_bytes()).ok()
 }
 
 async fn create_session(shared: &Shared, req: Request<Incoming>) -> Reply {
     let Some(body) = read_json(req).await else {
-        return error(StatusCode::BAD_REQUEST, "MalformedJSON", "the body is not JSON");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MalformedJSON",
+            "the body is not JSON",
+        );
     };
     let (Some(user), Some(pw)) = (
         body.get("UserName").and_then(Value::as_str),
         body.get("Password").and_then(Value::as_str),
     ) else {
-        return error(StatusCode::BAD_REQUEST, "PropertyMissing", "UserName and Password are required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "PropertyMissing",
+            "UserName and Password are required",
+        );
     };
     let refuse = lock(&shared.faults).refuse_auth;
     if refuse || user != shared.user || pw.as_bytes() != shared.password.expose() {
         shared.record(EventKind::FaultApplied("session-refused"));
-        return error(StatusCode::UNAUTHORIZED, "InsufficientPrivilege", "invalid user name or password");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "InsufficientPrivilege",
+            "invalid user name or password",
+        );
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let token: String = {
         let mut rng = lock(&shared.rng);
-        (0..32).map(|_| format!("{:02x}", rng.gen::<u8>())).collect()
+        (0..32)
+            .map(|_| format!("{:02x}", rng.gen::<u8>()))
+            .collect()
     };
-    lock(&shared.sessions).insert(token.clone(), Session { id, last_used: Instant::now() });
-    shared.record(EventKind::SessionOpened { session_id: id as u32, user: user.to_string(), suite: 0 });
+    lock(&shared.sessions).insert(
+        token.clone(),
+        Session {
+            id,
+            last_used: Instant::now(),
+        },
+    );
+    shared.record(EventKind::SessionOpened {
+        session_id: id as u32,
+        user: user.to_string(),
+        suite: 0,
+    });
     let uri = format!("/redfish/v1/SessionService/Sessions/{id}");
-    let mut r = reply(StatusCode::CREATED, Some(session_json(&id.to_string(), user)));
+    let mut r = reply(
+        StatusCode::CREATED,
+        Some(session_json(&id.to_string(), user)),
+    );
     if let (Ok(t), Ok(l)) = (
         hyper::header::HeaderValue::from_str(&token),
         hyper::header::HeaderValue::from_str(&uri),
@@ -912,20 +1014,44 @@ fn system_json(shared: &Shared, id: &str, faults: Faults) -> Option<Value> {
 
 async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults) -> Reply {
     let Some(k) = system_index(shared, id) else {
-        return error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no such system");
+        return error(
+            StatusCode::NOT_FOUND,
+            "ResourceMissingAtURI",
+            "no such system",
+        );
     };
     let Some(body) = read_json(req).await else {
-        return error(StatusCode::BAD_REQUEST, "MalformedJSON", "the body is not JSON");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MalformedJSON",
+            "the body is not JSON",
+        );
     };
-    let Some(rt) = body.get("ResetType").and_then(Value::as_str).map(str::to_string) else {
-        return error(StatusCode::BAD_REQUEST, "ActionParameterMissing", "ResetType is required");
+    let Some(rt) = body
+        .get("ResetType")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ActionParameterMissing",
+            "ResetType is required",
+        );
     };
     if !RESET_TYPES.contains(&rt.as_str()) {
-        return error(StatusCode::BAD_REQUEST, "ActionParameterValueNotInList", &format!("ResetType {rt} is not one of the AllowableValues"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ActionParameterValueNotInList",
+            &format!("ResetType {rt} is not one of the AllowableValues"),
+        );
     }
     if faults.server_error {
         shared.record(EventKind::FaultApplied("server-error"));
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "the reset failed inside the BMC");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "the reset failed inside the BMC",
+        );
     }
     let now = Instant::now();
     let action = match rt.as_str() {
@@ -953,7 +1079,11 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
                 }
                 Err(_) => {
                     drop(systems);
-                    return error(StatusCode::CONFLICT, "ActionNotSupported", "the system is off; this reset needs power on");
+                    return error(
+                        StatusCode::CONFLICT,
+                        "ActionNotSupported",
+                        "the system is off; this reset needs power on",
+                    );
                 }
             }
         }
@@ -962,7 +1092,13 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
     shared.wake.notify_one();
     if faults.endless_task || faults.async_reset {
         let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&shared.tasks).insert(n, TaskEntry { system: k, endless: faults.endless_task });
+        lock(&shared.tasks).insert(
+            n,
+            TaskEntry {
+                system: k,
+                endless: faults.endless_task,
+            },
+        );
         let monitor = format!("/redfish/v1/TaskService/Tasks/{n}/Monitor");
         let mut r = reply(StatusCode::ACCEPTED, Some(task_json(n, "Running")));
         if let Ok(l) = hyper::header::HeaderValue::from_str(&monitor) {
@@ -987,9 +1123,15 @@ fn task_json(n: u64, state: &str) -> Value {
 
 fn task(shared: &Shared, n: &str, rest: &[&str]) -> Reply {
     let Some((n, entry)) = n.parse::<u64>().ok().and_then(|n| {
-        lock(&shared.tasks).get(&n).map(|e| (n, (e.system, e.endless)))
+        lock(&shared.tasks)
+            .get(&n)
+            .map(|e| (n, (e.system, e.endless)))
     }) else {
-        return error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no such task");
+        return error(
+            StatusCode::NOT_FOUND,
+            "ResourceMissingAtURI",
+            "no such task",
+        );
     };
     let (system, endless) = entry;
     let running = endless
@@ -1000,7 +1142,11 @@ fn task(shared: &Shared, n: &str, rest: &[&str]) -> Reply {
     match rest {
         ["Monitor"] if running => reply(StatusCode::ACCEPTED, Some(task_json(n, state))),
         ["Monitor"] | [] => reply(StatusCode::OK, Some(task_json(n, state))),
-        _ => error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no resource at this URI"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "ResourceMissingAtURI",
+            "no resource at this URI",
+        ),
     }
 }
 
