@@ -757,22 +757,23 @@ fn redfish_settings(
         )
     })?;
     let password = load_secret(ctx, base_dir, name, dev, env)?;
-    let auth =
-        match &dev.auth {
-            None => AuthMode::Session,
-            Some(a) => match a.get_ref().as_str() {
-                "session" => AuthMode::Session,
-                "basic" => AuthMode::Basic,
-                "session_or_basic" => AuthMode::SessionOrBasic,
-                other => return Err(ctx.err(
+    let auth = match &dev.auth {
+        None => AuthMode::Session,
+        Some(a) => match a.get_ref().as_str() {
+            "session" => AuthMode::Session,
+            "basic" => AuthMode::Basic,
+            "session_or_basic" => AuthMode::SessionOrBasic,
+            other => {
+                return Err(ctx.err(
                     Some(a.span()),
                     &field("auth"),
                     format!(
                         "expected \"session\", \"basic\" or \"session_or_basic\", found `{other}`"
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     let insecure = dev.insecure.as_ref().is_some_and(|b| *b.get_ref());
     let tls = match (&dev.ca_file, &dev.tls_fingerprint, insecure) {
         (None, None, false) => TlsVerify::SystemRoots,

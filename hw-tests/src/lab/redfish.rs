@@ -666,7 +666,22 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Reply {
     shared.settle();
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_string();
-    let mut resp = route(shared, req, &method, &path, faults).await;
+    let mut resp = match precheck(&req) {
+        Some(refused) => refused,
+        // HEAD is GET without the body (DSP0266 §"HEAD").
+        None => {
+            if method == Method::HEAD {
+                let mut get = req.map(|b| b);
+                *get.method_mut() = Method::GET;
+                let mut r = route(shared, get, &Method::GET, &path, faults).await;
+                *r.body_mut() = Full::new(Bytes::new());
+                r
+            } else {
+                route(shared, req, &method, &path, faults).await
+            }
+        }
+    };
+    decorate(&mut resp, &method, &path);
     if faults.garbage && resp.headers().contains_key("Content-Type") {
         shared.record(EventKind::FaultApplied("garbage"));
         let junk: Vec<u8> = {
@@ -681,6 +696,86 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Reply {
         status: resp.status().as_u16(),
     });
     resp
+}
+
+/// Refuses what no resource here supports: an OData version other than 4.0 (412) and `$`
+/// query parameters (501; DSP0266 §"Query parameters": unsupported ones shall be refused).
+/// `None` lets the request through.
+fn precheck(req: &Request<Incoming>) -> Option<Reply> {
+    if let Some(v) = req.headers().get("OData-Version") {
+        if v.as_bytes() != b"4.0" {
+            return Some(error(
+                StatusCode::PRECONDITION_FAILED,
+                "HeaderInvalid",
+                "only OData-Version 4.0 is supported",
+            ));
+        }
+    }
+    if let Some(q) = req.uri().query() {
+        if q.split('&').any(|p| p.starts_with('$')) {
+            return Some(error(
+                StatusCode::NOT_IMPLEMENTED,
+                "QueryNotSupported",
+                "query parameters are not supported",
+            ));
+        }
+    }
+    None
+}
+
+/// The methods a URI supports, for the Allow header.
+fn allowed(path: &str) -> &'static str {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["redfish", "v1", "SessionService", "Sessions"] => "GET, HEAD, POST",
+        ["redfish", "v1", "SessionService", "Sessions", _] => "GET, HEAD, DELETE",
+        [.., "Actions", _] => "POST",
+        _ => "GET, HEAD",
+    }
+}
+
+/// Adds the headers every response carries: Allow on GET, HEAD and 405 responses, and
+/// `Link: <schema>; rel=describedby` on resources (DSP0266 §"Link header").
+fn decorate(resp: &mut Reply, method: &Method, path: &str) {
+    use hyper::header::HeaderValue;
+    let status = resp.status();
+    if status == StatusCode::METHOD_NOT_ALLOWED
+        || (status.is_success() && (*method == Method::GET || *method == Method::HEAD))
+    {
+        resp.headers_mut()
+            .insert("Allow", HeaderValue::from_static(allowed(path)));
+    }
+    if status == StatusCode::OK && (*method == Method::GET || *method == Method::HEAD) {
+        let ty = schema_of(path);
+        if let Some(ty) = ty {
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "<https://redfish.dmtf.org/schemas/v1/{ty}.json>; rel=describedby"
+            )) {
+                resp.headers_mut().insert("Link", v);
+            }
+        }
+    }
+}
+
+/// The schema that describes the resource at `path`.
+fn schema_of(path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    Some(match segs.as_slice() {
+        ["redfish", "v1"] => "ServiceRoot.v1_11_0",
+        ["redfish", "v1", "SessionService"] => "SessionService.v1_1_8",
+        ["redfish", "v1", "SessionService", "Sessions"] => "SessionCollection",
+        ["redfish", "v1", "SessionService", "Sessions", _] => "Session.v1_6_0",
+        ["redfish", "v1", "Systems"] => "ComputerSystemCollection",
+        ["redfish", "v1", "Systems", _] => "ComputerSystem.v1_20_0",
+        ["redfish", "v1", "Systems", _, "ResetActionInfo"] => "ActionInfo.v1_3_0",
+        ["redfish", "v1", "AccountService"] => "AccountService.v1_13_0",
+        ["redfish", "v1", "AccountService", "Accounts"] => "ManagerAccountCollection",
+        ["redfish", "v1", "AccountService", "Accounts", _] => "ManagerAccount.v1_10_0",
+        ["redfish", "v1", "AccountService", "Roles"] => "RoleCollection",
+        ["redfish", "v1", "AccountService", "Roles", _] => "Role.v1_3_1",
+        ["redfish", "v1", "TaskService", "Tasks", _] => "Task.v1_7_0",
+        _ => return None,
+    })
 }
 
 async fn route(
@@ -704,7 +799,9 @@ async fn route(
             return reply(StatusCode::OK, Some(odata_doc()))
         }
         (&Method::GET, ["redfish", "v1", "$metadata"]) => return metadata(),
-        (&Method::POST, ["redfish", "v1", "SessionService", "Sessions"]) => {
+        // POST to a collection's Members property is a POST to the collection (DSP0266).
+        (&Method::POST, ["redfish", "v1", "SessionService", "Sessions"])
+        | (&Method::POST, ["redfish", "v1", "SessionService", "Sessions", "Members"]) => {
             return create_session(shared, req).await
         }
         _ => {}
@@ -771,6 +868,36 @@ async fn route(
                 )
             }
         }
+        (&Method::GET, ["redfish", "v1", "AccountService"]) => reply(StatusCode::OK, Some(json!({
+            "@odata.id": "/redfish/v1/AccountService",
+            "@odata.type": "#AccountService.v1_13_0.AccountService",
+            "Id": "AccountService", "Name": "Account Service",
+            "ServiceEnabled": true,
+            "Accounts": {"@odata.id": "/redfish/v1/AccountService/Accounts"},
+            "Roles": {"@odata.id": "/redfish/v1/AccountService/Roles"}
+        }))),
+        (&Method::GET, ["redfish", "v1", "AccountService", "Accounts"]) => reply(StatusCode::OK, Some(collection(
+            "/redfish/v1/AccountService/Accounts", "#ManagerAccountCollection.ManagerAccountCollection", "Accounts",
+            vec![json!({"@odata.id": "/redfish/v1/AccountService/Accounts/1"})]))),
+        (&Method::GET, ["redfish", "v1", "AccountService", "Accounts", "1"]) => with_etag(reply(StatusCode::OK, Some(json!({
+            "@odata.id": "/redfish/v1/AccountService/Accounts/1",
+            "@odata.type": "#ManagerAccount.v1_10_0.ManagerAccount",
+            "Id": "1", "Name": "Account", "UserName": shared.user, "RoleId": "Administrator", "Enabled": true,
+            "Password": null,
+            "Links": {"Role": {"@odata.id": "/redfish/v1/AccountService/Roles/Administrator"}}
+        })))),
+        (&Method::GET, ["redfish", "v1", "AccountService", "Roles"]) => reply(StatusCode::OK, Some(collection(
+            "/redfish/v1/AccountService/Roles", "#RoleCollection.RoleCollection", "Roles",
+            ROLES.iter().map(|(r, _)| json!({"@odata.id": format!("/redfish/v1/AccountService/Roles/{r}")})).collect()))),
+        (&Method::GET, ["redfish", "v1", "AccountService", "Roles", role]) => match ROLES.iter().find(|(r, _)| r == role) {
+            Some((r, privs)) => reply(StatusCode::OK, Some(json!({
+                "@odata.id": format!("/redfish/v1/AccountService/Roles/{r}"),
+                "@odata.type": "#Role.v1_3_1.Role",
+                "Id": r, "Name": r, "RoleId": r, "IsPredefined": true,
+                "AssignedPrivileges": privs
+            }))),
+            None => error(StatusCode::NOT_FOUND, "ResourceMissingAtURI", "no such role"),
+        },
         (&Method::GET, ["redfish", "v1", "Systems"]) => {
             let members: Vec<Value> = lock(&shared.systems)
                 .iter()
@@ -837,6 +964,35 @@ async fn route(
     }
 }
 
+/// Adds a weak ETag (DSP0266 requires one on ManagerAccount GETs; the account never
+/// changes here, so a constant tag is exact).
+fn with_etag(mut r: Reply) -> Reply {
+    r.headers_mut().insert(
+        "ETag",
+        hyper::header::HeaderValue::from_static("W/\"palisade-lab-1\""),
+    );
+    r
+}
+
+/// The predefined roles (DSP0266 §"Roles") and their privileges.
+const ROLES: [(&str, &[&str]); 3] = [
+    (
+        "Administrator",
+        &[
+            "Login",
+            "ConfigureManager",
+            "ConfigureUsers",
+            "ConfigureSelf",
+            "ConfigureComponents",
+        ],
+    ),
+    (
+        "Operator",
+        &["Login", "ConfigureSelf", "ConfigureComponents"],
+    ),
+    ("ReadOnly", &["Login", "ConfigureSelf"]),
+];
+
 fn collection(id: &str, ty: &str, name: &str, members: Vec<Value>) -> Value {
     json!({
         "@odata.id": id, "@odata.type": ty, "Name": name,
@@ -859,6 +1015,7 @@ fn service_root(shared: &Shared) -> Value {
         "ProtocolFeaturesSupported": {"ExpandQuery": {"ExpandAll": false, "Levels": false, "Links": false, "NoLinks": false}, "FilterQuery": false, "SelectQuery": false, "OnlyMemberQuery": false, "ExcerptQuery": false},
         "Systems": {"@odata.id": "/redfish/v1/Systems"},
         "SessionService": {"@odata.id": "/redfish/v1/SessionService"},
+        "AccountService": {"@odata.id": "/redfish/v1/AccountService"},
         "Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}
     })
 }
@@ -869,7 +1026,8 @@ fn odata_doc() -> Value {
         "value": [
             {"name": "Service", "kind": "Singleton", "url": "/redfish/v1/"},
             {"name": "Systems", "kind": "Singleton", "url": "/redfish/v1/Systems"},
-            {"name": "SessionService", "kind": "Singleton", "url": "/redfish/v1/SessionService"}
+            {"name": "SessionService", "kind": "Singleton", "url": "/redfish/v1/SessionService"},
+            {"name": "AccountService", "kind": "Singleton", "url": "/redfish/v1/AccountService"}
         ]
     })
 }
@@ -884,6 +1042,11 @@ fn metadata() -> Reply {
   <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/SessionCollection_v1.xml"><edmx:Include Namespace="SessionCollection"/></edmx:Reference>
   <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Session_v1.xml"><edmx:Include Namespace="Session"/><edmx:Include Namespace="Session.v1_6_0"/></edmx:Reference>
   <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/ActionInfo_v1.xml"><edmx:Include Namespace="ActionInfo"/><edmx:Include Namespace="ActionInfo.v1_3_0"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/AccountService_v1.xml"><edmx:Include Namespace="AccountService"/><edmx:Include Namespace="AccountService.v1_13_0"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/ManagerAccountCollection_v1.xml"><edmx:Include Namespace="ManagerAccountCollection"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/ManagerAccount_v1.xml"><edmx:Include Namespace="ManagerAccount"/><edmx:Include Namespace="ManagerAccount.v1_10_0"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/RoleCollection_v1.xml"><edmx:Include Namespace="RoleCollection"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Role_v1.xml"><edmx:Include Namespace="Role"/><edmx:Include Namespace="Role.v1_3_1"/></edmx:Reference>
   <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Task_v1.xml"><edmx:Include Namespace="Task"/><edmx:Include Namespace="Task.v1_7_0"/></edmx:Reference>
   <edmx:DataServices><Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="Service"><EntityContainer Name="Service" Extends="ServiceRoot.v1_11_0.ServiceContainer"/></Schema></edmx:DataServices>
 </edmx:Edmx>
