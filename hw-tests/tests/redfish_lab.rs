@@ -291,8 +291,10 @@ async fn tls_certificate_mismatch_is_refused_and_pins_work() {
 #[tokio::test]
 async fn a_server_that_accepts_and_never_answers_times_out() {
     let lab = RedfishLab::start(spec()).await.unwrap();
-    lab.bmcs()[0].set_fault(Fault::Silent(true));
     let dev = device(&lab);
+    // Flipped after a first call, so the hang also hits the kept-alive connection.
+    assert_eq!(dev.status(None).await.unwrap(), PowerState::On);
+    lab.bmcs()[0].set_fault(Fault::Silent(true));
     let t = Instant::now();
     let e = fence(&dev, Duration::from_secs(2)).await.unwrap_err();
     assert!(matches!(e, DeviceError::Timeout { .. }), "{e}");

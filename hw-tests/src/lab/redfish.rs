@@ -555,7 +555,20 @@ async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, share
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let svc = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
+                        async move {
+                            // Knobs flipped while a kept-alive connection is open act on it
+                            // too: a hung or crashed web server hangs or drops those as well.
+                            let f = *lock(&shared.faults);
+                            if f.silent || f.crashed {
+                                shared.record(EventKind::FaultApplied("silent"));
+                                std::future::pending::<()>().await;
+                            }
+                            if f.reset_connection {
+                                shared.record(EventKind::FaultApplied("reset-connection"));
+                                return Err("connection reset by the reset-connection knob");
+                            }
+                            Ok(handle(&shared, req).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
