@@ -3,6 +3,7 @@
 //!
 //! - [`node`]: the simulated node behind a device: power state, delayed changes, power hook.
 //! - [`ipmi`]: an IPMI v2.0 BMC speaking RMCP+ over UDP, built on the `drivers::ipmi` codec.
+//! - [`redfish`]: a Redfish BMC over HTTPS ([`redfish::RedfishLab`]), same knobs and event log.
 //!
 //! [`Lab::start`] binds one UDP socket per BMC on 127.0.0.1 and serves all of them from one
 //! tokio task each (no thread per BMC or per packet). Each BMC has a [`BmcHandle`] to read and
