@@ -17,10 +17,16 @@
 //! says a value (we must read those as "unknown", never as "off").
 //!
 //! `reqwest` 0.12 with default features off and `rustls-tls-native-roots` (rustls on `ring`:
-//! no OpenSSL, no aws-lc C build, HTTP/1 only) is the HTTP client. fenced already links hyper
-//! (its API server), so reqwest adds mostly rustls and ring; measured cost: see the
-//! `hw-tests` README figures and the branch report (about +1 MiB of release binary and well
-//! under 1 MiB of idle RSS, since nothing is allocated until a device is called).
+//! no OpenSSL, no aws-lc C build, HTTP/1 only) is the HTTP client. Measured cost in fenced
+//! (release, `fenced run` with 3 targets, VmRSS 3 s after start, median of 5): the binary grew
+//! from 4.33 MB to 6.60 MB and idle RSS from 6.8 MiB to 8.2 MiB with the default `demo`
+//! feature (which also links the Redfish simulator: hyper server, tokio-rustls, rcgen); without
+//! the demo, 5.93 MB and 7.5 MiB (IPMI targets) / 7.9 MiB (Redfish targets). Almost all of the
+//! growth is file-backed (RssFile: binary pages), not heap: a device allocates nothing until
+//! called. hyper + tokio-rustls directly would save reqwest, tower and url (a few hundred KB)
+//! but means re-writing timeouts, pooling and body limits; with the demo off, reqwest fits the
+//! 8 MiB idle budget, so it is kept. `url`'s IDNA backend is pinned to the ASCII adapter (see
+//! `drivers/Cargo.toml`) to keep ICU4X tables out.
 //!
 //! # Why not ForceRestart or PowerCycle
 //! A reboot is off, confirm off, on (see [`crate::power`]): a restart or cycle cannot be
