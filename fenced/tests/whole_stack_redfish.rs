@@ -123,6 +123,8 @@ struct Opts {
     power_delay_ms: u64,
     wrong_uuid_for: Option<&'static str>,
     total_timeout_s: Option<u64>,
+    /// Trust this CA file instead of the lab's (a certificate mismatch).
+    ca_override: Option<PathBuf>,
 }
 
 fn bench(opts: Opts) -> Bench {
@@ -155,7 +157,7 @@ fn bench(opts: Opts) -> Bench {
             "[devices.rf-{n}]\nkind = \"redfish\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\nca_file = {ca:?}\ntimeout_ms = 1000\nconnect_timeout_ms = 1000\ntotal_timeout_ms = 2500\n\n[targets.{n}]\nlevels = [[\"rf-{n}\"]]\nidentities = {{ rf-{n} = \"{uuid}\" }}\n\n",
             n = b.name(),
             a = b.url(),
-            ca = lab.ca_path(),
+            ca = opts.ca_override.as_deref().unwrap_or(lab.ca_path()),
         ));
     }
     let config = dir.join("fenced.toml");
@@ -308,6 +310,64 @@ fn several_systems_without_system_id_are_not_fenced() {
         (bmc.system_power(1), bmc.system_power(2)),
         (Some(true), Some(true))
     );
+}
+
+#[test]
+fn tls_certificate_mismatch_is_not_fenced() {
+    // Another lab's CA: the BMC's certificate is not the configured one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let other = rt
+        .block_on(RedfishLab::start(RedfishLabSpec::new(
+            1,
+            "admin",
+            Secret::new(PASSWORD.into()),
+        )))
+        .unwrap();
+    let b = bench(Opts {
+        nodes: 1,
+        ca_override: Some(other.ca_path().to_path_buf()),
+        ..Opts::default()
+    });
+    let s = not_fenced(&b, "node1", Duration::from_secs(10));
+    assert!(s.contains("certificate"), "{s}");
+    assert!(b.lab.bmc("node1").unwrap().power());
+}
+
+#[test]
+fn a_session_expired_mid_operation_is_renewed_once_and_fenced() {
+    let b = bench(Opts {
+        nodes: 1,
+        power_delay_ms: 300,
+        ..Opts::default()
+    });
+    let bmc = b.lab.bmc("node1").unwrap().clone();
+    let expirer = std::thread::spawn(move || {
+        // Once the reset is in, the BMC forgets every session while the engine polls.
+        let until = Instant::now() + Duration::from_secs(10);
+        while bmc.power() && bmc.session_count() > 0 && Instant::now() < until {
+            if bmc.events().iter().any(|e| matches!(&e.kind, hw_tests::lab::EventKind::Http { method, path, .. } if method == "POST" && path.ends_with("ComputerSystem.Reset"))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        bmc.expire_sessions();
+    });
+    let out = b.fenced.fence_node(&["off", "node1", "--reason", "expiry"]);
+    expirer.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!b.lab.bmc("node1").unwrap().power());
+    let opened = b
+        .lab
+        .bmc("node1")
+        .unwrap()
+        .events()
+        .iter()
+        .filter(|e| matches!(e.kind, hw_tests::lab::EventKind::SessionOpened { .. }))
+        .count();
+    assert!(opened >= 2, "a new session was opened after the expiry");
 }
 
 fn vm(pid: u32, key: &str) -> u64 {
