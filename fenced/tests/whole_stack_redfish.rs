@@ -347,7 +347,7 @@ fn a_session_expired_mid_operation_is_renewed_once_and_fenced() {
     let expirer = std::thread::spawn(move || {
         // Once the reset is in, the BMC forgets every session while the engine polls.
         let until = Instant::now() + Duration::from_secs(10);
-        while bmc.power() && bmc.session_count() > 0 && Instant::now() < until {
+        while Instant::now() < until {
             if bmc.events().iter().any(|e| matches!(&e.kind, hw_tests::lab::EventKind::Http { method, path, .. } if method == "POST" && path.ends_with("ComputerSystem.Reset"))) {
                 break;
             }
