@@ -366,8 +366,10 @@ impl RedfishDevice {
                     req = req.header("X-Auth-Token", v);
                 }
                 Some(Auth::Basic) => {
-                    let pw = String::from_utf8_lossy(cfg.password.expose());
-                    req = req.basic_auth(&cfg.username, Some(pw.as_ref()));
+                    // reqwest marks the Authorization header sensitive (never logged); our
+                    // copy of the password text is zeroized when dropped.
+                    let pw = Zeroizing::new(String::from_utf8_lossy(cfg.password.expose()).into_owned());
+                    req = req.basic_auth(&cfg.username, Some(pw.as_str()));
                 }
                 None => {}
             }
