@@ -368,7 +368,8 @@ impl RedfishDevice {
                 Some(Auth::Basic) => {
                     // reqwest marks the Authorization header sensitive (never logged); our
                     // copy of the password text is zeroized when dropped.
-                    let pw = Zeroizing::new(String::from_utf8_lossy(cfg.password.expose()).into_owned());
+                    let pw =
+                        Zeroizing::new(String::from_utf8_lossy(cfg.password.expose()).into_owned());
                     req = req.basic_auth(&cfg.username, Some(pw.as_str()));
                 }
                 None => {}
