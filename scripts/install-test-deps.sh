@@ -43,6 +43,28 @@ if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
 
+# Redfish peers (PyPI): sushy-emulator (a Redfish service our driver must fence; pinned, its
+# fake driver's behaviour is what the tests expect) and the DMTF Redfish-Protocol-Validator
+# (checks our Redfish lab BMC). fence_redfish comes with fence-agents above.
+if ! command -v sushy-emulator >/dev/null || \
+   [[ "$(python3 -m pip show sushy-tools 2>/dev/null | sed -n 's/^Version: //p')" != "2.2.0" ]] || \
+   ! command -v rf_protocol_validator >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to install sushy-tools and redfish-protocol-validator (run with sudo)" >&2
+    exit 1
+  fi
+  # Debian's own python3 refuses system-wide pip installs (PEP 668); a pyenv or venv python
+  # does not know the flag's reason but accepts it.
+  pip_flags=(--quiet --disable-pip-version-check)
+  if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
+    pip_flags+=(--break-system-packages)
+  fi
+  python3 -m pip install "${pip_flags[@]}" sushy-tools==2.2.0 redfish-protocol-validator
+fi
+for c in sushy-emulator rf_protocol_validator fence_redfish openssl; do
+  command -v "$c" >/dev/null || { echo "install-test-deps: $c missing after install" >&2; exit 1; }
+done
+
 # schemathesis: fenced/tests/security.rs runs it against a live fenced through its served
 # OpenAPI document (PyPI; the test skips, saying so, when it is absent).
 if ! command -v schemathesis >/dev/null 2>&1; then

@@ -6,6 +6,7 @@
 
 pub mod ipmi;
 pub mod power;
+pub mod redfish;
 pub mod sbd;
 pub mod secret;
 

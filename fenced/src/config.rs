@@ -129,6 +129,13 @@ struct RawDevice {
     allow_cipher_suite_0: Option<bool>,
     disks: Option<Spanned<Vec<PathBuf>>>,
     uuids: Option<Spanned<Vec<String>>>,
+    system_id: Option<Spanned<String>>,
+    auth: Option<Spanned<String>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    tls_fingerprint: Option<Spanned<String>>,
+    insecure: Option<Spanned<bool>>,
+    connect_timeout_ms: Option<u64>,
+    total_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +267,8 @@ pub enum DeviceKind {
     Ipmi(IpmiSettings),
     /// SBD shared disks: fences by poison pill and msgwait.
     Sbd(SbdSettings),
+    /// A Redfish service over HTTPS (one ComputerSystem of it).
+    Redfish(RedfishSettings),
 }
 
 /// SBD device settings.
@@ -271,6 +280,29 @@ pub struct SbdSettings {
     pub uuids: Vec<Option<[u8; 16]>>,
     /// Deadline of each disk I/O.
     pub io_timeout: Duration,
+}
+
+/// Redfish device settings.
+#[derive(Debug, Clone)]
+pub struct RedfishSettings {
+    /// `https://HOST[:PORT]`.
+    pub base_url: String,
+    /// Account name.
+    pub username: String,
+    /// Password (from a file or an environment variable).
+    pub password: Secret,
+    /// The system's id in the Systems collection, when the service has several.
+    pub system_id: Option<String>,
+    /// `session` (default), `basic` or `session_or_basic`.
+    pub auth: drivers::redfish::AuthMode,
+    /// How the certificate is verified.
+    pub tls: drivers::redfish::TlsVerify,
+    /// Connection setup limit per request.
+    pub connect_timeout: Duration,
+    /// Limit per HTTP request.
+    pub request_timeout: Duration,
+    /// Limit per device call.
+    pub total_timeout: Duration,
 }
 
 /// IPMI device settings.
@@ -309,6 +341,7 @@ impl DeviceConfig {
         match self.kind {
             DeviceKind::Ipmi(_) => "ipmi",
             DeviceKind::Sbd(_) => "sbd",
+            DeviceKind::Redfish(_) => "redfish",
         }
     }
 
@@ -322,6 +355,10 @@ impl DeviceConfig {
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
                 .join(","),
+            DeviceKind::Redfish(s) => match &s.system_id {
+                Some(id) => format!("{} system {id}", s.base_url),
+                None => s.base_url.clone(),
+            },
         }
     }
 }
@@ -600,11 +637,19 @@ impl Config {
                         ),
                     })
                 }
+                "redfish" => DeviceKind::Redfish(redfish_settings(
+                    &ctx,
+                    base_dir,
+                    &name,
+                    &dev,
+                    span.clone(),
+                    env,
+                )?),
                 other => {
                     return Err(ctx.err(
                         Some(dev.kind.span()),
                         &field("kind"),
-                        format!("unknown device kind `{other}`; expected one of: ipmi, sbd"),
+                        format!("unknown device kind `{other}`; expected one of: ipmi, redfish, sbd"),
                     ))
                 }
             };
@@ -750,6 +795,110 @@ fn resolve_timing(
             &f("random_delay_s"),
             get(t.random_delay_s, d.random_delay_s, 0.0),
         )?,
+    })
+}
+
+fn redfish_settings(
+    ctx: &Ctx,
+    base_dir: &Path,
+    name: &str,
+    dev: &RawDevice,
+    span: std::ops::Range<usize>,
+    env: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<RedfishSettings, ConfigError> {
+    use drivers::redfish::{AuthMode, TlsVerify};
+    let field = |f: &str| format!("devices.{name}.{f}");
+    let address = dev.address.as_ref().ok_or_else(|| {
+        ctx.err(
+            Some(span.clone()),
+            &field("address"),
+            "a redfish device needs `address = \"https://HOST[:PORT]\"` (or HOST[:PORT]; https is implied)".into(),
+        )
+    })?;
+    let a = address.get_ref().trim().trim_end_matches('/');
+    let base_url = if let Some(rest) = a.strip_prefix("https://") {
+        format!("https://{rest}")
+    } else if a.contains("://") {
+        return Err(ctx.err(Some(address.span()), &field("address"), format!("expected https://HOST[:PORT], found `{a}`: Redfish credentials must not cross the network in clear")));
+    } else {
+        format!("https://{a}")
+    };
+    let host = base_url.trim_start_matches("https://");
+    if host.is_empty() || host.contains('/') || host.contains('@') {
+        return Err(ctx.err(Some(address.span()), &field("address"), format!("expected https://HOST[:PORT] with no path or user, found `{a}`; credentials go in username and password_file")));
+    }
+    let username = dev.username.clone().ok_or_else(|| {
+        ctx.err(
+            Some(span.clone()),
+            &field("username"),
+            "a redfish device needs `username`".into(),
+        )
+    })?;
+    let password = load_secret(ctx, base_dir, name, dev, env)?;
+    let auth = match &dev.auth {
+        None => AuthMode::Session,
+        Some(a) => match a.get_ref().as_str() {
+            "session" => AuthMode::Session,
+            "basic" => AuthMode::Basic,
+            "session_or_basic" => AuthMode::SessionOrBasic,
+            other => {
+                return Err(ctx.err(
+                    Some(a.span()),
+                    &field("auth"),
+                    format!(
+                        "expected \"session\", \"basic\" or \"session_or_basic\", found `{other}`"
+                    ),
+                ))
+            }
+        },
+    };
+    let insecure = dev.insecure.as_ref().is_some_and(|b| *b.get_ref());
+    let tls = match (&dev.ca_file, &dev.tls_fingerprint, insecure) {
+        (None, None, false) => TlsVerify::SystemRoots,
+        (Some(f), None, false) => {
+            let p = if f.get_ref().is_absolute() {
+                f.get_ref().clone()
+            } else {
+                base_dir.join(f.get_ref())
+            };
+            TlsVerify::CaFile(p)
+        }
+        (None, Some(fp), false) => TlsVerify::Fingerprint(
+            TlsVerify::parse_fingerprint(fp.get_ref())
+                .map_err(|m| ctx.err(Some(fp.span()), &field("tls_fingerprint"), m))?,
+        ),
+        (None, None, true) => TlsVerify::Insecure,
+        _ => {
+            let at = dev
+                .insecure
+                .as_ref()
+                .map(|b| b.span())
+                .or(dev.tls_fingerprint.as_ref().map(|f| f.span()));
+            return Err(ctx.err(
+                at,
+                &field("tls"),
+                "give at most one of ca_file, tls_fingerprint and insecure = true".into(),
+            ));
+        }
+    };
+    if dev.cipher_suite.is_some()
+        || dev.privilege.is_some()
+        || dev.allow_cipher_suite_0.is_some()
+        || dev.retries.is_some()
+    {
+        return Err(ctx.err(Some(span), &field("kind"), "cipher_suite, privilege, allow_cipher_suite_0 and retries are IPMI settings; remove them from this redfish device".into()));
+    }
+    let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d).clamp(50, 600_000));
+    Ok(RedfishSettings {
+        base_url,
+        username,
+        password,
+        system_id: dev.system_id.as_ref().map(|s| s.get_ref().clone()),
+        auth,
+        tls,
+        connect_timeout: ms(dev.connect_timeout_ms, 3000),
+        request_timeout: ms(dev.timeout_ms, 10_000),
+        total_timeout: ms(dev.total_timeout_ms, 30_000),
     })
 }
 
@@ -1080,6 +1229,63 @@ delay_s = 2.5
 
         let e = parse(&GOOD.replace("kind = \"ipmi\"", "kind = \"telepathy\"")).unwrap_err();
         assert!(e.message.contains("unknown device kind `telepathy`"));
+    }
+
+    const REDFISH: &str = r#"
+[devices.rf1]
+kind = "redfish"
+address = "10.0.0.5:8443"
+username = "admin"
+password_env = "PW"
+system_id = "System.Embedded.1"
+tls_fingerprint = "AB:CD"
+"#;
+
+    #[test]
+    fn redfish_devices_resolve_and_errors_point_at_the_field() {
+        let good = REDFISH.replace(
+            "tls_fingerprint = \"AB:CD\"",
+            "ca_file = \"bmc.pem\"\nauth = \"session_or_basic\"",
+        );
+        let c = parse(&format!("{GOOD}{good}")).unwrap();
+        let DeviceKind::Redfish(s) = &c.devices["rf1"].kind else {
+            panic!("rf1 is redfish")
+        };
+        assert_eq!(s.base_url, "https://10.0.0.5:8443");
+        assert_eq!(s.system_id.as_deref(), Some("System.Embedded.1"));
+        assert_eq!(
+            s.tls,
+            drivers::redfish::TlsVerify::CaFile("/etc/palisade/bmc.pem".into())
+        );
+        assert_eq!(s.auth, drivers::redfish::AuthMode::SessionOrBasic);
+        assert_eq!(c.devices["rf1"].kind_name(), "redfish");
+
+        let e = parse(&format!("{GOOD}{REDFISH}")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("devices.rf1.tls_fingerprint"));
+        assert_eq!(e.line, Some(26));
+        assert!(e.message.contains("64 hex digits"), "{}", e.message);
+
+        let e = parse(&format!(
+            "{GOOD}{}",
+            REDFISH.replace("10.0.0.5:8443", "http://10.0.0.5")
+        ))
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("devices.rf1.address"));
+        assert!(e.message.contains("in clear"), "{}", e.message);
+
+        let both = REDFISH.replace(
+            "tls_fingerprint = \"AB:CD\"",
+            "ca_file = \"x.pem\"\ninsecure = true",
+        );
+        let e = parse(&format!("{GOOD}{both}")).unwrap_err();
+        assert!(e.message.contains("at most one"), "{}", e.message);
+
+        let e = parse(&format!(
+            "{GOOD}{}",
+            REDFISH.replace("tls_fingerprint = \"AB:CD\"", "auth = \"kerberos\"")
+        ))
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("devices.rf1.auth"));
     }
 
     #[test]

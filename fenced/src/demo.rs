@@ -1,12 +1,14 @@
 //! `fenced demo`: the daemon on an embedded default that needs no hardware — a lab of
-//! simulated IPMI v2.0 BMCs (real RMCP+ endpoints on loopback, started in-process), a config
-//! written for them, and one node fenced end to end through the API.
+//! simulated IPMI v2.0 BMCs (real RMCP+ endpoints on loopback, started in-process) plus one
+//! node behind a simulated Redfish BMC (HTTPS on loopback, its CA written next to the config),
+//! a config written for them, and one node fenced end to end through the API.
 
 use crate::client::{Client, Endpoint};
 use crate::config::Config;
 use crate::daemon::{wait_for_signal, Daemon};
 use crate::model::{Confirmation, FenceAccepted, Operation, Outcome, Phase, StepResult};
 use drivers::Secret;
+use hw_tests::lab::redfish::{RedfishLab, RedfishLabSpec};
 use hw_tests::lab::{Lab, LabSpec};
 use rand::Rng;
 use std::fmt::Write as _;
@@ -64,20 +66,32 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
     let pw_file = dir.join("bmc.password");
     write_private(&pw_file, password.as_bytes())?;
 
-    let mut spec = LabSpec::new(opts.nodes, USER, Secret::new(password.into_bytes()));
+    let mut spec = LabSpec::new(opts.nodes, USER, Secret::new(password.clone().into_bytes()));
     spec.power_delay = opts.power_delay;
     let lab = Lab::start(spec)
         .await
         .map_err(|e| format!("cannot start the simulated BMCs: {e}"))?;
+    // One Redfish node beside the IPMI ones; its UUIDs get another prefix so no identity is
+    // shared with an IPMI node.
+    let mut rspec = RedfishLabSpec::new(1, USER, Secret::new(password.into_bytes()));
+    rspec.power_delay = opts.power_delay;
+    rspec.cert_dir = Some(dir.to_path_buf());
+    rspec.guid_prefix = "5a1ef150".into();
+    let rlab = RedfishLab::start(rspec)
+        .await
+        .map_err(|e| format!("cannot start the simulated Redfish BMC: {e}"))?;
 
     let config_path = dir.join("fenced.toml");
-    write_private(&config_path, demo_config(dir, &pw_file, &lab).as_bytes())?;
+    write_private(
+        &config_path,
+        demo_config(dir, &pw_file, &lab, &rlab, opts.nodes).as_bytes(),
+    )?;
     // The daemon reads the demo's config exactly as it reads an operator's.
     let config = Arc::new(Config::load(&config_path).map_err(|e| e.to_string())?);
     let socket = config.daemon.socket.clone();
 
     println!(
-        "Palisade demo: {} simulated nodes whose BMCs speak IPMI v2.0 RMCP+ on loopback\n",
+        "Palisade demo: {} simulated nodes whose BMCs speak IPMI v2.0 RMCP+ and one whose BMC speaks Redfish over HTTPS, on loopback\n",
         opts.nodes
     );
     for b in lab.bmcs() {
@@ -86,6 +100,15 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
             b.name(),
             b.addr().to_string(),
             b.guid_text()
+        );
+    }
+    for b in rlab.bmcs() {
+        println!(
+            "  {:<7} BMC {:<21} system UUID {} (Redfish, CA {})",
+            redfish_target(opts.nodes),
+            b.url(),
+            b.uuid(1).unwrap_or_default(),
+            rlab.ca_path().display()
         );
     }
     let daemon = Daemon::start(config).await?;
@@ -113,6 +136,7 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
     daemon.drain(Duration::from_secs(10), async {}).await;
     daemon.stop().await?;
     lab.shutdown().await;
+    rlab.shutdown().await;
     Ok(())
 }
 
@@ -128,7 +152,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn demo_config(dir: &Path, pw_file: &Path, lab: &Lab) -> String {
+/// The demo's Redfish node comes after the IPMI ones.
+fn redfish_target(ipmi_nodes: usize) -> String {
+    format!("node{}", ipmi_nodes + 1)
+}
+
+fn demo_config(
+    dir: &Path,
+    pw_file: &Path,
+    lab: &Lab,
+    rlab: &RedfishLab,
+    ipmi_nodes: usize,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -157,6 +192,21 @@ fn demo_config(dir: &Path, pw_file: &Path, lab: &Lab) -> String {
             "[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{g}\" }}\n",
             n = b.name(),
             g = b.guid_text()
+        );
+    }
+    for b in rlab.bmcs() {
+        let n = redfish_target(ipmi_nodes);
+        let _ = writeln!(
+            s,
+            "[devices.redfish-{n}]\nkind = \"redfish\"\naddress = \"{a}\"\nusername = \"{USER}\"\npassword_file = {pw:?}\nca_file = {ca:?}\ntimeout_ms = 2000\ntotal_timeout_ms = 8000\n",
+            a = b.url(),
+            pw = pw_file,
+            ca = rlab.ca_path(),
+        );
+        let _ = writeln!(
+            s,
+            "[targets.{n}]\nlevels = [[\"redfish-{n}\"]]\nidentities = {{ redfish-{n} = \"{u}\" }}\n",
+            u = b.uuid(1).unwrap_or_default()
         );
     }
     s

@@ -1,8 +1,9 @@
 //! Builds the configured devices' drivers for the engine.
 
-use crate::config::{Config, DeviceConfig, DeviceKind, IpmiSettings};
+use crate::config::{Config, DeviceConfig, DeviceKind, IpmiSettings, RedfishSettings};
 use crate::engine::DeviceSlot;
 use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
+use drivers::redfish::{RedfishConfig, RedfishDevice};
 use drivers::sbd::{DiskConfig, SbdDevice};
 use drivers::PowerDevice;
 use std::collections::BTreeMap;
@@ -35,6 +36,9 @@ fn slot(name: &str, dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, S
         DeviceKind::Ipmi(s) => Arc::new(IpmiDevice::new(
             ipmi_config(s).map_err(|e| format!("device `{name}`: {e}"))?,
         )),
+        DeviceKind::Redfish(s) => Arc::new(
+            RedfishDevice::new(redfish_config(s)).map_err(|e| format!("device `{name}`: {e}"))?,
+        ),
     };
     Ok(DeviceSlot {
         device,
@@ -62,4 +66,15 @@ fn ipmi_config(s: &IpmiSettings) -> Result<IpmiConfig, String> {
     c.retries = s.retries;
     c.allow_cipher_suite_0 = s.allow_cipher_suite_0;
     Ok(c)
+}
+
+fn redfish_config(s: &RedfishSettings) -> RedfishConfig {
+    let mut c = RedfishConfig::new(s.base_url.clone(), s.username.clone(), s.password.clone());
+    c.system_id = s.system_id.clone();
+    c.auth = s.auth;
+    c.tls = s.tls.clone();
+    c.connect_timeout = s.connect_timeout;
+    c.request_timeout = s.request_timeout;
+    c.total_timeout = s.total_timeout;
+    c
 }

@@ -1,10 +1,10 @@
 //! Palisade test bench: simulated devices, harnesses for real third-party peers, and helpers
 //! that the interop tests in `tests/` drive.
 //!
-//! - [`lab`]: our own simulated devices (IPMI BMCs) with fault knobs, for tests, the
-//!   `palisade-lab` command and the daemon's in-process demo.
 //! - [`peers`]: real third-party peers (OpenIPMI `ipmi_sim`), started per test on loopback in
 //!   a temporary directory and stopped on drop, also when the test panics.
+//! - [`lab`]: our own simulated devices (IPMI and Redfish BMCs) with fault knobs, for tests, the
+//!   `palisade-lab` command and the daemon's in-process demo.
 //! - [`loopdev`]: real loop block devices that detach themselves on drop.
 //! - [`throttle`]: make one block device (nearly) stop answering for the threads we choose,
 //!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.

@@ -201,3 +201,73 @@ fn help_documents_every_knob() {
         assert!(r.stdout.contains(knob), "{knob} missing:\n{}", r.stdout);
     }
 }
+
+#[test]
+fn redfish_prints_url_and_ca_lines_answers_curl_with_the_ca_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "secret");
+    let mut child = Command::new(LAB)
+        .args([
+            "redfish",
+            "--count",
+            "2",
+            "--systems",
+            "2",
+            "--user",
+            "admin",
+        ])
+        .args(["--password-file", &pw, "--fault", "node2:stuck"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let mut lines = BufReader::new(stdout).lines();
+    let mut urls = Vec::new();
+    for i in 1..=2 {
+        let line = lines.next().unwrap().unwrap();
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 4, "{line}");
+        assert_eq!((f[0], f[1]), ("redfish", format!("node{i}").as_str()));
+        assert!(f[2].starts_with("https://127.0.0.1:"), "{line}");
+        assert!(std::path::Path::new(f[3]).exists(), "{line}");
+        urls.push((f[2].to_string(), f[3].to_string()));
+    }
+    // A real client that verifies the certificate with the printed CA file.
+    let (url, ca) = &urls[0];
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "--cacert",
+            ca,
+            "-u",
+            "admin:secret",
+        ])
+        .arg(format!("{url}/redfish/v1/Systems"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("/redfish/v1/Systems/System2"), "{body}");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "--cacert", ca])
+        .arg(format!("{url}/redfish/v1/Systems"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NoValidSession"));
+
+    let child = guard.0.as_mut().unwrap();
+    // SAFETY: sending a signal to our own child, whose pid is still ours (not yet reaped).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -337,6 +337,20 @@ fn check_config(file: &Path) -> ExitCode {
                 s.disks.len(),
                 s.io_timeout.as_millis()
             ),
+            DeviceKind::Redfish(s) => format!(
+                "user {}, auth {:?}, TLS {}",
+                s.username,
+                s.auth,
+                match &s.tls {
+                    drivers::redfish::TlsVerify::SystemRoots =>
+                        "verified (system roots)".to_string(),
+                    drivers::redfish::TlsVerify::CaFile(p) =>
+                        format!("verified (CA {})", p.display()),
+                    drivers::redfish::TlsVerify::Fingerprint(_) => "pinned fingerprint".to_string(),
+                    drivers::redfish::TlsVerify::Insecure =>
+                        "NOT VERIFIED (insecure = true)".to_string(),
+                }
+            ),
         };
         println!("  {name}: {} at {} ({extra})", d.kind_name(), d.address());
     }

@@ -4,9 +4,15 @@
 //! `palisade-lab ipmi --count 3 --base-port 6230 --user admin --password-file pw` serves BMCs
 //! node1..node3 and prints one ready line per BMC, `ipmi NAME 127.0.0.1:PORT guid=GUID`, once
 //! it listens; then it runs until SIGINT or SIGTERM.
+//!
+//! `palisade-lab redfish --count 2 --base-port 8443 --user admin --password-file pw
+//! [--systems K] [--fault KNOB]...` serves Redfish BMCs over HTTPS and prints
+//! `redfish NAME https://127.0.0.1:PORT CERT_PATH` per BMC once it listens, where CERT_PATH is
+//! the PEM CA certificate that signed every BMC's certificate (trust it, or use `-k`).
 
 use clap::{Args, Parser, Subcommand};
 use drivers::Secret;
+use hw_tests::lab::redfish::{RedfishLab, RedfishLabSpec};
 use hw_tests::lab::{FaultKnob, Lab, LabSpec, DEFAULT_GUID_PREFIX, FAULT_KNOBS_HELP};
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,6 +33,53 @@ enum Command {
     /// Serve simulated IPMI v2.0 (RMCP+) BMCs on 127.0.0.1, one UDP port each.
     #[command(after_help = after_help_ipmi())]
     Ipmi(IpmiArgs),
+    /// Serve simulated Redfish BMCs over HTTPS on 127.0.0.1, one TCP port each.
+    #[command(after_help = after_help_redfish())]
+    Redfish(RedfishArgs),
+}
+
+fn after_help_redfish() -> String {
+    format!(
+        "{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  redfish node1 https://127.0.0.1:8443 /tmp/palisade-lab-redfish.XXXX/redfish-lab-ca.pem\n\nExample:\n  palisade-lab redfish --count 2 --base-port 8443 --user admin --password-file pw --fault node2:endless-task\n  curl --cacert CERT_PATH -u admin:PASSWORD https://127.0.0.1:8443/redfish/v1/Systems/System1"
+    )
+}
+
+/// Options of `palisade-lab redfish`.
+#[derive(Debug, Args)]
+struct RedfishArgs {
+    /// Number of BMCs, named node1..nodeN.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// TCP port of node1; nodeK listens on PORT+K-1. 0 picks free ports.
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    base_port: u16,
+    /// Redfish account name.
+    #[arg(long, value_name = "NAME")]
+    user: String,
+    /// File holding the account's password (one line; a trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    password_file: PathBuf,
+    /// Systems per BMC (System1..SystemK); more than one makes clients choose a system id.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    systems: usize,
+    /// Delay between a reset and the power change, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    power_delay_ms: u64,
+    /// A fault knob, `[NODE:]KNOB[=VALUE]` (repeatable; see the list below).
+    #[arg(long = "fault", value_name = "KNOB")]
+    faults: Vec<FaultKnob>,
+    /// Hex prefix of the systems' UUIDs (up to 8 digits).
+    #[arg(long, default_value = DEFAULT_GUID_PREFIX, value_name = "HEX")]
+    guid_prefix: String,
+    /// Start with every system powered off.
+    #[arg(long)]
+    power_off: bool,
+    /// Idle seconds after which a session expires.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    session_timeout: u64,
+    /// Directory for the CA certificate file (default: a new temporary directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
 }
 
 fn after_help_ipmi() -> String {
@@ -74,12 +127,97 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Ipmi(args) => run_ipmi(args),
+        Command::Redfish(args) => run_redfish(args),
     }
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("palisade-lab: {msg}");
     ExitCode::from(code)
+}
+
+/// Checks that every knob names one of node1..node`count`.
+fn check_knobs(faults: &[FaultKnob], count: usize) -> Result<(), String> {
+    for knob in faults {
+        if let Some(node) = &knob.node {
+            let known = node
+                .strip_prefix("node")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| (1..=count).contains(&n));
+            if !known {
+                return Err(format!(
+                    "--fault names `{node}`, but the BMCs are node1..node{count}; use one of those or leave the node out to apply the knob to all"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_password(path: &std::path::Path) -> Result<Secret, String> {
+    std::fs::read(path).map(Secret::from_file_contents).map_err(|e| {
+        format!(
+            "cannot read the password file {}: {e}; write the password on one line into a file this user can read (mode 0600) and pass it with --password-file",
+            path.display()
+        )
+    })
+}
+
+fn run_redfish(args: RedfishArgs) -> ExitCode {
+    if args.count == 0 || args.systems == 0 {
+        return fail(2, "--count and --systems must be at least 1");
+    }
+    if let Err(e) = check_knobs(&args.faults, args.count) {
+        return fail(2, e);
+    }
+    let password = match read_password(&args.password_file) {
+        Ok(p) => p,
+        Err(e) => return fail(1, e),
+    };
+    if args.user.is_empty() {
+        return fail(2, "--user must not be empty");
+    }
+    let mut spec = RedfishLabSpec::new(args.count, args.user.clone(), password);
+    spec.base_port = args.base_port;
+    spec.systems = args.systems;
+    spec.power_delay = Duration::from_millis(args.power_delay_ms);
+    spec.power_on = !args.power_off;
+    spec.guid_prefix = args.guid_prefix.clone();
+    spec.session_timeout = Duration::from_secs(args.session_timeout);
+    spec.cert_dir = args.cert_dir.clone();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    rt.block_on(async move {
+        let lab = match RedfishLab::start(spec).await {
+            Ok(lab) => lab,
+            Err(e) => return fail(1, e),
+        };
+        for knob in &args.faults {
+            lab.apply(knob);
+        }
+        {
+            let mut out = std::io::stdout().lock();
+            for b in lab.bmcs() {
+                let _ = writeln!(
+                    out,
+                    "redfish {} {} {}",
+                    b.name(),
+                    b.url(),
+                    lab.ca_path().display()
+                );
+            }
+            let _ = out.flush();
+        }
+        let signal = wait_for_signal().await;
+        eprintln!("palisade-lab: {signal}, stopping");
+        lab.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_ipmi(args: IpmiArgs) -> ExitCode {

@@ -3,6 +3,7 @@
 //!
 //! - [`node`]: the simulated node behind a device: power state, delayed changes, power hook.
 //! - [`ipmi`]: an IPMI v2.0 BMC speaking RMCP+ over UDP, built on the `drivers::ipmi` codec.
+//! - [`redfish`]: a Redfish BMC over HTTPS ([`redfish::RedfishLab`]), same knobs and event log.
 //!
 //! [`Lab::start`] binds one UDP socket per BMC on 127.0.0.1 and serves all of them from one
 //! tokio task each (no thread per BMC or per packet). Each BMC has a [`BmcHandle`] to read and
@@ -11,6 +12,7 @@
 
 pub mod ipmi;
 pub mod node;
+pub mod redfish;
 
 use drivers::Secret;
 use ipmi::{BmcConfig, BmcState};
@@ -52,6 +54,20 @@ pub struct Faults {
     pub garbage: bool,
     /// The device answers nothing at all and forgets its sessions (its process died).
     pub crashed: bool,
+    /// Redfish: the Reset action answers 500 Internal Server Error.
+    pub server_error: bool,
+    /// Redfish: the Reset action answers 202 with a task that never ends.
+    pub endless_task: bool,
+    /// Redfish: the Reset action answers 202 with a task that ends when power has changed.
+    pub async_reset: bool,
+    /// Redfish: every connection is accepted and closed at once with a TCP reset.
+    pub reset_connection: bool,
+    /// Redfish: every connection is accepted and never answered (a hung web server).
+    pub silent: bool,
+    /// Redfish: `PowerState` is `null`.
+    pub power_state_null: bool,
+    /// Redfish: `PowerState` is missing.
+    pub power_state_missing: bool,
 }
 
 /// One fault knob set to a value; [`BmcHandle::set_fault`] applies it.
@@ -71,6 +87,20 @@ pub enum Fault {
     Garbage(bool),
     /// Crash (stop answering, lose sessions), or revive.
     Crash(bool),
+    /// Redfish: answer the Reset action with 500, or behave again.
+    ServerError(bool),
+    /// Redfish: answer the Reset action with a task that never ends, or behave again.
+    EndlessTask(bool),
+    /// Redfish: answer the Reset action with 202 and a task that ends with the power change.
+    AsyncReset(bool),
+    /// Redfish: reset every connection at once, or behave again.
+    ResetConnection(bool),
+    /// Redfish: accept connections and never answer, or behave again.
+    Silent(bool),
+    /// Redfish: send `"PowerState": null`, or the real state again.
+    PowerStateNull(bool),
+    /// Redfish: leave `PowerState` out, or send it again.
+    PowerStateMissing(bool),
 }
 
 impl Faults {
@@ -84,6 +114,13 @@ impl Faults {
             Fault::PowerOnFails(b) => self.power_on_fails = b,
             Fault::Garbage(b) => self.garbage = b,
             Fault::Crash(b) => self.crashed = b,
+            Fault::ServerError(b) => self.server_error = b,
+            Fault::EndlessTask(b) => self.endless_task = b,
+            Fault::AsyncReset(b) => self.async_reset = b,
+            Fault::ResetConnection(b) => self.reset_connection = b,
+            Fault::Silent(b) => self.silent = b,
+            Fault::PowerStateNull(b) => self.power_state_null = b,
+            Fault::PowerStateMissing(b) => self.power_state_missing = b,
         }
     }
 }
@@ -98,6 +135,13 @@ Fault knobs (`--fault [NODE:]KNOB`, repeatable; without NODE: every BMC):
   power-on-fails  acknowledge power on, stay off               --fault power-on-fails
   garbage         random, truncated or corrupted replies       --fault garbage
   crash           answer nothing at all (a dead BMC)           --fault node3:crash
+Redfish only:
+  server-error    the Reset action answers 500                 --fault server-error
+  endless-task    Reset answers 202, its task never ends       --fault endless-task
+  task            Reset answers 202, task ends with the change --fault task
+  reset-connection  accept each connection, reset it at once   --fault reset-connection
+  silent          accept connections, never answer             --fault silent
+  power-state-null / power-state-missing   PowerState null or absent
 Switch knobs also take =on or =off (e.g. --fault node1:stuck=off).";
 
 /// A knob as written on a command line: `[NODE:]KNOB[=VALUE]`.
@@ -165,6 +209,13 @@ impl FromStr for FaultKnob {
             "power-on-fails" => flag(Fault::PowerOnFails)?,
             "garbage" => flag(Fault::Garbage)?,
             "crash" => flag(Fault::Crash)?,
+            "server-error" => flag(Fault::ServerError)?,
+            "endless-task" => flag(Fault::EndlessTask)?,
+            "task" => flag(Fault::AsyncReset)?,
+            "reset-connection" => flag(Fault::ResetConnection)?,
+            "silent" => flag(Fault::Silent)?,
+            "power-state-null" => flag(Fault::PowerStateNull)?,
+            "power-state-missing" => flag(Fault::PowerStateMissing)?,
             other => return Err(err(format!("unknown knob `{other}`"))),
         };
         Ok(FaultKnob { node, fault })
@@ -218,6 +269,15 @@ pub enum EventKind {
     /// A datagram was discarded: malformed, failed integrity, out-of-window sequence number,
     /// unknown session.
     Discarded(&'static str),
+    /// Redfish: an HTTP request was answered.
+    Http {
+        /// The method.
+        method: String,
+        /// The path (no query, no credentials).
+        path: String,
+        /// The status sent.
+        status: u16,
+    },
 }
 
 /// One entry of a device's event log; consecutive identical events share an entry.
