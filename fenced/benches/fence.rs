@@ -197,6 +197,8 @@ fn lab_bench(nodes: usize, delay_ms: u64) -> LabBench {
         .unwrap()
         .write_all(PASSWORD.as_bytes())
         .unwrap();
+    // fenced refuses password files that group or others can read.
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     LabBench { lab, dir, pw }
 }
 

@@ -649,7 +649,9 @@ impl Config {
                     return Err(ctx.err(
                         Some(dev.kind.span()),
                         &field("kind"),
-                        format!("unknown device kind `{other}`; expected one of: ipmi, redfish, sbd"),
+                        format!(
+                            "unknown device kind `{other}`; expected one of: ipmi, redfish, sbd"
+                        ),
                     ))
                 }
             };
