@@ -9,6 +9,7 @@ cargo build -p hw-tests --bin palisade-lab --manifest-path "$root/Cargo.toml" >/
 F=${1:-$root/target/release/fenced}; FN=$root/target/release/fence_node; L=$root/target/debug/palisade-lab
 d=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$d"' EXIT
 printf lab-password > "$d/pw"
+chmod 600 "$d/pw"   # fenced refuses password files others can read
 "$L" redfish --count 50 --base-port 18501 --user admin --password-file "$d/pw" --cert-dir "$d" --power-delay-ms 100 > "$d/lab.out" &
 until [ "$(wc -l < "$d/lab.out")" -ge 50 ]; do sleep 0.05; done
 config() { # N -> a config with N Redfish targets

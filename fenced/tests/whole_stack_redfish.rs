@@ -141,6 +141,8 @@ fn bench(opts: Opts) -> Bench {
     let dir = tmp.path();
     let pw = dir.join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    // fenced refuses password files that group or others can read.
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut cfg = format!(
         "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = {}\n\n[limits]\nmax_operations = 200\nmax_operations_per_target = 50\n\n",
         dir.join("fenced.sock"),
