@@ -5,108 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::process::{text, Fenced};
 use drivers::Secret;
 use hw_tests::lab::redfish::{RedfishLab, RedfishLabSpec};
 use hw_tests::lab::Fault;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "lab-password";
-
-/// A `fenced run` child process, killed on drop (the same harness as `whole_stack.rs`).
-#[allow(dead_code)]
-struct Fenced {
-    child: Option<Child>,
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-#[allow(dead_code)]
-impl Fenced {
-    fn start(dir: &Path, config: &Path) -> Fenced {
-        let socket = dir.join("fenced.sock");
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::File::create(dir.join("fenced.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fenced"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut f = Fenced {
-            child: Some(child),
-            dir: dir.into(),
-            config: config.into(),
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            if let Some(status) = f.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("fenced exited with {status}: {}", f.log());
-            }
-            assert!(
-                Instant::now() < until,
-                "fenced did not create its socket: {}",
-                f.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        f
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("fenced.log")).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL: no drain, no clean-up
-            c.wait().unwrap();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill9();
-        let again = Fenced::start(&self.dir, &self.config);
-        *self = again;
-    }
-
-    fn fence_node(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_fence_node"))
-            .args(args)
-            .env("PALISADE_SOCKET", self.dir.join("fenced.sock"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.fence_node(&a);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
-    }
-}
-
-impl Drop for Fenced {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The lab on its own runtime, so the tests stay synchronous like the IPMI ones.
 struct Bench {
@@ -392,14 +302,14 @@ fn fifty_redfish_targets_fenced_at_once() {
         total_timeout_s: Some(30),
         ..Opts::default()
     });
-    let pid = b.fenced.child.as_ref().unwrap().id();
+    let pid = b.fenced.pid().unwrap();
     let idle = vm(pid, "VmRSS:");
     let t = Instant::now();
     let children: Vec<Child> = (1..=50)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_fence_node"))
                 .args(["off", &format!("node{i}"), "--reason", "fifty"])
-                .env("PALISADE_SOCKET", b.fenced.dir.join("fenced.sock"))
+                .env("PALISADE_SOCKET", b.fenced.socket())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

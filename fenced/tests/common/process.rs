@@ -51,6 +51,16 @@ impl Fenced {
         f
     }
 
+    /// The daemon's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The daemon's API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("fenced.sock")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("fenced.log")).unwrap_or_default()
     }
