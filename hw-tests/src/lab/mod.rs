@@ -678,7 +678,66 @@ impl BmcHandle {
 #[derive(Debug)]
 pub struct Lab {
     bmcs: Vec<BmcHandle>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: LabTasks,
+}
+
+/// The serving tasks of a lab: aborted when the lab is dropped; [`LabTasks::shutdown`] also
+/// waits until they are gone (their sockets closed).
+#[derive(Debug, Default)]
+pub(crate) struct LabTasks(Vec<JoinHandle<()>>);
+
+impl LabTasks {
+    /// Room for `n` tasks.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        LabTasks(Vec::with_capacity(n))
+    }
+
+    /// Adds a serving task.
+    pub(crate) fn push(&mut self, t: JoinHandle<()>) {
+        self.0.push(t);
+    }
+
+    /// Aborts every task and waits for each to end.
+    pub(crate) async fn shutdown(&mut self) {
+        let tasks = std::mem::take(&mut self.0);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for LabTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Applies `knob` to the device it names among `devices` (by `name`), or to all of them;
+/// `false` if it names none here. Shared by the IPMI and Redfish labs.
+pub(crate) fn apply_knob<D>(
+    devices: &[D],
+    name: impl Fn(&D) -> &str,
+    set: impl Fn(&D, Fault),
+    knob: &FaultKnob,
+) -> bool {
+    match &knob.node {
+        Some(n) => match devices.iter().find(|d| name(d) == n) {
+            Some(d) => {
+                set(d, knob.fault);
+                true
+            }
+            None => false,
+        },
+        None => {
+            devices.iter().for_each(|d| set(d, knob.fault));
+            true
+        }
+    }
 }
 
 impl Lab {
@@ -701,7 +760,7 @@ impl Lab {
         }
         let mut lab = Lab {
             bmcs: Vec::with_capacity(spec.count),
-            tasks: Vec::with_capacity(spec.count),
+            tasks: LabTasks::with_capacity(spec.count),
         };
         for i in 1..=spec.count {
             let port = if spec.base_port == 0 {
@@ -755,38 +814,12 @@ impl Lab {
 
     /// Applies a knob to the BMC it names, or to all; `false` if it names no BMC here.
     pub fn apply(&self, knob: &FaultKnob) -> bool {
-        match &knob.node {
-            Some(n) => match self.bmc(n) {
-                Some(b) => {
-                    b.set_fault(knob.fault);
-                    true
-                }
-                None => false,
-            },
-            None => {
-                self.bmcs.iter().for_each(|b| b.set_fault(knob.fault));
-                true
-            }
-        }
+        apply_knob(&self.bmcs, |b| b.name(), |b, f| b.set_fault(f), knob)
     }
 
     /// Stops every BMC and waits until their sockets are closed.
     pub async fn shutdown(mut self) {
-        let tasks = std::mem::take(&mut self.tasks);
-        for t in &tasks {
-            t.abort();
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.shutdown().await;
     }
 }
 

@@ -15,7 +15,7 @@
 //! Redfish-Protocol-Validator for the simulator).
 
 use super::node::{Node, PowerAction, PowerEvent, PowerHook};
-use super::{lock, EventKind, EventLog, Fault, FaultKnob, Faults, LabError};
+use super::{lock, EventKind, EventLog, Fault, FaultKnob, Faults, LabError, LabTasks};
 use drivers::Secret;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// The reset types every simulated system advertises (DSP8010 `ResetType`).
@@ -329,7 +329,7 @@ impl RedfishBmcHandle {
 #[derive(Debug)]
 pub struct RedfishLab {
     bmcs: Vec<RedfishBmcHandle>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: LabTasks,
     ca_path: PathBuf,
     cert_der: Vec<u8>,
     _dir: Option<tempfile::TempDir>,
@@ -404,7 +404,7 @@ impl RedfishLab {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let mut lab = RedfishLab {
             bmcs: Vec::with_capacity(spec.count),
-            tasks: Vec::with_capacity(spec.count),
+            tasks: LabTasks::with_capacity(spec.count),
             ca_path,
             cert_der,
             _dir: tmp,
@@ -486,38 +486,12 @@ impl RedfishLab {
 
     /// Applies a knob to the BMC it names, or to all; `false` if it names no BMC here.
     pub fn apply(&self, knob: &FaultKnob) -> bool {
-        match &knob.node {
-            Some(n) => match self.bmc(n) {
-                Some(b) => {
-                    b.set_fault(knob.fault);
-                    true
-                }
-                None => false,
-            },
-            None => {
-                self.bmcs.iter().for_each(|b| b.set_fault(knob.fault));
-                true
-            }
-        }
+        super::apply_knob(&self.bmcs, |b| b.name(), |b, f| b.set_fault(f), knob)
     }
 
     /// Stops every BMC and waits until their listeners and connections are closed.
     pub async fn shutdown(mut self) {
-        let tasks = std::mem::take(&mut self.tasks);
-        for t in &tasks {
-            t.abort();
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for RedfishLab {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.shutdown().await;
     }
 }
 
