@@ -235,28 +235,7 @@ impl History {
     /// them) are recorded as failed with code `interrupted` and returned: a crash is never a
     /// success.
     pub fn open(path: &Path, now_ms: Millis) -> Result<(History, Vec<Operation>), HistoryError> {
-        let p = path.display().to_string();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| HistoryError::Store {
-                path: p.clone(),
-                detail: format!("cannot create directory {}: {e}", dir.display()),
-            })?;
-        }
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| HistoryError::Store {
-                path: p.clone(),
-                detail: e.to_string(),
-            })?;
-        let h = History {
-            db,
-            path: p,
-            signer: None,
-        };
-        h.init_tables()?;
-        let interrupted = h.recover(now_ms)?;
-        Ok((h, interrupted))
+        History::open_with(path, now_ms, None)
     }
 
     /// Opens the history file and signs every record appended from now on with `key`; its
@@ -265,6 +244,14 @@ impl History {
         path: &Path,
         now_ms: Millis,
         key: SigningKey,
+    ) -> Result<(History, Vec<Operation>), HistoryError> {
+        History::open_with(path, now_ms, Some(key))
+    }
+
+    fn open_with(
+        path: &Path,
+        now_ms: Millis,
+        signer: Option<SigningKey>,
     ) -> Result<(History, Vec<Operation>), HistoryError> {
         let p = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -280,13 +267,17 @@ impl History {
                 path: p.clone(),
                 detail: e.to_string(),
             })?;
+        let signed = signer.is_some();
         let h = History {
             db,
             path: p,
-            signer: Some(key),
+            signer,
         };
         h.init_tables()?;
-        h.record_public_key()?;
+        if signed {
+            h.record_public_key()?;
+        }
+        // Recovery comes after the key is recorded, so interrupted records are signed too.
         let interrupted = h.recover(now_ms)?;
         Ok((h, interrupted))
     }
