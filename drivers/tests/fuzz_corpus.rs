@@ -29,7 +29,7 @@ fn decode_packet_corpus_replays_without_panics() {
 
 #[test]
 fn sbd_decode_seed_corpus_replays_cleanly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-sbd/corpus/decode");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sbd_decode");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
@@ -38,4 +38,24 @@ fn sbd_decode_seed_corpus_replays_cleanly() {
         n += 1;
     }
     assert!(n >= 5, "seed corpus has {n} files");
+}
+
+#[test]
+fn redfish_json_seed_corpus_replays_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/redfish_json");
+    let mut n = 0;
+    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = fs::read(&path).unwrap();
+        drivers::redfish::model::fuzz_decode(&data);
+        for end in 0..data.len() {
+            drivers::redfish::model::fuzz_decode(&data[..end]);
+        }
+        n += 1;
+    }
+    assert!(
+        n >= 15,
+        "seed corpus went missing: {n} files in {}",
+        dir.display()
+    );
 }

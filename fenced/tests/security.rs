@@ -527,6 +527,61 @@ fn offline_verify_names_the_first_tampered_record() {
     assert!(text(&o).contains("changed"), "{}", text(&o));
 }
 
+/// A flood of failed authentications from many source addresses (each under its own per-source
+/// limit) is refused and counted in full, but writes at most the audit budget to the ledger, and
+/// the ledger still verifies.
+#[test]
+fn failed_authentication_flood_from_many_sources_is_audited_within_a_budget() {
+    let s = setup("127.0.0.1:9", "");
+    let mut d = Daemon::start(&s.dir, &s.config, s.port);
+    let bad = s.dir.join("bad.token");
+    write_secret(&bad, "pal_not-a-real-token\n");
+    let budget = fenced::api::auth::AUDITED_FAILURES_PER_MINUTE as usize;
+    let sources = budget + 20;
+    let url = format!("{}/v1/targets", d.url);
+    let header = format!("Authorization: Bearer {}", "pal_not-a-real-token");
+    // Every 127.0.0.0/8 address is local: curl binds each request to its own source address.
+    for i in 0..sources {
+        let from = format!("127.0.{}.{}", 1 + i / 250, 2 + i % 250);
+        let (code, body) = curl(&[
+            "--interface",
+            &from,
+            "--cacert",
+            s.ca.to_str().unwrap(),
+            "-H",
+            &header,
+            &url,
+        ]);
+        assert_eq!(code, 401, "from {from}: {body}");
+    }
+    let (code, metrics) = curl(&[
+        "--unix-socket",
+        &format!("{}/fenced.sock", s.dir.display()),
+        "http://localhost/metrics",
+    ]);
+    assert_eq!(code, 200);
+    for want in [
+        format!("palisade_api_auth_failures_total {sources}"),
+        format!(
+            "palisade_api_auth_failures_unaudited_total {}",
+            sources - budget
+        ),
+        "palisade_api_auth_rate_limited_total 0".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "metrics lack {want}: {metrics}");
+    }
+    let o = d.unix(&["history", "--audit", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let audited = String::from_utf8_lossy(&o.stdout)
+        .matches("authentication failed")
+        .count();
+    assert_eq!(audited, budget, "{}", text(&o));
+    let o = d.unix(&["history", "--audit", "--verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("ledger intact"), "{}", text(&o));
+    d.stop();
+}
+
 /// A full fencing scenario over TLS with a token, against a lab BMC: then the password and the
 /// token are searched for in every place Palisade writes or exposes.
 #[test]

@@ -201,6 +201,38 @@ pub struct ResetRequest<'a> {
     pub reset_type: &'a str,
 }
 
+/// Decodes arbitrary bytes as every resource the fencing path reads and checks the properties
+/// fencing relies on: only the exact string `Off` reads as off, a succeeded task is finished.
+/// Shared by the cargo-fuzz target (`drivers/fuzz`, target `redfish_json`) and the seed-corpus
+/// replay test, so CI on stable runs the same checks.
+pub fn fuzz_decode(data: &[u8]) {
+    use crate::PowerState;
+    if let Ok(s) = serde_json::from_slice::<ComputerSystem>(data) {
+        let state = super::power_state_of(s.power_state.as_deref());
+        assert_eq!(
+            state == PowerState::Off,
+            s.power_state.as_deref() == Some("Off"),
+            "only the exact value Off may read as off"
+        );
+        if let Some(reset) = s.actions.and_then(|a| a.reset) {
+            let _ = reset.allowable_values.map(|v| v.len());
+        }
+    }
+    if let Ok(t) = serde_json::from_slice::<Task>(data) {
+        assert!(
+            !t.succeeded() || t.finished(),
+            "a running task cannot have succeeded"
+        );
+    }
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(data) {
+        let _ = e.describe();
+    }
+    let _ = serde_json::from_slice::<ServiceRoot>(data);
+    let _ = serde_json::from_slice::<Collection>(data);
+    let _ = serde_json::from_slice::<ActionInfo>(data);
+    let _ = serde_json::from_slice::<Link>(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

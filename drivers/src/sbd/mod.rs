@@ -245,7 +245,7 @@ pub fn sector_with(
 }
 
 /// Decodes arbitrary bytes every way an SBD reader does and checks that whatever decodes
-/// re-encodes to the same value. Shared by the cargo-fuzz target (`drivers/fuzz-sbd`) and the
+/// re-encodes to the same value. Shared by the cargo-fuzz target (`drivers/fuzz`, target `sbd_decode`) and the
 /// seed-corpus replay test, so CI (stable, no libFuzzer) runs the same checks.
 pub fn fuzz_decode(data: &[u8]) {
     let mut buf = vec![0u8; data.len().max(format::USED_BYTES)];

@@ -167,6 +167,23 @@ pub struct AuthFailures {
     pub failed_total: std::sync::atomic::AtomicU64,
     /// Requests refused because their source failed too often.
     pub limited_total: std::sync::atomic::AtomicU64,
+    /// Failures counted but not written to the ledger one by one (over the audit budget).
+    pub unaudited_total: std::sync::atomic::AtomicU64,
+    audit: std::sync::Mutex<AuditBudget>,
+}
+
+/// Failed authentications written to the ledger one by one, per minute, from all sources
+/// together. Each record is a durable (fsynced) append: without a global cap, a flood from many
+/// addresses (each under its per-source limit) would grow the ledger and the disk work without
+/// bound. Beyond the cap failures are still refused and counted in `/metrics`, and the next
+/// audited failure says how many were not recorded individually.
+pub const AUDITED_FAILURES_PER_MINUTE: u32 = 60;
+
+#[derive(Default)]
+struct AuditBudget {
+    window_start: Option<std::time::Instant>,
+    audited: u32,
+    suppressed: u64,
 }
 
 /// Sources remembered at most; older windows are forgotten first (bounds memory under a flood
@@ -181,6 +198,8 @@ impl AuthFailures {
             window: Default::default(),
             failed_total: Default::default(),
             limited_total: Default::default(),
+            unaudited_total: Default::default(),
+            audit: Default::default(),
         }
     }
 
@@ -197,10 +216,32 @@ impl AuthFailures {
         limited
     }
 
-    /// Records one failed authentication from `key`.
-    pub fn record(&self, key: &str, now: std::time::Instant) {
+    /// Records one failed authentication from `key`. Returns whether to write it to the ledger
+    /// and, if so, how many earlier failures went unwritten since the last one that was
+    /// (see [`AUDITED_FAILURES_PER_MINUTE`]).
+    pub fn record(&self, key: &str, now: std::time::Instant) -> Option<u64> {
         self.failed_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_source(key, now);
+        let mut b = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = b
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= std::time::Duration::from_secs(60));
+        if fresh {
+            b.window_start = Some(now);
+            b.audited = 0;
+        }
+        if b.audited >= AUDITED_FAILURES_PER_MINUTE {
+            b.suppressed = b.suppressed.saturating_add(1);
+            self.unaudited_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        b.audited += 1;
+        Some(std::mem::take(&mut b.suppressed))
+    }
+
+    fn count_source(&self, key: &str, now: std::time::Instant) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() >= MAX_SOURCES && !w.contains_key(key) {
             w.retain(|_, (start, _)| {
@@ -352,5 +393,34 @@ mod tests {
         );
         assert!(!f.is_limited("192.0.2.1", t0 + std::time::Duration::from_secs(61)));
         assert_eq!(f.failed_total.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn ledger_records_of_failures_are_capped_across_sources_and_the_gap_is_reported() {
+        let f = AuthFailures::new(1);
+        let t0 = std::time::Instant::now();
+        let cap = AUDITED_FAILURES_PER_MINUTE as usize;
+        // One failure from each of many sources: none is over its own limit.
+        let audited: Vec<Option<u64>> = (0..cap + 25)
+            .map(|i| f.record(&format!("192.0.2.{i}"), t0))
+            .collect();
+        assert!(audited[..cap].iter().all(|a| *a == Some(0)));
+        assert!(
+            audited[cap..].iter().all(Option::is_none),
+            "over the cap: not audited"
+        );
+        assert_eq!(
+            f.unaudited_total.load(std::sync::atomic::Ordering::Relaxed),
+            25
+        );
+        assert_eq!(
+            f.failed_total.load(std::sync::atomic::Ordering::Relaxed),
+            cap as u64 + 25,
+            "every failure is still counted"
+        );
+        // A minute later the next failure is audited and carries the number left out.
+        let later = t0 + std::time::Duration::from_secs(60);
+        assert_eq!(f.record("192.0.2.1", later), Some(25));
+        assert_eq!(f.record("192.0.2.2", later), Some(0));
     }
 }

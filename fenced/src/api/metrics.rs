@@ -170,6 +170,16 @@ pub(crate) fn render_security(out: &mut String, s: &super::ApiState) {
         s.auth_failures.failed_total.load(Relaxed),
     );
     p.family(
+        "palisade_api_auth_failures_unaudited_total",
+        "counter",
+        "Failed authentications over the ledger's audit budget, counted here but not recorded one by one.",
+    );
+    p.sample(
+        "palisade_api_auth_failures_unaudited_total",
+        &[],
+        s.auth_failures.unaudited_total.load(Relaxed),
+    );
+    p.family(
         "palisade_api_auth_rate_limited_total",
         "counter",
         "Requests refused because their source failed to authenticate too often in the last minute.",

@@ -425,10 +425,11 @@ async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -
     let auth = auth::resolve(&state.engine.config().api, &creds, &bearer);
     let identity = auth.caller.identity.clone();
     if auth.failed {
-        state.auth_failures.record(&rate_key, started);
-        state
-            .engine
-            .audit_auth_failure(&identity, &auth.source, &method, &path);
+        if let Some(unaudited) = state.auth_failures.record(&rate_key, started) {
+            state
+                .engine
+                .audit_auth_failure(&identity, &auth.source, &method, &path, unaudited);
+        }
         tracing::warn!(caller = %identity, source = %auth.source, %method, %path, "api request refused: authentication failed");
         return ApiError::new(
             StatusCode::UNAUTHORIZED,

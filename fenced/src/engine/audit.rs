@@ -37,19 +37,25 @@ impl Engine {
         }
     }
 
-    /// Audits a failed authentication (the presented credential itself is never recorded).
+    /// Audits a failed authentication (the presented credential itself is never recorded);
+    /// `unaudited` earlier failures were over the audit budget and are summed up here.
     pub fn audit_auth_failure(
         &self,
         who: &str,
         from: &str,
         method: &impl std::fmt::Display,
         path: &str,
+        unaudited: u64,
     ) {
+        let why = match unaudited {
+            0 => String::new(),
+            n => format!("{n} earlier failed authentications were over the audit budget and not recorded one by one"),
+        };
         self.audit(
             who,
             from,
             &format!("{method} {path}"),
-            "",
+            &why,
             "authentication failed",
         );
     }
