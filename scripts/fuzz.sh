@@ -19,11 +19,12 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^nightly' || ! command -v carg
   exit 0
 fi
 
-# Both fuzz crates build into one directory so the dependencies they share are built once.
+# Every crate's fuzz folder (drivers/fuzz, fenced/fuzz, ...) builds into one directory so the
+# dependencies they share are built once.
 target_dir="$PWD/target/fuzz"
 summary=()
-for crate in drivers fenced; do
-  dir="$crate/fuzz"
+for dir in */fuzz; do
+  crate=${dir%/fuzz}
   for target in $(cd "$dir" && cargo +nightly fuzz list); do
     scratch=$(mktemp -d)
     log="$scratch.log"
