@@ -9,7 +9,7 @@ mod common;
 use common::{ipmitool, password_file};
 use drivers::Secret;
 use hw_tests::lab::{BackgroundLab, LabSpec};
-use hw_tests::node::{LabNet, LabNode, NodeError, NodeSpec, Transition};
+use hw_tests::node::{LabNet, LabNode, NodeError, NodeProcess, NodeSpec, Transition};
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ fn not_running(pid: u32) -> bool {
     }
 }
 
-fn sleepers(node: &LabNode) -> std::process::Child {
+fn sleepers(node: &LabNode) -> NodeProcess {
     let child = node
         .spawn(
             Command::new("sh")
@@ -37,7 +37,11 @@ fn sleepers(node: &LabNode) -> std::process::Child {
         .unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     while node.pids().len() < 3 {
-        assert!(Instant::now() < until, "sleepers did not start: {:?}", node.pids());
+        assert!(
+            Instant::now() < until,
+            "sleepers did not start: {:?}",
+            node.pids()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child
@@ -45,7 +49,8 @@ fn sleepers(node: &LabNode) -> std::process::Child {
 
 /// Datagrams `hb NODE SEQ` received on `sock` within `span`.
 fn received(sock: &UdpSocket, span: Duration) -> usize {
-    sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
     let until = Instant::now() + span;
     let mut n = 0;
     let mut buf = [0u8; 64];
@@ -59,13 +64,17 @@ fn received(sock: &UdpSocket, span: Duration) -> usize {
 
 /// Drains what is queued, so counts start from now.
 fn drain(sock: &UdpSocket) {
-    sock.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(1)))
+        .unwrap();
     let mut buf = [0u8; 64];
     while sock.recv_from(&mut buf).is_ok() {}
 }
 
 fn host_ruleset() -> String {
-    let out = Command::new("nft").args(["list", "ruleset"]).output().unwrap();
+    let out = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -83,9 +92,16 @@ fn power_off_kills_everything_and_keeps_the_node_off_until_power_on() {
     assert!(child.wait().unwrap().code().is_none(), "killed by a signal");
     assert_eq!(node.power_off().unwrap(), Transition::Unchanged);
     let refused = node.spawn(&mut Command::new("true"));
-    assert!(matches!(refused, Err(NodeError::PoweredOff(ref n)) if n == "a"), "{refused:?}");
+    assert!(
+        matches!(refused, Err(NodeError::PoweredOff(ref n)) if n == "a"),
+        "{refused:?}"
+    );
     assert_eq!(node.power_on().unwrap(), Transition::Changed);
-    let st = node.spawn(&mut Command::new("true")).unwrap().wait().unwrap();
+    let st = node
+        .spawn(&mut Command::new("true"))
+        .unwrap()
+        .wait()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -100,23 +116,45 @@ fn cut_off_node_keeps_running_but_reaches_nobody_and_heals() {
     let beat = |to: String| {
         a.spawn(
             Command::new(WORKLOAD)
-                .args(["heartbeat", "--to", &to, "--node", "a", "--interval-ms", "10"])
+                .args([
+                    "heartbeat",
+                    "--to",
+                    &to,
+                    "--node",
+                    "a",
+                    "--interval-ms",
+                    "10",
+                ])
                 .stdin(Stdio::null()),
         )
         .unwrap()
     };
     let _to_b = beat(format!("{}:7000", b.addr()));
     let _to_switch = beat(format!("{}:7000", net.switch_addr()));
-    assert!(received(&at_b, Duration::from_millis(500)) > 0, "a reaches b");
-    assert!(received(&at_switch, Duration::from_millis(300)) > 0, "a reaches the switch");
+    assert!(
+        received(&at_b, Duration::from_millis(500)) > 0,
+        "a reaches b"
+    );
+    assert!(
+        received(&at_switch, Duration::from_millis(300)) > 0,
+        "a reaches the switch"
+    );
 
     a.cut_off().unwrap();
     drain(&at_b);
     drain(&at_switch);
-    assert_eq!(received(&at_b, Duration::from_millis(400)), 0, "a is cut off from b");
+    assert_eq!(
+        received(&at_b, Duration::from_millis(400)),
+        0,
+        "a is cut off from b"
+    );
     assert_eq!(received(&at_switch, Duration::from_millis(100)), 0);
     assert_eq!(a.pids().len(), 2, "a's processes keep running");
-    assert_eq!(before, host_ruleset(), "the host's ruleset is never touched");
+    assert_eq!(
+        before,
+        host_ruleset(),
+        "the host's ruleset is never touched"
+    );
 
     // A partial partition: a loses b only.
     a.cut_off_from(&[b.addr()]).unwrap();
@@ -154,12 +192,22 @@ fn private_dirs_are_shared_by_a_nodes_processes_and_wiped_by_a_power_cycle() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     sh(&node, &format!("echo on-a > {d}/f"));
-    assert_eq!(sh(&node, &format!("cat {d}/f")), "on-a", "one mount namespace per node");
+    assert_eq!(
+        sh(&node, &format!("cat {d}/f")),
+        "on-a",
+        "one mount namespace per node"
+    );
     assert!(!dir.path().join("f").exists(), "the host does not see it");
-    assert_eq!(sh(&other, &format!("cat {d}/f 2>/dev/null || echo none")), "none");
+    assert_eq!(
+        sh(&other, &format!("cat {d}/f 2>/dev/null || echo none")),
+        "none"
+    );
     node.power_off().unwrap();
     node.power_on().unwrap();
-    assert_eq!(sh(&node, &format!("cat {d}/f 2>/dev/null || echo none")), "none");
+    assert_eq!(
+        sh(&node, &format!("cat {d}/f 2>/dev/null || echo none")),
+        "none"
+    );
 }
 
 #[test]
@@ -180,13 +228,25 @@ fn ipmi_power_off_through_the_lab_bmc_kills_the_lab_node() {
     let port = lab.bmc("node1").unwrap().port();
     let r = ipmitool(port, "admin", &pw, 3, &["chassis", "power", "off"]);
     assert!(r.ok(), "{r:?}");
-    assert!(!n1.is_on() && n1.pids().is_empty(), "node1 is off: {:?}", n1.pids());
+    assert!(
+        !n1.is_on() && n1.pids().is_empty(),
+        "node1 is off: {:?}",
+        n1.pids()
+    );
     assert_eq!(n2.pids().len(), 3, "node2 is untouched");
-    assert!(matches!(n1.spawn(&mut Command::new("true")), Err(NodeError::PoweredOff(_))));
+    assert!(matches!(
+        n1.spawn(&mut Command::new("true")),
+        Err(NodeError::PoweredOff(_))
+    ));
     let r = ipmitool(port, "admin", &pw, 3, &["chassis", "power", "on"]);
     assert!(r.ok(), "{r:?}");
     assert!(n1.is_on());
-    assert!(n1.spawn(&mut Command::new("true")).unwrap().wait().unwrap().success());
+    assert!(n1
+        .spawn(&mut Command::new("true"))
+        .unwrap()
+        .wait()
+        .unwrap()
+        .success());
 }
 
 #[test]
@@ -198,8 +258,9 @@ fn dropping_the_lab_net_cleans_up_even_when_the_test_panics() {
         spec.private_dirs = vec![std::env::temp_dir()];
         let a = net.add_node(spec).unwrap();
         let b = net.add_node(NodeSpec::new("b")).unwrap();
-        let _ca = sleepers(&a);
-        let _cb = sleepers(&b);
+        // Forgotten, not dropped: only the lab net's own drop may stop these.
+        std::mem::forget(sleepers(&a));
+        std::mem::forget(sleepers(&b));
         a.cut_off().unwrap();
         let namespaces = vec![
             a.netns_name().to_string(),

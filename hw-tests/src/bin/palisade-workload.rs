@@ -11,9 +11,9 @@
 //! not know it is cut off).
 
 use hw_tests::drill::controller::heartbeat;
+use hw_tests::drill::mono_ns;
 use hw_tests::drill::record::Record;
 use hw_tests::drill::volume::{log_end, Volume};
-use hw_tests::drill::mono_ns;
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::ExitCode;

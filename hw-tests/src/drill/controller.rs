@@ -207,40 +207,59 @@ impl Timeline {
         Some(t?.checked_sub(self.cut_off?)? as f64 / 1e6)
     }
 
-    /// A short report, one step a line, in milliseconds since the cut-off.
+    /// A short report, one step a line in the order they happened, in milliseconds since
+    /// the cut-off.
     pub fn report(&self) -> String {
+        let requests = if self.fence_requests > 1 {
+            format!(" ({} requests)", self.fence_requests)
+        } else {
+            String::new()
+        };
+        let outcome = self
+            .fence_outcome
+            .as_ref()
+            .map(|o| format!(": {}", o.describe()))
+            .unwrap_or_default();
+        let mut steps = [
+            (
+                "A cut off from the lab network",
+                self.cut_off,
+                String::new(),
+            ),
+            ("controller: A lost", self.lost, String::new()),
+            (
+                "controller: fence requested",
+                self.fence_requested,
+                requests,
+            ),
+            ("fenced: outcome", self.fence_answered, outcome),
+            (
+                "A's last record on the volume",
+                self.primary_last_record,
+                String::new(),
+            ),
+            (
+                "controller: workload started on B",
+                self.standby_started,
+                String::new(),
+            ),
+            (
+                "B's first record on the volume",
+                self.standby_first_record,
+                String::new(),
+            ),
+        ];
+        // Steps that never happened go last.
+        steps.sort_by_key(|(_, t, _)| t.unwrap_or(u64::MAX));
         let mut out = String::new();
-        let mut line = |what: &str, t: Option<u64>, note: &str| {
+        for (what, t, note) in steps {
             let at = match self.since_cut_ms(t) {
                 Some(ms) => format!("{ms:>9.1} ms"),
                 None if t.is_some() => "   (before)".into(),
-                None => "          -".into(),
+                None => "      never".into(),
             };
             let _ = writeln!(out, "  {at}  {what}{note}");
-        };
-        line("A cut off from the lab network", self.cut_off, "");
-        line("controller: A lost", self.lost, "");
-        line(
-            "controller: fence requested",
-            self.fence_requested,
-            &if self.fence_requests > 1 {
-                format!(" ({} requests)", self.fence_requests)
-            } else {
-                String::new()
-            },
-        );
-        line(
-            "fenced: outcome",
-            self.fence_answered,
-            &self
-                .fence_outcome
-                .as_ref()
-                .map(|o| format!(": {}", o.describe()))
-                .unwrap_or_default(),
-        );
-        line("A's last record on the volume", self.primary_last_record, "");
-        line("controller: workload started on B", self.standby_started, "");
-        line("B's first record on the volume", self.standby_first_record, "");
+        }
         out
     }
 }
@@ -326,9 +345,19 @@ mod tests {
 
     #[test]
     fn heartbeats_parse_strictly() {
-        assert_eq!(parse_heartbeat(heartbeat("node1", 3).as_bytes()), Some("node1"));
+        assert_eq!(
+            parse_heartbeat(heartbeat("node1", 3).as_bytes()),
+            Some("node1")
+        );
         assert_eq!(parse_heartbeat(b"hb node1 3\n"), Some("node1"));
-        for bad in [&b"hb node1"[..], b"hb  1", b"xx node1 1", b"hb node1 x", b"hb a 1 2", b"\xff"] {
+        for bad in [
+            &b"hb node1"[..],
+            b"hb  1",
+            b"xx node1 1",
+            b"hb node1 x",
+            b"hb a 1 2",
+            b"\xff",
+        ] {
             assert_eq!(parse_heartbeat(bad), None, "{bad:?}");
         }
     }
@@ -407,14 +436,26 @@ mod tests {
         let unknown = FenceOutcome::Unknown {
             reason: "unreachable".into(),
         };
-        let (d, tl, started) = run_with(Policy::FenceFirst { attempts: 2 }, vec![failed.clone(), fenced]);
-        assert_eq!((d, started, tl.fence_requests), (Decision::FailedOver, 1, 2));
+        let (d, tl, started) = run_with(
+            Policy::FenceFirst { attempts: 2 },
+            vec![failed.clone(), fenced],
+        );
+        assert_eq!(
+            (d, started, tl.fence_requests),
+            (Decision::FailedOver, 1, 2)
+        );
 
         let (d, _, started) = run_with(Policy::FenceFirst { attempts: 2 }, vec![failed, unknown]);
-        assert!(matches!(d, Decision::KeptDown { ref reason } if reason.contains("unreachable")), "{d:?}");
+        assert!(
+            matches!(d, Decision::KeptDown { ref reason } if reason.contains("unreachable")),
+            "{d:?}"
+        );
         assert_eq!(started, 0, "never a second copy without a confirmed fence");
 
         let (d, tl, started) = run_with(Policy::SkipFencing, vec![]);
-        assert_eq!((d, started, tl.fence_requests), (Decision::FailedOver, 1, 0));
+        assert_eq!(
+            (d, started, tl.fence_requests),
+            (Decision::FailedOver, 1, 0)
+        );
     }
 }

@@ -137,8 +137,16 @@ mod tests {
         let mut other = s;
         other[0] = b'X';
         assert_eq!(decode(&other), Err(RecordError::Magic));
-        assert!(encode(&Record { node: String::new(), ..r.clone() }).is_none());
-        assert!(encode(&Record { node: "x".repeat(33), ..r }).is_none());
+        assert!(encode(&Record {
+            node: String::new(),
+            ..r.clone()
+        })
+        .is_none());
+        assert!(encode(&Record {
+            node: "x".repeat(33),
+            ..r
+        })
+        .is_none());
     }
 
     proptest! {

@@ -141,7 +141,32 @@ impl Verdict {
     /// Whether the log shows one writer at a time: nothing of `first` after `second`'s first
     /// record, no sequence number twice, no damaged sector.
     pub fn is_clean(&self) -> bool {
-        self.first_after_second.is_empty() && self.duplicate_seqs == 0 && self.bad_sectors.is_empty()
+        self.first_after_second.is_empty()
+            && self.duplicate_seqs == 0
+            && self.bad_sectors.is_empty()
+    }
+
+    /// One line for reports.
+    pub fn summary(&self) -> String {
+        let counts = self
+            .records
+            .iter()
+            .map(|(n, c)| format!("{n}: {c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "{} — records {{{counts}}}, second writer from sector {}, {} records of the first writer after that{}, {} duplicate sequence numbers, {} damaged sectors",
+            if self.is_clean() { "CLEAN" } else { "CORRUPTED" },
+            self.second_starts_at
+                .map_or_else(|| "- (never)".to_string(), |s| s.to_string()),
+            self.first_after_second.len(),
+            self.first_after_second
+                .first()
+                .map(|s| format!(" (first at sector {s})"))
+                .unwrap_or_default(),
+            self.duplicate_seqs,
+            self.bad_sectors.len()
+        )
     }
 
     /// How many records `node` wrote.
@@ -191,11 +216,20 @@ mod tests {
         let clean = [rec(0, "a"), rec(1, "a"), rec(2, "b"), rec(3, "b")];
         let v = check(&clean, "a", "b");
         assert!(v.is_clean(), "{v:?}");
-        assert_eq!((v.count("a"), v.count("b"), v.second_starts_at), (2, 2, Some(2)));
+        assert_eq!(
+            (v.count("a"), v.count("b"), v.second_starts_at),
+            (2, 2, Some(2))
+        );
         assert_eq!(log_end(&clean), (4, 4));
 
         // The old copy kept writing: its records land after the new one's first.
-        let split = [rec(0, "a"), rec(1, "b"), rec(1, "a"), rec(2, "b"), rec(3, "a")];
+        let split = [
+            rec(0, "a"),
+            rec(1, "b"),
+            rec(1, "a"),
+            rec(2, "b"),
+            rec(3, "a"),
+        ];
         let v = check(&split, "a", "b");
         assert!(!v.is_clean());
         assert_eq!(v.first_after_second, vec![2, 4]);

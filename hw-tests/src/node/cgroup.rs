@@ -61,7 +61,8 @@ impl Cgroup {
     /// Creates the group `name` directly under the hierarchy's root.
     pub fn create(name: &str) -> Result<Cgroup, NodeError> {
         let dir = hierarchy()?.join(name);
-        std::fs::create_dir(&dir).map_err(|e| NodeError::io(format!("create cgroup {}", dir.display()), e))?;
+        std::fs::create_dir(&dir)
+            .map_err(|e| NodeError::io(format!("create cgroup {}", dir.display()), e))?;
         if !dir.join("cgroup.kill").exists() {
             let _ = std::fs::remove_dir(&dir);
             return Err(NodeError::Unsupported(
@@ -152,8 +153,12 @@ mod tests {
             cgroup2_mount_in(hybrid),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        let pure = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_mount_in(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        let pure =
+            "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mount_in(pure),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let v1 = "35 25 0:30 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
         assert_eq!(cgroup2_mount_in(v1), None);
         assert_eq!(cgroup2_mount_in(""), None);

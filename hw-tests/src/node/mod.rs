@@ -65,7 +65,9 @@ pub enum NodeError {
     #[error("lab node: {0}")]
     Unsupported(String),
     /// The node is powered off: nothing can run on it until it is powered on.
-    #[error("lab node {0} is powered off; power it on first (LabNode::power_on, or through its BMC)")]
+    #[error(
+        "lab node {0} is powered off; power it on first (LabNode::power_on, or through its BMC)"
+    )]
     PoweredOff(String),
     /// Processes survived `cgroup.kill`.
     #[error("lab node: processes {pids:?} are still in {cgroup} after cgroup.kill; they may be stuck in I/O (check /proc/PID/stack)")]
@@ -192,7 +194,7 @@ impl LabNode {
     /// Starts `cmd` on the node: in its cgroup, network namespace and (if it has private
     /// directories) mount namespace, all entered before the program runs. Refused while the
     /// node is off.
-    pub fn spawn(&self, cmd: &mut Command) -> Result<Child, NodeError> {
+    pub fn spawn(&self, cmd: &mut Command) -> Result<NodeProcess, NodeError> {
         // Held across fork and exec, so a power off cannot slip between the check and the
         // child joining the group (it would escape the kill).
         let power = lock(&self.power);
@@ -219,8 +221,15 @@ impl LabNode {
                 Ok(())
             });
         }
-        cmd.spawn().map_err(|e| {
-            NodeError::io(format!("start {:?} on {}", cmd.get_program(), self.spec.name), e)
+        let child = cmd.spawn().map_err(|e| {
+            NodeError::io(
+                format!("start {:?} on {}", cmd.get_program(), self.spec.name),
+                e,
+            )
+        })?;
+        Ok(NodeProcess {
+            pid: child.id(),
+            child: Some(child),
         })
     }
 
@@ -337,7 +346,9 @@ impl LabNode {
     /// others. Undo with [`LabNode::heal`].
     pub fn cut_off_from(&self, peers: &[Ipv4Addr]) -> Result<(), NodeError> {
         if peers.is_empty() {
-            return Err(NodeError::Spec("cut_off_from needs at least one peer".into()));
+            return Err(NodeError::Spec(
+                "cut_off_from needs at least one peer".into(),
+            ));
         }
         self.heal()?;
         let set = peers
@@ -370,6 +381,58 @@ impl LabNode {
     pub fn bind_udp(&self, port: u16) -> Result<UdpSocket, NodeError> {
         let addr = SocketAddrV4::new(self.addr, port);
         self.netns.run_inside(move || UdpSocket::bind(addr))
+    }
+}
+
+/// A process started on a lab node ([`LabNode::spawn`]); killed and reaped on drop (its
+/// node's power off kills it too, and drop then only reaps it).
+#[derive(Debug)]
+pub struct NodeProcess {
+    pid: u32,
+    /// `None` once consumed by [`NodeProcess::wait_with_output`].
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    fn consumed() -> std::io::Error {
+        std::io::Error::other("the process was already waited for with wait_with_output")
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// The `std` child, for its pipes.
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// Waits for it to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.as_mut().ok_or_else(Self::consumed)?.wait()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.as_mut().ok_or_else(Self::consumed)?.try_wait()
+    }
+
+    /// Waits for it to exit and collects its piped output.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.child
+            .take()
+            .ok_or_else(Self::consumed)?
+            .wait_with_output()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -438,7 +501,10 @@ impl LabNet {
     pub fn add_node(&mut self, spec: NodeSpec) -> Result<Arc<LabNode>, NodeError> {
         if spec.name.is_empty()
             || spec.name.len() > 15
-            || !spec.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || !spec
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             return Err(NodeError::Spec(format!(
                 "node name `{}` must be 1-15 letters, digits or `-`",
@@ -446,9 +512,16 @@ impl LabNet {
             )));
         }
         if self.nodes.iter().any(|n| n.name() == spec.name) {
-            return Err(NodeError::Spec(format!("node `{}` exists already", spec.name)));
+            return Err(NodeError::Spec(format!(
+                "node `{}` exists already",
+                spec.name
+            )));
         }
-        if let Some(d) = spec.private_dirs.iter().find(|d| !d.is_absolute() || !d.is_dir()) {
+        if let Some(d) = spec
+            .private_dirs
+            .iter()
+            .find(|d| !d.is_absolute() || !d.is_dir())
+        {
             return Err(NodeError::Spec(format!(
                 "private directory {} must be an existing absolute directory",
                 d.display()
@@ -466,7 +539,16 @@ impl LabNet {
         // so nothing appears in the host's namespace, even for a moment.
         let port = format!("p{index}");
         self.switch.ip(&[
-            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns.name(),
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
         ])?;
         self.switch.ip(&["link", "set", &port, "master", "br0"])?;
         self.switch.ip(&["link", "set", &port, "up"])?;
@@ -553,7 +635,11 @@ fn sweep_leftovers() {
             }
         }
     }
-    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if dead(&name) {
             let _ = Command::new("ip")

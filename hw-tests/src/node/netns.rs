@@ -64,7 +64,12 @@ impl NetNs {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| NodeError::io("run nft (install nftables: scripts/install-test-deps.sh)", e))?;
+            .map_err(|e| {
+                NodeError::io(
+                    "run nft (install nftables: scripts/install-test-deps.sh)",
+                    e,
+                )
+            })?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(script.as_bytes())
@@ -89,7 +94,10 @@ impl NetNs {
         &self,
         f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, NodeError> {
-        let fd = self.file.try_clone().map_err(|e| NodeError::io("dup namespace fd", e))?;
+        let fd = self
+            .file
+            .try_clone()
+            .map_err(|e| NodeError::io("dup namespace fd", e))?;
         let name = self.name.clone();
         std::thread::spawn(move || {
             // SAFETY: setns on a valid namespace fd affects only this new thread (a thread
