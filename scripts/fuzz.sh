@@ -11,7 +11,7 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^nightly' || ! command -v carg
   exit 0
 fi
 
-for crate in drivers fenced; do
+for crate in drivers fenced hw-tests; do
   (
     cd "$crate/fuzz"
     for target in $(cargo +nightly fuzz list); do

@@ -29,3 +29,17 @@ pub fn mono_ns() -> u64 {
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
 }
+
+/// Feeds one fuzz input to every drill parser (the record decoder, whole and sector by
+/// sector, and the heartbeat parser) and checks that whatever decodes encodes back to the
+/// same bytes. Used by `hw-tests/fuzz` and replayed by `tests/fuzz_corpus.rs`.
+pub fn fuzz_decode(data: &[u8]) {
+    for sector in std::iter::once(data).chain(data.chunks(record::SECTOR)) {
+        if let Ok(Some(r)) = record::decode(sector) {
+            assert_eq!(record::encode(&r).as_ref().map(|s| &s[..]), Some(sector));
+        }
+    }
+    if let Some(node) = controller::parse_heartbeat(data) {
+        assert!(!node.is_empty() && !node.contains(' '));
+    }
+}

@@ -214,7 +214,9 @@ impl Fencer for ApiFencer {
                             reason: format!("operation {operation} ended {s} with outcome {o:?}"),
                         }
                     }
-                    _ => {} // delayed or running: poll again
+                    // Delayed or running: poll again (not in a hot loop if something between
+                    // us and the daemon answers long polls at once).
+                    _ => std::thread::sleep(Duration::from_millis(50)),
                 },
                 // The daemon may be restarting: the outcome is unknown until it answers.
                 Err(ClientError::Unreachable { .. } | ClientError::Timeout { .. }) => {
