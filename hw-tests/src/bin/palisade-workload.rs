@@ -5,7 +5,7 @@
 //! palisade-workload heartbeat --to ADDR:PORT --node NAME [--interval-ms MS]
 //! ```
 //!
-//! `write` continues the log on DEV (O_DIRECT, one sector per record) from its end, one
+//! `write` appends to the log on DEV (O_DIRECT, one sector per record) at its end, one
 //! record every MS, until killed or the device is full. `heartbeat` sends `hb NAME SEQ` over
 //! UDP every MS, and keeps trying when the network drops its datagrams (a cut-off node does
 //! not know it is cut off).
@@ -13,7 +13,7 @@
 use hw_tests::drill::controller::heartbeat;
 use hw_tests::drill::mono_ns;
 use hw_tests::drill::record::Record;
-use hw_tests::drill::volume::{log_end, Volume};
+use hw_tests::drill::volume::{log_end, Slot, Volume};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,8 +64,24 @@ fn write(device: PathBuf, node: String, interval: Duration) -> Result<(), String
     let (mut at, mut seq) = log_end(&log);
     eprintln!("palisade-workload: {node} continues the log at sector {at}, seq {seq}");
     loop {
-        if at >= vol.sectors() {
-            return Err(format!("{} is full ({at} records)", device.display()));
+        // The log is shared: before each append, step over whatever another writer appended
+        // since ours (as two database instances that both believe they own one journal).
+        // Without that, a second copy would overwrite the first one's records in place and
+        // the damage would hide; with it, their records interleave, as they do on a real
+        // volume written by two copies at once.
+        loop {
+            if at >= vol.sectors() {
+                return Err(format!("{} is full ({at} records)", device.display()));
+            }
+            match vol
+                .read_slot(at)
+                .map_err(|e| format!("read of sector {at} failed: {e}"))?
+            {
+                None => break,
+                Some(Slot::Record(other)) => seq = other.seq + 1,
+                Some(Slot::Bad(_)) => {}
+            }
+            at += 1;
         }
         let r = Record {
             seq,

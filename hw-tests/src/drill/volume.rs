@@ -91,6 +91,18 @@ impl Volume {
         Ok(out)
     }
 
+    /// Reads the slot at sector `index`: `None` if it is empty.
+    pub fn read_slot(&self, index: u64) -> std::io::Result<Option<Slot>> {
+        let mut buf = AlignedBuf::new(SECTOR);
+        self.file
+            .read_exact_at(buf.get_mut(), index * SECTOR as u64)?;
+        Ok(match record::decode(buf.get()) {
+            Ok(None) => None,
+            Ok(Some(r)) => Some(Slot::Record(r)),
+            Err(e) => Some(Slot::Bad(e)),
+        })
+    }
+
     /// Writes one record at sector `index` (one direct write: it is on the device when this
     /// returns).
     pub fn write_record(&self, index: u64, r: &Record) -> std::io::Result<()> {
