@@ -6,6 +6,7 @@
 //! cargo run -p hw-tests --example drill -- --runs 5            # root: namespaces, cgroups, loop devices
 //! cargo run -p hw-tests --example drill -- --variant skip      # the controller that skips fencing
 //! cargo run -p hw-tests --example drill -- --variant stuck     # a stuck BMC: the workload stays down
+//! cargo run -p hw-tests --example drill -- --fenced target/release/fenced   # another fenced build
 //! ```
 //!
 //! An example rather than a `[[bin]]`: the reference controller talks to `fenced` through
@@ -22,7 +23,7 @@ use hw_tests::drill::controller::Decision;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: drill [--runs N] [--variant fenced|skip|stuck] [--heartbeat-ms MS] [--lost-after-ms MS]";
+const USAGE: &str = "usage: drill [--runs N] [--variant fenced|skip|stuck] [--heartbeat-ms MS] [--lost-after-ms MS] [--fenced PATH]";
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
     let mut runs = 5usize;
     let mut variant = Variant::Fenced;
     let mut knobs = Knobs::default();
+    let mut fenced = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next();
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             ("--lost-after-ms", Some(_)) if ms(&v).is_some() => {
                 knobs.lost_after = Duration::from_millis(ms(&v).unwrap_or(500))
             }
+            ("--fenced", Some(p)) => fenced = Some(std::path::PathBuf::from(p)),
             _ => {
                 eprintln!("drill: bad argument `{a}`\n{USAGE}");
                 return ExitCode::from(2);
@@ -60,11 +63,12 @@ fn main() -> ExitCode {
         }
     }
     let bins = Bins {
-        fenced: hw_tests::bins::fenced(),
+        fenced: fenced.unwrap_or_else(hw_tests::bins::fenced),
         workload: hw_tests::bins::workspace_bin("hw-tests", "palisade-workload"),
     };
     println!(
-        "drill {variant:?}: {runs} runs, heartbeat every {} ms, lost after {} ms, a record every {} ms",
+        "drill {variant:?}: {runs} runs, {}, heartbeat every {} ms, lost after {} ms, a record every {} ms",
+        bins.fenced.display(),
         knobs.heartbeat.as_millis(),
         knobs.lost_after.as_millis(),
         knobs.write_interval.as_millis()
@@ -118,7 +122,7 @@ fn main() -> ExitCode {
         "cut off -> A confirmed fenced",
         "cut off -> workload started on B",
         "cut off -> B's first record on disk",
-        "fence requested -> confirmed (fenced)",
+        "fence requested -> outcome (fenced)",
         "cut off -> A's last record on disk",
     ];
     println!("\nmedians over {runs} runs ({variant:?}):");
