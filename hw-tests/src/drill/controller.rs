@@ -193,7 +193,7 @@ pub struct Timeline {
     pub fence_outcome: Option<FenceOutcome>,
     /// Fencing requests sent.
     pub fence_requests: u32,
-    /// The workload was started on the standby.
+    /// The controller started the workload on the standby (stamped just before the start).
     pub standby_started: Option<u64>,
     /// The standby's first record reached the volume (set by the drill, from the volume).
     pub standby_first_record: Option<u64>,
@@ -328,9 +328,11 @@ pub fn run(
             reason: format!("standby {} is not alive", plan.standby),
         };
     }
+    // Stamped before the start: the new copy may write before this thread runs again.
+    let starting = mono_ns();
     match start_standby() {
         Ok(()) => {
-            timeline.standby_started = Some(mono_ns());
+            timeline.standby_started = Some(starting);
             Decision::FailedOver
         }
         Err(e) => Decision::KeptDown {

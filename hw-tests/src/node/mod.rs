@@ -14,6 +14,26 @@
 //! Dropping a node kills its processes, removes its cgroup and deletes its namespace; dropping
 //! the net also deletes the switch. Resources a killed test process leaked (its pid is in their
 //! names) are removed by the next [`LabNet::new`].
+//!
+//! Needs root, iproute2 and nftables (`scripts/install-test-deps.sh`), and a kernel with
+//! `cgroup.kill` (5.14+).
+//!
+//! ```no_run
+//! use hw_tests::node::{LabNet, NodeSpec};
+//! use std::process::Command;
+//! # fn main() -> Result<(), hw_tests::node::NodeError> {
+//! let mut net = LabNet::new()?;
+//! let a = net.add_node(NodeSpec::new("node1"))?;
+//! let b = net.add_node(NodeSpec::new("node2"))?;
+//! let inbox = net.bind_udp(7000)?; // the switch's side, e.g. for a controller
+//! let _daemon = a.spawn(Command::new("sleep").arg("60"))?;
+//! a.cut_off()?; // node1 keeps running, reaches nobody
+//! a.power_off()?; // everything on node1 is dead when this returns
+//! assert!(a.spawn(&mut Command::new("true")).is_err()); // and it stays off
+//! # let _ = (b, inbox);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cgroup;
 pub mod netns;
