@@ -12,7 +12,9 @@ set -euo pipefail
 #   faketime      -> libfaketime (runs fenced with a racing wall clock: msgwait must not shrink)
 #   sbd           -> sbd (ClusterLabs SBD: its disk format and admin commands are our peer;
 #                    never run its watcher on a test machine, see shared/PEERS.md)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime)
+#   nftables      -> nft (lab nodes: network partitions, rules only inside lab namespaces)
+#   iproute2      -> ip (lab nodes: network namespaces, veth pairs, bridges)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime nftables iproute2)
 
 missing=()
 for p in "${packages[@]}"; do

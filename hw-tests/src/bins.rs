@@ -21,3 +21,20 @@ pub fn palisade_sbd() -> PathBuf {
     }
     p
 }
+
+/// A workspace binary `name` of `package` from the debug build, built on demand (for
+/// programs such as examples, which have no `CARGO_BIN_EXE_*`).
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    let p = target_dir().join("debug").join(name);
+    if !p.exists() {
+        let _ = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", package, "--bin", name])
+            .status();
+    }
+    p
+}
+
+/// The `fenced` daemon binary, built on demand.
+pub fn fenced() -> PathBuf {
+    workspace_bin("fenced", "fenced")
+}

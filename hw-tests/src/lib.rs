@@ -9,9 +9,15 @@
 //! - [`throttle`]: make one block device (nearly) stop answering for the threads we choose,
 //!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.
 //! - [`bins`]: where the workspace's binaries are.
+//! - [`node`]: lab nodes (network namespace + cgroup v2 group + optional mount namespace)
+//!   that a simulated BMC really powers off, with nftables partitions and a lab network.
+//! - [`drill`]: the failover drill: a stateful workload on a shared disk, a reference
+//!   controller, and the checker that shows whether two copies ever wrote at once.
 
 pub mod bins;
+pub mod drill;
 pub mod lab;
 pub mod loopdev;
+pub mod node;
 pub mod peers;
 pub mod throttle;
