@@ -136,6 +136,12 @@ struct RawDevice {
     insecure: Option<Spanned<bool>>,
     connect_timeout_ms: Option<u64>,
     total_timeout_ms: Option<u64>,
+    // Kind `agent` (issue 10): see `agent_settings`.
+    agent: Option<Spanned<PathBuf>>,
+    options: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    environment: Option<BTreeMap<String, String>>,
+    password_option: Option<Spanned<String>>,
+    port_option: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +275,25 @@ pub enum DeviceKind {
     Sbd(SbdSettings),
     /// A Redfish service over HTTPS (one ComputerSystem of it).
     Redfish(RedfishSettings),
+    /// A ClusterLabs fence agent run as a child process.
+    Agent(AgentSettings),
+}
+
+/// Settings of a device of kind `agent`.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The agent executable.
+    pub program: PathBuf,
+    /// Options passed on the agent's stdin (never secrets).
+    pub options: Vec<(String, String)>,
+    /// The password and the option name it is passed as (`password` by default).
+    pub password: Option<(String, Secret)>,
+    /// The option that names the plug for level entries `device:plug`.
+    pub port_option: String,
+    /// Extra environment variables for the agent.
+    pub environment: Vec<(String, String)>,
+    /// Deadline of each agent call.
+    pub timeout: Duration,
 }
 
 /// SBD device settings.
@@ -342,6 +367,7 @@ impl DeviceConfig {
             DeviceKind::Ipmi(_) => "ipmi",
             DeviceKind::Sbd(_) => "sbd",
             DeviceKind::Redfish(_) => "redfish",
+            DeviceKind::Agent(_) => "agent",
         }
     }
 
@@ -359,6 +385,15 @@ impl DeviceConfig {
                 Some(id) => format!("{} system {id}", s.base_url),
                 None => s.base_url.clone(),
             },
+            DeviceKind::Agent(s) => {
+                let addr = s
+                    .options
+                    .iter()
+                    .find(|(k, _)| matches!(k.as_str(), "ip" | "ipaddr" | "ssl_host" | "hostname"))
+                    .map(|(_, v)| format!(" {v}"))
+                    .unwrap_or_default();
+                format!("{}{addr}", s.program.display())
+            }
         }
     }
 }
@@ -645,15 +680,21 @@ impl Config {
                     span.clone(),
                     env,
                 )?),
-                other => {
-                    return Err(ctx.err(
-                        Some(dev.kind.span()),
-                        &field("kind"),
-                        format!(
-                            "unknown device kind `{other}`; expected one of: ipmi, redfish, sbd"
-                        ),
-                    ))
-                }
+                "agent" => DeviceKind::Agent(agent_settings(
+                    &ctx,
+                    base_dir,
+                    &name,
+                    &dev,
+                    span.clone(),
+                    env,
+                )?),
+                other => return Err(ctx.err(
+                    Some(dev.kind.span()),
+                    &field("kind"),
+                    format!(
+                        "unknown device kind `{other}`; expected one of: agent, ipmi, redfish, sbd"
+                    ),
+                )),
             };
             devices.insert(name.clone(), DeviceConfig { name, kind });
         }
@@ -901,6 +942,116 @@ fn redfish_settings(
         connect_timeout: ms(dev.connect_timeout_ms, 3000),
         request_timeout: ms(dev.timeout_ms, 10_000),
         total_timeout: ms(dev.total_timeout_ms, 30_000),
+    })
+}
+
+/// Options an agent device must not set in `options`: Palisade sets them per call, or they are
+/// secrets that belong in `password_file`.
+const AGENT_RESERVED: &[&str] = &[
+    "action",
+    "option",
+    "port",
+    "plug",
+    "nodename",
+    "password",
+    "passwd",
+    "password_script",
+    "passwd_script",
+];
+
+fn agent_settings(
+    ctx: &Ctx,
+    base_dir: &Path,
+    name: &str,
+    dev: &RawDevice,
+    span: std::ops::Range<usize>,
+    env: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<AgentSettings, ConfigError> {
+    let field = |f: &str| format!("devices.{name}.{f}");
+    let program = dev.agent.as_ref().ok_or_else(|| {
+        ctx.err(
+            Some(span.clone()),
+            &field("agent"),
+            "an agent device needs `agent = \"/usr/sbin/fence_NAME\"`".into(),
+        )
+    })?;
+    let p = program.get_ref();
+    let program_path = if p.is_absolute() {
+        p.clone()
+    } else {
+        base_dir.join(p)
+    };
+    if dev.address.is_some()
+        || dev.cipher_suite.is_some()
+        || dev.privilege.is_some()
+        || dev.disks.is_some()
+        || dev.system_id.is_some()
+    {
+        return Err(ctx.err(Some(span.clone()), &field("kind"), "address, cipher_suite, privilege, disks and system_id are settings of other kinds; an agent's own options go in `options = { ip = \"...\", ... }`".into()));
+    }
+    let mut options = Vec::new();
+    if let Some(o) = &dev.options {
+        for (k, v) in o.get_ref() {
+            let key = k.replace('-', "_");
+            if AGENT_RESERVED.contains(&key.as_str()) {
+                return Err(ctx.err(Some(o.span()), &field("options"), format!(
+                    "`{k}` cannot be set in options: {}",
+                    if key.starts_with("pass") { "passwords go in password_file (mode 0600) or password_env, never in the config" } else { "Palisade sets it on every call (the plug comes from the target's level entry `device:plug`)" }
+                )));
+            }
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => {
+                    if *b {
+                        "1".into()
+                    } else {
+                        "0".into()
+                    }
+                }
+                other => {
+                    return Err(ctx.err(
+                        Some(o.span()),
+                        &field("options"),
+                        format!(
+                            "option `{k}`: expected a string, number or boolean, found {other}"
+                        ),
+                    ))
+                }
+            };
+            if value.contains(['\n', '\r', '\0'])
+                || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(ctx.err(Some(o.span()), &field("options"), format!("option `{k}`: names are letters, digits, `-` and `_`, and values hold no line breaks")));
+            }
+            options.push((key, value));
+        }
+    }
+    let password = if dev.password_file.is_some() || dev.password_env.is_some() {
+        let opt = dev
+            .password_option
+            .as_ref()
+            .map_or_else(|| "password".to_string(), |o| o.get_ref().clone());
+        Some((opt, load_secret(ctx, base_dir, name, dev, env)?))
+    } else {
+        None
+    };
+    Ok(AgentSettings {
+        program: program_path,
+        options,
+        password,
+        port_option: dev
+            .port_option
+            .as_ref()
+            .map_or_else(|| "plug".to_string(), |o| o.get_ref().clone()),
+        environment: dev
+            .environment
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        timeout: Duration::from_millis(dev.timeout_ms.unwrap_or(20_000).clamp(100, 600_000)),
     })
 }
 

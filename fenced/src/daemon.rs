@@ -58,6 +58,7 @@ impl Daemon {
                 op.target
             );
         }
+        crate::devices::check_agents(&config).await?;
         let devices = crate::devices::build(&config)?;
         let engine = Engine::new(
             config.clone(),

@@ -1,7 +1,10 @@
 //! Builds the configured devices' drivers for the engine.
 
-use crate::config::{Config, DeviceConfig, DeviceKind, IpmiSettings, RedfishSettings};
+use crate::config::{
+    AgentSettings, Config, DeviceConfig, DeviceKind, IpmiSettings, RedfishSettings,
+};
 use crate::engine::DeviceSlot;
+use drivers::agent::{AgentConfig, AgentDevice};
 use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
 use drivers::redfish::{RedfishConfig, RedfishDevice};
 use drivers::sbd::{DiskConfig, SbdDevice};
@@ -39,6 +42,7 @@ fn slot(name: &str, dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, S
         DeviceKind::Redfish(s) => Arc::new(
             RedfishDevice::new(redfish_config(s)).map_err(|e| format!("device `{name}`: {e}"))?,
         ),
+        DeviceKind::Agent(s) => Arc::new(AgentDevice::new(agent_config(s))),
     };
     Ok(DeviceSlot {
         device,
@@ -77,4 +81,28 @@ fn redfish_config(s: &RedfishSettings) -> RedfishConfig {
     c.request_timeout = s.request_timeout;
     c.total_timeout = s.total_timeout;
     c
+}
+
+fn agent_config(s: &AgentSettings) -> AgentConfig {
+    let mut c = AgentConfig::new(s.program.clone());
+    c.options = s.options.clone();
+    c.secrets = s.password.iter().cloned().collect();
+    c.port_option = s.port_option.clone();
+    c.environment = s.environment.clone();
+    c.timeout = s.timeout;
+    c
+}
+
+/// Runs every `agent` device's `metadata` and checks its configured options against it, so a
+/// misspelt option stops the daemon at start instead of failing the first fence.
+pub async fn check_agents(config: &Config) -> Result<(), String> {
+    for (name, dev) in &config.devices {
+        if let DeviceKind::Agent(s) = &dev.kind {
+            AgentDevice::new(agent_config(s))
+                .check_metadata()
+                .await
+                .map_err(|e| format!("device `{name}` (kind agent): {e}"))?;
+        }
+    }
+    Ok(())
 }
