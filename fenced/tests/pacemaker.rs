@@ -39,7 +39,7 @@ fn bench(nodes: usize) -> Bench {
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut cfg = format!(
-        "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n",
+        "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[limits]\nmax_operations = 100\nmax_operations_per_target = 100\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n",
         dir.join("fenced.sock"),
         dir.join("history.redb")
     );
@@ -349,7 +349,7 @@ fn figure_stonith_admin_fence_through_fence_palisade() {
         let t = Instant::now();
         let out = pcmk.stonith_admin(&["--fence", "node1", "--timeout", "60"]);
         let e = t.elapsed();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), b.fenced.log());
         assert!(!node1.power());
         times.push(e);
     }
