@@ -248,6 +248,22 @@ fn misspelt_agent_option_stops_the_daemon_naming_it() {
         t.contains("option `lanplsu` is not a parameter of fence_ipmilan"),
         "{t}"
     );
+    // A missing agent (cts-fencing's fence_missing_agent) stops the daemon too, naming it.
+    let config = write_config(
+        tmp.path(),
+        "[devices.dev]\nkind = \"agent\"\nagent = \"/nonexistent/fence_missing\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fenced"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("cannot run agent /nonexistent/fence_missing"),
+        "{}",
+        text(&out)
+    );
     // Passwords belong in files, never in options.
     let dev = format!(
         "[devices.dev]\nkind = \"agent\"\nagent = \"{FENCE_IPMILAN}\"\noptions = {{ password = \"x\" }}\n"
