@@ -349,7 +349,13 @@ fn figure_stonith_admin_fence_through_fence_palisade() {
         let t = Instant::now();
         let out = pcmk.stonith_admin(&["--fence", "node1", "--timeout", "60"]);
         let e = t.elapsed();
-        assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), b.fenced.log());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&out),
+            b.fenced.log()
+        );
         assert!(!node1.power());
         times.push(e);
     }
