@@ -39,13 +39,13 @@ fn bench(nodes: usize) -> Bench {
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut cfg = format!(
-        "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[limits]\nmax_operations = 100\nmax_operations_per_target = 100\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n",
+        "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[limits]\nmax_operations = 100\nmax_operations_per_target = 100\n\n[defaults]\nattempt_timeout_s = 10\ntotal_timeout_s = 20\n\n",
         dir.join("fenced.sock"),
         dir.join("history.redb")
     );
     for b in lab.bmcs() {
         cfg.push_str(&format!(
-            "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = 17\ntimeout_ms = 200\nretries = 1\n\n[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\n\n",
+            "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = 17\ntimeout_ms = 1000\nretries = 2\n\n[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\n\n",
             n = b.name(),
             a = b.addr(),
         ));

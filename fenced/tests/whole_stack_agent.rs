@@ -31,7 +31,7 @@ fn password_file(dir: &Path) -> PathBuf {
 
 fn write_config(dir: &Path, device: &str) -> PathBuf {
     let cfg = format!(
-        "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 20\ntotal_timeout_s = 40\n\n{device}\n[targets.node1]\nlevels = [[\"dev\"]]\n",
+        "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 90\ntotal_timeout_s = 180\n\n{device}\n[targets.node1]\nlevels = [[\"dev\"]]\n",
         dir.join("fenced.sock"),
         dir.join("history.redb")
     );
@@ -50,7 +50,7 @@ fn last_op(f: &Fenced) -> Value {
 
 fn ipmilan_device(dir: &Path, port: u16, extra: &str) -> String {
     format!(
-        "[devices.dev]\nkind = \"agent\"\nagent = \"{FENCE_IPMILAN}\"\npassword_file = {:?}\ntimeout_ms = 15000\noptions = {{ ip = \"127.0.0.1\", ipport = {port}, username = \"admin\", lanplus = 1, cipher = 3, power_wait = 0{extra} }}\n",
+        "[devices.dev]\nkind = \"agent\"\nagent = \"{FENCE_IPMILAN}\"\npassword_file = {:?}\ntimeout_ms = 60000\noptions = {{ ip = \"127.0.0.1\", ipport = {port}, username = \"admin\", lanplus = 1, cipher = 3, power_wait = 0{extra} }}\n",
         password_file(dir)
     )
 }

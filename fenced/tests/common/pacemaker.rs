@@ -47,7 +47,7 @@ ip link set lo up 2>/dev/null || true
 {fenced} -s > {log} 2>&1 &
 i=0
 until stonith_admin --list-registered >/dev/null 2>&1; do
-  i=$((i+1)); [ $i -lt 400 ] || {{ echo "pacemaker-fenced did not start" >&2; exit 1; }}
+  i=$((i+1)); [ $i -lt 1800 ] || {{ echo "pacemaker-fenced did not start within 90 s; its log:" >&2; tail -50 /var/log/pacemaker/pacemaker.log >&2; exit 1; }}
   sleep 0.05
 done
 touch {ready}
@@ -81,7 +81,8 @@ exec sleep 1000000
             init_pid: 0,
             dir: dir.into(),
         };
-        let until = Instant::now() + Duration::from_secs(30);
+        // Generous: on a loaded 2-core machine the fencer has taken more than 20 s to start.
+        let until = Instant::now() + Duration::from_secs(120);
         while !ready.exists() {
             if let Some(s) = f.unshare.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
