@@ -380,6 +380,10 @@ pub struct DeviceSelection {
     pub host_map: BTreeMap<String, String>,
     /// Find a target's port at fence time in the device's `list` (by alias or plug id).
     pub dynamic_list: bool,
+    /// The target's name is its port, and the device's `status` answer decides whether it
+    /// can fence it (the engine reads status before any command; a failed read fails the
+    /// attempt with the reason).
+    pub status_check: bool,
     /// At most this many calls to the device at a time.
     pub max_concurrent: Option<u32>,
     /// How often the device is health-checked (default: the daemon's 60 s).
@@ -997,11 +1001,12 @@ fn selection_settings(
         Some(h) => match h.get_ref().as_str() {
             "static-list" => false,
             "dynamic-list" => true,
+            "status" => false,
             other => {
                 return Err(ctx.err(
                     Some(h.span()),
                     &field("host_check"),
-                    format!("expected \"static-list\" (host_list, host_map and level ports) or \"dynamic-list\" (ports found in the device's `list` by target name), found `{other}`"),
+                    format!("expected \"static-list\" (host_list, host_map and level ports), \"dynamic-list\" (ports found in the device's `list` by target name) or \"status\" (the target's name is the port; the device's status answer decides), found `{other}`"),
                 ))
             }
         },
@@ -1030,7 +1035,12 @@ fn selection_settings(
             ))
         }
     };
+    let status_check = dev
+        .host_check
+        .as_ref()
+        .is_some_and(|h| h.get_ref() == "status");
     Ok(DeviceSelection {
+        status_check,
         host_list: dev.host_list.as_ref().map(|l| l.get_ref().clone()),
         host_map: dev
             .host_map
@@ -1065,7 +1075,7 @@ fn select_port(
     }
     Ok(port
         .or_else(|| sel.host_map.get(target).cloned())
-        .or_else(|| sel.dynamic_list.then(|| target.to_string())))
+        .or_else(|| (sel.dynamic_list || sel.status_check).then(|| target.to_string())))
 }
 
 /// Options an agent device must not set in `options`: Palisade sets them per call, or they are

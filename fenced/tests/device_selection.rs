@@ -99,6 +99,32 @@ fn dynamic_list_finds_the_plug_by_name_and_refuses_an_unlisted_target() {
 }
 
 #[test]
+fn status_check_lets_the_device_status_decide() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let targets = format!("{TWO_TARGETS}\n[targets.node3]\nlevels = [[\"pdu\"]]\n");
+    let cfg = config(d, "honest", "host_check = \"status\"", &targets);
+    let f = Fenced::start(d, &cfg);
+    // The target's name is the plug; the fixture knows node1 and node2.
+    let out = f.fence_node(&["off", "node1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(power(d, "node1"), "off");
+    // Its status fails for node3: nothing is switched, and the reason is the device's.
+    let out = f.fence_node(&["off", "node3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("NOT FENCED") && t.contains("plug is not available"),
+        "{t}"
+    );
+    let log = std::fs::read_to_string(d.join("power.log")).unwrap();
+    assert!(
+        !log.contains("off node3"),
+        "a command was sent to a plug whose status failed:\n{log}"
+    );
+}
+
+#[test]
 fn max_concurrent_1_serialises_calls_to_the_device() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
