@@ -14,7 +14,11 @@ set -euo pipefail
 #                    never run its watcher on a test machine, see shared/PEERS.md)
 #   nftables      -> nft (lab nodes: network partitions, rules only inside lab namespaces)
 #   iproute2      -> ip (lab nodes: network namespaces, veth pairs, bridges)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime nftables iproute2)
+#   pacemaker, pacemaker-cli-utils -> pacemaker-fenced (stand-alone) and stonith_admin, which
+#                    run fence_palisade as Pacemaker does (fenced/tests/pacemaker.rs)
+#   libxml2-utils -> xmllint (fence_palisade's metadata against ClusterLabs' metadata.rng)
+#   util-linux    -> unshare, nsenter (each Pacemaker fencer in its own namespaces)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -33,7 +37,7 @@ if ((${#missing[@]})); then
 fi
 
 # fence_ipmilan needs ipmitool on PATH; ipmi_sim must exist for the interop tests.
-for c in ipmitool ipmi_sim fence_ipmilan fence_sbd sbd curl; do
+for c in ipmitool ipmi_sim fence_ipmilan fence_sbd sbd curl stonith_admin xmllint unshare nsenter; do
   command -v "$c" >/dev/null || { echo "install-test-deps: $c missing after install" >&2; exit 1; }
 done
 # openapi-spec-validator: fenced/tests/api.rs validates fenced/openapi.json with it (PyPI).

@@ -4,6 +4,7 @@
 //! engine. Each device kind lives in its own module; wire formats are pure functions over bytes
 //! so they can be unit-tested, property-tested and fuzzed without I/O.
 
+pub mod agent;
 pub mod ipmi;
 pub mod power;
 pub mod redfish;

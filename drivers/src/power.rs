@@ -232,6 +232,12 @@ pub trait PowerDevice: Send + Sync + 'static {
     /// Checks the device answers and returns what it says it is.
     async fn health(&self) -> Result<Identity, DeviceError>;
 
+    /// Things an operator should know about how this device is driven (e.g. an agent that
+    /// exposes its password on another program's command line); shown by `fence_node devices`.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// How this device proves a fence; most read the power state back.
     fn proof(&self) -> FenceProof {
         FenceProof::PowerReadBack

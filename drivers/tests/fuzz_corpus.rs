@@ -59,3 +59,26 @@ fn redfish_json_seed_corpus_replays_cleanly() {
         dir.display()
     );
 }
+
+#[test]
+fn agent_formats_corpus_replays_without_panics() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/agent_formats");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        drivers::agent::format::fuzz_all(&data);
+        // Prefixes too (truncated output); a stride keeps the large metadata seeds quick.
+        let step = (data.len() / 512).max(1);
+        for end in (0..data.len()).step_by(step) {
+            drivers::agent::format::fuzz_all(&data[..end]);
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "seed corpus has {n} files");
+    // The real agents' metadata seeds must parse (the corpus is also a regression test).
+    let ipmilan = std::fs::read(dir.join("fence_ipmilan-metadata")).unwrap();
+    let m = drivers::agent::format::parse_metadata(&ipmilan).unwrap();
+    assert_eq!(m.name, "fence_ipmilan");
+    assert!(m.has_parameter("lanplus") && m.has_action("status"));
+}

@@ -136,6 +136,19 @@ struct RawDevice {
     insecure: Option<Spanned<bool>>,
     connect_timeout_ms: Option<u64>,
     total_timeout_ms: Option<u64>,
+    // Kind `agent` (issue 10): see `agent_settings`.
+    agent: Option<Spanned<PathBuf>>,
+    options: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    environment: Option<BTreeMap<String, String>>,
+    password_option: Option<Spanned<String>>,
+    port_option: Option<Spanned<String>>,
+    // Pacemaker-parity device selection (issue 10 part 3), for every kind: see
+    // `selection_settings`.
+    host_list: Option<Spanned<Vec<String>>>,
+    host_map: Option<Spanned<BTreeMap<String, String>>>,
+    host_check: Option<Spanned<String>>,
+    max_concurrent: Option<Spanned<u32>>,
+    monitor_interval_s: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +282,25 @@ pub enum DeviceKind {
     Sbd(SbdSettings),
     /// A Redfish service over HTTPS (one ComputerSystem of it).
     Redfish(RedfishSettings),
+    /// A ClusterLabs fence agent run as a child process.
+    Agent(AgentSettings),
+}
+
+/// Settings of a device of kind `agent`.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The agent executable.
+    pub program: PathBuf,
+    /// Options passed on the agent's stdin (never secrets).
+    pub options: Vec<(String, String)>,
+    /// The password and the option name it is passed as (`password` by default).
+    pub password: Option<(String, Secret)>,
+    /// The option that names the plug for level entries `device:plug`.
+    pub port_option: String,
+    /// Extra environment variables for the agent.
+    pub environment: Vec<(String, String)>,
+    /// Deadline of each agent call.
+    pub timeout: Duration,
 }
 
 /// SBD device settings.
@@ -333,6 +365,29 @@ pub struct DeviceConfig {
     pub name: String,
     /// Kind and settings.
     pub kind: DeviceKind,
+    /// Which targets it may fence, how their ports are found, how many calls at once, and how
+    /// often it is health-checked.
+    pub selection: DeviceSelection,
+}
+
+/// Pacemaker-style device selection settings (`pcmk_host_list`, `pcmk_host_map`,
+/// `pcmk_host_check`, `pcmk_action_limit`, monitor interval), valid for every kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceSelection {
+    /// Only these targets may use the device (checked when the config is loaded).
+    pub host_list: Option<Vec<String>>,
+    /// The port of each target, for level entries that name the device without one.
+    pub host_map: BTreeMap<String, String>,
+    /// Find a target's port at fence time in the device's `list` (by alias or plug id).
+    pub dynamic_list: bool,
+    /// The target's name is its port, and the device's `status` answer decides whether it
+    /// can fence it (the engine reads status before any command; a failed read fails the
+    /// attempt with the reason).
+    pub status_check: bool,
+    /// At most this many calls to the device at a time.
+    pub max_concurrent: Option<u32>,
+    /// How often the device is health-checked (default: the daemon's 60 s).
+    pub monitor_interval: Option<Duration>,
 }
 
 impl DeviceConfig {
@@ -342,6 +397,7 @@ impl DeviceConfig {
             DeviceKind::Ipmi(_) => "ipmi",
             DeviceKind::Sbd(_) => "sbd",
             DeviceKind::Redfish(_) => "redfish",
+            DeviceKind::Agent(_) => "agent",
         }
     }
 
@@ -359,6 +415,15 @@ impl DeviceConfig {
                 Some(id) => format!("{} system {id}", s.base_url),
                 None => s.base_url.clone(),
             },
+            DeviceKind::Agent(s) => {
+                let addr = s
+                    .options
+                    .iter()
+                    .find(|(k, _)| matches!(k.as_str(), "ip" | "ipaddr" | "ssl_host" | "hostname"))
+                    .map(|(_, v)| format!(" {v}"))
+                    .unwrap_or_default();
+                format!("{}{addr}", s.program.display())
+            }
         }
     }
 }
@@ -645,17 +710,33 @@ impl Config {
                     span.clone(),
                     env,
                 )?),
+                "agent" => DeviceKind::Agent(agent_settings(
+                    &ctx,
+                    base_dir,
+                    &name,
+                    &dev,
+                    span.clone(),
+                    env,
+                )?),
                 other => {
                     return Err(ctx.err(
                         Some(dev.kind.span()),
                         &field("kind"),
                         format!(
-                            "unknown device kind `{other}`; expected one of: ipmi, redfish, sbd"
-                        ),
+                        "unknown device kind `{other}`; expected one of: agent, ipmi, redfish, sbd"
+                    ),
                     ))
                 }
             };
-            devices.insert(name.clone(), DeviceConfig { name, kind });
+            let selection = selection_settings(&ctx, &name, &dev)?;
+            devices.insert(
+                name.clone(),
+                DeviceConfig {
+                    name,
+                    kind,
+                    selection,
+                },
+            );
         }
 
         let mut targets = BTreeMap::new();
@@ -699,6 +780,10 @@ impl Config {
                     let port = match devices.get(&dev).map(|d| &d.kind) {
                         Some(DeviceKind::Sbd(_)) => port.or_else(|| Some(name.clone())),
                         _ => port,
+                    };
+                    let port = match devices.get(&dev) {
+                        Some(d) => select_port(&ctx, d, &name, port, entry.span())?,
+                        None => port,
                     };
                     entries.push(LevelEntry { device: dev, port });
                 }
@@ -901,6 +986,205 @@ fn redfish_settings(
         connect_timeout: ms(dev.connect_timeout_ms, 3000),
         request_timeout: ms(dev.timeout_ms, 10_000),
         total_timeout: ms(dev.total_timeout_ms, 30_000),
+    })
+}
+
+/// Reads a device's selection settings (every kind).
+fn selection_settings(
+    ctx: &Ctx,
+    name: &str,
+    dev: &RawDevice,
+) -> Result<DeviceSelection, ConfigError> {
+    let field = |f: &str| format!("devices.{name}.{f}");
+    let dynamic_list = match &dev.host_check {
+        None => false,
+        Some(h) => match h.get_ref().as_str() {
+            "static-list" => false,
+            "dynamic-list" => true,
+            "status" => false,
+            other => {
+                return Err(ctx.err(
+                    Some(h.span()),
+                    &field("host_check"),
+                    format!("expected \"static-list\" (host_list, host_map and level ports), \"dynamic-list\" (ports found in the device's `list` by target name) or \"status\" (the target's name is the port; the device's status answer decides), found `{other}`"),
+                ))
+            }
+        },
+    };
+    let max_concurrent = match &dev.max_concurrent {
+        None => None,
+        Some(m) if *m.get_ref() >= 1 => Some(*m.get_ref()),
+        Some(m) => {
+            return Err(ctx.err(
+                Some(m.span()),
+                &field("max_concurrent"),
+                "expected at least 1 call at a time".into(),
+            ))
+        }
+    };
+    let monitor_interval = match &dev.monitor_interval_s {
+        None => None,
+        Some(v) if v.get_ref().is_finite() && (1.0..=86_400.0).contains(v.get_ref()) => {
+            Some(Duration::from_secs_f64(*v.get_ref()))
+        }
+        Some(v) => {
+            return Err(ctx.err(
+                Some(v.span()),
+                &field("monitor_interval_s"),
+                format!("expected 1 to 86400 seconds, found {}", v.get_ref()),
+            ))
+        }
+    };
+    let status_check = dev
+        .host_check
+        .as_ref()
+        .is_some_and(|h| h.get_ref() == "status");
+    Ok(DeviceSelection {
+        status_check,
+        host_list: dev.host_list.as_ref().map(|l| l.get_ref().clone()),
+        host_map: dev
+            .host_map
+            .as_ref()
+            .map(|m| m.get_ref().clone())
+            .unwrap_or_default(),
+        dynamic_list,
+        max_concurrent,
+        monitor_interval,
+    })
+}
+
+/// The port a target's level entry uses on a device: the entry's own, else the device's host
+/// map, else (dynamic list) the target's name, resolved through `list` at fence time. A device
+/// with a host list (or map) may fence only the targets it names.
+fn select_port(
+    ctx: &Ctx,
+    d: &DeviceConfig,
+    target: &str,
+    port: Option<String>,
+    span: std::ops::Range<usize>,
+) -> Result<Option<String>, ConfigError> {
+    let sel = &d.selection;
+    if let Some(list) = &sel.host_list {
+        if !list.iter().any(|h| h == target) && !sel.host_map.contains_key(target) {
+            return Err(ctx.err(Some(span), &format!("targets.{target}.levels"), format!(
+                "device `{}` may not fence `{target}`: its host_list is [{}]; add the target there (or to its host_map) or use another device",
+                d.name,
+                list.join(", ")
+            )));
+        }
+    }
+    Ok(port
+        .or_else(|| sel.host_map.get(target).cloned())
+        .or_else(|| (sel.dynamic_list || sel.status_check).then(|| target.to_string())))
+}
+
+/// Options an agent device must not set in `options`: Palisade sets them per call, or they are
+/// secrets that belong in `password_file`.
+const AGENT_RESERVED: &[&str] = &[
+    "action",
+    "option",
+    "port",
+    "plug",
+    "nodename",
+    "password",
+    "passwd",
+    "password_script",
+    "passwd_script",
+];
+
+fn agent_settings(
+    ctx: &Ctx,
+    base_dir: &Path,
+    name: &str,
+    dev: &RawDevice,
+    span: std::ops::Range<usize>,
+    env: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<AgentSettings, ConfigError> {
+    let field = |f: &str| format!("devices.{name}.{f}");
+    let program = dev.agent.as_ref().ok_or_else(|| {
+        ctx.err(
+            Some(span.clone()),
+            &field("agent"),
+            "an agent device needs `agent = \"/usr/sbin/fence_NAME\"`".into(),
+        )
+    })?;
+    let p = program.get_ref();
+    let program_path = if p.is_absolute() {
+        p.clone()
+    } else {
+        base_dir.join(p)
+    };
+    if dev.address.is_some()
+        || dev.cipher_suite.is_some()
+        || dev.privilege.is_some()
+        || dev.disks.is_some()
+        || dev.system_id.is_some()
+    {
+        return Err(ctx.err(Some(span.clone()), &field("kind"), "address, cipher_suite, privilege, disks and system_id are settings of other kinds; an agent's own options go in `options = { ip = \"...\", ... }`".into()));
+    }
+    let mut options = Vec::new();
+    if let Some(o) = &dev.options {
+        for (k, v) in o.get_ref() {
+            let key = k.replace('-', "_");
+            if AGENT_RESERVED.contains(&key.as_str()) {
+                return Err(ctx.err(Some(o.span()), &field("options"), format!(
+                    "`{k}` cannot be set in options: {}",
+                    if key.starts_with("pass") { "passwords go in password_file (mode 0600) or password_env, never in the config" } else { "Palisade sets it on every call (the plug comes from the target's level entry `device:plug`)" }
+                )));
+            }
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => {
+                    if *b {
+                        "1".into()
+                    } else {
+                        "0".into()
+                    }
+                }
+                other => {
+                    return Err(ctx.err(
+                        Some(o.span()),
+                        &field("options"),
+                        format!(
+                            "option `{k}`: expected a string, number or boolean, found {other}"
+                        ),
+                    ))
+                }
+            };
+            if value.contains(['\n', '\r', '\0'])
+                || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(ctx.err(Some(o.span()), &field("options"), format!("option `{k}`: names are letters, digits, `-` and `_`, and values hold no line breaks")));
+            }
+            options.push((key, value));
+        }
+    }
+    let password = if dev.password_file.is_some() || dev.password_env.is_some() {
+        let opt = dev
+            .password_option
+            .as_ref()
+            .map_or_else(|| "password".to_string(), |o| o.get_ref().clone());
+        Some((opt, load_secret(ctx, base_dir, name, dev, env)?))
+    } else {
+        None
+    };
+    Ok(AgentSettings {
+        program: program_path,
+        options,
+        password,
+        port_option: dev
+            .port_option
+            .as_ref()
+            .map_or_else(|| "plug".to_string(), |o| o.get_ref().clone()),
+        environment: dev
+            .environment
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        timeout: Duration::from_millis(dev.timeout_ms.unwrap_or(20_000).clamp(100, 600_000)),
     })
 }
 
@@ -1300,5 +1584,73 @@ tls_fingerprint = "AB:CD"
         assert_eq!(c.api.role_for_peer(1000, 1000), Some(Role::Fence));
         assert_eq!(c.api.role_for_peer(1001, 50), Some(Role::Read));
         assert_eq!(c.api.role_for_peer(1001, 1001), None);
+    }
+
+    #[test]
+    fn agent_devices_and_selection_settings() {
+        let base = r#"
+[devices.apc]
+kind = "agent"
+agent = "/usr/sbin/fence_apc_snmp"
+password_env = "PW"
+options = { ip = "192.0.2.30", power_wait = 0, lanplus = true }
+host_map = { node1 = "3" }
+host_check = "dynamic-list"
+max_concurrent = 2
+monitor_interval_s = 30
+
+[targets.node1]
+levels = [["apc"]]
+
+[targets.node2]
+levels = [["apc"]]
+"#;
+        let c = parse(base).unwrap();
+        let d = &c.devices["apc"];
+        let DeviceKind::Agent(a) = &d.kind else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            a.options,
+            vec![
+                ("ip".to_string(), "192.0.2.30".to_string()),
+                ("lanplus".into(), "1".into()),
+                ("power_wait".into(), "0".into())
+            ]
+        );
+        assert_eq!(
+            a.password.as_ref().map(|(o, p)| (o.as_str(), p.expose())),
+            Some(("password", &b"secret-pw"[..]))
+        );
+        assert_eq!(d.address(), "/usr/sbin/fence_apc_snmp 192.0.2.30");
+        assert_eq!(d.selection.max_concurrent, Some(2));
+        assert_eq!(d.selection.monitor_interval, Some(Duration::from_secs(30)));
+        // The map wins; a target it does not name is looked up by name in the device's list.
+        assert_eq!(c.targets["node1"].levels[0][0].port.as_deref(), Some("3"));
+        assert_eq!(
+            c.targets["node2"].levels[0][0].port.as_deref(),
+            Some("node2")
+        );
+
+        for (bad, says) in [
+            (
+                "host_check = \"dynamic-list\"",
+                "host_check = \"sometimes\"",
+            ),
+            ("max_concurrent = 2", "max_concurrent = 0"),
+            ("monitor_interval_s = 30", "monitor_interval_s = 0.1"),
+            ("power_wait = 0", "password = \"x\""),
+            ("power_wait = 0", "action = \"off\""),
+        ] {
+            let text = base.replace(bad, says);
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.field.as_deref().unwrap_or("").starts_with("devices.apc"),
+                "{says}: {e}"
+            );
+        }
+        let e = parse(&base.replace("host_check = \"dynamic-list\"", "host_list = [\"node1\"]"))
+            .unwrap_err();
+        assert!(e.to_string().contains("may not fence `node2`"), "{e}");
     }
 }

@@ -58,6 +58,7 @@ impl Daemon {
                 op.target
             );
         }
+        crate::devices::check_agents(&config).await?;
         let devices = crate::devices::build(&config)?;
         let engine = Engine::new(
             config.clone(),
@@ -104,18 +105,39 @@ impl Daemon {
         });
         let monitor = tokio::spawn({
             let engine = engine.clone();
+            // Each device on its own interval (`monitor_interval_s`, default 60 s); all are
+            // checked at start-up.
+            let intervals: Vec<(String, Duration)> = config
+                .devices
+                .iter()
+                .map(|(n, d)| {
+                    (
+                        n.clone(),
+                        d.selection.monitor_interval.unwrap_or(MONITOR_INTERVAL),
+                    )
+                })
+                .collect();
             async move {
-                let mut tick = tokio::time::interval(MONITOR_INTERVAL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let start = tokio::time::Instant::now();
+                let mut due: Vec<tokio::time::Instant> = vec![start; intervals.len()];
                 loop {
-                    // The first tick is immediate: devices are checked at start-up.
-                    tick.tick().await;
-                    engine.monitor_all().await;
-                    for d in engine.devices() {
-                        if d.health == HealthState::Unhealthy {
-                            tracing::warn!(device = %d.name, "device unhealthy: {}", d.error.unwrap_or_default());
-                        }
-                    }
+                    let now = tokio::time::Instant::now();
+                    let checks = intervals.iter().zip(due.iter_mut()).filter(|(_, d)| **d <= now).map(
+                        |((name, every), d)| {
+                            *d = now + *every;
+                            let engine = engine.clone();
+                            async move {
+                                if let Ok(s) = engine.monitor_device(name).await {
+                                    if s.health == HealthState::Unhealthy {
+                                        tracing::warn!(device = %s.name, "device unhealthy: {}", s.error.unwrap_or_default());
+                                    }
+                                }
+                            }
+                        },
+                    );
+                    futures_util::future::join_all(checks.collect::<Vec<_>>()).await;
+                    let next = due.iter().min().copied().unwrap_or(now + MONITOR_INTERVAL);
+                    tokio::time::sleep_until(next).await;
                 }
             }
         });

@@ -391,6 +391,10 @@ pub struct DeviceSummary {
     pub error: Option<String>,
     /// When it was last checked.
     pub checked_ms: Option<Millis>,
+    /// What an operator should know about how it is driven (e.g. an agent that exposes its
+    /// password on another program's command line).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One device entry of a topology level, as configured.

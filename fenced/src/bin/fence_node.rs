@@ -678,6 +678,11 @@ impl Ui {
                 ],
                 &rows,
             );
+            for d in &devices {
+                for w in &d.warnings {
+                    println!("WARNING: device {}: {w}", d.name);
+                }
+            }
         }
         let unhealthy = devices.iter().any(|d| d.health == HealthState::Unhealthy);
         Ok(if check && unhealthy {

@@ -351,6 +351,14 @@ fn check_config(file: &Path) -> ExitCode {
                         "NOT VERIFIED (insecure = true)".to_string(),
                 }
             ),
+            DeviceKind::Agent(s) => format!(
+                "{} option(s){}, {} ms per call, options checked against its metadata at start",
+                s.options.len(),
+                s.password
+                    .as_ref()
+                    .map_or(String::new(), |(o, _)| format!(" + {o} from a file/env")),
+                s.timeout.as_millis()
+            ),
         };
         println!("  {name}: {} at {} ({extra})", d.kind_name(), d.address());
     }

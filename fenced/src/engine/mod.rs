@@ -521,6 +521,7 @@ impl Engine {
                     identity: ds.and_then(|d| d.identity.clone()),
                     error: ds.and_then(|d| d.error.clone()),
                     checked_ms: ds.and_then(|d| d.checked_ms),
+                    warnings: slot.device.warnings(),
                 }
             })
             .collect()

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pacemaker;
 pub mod process;
 
 use async_trait::async_trait;

@@ -1,0 +1,531 @@
+//! `fence_palisade`: a ClusterLabs fence agent (the API Pacemaker's fencer runs) that forwards
+//! every action to the Palisade fencer daemon and reports success only for an operation the
+//! daemon finished with confirmation.
+//!
+//! Options come as `name=value` lines on stdin (how Pacemaker runs agents) or, when there are
+//! arguments, as `--name=value` / `--name value` flags (`-o` action, `-n` plug).
+
+use drivers::agent::format::parse_options;
+use drivers::PowerState;
+use fenced::client::{encode, Client, ClientError, Endpoint};
+use fenced::config::DEFAULT_SOCKET;
+use fenced::model::{Action, FenceAccepted, FenceRequest, Operation, Outcome, TargetSummary};
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+// Exit codes of the fence agent API (as fence-agents' library uses them).
+const EC_OK: u8 = 0;
+const EC_GENERIC_ERROR: u8 = 1;
+/// `status`: the plug is off.
+const EC_STATUS_OFF: u8 = 2;
+
+/// Options that take a value, with their short flag.
+const VALUE_OPTIONS: &[(&str, Option<char>, &str, &str)] = &[
+    ("action", Some('o'), "string", "Fencing action (off, on, reboot, status, list, list-status, monitor, metadata, validate-all)"),
+    ("plug", Some('n'), "string", "The target to fence, as named in fenced's configuration"),
+    ("socket", None, "string", "fenced's Unix socket (default /run/palisade/fenced.sock)"),
+    ("url", None, "string", "fenced's TCP listener instead of the socket: https://HOST:PORT, or http://127.0.0.1:PORT on loopback"),
+    ("ca_file", None, "string", "PEM file of the CA that signed fenced's certificate (https URLs)"),
+    ("token_file", None, "string", "File (mode 0600) holding a bearer token from `fenced token create` (role fence)"),
+    ("fence_timeout", None, "second", "Deadline of one fencing operation in fenced, seconds (default: the target's total_timeout_s)"),
+    ("api_timeout", None, "second", "Deadline of one API request, seconds"),
+];
+
+const ACTIONS: &[&str] = &[
+    "on",
+    "off",
+    "reboot",
+    "status",
+    "list",
+    "list-status",
+    "monitor",
+    "metadata",
+    "validate-all",
+];
+
+/// The parsed options.
+#[derive(Debug, Default)]
+struct Opts {
+    action: Option<String>,
+    plug: Option<String>,
+    nodename: Option<String>,
+    socket: Option<PathBuf>,
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    fence_timeout: Option<u64>,
+    api_timeout: Option<u64>,
+    help: bool,
+    version: bool,
+}
+
+fn set(o: &mut Opts, name: &str, value: String, strict: bool) -> Result<(), String> {
+    let num = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{name}: expected a whole number of seconds, found `{v}`"))
+    };
+    match name {
+        "action" | "option" => o.action = Some(value),
+        "plug" | "port" => o.plug = Some(value),
+        "nodename" => o.nodename = Some(value),
+        "socket" => o.socket = Some(value.into()),
+        "url" => o.url = Some(value),
+        "ca_file" => o.ca_file = Some(value.into()),
+        "token_file" => o.token_file = Some(value.into()),
+        "fence_timeout" => o.fence_timeout = Some(num(&value)?),
+        "api_timeout" => o.api_timeout = Some(num(&value)?),
+        "help" => o.help = true,
+        "version" => o.version = true,
+        // Verbosity and debug files change nothing here; accepted so generic callers work.
+        "verbose" | "debug" | "debug_file" | "delay" => {}
+        other if strict => return Err(format!("unknown option --{}", other.replace('_', "-"))),
+        other => eprintln!("fence_palisade: ignoring unknown option `{other}`"),
+    }
+    Ok(())
+}
+
+/// Parses command-line flags.
+fn parse_args(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts::default();
+    let mut i = 0;
+    let takes_value = |n: &str| {
+        VALUE_OPTIONS.iter().any(|(v, _, _, _)| *v == n)
+            || matches!(n, "port" | "nodename" | "option" | "debug_file" | "delay")
+    };
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        let (name, inline) = if let Some(long) = a.strip_prefix("--") {
+            match long.split_once('=') {
+                Some((n, v)) => (n.replace('-', "_"), Some(v.to_string())),
+                None => (long.replace('-', "_"), None),
+            }
+        } else if let Some(short) = a.strip_prefix('-') {
+            let mut cs = short.chars();
+            let c = cs.next().ok_or("a lone `-` is not an option")?;
+            let rest: String = cs.collect();
+            let name = match c {
+                'h' => "help".to_string(),
+                'V' => "version".to_string(),
+                'v' => "verbose".to_string(),
+                _ => VALUE_OPTIONS
+                    .iter()
+                    .find(|(_, s, _, _)| *s == Some(c))
+                    .map(|(n, _, _, _)| (*n).to_string())
+                    .ok_or_else(|| format!("unknown option -{c}"))?,
+            };
+            (name, (!rest.is_empty()).then_some(rest))
+        } else {
+            return Err(format!(
+                "unexpected argument `{a}`; options are --name=value"
+            ));
+        };
+        let value = if takes_value(&name) {
+            match inline {
+                Some(v) => v,
+                None => {
+                    let v = args
+                        .get(i)
+                        .ok_or_else(|| format!("--{} needs a value", name.replace('_', "-")))?;
+                    i += 1;
+                    v.clone()
+                }
+            }
+        } else {
+            inline.unwrap_or_else(|| "1".into())
+        };
+        set(&mut o, &name, value, true)?;
+    }
+    Ok(o)
+}
+
+fn metadata() -> String {
+    let mut x = String::from(concat!(
+        "<?xml version=\"1.0\" ?>\n",
+        "<resource-agent name=\"fence_palisade\" shortdesc=\"Fence agent for the Palisade fencer daemon\" >\n",
+        "<longdesc>fence_palisade forwards fencing requests to Palisade's fencer daemon (fenced) over its Unix socket or HTTPS API with a token, and waits for the outcome. It reports success only when fenced confirmed the action: the power state was read back as off (or on), an SBD poison pill was written and msgwait elapsed, or an operator confirmed it by hand. A timeout, a device error or a device that acknowledged off but stayed on is reported as a failure.</longdesc>\n",
+        "<vendor-url>https://github.com/palisade</vendor-url>\n",
+        "<parameters>\n",
+    ));
+    let mut param = |name: &str, flag: &str, ty: &str, desc: &str, extra: &str, default: &str| {
+        x.push_str(&format!(
+            "\t<parameter name=\"{name}\" unique=\"0\" required=\"0\"{extra}>\n\t\t<getopt mixed=\"{flag}\" />\n\t\t<content type=\"{ty}\"{default} />\n\t\t<shortdesc lang=\"en\">{}</shortdesc>\n\t</parameter>\n",
+            desc.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+        ));
+    };
+    for (name, short, ty, desc) in VALUE_OPTIONS {
+        let flag = match short {
+            Some(c) => format!("-{c}, --{}=[{name}]", name.replace('_', "-")),
+            None => format!("--{}=[{name}]", name.replace('_', "-")),
+        };
+        let default = if *name == "action" {
+            " default=\"reboot\""
+        } else {
+            ""
+        };
+        param(name, &flag, ty, desc, "", default);
+        if *name == "plug" {
+            // `port` is the old name of `plug`; Pacemaker passes the target as `port` by default.
+            param(
+                "port",
+                "-n, --plug=[plug]",
+                ty,
+                desc,
+                " deprecated=\"1\"",
+                "",
+            );
+        }
+    }
+    x.push_str("</parameters>\n<actions>\n");
+    for a in ACTIONS {
+        if *a == "on" {
+            x.push_str("\t<action name=\"on\" automatic=\"0\"/>\n");
+        } else {
+            x.push_str(&format!("\t<action name=\"{a}\" />\n"));
+        }
+    }
+    x.push_str("</actions>\n</resource-agent>\n");
+    x
+}
+
+const USAGE: &str = "\
+Usage: fence_palisade [--action=ACTION] [--plug=TARGET] [--socket=PATH | --url=URL [--ca-file=FILE]]
+                      [--token-file=FILE] [--fence-timeout=S] [--api-timeout=S]
+   or: options as name=value lines on stdin (how Pacemaker runs fence agents)
+
+Actions: off, on, reboot (default), status, list, list-status, monitor, metadata, validate-all
+Exit status: 0 success (for off/reboot: fenced CONFIRMED the target is off; for status: on),
+             2 status: off, 1 anything else (failure, refusal, unreachable daemon, bad options)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = if args.is_empty() {
+        let mut input = Vec::new();
+        if let Err(e) = std::io::stdin().take(1 << 20).read_to_end(&mut input) {
+            eprintln!("fence_palisade: cannot read options on stdin: {e}");
+            return ExitCode::from(EC_GENERIC_ERROR);
+        }
+        match parse_options(&input)
+            .map_err(|e| format!("stdin: {e}"))
+            .and_then(|pairs| {
+                let mut o = Opts::default();
+                for (k, v) in pairs {
+                    set(&mut o, &k, v, false)?;
+                }
+                Ok(o)
+            }) {
+            Ok(o) => o,
+            Err(msg) => {
+                eprintln!("fence_palisade: {msg}");
+                return ExitCode::from(EC_GENERIC_ERROR);
+            }
+        }
+    } else {
+        match parse_args(&args) {
+            Ok(o) => o,
+            Err(msg) => {
+                eprintln!("fence_palisade: {msg}\n{USAGE}");
+                return ExitCode::from(EC_GENERIC_ERROR);
+            }
+        }
+    };
+    if opts.help {
+        println!("{USAGE}");
+        return ExitCode::from(EC_OK);
+    }
+    if opts.version {
+        println!("fence_palisade {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::from(EC_OK);
+    }
+    let action = opts.action.clone().unwrap_or_else(|| "reboot".into());
+    if !ACTIONS.contains(&action.as_str()) {
+        eprintln!(
+            "fence_palisade: unknown action `{action}`; expected one of: {}",
+            ACTIONS.join(", ")
+        );
+        return ExitCode::from(EC_GENERIC_ERROR);
+    }
+    if action == "metadata" {
+        print!("{}", metadata());
+        return ExitCode::from(EC_OK);
+    }
+    let client = match client(&opts) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("fence_palisade: {msg}");
+            return ExitCode::from(EC_GENERIC_ERROR);
+        }
+    };
+    if action == "validate-all" {
+        return ExitCode::from(EC_OK);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fence_palisade: cannot start the async runtime: {e}");
+            return ExitCode::from(EC_GENERIC_ERROR);
+        }
+    };
+    let code = rt
+        .block_on(run(&client, &action, &opts))
+        .unwrap_or_else(|e| {
+            eprintln!("Failed: {e}");
+            EC_GENERIC_ERROR
+        });
+    ExitCode::from(code)
+}
+
+fn client(o: &Opts) -> Result<Client, String> {
+    let endpoint = match &o.url {
+        Some(u) => Endpoint::from_url(u).map_err(|m| format!("url: {m}"))?,
+        None => Endpoint::Unix(
+            o.socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+        ),
+    };
+    let https = matches!(endpoint, Endpoint::Https(_));
+    let mut c = Client::new(
+        endpoint,
+        Duration::from_secs(o.api_timeout.unwrap_or(30).max(1)),
+    );
+    match (&o.ca_file, https) {
+        (Some(ca), _) => {
+            c = c.with_tls(fenced::client::tls_config(ca).map_err(|m| format!("ca_file: {m}"))?)
+        }
+        (None, true) => {
+            return Err(
+                "an https url needs ca_file (the CA that signed fenced's certificate)".into(),
+            )
+        }
+        (None, false) => {}
+    }
+    if let Some(f) = &o.token_file {
+        c = c.with_token(
+            fenced::client::read_token_file(f).map_err(|m| format!("token_file: {m}"))?,
+        );
+    }
+    Ok(c)
+}
+
+fn target(o: &Opts) -> Result<String, ClientError> {
+    o.plug
+        .clone()
+        .or_else(|| o.nodename.clone())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ClientError::Protocol {
+            detail: "no target: give plug=NODE (or nodename=NODE)".into(),
+        })
+}
+
+/// A target's power as the agent API reports it: on if any device reads on, off only if every
+/// device answered and all read off.
+fn power_of(t: &TargetSummary) -> Result<bool, String> {
+    let live = t.live.as_deref().unwrap_or_default();
+    if live.is_empty() {
+        return Err(format!("{} has no device that can read its power", t.name));
+    }
+    if live.iter().any(|p| p.state == Some(PowerState::On)) {
+        return Ok(true);
+    }
+    if live.iter().all(|p| p.state == Some(PowerState::Off)) {
+        return Ok(false);
+    }
+    Err(live
+        .iter()
+        .filter_map(|p| {
+            p.error
+                .clone()
+                .or_else(|| p.state.map(|s| format!("{}: {s}", p.device)))
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+async fn run(c: &Client, action: &str, o: &Opts) -> Result<u8, ClientError> {
+    match action {
+        "monitor" => {
+            c.call("GET", "/v1/targets", None, None).await?;
+            Ok(EC_OK)
+        }
+        "list" | "list-status" => {
+            let (targets, _): (Vec<TargetSummary>, Value) =
+                c.call_as("GET", "/v1/targets", None, None).await?;
+            for t in targets {
+                if action == "list" {
+                    println!("{},{}", t.name, t.name);
+                } else {
+                    let path = format!("/v1/targets/{}?live=true", encode(&t.name));
+                    let (d, _): (TargetSummary, Value) =
+                        c.call_as("GET", &path, None, None).await?;
+                    let s = match power_of(&d) {
+                        Ok(true) => "ON",
+                        Ok(false) => "OFF",
+                        Err(_) => "UNKNOWN",
+                    };
+                    println!("{},{},{s}", t.name, t.name);
+                }
+            }
+            Ok(EC_OK)
+        }
+        "status" => {
+            let t = target(o)?;
+            let path = format!("/v1/targets/{}?live=true", encode(&t));
+            let (d, _): (TargetSummary, Value) = c.call_as("GET", &path, None, None).await?;
+            match power_of(&d) {
+                Ok(true) => {
+                    println!("Status: ON");
+                    Ok(EC_OK)
+                }
+                Ok(false) => {
+                    println!("Status: OFF");
+                    Ok(EC_STATUS_OFF)
+                }
+                Err(e) => {
+                    eprintln!("Failed: Unable to obtain correct plug status: {e}");
+                    Ok(EC_GENERIC_ERROR)
+                }
+            }
+        }
+        _ => fence(c, action, o).await,
+    }
+}
+
+async fn fence(c: &Client, action: &str, o: &Opts) -> Result<u8, ClientError> {
+    let target = target(o)?;
+    let act = Action::parse(action).ok_or_else(|| ClientError::Protocol {
+        detail: format!("`{action}` is not a fencing action"),
+    })?;
+    let req = FenceRequest {
+        target: target.clone(),
+        action: act,
+        reason: format!(
+            "fence_palisade {action} (cluster fence agent API{})",
+            o.nodename
+                .as_ref()
+                .map_or(String::new(), |n| format!(", nodename={n}"))
+        ),
+        request_id: None,
+        timeout_s: o.fence_timeout,
+    };
+    let body = serde_json::to_value(&req).map_err(|e| ClientError::Protocol {
+        detail: e.to_string(),
+    })?;
+    let (accepted, _): (FenceAccepted, Value) =
+        c.call_as("POST", "/v1/fence", Some(&body), None).await?;
+    let started = Instant::now();
+    // fenced enforces the operation's deadline; the caller (Pacemaker) enforces its own and
+    // kills us. This bound only stops an endless wait on a daemon that stopped progressing.
+    let limit = Duration::from_secs(o.fence_timeout.map_or(24 * 3600, |t| t + 30));
+    loop {
+        let path = format!("/v1/operations/{}?wait=30", accepted.id);
+        let (op, _): (Operation, Value) = c
+            .call_as("GET", &path, None, Some(Duration::from_secs(60)))
+            .await?;
+        if op.state.is_terminal() {
+            return Ok(report(action, &target, &op));
+        }
+        if started.elapsed() >= limit {
+            eprintln!(
+                "Failed: operation {} for {target} is still {} after {} s: NOT confirmed",
+                op.id,
+                op.state,
+                started.elapsed().as_secs()
+            );
+            return Ok(EC_GENERIC_ERROR);
+        }
+    }
+}
+
+/// Prints the outcome as agents do and returns the exit code: 0 only for a confirmed success.
+fn report(action: &str, target: &str, op: &Operation) -> u8 {
+    match &op.outcome {
+        Some(Outcome::Succeeded {
+            summary,
+            powered_on,
+            ..
+        }) => {
+            match action {
+                "off" => println!("Success: Powered OFF"),
+                "on" => println!("Success: Powered ON"),
+                _ => {
+                    if *powered_on == Some(false) {
+                        // Fenced (off was confirmed) but did not come back: still a successful
+                        // fence, as the agent API counts a reboot.
+                        eprintln!("fence_palisade: {target} was fenced but did not power back on: {summary}");
+                    }
+                    println!("Success: Rebooted");
+                }
+            }
+            eprintln!("fence_palisade: {target}: {summary} (operation {})", op.id);
+            EC_OK
+        }
+        Some(Outcome::Failed { code, message }) => {
+            eprintln!(
+                "Failed: {target} {action} NOT confirmed ({code}): {message} (operation {})",
+                op.id
+            );
+            EC_GENERIC_ERROR
+        }
+        None => {
+            eprintln!("Failed: operation {} ended without an outcome", op.id);
+            EC_GENERIC_ERROR
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Opts, String> {
+        parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn flags_in_every_spelling() {
+        let o = args(&[
+            "-o",
+            "off",
+            "-n",
+            "node1",
+            "--socket=/s",
+            "--token-file",
+            "/t",
+        ])
+        .unwrap();
+        assert_eq!(o.action.as_deref(), Some("off"));
+        assert_eq!(o.plug.as_deref(), Some("node1"));
+        assert_eq!(o.socket, Some(PathBuf::from("/s")));
+        assert_eq!(o.token_file, Some(PathBuf::from("/t")));
+        let o = args(&["--action=status", "--plug=n2", "--fence-timeout=30", "-v"]).unwrap();
+        assert_eq!(o.fence_timeout, Some(30));
+        assert_eq!(o.plug.as_deref(), Some("n2"));
+        let o = args(&["-ooff", "--port", "n3"]).unwrap();
+        assert_eq!(
+            (o.action.as_deref(), o.plug.as_deref()),
+            (Some("off"), Some("n3"))
+        );
+        assert!(args(&["--bogus=1"]).is_err());
+        assert!(args(&["-o"]).is_err());
+        assert!(args(&["--fence-timeout=soon"]).is_err());
+    }
+
+    #[test]
+    fn metadata_lists_every_action_and_parses_back() {
+        let m = drivers::agent::format::parse_metadata(metadata().as_bytes()).unwrap();
+        assert_eq!(m.name, "fence_palisade");
+        for a in ACTIONS {
+            assert!(m.has_action(a), "{a}");
+        }
+        for p in ["action", "plug", "port", "socket", "url", "token_file"] {
+            assert!(m.has_parameter(p), "{p}");
+        }
+    }
+}
