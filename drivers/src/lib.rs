@@ -5,6 +5,7 @@
 //! so they can be unit-tested, property-tested and fuzzed without I/O.
 
 pub mod ipmi;
+pub mod pdu;
 pub mod power;
 pub mod redfish;
 pub mod sbd;
