@@ -12,7 +12,10 @@ set -euo pipefail
 #   faketime      -> libfaketime (runs fenced with a racing wall clock: msgwait must not shrink)
 #   sbd           -> sbd (ClusterLabs SBD: its disk format and admin commands are our peer;
 #                    never run its watcher on a test machine, see shared/PEERS.md)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime)
+#   snmp          -> snmpget, snmpset, snmpwalk (net-snmp clients: drive our PDU simulator; fence_apc_snmp uses them)
+#   snmpd         -> snmpd (net-snmp's agent, started per test on a loopback port with its own
+#                    config and a pass_persist script: a PDU our SNMP driver must fence)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime snmp snmpd)
 
 missing=()
 for p in "${packages[@]}"; do
