@@ -3,6 +3,7 @@
 use crate::config::{Config, DeviceConfig, DeviceKind, IpmiSettings, RedfishSettings};
 use crate::engine::DeviceSlot;
 use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
+use drivers::pdu::{PduConfig, PduDevice};
 use drivers::redfish::{RedfishConfig, RedfishDevice};
 use drivers::sbd::{DiskConfig, SbdDevice};
 use drivers::PowerDevice;
@@ -39,6 +40,15 @@ fn slot(name: &str, dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, S
         DeviceKind::Redfish(s) => Arc::new(
             RedfishDevice::new(redfish_config(s)).map_err(|e| format!("device `{name}`: {e}"))?,
         ),
+        DeviceKind::SnmpPdu(s) => Arc::new(PduDevice::new(PduConfig {
+            client: drivers::pdu::ClientConfig {
+                addr: s.address,
+                security: s.security.clone(),
+                timeout: s.timeout,
+                retries: s.retries,
+            },
+            model: s.model,
+        })),
     };
     Ok(DeviceSlot {
         device,
