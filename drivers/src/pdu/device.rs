@@ -426,7 +426,10 @@ impl PowerDevice for PduDevice {
         Ok(Identity {
             kind: kind.into(),
             value: value.to_ascii_lowercase(),
-            description: format!("{} ({}; sysName {sys_name}; sysObjectID {object_id}; {descr})", m.name, m.description),
+            description: format!(
+                "{descr} (model {}, sysName {sys_name}, sysObjectID {object_id})",
+                m.name
+            ),
         })
     }
 }
