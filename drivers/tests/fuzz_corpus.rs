@@ -62,5 +62,8 @@ fn snmp_decode_corpus_replays_and_third_party_datagrams_decode() {
         }
         n += 1;
     }
-    assert!(n >= 40 && third_party >= 30, "seed corpus went missing: {n} files, {third_party} from net-snmp");
+    assert!(
+        n >= 40 && third_party >= 30,
+        "seed corpus went missing: {n} files, {third_party} from net-snmp"
+    );
 }

@@ -993,23 +993,52 @@ fn optional_secret(
     let f = |suffix: &str| format!("devices.{name}.{field}_{suffix}");
     match (file, var) {
         (Some(file), None) => {
-            let p = if file.get_ref().is_absolute() { file.get_ref().clone() } else { base_dir.join(file.get_ref()) };
+            let p = if file.get_ref().is_absolute() {
+                file.get_ref().clone()
+            } else {
+                base_dir.join(file.get_ref())
+            };
             check_secret_file_mode(&p).map_err(|m| ctx.err(Some(file.span()), &f("file"), m))?;
-            let s = std::fs::read(&p).map(Secret::from_file_contents).map_err(|e| {
-                ctx.err(Some(file.span()), &f("file"), format!("cannot read {}: {e}", p.display()))
-            })?;
+            let s = std::fs::read(&p)
+                .map(Secret::from_file_contents)
+                .map_err(|e| {
+                    ctx.err(
+                        Some(file.span()),
+                        &f("file"),
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
             if s.is_empty() {
-                return Err(ctx.err(Some(file.span()), &f("file"), format!("{} is empty", p.display())));
+                return Err(ctx.err(
+                    Some(file.span()),
+                    &f("file"),
+                    format!("{} is empty", p.display()),
+                ));
             }
             Ok(Some(s))
         }
         (None, Some(v)) => {
-            tracing::warn!("{}: the secret stays readable in fenced's /proc/PID/environ; prefer {}", f("env"), f("file"));
-            env(v.get_ref()).map(Secret::from_file_contents).map(Some).ok_or_else(|| {
-                ctx.err(Some(v.span()), &f("env"), format!("environment variable {} is not set", v.get_ref()))
-            })
+            tracing::warn!(
+                "{}: the secret stays readable in fenced's /proc/PID/environ; prefer {}",
+                f("env"),
+                f("file")
+            );
+            env(v.get_ref())
+                .map(Secret::from_file_contents)
+                .map(Some)
+                .ok_or_else(|| {
+                    ctx.err(
+                        Some(v.span()),
+                        &f("env"),
+                        format!("environment variable {} is not set", v.get_ref()),
+                    )
+                })
         }
-        (Some(file), Some(_)) => Err(ctx.err(Some(file.span()), &format!("devices.{name}"), format!("give either {field}_file or {field}_env, not both"))),
+        (Some(file), Some(_)) => Err(ctx.err(
+            Some(file.span()),
+            &format!("devices.{name}"),
+            format!("give either {field}_file or {field}_env, not both"),
+        )),
         (None, None) => Ok(None),
     }
 }
@@ -1025,15 +1054,43 @@ fn snmp_pdu_settings(
     use drivers::pdu::{AuthProtocol, PrivProtocol, Security, UsmUser, Version};
     let field = |f: &str| format!("devices.{name}.{f}");
     let address = dev.address.as_ref().ok_or_else(|| {
-        ctx.err(Some(span.clone()), &field("address"), "an snmp-pdu device needs `address = \"HOST:PORT\"` (port 161 if omitted)".into())
+        ctx.err(
+            Some(span.clone()),
+            &field("address"),
+            "an snmp-pdu device needs `address = \"HOST:PORT\"` (port 161 if omitted)".into(),
+        )
     })?;
     let addr = parse_addr(address.get_ref(), 161).ok_or_else(|| {
-        ctx.err(Some(address.span()), &field("address"), format!("expected an IP address with optional port, like 192.0.2.20:161, found `{}`", address.get_ref()))
+        ctx.err(
+            Some(address.span()),
+            &field("address"),
+            format!(
+                "expected an IP address with optional port, like 192.0.2.20:161, found `{}`",
+                address.get_ref()
+            ),
+        )
     })?;
     let model = match &dev.model {
-        None => return Err(ctx.err(Some(span.clone()), &field("model"), format!("an snmp-pdu device needs `model`, one of: {}", drivers::pdu::model::names()))),
+        None => {
+            return Err(ctx.err(
+                Some(span.clone()),
+                &field("model"),
+                format!(
+                    "an snmp-pdu device needs `model`, one of: {}",
+                    drivers::pdu::model::names()
+                ),
+            ))
+        }
         Some(m) => drivers::pdu::model::by_name(m.get_ref()).ok_or_else(|| {
-            ctx.err(Some(m.span()), &field("model"), format!("unknown model `{}`; expected one of: {}", m.get_ref(), drivers::pdu::model::names()))
+            ctx.err(
+                Some(m.span()),
+                &field("model"),
+                format!(
+                    "unknown model `{}`; expected one of: {}",
+                    m.get_ref(),
+                    drivers::pdu::model::names()
+                ),
+            )
         })?,
     };
     let version = match &dev.version {
@@ -1045,27 +1102,77 @@ fn snmp_pdu_settings(
             other => other.to_string(),
         },
     };
-    let version_span = dev.version.as_ref().map(|v| v.span()).or(Some(span.clone()));
-    let community = optional_secret(ctx, base_dir, name, "community", &dev.community_file, &dev.community_env, env)?;
+    let version_span = dev
+        .version
+        .as_ref()
+        .map(|v| v.span())
+        .or(Some(span.clone()));
+    let community = optional_secret(
+        ctx,
+        base_dir,
+        name,
+        "community",
+        &dev.community_file,
+        &dev.community_env,
+        env,
+    )?;
     let security = match version.as_str() {
         "1" | "2c" => {
-            if dev.username.is_some() || dev.auth_password_file.is_some() || dev.auth_password_env.is_some() {
+            if dev.username.is_some()
+                || dev.auth_password_file.is_some()
+                || dev.auth_password_env.is_some()
+            {
                 return Err(ctx.err(version_span, &field("version"), format!("SNMP v{version} uses a community, not a user; remove username/auth_password_* or set version = \"3\"")));
             }
             let community = community.ok_or_else(|| {
                 ctx.err(Some(span.clone()), &field("community_file"), format!("SNMP v{version} needs community_file = \"PATH\" or community_env = \"VAR\" (a community is a password: never written in the config)"))
             })?;
-            Security::Community { version: if version == "1" { Version::V1 } else { Version::V2c }, community }
+            Security::Community {
+                version: if version == "1" {
+                    Version::V1
+                } else {
+                    Version::V2c
+                },
+                community,
+            }
         }
         "3" => {
             if community.is_some() {
-                return Err(ctx.err(version_span, &field("community_file"), "SNMP v3 uses a user, not a community; remove community_*".into()));
+                return Err(ctx.err(
+                    version_span,
+                    &field("community_file"),
+                    "SNMP v3 uses a user, not a community; remove community_*".into(),
+                ));
             }
-            let user = dev.username.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
-                ctx.err(Some(span.clone()), &field("username"), "SNMP v3 needs `username` (the USM user)".into())
-            })?;
-            let auth = optional_secret(ctx, base_dir, name, "auth_password", &dev.auth_password_file, &dev.auth_password_env, env)?;
-            let privacy = optional_secret(ctx, base_dir, name, "priv_password", &dev.priv_password_file, &dev.priv_password_env, env)?;
+            let user = dev
+                .username
+                .clone()
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    ctx.err(
+                        Some(span.clone()),
+                        &field("username"),
+                        "SNMP v3 needs `username` (the USM user)".into(),
+                    )
+                })?;
+            let auth = optional_secret(
+                ctx,
+                base_dir,
+                name,
+                "auth_password",
+                &dev.auth_password_file,
+                &dev.auth_password_env,
+                env,
+            )?;
+            let privacy = optional_secret(
+                ctx,
+                base_dir,
+                name,
+                "priv_password",
+                &dev.priv_password_file,
+                &dev.priv_password_env,
+                env,
+            )?;
             let auth_protocol = match dev.auth_protocol.as_ref().map(|p| (p.get_ref().to_ascii_lowercase(), p.span())) {
                 None => AuthProtocol::Sha1,
                 Some((p, _)) if p == "sha" || p == "sha1" => AuthProtocol::Sha1,
@@ -1074,16 +1181,31 @@ fn snmp_pdu_settings(
             };
             if let Some(p) = &dev.priv_protocol {
                 if !matches!(p.get_ref().to_ascii_lowercase().as_str(), "aes" | "aes128") {
-                    return Err(ctx.err(Some(p.span()), &field("priv_protocol"), format!("expected \"aes\", found `{}` (DES is not supported: it is broken)", p.get_ref())));
+                    return Err(ctx.err(
+                        Some(p.span()),
+                        &field("priv_protocol"),
+                        format!(
+                            "expected \"aes\", found `{}` (DES is not supported: it is broken)",
+                            p.get_ref()
+                        ),
+                    ));
                 }
             }
             for s in [&auth, &privacy].into_iter().flatten() {
                 if s.expose().len() < 8 {
-                    return Err(ctx.err(Some(span.clone()), &field("auth_password_file"), "SNMPv3 passwords must be at least 8 characters (RFC 3414 §11.2)".into()));
+                    return Err(ctx.err(
+                        Some(span.clone()),
+                        &field("auth_password_file"),
+                        "SNMPv3 passwords must be at least 8 characters (RFC 3414 §11.2)".into(),
+                    ));
                 }
             }
             if privacy.is_some() && auth.is_none() {
-                return Err(ctx.err(Some(span.clone()), &field("auth_password_file"), "a priv_password needs an auth_password too (authPriv)".into()));
+                return Err(ctx.err(
+                    Some(span.clone()),
+                    &field("auth_password_file"),
+                    "a priv_password needs an auth_password too (authPriv)".into(),
+                ));
             }
             if auth.is_none() {
                 tracing::warn!("devices.{name}: SNMPv3 without authentication (noAuthNoPriv): anyone on the network can switch this PDU's outlets");
@@ -1094,7 +1216,13 @@ fn snmp_pdu_settings(
                 privacy: privacy.map(|p| (PrivProtocol::Aes128, p)),
             })
         }
-        other => return Err(ctx.err(version_span, &field("version"), format!("expected version \"1\", \"2c\" or \"3\", found `{other}`"))),
+        other => {
+            return Err(ctx.err(
+                version_span,
+                &field("version"),
+                format!("expected version \"1\", \"2c\" or \"3\", found `{other}`"),
+            ))
+        }
     };
     Ok(SnmpPduSettings {
         address: addr,

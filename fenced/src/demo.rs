@@ -92,7 +92,11 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
         .collect();
     let community_file = dir.join("pdu.community");
     write_private(&community_file, community.as_bytes())?;
-    let mut pspec = PduLabSpec::new(1, 4, drivers::pdu::model::by_name("apc-rpdu").ok_or("no apc-rpdu model")?);
+    let mut pspec = PduLabSpec::new(
+        1,
+        4,
+        drivers::pdu::model::by_name("apc-rpdu").ok_or("no apc-rpdu model")?,
+    );
     pspec.community = Some(Secret::new(community.into_bytes()));
     pspec.names = vec!["node1-psu1".into(), "node1-psu2".into()];
     pspec.power_delay = opts.power_delay;
@@ -103,7 +107,16 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
     let config_path = dir.join("fenced.toml");
     write_private(
         &config_path,
-        demo_config(dir, &pw_file, &lab, &rlab, opts.nodes, &plab, &community_file).as_bytes(),
+        demo_config(
+            dir,
+            &pw_file,
+            &lab,
+            &rlab,
+            opts.nodes,
+            &plab,
+            &community_file,
+        )
+        .as_bytes(),
     )?;
     // The daemon reads the demo's config exactly as it reads an operator's.
     let config = Arc::new(Config::load(&config_path).map_err(|e| e.to_string())?);

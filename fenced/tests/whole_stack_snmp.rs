@@ -54,7 +54,10 @@ fn bench(v3: bool, power_delay_ms: u64) -> Bench {
     });
     spec.power_delay = Duration::from_millis(power_delay_ms);
     let lab = rt.block_on(PduLab::start(spec)).unwrap();
-    for (n, name) in ["db1-psu1", "db2-psu1", "db2-psu2", "db3"].iter().enumerate() {
+    for (n, name) in ["db1-psu1", "db2-psu1", "db2-psu2", "db3"]
+        .iter()
+        .enumerate()
+    {
         lab.pdus()[0].rename_outlet(n + 1, name);
     }
     for (n, name) in ["db1-psu2", "db4"].iter().enumerate() {
@@ -86,14 +89,21 @@ fn bench(v3: bool, power_delay_ms: u64) -> Bench {
         dir.join("fenced.sock"),
         dir.join("history.redb"),
     );
-    for (dev, pdu, good) in [("pdu-a", &a, true), ("pdu-b", &b, true), ("pdu-a-bad", &a, false)] {
+    for (dev, pdu, good) in [
+        ("pdu-a", &a, true),
+        ("pdu-b", &b, true),
+        ("pdu-a-bad", &a, false),
+    ] {
         cfg.push_str(&format!(
             "[devices.{dev}]\nkind = \"snmp-pdu\"\naddress = \"{}\"\nmodel = \"apc-rpdu\"\ntimeout_ms = 300\nretries = 1\n{}\n",
             pdu.addr(),
             creds(good)
         ));
     }
-    let (sa, sb) = (a.serial().to_ascii_lowercase(), b.serial().to_ascii_lowercase());
+    let (sa, sb) = (
+        a.serial().to_ascii_lowercase(),
+        b.serial().to_ascii_lowercase(),
+    );
     cfg.push_str(&format!(
         "[targets.db1]\nlevels = [[\"pdu-a:db1-psu1\", \"pdu-b:db1-psu2\"]]\nidentities = {{ pdu-a = \"{sa}\", pdu-b = \"{sb}\" }}\n\n\
          [targets.db2]\nlevels = [[\"pdu-a:2\", \"pdu-a:3\"]]\nidentities = {{ pdu-a = \"{sa}\" }}\n\n\
@@ -127,14 +137,18 @@ impl Bench {
             .unwrap_or_else(|| panic!("no history for {node}: {h}"))
     }
     fn fenced_ok(&self, action: &str, node: &str) -> String {
-        let out = self.fenced.fence_node(&[action, node, "--reason", "snmp e2e"]);
+        let out = self
+            .fenced
+            .fence_node(&[action, node, "--reason", "snmp e2e"]);
         let s = text(&out);
         assert_eq!(out.status.code(), Some(0), "{s}\n{}", self.fenced.log());
         s
     }
     /// Fences `node`, expecting NOT FENCED, and returns the output.
     fn not_fenced(&self, node: &str) -> String {
-        let out = self.fenced.fence_node(&["off", node, "--reason", "lie test"]);
+        let out = self
+            .fenced
+            .fence_node(&["off", node, "--reason", "lie test"]);
         let s = text(&out);
         assert_eq!(out.status.code(), Some(1), "{s}");
         assert!(s.contains("NOT FENCED"), "{s}");
@@ -152,7 +166,10 @@ fn two_psus_on_two_pdus_are_fenced_only_when_both_read_back_off() {
     let b = bench(false, 100);
     let s = b.fenced_ok("off", "db1");
     assert!(s.contains("FENCED") && !s.contains("NOT FENCED"), "{s}");
-    assert_eq!((b.a().outlet_on(1), b.b().outlet_on(1)), (Some(false), Some(false)));
+    assert_eq!(
+        (b.a().outlet_on(1), b.b().outlet_on(1)),
+        (Some(false), Some(false))
+    );
     for n in 2..=4 {
         assert_eq!(b.a().outlet_on(n), Some(true), "other outlets untouched");
         assert_eq!(b.b().outlet_on(n), Some(true), "other outlets untouched");
@@ -160,11 +177,20 @@ fn two_psus_on_two_pdus_are_fenced_only_when_both_read_back_off() {
     let op = b.last_op("db1");
     assert_eq!(op["outcome"]["confirmation"]["method"], "power_read_back");
     let attempts = op["attempts"].as_array().unwrap();
-    let ports: Vec<&str> = attempts.iter().map(|a| a["port"].as_str().unwrap()).collect();
-    assert!(ports.contains(&"db1-psu1") && ports.contains(&"db1-psu2"), "{op}");
-    assert!(attempts.iter().all(|a| a["identity"]
-        .as_str()
-        .is_some_and(|i| i.contains("serial"))), "{op}");
+    let ports: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["port"].as_str().unwrap())
+        .collect();
+    assert!(
+        ports.contains(&"db1-psu1") && ports.contains(&"db1-psu2"),
+        "{op}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["identity"].as_str().is_some_and(|i| i.contains("serial"))),
+        "{op}"
+    );
     b.fenced_ok("on", "db1");
     assert!(all_on(b.a()) && all_on(b.b()));
 }
@@ -179,7 +205,12 @@ fn reboot_of_two_outlets_of_one_pdu_turns_all_off_confirms_then_all_on() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["phase"].as_str().unwrap().to_string(), a["port"].as_str().unwrap().to_string()))
+        .map(|a| {
+            (
+                a["phase"].as_str().unwrap().to_string(),
+                a["port"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     // Both outlets confirmed off before either is switched on again.
     assert_eq!(phases.len(), 4, "{op}");
@@ -193,7 +224,11 @@ fn one_stuck_psu_outlet_is_not_fenced_and_history_names_it() {
     b.b().set_outlet_stuck(1, true);
     let s = b.not_fenced("db1");
     assert!(s.contains("pdu-b:db1-psu2"), "{s}");
-    assert_eq!(b.b().outlet_on(1), Some(true), "the stuck outlet still powers the node");
+    assert_eq!(
+        b.b().outlet_on(1),
+        Some(true),
+        "the stuck outlet still powers the node"
+    );
     let op = b.last_op("db1");
     let failed: Vec<&Value> = op["attempts"]
         .as_array()
@@ -244,7 +279,10 @@ fn wrong_community_is_not_fenced_and_the_agent_counts_it() {
 fn v3_auth_priv_fences_and_a_wrong_v3_password_is_refused() {
     let b = bench(true, 20);
     b.fenced_ok("off", "db1");
-    assert_eq!((b.a().outlet_on(1), b.b().outlet_on(1)), (Some(false), Some(false)));
+    assert_eq!(
+        (b.a().outlet_on(1), b.b().outlet_on(1)),
+        (Some(false), Some(false))
+    );
     let s = b.not_fenced("db1-bad");
     assert!(s.contains("usmStatsWrongDigests"), "{s}");
     b.fenced_ok("on", "db1");
@@ -262,7 +300,11 @@ fn an_outlet_renamed_so_the_name_points_elsewhere_is_refused() {
     b.a().rename_outlet(3, "db3");
     let s = b.not_fenced("db3");
     assert!(s.contains("moved from outlet 4 to outlet 3"), "{s}");
-    assert_eq!(b.a().outlet_on(3), Some(true), "db2's outlet must not be switched");
+    assert_eq!(
+        b.a().outlet_on(3),
+        Some(true),
+        "db2's outlet must not be switched"
+    );
     assert_eq!(b.a().outlet_on(4), Some(true));
     // A number checked against a name refuses as soon as the name differs.
     b.b().rename_outlet(2, "something-else");
@@ -282,7 +324,12 @@ fn fence_node_devices_lists_outlets_with_names() {
         assert!(s.contains(name), "{name} missing: {s}");
     }
     let devs = b.fenced.json(&["devices"]);
-    let a = devs.as_array().unwrap().iter().find(|d| d["name"] == "pdu-a").unwrap();
+    let a = devs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "pdu-a")
+        .unwrap();
     assert_eq!(a["outlets"][0]["name"], "db1-psu1");
     assert_eq!(a["outlets"][0]["state"], "on");
     assert_eq!(a["identity"]["kind"], "serial");

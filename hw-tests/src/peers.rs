@@ -246,7 +246,10 @@ impl Snmpd {
             .collect();
         fs::write(
             dir.path().join("state.json"),
-            format!("{{\"serial\": \"{SNMPD_SERIAL}\", \"outlets\": {{{}}}}}", table.join(", ")),
+            format!(
+                "{{\"serial\": \"{SNMPD_SERIAL}\", \"outlets\": {{{}}}}}",
+                table.join(", ")
+            ),
         )?;
         let mut last_err = io::Error::other("snmpd did not start");
         let mut peer = Snmpd {
@@ -269,7 +272,8 @@ impl Snmpd {
 
     fn spawn(&mut self) -> io::Result<()> {
         let d = self.dir.path();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/snmpd/apc_rpdu_pass_persist.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/snmpd/apc_rpdu_pass_persist.py");
         let conf = format!(
             "agentAddress udp:127.0.0.1:{port}\nrwcommunity {SNMPD_COMMUNITY} 127.0.0.1\ncreateUser {SNMPD_USER} SHA \"{SNMPD_AUTH}\" AES \"{SNMPD_PRIV}\"\nrwuser {SNMPD_USER} priv\nsysName snmpd-pdu\npass_persist .1.3.6.1.4.1.318.1.1.12 /usr/bin/python3 {} {}\n",
             script.display(),
@@ -325,7 +329,10 @@ impl Snmpd {
         while Instant::now() < until {
             if let Some(c) = self.child.as_mut() {
                 if let Some(status) = c.try_wait()? {
-                    return Err(io::Error::other(format!("snmpd exited with {status}: {}", self.log())));
+                    return Err(io::Error::other(format!(
+                        "snmpd exited with {status}: {}",
+                        self.log()
+                    )));
                 }
             }
             sock.send_to(&msg, self.addr())?;
@@ -333,7 +340,10 @@ impl Snmpd {
                 return Ok(());
             }
         }
-        Err(io::Error::other(format!("snmpd did not answer: {}", self.log())))
+        Err(io::Error::other(format!(
+            "snmpd did not answer: {}",
+            self.log()
+        )))
     }
 
     /// The agent's address.

@@ -65,7 +65,7 @@ fn out(o: &Output) -> String {
     )
 }
 
-fn v3_args<'a>(auth: &'a str) -> Vec<&'a str> {
+fn v3_args(auth: &str) -> Vec<&str> {
     vec![
         "-v3", "-l", "authPriv", "-u", "fence", "-a", "SHA", "-A", auth, "-x", "AES", "-X", PRIV,
     ]
@@ -79,37 +79,102 @@ fn net_snmp_clients_get_set_and_walk_the_simulator_over_v1_v2c_and_v3() {
     let common = ["-r", "0", "-t", "2", "-On"];
 
     // v2c GET of identity and state.
-    let o = run("snmpget", &[&["-v2c", "-c", "private"][..], &common, &[&addr, "1.3.6.1.2.1.1.5.0", "1.3.6.1.4.1.318.1.1.12.1.6.0", &format!("{RPDU_STATE}.1")]].concat());
+    let o = run(
+        "snmpget",
+        &[
+            &["-v2c", "-c", "private"][..],
+            &common,
+            &[
+                &addr,
+                "1.3.6.1.2.1.1.5.0",
+                "1.3.6.1.4.1.318.1.1.12.1.6.0",
+                &format!("{RPDU_STATE}.1"),
+            ],
+        ]
+        .concat(),
+    );
     let s = out(&o);
     assert!(o.status.success(), "{s}");
-    assert!(s.contains("STRING: \"pdu1\"") && s.contains(p.serial()) && s.contains("INTEGER: 1"), "{s}");
+    assert!(
+        s.contains("STRING: \"pdu1\"") && s.contains(p.serial()) && s.contains("INTEGER: 1"),
+        "{s}"
+    );
 
     // v1 and v2c walks (GETNEXT), and a v2c bulk walk (GETBULK), list the outlet names.
-    for (cmd, v) in [("snmpwalk", "-v1"), ("snmpwalk", "-v2c"), ("snmpbulkwalk", "-v2c")] {
-        let o = run(cmd, &[&[v, "-c", "private"][..], &common, &[&addr, RPDU_NAMES]].concat());
+    for (cmd, v) in [
+        ("snmpwalk", "-v1"),
+        ("snmpwalk", "-v2c"),
+        ("snmpbulkwalk", "-v2c"),
+    ] {
+        let o = run(
+            cmd,
+            &[&[v, "-c", "private"][..], &common, &[&addr, RPDU_NAMES]].concat(),
+        );
         let s = out(&o);
         assert!(o.status.success(), "{cmd} {v}: {s}");
         assert_eq!(s.lines().count(), 4, "{cmd} {v}: {s}");
-        assert!(s.contains("\"db1-psu1\"") && s.contains("\"db2-psu1\"") && s.contains("\"outlet4\""), "{s}");
+        assert!(
+            s.contains("\"db1-psu1\"") && s.contains("\"db2-psu1\"") && s.contains("\"outlet4\""),
+            "{s}"
+        );
     }
 
     // v2c SET switches outlet 2 off (after the set, the state reads back off).
-    let o = run("snmpset", &[&["-v2c", "-c", "private"][..], &common, &[&addr, &format!("{RPDU_CONTROL}.2"), "i", "2"]].concat());
+    let o = run(
+        "snmpset",
+        &[
+            &["-v2c", "-c", "private"][..],
+            &common,
+            &[&addr, &format!("{RPDU_CONTROL}.2"), "i", "2"],
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "{}", out(&o));
     assert_eq!(p.outlet_on(2), Some(false));
 
     // v3 authPriv (SHA + AES-128): read the state back, switch the outlet on again.
-    let o = run("snmpget", &[&v3_args(AUTH)[..], &common, &[&addr, &format!("{RPDU_STATE}.2")]].concat());
+    let o = run(
+        "snmpget",
+        &[
+            &v3_args(AUTH)[..],
+            &common,
+            &[&addr, &format!("{RPDU_STATE}.2")],
+        ]
+        .concat(),
+    );
     assert!(out(&o).contains("INTEGER: 2"), "{}", out(&o));
-    let o = run("snmpset", &[&v3_args(AUTH)[..], &common, &[&addr, &format!("{RPDU_CONTROL}.2"), "i", "1"]].concat());
+    let o = run(
+        "snmpset",
+        &[
+            &v3_args(AUTH)[..],
+            &common,
+            &[&addr, &format!("{RPDU_CONTROL}.2"), "i", "1"],
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "{}", out(&o));
     assert_eq!(p.outlet_on(2), Some(true));
-    let o = run("snmpwalk", &[&v3_args(AUTH)[..], &common, &[&addr, RPDU_NAMES]].concat());
+    let o = run(
+        "snmpwalk",
+        &[&v3_args(AUTH)[..], &common, &[&addr, RPDU_NAMES]].concat(),
+    );
     assert_eq!(out(&o).lines().count(), 4, "{}", out(&o));
 
     // A value the MIB does not allow is refused (v2c wrongValue), and nothing changes.
-    let o = run("snmpset", &[&["-v2c", "-c", "private"][..], &common, &[&addr, &format!("{RPDU_CONTROL}.1"), "i", "7"]].concat());
-    assert!(!o.status.success() && out(&o).contains("wrongValue"), "{}", out(&o));
+    let o = run(
+        "snmpset",
+        &[
+            &["-v2c", "-c", "private"][..],
+            &common,
+            &[&addr, &format!("{RPDU_CONTROL}.1"), "i", "7"],
+        ]
+        .concat(),
+    );
+    assert!(
+        !o.status.success() && out(&o).contains("wrongValue"),
+        "{}",
+        out(&o)
+    );
     assert_eq!(p.outlet_on(1), Some(true));
 }
 
@@ -120,19 +185,68 @@ fn net_snmp_sees_wrong_credentials_answered_as_a_real_agent_would() {
     let addr = p.addr().to_string();
     let common = ["-r", "0", "-t", "1", "-On"];
     // v2c with a wrong community: silence (and the agent counts it).
-    let o = run("snmpget", &[&["-v2c", "-c", "public"][..], &common, &[&addr, "1.3.6.1.2.1.1.5.0"]].concat());
+    let o = run(
+        "snmpget",
+        &[
+            &["-v2c", "-c", "public"][..],
+            &common,
+            &[&addr, "1.3.6.1.2.1.1.5.0"],
+        ]
+        .concat(),
+    );
     assert!(out(&o).contains("Timeout"), "{}", out(&o));
     assert_eq!(p.counter(SNMP_IN_BAD_COMMUNITY_NAMES), 1);
     // v3 with a wrong password: a usmStatsWrongDigests report.
-    let o = run("snmpget", &[&v3_args("wrong-password")[..], &common, &[&addr, "1.3.6.1.2.1.1.5.0"]].concat());
+    let o = run(
+        "snmpget",
+        &[
+            &v3_args("wrong-password")[..],
+            &common,
+            &[&addr, "1.3.6.1.2.1.1.5.0"],
+        ]
+        .concat(),
+    );
     assert!(out(&o).contains("Authentication failure"), "{}", out(&o));
     assert!(p.counter(&usm_stats::oid(usm_stats::WRONG_DIGESTS).to_string()) >= 1);
     // v3 with an unknown user: usmStatsUnknownUserNames.
-    let o = run("snmpget", &[&["-v3", "-l", "authPriv", "-u", "nobody", "-a", "SHA", "-A", AUTH, "-x", "AES", "-X", PRIV][..], &common, &[&addr, "1.3.6.1.2.1.1.5.0"]].concat());
+    let o = run(
+        "snmpget",
+        &[
+            &[
+                "-v3", "-l", "authPriv", "-u", "nobody", "-a", "SHA", "-A", AUTH, "-x", "AES",
+                "-X", PRIV,
+            ][..],
+            &common,
+            &[&addr, "1.3.6.1.2.1.1.5.0"],
+        ]
+        .concat(),
+    );
     assert!(out(&o).contains("Unknown user name"), "{}", out(&o));
     // v3 at a lower security level than the user has: usmStatsUnsupportedSecLevels.
-    let o = run("snmpget", &[&["-v3", "-l", "authNoPriv", "-u", "fence", "-a", "SHA", "-A", AUTH][..], &common, &[&addr, "1.3.6.1.2.1.1.5.0"]].concat());
-    assert!(out(&o).contains("Unsupported security level"), "{}", out(&o));
+    let o = run(
+        "snmpget",
+        &[
+            &[
+                "-v3",
+                "-l",
+                "authNoPriv",
+                "-u",
+                "fence",
+                "-a",
+                "SHA",
+                "-A",
+                AUTH,
+            ][..],
+            &common,
+            &[&addr, "1.3.6.1.2.1.1.5.0"],
+        ]
+        .concat(),
+    );
+    assert!(
+        out(&o).contains("Unsupported security level"),
+        "{}",
+        out(&o)
+    );
 }
 
 #[test]
@@ -140,21 +254,67 @@ fn fence_apc_snmp_fences_an_outlet_of_the_simulator_and_reads_it_back_off() {
     let l = lab(&["db1-psu1", "db2-psu1"]);
     let p = &l.lab.pdus()[0];
     let (ip, port) = ("127.0.0.1".to_string(), p.addr().port().to_string());
-    let base = ["--ip", &ip, "--ipport", &port, "--community", "private", "-d", "2c"];
-    let o = run("fence_apc_snmp", &[&base[..], &["--plug", "db2-psu1", "-o", "off"]].concat());
-    assert!(o.status.success() && out(&o).contains("Powered OFF"), "{}", out(&o));
+    let base = [
+        "--ip",
+        &ip,
+        "--ipport",
+        &port,
+        "--community",
+        "private",
+        "-d",
+        "2c",
+    ];
+    let o = run(
+        "fence_apc_snmp",
+        &[&base[..], &["--plug", "db2-psu1", "-o", "off"]].concat(),
+    );
+    assert!(
+        o.status.success() && out(&o).contains("Powered OFF"),
+        "{}",
+        out(&o)
+    );
     assert_eq!(p.outlet_on(2), Some(false));
     assert_eq!(p.outlet_on(1), Some(true), "only the named outlet");
     // Status reads the outlet back: exit 2 means OFF in the fence agent API.
-    let o = run("fence_apc_snmp", &[&base[..], &["--plug", "2", "-o", "status"]].concat());
+    let o = run(
+        "fence_apc_snmp",
+        &[&base[..], &["--plug", "2", "-o", "status"]].concat(),
+    );
     assert_eq!(o.status.code(), Some(2), "{}", out(&o));
     assert!(out(&o).contains("Status: OFF"), "{}", out(&o));
     let o = run("fence_apc_snmp", &[&base[..], &["-o", "list"]].concat());
-    assert!(out(&o).contains("1,db1-psu1") && out(&o).contains("2,db2-psu1"), "{}", out(&o));
+    assert!(
+        out(&o).contains("1,db1-psu1") && out(&o).contains("2,db2-psu1"),
+        "{}",
+        out(&o)
+    );
     // v3 authPriv: power the outlet on again.
     let o = run(
         "fence_apc_snmp",
-        &["--ip", &ip, "--ipport", &port, "-d", "3", "--username", "fence", "--snmp-sec-level", "authPriv", "--snmp-auth-prot", "SHA", "--password", AUTH, "--snmp-priv-prot", "AES", "--snmp-priv-passwd", PRIV, "--plug", "2", "-o", "on"],
+        &[
+            "--ip",
+            &ip,
+            "--ipport",
+            &port,
+            "-d",
+            "3",
+            "--username",
+            "fence",
+            "--snmp-sec-level",
+            "authPriv",
+            "--snmp-auth-prot",
+            "SHA",
+            "--password",
+            AUTH,
+            "--snmp-priv-prot",
+            "AES",
+            "--snmp-priv-passwd",
+            PRIV,
+            "--plug",
+            "2",
+            "-o",
+            "on",
+        ],
     );
     assert!(o.status.success(), "{}", out(&o));
     assert_eq!(p.outlet_on(2), Some(true));
@@ -191,9 +351,15 @@ async fn our_driver_fences_an_outlet_of_net_snmp_snmpd_over_v2c_and_v3() {
         },
     );
     let id = v2c.health().await.unwrap();
-    assert_eq!((id.kind.as_str(), id.value.as_str()), ("serial", SNMPD_SERIAL.to_ascii_lowercase().as_str()));
+    assert_eq!(
+        (id.kind.as_str(), id.value.as_str()),
+        ("serial", SNMPD_SERIAL.to_ascii_lowercase().as_str())
+    );
     let outlets = v2c.list().await.unwrap();
-    let names: Vec<_> = outlets.iter().map(|o| (o.id.as_str(), o.name.as_deref().unwrap_or(""))).collect();
+    let names: Vec<_> = outlets
+        .iter()
+        .map(|o| (o.id.as_str(), o.name.as_deref().unwrap_or("")))
+        .collect();
     assert_eq!(names, [("1", "web1"), ("2", "web2"), ("3", "web3")]);
     v2c.power(Some("web2"), PowerCommand::Off).await.unwrap();
     assert_eq!(v2c.status(Some("web2")).await.unwrap(), PowerState::Off);
@@ -206,7 +372,10 @@ async fn our_driver_fences_an_outlet_of_net_snmp_snmpd_over_v2c_and_v3() {
     dev.power(Some("2=web2"), PowerCommand::On).await.unwrap();
     assert_eq!(dev.status(Some("2")).await.unwrap(), PowerState::On);
     assert!(peer.outlet_on(2).unwrap());
-    assert_eq!(dev.health().await.unwrap().value, SNMPD_SERIAL.to_ascii_lowercase());
+    assert_eq!(
+        dev.health().await.unwrap().value,
+        SNMPD_SERIAL.to_ascii_lowercase()
+    );
 
     // A lying agent: the set is acknowledged, the outlet stays on, and status says so.
     peer.set_stuck(true).unwrap();
@@ -222,8 +391,14 @@ async fn our_driver_fences_an_outlet_of_net_snmp_snmpd_over_v2c_and_v3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn net_snmp_snmpd_refuses_wrong_credentials_and_our_driver_says_so() {
     let peer = Snmpd::start(&["web1"]).unwrap();
-    let e = snmpd_device(&peer, v3("wrong-password-1")).status(Some("1")).await.unwrap_err();
-    assert!(matches!(&e, DeviceError::AuthFailed { detail, .. } if detail.contains("usmStatsWrongDigests")), "{e}");
+    let e = snmpd_device(&peer, v3("wrong-password-1"))
+        .status(Some("1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, DeviceError::AuthFailed { detail, .. } if detail.contains("usmStatsWrongDigests")),
+        "{e}"
+    );
     let bad = snmpd_device(
         &peer,
         Security::Community {

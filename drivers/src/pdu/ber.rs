@@ -155,7 +155,11 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader over a whole datagram.
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0, base: 0 }
+        Self {
+            buf,
+            pos: 0,
+            base: 0,
+        }
     }
 
     /// Whether every byte was read.
@@ -184,7 +188,10 @@ impl<'a> Reader<'a> {
         if t & 0x1f == 0x1f {
             return Err(BerError::BadLength { what });
         }
-        let first = *self.buf.get(self.pos + 1).ok_or(BerError::Truncated { what })?;
+        let first = *self
+            .buf
+            .get(self.pos + 1)
+            .ok_or(BerError::Truncated { what })?;
         let mut at = self.pos + 2;
         let len = if first < 0x80 {
             usize::from(first)
@@ -194,9 +201,14 @@ impl<'a> Reader<'a> {
             if n == 0 || n > 4 {
                 return Err(BerError::BadLength { what });
             }
-            let bytes = self.buf.get(at..at + n).ok_or(BerError::Truncated { what })?;
+            let bytes = self
+                .buf
+                .get(at..at + n)
+                .ok_or(BerError::Truncated { what })?;
             at += n;
-            bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
         };
         let end = at.checked_add(len).ok_or(BerError::Truncated { what })?;
         let value = self.buf.get(at..end).ok_or(BerError::Truncated { what })?;
@@ -208,7 +220,10 @@ impl<'a> Reader<'a> {
     pub fn raw(&mut self, what: &'static str) -> Result<(u8, &'a [u8]), BerError> {
         let start = self.pos;
         let (t, _, _) = self.tlv(what)?;
-        let whole = self.buf.get(start..self.pos).ok_or(BerError::Truncated { what })?;
+        let whole = self
+            .buf
+            .get(start..self.pos)
+            .ok_or(BerError::Truncated { what })?;
         Ok((t, whole))
     }
 
@@ -432,14 +447,30 @@ mod tests {
 
     #[test]
     fn integers_round_trip_minimally() {
-        for x in [0i64, 1, 127, 128, 255, 256, -1, -128, -129, i64::MAX, i64::MIN, 2_147_483_647] {
+        for x in [
+            0i64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            -1,
+            -128,
+            -129,
+            i64::MAX,
+            i64::MIN,
+            2_147_483_647,
+        ] {
             let b = integer_bytes(x);
             assert_eq!(decode_integer(&b, "t").unwrap(), x, "{x}");
         }
         assert_eq!(integer_bytes(128), vec![0, 128]);
         assert_eq!(integer_bytes(-128), vec![0x80]);
         assert_eq!(unsigned_bytes(0xffff_ffff), vec![0, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(decode_unsigned(&[0, 0xff, 0xff, 0xff, 0xff], 4, "t").unwrap(), 0xffff_ffff);
+        assert_eq!(
+            decode_unsigned(&[0, 0xff, 0xff, 0xff, 0xff], 4, "t").unwrap(),
+            0xffff_ffff
+        );
         assert!(decode_unsigned(&[1, 0, 0, 0, 0], 4, "t").is_err());
         assert!(decode_integer(&[], "t").is_err());
     }

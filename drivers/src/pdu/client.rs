@@ -197,7 +197,11 @@ impl Client {
     }
 
     fn fresh_id(&mut self) -> i32 {
-        self.next_id = if self.next_id >= i32::MAX - 1 { 1 } else { self.next_id + 1 };
+        self.next_id = if self.next_id >= i32::MAX - 1 {
+            1
+        } else {
+            self.next_id + 1
+        };
         self.next_id
     }
 
@@ -224,7 +228,13 @@ impl Client {
         kind: PduType,
         varbinds: Vec<(Oid, Value)>,
     ) -> Result<Pdu, SnmpError> {
-        let what = format!("{kind:?} {}", varbinds.first().map(|v| v.0.to_string()).unwrap_or_default());
+        let what = format!(
+            "{kind:?} {}",
+            varbinds
+                .first()
+                .map(|v| v.0.to_string())
+                .unwrap_or_default()
+        );
         match self.cfg.security.clone() {
             Security::Community { version, community } => {
                 let pdu_template = Pdu {
@@ -244,10 +254,16 @@ impl Client {
                     },
                     move |bytes, ids| match decode_message(bytes) {
                         Err(e) => Verdict::Ignore(format!("undecodable reply: {e}")),
-                        Ok(Message::Community { version: v, community: c, pdu }) => {
+                        Ok(Message::Community {
+                            version: v,
+                            community: c,
+                            pdu,
+                        }) => {
                             if v != version || c != c2.expose() {
                                 Verdict::Ignore("a reply with another version or community".into())
-                            } else if pdu.kind != PduType::Response || !ids.contains(&pdu.request_id) {
+                            } else if pdu.kind != PduType::Response
+                                || !ids.contains(&pdu.request_id)
+                            {
                                 Verdict::Ignore(format!(
                                     "a {:?} with request-id {} that is not ours",
                                     pdu.kind, pdu.request_id
@@ -256,7 +272,9 @@ impl Client {
                                 Verdict::Accept(pdu)
                             }
                         }
-                        Ok(Message::V3 { .. }) => Verdict::Ignore("a v3 reply to a community request".into()),
+                        Ok(Message::V3 { .. }) => {
+                            Verdict::Ignore("a v3 reply to a community request".into())
+                        }
                     },
                 )
                 .await
@@ -319,7 +337,8 @@ impl Client {
                     let mut parts = detail[RESYNC.len()..].split_whitespace();
                     let boots = parts.next().and_then(|s| s.parse().ok());
                     let time = parts.next().and_then(|s| s.parse().ok());
-                    if let (Some(e), Some(boots), Some(time)) = (self.engine.as_mut(), boots, time) {
+                    if let (Some(e), Some(boots), Some(time)) = (self.engine.as_mut(), boots, time)
+                    {
                         e.boots = boots;
                         e.time = time;
                         e.at = Instant::now();
@@ -329,7 +348,8 @@ impl Client {
             }
         }
         Err(SnmpError::Auth(
-            "the agent kept refusing our engine id or time window; check its clock and engine id".into(),
+            "the agent kept refusing our engine id or time window; check its clock and engine id"
+                .into(),
         ))
     }
 
@@ -359,7 +379,9 @@ impl Client {
                 |bytes, ids| match decode_message(bytes) {
                     Ok(Message::V3 { msg, .. }) if ids.contains(&msg.msg_id) => {
                         if msg.usm.engine_id.is_empty() || msg.usm.engine_id.len() > 32 {
-                            return Verdict::Ignore("a discovery reply without a valid engine id".into());
+                            return Verdict::Ignore(
+                                "a discovery reply without a valid engine id".into(),
+                            );
                         }
                         let boots = u32::try_from(msg.usm.engine_boots).unwrap_or(0);
                         let time = u32::try_from(msg.usm.engine_time).unwrap_or(0);
@@ -376,7 +398,9 @@ impl Client {
             .as_ref()
             .map(|(p, pw)| (*p, localize(*p, pw.expose(), &id)));
         let privacy = match (&user.privacy, &user.auth) {
-            (Some((PrivProtocol::Aes128, pw)), Some((p, _))) => Some(localize(*p, pw.expose(), &id)),
+            (Some((PrivProtocol::Aes128, pw)), Some((p, _))) => {
+                Some(localize(*p, pw.expose(), &id))
+            }
             _ => None,
         };
         Ok(Engine {
@@ -452,7 +476,13 @@ const REDISCOVER: &str = "rediscover";
 /// Internal marker prefix: resynchronise the time window to "BOOTS TIME".
 const RESYNC: &str = "resync ";
 
-fn build_v3(engine: &Engine, user: &str, msg_id: i32, scoped: &ScopedPdu, salt: [u8; 8]) -> Vec<u8> {
+fn build_v3(
+    engine: &Engine,
+    user: &str,
+    msg_id: i32,
+    scoped: &ScopedPdu,
+    salt: [u8; 8],
+) -> Vec<u8> {
     let time = engine.now_time();
     let mut fl = flags::REPORTABLE;
     let (data, priv_params) = match (&engine.auth, &engine.privacy) {
@@ -476,7 +506,11 @@ fn build_v3(engine: &Engine, user: &str, msg_id: i32, scoped: &ScopedPdu, salt: 
             engine_boots: engine.boots.into(),
             engine_time: time.into(),
             user: user.as_bytes().to_vec(),
-            auth_params: engine.auth.as_ref().map(|(p, _)| vec![0; p.mac_len()]).unwrap_or_default(),
+            auth_params: engine
+                .auth
+                .as_ref()
+                .map(|(p, _)| vec![0; p.mac_len()])
+                .unwrap_or_default(),
             priv_params,
         },
         data,
@@ -495,7 +529,10 @@ fn accept_v3(bytes: &[u8], ids: &[i32], engine: &Engine, request_id: i32) -> Ver
         Err(e) => return Verdict::Ignore(format!("undecodable reply: {e}")),
     };
     if !ids.contains(&msg.msg_id) {
-        return Verdict::Ignore(format!("a reply with msgID {} that is not ours", msg.msg_id));
+        return Verdict::Ignore(format!(
+            "a reply with msgID {} that is not ours",
+            msg.msg_id
+        ));
     }
     let authenticated = msg.flags & flags::AUTH != 0;
     if authenticated {
@@ -503,7 +540,9 @@ fn accept_v3(bytes: &[u8], ids: &[i32], engine: &Engine, request_id: i32) -> Ver
             return Verdict::Ignore("an authenticated reply to an unauthenticated request".into());
         };
         if msg.usm.engine_id != engine.id || !k.verify(*p, bytes, auth_offset) {
-            return Verdict::Ignore("a reply whose HMAC does not verify (forged or corrupt)".into());
+            return Verdict::Ignore(
+                "a reply whose HMAC does not verify (forged or corrupt)".into(),
+            );
         }
     }
     let scoped = match &msg.data {
@@ -519,21 +558,31 @@ fn accept_v3(bytes: &[u8], ids: &[i32], engine: &Engine, request_id: i32) -> Ver
             let time = u32::try_from(msg.usm.engine_time).unwrap_or(0);
             match ScopedPdu::decode(&pk.aes_cfb(boots, time, &salt, c, false)) {
                 Ok(s) => s,
-                Err(e) => return Verdict::Ignore(format!("a reply that does not decrypt to a scopedPDU: {e}")),
+                Err(e) => {
+                    return Verdict::Ignore(format!(
+                        "a reply that does not decrypt to a scopedPDU: {e}"
+                    ))
+                }
             }
         }
     };
     let pdu = scoped.pdu;
     if pdu.kind == PduType::Report {
-        let counter = pdu.varbinds.first().and_then(|(oid, _)| {
-            (1..=6).find(|n| *oid == usm_stats::oid(*n))
-        });
+        let counter = pdu
+            .varbinds
+            .first()
+            .and_then(|(oid, _)| (1..=6).find(|n| *oid == usm_stats::oid(*n)));
         return match counter {
-            Some(usm_stats::UNKNOWN_ENGINE_IDS) => Verdict::Fail(SnmpError::Auth(REDISCOVER.into())),
+            Some(usm_stats::UNKNOWN_ENGINE_IDS) => {
+                Verdict::Fail(SnmpError::Auth(REDISCOVER.into()))
+            }
             // Only an authenticated report may move our clock (RFC 3414 §3.2.7 b).
-            Some(usm_stats::NOT_IN_TIME_WINDOWS) if authenticated => Verdict::Fail(SnmpError::Auth(
-                format!("{RESYNC}{} {}", msg.usm.engine_boots, msg.usm.engine_time),
-            )),
+            Some(usm_stats::NOT_IN_TIME_WINDOWS) if authenticated => {
+                Verdict::Fail(SnmpError::Auth(format!(
+                    "{RESYNC}{} {}",
+                    msg.usm.engine_boots, msg.usm.engine_time
+                )))
+            }
             Some(n) => Verdict::Fail(SnmpError::Auth(format!(
                 "the agent answered with a {} report",
                 usm_stats::name(n)
@@ -545,7 +594,10 @@ fn accept_v3(bytes: &[u8], ids: &[i32], engine: &Engine, request_id: i32) -> Ver
         };
     }
     if pdu.kind != PduType::Response || pdu.request_id != request_id {
-        return Verdict::Ignore(format!("a {:?} with request-id {} that is not ours", pdu.kind, pdu.request_id));
+        return Verdict::Ignore(format!(
+            "a {:?} with request-id {} that is not ours",
+            pdu.kind, pdu.request_id
+        ));
     }
     if engine.auth.is_some() && !authenticated {
         // A downgrade: an unauthenticated Response to an authenticated request.
@@ -553,4 +605,3 @@ fn accept_v3(bytes: &[u8], ids: &[i32], engine: &Engine, request_id: i32) -> Ver
     }
     Verdict::Accept(pdu)
 }
-

@@ -43,7 +43,9 @@ pub enum OutletRef {
 impl OutletRef {
     /// Parses `3`, `db1-psu1` or `3=db1-psu1`.
     pub fn parse(port: &str) -> Result<OutletRef, DeviceError> {
-        let bad = || DeviceError::NoSuchPort { port: port.to_string() };
+        let bad = || DeviceError::NoSuchPort {
+            port: port.to_string(),
+        };
         if let Some((n, name)) = port.split_once('=') {
             let n = n.trim().parse::<u32>().map_err(|_| bad())?;
             if name.is_empty() {
@@ -96,7 +98,11 @@ impl PduDevice {
     fn device_error(&self, e: SnmpError) -> DeviceError {
         let address = self.address();
         match e {
-            SnmpError::Timeout { what, tries, timeout_ms } => {
+            SnmpError::Timeout {
+                what,
+                tries,
+                timeout_ms,
+            } => {
                 let hint = match &self.cfg.client.security {
                     // RFC 3584 §4: an agent silently drops a request with an unknown community.
                     Security::Community { .. } => "; an SNMP agent ignores a wrong community silently, so also check the community and SNMP version",
@@ -149,7 +155,12 @@ impl PduDevice {
     }
 
     /// GETs `oids` and returns their values in order; an error status is a refusal.
-    async fn get(&self, st: &mut State, oids: Vec<Oid>, what: &str) -> Result<Vec<Value>, DeviceError> {
+    async fn get(
+        &self,
+        st: &mut State,
+        oids: Vec<Oid>,
+        what: &str,
+    ) -> Result<Vec<Value>, DeviceError> {
         let asked = oids.clone();
         let pdu = self
             .with_client(st, move |c| Box::pin(async move { c.get(&oids).await }))
@@ -161,7 +172,11 @@ impl PduDevice {
             return Err(DeviceError::Refused {
                 address: self.address(),
                 command: what.to_string(),
-                detail: format!("error status {} ({})", pdu.error_status, error_status::name(pdu.error_status)),
+                detail: format!(
+                    "error status {} ({})",
+                    pdu.error_status,
+                    error_status::name(pdu.error_status)
+                ),
             });
         }
         if pdu.varbinds.len() != asked.len()
@@ -198,7 +213,9 @@ impl PduDevice {
         while out.len() < MAX_OUTLETS {
             let from = at.clone();
             let pdu = self
-                .with_client(st, move |c| Box::pin(async move { c.get_next(&from).await }))
+                .with_client(st, move |c| {
+                    Box::pin(async move { c.get_next(&from).await })
+                })
                 .await?;
             // v1 signals the end of the MIB with noSuchName.
             if pdu.error_status == error_status::NO_SUCH_NAME {
@@ -236,13 +253,21 @@ impl PduDevice {
     }
 
     /// The outlet number for `r`, and the name it must carry (checked by the caller).
-    async fn resolve(&self, st: &mut State, r: &OutletRef) -> Result<(u32, Option<String>), DeviceError> {
+    async fn resolve(
+        &self,
+        st: &mut State,
+        r: &OutletRef,
+    ) -> Result<(u32, Option<String>), DeviceError> {
         match r {
             OutletRef::Number(n) => Ok((*n, None)),
             OutletRef::Checked(n, name) => Ok((*n, Some(name.clone()))),
             OutletRef::Name(name) => {
                 let table = self.walk_names(st).await?;
-                let hits: Vec<u32> = table.iter().filter(|(_, nm)| nm == name).map(|(n, _)| *n).collect();
+                let hits: Vec<u32> = table
+                    .iter()
+                    .filter(|(_, nm)| nm == name)
+                    .map(|(n, _)| *n)
+                    .collect();
                 let n = match hits.as_slice() {
                     [] => return Err(DeviceError::NoSuchPort { port: name.clone() }),
                     [n] => *n,
@@ -286,7 +311,8 @@ impl PduDevice {
 
     fn port<'a>(&self, port: Option<&'a str>) -> Result<&'a str, DeviceError> {
         port.ok_or_else(|| DeviceError::NoSuchPort {
-            port: "(none: a PDU level entry needs DEVICE:OUTLET, e.g. pdu-a:3 or pdu-a:db1-psu1)".into(),
+            port: "(none: a PDU level entry needs DEVICE:OUTLET, e.g. pdu-a:3 or pdu-a:db1-psu1)"
+                .into(),
         })
     }
 
@@ -316,12 +342,18 @@ impl PowerDevice for PduDevice {
         let m = self.cfg.model;
         match name {
             None => {
-                let v = self.get(&mut st, vec![m.state_oid(n)], "read outlet state").await?;
+                let v = self
+                    .get(&mut st, vec![m.state_oid(n)], "read outlet state")
+                    .await?;
                 self.state_of(n, v.first().unwrap_or(&Value::Null))
             }
             Some(want) => {
                 let v = self
-                    .get(&mut st, vec![m.name_oid(n), m.state_oid(n)], "read outlet name and state")
+                    .get(
+                        &mut st,
+                        vec![m.name_oid(n), m.state_oid(n)],
+                        "read outlet name and state",
+                    )
                     .await?;
                 self.check_name(n, &want, v.first().unwrap_or(&Value::Null))?;
                 self.state_of(n, v.get(1).unwrap_or(&Value::Null))
@@ -335,7 +367,9 @@ impl PowerDevice for PduDevice {
         let (n, name) = self.resolve(&mut st, &r).await?;
         let m = self.cfg.model;
         if let Some(want) = name {
-            let v = self.get(&mut st, vec![m.name_oid(n)], "read outlet name").await?;
+            let v = self
+                .get(&mut st, vec![m.name_oid(n)], "read outlet name")
+                .await?;
             self.check_name(n, &want, v.first().unwrap_or(&Value::Null))?;
         }
         let value = match command {
@@ -345,7 +379,9 @@ impl PowerDevice for PduDevice {
         let oid = m.control_oid(n);
         let o2 = oid.clone();
         let pdu = self
-            .with_client(&mut st, move |c| Box::pin(async move { c.set(&o2, Value::Integer(value)).await }))
+            .with_client(&mut st, move |c| {
+                Box::pin(async move { c.set(&o2, Value::Integer(value)).await })
+            })
             .await?;
         let what = format!("set outlet {n} {command}");
         if pdu.error_status != 0 {
@@ -370,7 +406,9 @@ impl PowerDevice for PduDevice {
             other => Err(DeviceError::Refused {
                 address: self.address(),
                 command: what,
-                detail: format!("the PDU answered the set with {other:?} instead of {oid} = {value}"),
+                detail: format!(
+                    "the PDU answered the set with {other:?} instead of {oid} = {value}"
+                ),
             }),
         }
     }
@@ -419,7 +457,8 @@ impl PowerDevice for PduDevice {
             None => {
                 return Err(DeviceError::Protocol {
                     address: self.address(),
-                    detail: "the PDU reports neither a serial number nor a sysName to identify it".into(),
+                    detail: "the PDU reports neither a serial number nor a sysName to identify it"
+                        .into(),
                 })
             }
         };
@@ -437,7 +476,10 @@ impl PowerDevice for PduDevice {
 /// The SNMP version a [`Security`] speaks, for display.
 pub fn version_of(s: &Security) -> &'static str {
     match s {
-        Security::Community { version: Version::V1, .. } => "1",
+        Security::Community {
+            version: Version::V1,
+            ..
+        } => "1",
         Security::Community { .. } => "2c",
         Security::Usm(_) => "3",
     }

@@ -109,9 +109,7 @@ impl Value {
             Value::IpAddress(a) => ber::put(out, tag::IP_ADDRESS, a),
             Value::Counter32(x) => ber::put(out, tag::COUNTER32, &ber::unsigned_bytes((*x).into())),
             Value::Gauge32(x) => ber::put(out, tag::GAUGE32, &ber::unsigned_bytes((*x).into())),
-            Value::TimeTicks(x) => {
-                ber::put(out, tag::TIMETICKS, &ber::unsigned_bytes((*x).into()))
-            }
+            Value::TimeTicks(x) => ber::put(out, tag::TIMETICKS, &ber::unsigned_bytes((*x).into())),
             Value::Opaque(s) => ber::put(out, tag::OPAQUE, s),
             Value::Counter64(x) => ber::put(out, tag::COUNTER64, &ber::unsigned_bytes(*x)),
             Value::NoSuchObject => ber::put(out, tag::NO_SUCH_OBJECT, &[]),
@@ -283,9 +281,8 @@ impl Pdu {
         })?;
         let mut p = Reader::new(v);
         let request_id = p.integer("request-id")?;
-        let request_id = i32::try_from(request_id).map_err(|_| BerError::Range {
-            what: "request-id",
-        })?;
+        let request_id =
+            i32::try_from(request_id).map_err(|_| BerError::Range { what: "request-id" })?;
         let error_status = p.integer("error-status")?;
         let error_index = p.integer("error-index")?;
         let mut list = p.nested(tag::SEQUENCE, "varbind list")?;
@@ -483,7 +480,11 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, BerError> {
             let pdu = Pdu::read(&mut m)?;
             m.finish("message")?;
             Ok(Message::Community {
-                version: if version == 0 { Version::V1 } else { Version::V2c },
+                version: if version == 0 {
+                    Version::V1
+                } else {
+                    Version::V2c
+                },
                 community,
                 pdu,
             })
@@ -515,7 +516,8 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, BerError> {
             let engine_boots = u.integer("msgAuthoritativeEngineBoots")?;
             let engine_time = u.integer("msgAuthoritativeEngineTime")?;
             let user = u.octets("msgUserName")?.to_vec();
-            let (auth, auth_offset) = u.expect_at(tag::OCTET_STRING, "msgAuthenticationParameters")?;
+            let (auth, auth_offset) =
+                u.expect_at(tag::OCTET_STRING, "msgAuthenticationParameters")?;
             let priv_params = u.octets("msgPrivacyParameters")?.to_vec();
             u.finish("UsmSecurityParameters")?;
             let data = match m.peek_tag() {
@@ -584,7 +586,14 @@ mod tests {
             0x00,
         ];
         let m = decode_message(&wire).unwrap();
-        let Message::Community { version, community, pdu } = m else { panic!() };
+        let Message::Community {
+            version,
+            community,
+            pdu,
+        } = m
+        else {
+            panic!()
+        };
         assert_eq!(version, Version::V2c);
         assert_eq!(community, b"public");
         assert_eq!(pdu.kind, PduType::Get);
@@ -615,7 +624,11 @@ mod tests {
         };
         let (mut bytes, at) = encode_v3(&msg);
         bytes[at..at + 12].copy_from_slice(&[0xab; 12]);
-        let Message::V3 { msg: back, auth_offset } = decode_message(&bytes).unwrap() else {
+        let Message::V3 {
+            msg: back,
+            auth_offset,
+        } = decode_message(&bytes).unwrap()
+        else {
             panic!()
         };
         assert_eq!(auth_offset, at);
@@ -626,7 +639,9 @@ mod tests {
             ..msg
         };
         let (bytes, _) = encode_v3(&enc);
-        let Message::V3 { msg: back, .. } = decode_message(&bytes).unwrap() else { panic!() };
+        let Message::V3 { msg: back, .. } = decode_message(&bytes).unwrap() else {
+            panic!()
+        };
         assert_eq!(back.data, ScopedData::Encrypted(vec![1, 2, 3]));
     }
 
@@ -638,9 +653,15 @@ mod tests {
             error_status: 0,
             error_index: 0,
             varbinds: vec![
-                (oid("1.3.6.1.2.1.1.5.0"), Value::OctetString(b"pdu-a".to_vec())),
+                (
+                    oid("1.3.6.1.2.1.1.5.0"),
+                    Value::OctetString(b"pdu-a".to_vec()),
+                ),
                 (oid("1.3.6.1.2.1.1.3.0"), Value::TimeTicks(12345)),
-                (oid("1.3.6.1.2.1.1.2.0"), Value::Oid(oid("1.3.6.1.4.1.318.1.3.4.5"))),
+                (
+                    oid("1.3.6.1.2.1.1.2.0"),
+                    Value::Oid(oid("1.3.6.1.4.1.318.1.3.4.5")),
+                ),
                 (oid("1.3.6.1.2.1.1.9.0"), Value::NoSuchInstance),
             ],
         };

@@ -395,11 +395,21 @@ fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
     spec.power_delay = Duration::from_millis(args.power_delay_ms);
     spec.power_on = !args.power_off;
     if let Some(name) = &args.v3_user {
-        let auth = match args.auth_password_file.as_deref().map(read_password).transpose() {
+        let auth = match args
+            .auth_password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()
+        {
             Ok(p) => p,
             Err(e) => return fail(1, e),
         };
-        let privacy = match args.priv_password_file.as_deref().map(read_password).transpose() {
+        let privacy = match args
+            .priv_password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()
+        {
             Ok(p) => p,
             Err(e) => return fail(1, e),
         };

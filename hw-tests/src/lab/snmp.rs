@@ -209,13 +209,17 @@ impl PduHandle {
 
     /// Outlet names, outlet 1 first.
     pub fn outlet_names(&self) -> Vec<String> {
-        lock(&self.shared.outlets).iter().map(|o| o.name.clone()).collect()
+        lock(&self.shared.outlets)
+            .iter()
+            .map(|o| o.name.clone())
+            .collect()
     }
 
     /// Sets one fault knob for the whole PDU.
     pub fn set_fault(&self, fault: Fault) {
         lock(&self.shared.faults).apply(fault);
-        self.shared.record(EventKind::FaultSet(format!("{fault:?}")));
+        self.shared
+            .record(EventKind::FaultSet(format!("{fault:?}")));
     }
 
     /// The current knobs.
@@ -248,13 +252,21 @@ impl PduLab {
             return Err(LabError::Spec("a PDU has 1 to 512 outlets".into()));
         }
         if spec.community.is_none() && spec.user.is_none() {
-            return Err(LabError::Spec("serve a community, a v3 user, or both".into()));
+            return Err(LabError::Spec(
+                "serve a community, a v3 user, or both".into(),
+            ));
         }
         if let Some(u) = &spec.user {
             if u.privacy.is_some() && u.auth.is_none() {
-                return Err(LabError::Spec("a v3 privacy password needs an auth password".into()));
+                return Err(LabError::Spec(
+                    "a v3 privacy password needs an auth password".into(),
+                ));
             }
-            if [&u.auth, &u.privacy].into_iter().flatten().any(|p| p.expose().len() < 8) {
+            if [&u.auth, &u.privacy]
+                .into_iter()
+                .flatten()
+                .any(|p| p.expose().len() < 8)
+            {
                 return Err(LabError::Spec("v3 passwords need at least 8 characters (RFC 3414 §11.2); net-snmp refuses shorter ones".into()));
             }
         }
@@ -281,7 +293,11 @@ impl PduLab {
             engine_id.extend_from_slice(format!("palisade-{name}").as_bytes());
             let outlets = (1..=spec.outlets)
                 .map(|k| OutletSim {
-                    name: spec.names.get(k - 1).cloned().unwrap_or_else(|| format!("outlet{k}")),
+                    name: spec
+                        .names
+                        .get(k - 1)
+                        .cloned()
+                        .unwrap_or_else(|| format!("outlet{k}")),
                     node: Node::new(spec.power_on, spec.power_delay),
                     stuck: false,
                 })
@@ -340,8 +356,12 @@ impl Agent {
     fn new(shared: Arc<Shared>, spec: &PduLabSpec, i: u64) -> Self {
         let (auth_key, priv_key) = match &spec.user {
             Some(u) => (
-                u.auth.as_ref().map(|p| localize(u.auth_protocol, p.expose(), &shared.engine_id)),
-                u.privacy.as_ref().map(|p| localize(u.auth_protocol, p.expose(), &shared.engine_id)),
+                u.auth
+                    .as_ref()
+                    .map(|p| localize(u.auth_protocol, p.expose(), &shared.engine_id)),
+                u.privacy
+                    .as_ref()
+                    .map(|p| localize(u.auth_protocol, p.expose(), &shared.engine_id)),
             ),
             None => (None, None),
         };
@@ -366,31 +386,54 @@ impl Agent {
         let mut mib = BTreeMap::new();
         let now = Instant::now();
         let descr = format!("Palisade lab PDU {} ({})", self.shared.name, m.description);
-        mib.insert(model::oid(model::SYS_DESCR), Value::OctetString(descr.into_bytes()));
+        mib.insert(
+            model::oid(model::SYS_DESCR),
+            Value::OctetString(descr.into_bytes()),
+        );
         let object_id = m.sys_object_id.unwrap_or("1.3.6.1.4.1.318.1.3.4.5");
-        mib.insert(model::oid(model::SYS_OBJECT_ID), Value::Oid(model::oid(object_id)));
-        let ticks = u32::try_from(self.shared.started.elapsed().as_millis() / 10).unwrap_or(u32::MAX);
+        mib.insert(
+            model::oid(model::SYS_OBJECT_ID),
+            Value::Oid(model::oid(object_id)),
+        );
+        let ticks =
+            u32::try_from(self.shared.started.elapsed().as_millis() / 10).unwrap_or(u32::MAX);
         mib.insert(model::oid("1.3.6.1.2.1.1.3.0"), Value::TimeTicks(ticks));
-        mib.insert(model::oid(model::SYS_NAME), Value::OctetString(self.shared.name.clone().into_bytes()));
+        mib.insert(
+            model::oid(model::SYS_NAME),
+            Value::OctetString(self.shared.name.clone().into_bytes()),
+        );
         if let Some(s) = m.serial {
-            mib.insert(model::oid(s), Value::OctetString(self.shared.serial.clone().into_bytes()));
+            mib.insert(
+                model::oid(s),
+                Value::OctetString(self.shared.serial.clone().into_bytes()),
+            );
         }
         for (oid, n) in lock(&self.shared.counters).iter() {
             if let Ok(o) = oid.parse::<Oid>() {
                 mib.insert(o, Value::Counter32(*n));
             }
         }
-        mib.entry(model::oid(SNMP_IN_BAD_COMMUNITY_NAMES)).or_insert(Value::Counter32(0));
+        mib.entry(model::oid(SNMP_IN_BAD_COMMUNITY_NAMES))
+            .or_insert(Value::Counter32(0));
         let mut outlets = lock(&self.shared.outlets);
         for (k, o) in outlets.iter_mut().enumerate() {
             let n = u32::try_from(k + 1).unwrap_or(u32::MAX);
             o.node.settle(now);
             let on = o.node.is_on();
-            mib.insert(m.name_oid(n), Value::OctetString(o.name.clone().into_bytes()));
-            mib.insert(m.state_oid(n), Value::Integer(if on { m.state_on } else { m.state_off }));
+            mib.insert(
+                m.name_oid(n),
+                Value::OctetString(o.name.clone().into_bytes()),
+            );
+            mib.insert(
+                m.state_oid(n),
+                Value::Integer(if on { m.state_on } else { m.state_off }),
+            );
             // A control column reads back the command matching the present state.
-            mib.entry(m.control_oid(n))
-                .or_insert(Value::Integer(if on { m.command_on } else { m.command_off }));
+            mib.entry(m.control_oid(n)).or_insert(Value::Integer(if on {
+                m.command_on
+            } else {
+                m.command_off
+            }));
         }
         mib
     }
@@ -418,15 +461,31 @@ impl Agent {
                         Some(v) => reply.varbinds.push((oid.clone(), v.clone())),
                         None if v1 => return fail(reply, error_status::NO_SUCH_NAME, i),
                         None => {
-                            let exists = mib.keys().any(|k| k.starts_with(oid) || oid.0.len() > 1 && k.0.starts_with(&oid.0[..oid.0.len() - 1]));
-                            reply.varbinds.push((oid.clone(), if exists { Value::NoSuchInstance } else { Value::NoSuchObject }));
+                            let exists = mib.keys().any(|k| {
+                                k.starts_with(oid)
+                                    || oid.0.len() > 1 && k.0.starts_with(&oid.0[..oid.0.len() - 1])
+                            });
+                            reply.varbinds.push((
+                                oid.clone(),
+                                if exists {
+                                    Value::NoSuchInstance
+                                } else {
+                                    Value::NoSuchObject
+                                },
+                            ));
                         }
                     }
                 }
             }
             PduType::GetNext => {
                 for (i, (oid, _)) in pdu.varbinds.iter().enumerate() {
-                    match mib.range((std::ops::Bound::Excluded(oid.clone()), std::ops::Bound::Unbounded)).next() {
+                    match mib
+                        .range((
+                            std::ops::Bound::Excluded(oid.clone()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .next()
+                    {
                         Some((k, v)) => reply.varbinds.push((k.clone(), v.clone())),
                         None if v1 => return fail(reply, error_status::NO_SUCH_NAME, i),
                         None => reply.varbinds.push((oid.clone(), Value::EndOfMibView)),
@@ -434,18 +493,26 @@ impl Agent {
                 }
             }
             PduType::GetBulk if !v1 => {
-                let non_rep = usize::try_from(pdu.error_status.max(0)).unwrap_or(0).min(pdu.varbinds.len());
+                let non_rep = usize::try_from(pdu.error_status.max(0))
+                    .unwrap_or(0)
+                    .min(pdu.varbinds.len());
                 let max_rep = usize::try_from(pdu.error_index.max(0)).unwrap_or(0).min(64);
                 let next = |oid: &Oid| {
-                    mib.range((std::ops::Bound::Excluded(oid.clone()), std::ops::Bound::Unbounded))
-                        .next()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .unwrap_or((oid.clone(), Value::EndOfMibView))
+                    mib.range((
+                        std::ops::Bound::Excluded(oid.clone()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .next()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .unwrap_or((oid.clone(), Value::EndOfMibView))
                 };
                 for (oid, _) in &pdu.varbinds[..non_rep] {
                     reply.varbinds.push(next(oid));
                 }
-                let mut cursors: Vec<Oid> = pdu.varbinds[non_rep..].iter().map(|(o, _)| o.clone()).collect();
+                let mut cursors: Vec<Oid> = pdu.varbinds[non_rep..]
+                    .iter()
+                    .map(|(o, _)| o.clone())
+                    .collect();
                 for _ in 0..max_rep {
                     for c in cursors.iter_mut() {
                         let (k, v) = next(c);
@@ -466,17 +533,35 @@ impl Agent {
                     let outlet = (1..=count).find(|n| m.control_oid(*n as u32) == *oid);
                     let named = (1..=count).find(|n| m.name_oid(*n as u32) == *oid);
                     match (outlet, named, value) {
-                        (Some(n), _, Value::Integer(c)) if *c == m.command_on || *c == m.command_off => {
+                        (Some(n), _, Value::Integer(c))
+                            if *c == m.command_on || *c == m.command_off =>
+                        {
                             actions.push((n, Some(*c == m.command_on), None));
                         }
                         (Some(_), _, _) => {
-                            return fail(reply, if v1 { error_status::BAD_VALUE } else { error_status::WRONG_VALUE }, i)
+                            return fail(
+                                reply,
+                                if v1 {
+                                    error_status::BAD_VALUE
+                                } else {
+                                    error_status::WRONG_VALUE
+                                },
+                                i,
+                            )
                         }
                         (None, Some(n), Value::OctetString(s)) => {
                             actions.push((n, None, Some(String::from_utf8_lossy(s).into_owned())));
                         }
                         _ => {
-                            return fail(reply, if v1 { error_status::NO_SUCH_NAME } else { error_status::NOT_WRITABLE }, i)
+                            return fail(
+                                reply,
+                                if v1 {
+                                    error_status::NO_SUCH_NAME
+                                } else {
+                                    error_status::NOT_WRITABLE
+                                },
+                                i,
+                            )
                         }
                     }
                 }
@@ -484,7 +569,9 @@ impl Agent {
                 let now = Instant::now();
                 let mut outlets = lock(&self.shared.outlets);
                 for (n, power, rename) in actions {
-                    let Some(o) = outlets.get_mut(n - 1) else { continue };
+                    let Some(o) = outlets.get_mut(n - 1) else {
+                        continue;
+                    };
                     if let Some(name) = rename {
                         o.name = name;
                     }
@@ -493,10 +580,18 @@ impl Agent {
                             self.shared.record(EventKind::FaultApplied("stuck"));
                         }
                         Some(true) if faults.power_on_fails => {
-                            self.shared.record(EventKind::FaultApplied("power-on-fails"));
+                            self.shared
+                                .record(EventKind::FaultApplied("power-on-fails"));
                         }
                         Some(on) => {
-                            let _ = o.node.request(if on { PowerAction::Up } else { PowerAction::Down }, now);
+                            let _ = o.node.request(
+                                if on {
+                                    PowerAction::Up
+                                } else {
+                                    PowerAction::Down
+                                },
+                                now,
+                            );
                         }
                         None => {}
                     }
@@ -519,8 +614,15 @@ impl Agent {
             }
         };
         match msg {
-            Message::Community { version, community, pdu } => {
-                let ok = self.community.as_ref().is_some_and(|c| c.expose() == community.as_slice());
+            Message::Community {
+                version,
+                community,
+                pdu,
+            } => {
+                let ok = self
+                    .community
+                    .as_ref()
+                    .is_some_and(|c| c.expose() == community.as_slice());
                 if !ok {
                     self.shared.count(SNMP_IN_BAD_COMMUNITY_NAMES);
                     self.shared.record(EventKind::Discarded("bad community"));
@@ -554,7 +656,13 @@ impl Agent {
     fn report(&self, req: &V3Message, counter: u32, authenticated: bool) -> Option<Vec<u8>> {
         let oid = usm_stats::oid(counter);
         self.shared.count(&oid.to_string());
-        self.shared.record(EventKind::SetupRefused { stage: usm_stats::name(counter).split(' ').next().unwrap_or("usmStats"), status: counter as u8 });
+        self.shared.record(EventKind::SetupRefused {
+            stage: usm_stats::name(counter)
+                .split(' ')
+                .next()
+                .unwrap_or("usmStats"),
+            status: counter as u8,
+        });
         if req.flags & flags::REPORTABLE == 0 {
             return None;
         }
@@ -569,8 +677,12 @@ impl Agent {
             error_index: 0,
             varbinds: vec![(oid, Value::Counter32(value))],
         };
-        let auth = if authenticated { self.auth_key.as_ref() } else { None };
-        let user = if authenticated { req.usm.user.clone() } else { req.usm.user.clone() };
+        let auth = if authenticated {
+            self.auth_key.as_ref()
+        } else {
+            None
+        };
+        let user = req.usm.user.clone();
         let msg = V3Message {
             msg_id: req.msg_id,
             max_size: 65507,
@@ -580,7 +692,11 @@ impl Agent {
                 engine_boots: 1,
                 engine_time: self.engine_time(),
                 user,
-                auth_params: if auth.is_some() { vec![0; self.auth_protocol().mac_len()] } else { Vec::new() },
+                auth_params: if auth.is_some() {
+                    vec![0; self.auth_protocol().mac_len()]
+                } else {
+                    Vec::new()
+                },
                 priv_params: Vec::new(),
             },
             data: ScopedData::Plain(ScopedPdu {
@@ -597,11 +713,17 @@ impl Agent {
     }
 
     fn auth_protocol(&self) -> AuthProtocol {
-        self.user.as_ref().map(|u| u.auth_protocol).unwrap_or(AuthProtocol::Sha1)
+        self.user
+            .as_ref()
+            .map(|u| u.auth_protocol)
+            .unwrap_or(AuthProtocol::Sha1)
     }
 
     fn counter_value(&self, oid: &Oid) -> u32 {
-        lock(&self.shared.counters).get(&oid.to_string()).copied().unwrap_or(0)
+        lock(&self.shared.counters)
+            .get(&oid.to_string())
+            .copied()
+            .unwrap_or(0)
     }
 
     fn handle_v3(&mut self, bytes: &[u8], req: V3Message, auth_offset: usize) -> Option<Vec<u8>> {
@@ -628,14 +750,19 @@ impl Agent {
             if refuse || !k.verify(self.auth_protocol(), bytes, auth_offset) {
                 return self.report(&req, usm_stats::WRONG_DIGESTS, false);
             }
-            if req.usm.engine_boots != 1 || (req.usm.engine_time - self.engine_time()).abs() > TIME_WINDOW {
+            if req.usm.engine_boots != 1
+                || (req.usm.engine_time - self.engine_time()).abs() > TIME_WINDOW
+            {
                 return self.report(&req, usm_stats::NOT_IN_TIME_WINDOWS, true);
             }
         }
         let scoped = match &req.data {
             ScopedData::Plain(s) => s.clone(),
             ScopedData::Encrypted(c) => {
-                let (Some(pk), Ok(salt)) = (&self.priv_key, <[u8; 8]>::try_from(req.usm.priv_params.as_slice())) else {
+                let (Some(pk), Ok(salt)) = (
+                    &self.priv_key,
+                    <[u8; 8]>::try_from(req.usm.priv_params.as_slice()),
+                ) else {
                     return self.report(&req, usm_stats::DECRYPTION_ERRORS, false);
                 };
                 let boots = u32::try_from(req.usm.engine_boots).unwrap_or(0);
@@ -660,7 +787,13 @@ impl Agent {
         let (data, priv_params) = match &self.priv_key {
             Some(pk) => {
                 let salt: [u8; 8] = self.rng.gen();
-                let c = pk.aes_cfb(1, u32::try_from(time).unwrap_or(0), &salt, &reply_scoped.encode(), true);
+                let c = pk.aes_cfb(
+                    1,
+                    u32::try_from(time).unwrap_or(0),
+                    &salt,
+                    &reply_scoped.encode(),
+                    true,
+                );
                 (ScopedData::Encrypted(c), salt.to_vec())
             }
             None => (ScopedData::Plain(reply_scoped), Vec::new()),
@@ -674,7 +807,11 @@ impl Agent {
                 engine_boots: 1,
                 engine_time: time,
                 user: req.usm.user.clone(),
-                auth_params: if self.auth_key.is_some() { vec![0; self.auth_protocol().mac_len()] } else { Vec::new() },
+                auth_params: if self.auth_key.is_some() {
+                    vec![0; self.auth_protocol().mac_len()]
+                } else {
+                    Vec::new()
+                },
                 priv_params,
             },
             data,
@@ -689,7 +826,9 @@ impl Agent {
     /// Replaces a reply with garbage: random bytes, a truncated copy or one flipped byte.
     fn garble(&mut self, mut reply: Vec<u8>) -> Vec<u8> {
         match self.rng.gen_range(0..3) {
-            0 => (0..self.rng.gen_range(1..64)).map(|_| self.rng.gen()).collect(),
+            0 => (0..self.rng.gen_range(1..64))
+                .map(|_| self.rng.gen())
+                .collect(),
             1 => {
                 let keep = self.rng.gen_range(0..reply.len().max(1));
                 reply.truncate(keep);
@@ -749,11 +888,23 @@ mod tests {
         let pdu = &lab.pdus()[0];
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let req = Pdu::request(PduType::Get, 1, &[model::oid(model::SYS_NAME)]);
-        sock.send_to(&encode_community(Version::V2c, b"public", &req), pdu.addr()).await.unwrap();
-        sock.send_to(&encode_community(Version::V2c, b"private", &req), pdu.addr()).await.unwrap();
+        sock.send_to(&encode_community(Version::V2c, b"public", &req), pdu.addr())
+            .await
+            .unwrap();
+        sock.send_to(
+            &encode_community(Version::V2c, b"private", &req),
+            pdu.addr(),
+        )
+        .await
+        .unwrap();
         let mut buf = [0u8; 1500];
         let n = sock.recv(&mut buf).await.unwrap();
-        let Message::Community { community, pdu: reply, .. } = decode_message(&buf[..n]).unwrap() else {
+        let Message::Community {
+            community,
+            pdu: reply,
+            ..
+        } = decode_message(&buf[..n]).unwrap()
+        else {
             panic!()
         };
         assert_eq!(community, b"private");
