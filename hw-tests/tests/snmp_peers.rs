@@ -18,6 +18,7 @@ use drivers::{DeviceError, PowerCommand, PowerDevice, PowerState, Secret};
 use hw_tests::lab::snmp::{PduLab, PduLabSpec, PduUser, SNMP_IN_BAD_COMMUNITY_NAMES};
 use hw_tests::peers::{Snmpd, SNMPD_AUTH, SNMPD_COMMUNITY, SNMPD_PRIV, SNMPD_SERIAL, SNMPD_USER};
 use std::process::{Command, Output};
+
 use std::time::Duration;
 
 const AUTH: &str = "authpass123";
@@ -410,4 +411,106 @@ async fn net_snmp_snmpd_refuses_wrong_credentials_and_our_driver_says_so() {
     assert!(matches!(e, DeviceError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains("community"), "{e}");
     assert!(peer.outlet_on(1).unwrap());
+}
+
+/// Kills the child on drop (also when the test panics).
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn palisade_lab_snmp_pdu_prints_ready_lines_serves_net_snmp_and_applies_knobs() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    for (f, v) in [("a", AUTH), ("p", PRIV)] {
+        std::fs::write(dir.path().join(f), format!("{v}\n")).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-lab"))
+        .args([
+            "snmp-pdu",
+            "--count",
+            "2",
+            "--base-port",
+            "0",
+            "--outlets",
+            "3",
+            "--model",
+            "apc-rpdu2",
+            "--community",
+            "c1",
+            "--v3-user",
+            "fence",
+            "--auth-password-file",
+        ])
+        .arg(dir.path().join("a"))
+        .arg("--priv-password-file")
+        .arg(dir.path().join("p"))
+        .args(["--fault", "pdu2:stuck"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = Kill(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addrs = Vec::new();
+    for i in 1..=2 {
+        let line = lines.next().unwrap().unwrap();
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 3, "{line}");
+        assert_eq!(
+            (f[0], f[1]),
+            ("snmp-pdu", format!("pdu{i}").as_str()),
+            "{line}"
+        );
+        assert!(f[2].starts_with("127.0.0.1:"), "{line}");
+        addrs.push(f[2].to_string());
+    }
+    // rPDU2: control immediateOff(2); state off(1), on(2).
+    let control = "1.3.6.1.4.1.318.1.1.26.9.2.4.1.5.1";
+    let state = "1.3.6.1.4.1.318.1.1.26.9.2.3.1.5.1";
+    let common = ["-r", "0", "-t", "2", "-On"];
+    for a in &addrs {
+        let o = run(
+            "snmpset",
+            &[&v3_args(AUTH)[..], &common, &[a, control, "i", "2"]].concat(),
+        );
+        assert!(o.status.success(), "{}", out(&o));
+    }
+    let o = run(
+        "snmpget",
+        &[&["-v2c", "-c", "c1"][..], &common, &[&addrs[0], state]].concat(),
+    );
+    assert!(
+        out(&o).contains("INTEGER: 1"),
+        "pdu1 switched off: {}",
+        out(&o)
+    );
+    let o = run(
+        "snmpget",
+        &[&["-v2c", "-c", "c1"][..], &common, &[&addrs[1], state]].concat(),
+    );
+    assert!(
+        out(&o).contains("INTEGER: 2"),
+        "pdu2 is stuck on: {}",
+        out(&o)
+    );
+    let mut child = guard;
+    // SIGTERM stops it cleanly.
+    sigterm(child.0.id());
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Sends SIGTERM with the `kill` command.
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
 }
