@@ -1602,4 +1602,49 @@ tls_fingerprint = "AB:CD"
         assert_eq!(c.api.role_for_peer(1001, 50), Some(Role::Read));
         assert_eq!(c.api.role_for_peer(1001, 1001), None);
     }
+
+    #[test]
+    fn snmp_pdu_devices_parse_and_bad_ones_explain() {
+        let text = |dev: &str| {
+            format!("[devices.pdu]\nkind = \"snmp-pdu\"\naddress = \"127.0.0.1:1610\"\n{dev}\n[targets.n1]\nlevels = [[\"pdu:db1-psu1\", \"pdu:3=db1-psu2\"]]\n")
+        };
+        let c = parse(&text("model = \"apc-rpdu\"\ncommunity_env = \"PW\"")).unwrap();
+        let DeviceKind::SnmpPdu(s) = &c.devices["pdu"].kind else {
+            panic!()
+        };
+        assert!(
+            matches!(&s.security, drivers::pdu::Security::Community { version: drivers::pdu::Version::V2c, community } if community.expose() == b"secret-pw")
+        );
+        assert_eq!(s.model.name, "apc-rpdu");
+        assert_eq!(
+            c.targets["n1"].levels[0][1].port.as_deref(),
+            Some("3=db1-psu2")
+        );
+        assert_eq!(
+            c.devices["pdu"].address(),
+            "127.0.0.1:1610 snmp v2c apc-rpdu"
+        );
+        let c = parse(&text("model = \"apc-rpdu2\"\nusername = \"fence\"\nauth_password_env = \"PW\"\npriv_password_env = \"PW\"")).unwrap();
+        let DeviceKind::SnmpPdu(s) = &c.devices["pdu"].kind else {
+            panic!()
+        };
+        assert!(
+            matches!(&s.security, drivers::pdu::Security::Usm(u) if u.auth.is_some() && u.privacy.is_some())
+        );
+        for (dev, want) in [
+            ("community_env = \"PW\"", "needs `model`"),
+            ("model = \"nope\"\ncommunity_env = \"PW\"", "apc-masterswitch"),
+            ("model = \"apc-rpdu\"", "community_file"),
+            ("model = \"apc-rpdu\"\ncommunity = \"public\"", "unknown field"),
+            ("model = \"apc-rpdu\"\nversion = \"3\"\nauth_password_env = \"PW\"", "username"),
+            ("model = \"apc-rpdu\"\nversion = \"2c\"\nusername = \"u\"\ncommunity_env = \"PW\"", "not a user"),
+            ("model = \"apc-rpdu\"\nusername = \"u\"\npriv_password_env = \"PW\"", "needs an auth_password"),
+            ("model = \"apc-rpdu\"\nusername = \"u\"\nauth_password_env = \"PW\"\nauth_protocol = \"md5\"", "MD5"),
+            ("model = \"apc-rpdu\"\nversion = \"4\"\ncommunity_env = \"PW\"", "expected version"),
+        ] {
+            let e = parse(&text(dev)).unwrap_err();
+            assert!(e.to_string().contains(want), "{dev}: {e}");
+            assert!(e.line.is_some(), "{dev}: {e}");
+        }
+    }
 }
