@@ -123,6 +123,9 @@ struct Shared {
     serial: String,
     engine_id: Vec<u8>,
     started: Instant,
+    /// snmpEngineBoots and the instant snmpEngineTime counts from (RFC 3414 §2.2): an agent
+    /// restart increments the one and resets the other.
+    engine_clock: Mutex<(i64, Instant)>,
     outlets: Mutex<Vec<OutletSim>>,
     faults: Mutex<Faults>,
     events: Mutex<EventLog>,
@@ -205,6 +208,13 @@ impl PduHandle {
         }
         self.shared
             .record(EventKind::FaultSet(format!("outlet {n} stuck={stuck}")));
+    }
+
+    /// Simulates an agent restart for SNMPv3: snmpEngineBoots goes up by one and
+    /// snmpEngineTime starts again from 0, so managers must resynchronise (RFC 3414 §2.2.2).
+    pub fn restart_engine(&self) {
+        let mut c = lock(&self.shared.engine_clock);
+        *c = (c.0 + 1, Instant::now());
     }
 
     /// Outlet names, outlet 1 first.
@@ -308,6 +318,7 @@ impl PduLab {
                 serial: format!("5A1E{i:06}"),
                 engine_id,
                 started: Instant::now(),
+                engine_clock: Mutex::new((1, Instant::now())),
                 outlets: Mutex::new(outlets),
                 faults: Mutex::new(spec.faults),
                 events: Mutex::new(EventLog::default()),
@@ -376,8 +387,12 @@ impl Agent {
         }
     }
 
+    fn engine_boots(&self) -> i64 {
+        lock(&self.shared.engine_clock).0
+    }
+
     fn engine_time(&self) -> i64 {
-        i64::try_from(self.shared.started.elapsed().as_secs()).unwrap_or(0)
+        i64::try_from(lock(&self.shared.engine_clock).1.elapsed().as_secs()).unwrap_or(0)
     }
 
     /// The MIB as it is now: every object and its value, in OID order.
@@ -689,7 +704,7 @@ impl Agent {
             flags: if auth.is_some() { flags::AUTH } else { 0 },
             usm: UsmParams {
                 engine_id: self.shared.engine_id.clone(),
-                engine_boots: 1,
+                engine_boots: self.engine_boots(),
                 engine_time: self.engine_time(),
                 user,
                 auth_params: if auth.is_some() {
@@ -750,7 +765,7 @@ impl Agent {
             if refuse || !k.verify(self.auth_protocol(), bytes, auth_offset) {
                 return self.report(&req, usm_stats::WRONG_DIGESTS, false);
             }
-            if req.usm.engine_boots != 1
+            if req.usm.engine_boots != self.engine_boots()
                 || (req.usm.engine_time - self.engine_time()).abs() > TIME_WINDOW
             {
                 return self.report(&req, usm_stats::NOT_IN_TIME_WINDOWS, true);
@@ -788,7 +803,7 @@ impl Agent {
             Some(pk) => {
                 let salt: [u8; 8] = self.rng.gen();
                 let c = pk.aes_cfb(
-                    1,
+                    u32::try_from(self.engine_boots()).unwrap_or(0),
                     u32::try_from(time).unwrap_or(0),
                     &salt,
                     &reply_scoped.encode(),
@@ -804,7 +819,7 @@ impl Agent {
             flags: req.flags & (flags::AUTH | flags::PRIV),
             usm: UsmParams {
                 engine_id: self.shared.engine_id.clone(),
-                engine_boots: 1,
+                engine_boots: self.engine_boots(),
                 engine_time: time,
                 user: req.usm.user.clone(),
                 auth_params: if self.auth_key.is_some() {
