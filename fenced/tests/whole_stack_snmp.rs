@@ -267,6 +267,18 @@ fn a_set_answered_with_an_error_is_not_fenced() {
 }
 
 #[test]
+fn a_set_answered_with_another_value_is_not_fenced() {
+    let b = bench(true, 0);
+    b.b().set_answers_other_value(true);
+    let s = b.not_fenced("db1");
+    assert!(
+        s.contains("pdu-b:db1-psu2") && s.contains("instead of"),
+        "{s}"
+    );
+    assert_eq!(b.b().outlet_on(1), Some(true));
+}
+
+#[test]
 fn wrong_community_is_not_fenced_and_the_agent_counts_it() {
     let b = bench(false, 0);
     let s = b.not_fenced("db1-bad");

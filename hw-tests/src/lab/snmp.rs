@@ -126,6 +126,8 @@ struct Shared {
     /// snmpEngineBoots and the instant snmpEngineTime counts from (RFC 3414 §2.2): an agent
     /// restart increments the one and resets the other.
     engine_clock: Mutex<(i64, Instant)>,
+    /// Sets are answered with another value than was set, and not applied.
+    set_answers_other: std::sync::atomic::AtomicBool,
     outlets: Mutex<Vec<OutletSim>>,
     faults: Mutex<Faults>,
     events: Mutex<EventLog>,
@@ -208,6 +210,16 @@ impl PduHandle {
         }
         self.shared
             .record(EventKind::FaultSet(format!("outlet {n} stuck={stuck}")));
+    }
+
+    /// Makes the PDU answer every outlet set with the opposite command value and not apply it
+    /// (an agent whose reply disagrees with the request), or behave again.
+    pub fn set_answers_other_value(&self, on: bool) {
+        self.shared
+            .set_answers_other
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .record(EventKind::FaultSet(format!("set answers other value={on}")));
     }
 
     /// Simulates an agent restart for SNMPv3: snmpEngineBoots goes up by one and
@@ -319,6 +331,7 @@ impl PduLab {
                 engine_id,
                 started: Instant::now(),
                 engine_clock: Mutex::new((1, Instant::now())),
+                set_answers_other: std::sync::atomic::AtomicBool::new(false),
                 outlets: Mutex::new(outlets),
                 faults: Mutex::new(spec.faults),
                 events: Mutex::new(EventLog::default()),
@@ -579,6 +592,27 @@ impl Agent {
                             )
                         }
                     }
+                }
+                if self
+                    .shared
+                    .set_answers_other
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    self.shared
+                        .record(EventKind::FaultApplied("set-answers-other"));
+                    let m = self.model;
+                    reply.varbinds = pdu
+                        .varbinds
+                        .iter()
+                        .map(|(o, v)| match v {
+                            Value::Integer(c) if *c == m.command_off => {
+                                (o.clone(), Value::Integer(m.command_on))
+                            }
+                            Value::Integer(_) => (o.clone(), Value::Integer(m.command_off)),
+                            other => (o.clone(), other.clone()),
+                        })
+                        .collect();
+                    return reply;
                 }
                 let faults = *lock(&self.shared.faults);
                 let now = Instant::now();
