@@ -18,7 +18,10 @@ set -euo pipefail
 #                    run fence_palisade as Pacemaker does (fenced/tests/pacemaker.rs)
 #   libxml2-utils -> xmllint (fence_palisade's metadata against ClusterLabs' metadata.rng)
 #   util-linux    -> unshare, nsenter (each Pacemaker fencer in its own namespaces)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2)
+#   snmp          -> snmpget, snmpset, snmpwalk (net-snmp clients: drive our PDU simulator; fence_apc_snmp uses them)
+#   snmpd         -> snmpd (net-snmp's agent, started per test on a loopback port with its own
+#                    config and a pass_persist script: a PDU our SNMP driver must fence)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd)
 
 missing=()
 for p in "${packages[@]}"; do

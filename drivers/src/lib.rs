@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod ipmi;
+pub mod pdu;
 pub mod power;
 pub mod redfish;
 pub mod sbd;

@@ -149,6 +149,17 @@ struct RawDevice {
     host_check: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<u32>>,
     monitor_interval_s: Option<Spanned<f64>>,
+    // snmp-pdu (issue 9): see `snmp_pdu_settings`.
+    version: Option<Spanned<toml::Value>>,
+    community_file: Option<Spanned<PathBuf>>,
+    community_env: Option<Spanned<String>>,
+    auth_protocol: Option<Spanned<String>>,
+    auth_password_file: Option<Spanned<PathBuf>>,
+    auth_password_env: Option<Spanned<String>>,
+    priv_protocol: Option<Spanned<String>>,
+    priv_password_file: Option<Spanned<PathBuf>>,
+    priv_password_env: Option<Spanned<String>>,
+    model: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +293,8 @@ pub enum DeviceKind {
     Sbd(SbdSettings),
     /// A Redfish service over HTTPS (one ComputerSystem of it).
     Redfish(RedfishSettings),
+    /// A switched PDU over SNMP; level entries name its outlets.
+    SnmpPdu(SnmpPduSettings),
     /// A ClusterLabs fence agent run as a child process.
     Agent(AgentSettings),
 }
@@ -398,6 +411,7 @@ impl DeviceConfig {
             DeviceKind::Sbd(_) => "sbd",
             DeviceKind::Redfish(_) => "redfish",
             DeviceKind::Agent(_) => "agent",
+            DeviceKind::SnmpPdu(_) => "snmp-pdu",
         }
     }
 
@@ -424,6 +438,12 @@ impl DeviceConfig {
                     .unwrap_or_default();
                 format!("{}{addr}", s.program.display())
             }
+            DeviceKind::SnmpPdu(s) => format!(
+                "{} snmp v{} {}",
+                s.address,
+                drivers::pdu::device::version_of(&s.security),
+                s.model.name
+            ),
         }
     }
 }
@@ -702,6 +722,14 @@ impl Config {
                         ),
                     })
                 }
+                "snmp-pdu" => DeviceKind::SnmpPdu(snmp_pdu_settings(
+                    &ctx,
+                    base_dir,
+                    &name,
+                    &dev,
+                    span.clone(),
+                    env,
+                )?),
                 "redfish" => DeviceKind::Redfish(redfish_settings(
                     &ctx,
                     base_dir,
@@ -723,8 +751,8 @@ impl Config {
                         Some(dev.kind.span()),
                         &field("kind"),
                         format!(
-                        "unknown device kind `{other}`; expected one of: agent, ipmi, redfish, sbd"
-                    ),
+                            "unknown device kind `{other}`; expected one of: agent, ipmi, redfish, sbd, snmp-pdu"
+                        ),
                     ))
                 }
             };
@@ -1217,6 +1245,279 @@ fn load_secret(
 }
 
 // ---------------------------------------------------------------------------------------------
+// SNMP PDUs (issue 9). Kept in its own section so other branches' config changes merge cleanly.
+
+/// snmp-pdu device settings.
+#[derive(Debug, Clone)]
+pub struct SnmpPduSettings {
+    /// The agent's UDP address (port 161 if omitted).
+    pub address: SocketAddr,
+    /// Version and credentials (community from a file or environment variable; v3 passwords
+    /// likewise).
+    pub security: drivers::pdu::Security,
+    /// The vendor model.
+    pub model: &'static drivers::pdu::Model,
+    /// Wait per try.
+    pub timeout: Duration,
+    /// Tries after the first.
+    pub retries: u32,
+}
+
+/// Reads one optional secret given as `FIELD_file` or `FIELD_env`.
+#[allow(clippy::too_many_arguments)]
+fn optional_secret(
+    ctx: &Ctx,
+    base_dir: &Path,
+    name: &str,
+    field: &str,
+    file: &Option<Spanned<PathBuf>>,
+    var: &Option<Spanned<String>>,
+    env: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Option<Secret>, ConfigError> {
+    let f = |suffix: &str| format!("devices.{name}.{field}_{suffix}");
+    match (file, var) {
+        (Some(file), None) => {
+            let p = if file.get_ref().is_absolute() {
+                file.get_ref().clone()
+            } else {
+                base_dir.join(file.get_ref())
+            };
+            check_secret_file_mode(&p).map_err(|m| ctx.err(Some(file.span()), &f("file"), m))?;
+            let s = std::fs::read(&p)
+                .map(Secret::from_file_contents)
+                .map_err(|e| {
+                    ctx.err(
+                        Some(file.span()),
+                        &f("file"),
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+            if s.is_empty() {
+                return Err(ctx.err(
+                    Some(file.span()),
+                    &f("file"),
+                    format!("{} is empty", p.display()),
+                ));
+            }
+            Ok(Some(s))
+        }
+        (None, Some(v)) => {
+            tracing::warn!(
+                "{}: the secret stays readable in fenced's /proc/PID/environ; prefer {}",
+                f("env"),
+                f("file")
+            );
+            env(v.get_ref())
+                .map(Secret::from_file_contents)
+                .map(Some)
+                .ok_or_else(|| {
+                    ctx.err(
+                        Some(v.span()),
+                        &f("env"),
+                        format!("environment variable {} is not set", v.get_ref()),
+                    )
+                })
+        }
+        (Some(file), Some(_)) => Err(ctx.err(
+            Some(file.span()),
+            &format!("devices.{name}"),
+            format!("give either {field}_file or {field}_env, not both"),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn snmp_pdu_settings(
+    ctx: &Ctx,
+    base_dir: &Path,
+    name: &str,
+    dev: &RawDevice,
+    span: std::ops::Range<usize>,
+    env: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<SnmpPduSettings, ConfigError> {
+    use drivers::pdu::{AuthProtocol, PrivProtocol, Security, UsmUser, Version};
+    let field = |f: &str| format!("devices.{name}.{f}");
+    let address = dev.address.as_ref().ok_or_else(|| {
+        ctx.err(
+            Some(span.clone()),
+            &field("address"),
+            "an snmp-pdu device needs `address = \"HOST:PORT\"` (port 161 if omitted)".into(),
+        )
+    })?;
+    let addr = parse_addr(address.get_ref(), 161).ok_or_else(|| {
+        ctx.err(
+            Some(address.span()),
+            &field("address"),
+            format!(
+                "expected an IP address with optional port, like 192.0.2.20:161, found `{}`",
+                address.get_ref()
+            ),
+        )
+    })?;
+    let model = match &dev.model {
+        None => {
+            return Err(ctx.err(
+                Some(span.clone()),
+                &field("model"),
+                format!(
+                    "an snmp-pdu device needs `model`, one of: {}",
+                    drivers::pdu::model::names()
+                ),
+            ))
+        }
+        Some(m) => drivers::pdu::model::by_name(m.get_ref()).ok_or_else(|| {
+            ctx.err(
+                Some(m.span()),
+                &field("model"),
+                format!(
+                    "unknown model `{}`; expected one of: {}",
+                    m.get_ref(),
+                    drivers::pdu::model::names()
+                ),
+            )
+        })?,
+    };
+    let version = match &dev.version {
+        None if dev.username.is_some() => "3".to_string(),
+        None => "2c".to_string(),
+        Some(v) => match v.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            other => other.to_string(),
+        },
+    };
+    let version_span = dev
+        .version
+        .as_ref()
+        .map(|v| v.span())
+        .or(Some(span.clone()));
+    let community = optional_secret(
+        ctx,
+        base_dir,
+        name,
+        "community",
+        &dev.community_file,
+        &dev.community_env,
+        env,
+    )?;
+    let security = match version.as_str() {
+        "1" | "2c" => {
+            if dev.username.is_some()
+                || dev.auth_password_file.is_some()
+                || dev.auth_password_env.is_some()
+            {
+                return Err(ctx.err(version_span, &field("version"), format!("SNMP v{version} uses a community, not a user; remove username/auth_password_* or set version = \"3\"")));
+            }
+            let community = community.ok_or_else(|| {
+                ctx.err(Some(span.clone()), &field("community_file"), format!("SNMP v{version} needs community_file = \"PATH\" or community_env = \"VAR\" (a community is a password: never written in the config)"))
+            })?;
+            Security::Community {
+                version: if version == "1" {
+                    Version::V1
+                } else {
+                    Version::V2c
+                },
+                community,
+            }
+        }
+        "3" => {
+            if community.is_some() {
+                return Err(ctx.err(
+                    version_span,
+                    &field("community_file"),
+                    "SNMP v3 uses a user, not a community; remove community_*".into(),
+                ));
+            }
+            let user = dev
+                .username
+                .clone()
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    ctx.err(
+                        Some(span.clone()),
+                        &field("username"),
+                        "SNMP v3 needs `username` (the USM user)".into(),
+                    )
+                })?;
+            let auth = optional_secret(
+                ctx,
+                base_dir,
+                name,
+                "auth_password",
+                &dev.auth_password_file,
+                &dev.auth_password_env,
+                env,
+            )?;
+            let privacy = optional_secret(
+                ctx,
+                base_dir,
+                name,
+                "priv_password",
+                &dev.priv_password_file,
+                &dev.priv_password_env,
+                env,
+            )?;
+            let auth_protocol = match dev.auth_protocol.as_ref().map(|p| (p.get_ref().to_ascii_lowercase(), p.span())) {
+                None => AuthProtocol::Sha1,
+                Some((p, _)) if p == "sha" || p == "sha1" => AuthProtocol::Sha1,
+                Some((p, _)) if p == "sha256" || p == "sha-256" => AuthProtocol::Sha256,
+                Some((p, sp)) => return Err(ctx.err(Some(sp), &field("auth_protocol"), format!("expected \"sha\" or \"sha256\", found `{p}` (MD5 is not supported: it is broken)"))),
+            };
+            if let Some(p) = &dev.priv_protocol {
+                if !matches!(p.get_ref().to_ascii_lowercase().as_str(), "aes" | "aes128") {
+                    return Err(ctx.err(
+                        Some(p.span()),
+                        &field("priv_protocol"),
+                        format!(
+                            "expected \"aes\", found `{}` (DES is not supported: it is broken)",
+                            p.get_ref()
+                        ),
+                    ));
+                }
+            }
+            for s in [&auth, &privacy].into_iter().flatten() {
+                if s.expose().len() < 8 {
+                    return Err(ctx.err(
+                        Some(span.clone()),
+                        &field("auth_password_file"),
+                        "SNMPv3 passwords must be at least 8 characters (RFC 3414 §11.2)".into(),
+                    ));
+                }
+            }
+            if privacy.is_some() && auth.is_none() {
+                return Err(ctx.err(
+                    Some(span.clone()),
+                    &field("auth_password_file"),
+                    "a priv_password needs an auth_password too (authPriv)".into(),
+                ));
+            }
+            if auth.is_none() {
+                tracing::warn!("devices.{name}: SNMPv3 without authentication (noAuthNoPriv): anyone on the network can switch this PDU's outlets");
+            }
+            Security::Usm(UsmUser {
+                name: user,
+                auth: auth.map(|a| (auth_protocol, a)),
+                privacy: privacy.map(|p| (PrivProtocol::Aes128, p)),
+            })
+        }
+        other => {
+            return Err(ctx.err(
+                version_span,
+                &field("version"),
+                format!("expected version \"1\", \"2c\" or \"3\", found `{other}`"),
+            ))
+        }
+    };
+    Ok(SnmpPduSettings {
+        address: addr,
+        security,
+        model,
+        timeout: Duration::from_millis(dev.timeout_ms.unwrap_or(1000).clamp(50, 60_000)),
+        retries: dev.retries.unwrap_or(2).min(10),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Security (issue 5): TLS, tokens, client certificates, connection bounds, secret file modes.
 // Kept in its own section so other branches' config changes merge cleanly.
 
@@ -1652,5 +1953,50 @@ levels = [["apc"]]
         let e = parse(&base.replace("host_check = \"dynamic-list\"", "host_list = [\"node1\"]"))
             .unwrap_err();
         assert!(e.to_string().contains("may not fence `node2`"), "{e}");
+    }
+
+    #[test]
+    fn snmp_pdu_devices_parse_and_bad_ones_explain() {
+        let text = |dev: &str| {
+            format!("[devices.pdu]\nkind = \"snmp-pdu\"\naddress = \"127.0.0.1:1610\"\n{dev}\n[targets.n1]\nlevels = [[\"pdu:db1-psu1\", \"pdu:3=db1-psu2\"]]\n")
+        };
+        let c = parse(&text("model = \"apc-rpdu\"\ncommunity_env = \"PW\"")).unwrap();
+        let DeviceKind::SnmpPdu(s) = &c.devices["pdu"].kind else {
+            panic!()
+        };
+        assert!(
+            matches!(&s.security, drivers::pdu::Security::Community { version: drivers::pdu::Version::V2c, community } if community.expose() == b"secret-pw")
+        );
+        assert_eq!(s.model.name, "apc-rpdu");
+        assert_eq!(
+            c.targets["n1"].levels[0][1].port.as_deref(),
+            Some("3=db1-psu2")
+        );
+        assert_eq!(
+            c.devices["pdu"].address(),
+            "127.0.0.1:1610 snmp v2c apc-rpdu"
+        );
+        let c = parse(&text("model = \"apc-rpdu2\"\nusername = \"fence\"\nauth_password_env = \"PW\"\npriv_password_env = \"PW\"")).unwrap();
+        let DeviceKind::SnmpPdu(s) = &c.devices["pdu"].kind else {
+            panic!()
+        };
+        assert!(
+            matches!(&s.security, drivers::pdu::Security::Usm(u) if u.auth.is_some() && u.privacy.is_some())
+        );
+        for (dev, want) in [
+            ("community_env = \"PW\"", "needs `model`"),
+            ("model = \"nope\"\ncommunity_env = \"PW\"", "apc-masterswitch"),
+            ("model = \"apc-rpdu\"", "community_file"),
+            ("model = \"apc-rpdu\"\ncommunity = \"public\"", "unknown field"),
+            ("model = \"apc-rpdu\"\nversion = \"3\"\nauth_password_env = \"PW\"", "username"),
+            ("model = \"apc-rpdu\"\nversion = \"2c\"\nusername = \"u\"\ncommunity_env = \"PW\"", "not a user"),
+            ("model = \"apc-rpdu\"\nusername = \"u\"\npriv_password_env = \"PW\"", "needs an auth_password"),
+            ("model = \"apc-rpdu\"\nusername = \"u\"\nauth_password_env = \"PW\"\nauth_protocol = \"md5\"", "MD5"),
+            ("model = \"apc-rpdu\"\nversion = \"4\"\ncommunity_env = \"PW\"", "expected version"),
+        ] {
+            let e = parse(&text(dev)).unwrap_err();
+            assert!(e.to_string().contains(want), "{dev}: {e}");
+            assert!(e.line.is_some(), "{dev}: {e}");
+        }
     }
 }

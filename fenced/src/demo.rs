@@ -1,6 +1,7 @@
 //! `fenced demo`: the daemon on an embedded default that needs no hardware — a lab of
 //! simulated IPMI v2.0 BMCs (real RMCP+ endpoints on loopback, started in-process) plus one
 //! node behind a simulated Redfish BMC (HTTPS on loopback, its CA written next to the config),
+//! a simulated switched PDU (SNMP v2c) feeding node1's two power supplies as its second level,
 //! a config written for them, and one node fenced end to end through the API.
 
 use crate::client::{Client, Endpoint};
@@ -9,6 +10,7 @@ use crate::daemon::{wait_for_signal, Daemon};
 use crate::model::{Confirmation, FenceAccepted, Operation, Outcome, Phase, StepResult};
 use drivers::Secret;
 use hw_tests::lab::redfish::{RedfishLab, RedfishLabSpec};
+use hw_tests::lab::snmp::{PduLab, PduLabSpec};
 use hw_tests::lab::{Lab, LabSpec};
 use rand::Rng;
 use std::fmt::Write as _;
@@ -81,10 +83,40 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot start the simulated Redfish BMC: {e}"))?;
 
+    // A switched PDU whose outlets 1 and 2 feed node1's two power supplies: node1's second
+    // level, used when its BMC fails.
+    let community: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    let community_file = dir.join("pdu.community");
+    write_private(&community_file, community.as_bytes())?;
+    let mut pspec = PduLabSpec::new(
+        1,
+        4,
+        drivers::pdu::model::by_name("apc-rpdu").ok_or("no apc-rpdu model")?,
+    );
+    pspec.community = Some(Secret::new(community.into_bytes()));
+    pspec.names = vec!["node1-psu1".into(), "node1-psu2".into()];
+    pspec.power_delay = opts.power_delay;
+    let plab = PduLab::start(pspec)
+        .await
+        .map_err(|e| format!("cannot start the simulated PDU: {e}"))?;
+
     let config_path = dir.join("fenced.toml");
     write_private(
         &config_path,
-        demo_config(dir, &pw_file, &lab, &rlab, opts.nodes).as_bytes(),
+        demo_config(
+            dir,
+            &pw_file,
+            &lab,
+            &rlab,
+            opts.nodes,
+            &plab,
+            &community_file,
+        )
+        .as_bytes(),
     )?;
     // The daemon reads the demo's config exactly as it reads an operator's.
     let config = Arc::new(Config::load(&config_path).map_err(|e| e.to_string())?);
@@ -109,6 +141,14 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
             b.url(),
             b.uuid(1).unwrap_or_default(),
             rlab.ca_path().display()
+        );
+    }
+    for p in plab.pdus() {
+        println!(
+            "  {:<7} PDU {:<21} serial {} (SNMP v2c, outlets 1-2 feed node1's power supplies: node1's second level)",
+            "pdu",
+            p.addr().to_string(),
+            p.serial()
         );
     }
     let daemon = Daemon::start(config).await?;
@@ -137,6 +177,7 @@ async fn run_in(opts: &DemoOptions, dir: &Path) -> Result<(), String> {
     daemon.stop().await?;
     lab.shutdown().await;
     rlab.shutdown().await;
+    plab.shutdown().await;
     Ok(())
 }
 
@@ -163,6 +204,8 @@ fn demo_config(
     lab: &Lab,
     rlab: &RedfishLab,
     ipmi_nodes: usize,
+    plab: &PduLab,
+    community_file: &Path,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -187,11 +230,29 @@ fn demo_config(
             a = b.addr(),
             pw = pw_file,
         );
+        let pdu = plab.pdus().first().filter(|_| b.name() == "node1");
+        let _ = match pdu {
+            Some(p) => writeln!(
+                s,
+                "[targets.{n}]\nlevels = [[\"bmc-{n}\"], [\"pdu:node1-psu1\", \"pdu:node1-psu2\"]]\nidentities = {{ bmc-{n} = \"{g}\", pdu = \"{serial}\" }}\n",
+                n = b.name(),
+                g = b.guid_text(),
+                serial = p.serial().to_ascii_lowercase()
+            ),
+            None => writeln!(
+                s,
+                "[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{g}\" }}\n",
+                n = b.name(),
+                g = b.guid_text()
+            ),
+        };
+    }
+    for p in plab.pdus() {
         let _ = writeln!(
             s,
-            "[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{g}\" }}\n",
-            n = b.name(),
-            g = b.guid_text()
+            "[devices.pdu]\nkind = \"snmp-pdu\"\naddress = \"{a}\"\nmodel = \"apc-rpdu\"\nversion = \"2c\"\ncommunity_file = {c:?}\ntimeout_ms = 500\n",
+            a = p.addr(),
+            c = community_file,
         );
     }
     for b in rlab.bmcs() {

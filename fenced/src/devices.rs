@@ -7,6 +7,7 @@ use crate::engine::DeviceSlot;
 use async_trait::async_trait;
 use drivers::agent::{AgentConfig, AgentDevice};
 use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
+use drivers::pdu::{PduConfig, PduDevice};
 use drivers::redfish::{RedfishConfig, RedfishDevice};
 use drivers::sbd::{DiskConfig, SbdDevice};
 use drivers::{
@@ -46,6 +47,15 @@ fn slot(name: &str, dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, S
         DeviceKind::Redfish(s) => Arc::new(
             RedfishDevice::new(redfish_config(s)).map_err(|e| format!("device `{name}`: {e}"))?,
         ),
+        DeviceKind::SnmpPdu(s) => Arc::new(PduDevice::new(PduConfig {
+            client: drivers::pdu::ClientConfig {
+                addr: s.address,
+                security: s.security.clone(),
+                timeout: s.timeout,
+                retries: s.retries,
+            },
+            model: s.model,
+        })),
         DeviceKind::Agent(s) => Arc::new(AgentDevice::new(agent_config(s))),
     };
     let sel = &dev.selection;

@@ -395,6 +395,20 @@ pub struct DeviceSummary {
     /// password on another program's command line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Outlets of a multi-outlet device (a PDU) with their names, as read at the last check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlets: Vec<OutletSummary>,
+}
+
+/// One outlet of a PDU as its last health check listed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OutletSummary {
+    /// The outlet's number (what `DEVICE:NUMBER` addresses).
+    pub id: String,
+    /// Its name on the device (what `DEVICE:NAME` addresses).
+    pub name: Option<String>,
+    /// Its power state at the check (`on`, `off`, ...).
+    pub state: Option<String>,
 }
 
 /// One device entry of a topology level, as configured.

@@ -4,6 +4,9 @@
 //! this crate): one BMC on a free 127.0.0.1 UDP port, user `u` / password `p` (administrator),
 //! GUID `a1 23 45 67 89 ab cd ef a1 23 45 67 89 ab cd ef` (wire order), power kept in a state
 //! file by `chassis_control.sh`.
+//!
+//! [`Snmpd`] runs net-snmp's `snmpd` with its own configuration on a free loopback port, with
+//! an APC rPDU outlet table served by `peers/snmpd/apc_rpdu_pass_persist.py`.
 
 use drivers::ipmi::message::{Body, GetChannelAuthCapabilities, IpmiRequest, PRIV_ADMINISTRATOR};
 use drivers::ipmi::session::{encode_packet, Packet, SessionHeader, V15Header, AUTH_TYPE_NONE};
@@ -203,6 +206,176 @@ impl IpmiSim {
 }
 
 impl Drop for IpmiSim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where net-snmp's agent is installed (Debian package `snmpd`).
+pub const SNMPD: &str = "/usr/sbin/snmpd";
+/// The community the [`Snmpd`] peer serves (read-write).
+pub const SNMPD_COMMUNITY: &str = "private";
+/// Its v3 user (SHA authentication, AES privacy).
+pub const SNMPD_USER: &str = "fence";
+/// That user's authentication password.
+pub const SNMPD_AUTH: &str = "authpass123";
+/// That user's privacy password.
+pub const SNMPD_PRIV: &str = "privpass123";
+/// The serial number its rPDU table reports.
+pub const SNMPD_SERIAL: &str = "ZA1234567890";
+
+/// net-snmp's `snmpd` on a free loopback port with its own configuration (no system config,
+/// persistent state in a temporary directory), serving an APC rPDU outlet table through
+/// `peers/snmpd/apc_rpdu_pass_persist.py`, whose outlet state lives in a JSON file. Killed
+/// (and reaped) on drop.
+#[derive(Debug)]
+pub struct Snmpd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Snmpd {
+    /// Starts `snmpd` with `outlets` outlets (named, all on) and waits until it answers.
+    pub fn start(outlets: &[&str]) -> io::Result<Snmpd> {
+        let dir = tempfile::tempdir()?;
+        let table: Vec<String> = outlets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("\"{}\": {{\"name\": \"{n}\", \"on\": true}}", i + 1))
+            .collect();
+        fs::write(
+            dir.path().join("state.json"),
+            format!(
+                "{{\"serial\": \"{SNMPD_SERIAL}\", \"outlets\": {{{}}}}}",
+                table.join(", ")
+            ),
+        )?;
+        let mut last_err = io::Error::other("snmpd did not start");
+        let mut peer = Snmpd {
+            child: None,
+            dir,
+            port: 0,
+        };
+        for _ in 0..3 {
+            peer.port = free_udp_port()?;
+            match peer.spawn() {
+                Ok(()) => return Ok(peer),
+                Err(e) => {
+                    last_err = e;
+                    peer.kill();
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let d = self.dir.path();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/snmpd/apc_rpdu_pass_persist.py");
+        let conf = format!(
+            "agentAddress udp:127.0.0.1:{port}\nrwcommunity {SNMPD_COMMUNITY} 127.0.0.1\ncreateUser {SNMPD_USER} SHA \"{SNMPD_AUTH}\" AES \"{SNMPD_PRIV}\"\nrwuser {SNMPD_USER} priv\nsysName snmpd-pdu\npass_persist .1.3.6.1.4.1.318.1.1.12 /usr/bin/python3 {} {}\n",
+            script.display(),
+            d.join("state.json").display(),
+            port = self.port,
+        );
+        fs::write(d.join("snmpd.conf"), conf)?;
+        let log = fs::File::create(d.join("snmpd.log"))?;
+        // -C: no system configuration files; -f: stay in the foreground (our child);
+        // -Lo: log to stdout; persistent state (the localised user keys) in our directory.
+        let child = Command::new(SNMPD)
+            .args(["-f", "-Lo", "-C", "-c"])
+            .arg(d.join("snmpd.conf"))
+            .arg("-p")
+            .arg(d.join("snmpd.pid"))
+            .env("SNMP_PERSISTENT_DIR", d.join("persist"))
+            .env("MIBS", "")
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot run {SNMPD} ({e}); install the Debian package `snmpd`"),
+                )
+            })?;
+        self.child = Some(child);
+        self.wait_until_answering(Duration::from_secs(10))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a v2c GET of sysName.0 until an answer comes back.
+    fn wait_until_answering(&mut self, limit: Duration) -> io::Result<()> {
+        use drivers::pdu::message::{encode_community, Pdu, PduType, Version};
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let oid: drivers::pdu::Oid = "1.3.6.1.2.1.1.5.0".parse().map_err(io::Error::other)?;
+        let msg = encode_community(
+            Version::V2c,
+            SNMPD_COMMUNITY.as_bytes(),
+            &Pdu::request(PduType::Get, 1, &[oid]),
+        );
+        let until = Instant::now() + limit;
+        let mut buf = [0u8; 1500];
+        while Instant::now() < until {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    return Err(io::Error::other(format!(
+                        "snmpd exited with {status}: {}",
+                        self.log()
+                    )));
+                }
+            }
+            sock.send_to(&msg, self.addr())?;
+            if sock.recv(&mut buf).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(io::Error::other(format!(
+            "snmpd did not answer: {}",
+            self.log()
+        )))
+    }
+
+    /// The agent's address.
+    pub fn addr(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, self.port).into()
+    }
+
+    /// Whether outlet `n` is on, from the script's state file.
+    pub fn outlet_on(&self, n: usize) -> io::Result<bool> {
+        let s = fs::read_to_string(self.dir.path().join("state.json"))?;
+        let v: serde_json::Value = serde_json::from_str(&s).map_err(io::Error::other)?;
+        v["outlets"][n.to_string()]["on"]
+            .as_bool()
+            .ok_or_else(|| io::Error::other(format!("no outlet {n} in {s}")))
+    }
+
+    /// Makes the outlets acknowledge sets and not change (a lying PDU), or behave again.
+    pub fn set_stuck(&self, stuck: bool) -> io::Result<()> {
+        let p = self.dir.path().join("state.json");
+        let s = fs::read_to_string(&p)?;
+        let mut v: serde_json::Value = serde_json::from_str(&s).map_err(io::Error::other)?;
+        v["stuck"] = serde_json::Value::Bool(stuck);
+        fs::write(&p, v.to_string())
+    }
+
+    /// What the agent logged.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("snmpd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Snmpd {
     fn drop(&mut self) {
         self.kill();
     }

@@ -683,6 +683,21 @@ impl Ui {
                     println!("WARNING: device {}: {w}", d.name);
                 }
             }
+            for d in devices.iter().filter(|d| !d.outlets.is_empty()) {
+                println!("\n{} outlets:", d.name);
+                let rows: Vec<[String; 3]> = d
+                    .outlets
+                    .iter()
+                    .map(|o| {
+                        [
+                            o.id.clone(),
+                            o.name.clone().unwrap_or_default(),
+                            o.state.clone().unwrap_or_else(|| "?".into()),
+                        ]
+                    })
+                    .collect();
+                table(&["OUTLET", "NAME", "STATE"], &rows);
+            }
         }
         let unhealthy = devices.iter().any(|d| d.health == HealthState::Unhealthy);
         Ok(if check && unhealthy {

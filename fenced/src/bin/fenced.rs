@@ -359,6 +359,23 @@ fn check_config(file: &Path) -> ExitCode {
                     .map_or(String::new(), |(o, _)| format!(" + {o} from a file/env")),
                 s.timeout.as_millis()
             ),
+            DeviceKind::SnmpPdu(s) => format!(
+                "{}, timeout {} ms x {} tries",
+                match &s.security {
+                    drivers::pdu::Security::Community { .. } => "community (secret)".to_string(),
+                    drivers::pdu::Security::Usm(u) => format!(
+                        "v3 user {}, {}",
+                        u.name,
+                        match (&u.auth, &u.privacy) {
+                            (Some(_), Some(_)) => "authPriv",
+                            (Some(_), None) => "authNoPriv",
+                            _ => "noAuthNoPriv",
+                        }
+                    ),
+                },
+                s.timeout.as_millis(),
+                s.retries + 1
+            ),
         };
         println!("  {name}: {} at {} ({extra})", d.kind_name(), d.address());
     }

@@ -62,6 +62,7 @@ struct DeviceStatus {
     identity: Option<DeviceIdentity>,
     error: Option<String>,
     checked_ms: Option<Millis>,
+    outlets: Vec<crate::model::OutletSummary>,
 }
 
 /// One in-flight operation.
@@ -165,6 +166,7 @@ impl Engine {
                         identity: None,
                         error: None,
                         checked_ms: None,
+                        outlets: Vec::new(),
                     },
                 )
             })
@@ -522,6 +524,7 @@ impl Engine {
                     error: ds.and_then(|d| d.error.clone()),
                     checked_ms: ds.and_then(|d| d.checked_ms),
                     warnings: slot.device.warnings(),
+                    outlets: ds.map(|d| d.outlets.clone()).unwrap_or_default(),
                 }
             })
             .collect()

@@ -390,7 +390,7 @@ async fn step(
             Ok(Err(err)) => return device_failed(&err),
             Ok(Ok(id)) => {
                 let got = id.value.trim().to_ascii_lowercase();
-                set_health(inner, &e.device, Ok(id.clone().into()));
+                set_health(inner, &e.device, Ok(id.clone().into()), None);
                 if &got != want {
                     return failed(
                         "identity_mismatch",
@@ -481,9 +481,22 @@ async fn step(
     }
 }
 
-fn set_health(inner: &Inner, device: &str, result: Result<DeviceIdentity, String>) {
+fn set_health(
+    inner: &Inner,
+    device: &str,
+    result: Result<DeviceIdentity, String>,
+    outlets: Option<Vec<crate::model::OutletSummary>>,
+) {
     let now = inner.clock.now_ms();
     let mut st = inner.state();
+    // A check that did not list outlets (an identity check during an operation) keeps the
+    // last listing.
+    let outlets = outlets.unwrap_or_else(|| {
+        st.device_status
+            .get(device)
+            .map(|d| d.outlets.clone())
+            .unwrap_or_default()
+    });
     let (health, identity, error) = match result {
         Ok(id) => {
             // The device is unhealthy if any target that pins an identity for it disagrees.
@@ -514,6 +527,7 @@ fn set_health(inner: &Inner, device: &str, result: Result<DeviceIdentity, String
             identity,
             error,
             checked_ms: Some(now),
+            outlets,
         },
     );
 }
@@ -532,7 +546,24 @@ pub(super) async fn check_device(inner: &Inner, name: &str) {
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(id)) => Ok(id.into()),
     };
-    set_health(inner, name, r);
+    // A PDU also lists its outlets and their names, so operators see what `DEVICE:NAME`
+    // level entries address; devices that have no outlets answer Unsupported.
+    let outlets = if r.is_ok() {
+        match tokio::time::timeout(limit, slot.device.list()).await {
+            Ok(Ok(list)) => list
+                .into_iter()
+                .map(|o| crate::model::OutletSummary {
+                    id: o.id,
+                    name: o.name,
+                    state: o.state.map(|s| s.to_string()),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    set_health(inner, name, r, Some(outlets));
 }
 
 /// Reads every level device's power state now.

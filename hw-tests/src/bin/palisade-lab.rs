@@ -9,10 +9,15 @@
 //! [--systems K] [--fault KNOB]...` serves Redfish BMCs over HTTPS and prints
 //! `redfish NAME https://127.0.0.1:PORT CERT_PATH` per BMC once it listens, where CERT_PATH is
 //! the PEM CA certificate that signed every BMC's certificate (trust it, or use `-k`).
+//!
+//! `palisade-lab snmp-pdu --count N --base-port P --outlets K --model M [--community C]
+//! [--v3-user U --auth-password-file F --priv-password-file F] [--fault KNOB]...` serves
+//! switched PDUs over SNMP and prints `snmp-pdu NAME 127.0.0.1:PORT` per PDU once it listens.
 
 use clap::{Args, Parser, Subcommand};
 use drivers::Secret;
 use hw_tests::lab::redfish::{RedfishLab, RedfishLabSpec};
+use hw_tests::lab::snmp::{PduLab, PduLabSpec, PduUser};
 use hw_tests::lab::{FaultKnob, Lab, LabSpec, DEFAULT_GUID_PREFIX, FAULT_KNOBS_HELP};
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +32,7 @@ struct Cli {
     command: Command,
 }
 
-/// One subcommand per device kind (Redfish and SNMP PDUs will join IPMI).
+/// One subcommand per device kind.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve simulated IPMI v2.0 (RMCP+) BMCs on 127.0.0.1, one UDP port each.
@@ -36,6 +41,58 @@ enum Command {
     /// Serve simulated Redfish BMCs over HTTPS on 127.0.0.1, one TCP port each.
     #[command(after_help = after_help_redfish())]
     Redfish(RedfishArgs),
+    /// Serve simulated switched PDUs over SNMP v1/v2c/v3 on 127.0.0.1, one UDP port each.
+    #[command(name = "snmp-pdu", after_help = after_help_snmp())]
+    SnmpPdu(SnmpPduArgs),
+}
+
+fn after_help_snmp() -> String {
+    format!(
+        "{FAULT_KNOBS_HELP}\n\nEach PDU prints one line on stdout once it listens:\n  snmp-pdu pdu1 127.0.0.1:1610\n\nModels: {}\n\nExample:\n  palisade-lab snmp-pdu --count 2 --base-port 1610 --outlets 8 --model apc-rpdu --names db1-psu1,db1-psu2 --fault pdu2:stuck\n  snmpget -v2c -c private 127.0.0.1:1610 1.3.6.1.4.1.318.1.1.12.3.5.1.1.4.1\n  fence_apc_snmp --ip 127.0.0.1 --ipport 1610 --community private -d 2c --plug 1 -o status",
+        drivers::pdu::model::names()
+    )
+}
+
+/// Options of `palisade-lab snmp-pdu`.
+#[derive(Debug, Args)]
+struct SnmpPduArgs {
+    /// Number of PDUs, named pdu1..pduN.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// UDP port of pdu1; pduK listens on PORT+K-1. 0 picks free ports.
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    base_port: u16,
+    /// Outlets per PDU.
+    #[arg(long, default_value_t = 8, value_name = "K")]
+    outlets: usize,
+    /// Vendor model (OID table), e.g. apc-rpdu, apc-rpdu2, apc-masterswitch.
+    #[arg(long, default_value = "apc-rpdu", value_name = "M")]
+    model: String,
+    /// Read-write community for v1 and v2c.
+    #[arg(long, default_value = "private", value_name = "C")]
+    community: String,
+    /// Outlet names, comma-separated, outlet 1 first (others are outletK).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    names: Vec<String>,
+    /// Serve SNMPv3 for this user (SHA authentication).
+    #[arg(long, value_name = "U")]
+    v3_user: Option<String>,
+    /// File holding the v3 user's authentication password (authNoPriv, or authPriv with
+    /// --priv-password-file).
+    #[arg(long, value_name = "F", requires = "v3_user")]
+    auth_password_file: Option<PathBuf>,
+    /// File holding the v3 user's privacy (AES-128) password.
+    #[arg(long, value_name = "F", requires = "auth_password_file")]
+    priv_password_file: Option<PathBuf>,
+    /// Delay between a set and the outlet's change, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    power_delay_ms: u64,
+    /// Start with every outlet off.
+    #[arg(long)]
+    power_off: bool,
+    /// A fault knob, `[PDU:]KNOB[=VALUE]` (repeatable; see the list below).
+    #[arg(long = "fault", value_name = "KNOB")]
+    faults: Vec<FaultKnob>,
 }
 
 fn after_help_redfish() -> String {
@@ -128,6 +185,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Ipmi(args) => run_ipmi(args),
         Command::Redfish(args) => run_redfish(args),
+        Command::SnmpPdu(args) => run_snmp_pdu(args),
     }
 }
 
@@ -289,6 +347,98 @@ fn run_ipmi(args: IpmiArgs) -> ExitCode {
             let mut out = std::io::stdout().lock();
             for b in lab.bmcs() {
                 let _ = writeln!(out, "ipmi {} {} guid={}", b.name(), b.addr(), b.guid_text());
+            }
+            let _ = out.flush();
+        }
+        let signal = wait_for_signal().await;
+        eprintln!("palisade-lab: {signal}, stopping");
+        lab.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
+    if args.count == 0 || args.outlets == 0 {
+        return fail(2, "--count and --outlets must be at least 1");
+    }
+    let Some(model) = drivers::pdu::model::by_name(&args.model) else {
+        return fail(
+            2,
+            format!(
+                "unknown --model `{}`; expected one of: {}",
+                args.model,
+                drivers::pdu::model::names()
+            ),
+        );
+    };
+    for knob in &args.faults {
+        if let Some(node) = &knob.node {
+            let known = node
+                .strip_prefix("pdu")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| (1..=args.count).contains(&n));
+            if !known {
+                return fail(
+                    2,
+                    format!(
+                        "--fault names `{node}`, but the PDUs are pdu1..pdu{}; use one of those or leave the PDU out to apply the knob to all",
+                        args.count
+                    ),
+                );
+            }
+        }
+    }
+    let mut spec = PduLabSpec::new(args.count, args.outlets, model);
+    spec.base_port = args.base_port;
+    spec.names = args.names.clone();
+    spec.community = Some(Secret::new(args.community.clone().into_bytes()));
+    spec.power_delay = Duration::from_millis(args.power_delay_ms);
+    spec.power_on = !args.power_off;
+    if let Some(name) = &args.v3_user {
+        let auth = match args
+            .auth_password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(e) => return fail(1, e),
+        };
+        let privacy = match args
+            .priv_password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(e) => return fail(1, e),
+        };
+        spec.user = Some(PduUser {
+            name: name.clone(),
+            auth,
+            privacy,
+            auth_protocol: drivers::pdu::AuthProtocol::Sha1,
+        });
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    rt.block_on(async move {
+        let lab = match PduLab::start(spec).await {
+            Ok(lab) => lab,
+            Err(e) => return fail(1, e),
+        };
+        for knob in &args.faults {
+            lab.apply(knob);
+        }
+        {
+            let mut out = std::io::stdout().lock();
+            for p in lab.pdus() {
+                let _ = writeln!(out, "snmp-pdu {} {}", p.name(), p.addr());
             }
             let _ = out.flush();
         }

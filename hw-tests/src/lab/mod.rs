@@ -4,6 +4,7 @@
 //! - [`node`]: the simulated node behind a device: power state, delayed changes, power hook.
 //! - [`ipmi`]: an IPMI v2.0 BMC speaking RMCP+ over UDP, built on the `drivers::ipmi` codec.
 //! - [`redfish`]: a Redfish BMC over HTTPS ([`redfish::RedfishLab`]), same knobs and event log.
+//! - [`snmp`]: switched PDUs over SNMP v1/v2c/v3 ([`snmp::PduLab`]), same knobs and event log.
 //!
 //! [`Lab::start`] binds one UDP socket per BMC on 127.0.0.1 and serves all of them from one
 //! tokio task each (no thread per BMC or per packet). Each BMC has a [`BmcHandle`] to read and
@@ -13,6 +14,7 @@
 pub mod ipmi;
 pub mod node;
 pub mod redfish;
+pub mod snmp;
 
 use drivers::Secret;
 use ipmi::{BmcConfig, BmcState};
@@ -135,6 +137,9 @@ Fault knobs (`--fault [NODE:]KNOB`, repeatable; without NODE: every BMC):
   power-on-fails  acknowledge power on, stay off               --fault power-on-fails
   garbage         random, truncated or corrupted replies       --fault garbage
   crash           answer nothing at all (a dead BMC)           --fault node3:crash
+SNMP PDUs: crash = no reply at all (timeout); refuse-auth = every request treated as a
+  wrong community (dropped) or wrong v3 digest (usmStatsWrongDigests report); stuck,
+  power-on-fails, garbage, latency, drop as above; server-error = sets answer genErr.
 Redfish only:
   server-error    the Reset action answers 500                 --fault server-error
   endless-task    Reset answers 202, its task never ends       --fault endless-task
