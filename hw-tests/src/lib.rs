@@ -8,6 +8,8 @@
 //! - [`loopdev`]: real loop block devices that detach themselves on drop.
 //! - [`throttle`]: make one block device (nearly) stop answering for the threads we choose,
 //!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.
+//! - [`vm`]: small qemu VMs (Debian kernel, busybox initramfs, serial console, QMP events)
+//!   for real kernel devices the test machine must not use itself (watchdogs).
 //! - [`bins`]: where the workspace's binaries are.
 
 pub mod bins;
@@ -15,3 +17,4 @@ pub mod lab;
 pub mod loopdev;
 pub mod peers;
 pub mod throttle;
+pub mod vm;
