@@ -48,8 +48,8 @@ echo "PALISADE-BOOTED scenario=$scenario"
 pid=$!
 # The watcher says "watching N disk(s)" once it has armed and fed the watchdog.
 sleep 3
-echo "PALISADE-WATCHING pid=$pid"
 grep -E '^(VmRSS|VmLck|VmHWM|Threads)' /proc/$pid/status | sed 's/^/PALISADE-MEM /'
+echo "PALISADE-WATCHING pid=$pid"
 if [ "$scenario" = stop ]; then kill -STOP $pid; echo "PALISADE-STOPPED"; fi
 while true; do
   sleep 1
@@ -235,6 +235,12 @@ fn a_healthy_watcher_keeps_the_vm_up_and_exit_disarms() {
     }
     let lab = lab();
     let mut vm = boot(&lab, "healthy", String::new());
+    // query-watchdog read sysfs before the watcher armed the device.
+    let c = vm.console();
+    assert!(
+        c.contains("Identity: i6300ESB timer") && c.contains("State: inactive"),
+        "{c}"
+    );
     std::thread::sleep(Duration::from_secs(4 * WD));
     assert!(vm.running(), "{}", vm.console());
     assert!(
