@@ -331,3 +331,50 @@ fn test_watchdog(dev: &Path, timeout: Option<u32>, err: &mut dyn Write) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdogs_are_listed_from_sysfs_without_opening_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("watchdog0");
+        std::fs::create_dir(&w).unwrap();
+        std::fs::write(w.join("identity"), "i6300ESB timer\n").unwrap();
+        std::fs::write(w.join("state"), "inactive\n").unwrap();
+        std::fs::write(w.join("timeout"), "30\n").unwrap();
+        std::fs::create_dir(dir.path().join("watchdog1")).unwrap();
+        let l = list_watchdogs(dir.path());
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].identity, "i6300ESB timer");
+        assert_eq!(l[0].timeout, "30");
+        assert_eq!(l[1].state, "?", "unreadable attributes say so");
+        assert!(list_watchdogs(&dir.path().join("none")).is_empty());
+    }
+
+    #[test]
+    fn watch_and_watchdog_commands_skip_the_admin_fork() {
+        let a = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert!(is_daemon_command(&a("-d /dev/x -n me watch")));
+        assert!(is_daemon_command(&a("query-watchdog")));
+        assert!(!is_daemon_command(&a("-d /dev/x list")));
+        assert!(
+            !is_daemon_command(&a("-q watch")),
+            "bad options go the admin way and fail"
+        );
+    }
+
+    #[test]
+    fn test_watchdog_needs_an_explicit_confirmation() {
+        // Never arms anything here: without the variable it refuses before opening the device.
+        let mut err = Vec::new();
+        assert_eq!(
+            test_watchdog(Path::new("/nonexistent/watchdog"), None, &mut err),
+            1
+        );
+        assert!(
+            String::from_utf8_lossy(&err).contains("PALISADE_SBD_TEST_WATCHDOG=reset-this-node")
+        );
+    }
+}
