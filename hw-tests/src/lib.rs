@@ -10,9 +10,13 @@
 //!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.
 //! - [`vm`]: small qemu VMs (Debian kernel, busybox initramfs, serial console, QMP events)
 //!   for real kernel devices the test machine must not use itself (watchdogs).
+//! - `faultydisk` (feature `fuse`): a loop device over a FUSE file that returns EIO, is slow
+//!   or hangs on command, with direct I/O end to end.
 //! - [`bins`]: where the workspace's binaries are.
 
 pub mod bins;
+#[cfg(feature = "fuse")]
+pub mod faultydisk;
 pub mod lab;
 pub mod loopdev;
 pub mod peers;
