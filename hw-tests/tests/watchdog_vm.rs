@@ -4,7 +4,9 @@
 //! Asserted from the host through QMP events and the serial console:
 //! (a) a `reset` pill written on the host resets the VM; (b) SIGSTOP of the watcher lets the
 //! watchdog reset it; (c) a frozen shared disk resets it; (d) a healthy watcher keeps it up
-//! for several watchdog timeouts, and `exit` disarms cleanly.
+//! for several watchdog timeouts, and `exit` disarms cleanly. Also `query-watchdog` (sysfs,
+//! nothing armed) and `test-watchdog` (armed, never fed: the VM resets), which must never run
+//! on the test machine itself.
 //!
 //! Durations are printed (the figures), never asserted: the machine is shared and noisy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -44,6 +46,12 @@ while [ ! -b /dev/vda ] || [ ! -c /dev/watchdog0 ]; do sleep 0.1; done
 scenario=$(sed -n 's/.*palisade.scenario=\([a-z]*\).*/\1/p' /proc/cmdline)
 echo "PALISADE-BOOTED scenario=$scenario"
 /bin/palisade-sbd query-watchdog
+if [ "$scenario" = testwd ]; then
+  echo "PALISADE-TESTWD"
+  PALISADE_SBD_TEST_WATCHDOG=reset-this-node /bin/palisade-sbd -w /dev/watchdog0 -1 2 test-watchdog
+  echo "PALISADE-TESTWD-RETURNED $?"
+  while true; do sleep 1; done
+fi
 /bin/palisade-sbd -d /dev/vda -n vm -w /dev/watchdog0 watch &
 pid=$!
 # The watcher says "watching N disk(s)" once it has armed and fed the watchdog.
@@ -269,4 +277,29 @@ fn a_healthy_watcher_keeps_the_vm_up_and_exit_disarms() {
         vm.events(),
         vm.console()
     );
+}
+
+#[test]
+fn test_watchdog_resets_the_vm_through_the_i6300esb() {
+    if !ready() {
+        return;
+    }
+    let lab = lab();
+    let mut vm = Vm::start(&VmConfig {
+        kernel: lab.kernel.image.clone(),
+        initrd: lab.initrd.clone(),
+        append: "quiet palisade.scenario=testwd".into(),
+        disks: vec![lab.disk.path().to_path_buf()],
+        watchdog_action: Some("reset".into()),
+        shell_prefix: String::new(),
+    })
+    .unwrap();
+    let armed = vm.wait_console("PALISADE-TESTWD", BOOT);
+    assert!(armed.is_some(), "{}", vm.console());
+    let e = vm.wait_event("WATCHDOG", Duration::from_secs(10 * WD));
+    let e = e.unwrap_or_else(|| panic!("no watchdog reset: {:?}\n{}", vm.events(), vm.console()));
+    assert_eq!(e.data["action"], "reset");
+    let c = vm.console();
+    assert!(c.contains("armed with a 2 s timeout and not fed"), "{c}");
+    assert!(!c.contains("PALISADE-TESTWD-RETURNED"), "{c}");
 }
