@@ -422,7 +422,11 @@ pub fn watch<W: WatchdogDevice>(
                 detail,
             });
         }
-        if let Ok(r) = rx.recv_timeout(left.min(cfg.poll)) {
+        let got = rx.recv_timeout(left.min(cfg.poll));
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = got {
+            std::thread::sleep(left.min(cfg.poll));
+        }
+        if let Ok(r) = got {
             if let Ok(seen) = &r.result {
                 if let Some(a) = pill_action(seen.mailbox.cmd) {
                     let _ = a;
@@ -480,7 +484,16 @@ pub fn watch<W: WatchdogDevice>(
             wd.disarm()?;
             return Ok(Outcome::Stopped);
         }
-        let mut first = rx.recv_timeout(tick).ok();
+        let mut first = match rx.recv_timeout(tick) {
+            Ok(r) => Some(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Every servant is gone (they only leave when told to): nothing will count
+                // again. Do not spin at real-time priority meanwhile; the disks age out below.
+                std::thread::sleep(tick);
+                None
+            }
+        };
         while let Some(r) = first.take().or_else(|| rx.try_recv().ok()) {
             if let Ok(seen) = &r.result {
                 let disk = names.get(r.disk).cloned().unwrap_or_default();
