@@ -428,8 +428,7 @@ pub fn watch<W: WatchdogDevice>(
         }
         if let Ok(r) = got {
             if let Ok(seen) = &r.result {
-                if let Some(a) = pill_action(seen.mailbox.cmd) {
-                    let _ = a;
+                if pill_action(seen.mailbox.cmd).is_some() {
                     return Err(WatchError::PillAtStart {
                         disk: names.get(r.disk).cloned().unwrap_or_default(),
                         cmd: seen.mailbox.cmd.to_string(),
