@@ -21,7 +21,9 @@ set -euo pipefail
 #   snmp          -> snmpget, snmpset, snmpwalk (net-snmp clients: drive our PDU simulator; fence_apc_snmp uses them)
 #   snmpd         -> snmpd (net-snmp's agent, started per test on a loopback port with its own
 #                    config and a pass_persist script: a PDU our SNMP driver must fence)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd)
+#   qemu-system-x86, busybox-static, cpio -> the watchdog VM tests (hw-tests/src/vm.rs); the
+#                    kernel they boot is unpacked below, not installed
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -92,3 +94,19 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 fi
 
 echo "install-test-deps: ok"
+
+# The watchdog VM tests boot Debian's 6.1 kernel, unpacked (not installed) where
+# hw-tests/src/vm.rs looks for it; watchdog.ko, i6300esb.ko and virtio_blk.ko come from it.
+vm_kernel=/var/cache/palisade/vm-kernel
+if ! ls "$vm_kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to unpack the VM kernel (run with sudo)" >&2
+    exit 1
+  fi
+  pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' | cut -d' ' -f1 | sort -V | tail -1)
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null)
+  mkdir -p "$vm_kernel"
+  dpkg-deb -x "$tmp"/*.deb "$vm_kernel"
+  rm -rf "$tmp"
+fi

@@ -8,6 +8,10 @@
 //! - [`loopdev`]: real loop block devices that detach themselves on drop.
 //! - [`throttle`]: make one block device (nearly) stop answering for the threads we choose,
 //!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.
+//! - [`vm`]: small qemu VMs (Debian kernel, busybox initramfs, serial console, QMP events)
+//!   for real kernel devices the test machine must not use itself (watchdogs).
+//! - `faultydisk` (feature `fuse`): a loop device over a FUSE file that returns EIO, is slow
+//!   or hangs on command, with direct I/O end to end.
 //! - [`bins`]: where the workspace's binaries are.
 //! - [`node`]: lab nodes (network namespace + cgroup v2 group + optional mount namespace)
 //!   that a simulated BMC really powers off, with nftables partitions and a lab network.
@@ -16,8 +20,11 @@
 
 pub mod bins;
 pub mod drill;
+#[cfg(feature = "fuse")]
+pub mod faultydisk;
 pub mod lab;
 pub mod loopdev;
 pub mod node;
 pub mod peers;
 pub mod throttle;
+pub mod vm;

@@ -35,6 +35,15 @@ impl Throttle {
         })
     }
 
+    /// Changes the group's read limit (0 lifts it): a test can let a disk work first and
+    /// freeze it later for threads already in the group.
+    pub fn limit(&self, bytes_per_sec: u64) -> io::Result<()> {
+        std::fs::write(
+            self.dir.join("blkio.throttle.read_bps_device"),
+            format!("{} {bytes_per_sec}", self.maj_min),
+        )
+    }
+
     /// Moves the calling thread into the group (threads it spawns later inherit it).
     pub fn enter_this_thread(&self) -> io::Result<()> {
         // The thread id, from /proc/thread-self (no libc call needed).

@@ -61,7 +61,15 @@ Safer than sbd:
 - message counts a disk only when the mailbox reads back identical, and fails unless more
   than half of the disks hold it. Like sbd, it then waits msgwait (except for exit) before
   returning 0, so fence_sbd's \"off\" means the target's watchdog has had time to fire.
-- watch, ping and the watchdog commands are not here (the watcher is a separate program).
+
+Watcher and watchdog commands (run in the foreground, for systemd's Type=notify):
+watch		Watch the disks and feed the watchdog (-w DEV or SBD_WATCHDOG_DEV, default
+		/dev/watchdog; -1 N asks the watchdog for N s instead of the header's timeout).
+		A poison pill reboots/powers off this node at once; losing a majority of disks
+		for half the watchdog timeout reboots it; `exit` or SIGTERM disarms and exits.
+query-watchdog	List the watchdogs (from sysfs; nothing is armed).
+test-watchdog	Arm the watchdog and stop feeding it: THE NODE RESETS. Needs
+		PALISADE_SBD_TEST_WATCHDOG=reset-this-node in the environment.
 ";
 
 /// Why the command line or configuration was refused (exit status 1).
@@ -89,6 +97,8 @@ pub struct Options {
     pub timeout_msgwait: Option<u32>,
     /// `-I`, seconds.
     pub io_timeout: Option<u32>,
+    /// `-w`: the watchdog device (`watch`, `test-watchdog`).
+    pub watchdog_device: Option<PathBuf>,
     /// `--force`.
     pub force: bool,
     /// `-v` count.
@@ -156,6 +166,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, UsageError> {
                     '3' => o.timeout_loop = Some(parse_num(c, &val)?),
                     '4' => o.timeout_msgwait = Some(parse_num(c, &val)?),
                     'I' => o.io_timeout = Some(parse_num(c, &val)?),
+                    'w' => o.watchdog_device = Some(PathBuf::from(val.trim())),
                     // The rest configure sbd's watcher; validate numbers as sbd does, then ignore.
                     'C' | '5' | 't' | 'F' | 'S' | 's' => {
                         parse_num(c, &val)?;
@@ -350,10 +361,15 @@ fn run_inner(
         "list" => list(&ctx, out, err),
         "allocate" => allocate(&ctx, arg1.as_deref(), out, err)?,
         "message" => message(&ctx, arg1.as_deref(), arg2.as_deref(), err)?,
-        "watch" | "ping" | "query-watchdog" | "test-watchdog" => {
+        "watch" | "query-watchdog" | "test-watchdog" => {
             return Err(UsageError::Invalid(format!(
-                "`{cmd}` is not provided by palisade-sbd (disk admin commands only); run the Palisade watcher for `watch`"
+                "`{cmd}` runs in the palisade-sbd binary itself (watchdog::daemon), not through sbd_admin::run"
             )))
+        }
+        "ping" => {
+            return Err(UsageError::Invalid(
+                "`ping` is not provided by palisade-sbd; use `message NODE test`".into(),
+            ))
         }
         other => return Err(UsageError::Invalid(format!("Unknown command: {other}"))),
     })

@@ -297,6 +297,61 @@ impl Disk {
         }
     }
 
+    /// Opens `path` on the calling thread, without a deadline. For a caller that is itself a
+    /// disposable thread whose progress someone else watches (the watcher's servants): it may
+    /// block for as long as the device does.
+    pub fn open_here(path: &Path) -> Result<Disk, DiskError> {
+        let opened = open_blocking(path)?;
+        let sector_size =
+            SectorSize::from_bytes(opened.sector_size).ok_or_else(|| DiskError::SectorSize {
+                path: path.into(),
+                size: opened.sector_size,
+            })?;
+        Ok(Disk {
+            path: path.into(),
+            file: Arc::new(opened.file),
+            sector_size,
+            size_bytes: opened.size_bytes,
+            stuck: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Reads `count` sectors from `first` on the calling thread, without a deadline (see
+    /// [`Disk::open_here`]): no thread is started, so a watcher polling several times a second
+    /// does not create one per read.
+    pub fn read_here(&self, first: u64, count: u64) -> Result<Vec<u8>, DiskError> {
+        self.refuse_if_stuck()?;
+        let what = || format!("reading {count} sector(s) at sector {first}");
+        let (offset, len) = self.check_range(first, count, "read")?;
+        let mut buf = AlignedBuf::zeroed(len);
+        self.file
+            .read_exact_at(buf.as_mut_slice(), offset)
+            .map_err(|e| io_err(&self.path, &what(), e))?;
+        Ok(buf.as_slice().to_vec())
+    }
+
+    /// Writes whole sectors from `first` on the calling thread, without a deadline (see
+    /// [`Disk::open_here`]).
+    pub fn write_here(&self, first: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.refuse_if_stuck()?;
+        let ss = self.sector_size.bytes();
+        let count = (data.len() / ss) as u64;
+        let what = format!("writing {count} sector(s) at sector {first}");
+        if data.len() % ss != 0 || data.is_empty() {
+            return Err(DiskError::Range {
+                path: self.path.clone(),
+                what,
+                size_bytes: self.size_bytes,
+            });
+        }
+        let (offset, len) = self.check_range(first, count, &what)?;
+        let mut buf = AlignedBuf::zeroed(len);
+        buf.as_mut_slice().copy_from_slice(data);
+        self.file
+            .write_all_at(buf.as_slice(), offset)
+            .map_err(|e| io_err(&self.path, &what, e))
+    }
+
     fn refuse_if_stuck(&self) -> Result<(), DiskError> {
         if self.is_stuck() {
             return Err(DiskError::Stuck {

@@ -7,6 +7,9 @@
 //! a child process; the child sends its exit status over a pipe, detaches from stdout/stderr
 //! and exits, and the parent exits with that status at once, leaving a stuck child (if any)
 //! to be reaped by init when its I/O finally completes.
+//!
+//! `watch`, `query-watchdog` and `test-watchdog` run in the process itself (see
+//! `watchdog::daemon`).
 
 use std::io::Write;
 use watchdog::sbd_admin::{run, Settings};
@@ -25,6 +28,17 @@ fn work() -> i32 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if watchdog::daemon::is_daemon_command(&args) {
+        // The watcher is a long-running service: systemd must see its own PID (Type=notify),
+        // and its stuck servants are detected, not waited for.
+        let settings = Settings::load();
+        std::process::exit(watchdog::daemon::run(
+            &args,
+            &settings,
+            &mut std::io::stderr().lock(),
+        ));
+    }
     if std::env::var_os("PALISADE_SBD_NO_FORK").is_some() {
         std::process::exit(work());
     }

@@ -1,0 +1,417 @@
+//! Small qemu VMs for tests that need a real kernel device the test machine must not use
+//! itself (a hardware watchdog that resets, later relays and GPIO): Debian's kernel unpacked
+//! without installing it, a busybox initramfs built per test, the serial console in a file
+//! and QMP events read from a socket. The VM is killed on drop.
+//!
+//! `scripts/install-test-deps.sh` installs qemu, busybox-static and cpio and unpacks the
+//! kernel under [`KERNEL_ROOT`]; tests skip loudly when something is missing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Where install-test-deps.sh unpacks Debian's kernel package (`boot/`, `lib/modules/`).
+pub const KERNEL_ROOT: &str = "/var/cache/palisade/vm-kernel";
+const QEMU: &str = "qemu-system-x86_64";
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Why a VM could not be prepared or started.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Something the harness needs is not installed.
+    #[error("{0}; run scripts/install-test-deps.sh")]
+    Missing(String),
+    /// A step failed.
+    #[error("{what}: {detail}")]
+    Step {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        detail: String,
+    },
+}
+
+fn step(what: &str) -> impl Fn(std::io::Error) -> VmError + '_ {
+    move |e| VmError::Step {
+        what: what.into(),
+        detail: e.to_string(),
+    }
+}
+
+/// The unpacked kernel: its image and its module tree.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// `vmlinuz-*`.
+    pub image: PathBuf,
+    /// `lib/modules/VERSION`.
+    pub modules: PathBuf,
+}
+
+impl Kernel {
+    /// Finds the kernel under [`KERNEL_ROOT`].
+    pub fn find() -> Result<Kernel, VmError> {
+        let root = Path::new(KERNEL_ROOT);
+        let image = std::fs::read_dir(root.join("boot"))
+            .ok()
+            .and_then(|rd| {
+                rd.flatten().map(|e| e.path()).find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
+            })
+            .ok_or_else(|| VmError::Missing(format!("no kernel under {KERNEL_ROOT}/boot")))?;
+        let version = image
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_start_matches("vmlinuz-")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        Ok(Kernel {
+            image,
+            modules: root.join("lib/modules").join(version),
+        })
+    }
+}
+
+/// Whether VMs can run here (qemu, busybox, cpio, the kernel); says what is missing.
+pub fn available() -> bool {
+    let tools = [QEMU, "cpio"];
+    for t in tools {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            eprintln!("SKIP: {t} missing; run scripts/install-test-deps.sh");
+            return false;
+        }
+    }
+    if !Path::new(BUSYBOX).exists() {
+        eprintln!("SKIP: {BUSYBOX} missing (busybox-static); run scripts/install-test-deps.sh");
+        return false;
+    }
+    if let Err(e) = Kernel::find() {
+        eprintln!("SKIP: {e}");
+        return false;
+    }
+    true
+}
+
+/// An initramfs being assembled in a temporary directory.
+#[derive(Debug)]
+pub struct Initramfs {
+    dir: tempfile::TempDir,
+}
+
+impl Initramfs {
+    /// An initramfs with busybox (`/bin/busybox`, applets installed by `/init`).
+    pub fn new() -> Result<Initramfs, VmError> {
+        let dir = tempfile::tempdir().map_err(step("temporary directory"))?;
+        let me = Initramfs { dir };
+        me.add_file(Path::new(BUSYBOX), "bin/busybox", 0o755)?;
+        for d in ["dev", "proc", "sys", "tmp", "lib/modules"] {
+            std::fs::create_dir_all(me.root().join(d)).map_err(step("mkdir"))?;
+        }
+        Ok(me)
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies `src` to `dst` (relative to the root) with `mode`.
+    pub fn add_file(&self, src: &Path, dst: &str, mode: u32) -> Result<(), VmError> {
+        use std::os::unix::fs::PermissionsExt;
+        let to = self.root().join(dst);
+        if let Some(p) = to.parent() {
+            std::fs::create_dir_all(p).map_err(step("mkdir"))?;
+        }
+        std::fs::copy(src, &to).map_err(|e| VmError::Step {
+            what: format!("copying {}", src.display()),
+            detail: e.to_string(),
+        })?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).map_err(step("chmod"))
+    }
+
+    /// Writes `text` to `dst` with `mode`.
+    pub fn add_text(&self, dst: &str, text: &str, mode: u32) -> Result<(), VmError> {
+        use std::os::unix::fs::PermissionsExt;
+        let to = self.root().join(dst);
+        if let Some(p) = to.parent() {
+            std::fs::create_dir_all(p).map_err(step("mkdir"))?;
+        }
+        std::fs::write(&to, text).map_err(step("write"))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).map_err(step("chmod"))
+    }
+
+    /// Copies a dynamically linked program and the shared libraries `ldd` names, at the
+    /// same paths, so it runs in the VM as on the host.
+    pub fn add_program(&self, src: &Path, dst: &str) -> Result<(), VmError> {
+        self.add_file(src, dst, 0o755)?;
+        // A debug build carries tens of MiB of debug info the initramfs has no room for.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(self.root().join(dst))
+            .status();
+        let out = Command::new("ldd").arg(src).output().map_err(step("ldd"))?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let lib = line
+                .split("=>")
+                .last()
+                .and_then(|s| s.split_whitespace().next())
+                .filter(|s| s.starts_with('/'));
+            if let Some(lib) = lib {
+                self.add_file(Path::new(lib), lib.trim_start_matches('/'), 0o755)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies kernel modules (paths relative to the module tree's `kernel/`) to
+    /// `/lib/modules/NAME.ko`, for `insmod` in `/init` in the order given.
+    pub fn add_modules(&self, kernel: &Kernel, modules: &[&str]) -> Result<(), VmError> {
+        for m in modules {
+            let src = kernel.modules.join("kernel").join(m);
+            let name = Path::new(m)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.add_file(&src, &format!("lib/modules/{name}"), 0o644)?;
+        }
+        Ok(())
+    }
+
+    /// Packs the tree into a newc cpio archive at `out`.
+    pub fn build(&self, out: &Path) -> Result<(), VmError> {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "find . | cpio -o -H newc --quiet > '{}'",
+                out.display()
+            ))
+            .current_dir(self.root())
+            .status()
+            .map_err(step("cpio"))?;
+        if !st.success() {
+            return Err(VmError::Step {
+                what: "cpio".into(),
+                detail: format!("exit {st}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Extra kernel command line (after `console=ttyS0`).
+    pub append: String,
+    /// Host block devices given as virtio disks (`/dev/vda`, ...), O_DIRECT (`cache=none`).
+    pub disks: Vec<PathBuf>,
+    /// Add an emulated i6300esb watchdog with this `-watchdog-action`.
+    pub watchdog_action: Option<String>,
+    /// Run qemu through this shell prefix (e.g. entering a blkio cgroup).
+    pub shell_prefix: String,
+}
+
+/// A QMP event: its name, its data, and when we read it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `WATCHDOG`, `RESET`, `SHUTDOWN`, ...
+    pub name: String,
+    /// The event's `data`.
+    pub data: serde_json::Value,
+    /// When it was read.
+    pub at: Instant,
+}
+
+/// A running VM; killed on drop.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    console: PathBuf,
+    events: mpsc::Receiver<Event>,
+    seen: Vec<Event>,
+    dir: tempfile::TempDir,
+}
+
+impl Vm {
+    /// Boots the VM (`-no-reboot`: a reset, by the guest or the watchdog, stops qemu after
+    /// its events were sent, so nothing runs twice).
+    pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
+        let dir = tempfile::tempdir().map_err(step("temporary directory"))?;
+        let console = dir.path().join("console.log");
+        let qmp = dir.path().join("qmp.sock");
+        let mut args: Vec<String> = vec![
+            QEMU.into(),
+            "-machine".into(),
+            "q35".into(),
+            "-m".into(),
+            "256".into(),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", console.display()),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qmp.display()),
+            "-kernel".into(),
+            cfg.kernel.display().to_string(),
+            "-initrd".into(),
+            cfg.initrd.display().to_string(),
+            "-append".into(),
+            format!("console=ttyS0 panic=-1 {}", cfg.append),
+        ];
+        // Software emulation only: /dev/kvm exists on these machines but a guest started
+        // with -enable-kvm never printed a line (nested virtualisation); TCG boots in ~3 s.
+        for d in &cfg.disks {
+            args.push("-drive".into());
+            args.push(format!(
+                "file={},format=raw,if=virtio,cache=none,aio=threads",
+                d.display()
+            ));
+        }
+        if let Some(action) = &cfg.watchdog_action {
+            args.extend([
+                "-device".into(),
+                "i6300esb".into(),
+                "-watchdog-action".into(),
+                action.clone(),
+            ]);
+        }
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} exec {}", cfg.shell_prefix, quoted.join(" ")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(step("starting qemu"))?;
+        let (tx, rx) = mpsc::channel();
+        let t = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(&qmp) {
+                Ok(s) => break s,
+                Err(e) if t.elapsed() > Duration::from_secs(20) => {
+                    return Err(VmError::Step {
+                        what: "connecting to QMP".into(),
+                        detail: e.to_string(),
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let mut w = stream.try_clone().map_err(step("QMP socket"))?;
+        w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .map_err(step("QMP handshake"))?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(name) = v.get("event").and_then(|e| e.as_str()) {
+                    let ev = Event {
+                        name: name.into(),
+                        data: v.get("data").cloned().unwrap_or_default(),
+                        at: Instant::now(),
+                    };
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Vm {
+            child,
+            console,
+            events: rx,
+            seen: Vec::new(),
+            dir,
+        })
+    }
+
+    /// The serial console so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console contains `needle`; the time it was first seen, or `None`.
+    pub fn wait_console(&self, needle: &str, within: Duration) -> Option<Instant> {
+        let t = Instant::now();
+        while t.elapsed() < within {
+            if self.console().contains(needle) {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits for a QMP event named `name` (events seen earlier count).
+    pub fn wait_event(&mut self, name: &str, within: Duration) -> Option<Event> {
+        let t = Instant::now();
+        loop {
+            if let Some(e) = self.seen.iter().find(|e| e.name == name) {
+                return Some(e.clone());
+            }
+            let left = within.saturating_sub(t.elapsed());
+            if left.is_zero() {
+                return None;
+            }
+            match self
+                .events
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(e) => self.seen.push(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Every event read so far.
+    pub fn events(&mut self) -> Vec<Event> {
+        while let Ok(e) = self.events.try_recv() {
+            self.seen.push(e);
+        }
+        self.seen.clone()
+    }
+
+    /// Whether qemu is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The VM's scratch directory (console log, QMP socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
