@@ -149,6 +149,7 @@ struct RawDevice {
     host_check: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<u32>>,
     monitor_interval_s: Option<Spanned<f64>>,
+    on_fail: Option<Spanned<String>>,
     // snmp-pdu (issue 9): see `snmp_pdu_settings`.
     version: Option<Spanned<toml::Value>>,
     community_file: Option<Spanned<PathBuf>>,
@@ -401,6 +402,10 @@ pub struct DeviceSelection {
     pub max_concurrent: Option<u32>,
     /// How often the device is health-checked (default: the daemon's 60 s).
     pub monitor_interval: Option<Duration>,
+    /// `on_fail = "skip"`: while its last health check failed, a level holding this device is
+    /// not tried and the next level is (Pacemaker's failed stonith monitor taking a device out
+    /// of use). The default `"try"` still tries it: a check can fail while fencing would work.
+    pub skip_when_unhealthy: bool,
 }
 
 impl DeviceConfig {
@@ -1063,6 +1068,20 @@ fn selection_settings(
             ))
         }
     };
+    let skip_when_unhealthy = match &dev.on_fail {
+        None => false,
+        Some(v) => match v.get_ref().as_str() {
+            "try" => false,
+            "skip" => true,
+            other => {
+                return Err(ctx.err(
+                    Some(v.span()),
+                    &field("on_fail"),
+                    format!("expected \"try\" (a level holding this device is tried even after a failed health check) or \"skip\" (such a level is skipped, and the next one tried, until a health check passes), found `{other}`"),
+                ))
+            }
+        },
+    };
     let status_check = dev
         .host_check
         .as_ref()
@@ -1078,6 +1097,7 @@ fn selection_settings(
         dynamic_list,
         max_concurrent,
         monitor_interval,
+        skip_when_unhealthy,
     })
 }
 
@@ -1950,6 +1970,13 @@ levels = [["apc"]]
                 "{says}: {e}"
             );
         }
+        let c = parse(&base.replace("max_concurrent = 2", "on_fail = \"skip\"")).unwrap();
+        assert!(c.devices["apc"].selection.skip_when_unhealthy);
+        assert!(!d.selection.skip_when_unhealthy, "try is the default");
+        let e = parse(&base.replace("max_concurrent = 2", "on_fail = \"fence\"")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("devices.apc.on_fail"), "{e}");
+        assert!(e.to_string().contains("\"skip\""), "{e}");
+        assert!(e.line.is_some(), "{e}");
         let e = parse(&base.replace("host_check = \"dynamic-list\"", "host_list = [\"node1\"]"))
             .unwrap_err();
         assert!(e.to_string().contains("may not fence `node2`"), "{e}");

@@ -132,6 +132,10 @@ async fn drive(
             level_failures.push(format!("level {n}: not tried, total timeout reached"));
             break;
         }
+        if let Some(why) = unhealthy_skip(inner, level) {
+            level_failures.push(format!("level {n}: not tried: {why}"));
+            continue;
+        }
         let r = run_level(inner, target, op, tx, n, level, first_phase, deadline).await;
         if !r.ok {
             level_failures.push(format!("level {n}: {}", r.failures.join("; ")));
@@ -251,6 +255,28 @@ fn entry_name(e: &LevelEntry) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Why a level is skipped: one of its devices has `on_fail = "skip"` and failed its last health
+/// check. Skipping only ever moves on to the next level or fails the operation; it never
+/// confirms anything.
+fn unhealthy_skip(inner: &Inner, entries: &[LevelEntry]) -> Option<String> {
+    let st = inner.state();
+    entries.iter().find_map(|e| {
+        let skip = inner
+            .config
+            .devices
+            .get(&e.device)
+            .is_some_and(|d| d.selection.skip_when_unhealthy);
+        let status = st.device_status.get(&e.device)?;
+        (skip && status.health == HealthState::Unhealthy).then(|| {
+            format!(
+                "device {} failed its last health check ({}) and has on_fail = \"skip\"",
+                e.device,
+                status.error.as_deref().unwrap_or("no detail")
+            )
+        })
+    })
+}
+
 async fn run_level(
     inner: &Inner,
     target: &TargetConfig,

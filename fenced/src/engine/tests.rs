@@ -849,3 +849,83 @@ mod properties {
         }
     }
 }
+
+/// Config entries for devices named `names` with the given `on_fail`, parsed from text (the
+/// engine only reads their selection settings; the drivers behind them are test devices).
+fn with_on_fail(cfg: &mut Config, names: &[&str], on_fail: &str) {
+    let mut text = String::new();
+    for n in names {
+        text.push_str(&format!(
+            "[devices.{n}]\nkind = \"ipmi\"\naddress = \"192.0.2.1\"\nusername = \"u\"\npassword_env = \"PW\"\non_fail = \"{on_fail}\"\n"
+        ));
+    }
+    let parsed = Config::parse(std::path::Path::new("t.toml"), &text, &|_| {
+        Some(b"pw".to_vec())
+    })
+    .unwrap();
+    cfg.devices.extend(parsed.devices);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_fail_skip_passes_over_an_unhealthy_device_and_try_still_uses_it() {
+    for (on_fail, first_level_used) in [("skip", false), ("try", true)] {
+        let bmc = TestDevice::new(PowerState::On);
+        let pdu = TestDevice::new(PowerState::On);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(vec![target("n1", &[&["bmc"], &["pdu"]])], dir.path());
+        with_on_fail(&mut cfg, &["bmc", "pdu"], on_fail);
+        let r = rig_in(dir, cfg, &[("bmc", &bmc), ("pdu", &pdu)]);
+        // The health check fails once (the BMC's network blipped); fencing itself would work.
+        bmc.state().faults = vec![Fault::Error].into();
+        let dev = r.engine.monitor_device("bmc").await.unwrap();
+        assert_eq!(dev.health, HealthState::Unhealthy);
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(op.fenced(), "{on_fail}: {op:?}");
+        let Some(Outcome::Succeeded {
+            confirmation: Confirmation::PowerReadBack { level, .. },
+            ..
+        }) = &op.outcome
+        else {
+            panic!("{op:?}")
+        };
+        if first_level_used {
+            assert_eq!(*level, 1, "on_fail = try still tries the device");
+            assert!(pdu.state().commands.is_empty());
+        } else {
+            assert_eq!(*level, 2, "on_fail = skip moves on to the next level");
+            assert!(
+                bmc.state().commands.is_empty(),
+                "nothing sent to a skipped device"
+            );
+            assert!(op.attempts.iter().all(|a| a.device == "pdu"));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_fail_skip_of_the_only_level_fails_and_says_why_never_fenced() {
+    let bmc = TestDevice::new(PowerState::On);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(vec![target("n1", &[&["bmc"]])], dir.path());
+    with_on_fail(&mut cfg, &["bmc"], "skip");
+    let r = rig_in(dir, cfg, &[("bmc", &bmc)]);
+    bmc.state().faults = vec![Fault::Garbage].into();
+    r.engine.monitor_device("bmc").await.unwrap();
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert!(!op.fenced());
+    let Some(Outcome::Failed {
+        message: reason, ..
+    }) = &op.outcome
+    else {
+        panic!("{op:?}")
+    };
+    assert!(
+        reason.contains("not tried") && reason.contains("on_fail = \"skip\""),
+        "{reason}"
+    );
+    assert!(bmc.state().commands.is_empty());
+    // A passing health check puts the device back in use.
+    r.engine.monitor_device("bmc").await.unwrap();
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert!(op.fenced(), "{op:?}");
+}
