@@ -254,7 +254,6 @@ fn entry_name(e: &LevelEntry) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Why a level is skipped: one of its devices has `on_fail = "skip"` and failed its last health
 /// check. Skipping only ever moves on to the next level or fails the operation; it never
 /// confirms anything.
@@ -277,6 +276,7 @@ fn unhealthy_skip(inner: &Inner, entries: &[LevelEntry]) -> Option<String> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_level(
     inner: &Inner,
     target: &TargetConfig,
