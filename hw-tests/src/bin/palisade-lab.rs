@@ -243,39 +243,7 @@ fn run_redfish(args: RedfishArgs) -> ExitCode {
     spec.guid_prefix = args.guid_prefix.clone();
     spec.session_timeout = Duration::from_secs(args.session_timeout);
     spec.cert_dir = args.cert_dir.clone();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
-    };
-    rt.block_on(async move {
-        let lab = match RedfishLab::start(spec).await {
-            Ok(lab) => lab,
-            Err(e) => return fail(1, e),
-        };
-        for knob in &args.faults {
-            lab.apply(knob);
-        }
-        {
-            let mut out = std::io::stdout().lock();
-            for b in lab.bmcs() {
-                let _ = writeln!(
-                    out,
-                    "redfish {} {} {}",
-                    b.name(),
-                    b.url(),
-                    lab.ca_path().display()
-                );
-            }
-            let _ = out.flush();
-        }
-        let signal = wait_for_signal().await;
-        eprintln!("palisade-lab: {signal}, stopping");
-        lab.shutdown().await;
-        ExitCode::SUCCESS
-    })
+    serve(&args.faults, RedfishLab::start(spec))
 }
 
 fn run_ipmi(args: IpmiArgs) -> ExitCode {
@@ -328,33 +296,7 @@ fn run_ipmi(args: IpmiArgs) -> ExitCode {
     spec.session_timeout = Duration::from_secs(args.session_timeout);
     spec.seed = args.seed;
 
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
-    };
-    rt.block_on(async move {
-        let lab = match Lab::start(spec).await {
-            Ok(lab) => lab,
-            Err(e) => return fail(1, e),
-        };
-        for knob in &args.faults {
-            lab.apply(knob);
-        }
-        {
-            let mut out = std::io::stdout().lock();
-            for b in lab.bmcs() {
-                let _ = writeln!(out, "ipmi {} {} guid={}", b.name(), b.addr(), b.guid_text());
-            }
-            let _ = out.flush();
-        }
-        let signal = wait_for_signal().await;
-        eprintln!("palisade-lab: {signal}, stopping");
-        lab.shutdown().await;
-        ExitCode::SUCCESS
-    })
+    serve(&args.faults, Lab::start(spec))
 }
 
 fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
@@ -420,6 +362,75 @@ fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
             auth_protocol: drivers::pdu::AuthProtocol::Sha1,
         });
     }
+    serve(&args.faults, PduLab::start(spec))
+}
+
+/// What `serve` needs of a started lab: its fault knobs, its ready lines, its shutdown.
+trait Served {
+    fn apply(&self, knob: &FaultKnob) -> bool;
+    /// One line per device, printed once every device listens.
+    fn ready_lines(&self) -> Vec<String>;
+    fn stop(self) -> impl std::future::Future<Output = ()>;
+}
+
+impl Served for Lab {
+    fn apply(&self, knob: &FaultKnob) -> bool {
+        Lab::apply(self, knob)
+    }
+    fn ready_lines(&self) -> Vec<String> {
+        self.bmcs()
+            .iter()
+            .map(|b| format!("ipmi {} {} guid={}", b.name(), b.addr(), b.guid_text()))
+            .collect()
+    }
+    fn stop(self) -> impl std::future::Future<Output = ()> {
+        self.shutdown()
+    }
+}
+
+impl Served for RedfishLab {
+    fn apply(&self, knob: &FaultKnob) -> bool {
+        RedfishLab::apply(self, knob)
+    }
+    fn ready_lines(&self) -> Vec<String> {
+        self.bmcs()
+            .iter()
+            .map(|b| {
+                format!(
+                    "redfish {} {} {}",
+                    b.name(),
+                    b.url(),
+                    self.ca_path().display()
+                )
+            })
+            .collect()
+    }
+    fn stop(self) -> impl std::future::Future<Output = ()> {
+        self.shutdown()
+    }
+}
+
+impl Served for PduLab {
+    fn apply(&self, knob: &FaultKnob) -> bool {
+        PduLab::apply(self, knob)
+    }
+    fn ready_lines(&self) -> Vec<String> {
+        self.pdus()
+            .iter()
+            .map(|p| format!("snmp-pdu {} {}", p.name(), p.addr()))
+            .collect()
+    }
+    fn stop(self) -> impl std::future::Future<Output = ()> {
+        self.shutdown()
+    }
+}
+
+/// Starts a lab on a single-threaded runtime, applies the fault knobs, prints the ready lines,
+/// and serves until SIGINT or SIGTERM.
+fn serve<L: Served, E: std::fmt::Display>(
+    faults: &[FaultKnob],
+    start: impl std::future::Future<Output = Result<L, E>>,
+) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -428,23 +439,23 @@ fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
         Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
     };
     rt.block_on(async move {
-        let lab = match PduLab::start(spec).await {
+        let lab = match start.await {
             Ok(lab) => lab,
             Err(e) => return fail(1, e),
         };
-        for knob in &args.faults {
+        for knob in faults {
             lab.apply(knob);
         }
         {
             let mut out = std::io::stdout().lock();
-            for p in lab.pdus() {
-                let _ = writeln!(out, "snmp-pdu {} {}", p.name(), p.addr());
+            for line in lab.ready_lines() {
+                let _ = writeln!(out, "{line}");
             }
             let _ = out.flush();
         }
         let signal = wait_for_signal().await;
         eprintln!("palisade-lab: {signal}, stopping");
-        lab.shutdown().await;
+        lab.stop().await;
         ExitCode::SUCCESS
     })
 }
