@@ -144,17 +144,42 @@ pub fn run(args: &[String], settings: &Settings, err: &mut dyn Write) -> i32 {
             o.devices = parse_device_line(line);
         }
     }
-    let dev = o
-        .watchdog_device
-        .clone()
-        .or_else(|| settings.get("SBD_WATCHDOG_DEV").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_WATCHDOG));
+    let dev = match resolve_watchdog(&mut o, settings) {
+        Ok(dev) => dev,
+        Err(e) => {
+            let _ = writeln!(err, "palisade-sbd: {e}");
+            return 1;
+        }
+    };
     match o.command.first().map(String::as_str) {
         Some("watch") => run_watch(&o, &dev, err),
         Some("query-watchdog") => query_watchdog(Path::new("/sys/class/watchdog"), err),
         Some("test-watchdog") => test_watchdog(&dev, o.timeout_watchdog, err),
         _ => 1,
     }
+}
+
+/// The watchdog device: `-w`, else SBD_WATCHDOG_DEV, else the board profile's (`--board` or
+/// PALISADE_BOARD), else [`DEFAULT_WATCHDOG`]. With a board, an asked-for timeout (`-1`) is
+/// clamped into the hardware's range, so the watcher never assumes a timeout the board cannot
+/// give (the driver's granted value is what the watcher uses either way).
+pub fn resolve_watchdog(o: &mut Options, settings: &Settings) -> Result<PathBuf, String> {
+    let board = match o
+        .board
+        .clone()
+        .or_else(|| settings.get("PALISADE_BOARD").map(String::from))
+    {
+        None => None,
+        Some(name) => Some(boards::Board::named(&name).map_err(|e| e.to_string())?),
+    };
+    if let (Some(b), Some(t)) = (&board, o.timeout_watchdog) {
+        o.timeout_watchdog = Some(b.watchdog_timeout(t));
+    }
+    Ok(o.watchdog_device
+        .clone()
+        .or_else(|| settings.get("SBD_WATCHDOG_DEV").map(PathBuf::from))
+        .or_else(|| board.map(|b| PathBuf::from(b.watchdog.device)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_WATCHDOG)))
 }
 
 fn run_watch(o: &Options, dev: &Path, err: &mut dyn Write) -> i32 {
@@ -335,6 +360,56 @@ fn test_watchdog(dev: &Path, timeout: Option<u32>, err: &mut dyn Write) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolved(
+        args: &[&str],
+        settings: &[(&str, &str)],
+    ) -> Result<(PathBuf, Option<u32>), String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut o = parse_args(&args).map_err(|e| e.to_string())?;
+        let dev = resolve_watchdog(&mut o, &Settings::from_pairs(settings))?;
+        Ok((dev, o.timeout_watchdog))
+    }
+
+    #[test]
+    fn the_board_profile_gives_the_watchdog_and_clamps_the_timeout() {
+        let pi = "/dev/watchdog0";
+        assert_eq!(
+            resolved(&["--board", "raspberry-pi-4", "-1", "60", "watch"], &[]).unwrap(),
+            (PathBuf::from(pi), Some(15)),
+            "the BCM2835 watchdog counts to 15 s at most"
+        );
+        assert_eq!(
+            resolved(&["watch"], &[("PALISADE_BOARD", "raspberry-pi-4")]).unwrap(),
+            (PathBuf::from(pi), None)
+        );
+        // -w and SBD_WATCHDOG_DEV name the device explicitly and win over the board.
+        assert_eq!(
+            resolved(
+                &["--board=raspberry-pi-4", "-w", "/dev/watchdog1", "watch"],
+                &[]
+            )
+            .unwrap()
+            .0,
+            PathBuf::from("/dev/watchdog1")
+        );
+        assert_eq!(
+            resolved(
+                &["--board", "raspberry-pi-4", "watch"],
+                &[("SBD_WATCHDOG_DEV", "/dev/wd9")]
+            )
+            .unwrap()
+            .0,
+            PathBuf::from("/dev/wd9")
+        );
+        assert_eq!(
+            resolved(&["watch"], &[]).unwrap(),
+            (PathBuf::from(DEFAULT_WATCHDOG), None)
+        );
+        let e = resolved(&["--board", "toaster", "watch"], &[]).unwrap_err();
+        assert!(e.contains("toaster") && e.contains("raspberry-pi-4"), "{e}");
+        assert!(resolved(&["--board"], &[]).unwrap_err().contains("--board"));
+    }
 
     #[test]
     fn watchdogs_are_listed_from_sysfs_without_opening_them() {

@@ -39,6 +39,8 @@ Options:
 -4 <N>\t\tSet msgwait timeout to N seconds (optional, create only)
 -I <N>\t\tDeadline for each disk I/O in seconds (default 3)
 -v\t\tVerbose: say what each disk did on stderr
+--board NAME\tBoard profile (boards/profiles: generic-x86, raspberry-pi-4, ...) giving the
+\t\twatchdog device and timeout range (watch, test-watchdog; or PALISADE_BOARD)
 --force\t\tcreate: accept msgwait < 2 x watchdog timeout (unsafe)
 -h, --help\tThis help
 Commands:
@@ -63,8 +65,9 @@ Safer than sbd:
   returning 0, so fence_sbd's \"off\" means the target's watchdog has had time to fire.
 
 Watcher and watchdog commands (run in the foreground, for systemd's Type=notify):
-watch		Watch the disks and feed the watchdog (-w DEV or SBD_WATCHDOG_DEV, default
-		/dev/watchdog; -1 N asks the watchdog for N s instead of the header's timeout).
+watch		Watch the disks and feed the watchdog (-w DEV, SBD_WATCHDOG_DEV, the board
+		profile's device, else /dev/watchdog; -1 N asks the watchdog for N s instead of
+		the header's timeout, clamped into the board's range with --board).
 		A poison pill reboots/powers off this node at once; losing a majority of disks
 		for half the watchdog timeout reboots it; `exit` or SIGTERM disarms and exits.
 query-watchdog	List the watchdogs (from sysfs; nothing is armed).
@@ -99,6 +102,8 @@ pub struct Options {
     pub io_timeout: Option<u32>,
     /// `-w`: the watchdog device (`watch`, `test-watchdog`).
     pub watchdog_device: Option<PathBuf>,
+    /// `--board NAME`: the board profile that names the watchdog device and its timeout range.
+    pub board: Option<String>,
     /// `--force`.
     pub force: bool,
     /// `-v` count.
@@ -134,6 +139,21 @@ pub fn parse_args(args: &[String]) -> Result<Options, UsageError> {
         if a == "--force" {
             o.force = true;
             i += 1;
+            continue;
+        }
+        if let Some(v) = a.strip_prefix("--board=") {
+            o.board = Some(v.trim().to_string());
+            i += 1;
+            continue;
+        }
+        if a == "--board" {
+            let v = args.get(i + 1).ok_or_else(|| {
+                UsageError::Invalid(
+                    "option '--board' requires an argument (a board profile name)".into(),
+                )
+            })?;
+            o.board = Some(v.trim().to_string());
+            i += 2;
             continue;
         }
         if a == "--help" {
