@@ -37,13 +37,14 @@ impl Fenced {
             config: config.into(),
         };
         let until = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        // The socket file appears at bind(), before listen(): wait until a connection is taken.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if let Some(status) = f.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("fenced exited with {status}: {}", f.log());
             }
             assert!(
                 Instant::now() < until,
-                "fenced did not create its socket: {}",
+                "fenced did not accept on its socket: {}",
                 f.log()
             );
             std::thread::sleep(Duration::from_millis(20));
