@@ -19,18 +19,7 @@ impl LoopDevice {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("disk");
         std::fs::File::create(&file)?.set_len(size_mib * 1024 * 1024)?;
-        let mut cmd = Command::new("losetup");
-        if let Some(ss) = sector_size {
-            cmd.arg("--sector-size").arg(ss.to_string());
-        }
-        let out = cmd.arg("-f").arg("--show").arg(&file).output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "losetup failed: {}; loop devices need root and the loop module",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let path = attach(&file, sector_size)?;
         Ok(LoopDevice { path, _dir: dir })
     }
 
@@ -81,6 +70,82 @@ impl Drop for LoopDevice {
     }
 }
 
+/// The file beside a test's backing file that names the process owning the loop device.
+const OWNER: &str = "palisade-test-owner";
+
+/// Attaches `file` to a free loop device (`losetup -f --show`) and returns the device node.
+/// The caller detaches it (as [`LoopDevice`]'s `Drop` does). An owner mark beside the file lets
+/// a later test detach it if this process dies without running its `Drop` (nextest kills a test
+/// that runs out of time with SIGKILL): see [`sweep_orphans`], which runs first.
+pub fn attach(file: &Path, sector_size: Option<u32>) -> io::Result<PathBuf> {
+    sweep_orphans();
+    if let Some(dir) = file.parent() {
+        std::fs::write(
+            dir.join(OWNER),
+            owner_mark(std::process::id()).unwrap_or_default(),
+        )?;
+    }
+    let mut cmd = Command::new("losetup");
+    if let Some(ss) = sector_size {
+        cmd.arg("--sector-size").arg(ss.to_string());
+    }
+    let out = cmd.arg("-f").arg("--show").arg(file).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "losetup failed: {}; loop devices need root and the loop module",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// `PID STARTTIME` of a live process (the start time tells a reused pid apart), if it runs.
+fn owner_mark(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) counts from after the `(comm)` field, which may hold spaces.
+    let after = stat.rsplit_once(')')?.1;
+    let start = after.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+/// Detaches loop devices whose backing file carries an owner mark of a process that is gone,
+/// and removes their directories (unmounting a test's private tmpfs first). Devices of other
+/// tests that still run, and devices nobody marked, are left alone.
+pub fn sweep_orphans() {
+    let Ok(blocks) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for b in blocks.flatten() {
+        let name = b.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = std::fs::read_to_string(b.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let backing = PathBuf::from(backing.trim());
+        let Some(dir) = backing.parent() else {
+            continue;
+        };
+        let Ok(mark) = std::fs::read_to_string(dir.join(OWNER)) else {
+            continue;
+        };
+        let pid = mark.split_whitespace().next().and_then(|p| p.parse().ok());
+        if pid.and_then(owner_mark).as_deref() == Some(mark.trim()) {
+            continue;
+        }
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(format!("/dev/{name}"))
+            .status();
+        let _ = Command::new("umount")
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Whether loop devices can be made here (root, loop module); tests skip loudly otherwise.
 pub fn available() -> bool {
     match LoopDevice::new(1, None) {
@@ -89,5 +154,47 @@ pub fn available() -> bool {
             eprintln!("SKIP: no loop devices: {e}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached(dev: &Path) -> bool {
+        let name = dev.file_name().unwrap().to_string_lossy().into_owned();
+        Path::new("/sys/block")
+            .join(name)
+            .join("loop/backing_file")
+            .exists()
+    }
+
+    #[test]
+    fn orphans_of_dead_owners_are_swept_and_live_ones_kept() {
+        if !available() {
+            return;
+        }
+        let live = LoopDevice::new(1, None).unwrap();
+        // A device as a SIGKILLed test leaves it: attached, marked by a process that is gone.
+        let dir = tempfile::tempdir().unwrap().keep();
+        let file = dir.join("disk");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let orphan = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        std::fs::write(dir.join(OWNER), "4194303 1").unwrap();
+        assert!(attached(&orphan));
+
+        sweep_orphans();
+        assert!(!attached(&orphan), "{} still attached", orphan.display());
+        assert!(!dir.exists(), "its directory is removed");
+        assert!(attached(live.path()), "a running owner's device is kept");
     }
 }

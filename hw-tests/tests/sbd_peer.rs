@@ -470,13 +470,10 @@ fn a_failed_pill_write_is_a_failure_although_sbd_reports_success() {
         .unwrap()
         .set_len(4 << 20)
         .unwrap();
-    let out = Command::new("losetup")
-        .args(["--sector-size", "4096", "-f", "--show"])
-        .arg(&backing)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dev = hw_tests::loopdev::attach(&backing, Some(4096))
+        .unwrap()
+        .display()
+        .to_string();
     struct Detach(String);
     impl Drop for Detach {
         fn drop(&mut self) {
