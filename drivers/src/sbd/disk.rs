@@ -252,6 +252,10 @@ impl Disk {
         let stuck = Arc::new(AtomicBool::new(false));
         let p = path.to_path_buf();
         let opened = with_deadline(path, "open", deadline, &stuck, move || open_blocking(&p))?;
+        Disk::from_opened(path, opened, stuck)
+    }
+
+    fn from_opened(path: &Path, opened: Opened, stuck: Arc<AtomicBool>) -> Result<Disk, DiskError> {
         let sector_size =
             SectorSize::from_bytes(opened.sector_size).ok_or_else(|| DiskError::SectorSize {
                 path: path.into(),
@@ -301,38 +305,35 @@ impl Disk {
     /// disposable thread whose progress someone else watches (the watcher's servants): it may
     /// block for as long as the device does.
     pub fn open_here(path: &Path) -> Result<Disk, DiskError> {
-        let opened = open_blocking(path)?;
-        let sector_size =
-            SectorSize::from_bytes(opened.sector_size).ok_or_else(|| DiskError::SectorSize {
-                path: path.into(),
-                size: opened.sector_size,
-            })?;
-        Ok(Disk {
-            path: path.into(),
-            file: Arc::new(opened.file),
-            sector_size,
-            size_bytes: opened.size_bytes,
-            stuck: Arc::new(AtomicBool::new(false)),
-        })
+        Disk::from_opened(path, open_blocking(path)?, Arc::new(AtomicBool::new(false)))
     }
 
     /// Reads `count` sectors from `first` on the calling thread, without a deadline (see
     /// [`Disk::open_here`]): no thread is started, so a watcher polling several times a second
     /// does not create one per read.
     pub fn read_here(&self, first: u64, count: u64) -> Result<Vec<u8>, DiskError> {
-        self.refuse_if_stuck()?;
-        let what = || format!("reading {count} sector(s) at sector {first}");
-        let (offset, len) = self.check_range(first, count, "read")?;
-        let mut buf = AlignedBuf::zeroed(len);
-        self.file
-            .read_exact_at(buf.as_mut_slice(), offset)
-            .map_err(|e| io_err(&self.path, &what(), e))?;
-        Ok(buf.as_slice().to_vec())
+        let (what, offset, len) = self.plan_read(first, count)?;
+        read_sectors(&self.file, &self.path, &what, offset, len)
     }
 
     /// Writes whole sectors from `first` on the calling thread, without a deadline (see
     /// [`Disk::open_here`]).
     pub fn write_here(&self, first: u64, data: &[u8]) -> Result<(), DiskError> {
+        let (what, offset, buf) = self.plan_write(first, data)?;
+        write_sectors(&self.file, &self.path, &what, offset, &buf)
+    }
+
+    /// Checks a read of `count` sectors from `first`: what it is called, offset and length.
+    fn plan_read(&self, first: u64, count: u64) -> Result<(String, u64, usize), DiskError> {
+        self.refuse_if_stuck()?;
+        let what = format!("reading {count} sector(s) at sector {first}");
+        let (offset, len) = self.check_range(first, count, &what)?;
+        Ok((what, offset, len))
+    }
+
+    /// Checks a write of whole sectors from `first` and stages it in an aligned buffer
+    /// (O_DIRECT needs one).
+    fn plan_write(&self, first: u64, data: &[u8]) -> Result<(String, u64, AlignedBuf), DiskError> {
         self.refuse_if_stuck()?;
         let ss = self.sector_size.bytes();
         let count = (data.len() / ss) as u64;
@@ -347,9 +348,7 @@ impl Disk {
         let (offset, len) = self.check_range(first, count, &what)?;
         let mut buf = AlignedBuf::zeroed(len);
         buf.as_mut_slice().copy_from_slice(data);
-        self.file
-            .write_all_at(buf.as_slice(), offset)
-            .map_err(|e| io_err(&self.path, &what, e))
+        Ok((what, offset, buf))
     }
 
     fn refuse_if_stuck(&self) -> Result<(), DiskError> {
@@ -372,43 +371,50 @@ impl BlockDevice for Disk {
     }
 
     fn read(&self, first: u64, count: u64, deadline: Instant) -> Result<Vec<u8>, DiskError> {
-        self.refuse_if_stuck()?;
-        let what = format!("reading {count} sector(s) at sector {first}");
-        let (offset, len) = self.check_range(first, count, &what)?;
+        let (what, offset, len) = self.plan_read(first, count)?;
         let file = Arc::clone(&self.file);
         let path = self.path.clone();
         let w = what.clone();
         with_deadline(&self.path, &what, deadline, &self.stuck, move || {
-            let mut buf = AlignedBuf::zeroed(len);
-            file.read_exact_at(buf.as_mut_slice(), offset)
-                .map_err(|e| io_err(&path, &w, e))?;
-            Ok(buf.as_slice().to_vec())
+            read_sectors(&file, &path, &w, offset, len)
         })
     }
 
     fn write(&self, first: u64, data: &[u8], deadline: Instant) -> Result<(), DiskError> {
-        self.refuse_if_stuck()?;
-        let ss = self.sector_size.bytes();
-        let count = (data.len() / ss) as u64;
-        let what = format!("writing {count} sector(s) at sector {first}");
-        if data.len() % ss != 0 || data.is_empty() {
-            return Err(DiskError::Range {
-                path: self.path.clone(),
-                what,
-                size_bytes: self.size_bytes,
-            });
-        }
-        let (offset, len) = self.check_range(first, count, &what)?;
-        let mut buf = AlignedBuf::zeroed(len);
-        buf.as_mut_slice().copy_from_slice(data);
+        let (what, offset, buf) = self.plan_write(first, data)?;
         let file = Arc::clone(&self.file);
         let path = self.path.clone();
         let w = what.clone();
         with_deadline(&self.path, &what, deadline, &self.stuck, move || {
-            file.write_all_at(buf.as_slice(), offset)
-                .map_err(|e| io_err(&path, &w, e))
+            write_sectors(&file, &path, &w, offset, &buf)
         })
     }
+}
+
+/// One O_DIRECT read into an aligned buffer (blocks for as long as the device does).
+fn read_sectors(
+    file: &File,
+    path: &Path,
+    what: &str,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, DiskError> {
+    let mut buf = AlignedBuf::zeroed(len);
+    file.read_exact_at(buf.as_mut_slice(), offset)
+        .map_err(|e| io_err(path, what, e))?;
+    Ok(buf.as_slice().to_vec())
+}
+
+/// One O_DIRECT write from an aligned buffer (blocks for as long as the device does).
+fn write_sectors(
+    file: &File,
+    path: &Path,
+    what: &str,
+    offset: u64,
+    buf: &AlignedBuf,
+) -> Result<(), DiskError> {
+    file.write_all_at(buf.as_slice(), offset)
+        .map_err(|e| io_err(path, what, e))
 }
 
 /// An in-memory disk for tests of the SBD logic (and of the fencer's `sbd` device): it can be
