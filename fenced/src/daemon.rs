@@ -12,6 +12,71 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// Why the daemon could not start, serve or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The ledger signing key could not be loaded or created.
+    #[error("ledger signing key (daemon.ledger_key): {0}")]
+    LedgerKey(#[from] crate::history::KeyError),
+    /// The history file could not be opened.
+    #[error("cannot open history {path}: {source}")]
+    History {
+        /// daemon.history.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: crate::history::HistoryError,
+    },
+    /// A device (or its agent) could not be set up from the configuration.
+    #[error("{detail}")]
+    Devices {
+        /// What is wrong, with the device and the fix.
+        detail: String,
+    },
+    /// The engine could not start over the history.
+    #[error("{0}; {hint}", hint = .0.hint())]
+    Engine(#[from] crate::error::EngineError),
+    /// The Unix socket could not be bound.
+    #[error("{0}")]
+    Socket(#[source] std::io::Error),
+    /// The TLS certificate or key could not be loaded.
+    #[error("api.tls: {0}")]
+    Tls(#[from] crate::api::tls::TlsError),
+    /// The TCP listener could not be bound.
+    #[error("cannot listen on {addr} (api.tcp): {source}; is another process on that port?")]
+    Listen {
+        /// api.tcp.
+        addr: std::net::SocketAddr,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener's server ended with an error.
+    #[error("{listener} server failed: {detail}; see the log above for the cause")]
+    Serve {
+        /// `Unix socket` or `TCP`.
+        listener: &'static str,
+        /// Its error.
+        detail: String,
+    },
+    /// A signal handler could not be installed.
+    #[error("cannot handle {signal}: {source}")]
+    Signal {
+        /// The signal's name.
+        signal: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Lets callers that still report errors as text use `?` on a [`DaemonError`].
+impl From<DaemonError> for String {
+    fn from(e: DaemonError) -> String {
+        e.to_string()
+    }
+}
+
 /// How often every device is health-checked.
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -29,7 +94,7 @@ pub struct Daemon {
 impl Daemon {
     /// Opens history (recording operations a crash left in flight as failed), builds the
     /// devices, binds the API listeners and starts serving. Must run inside a tokio runtime.
-    pub async fn start(config: Arc<Config>) -> Result<Daemon, String> {
+    pub async fn start(config: Arc<Config>) -> Result<Daemon, DaemonError> {
         tracing::info!(
             config = %config.source.display(),
             node = %config.daemon.node_name,
@@ -39,15 +104,14 @@ impl Daemon {
             env!("CARGO_PKG_VERSION")
         );
         let clock = Clock::system();
-        let key = crate::history::load_or_create_key(&config.daemon.ledger_key)
-            .map_err(|e| format!("ledger signing key (daemon.ledger_key): {e}"))?;
+        let key = crate::history::load_or_create_key(&config.daemon.ledger_key)?;
         let (history, interrupted) =
-            History::open_signed(&config.daemon.history, clock.now_ms(), key).map_err(|e| {
-                format!(
-                    "cannot open history {}: {e}",
-                    config.daemon.history.display()
-                )
-            })?;
+            History::open_signed(&config.daemon.history, clock.now_ms(), key).map_err(
+                |source| DaemonError::History {
+                    path: config.daemon.history.display().to_string(),
+                    source,
+                },
+            )?;
         for op in &interrupted {
             tracing::warn!(
                 op = op.id,
@@ -58,31 +122,35 @@ impl Daemon {
                 op.target
             );
         }
-        crate::devices::check_agents(&config).await?;
-        let devices = crate::devices::build(&config)?;
+        let devices_err = |e: &dyn std::fmt::Display| DaemonError::Devices {
+            detail: e.to_string(),
+        };
+        crate::devices::check_agents(&config)
+            .await
+            .map_err(|e| devices_err(&e))?;
+        let devices = crate::devices::build(&config).map_err(|e| devices_err(&e))?;
         let engine = Engine::new(
             config.clone(),
             devices,
             history,
             interrupted.len() as u32,
             clock,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
 
-        let listener =
-            bind_unix(&config.daemon.socket, config.api.socket_mode).map_err(|e| e.to_string())?;
+        let listener = bind_unix(&config.daemon.socket, config.api.socket_mode)
+            .map_err(DaemonError::Socket)?;
         tracing::info!(socket = %config.daemon.socket.display(), mode = format_args!("{:04o}", config.api.socket_mode), "API listening on Unix socket");
         let tls = match &config.api.security.tls {
-            Some(files) if config.api.tcp.is_some() => Some(Arc::new(
-                TlsReloader::new(files.clone()).map_err(|e| format!("api.tls: {e}"))?,
-            )),
+            Some(files) if config.api.tcp.is_some() => {
+                Some(Arc::new(TlsReloader::new(files.clone())?))
+            }
             _ => None,
         };
         let tcp = match config.api.tcp {
             Some(addr) => {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
-                    .map_err(|e| format!("cannot listen on {addr} (api.tcp): {e}"))?;
+                    .map_err(|source| DaemonError::Listen { addr, source })?;
                 if tls.is_some() {
                     tracing::info!(%addr, tokens = config.api.security.tokens_file.is_some(), client_certs = config.api.security.client_certs.len(), "API listening on TCP with TLS");
                 } else {
@@ -154,10 +222,10 @@ impl Daemon {
 
     /// Re-reads the TLS certificate and key (SIGHUP). The Unix socket and open connections
     /// are untouched; on error the old certificate stays in use. False if TLS is off.
-    pub fn reload_tls(&self) -> Result<bool, String> {
+    pub fn reload_tls(&self) -> Result<bool, DaemonError> {
         match &self.tls {
             None => Ok(false),
-            Some(t) => t.reload().map(|()| true),
+            Some(t) => Ok(t.reload().map(|()| true)?),
         }
     }
 
@@ -191,21 +259,21 @@ impl Daemon {
     }
 
     /// Stops serving and removes the socket.
-    pub async fn stop(self) -> Result<(), String> {
+    pub async fn stop(self) -> Result<(), DaemonError> {
         tracing::info!("stopping: answering open requests, accepting no new ones");
         self.monitor.abort();
         self.api.shutdown();
         let mut result = Ok(());
         match self.unix_task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(format!("Unix socket server failed: {e}")),
-            Err(e) => result = Err(format!("Unix socket server task failed: {e}")),
+            Ok(Err(e)) => result = Err(serve_err("Unix socket", &e)),
+            Err(e) => result = Err(serve_err("Unix socket", &e)),
         }
         if let Some(t) = self.tcp_task {
             match t.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(format!("TCP server failed: {e}")),
-                Err(e) => result = Err(format!("TCP server task failed: {e}")),
+                Ok(Err(e)) => result = Err(serve_err("TCP", &e)),
+                Err(e) => result = Err(serve_err("TCP", &e)),
             }
         }
         if self.engine.in_flight() > 0 {
@@ -218,6 +286,20 @@ impl Daemon {
         tracing::info!("fenced stopped");
         result
     }
+}
+
+fn serve_err(listener: &'static str, e: &dyn std::fmt::Display) -> DaemonError {
+    DaemonError::Serve {
+        listener,
+        detail: e.to_string(),
+    }
+}
+
+fn handler(
+    kind: tokio::signal::unix::SignalKind,
+    signal: &'static str,
+) -> Result<tokio::signal::unix::Signal, DaemonError> {
+    tokio::signal::unix::signal(kind).map_err(|source| DaemonError::Signal { signal, source })
 }
 
 /// What a signal asks the daemon to do.
@@ -238,14 +320,12 @@ pub struct Signals {
 
 impl Signals {
     /// Installs handlers for SIGTERM, SIGINT and SIGHUP.
-    pub fn install() -> Result<Signals, String> {
-        use tokio::signal::unix::{signal, SignalKind};
+    pub fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::SignalKind;
         Ok(Signals {
-            term: signal(SignalKind::terminate())
-                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?,
-            int: signal(SignalKind::interrupt())
-                .map_err(|e| format!("cannot handle SIGINT: {e}"))?,
-            hup: signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
+            term: handler(SignalKind::terminate(), "SIGTERM")?,
+            int: handler(SignalKind::interrupt(), "SIGINT")?,
+            hup: handler(SignalKind::hangup(), "SIGHUP")?,
         })
     }
 
@@ -260,12 +340,10 @@ impl Signals {
 }
 
 /// Waits for SIGTERM or SIGINT.
-pub async fn wait_for_signal() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+pub async fn wait_for_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::SignalKind;
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -1,4 +1,5 @@
-//! The engine's errors, each with a stable code, an HTTP status and a hint saying what to do.
+//! The engine's errors, each with a stable code and a hint saying what to do. How they map to
+//! HTTP is the API's business (`api::status_of`).
 
 use crate::model::Action;
 
@@ -56,10 +57,10 @@ pub enum EngineError {
         reason: String,
     },
     /// A blast-radius limit was reached.
-    #[error("refused by blast-radius limit: {detail}")]
+    #[error("refused by blast-radius limit: {limit}")]
     RateLimited {
         /// Which limit, with its numbers.
-        detail: String,
+        limit: LimitReached,
     },
     /// The request is malformed.
     #[error("bad request: {detail}")]
@@ -88,20 +89,6 @@ impl EngineError {
             EngineError::RateLimited { .. } => "rate_limited",
             EngineError::BadRequest { .. } => "bad_request",
             EngineError::History { .. } => "history_failed",
-        }
-    }
-
-    /// The HTTP status the API answers with.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            EngineError::UnknownTarget { .. }
-            | EngineError::UnknownDevice { .. }
-            | EngineError::UnknownOperation { .. } => 404,
-            EngineError::Conflict { .. } | EngineError::RequestIdMismatch { .. } => 409,
-            EngineError::Paused { .. } => 409,
-            EngineError::RateLimited { .. } => 429,
-            EngineError::BadRequest { .. } => 400,
-            EngineError::History { .. } => 500,
         }
     }
 
@@ -137,4 +124,31 @@ impl From<crate::history::HistoryError> for EngineError {
             detail: e.to_string(),
         }
     }
+}
+
+/// Which blast-radius limit refused a fencing operation, with its numbers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitReached {
+    /// Too many fencing operations started overall within the window.
+    #[error("{started} fencing operations already started in the last {window_s} s (limits.max_operations = {max})")]
+    Overall {
+        /// Operations started within the window.
+        started: u32,
+        /// The window, seconds.
+        window_s: u64,
+        /// The limit.
+        max: u32,
+    },
+    /// Too many fencing operations started on this target within the window.
+    #[error("{started} fencing operations already started on {target} in the last {window_s} s (limits.max_operations_per_target = {max})")]
+    PerTarget {
+        /// The target.
+        target: String,
+        /// Operations started on it within the window.
+        started: u32,
+        /// The window, seconds.
+        window_s: u64,
+        /// The limit.
+        max: u32,
+    },
 }

@@ -2,8 +2,9 @@
 //! replays their corpora on stable Rust (`fenced/tests/fuzz_corpus.rs`). Each must return
 //! normally for every input: an error is an answer, a panic is a bug.
 
+use crate::api::ReasonBody;
 use crate::config::Config;
-use crate::model::{FenceRequest, HistoryQuery, ReasonBody};
+use crate::model::{FenceRequest, HistoryQuery};
 use std::path::Path;
 
 /// The config parser: any text parses or yields an error that names the file.

@@ -17,7 +17,10 @@
 //! What a chain cannot show alone is removal of the newest records: compare the reported head
 //! (`head_seq`, `head_hash`) with one kept elsewhere (the audit log of the controller).
 
-use crate::model::{Action, HistoryQuery, Millis, OpState, Operation, Outcome, PauseStatus};
+use crate::model::{
+    utc_text, Action, Attempt, HistoryQuery, Millis, OpState, Operation, Outcome, PauseStatus,
+    StepResult,
+};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -162,36 +165,73 @@ fn chain_hash(seq: u64, prev_hash: &str, entry_json: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+/// A ledger key that cannot be read, created or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A public key that is not 64 hex digits.
+    #[error(
+        "expected an Ed25519 public key as 64 hex digits (the content of the key's .pub file)"
+    )]
+    PublicNotHex,
+    /// 32 bytes that are not an Ed25519 public key.
+    #[error("not an Ed25519 public key ({0}); use the .pub file written beside the ledger key")]
+    NotAPublicKey(#[source] ed25519_dalek::SignatureError),
+    /// The key file does not hold a key.
+    #[error("ledger key {path} is not 64 hex digits; restore it from backup (a new key cannot sign on for the old one)")]
+    BadSeed {
+        /// The key file.
+        path: String,
+    },
+    /// The key file's permissions let others read it.
+    #[error("{detail}")]
+    Unsafe {
+        /// What is wrong and the fix (`chmod 600 ...`).
+        detail: String,
+    },
+    /// The key file or its directory could not be read or written.
+    #[error("cannot {what} {path}: {source}; check the path and permissions of daemon.ledger_key")]
+    Io {
+        /// What was being done (`read ledger key`, `create`, ...).
+        what: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Parses a hex Ed25519 public key (64 hex digits, as in a `.pub` file).
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
     let mut b = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut b)
-        .map_err(|_| "expected an Ed25519 public key as 64 hex digits".to_string())?;
-    VerifyingKey::from_bytes(&b).map_err(|e| format!("not an Ed25519 public key: {e}"))
+    hex::decode_to_slice(text.trim(), &mut b).map_err(|_| KeyError::PublicNotHex)?;
+    VerifyingKey::from_bytes(&b).map_err(KeyError::NotAPublicKey)
 }
 
 /// Loads the node's ledger signing key from `path`, creating it (mode 0600, and the public key
 /// beside it as `PATH.pub`) if it does not exist. A key file others can read is refused.
-pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: &'static str, p: &Path| {
+        let path = p.display().to_string();
+        move |source| KeyError::Io { what, path, source }
+    };
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            crate::config::check_secret_file_mode(path)?;
+            crate::config::check_secret_file_mode(path).map_err(|e| KeyError::Unsafe {
+                detail: e.to_string(),
+            })?;
             let text = zeroize::Zeroizing::new(text);
             let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-            hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| {
-                format!(
-                    "ledger key {} is not 64 hex digits; restore it from backup (a new key cannot sign on for the old one)",
-                    path.display()
-                )
+            hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| KeyError::BadSeed {
+                path: path.display().to_string(),
             })?;
             Ok(SigningKey::from_bytes(&seed))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(io("create", dir))?;
             }
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let seed = zeroize::Zeroizing::new(hex::encode(key.to_bytes()));
@@ -200,17 +240,17 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| format!("cannot create ledger key {}: {e}", path.display()))?;
+                .map_err(io("create ledger key", path))?;
             f.write_all(seed.as_bytes())
                 .and_then(|()| f.sync_all())
-                .map_err(|e| format!("cannot write ledger key {}: {e}", path.display()))?;
+                .map_err(io("write ledger key", path))?;
             let pubpath = public_key_path(path);
             std::fs::write(&pubpath, hex::encode(key.verifying_key().as_bytes()) + "\n")
-                .map_err(|e| format!("cannot write {}: {e}", pubpath.display()))?;
+                .map_err(io("write", &pubpath))?;
             tracing::info!(key = %path.display(), public_key = %pubpath.display(), "created the ledger signing key; keep a copy of the public key off this node");
             Ok(key)
         }
-        Err(e) => Err(format!("cannot read ledger key {}: {e}", path.display())),
+        Err(e) => Err(io("read ledger key", path)(e)),
     }
 }
 
@@ -219,6 +259,50 @@ pub fn public_key_path(key: &Path) -> std::path::PathBuf {
     let mut s = key.as_os_str().to_os_string();
     s.push(".pub");
     s.into()
+}
+
+/// Ends an operation that was in flight when fenced died: each command recorded as about to be
+/// sent becomes an `interrupted` attempt saying it may have reached the device, and the outcome
+/// is a failure that names them. A crash is never a success.
+fn mark_interrupted(op: &mut Operation, now_ms: Millis) {
+    let mut sent = Vec::new();
+    for p in std::mem::take(&mut op.pending) {
+        let said = format!(
+            "{} may have been sent to {} at {}",
+            p.command,
+            p.device_label(),
+            utc_text(p.since_ms)
+        );
+        op.attempts.push(Attempt {
+            level: p.level,
+            device: p.device.clone(),
+            port: p.port.clone(),
+            phase: p.phase,
+            started_ms: p.since_ms,
+            finished_ms: now_ms,
+            result: StepResult::Failed {
+                code: "interrupted".into(),
+                message: format!(
+                    "{said}; fenced stopped before the power state was read back, so it is NOT confirmed"
+                ),
+            },
+        });
+        sent.push(said);
+    }
+    let steps = if sent.is_empty() {
+        "no device command was recorded as in progress".to_string()
+    } else {
+        sent.join(", ")
+    };
+    op.state = OpState::Failed;
+    op.finished_ms = Some(now_ms);
+    op.outcome = Some(Outcome::Failed {
+        code: "interrupted".into(),
+        message: format!(
+            "{} NOT confirmed: fenced stopped during this operation (crash or restart); {steps}; devices may have been left in any state — check the target and fence again",
+            op.target
+        ),
+    });
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -362,15 +446,7 @@ impl History {
         let mut out = Vec::new();
         for id in ids {
             if let Some(mut op) = self.get(id)? {
-                op.state = OpState::Failed;
-                op.finished_ms = Some(now_ms);
-                op.outcome = Some(Outcome::Failed {
-                    code: "interrupted".into(),
-                    message: format!(
-                        "{} NOT confirmed: fenced stopped during this operation (crash or restart); devices may have been left in any state — check the target and fence again",
-                        op.target
-                    ),
-                });
+                mark_interrupted(&mut op, now_ms);
                 self.record(&op)?;
                 out.push(op);
             }
@@ -381,6 +457,12 @@ impl History {
     /// Writes an operation's current snapshot and appends it to the ledger, in one durable
     /// transaction.
     pub fn record(&self, op: &Operation) -> Result<(), HistoryError> {
+        self.record_with(op, &[])
+    }
+
+    /// Like [`History::record`], and appends `also` (the request's audit record) after it in
+    /// the same transaction: one durable commit (fsync) instead of two.
+    pub fn record_with(&self, op: &Operation, also: &[LedgerEntry]) -> Result<(), HistoryError> {
         let json = serde_json::to_vec(op).map_err(|e| self.store_err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
         {
@@ -411,20 +493,31 @@ impl History {
                 operation: op.clone(),
             },
         )?;
+        for entry in also {
+            self.append_in(&tx, entry)?;
+        }
         tx.commit().map_err(|e| self.store_err(e))
     }
 
-    /// Appends a non-operation entry (pause switch, refusal) to the ledger.
+    /// Appends a non-operation entry (pause switch, refusal, audit) to the ledger.
     pub fn append_event(&self, entry: LedgerEntry) -> Result<(), HistoryError> {
+        self.append_events(std::slice::from_ref(&entry))
+    }
+
+    /// Appends non-operation entries to the ledger in one durable transaction (the pause
+    /// switch and its audit record: one fsync, not two).
+    pub fn append_events(&self, entries: &[LedgerEntry]) -> Result<(), HistoryError> {
         let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
-        if let LedgerEntry::Pause { status } = &entry {
-            let json = serde_json::to_vec(status).map_err(|e| self.store_err(e))?;
-            tx.open_table(META)
-                .map_err(|e| self.store_err(e))?
-                .insert("pause", json.as_slice())
-                .map_err(|e| self.store_err(e))?;
+        for entry in entries {
+            if let LedgerEntry::Pause { status } = entry {
+                let json = serde_json::to_vec(status).map_err(|e| self.store_err(e))?;
+                tx.open_table(META)
+                    .map_err(|e| self.store_err(e))?
+                    .insert("pause", json.as_slice())
+                    .map_err(|e| self.store_err(e))?;
+            }
+            self.append_in(&tx, entry)?;
         }
-        self.append_in(&tx, &entry)?;
         tx.commit().map_err(|e| self.store_err(e))
     }
 
@@ -589,14 +682,12 @@ impl History {
     /// may have replaced it too). Names the first bad record.
     pub fn verify(&self, key: Option<&VerifyingKey>) -> Result<LedgerReport, HistoryError> {
         let stored = match self.stored_public_key()? {
-            Some(hexkey) => {
-                Some(
-                    parse_public_key(&hexkey).map_err(|detail| HistoryError::Corrupt {
-                        key: "meta/ledger_public_key".into(),
-                        detail,
-                    })?,
-                )
-            }
+            Some(hexkey) => Some(
+                parse_public_key(&hexkey).map_err(|e| HistoryError::Corrupt {
+                    key: "meta/ledger_public_key".into(),
+                    detail: e.to_string(),
+                })?,
+            ),
             None => None,
         };
         let key = key.copied().or(stored);
@@ -732,6 +823,7 @@ mod tests {
             finished_ms: Some(created_ms + 1),
             delay_ms: 0,
             attempts: vec![],
+            pending: vec![],
             outcome: None,
         }
     }
@@ -951,6 +1043,17 @@ mod tests {
     }
 
     #[test]
+    fn operations_written_before_pending_steps_existed_decode_and_keep_their_hash() {
+        // An operation record as fenced wrote it before it recorded pending steps.
+        let old = r#"{"id":1,"target":"a","action":"off","reason":"","requested_by":{"identity":"uid:0"},"request_id":null,"state":"running","created_ms":1,"started_ms":1,"finished_ms":null,"delay_ms":0,"attempts":[],"outcome":null}"#;
+        let op: Operation = serde_json::from_str(old).unwrap();
+        assert!(op.pending.is_empty());
+        // The chain hash is over the entry's JSON as re-encoded at verification: an empty
+        // `pending` must encode to nothing, or every old record would read as changed.
+        assert_eq!(serde_json::to_string(&op).unwrap(), old);
+    }
+
+    #[test]
     fn key_file_is_created_0600_with_its_public_key_and_reloaded() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -965,7 +1068,10 @@ mod tests {
         let pubtext = std::fs::read_to_string(public_key_path(&p)).unwrap();
         assert_eq!(parse_public_key(&pubtext).unwrap(), k1.verifying_key());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(load_or_create_key(&p).unwrap_err().contains("chmod 600"));
+        assert!(load_or_create_key(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
     }
 
     #[test]
@@ -1027,6 +1133,7 @@ mod figures {
             finished_ms: None,
             delay_ms: 0,
             attempts: vec![],
+            pending: vec![],
             outcome: None,
         }
     }

@@ -163,6 +163,58 @@ pub struct Attempt {
     pub result: StepResult,
 }
 
+/// A device command that may go out, recorded durably before it is sent: if fenced dies before
+/// the step finishes, recovery turns it into an `interrupted` attempt saying the command may
+/// have reached the device (a crash must not make history silent about a power command).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PendingStep {
+    /// The level (1-based).
+    pub level: u32,
+    /// The device's configured name.
+    pub device: String,
+    /// The outlet or port on the device, for multi-node devices.
+    pub port: Option<String>,
+    /// Off or on.
+    pub phase: Phase,
+    /// What may be sent (`power off`, `power on`, `poison pill off`, `slot clear`).
+    pub command: String,
+    /// When it was recorded; the command goes out at this time or later.
+    pub since_ms: Millis,
+}
+
+impl PendingStep {
+    /// `bmc-node1` or `pdu1:3`.
+    pub fn device_label(&self) -> String {
+        match &self.port {
+            Some(p) => format!("{}:{p}", self.device),
+            None => self.device.clone(),
+        }
+    }
+}
+
+/// A UTC time as `2026-12-06T20:41:26.123Z` (for operator messages; JSON fields stay in ms).
+pub fn utc_text(ms: Millis) -> String {
+    // H. Hinnant's civil_from_days: days since 1970-01-01 to a proleptic Gregorian date.
+    let days = (ms / 86_400_000) as i64;
+    let rem = ms % 86_400_000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
 /// How a success was confirmed. There is no other way to succeed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "method", rename_all = "snake_case")]
@@ -270,6 +322,10 @@ pub struct Operation {
     pub delay_ms: u64,
     /// Every device step, in order.
     pub attempts: Vec<Attempt>,
+    /// Commands recorded as about to be sent whose step has not finished yet (empty once the
+    /// operation has finished). Absent in history written before fenced recorded them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingStep>,
     /// How it ended, once it has.
     pub outcome: Option<Outcome>,
 }
@@ -468,15 +524,6 @@ pub struct PauseStatus {
     pub reason: Option<String>,
     /// When.
     pub since_ms: Option<Millis>,
-}
-
-/// `POST /v1/pause`, `/v1/resume` and `/v1/targets/{t}/confirm` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReasonBody {
-    /// Why (recorded in history; required for manual confirmation).
-    #[serde(default)]
-    pub reason: String,
 }
 
 /// `GET /healthz` answer.

@@ -713,3 +713,42 @@ fn fence_node_confirm_asks_on_a_terminal() {
     let (_, hist) = h.json("GET", "/v1/history?target=node2", None);
     assert_eq!(hist[0]["outcome"]["confirmation"]["reason"], "cords pulled");
 }
+
+/// Sends one GET whose request head (request line, headers, blank line) is exactly `head_bytes`
+/// long, in small writes (as a slow client would), and returns the answer's status code.
+fn status_for_head_of(h: &Harness, head_bytes: usize) -> u16 {
+    use std::io::{Read, Write};
+    let start = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Pad: ";
+    let end = "\r\n\r\n";
+    let pad = head_bytes - start.len() - end.len();
+    let req = format!("{start}{}{end}", "a".repeat(pad));
+    assert_eq!(req.len(), head_bytes);
+    let mut s = std::os::unix::net::UnixStream::connect(&h.socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // 4 KiB writes: the server reads the head in many pieces, where a buffer check between
+    // reads can let a larger head through.
+    for chunk in req.as_bytes().chunks(4096) {
+        if s.write_all(chunk).is_err() {
+            break; // refused and closed before the whole head was sent
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .unwrap_or_else(|| panic!("no HTTP answer for a {head_bytes}-byte head: {text:?}"));
+    status.parse().unwrap()
+}
+
+#[test]
+fn request_heads_up_to_64_kib_are_accepted_and_larger_ones_get_431() {
+    let h = Harness::start();
+    assert_eq!(status_for_head_of(&h, 63 * 1024), 200);
+    assert_eq!(status_for_head_of(&h, 64 * 1024), 200, "the limit itself");
+    assert_eq!(status_for_head_of(&h, 65 * 1024), 431);
+    // Well under twice the limit: what a buffer-size check between reads let through.
+    assert_eq!(status_for_head_of(&h, 100 * 1024), 431);
+}

@@ -141,6 +141,7 @@ fn run_records_operations_interrupted_by_a_crash() {
             finished_ms: None,
             delay_ms: 0,
             attempts: vec![],
+            pending: vec![],
             outcome: None,
         })
         .unwrap();

@@ -486,6 +486,94 @@ fn tls_tokens_certificates_roles_audit_and_reload() {
     let _ = s.pki;
 }
 
+/// Status, headers and body of one curl request (`-i`), for checks on response headers.
+fn curl_with_headers(args: &[&str]) -> (u16, String) {
+    let mut a = vec!["-i"];
+    a.extend_from_slice(args);
+    curl(&a)
+}
+
+#[test]
+fn tls_caller_without_credentials_gets_401_with_a_bearer_challenge_and_a_known_one_403() {
+    let s = setup("127.0.0.1:9", "");
+    let (_, fence_tok) = create_token(&s, "ctrl-1", "fence");
+    let token = std::fs::read_to_string(&fence_tok).unwrap();
+    let d = Daemon::start(&s.dir, &s.config, s.port);
+    let ca = s.ca.to_str().unwrap();
+    let url = |p: &str| format!("{}{p}", d.url);
+    let challenge = |head: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("www-authenticate:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+
+    // No credentials at all: not authenticated (401, with the scheme to use), not "no role".
+    let (code, out) = curl_with_headers(&["--cacert", ca, &url("/v1/targets")]);
+    assert_eq!(code, 401, "{out}");
+    assert!(challenge(&out).starts_with("bearer"), "{out}");
+    assert!(out.contains("\"unauthenticated\""), "{out}");
+    assert!(out.contains("presented no credentials"), "{out}");
+    assert!(out.contains("fenced token create"), "{out}");
+    // The same for an action.
+    let (code, out) = curl_with_headers(&[
+        "--cacert",
+        ca,
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        r#"{"reason":"x"}"#,
+        &url("/v1/pause"),
+    ]);
+    assert_eq!(code, 401, "{out}");
+    assert!(challenge(&out).starts_with("bearer"), "{out}");
+    // /healthz needs no credentials.
+    let (code, out) = curl(&["--cacert", ca, &url("/healthz")]);
+    assert_eq!(code, 200, "{out}");
+
+    // A wrong token: 401 with the challenge, saying the token is invalid (RFC 6750 §3.1).
+    let (code, out) = curl_with_headers(&[
+        "--cacert",
+        ca,
+        "-H",
+        "Authorization: Bearer pal_not-a-real-token",
+        &url("/v1/targets"),
+    ]);
+    assert_eq!(code, 401, "{out}");
+    let c = challenge(&out);
+    assert!(
+        c.starts_with("bearer") && c.contains("invalid_token"),
+        "{out}"
+    );
+
+    // Authenticated, but below the route's role: 403, and no challenge (another token would
+    // not be "authenticating", it would be a different caller).
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let (code, out) = curl_with_headers(&[
+        "--cacert",
+        ca,
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        r#"{"reason":"x"}"#,
+        &url("/v1/pause"),
+    ]);
+    assert_eq!(code, 403, "{out}");
+    assert!(out.contains("\"forbidden\""), "{out}");
+    assert_eq!(challenge(&out), "", "{out}");
+    let (code, out) = curl(&["--cacert", ca, "-H", &auth, &url("/v1/targets")]);
+    assert_eq!(code, 200, "{out}");
+}
+
 #[test]
 fn offline_verify_names_the_first_tampered_record() {
     use fenced::history::{History, LedgerEntry};

@@ -244,11 +244,36 @@ fn fenced_killed_mid_operation_is_recorded_interrupted_not_fenced() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The command is out: the step was recorded before it was sent, so the running operation
+    // already shows it as pending.
+    let running = last_op(&b, "node1");
+    assert_eq!(running["pending"][0]["device"], "bmc-node1", "{running}");
+    assert_eq!(running["pending"][0]["command"], "power off", "{running}");
     b.fenced.restart(); // SIGKILL, then start again on the same history
     let op = last_op(&b, "node1");
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(op["outcome"]["code"], "interrupted", "{op}");
     assert!(b.fenced.log().contains("interrupted"));
+    // History says the power command may have gone out, to which device, and when.
+    let step = &op["attempts"][0];
+    assert_eq!(step["device"], "bmc-node1", "{op}");
+    assert_eq!(step["code"], "interrupted", "{op}");
+    let said = step["message"].as_str().unwrap();
+    assert!(
+        said.contains("power off may have been sent to bmc-node1 at 20"),
+        "{said}"
+    );
+    assert!(
+        op["outcome"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("power off may have been sent to bmc-node1"),
+        "{op}"
+    );
+    assert!(op["pending"].is_null(), "nothing is left pending: {op}");
+    // The interrupted record chains and verifies like every other.
+    let out = b.fenced.fence_node(&["history", "--verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // The target is not reported fenced anywhere.
     let st = b.fenced.json(&["status", "node1"]);
     assert_ne!(st["last_operation"]["state"], "succeeded", "{st}");

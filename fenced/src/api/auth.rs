@@ -108,6 +108,9 @@ pub struct Authenticated {
     pub source: String,
     /// Credentials were presented and refused (a failed authentication).
     pub failed: bool,
+    /// No credentials were presented on a listener that only knows callers by their
+    /// credentials (TLS): the caller is unauthenticated, not merely without a role.
+    pub anonymous: bool,
 }
 
 fn cert_rule<'a>(
@@ -130,6 +133,7 @@ pub fn resolve(api: &ApiConfig, creds: &Credentials, bearer: &Bearer) -> Authent
         role,
         source: creds.source(),
         failed,
+        anonymous: false,
     };
     let mut cert_refused = false;
     if let Credentials::Tls {
@@ -153,7 +157,13 @@ pub fn resolve(api: &ApiConfig, creds: &Credentials, bearer: &Bearer) -> Authent
     }
     let role = match creds {
         Credentials::UnixPeer { uid, gid, .. } => api.role_for_peer(*uid, *gid),
-        Credentials::UnixUnknown | Credentials::Tls { .. } => None,
+        Credentials::UnixUnknown => None,
+        Credentials::Tls { .. } => {
+            return Authenticated {
+                anonymous: true,
+                ..make(creds.identity(), None, false)
+            }
+        }
         Credentials::Tcp { .. } => Some(api.tcp_role),
     };
     make(creds.identity(), role, false)

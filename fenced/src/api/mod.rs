@@ -5,6 +5,7 @@
 //! OpenAPI document is generated from it in [`openapi`], so the two cannot drift apart.
 
 pub mod auth;
+mod body;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -22,9 +23,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -34,26 +33,10 @@ use std::time::Instant;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+pub use body::{ErrorBody, ErrorDetail, LedgerVerification, ReasonBody};
+
 /// Largest request body accepted; every body the API takes is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The error every endpoint answers with: `{"error": {"code", "message", "hint"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// The inside of [`ErrorBody`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ErrorDetail {
-    /// Stable code (`unknown_target`, `conflict`, `forbidden`, `bad_request`, ...).
-    pub code: String,
-    /// What happened.
-    pub message: String,
-    /// What to do about it.
-    pub hint: String,
-}
 
 /// An error answer: status plus [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,15 +45,24 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The body.
     pub detail: ErrorDetail,
-    /// Whether the engine already counted this refusal in its metrics.
-    counted: bool,
+    /// Who refused: the engine counts its own refusals, the API counts the rest.
+    by: RefusedBy,
+}
+
+/// Which layer refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefusedBy {
+    /// The API itself (authentication, role, malformed request, unknown route).
+    Api,
+    /// The engine, which has counted the refusal already.
+    Engine,
 }
 
 /// Marks an error response with its code, for the request log and the refusal counter.
 #[derive(Debug, Clone)]
 struct ErrorMark {
     code: String,
-    counted: bool,
+    by: RefusedBy,
 }
 
 impl ApiError {
@@ -88,7 +80,7 @@ impl ApiError {
                 message: message.into(),
                 hint: hint.into(),
             },
-            counted: false,
+            by: RefusedBy::Api,
         }
     }
 
@@ -101,26 +93,33 @@ impl ApiError {
             "fix the request; see /v1/openapi.json",
         )
     }
+}
 
-    /// An engine error from `fence` (which the engine counts as refused itself).
-    fn counted(e: EngineError) -> Self {
-        let mut a = ApiError::from(e);
-        a.counted = true;
-        a
+/// The HTTP status the API answers an engine error with.
+pub fn status_of(e: &EngineError) -> StatusCode {
+    match e {
+        EngineError::UnknownTarget { .. }
+        | EngineError::UnknownDevice { .. }
+        | EngineError::UnknownOperation { .. } => StatusCode::NOT_FOUND,
+        EngineError::Conflict { .. }
+        | EngineError::RequestIdMismatch { .. }
+        | EngineError::Paused { .. } => StatusCode::CONFLICT,
+        EngineError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        EngineError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        EngineError::History { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         ApiError {
-            status: StatusCode::from_u16(e.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            status: status_of(&e),
             detail: ErrorDetail {
                 code: e.code().to_string(),
                 message: e.to_string(),
                 hint: e.hint(),
             },
-            counted: false,
+            by: RefusedBy::Engine,
         }
     }
 }
@@ -129,7 +128,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mark = ErrorMark {
             code: self.detail.code.clone(),
-            counted: self.counted,
+            by: self.by,
         };
         let mut r = (self.status, axum::Json(ErrorBody { error: self.detail })).into_response();
         r.extensions_mut().insert(mark);
@@ -431,20 +430,18 @@ async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -
                 .audit_auth_failure(&identity, &auth.source, &method, &path, unaudited);
         }
         tracing::warn!(caller = %identity, source = %auth.source, %method, %path, "api request refused: authentication failed");
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "the bearer token or client certificate was not accepted",
-            "use a token from `fenced token create` (Authorization: Bearer TOKEN, or fence_node --token-file) or a client certificate mapped in api.client_certs",
-        )
-        .into_response();
+        return unauthenticated(
+            "the bearer token or client certificate was not accepted".into(),
+            "use a token from `fenced token create` (Authorization: Bearer TOKEN, or fence_node --token-file) or a client certificate mapped in api.client_certs".into(),
+            true,
+        );
     }
     req.extensions_mut().insert(auth);
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Some(mark) = resp.extensions().get::<ErrorMark>() {
-        if !mark.counted {
+        if mark.by == RefusedBy::Api {
             *state
                 .refused
                 .lock()
@@ -477,58 +474,90 @@ fn bearer_of(state: &ApiState, req: &Request) -> Bearer {
     }
 }
 
-/// Refuses callers below the route's role.
+/// `WWW-Authenticate` for a 401 (RFC 6750 §3): the API takes bearer tokens.
+fn bearer_challenge(invalid: bool) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_static(if invalid {
+        "Bearer realm=\"palisade\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"palisade\""
+    })
+}
+
+/// A 401 answer with its challenge.
+fn unauthenticated(message: String, hint: String, invalid: bool) -> Response {
+    let mut r =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message, hint).into_response();
+    r.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        bearer_challenge(invalid),
+    );
+    r
+}
+
+/// Refuses callers below the route's role: 401 for a caller that presented no credentials
+/// where only credentials give a role (TLS), 403 for one that is known and lacks the role.
 async fn require_role(
     State((needed, state)): State<(Role, AppState)>,
     req: Request,
     next: Next,
 ) -> Response {
-    let have = req.extensions().get::<Authenticated>().and_then(|a| a.role);
+    let auth = req.extensions().get::<Authenticated>().cloned();
+    let have = auth.as_ref().and_then(|a| a.role);
     if have.is_some_and(|h| h >= needed) {
         return next.run(req).await;
     }
-    let who = req
-        .extensions()
-        .get::<Authenticated>()
+    let anonymous = auth.as_ref().is_some_and(|a| a.anonymous);
+    let who = auth
+        .as_ref()
         .map_or_else(|| "unknown".to_string(), |a| a.caller.identity.clone());
+    let role = auth::role_name(needed);
     // Refused actions (fence, confirm, pause, ...) are audited; refused reads are only logged.
     if req.method() != axum::http::Method::GET {
-        let from = req
-            .extensions()
-            .get::<Authenticated>()
-            .map_or_else(String::new, |a| a.source.clone());
-        state.engine.audit(
-            &who,
-            &from,
-            &format!("{} {}", req.method(), req.uri().path()),
-            "",
-            &format!(
-                "refused: forbidden (needs the `{}` role)",
-                auth::role_name(needed)
+        if let Some(a) = &auth {
+            let outcome = if anonymous {
+                format!("refused: unauthenticated (needs the `{role}` role)")
+            } else {
+                format!("refused: forbidden (needs the `{role}` role)")
+            };
+            let by = crate::engine::Requester {
+                caller: a.caller.clone(),
+                source: a.source.clone(),
+            };
+            state
+                .engine
+                .audit_access_refused(&by, req.method(), req.uri().path(), &outcome);
+        }
+    }
+    let tls_hint = || {
+        format!(
+            "authenticate with a token that has the `{role}` role (`fenced token create --role {role} --name NAME`; fence_node --token-file) or a client certificate mapped in api.client_certs"
+        )
+    };
+    if anonymous {
+        return unauthenticated(
+            format!(
+                "{} {} needs {}; you ({who}) presented no credentials",
+                req.method(),
+                req.uri().path(),
+                RoleDisplay(Some(needed)),
             ),
+            tls_hint(),
+            false,
         );
     }
     let hint = if who.starts_with("tls:") {
-        format!(
-            "authenticate with a token that has the `{}` role (`fenced token create --role {} --name NAME`; fence_node --token-file) or a client certificate mapped in api.client_certs",
-            auth::role_name(needed),
-            auth::role_name(needed)
-        )
+        tls_hint()
     } else if who.starts_with("token:") || who.starts_with("cert:") {
         format!(
-            "this credential has a lower role; ask an administrator for one with the `{}` role",
-            auth::role_name(needed)
+            "this credential has a lower role; ask an administrator for one with the `{role}` role"
         )
     } else if who.starts_with("tcp:") {
         format!(
-            "every TCP caller gets api.tcp_role; use the Unix socket as a user with the `{}` role, or have an administrator raise api.tcp_role",
-            auth::role_name(needed)
+            "every TCP caller gets api.tcp_role; use the Unix socket as a user with the `{role}` role, or have an administrator raise api.tcp_role"
         )
     } else {
         format!(
-            "ask an administrator to add your uid or group to api.{}_uids / api.{}_gids in the fenced config",
-            auth::role_name(needed),
-            auth::role_name(needed)
+            "ask an administrator to add your uid or group to api.{role}_uids / api.{role}_gids in the fenced config"
         )
     };
     ApiError::new(

@@ -77,16 +77,40 @@ fn operation(spec: &RouteSpec, g: &mut schemars::gen::SchemaGenerator) -> Value 
             json!({"required": true, "content": {"application/json": {"schema": to_value(f(g))}}}),
         );
     }
-    op.insert(
-        "responses".into(),
+    let mut error = || json!({"application/json": {"schema": to_value(error_schema(g))}});
+    let mut responses = Map::new();
+    responses.insert(
+        spec.status.to_string(),
+        json!({"description": "Success.", "content": ok_content}),
+    );
+    if spec.role.is_some() {
+        responses.insert(
+            "401".into(),
+            json!({
+                "description": "Not authenticated: a TLS caller that presented no credentials, or a bearer token or client certificate that was not accepted (code `unauthenticated`).",
+                "headers": {"WWW-Authenticate": {
+                    "description": "`Bearer realm=\"palisade\"`, with `error=\"invalid_token\"` when a credential was refused (RFC 6750 §3).",
+                    "schema": {"type": "string"},
+                }},
+                "content": error(),
+            }),
+        );
+        responses.insert(
+            "403".into(),
+            json!({
+                "description": "Authenticated, but without the role this route needs (code `forbidden`); the hint says how to get it.",
+                "content": error(),
+            }),
+        );
+    }
+    responses.insert(
+        "default".into(),
         json!({
-            spec.status.to_string(): {"description": "Success.", "content": ok_content},
-            "default": {
-                "description": "An error, with a stable code and a hint saying what to do.",
-                "content": {"application/json": {"schema": to_value(error_schema(g))}},
-            },
+            "description": "An error, with a stable code and a hint saying what to do.",
+            "content": error(),
         }),
     );
+    op.insert("responses".into(), Value::Object(responses));
     Value::Object(op)
 }
 

@@ -1,8 +1,11 @@
 //! The route table and its handlers.
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody};
+use super::{
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, LedgerVerification, ReasonBody,
+};
 use crate::api::auth::Authenticated;
 use crate::config::Role;
+use crate::engine::Requester;
 use crate::model::*;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -363,7 +366,7 @@ pub const ROUTES: &[RouteSpec] = &[
         handler: Handler::LedgerVerify,
         request: None,
         status: 200,
-        response: Body::Json(schema::<crate::engine::audit::LedgerVerification>),
+        response: Body::Json(schema::<LedgerVerification>),
         query: &[],
     },
     RouteSpec {
@@ -414,23 +417,21 @@ pub(super) fn method_router(spec: &RouteSpec) -> MethodRouter<AppState> {
 /// The caller, as the identify middleware established it.
 type Auth = Extension<Authenticated>;
 
+/// The engine's view of the caller: who, and from where.
+fn requester(auth: &Authenticated) -> Requester {
+    Requester {
+        caller: auth.caller.clone(),
+        source: auth.source.clone(),
+    }
+}
+
 async fn fence(
     State(s): State<AppState>,
     Extension(auth): Auth,
     ApiJson(req): ApiJson<FenceRequest>,
 ) -> Result<(StatusCode, Json<FenceAccepted>), ApiError> {
     let (target, action) = (req.target.clone(), req.action);
-    let what = format!("fence {target} {action}");
-    let why = req.reason.clone();
-    let result = s.engine.fence(req, &auth.caller);
-    let outcome = match &result {
-        Ok(a) if a.joined => format!("joined operation {}", a.id),
-        Ok(a) => format!("accepted as operation {}", a.id),
-        Err(e) => format!("refused: {} ({})", e.code(), e),
-    };
-    s.engine
-        .audit(&auth.caller.identity, &auth.source, &what, &why, &outcome);
-    let accepted = result.map_err(ApiError::counted)?;
+    let accepted = s.engine.fence(req, &requester(&auth))?;
     tracing::info!(caller = %auth.caller.identity, %target, %action, op = accepted.id, joined = accepted.joined, "fence request accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -557,34 +558,13 @@ async fn target(
     ))
 }
 
-fn require_reason(what: &str, body: &ReasonBody) -> Result<(), ApiError> {
-    if body.reason.trim().is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "{what} needs a reason (it is recorded in history with your identity)"
-        )));
-    }
-    Ok(())
-}
-
 async fn confirm(
     State(s): State<AppState>,
     Extension(auth): Auth,
     ApiPath(t): ApiPath<String>,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> Result<Json<Operation>, ApiError> {
-    let result = s.engine.confirm(&t, &auth.caller, &body.reason);
-    let outcome = match &result {
-        Ok(op) => format!("recorded as operation {}", op.id),
-        Err(e) => format!("refused: {} ({})", e.code(), e),
-    };
-    s.engine.audit(
-        &auth.caller.identity,
-        &auth.source,
-        &format!("confirm {t} off"),
-        &body.reason,
-        &outcome,
-    );
-    let op = result?;
+    let op = s.engine.confirm(&t, &body.reason, &requester(&auth))?;
     tracing::warn!(caller = %auth.caller.identity, target = %t, op = op.id, reason = %body.reason, "manual confirmation recorded");
     Ok(Json(op))
 }
@@ -610,27 +590,9 @@ async fn set_paused(
     body: ReasonBody,
     paused: bool,
 ) -> Result<Json<PauseStatus>, ApiError> {
-    let what = if paused { "pause" } else { "resume" };
-    let checked = require_reason(if paused { "pausing" } else { "resuming" }, &body);
-    let result = match checked {
-        Ok(()) => s
-            .engine
-            .set_paused(paused, &auth.caller, &body.reason)
-            .map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
-    let outcome = match &result {
-        Ok(_) => "done".to_string(),
-        Err(e) => format!("refused: {} ({})", e.detail.code, e.detail.message),
-    };
-    s.engine.audit(
-        &auth.caller.identity,
-        &auth.source,
-        what,
-        &body.reason,
-        &outcome,
-    );
-    let st = result?;
+    let st = s
+        .engine
+        .set_paused(paused, &body.reason, &requester(&auth))?;
     tracing::warn!(caller = %auth.caller.identity, paused, reason = %body.reason, "pause switch changed");
     Ok(Json(st))
 }
@@ -683,9 +645,7 @@ async fn ledger(
     ))
 }
 
-async fn ledger_verify(
-    State(s): State<AppState>,
-) -> Result<Json<crate::engine::audit::LedgerVerification>, ApiError> {
+async fn ledger_verify(State(s): State<AppState>) -> Result<Json<LedgerVerification>, ApiError> {
     // A long ledger takes a while to check (one signature per record): off the event loop.
     let engine = s.engine.clone();
     let r = tokio::task::spawn_blocking(move || engine.verify_ledger())
@@ -698,7 +658,7 @@ async fn ledger_verify(
                 "retry; if it persists, run `fenced verify-ledger` on a copy of the history file",
             )
         })?;
-    Ok(Json(r?))
+    Ok(Json(r?.into()))
 }
 
 async fn openapi() -> Response {

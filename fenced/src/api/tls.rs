@@ -21,68 +21,153 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read the TLS {what} {}: {e}", path.display()))
+/// Why the TLS configuration could not be built from its files.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read the TLS {what} {path}: {source}; check the path in [api.tls] and its permissions")]
+    Read {
+        /// Which file (`certificate`, `key`, `client CA`, `CA`).
+        what: String,
+        /// The file.
+        path: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not PEM, or holds no block of the kind needed.
+    #[error("TLS {what} {path} {problem}")]
+    Pem {
+        /// Which file.
+        what: String,
+        /// The file.
+        path: String,
+        /// What is wrong, and what to give instead.
+        problem: String,
+    },
+    /// The key file's permissions let others read it.
+    #[error("{detail}")]
+    Unsafe {
+        /// What is wrong and the fix (`chmod 600 ...`).
+        detail: String,
+    },
+    /// rustls refused the configuration (a CA, the key, or the pair).
+    #[error("{context}: {source}")]
+    Rustls {
+        /// What was being set up, with the files, and what to check.
+        context: String,
+        /// rustls's error.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client CA could not make a verifier.
+    #[error("TLS client CA {path}: {detail}; give a PEM file of CA certificates")]
+    ClientCa {
+        /// The file.
+        path: String,
+        /// rustls's error.
+        detail: String,
+    },
+}
+
+/// Lets callers that still report errors as text use `?` on a [`TlsError`].
+impl From<TlsError> for String {
+    fn from(e: TlsError) -> String {
+        e.to_string()
+    }
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what: what.into(),
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn pem_err(what: &str, path: &Path, problem: String) -> TlsError {
+    TlsError::Pem {
+        what: what.into(),
+        path: path.display().to_string(),
+        problem,
+    }
 }
 
 /// Reads PEM certificates (a chain, or CA certificates) from `path`.
 pub fn load_certs(
     path: &Path,
     what: &str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
     let pem = read_pem(path, what)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("TLS {what} {} is not valid PEM: {e}", path.display()))?;
+        .map_err(|e| pem_err(what, path, format!("is not valid PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(format!(
-            "TLS {what} {} holds no `BEGIN CERTIFICATE` block; give a PEM certificate file",
-            path.display()
+        return Err(pem_err(
+            what,
+            path,
+            "holds no `BEGIN CERTIFICATE` block; give a PEM certificate file".into(),
         ));
     }
     Ok(certs)
 }
 
 /// Builds the server configuration from the files `tls` names.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = load_certs(&tls.cert, "certificate")?;
-    crate::config::check_secret_file_mode(&tls.key)?;
+    crate::config::check_secret_file_mode(&tls.key).map_err(|e| TlsError::Unsafe {
+        detail: e.to_string(),
+    })?;
     let key_pem = zeroize::Zeroizing::new(read_pem(&tls.key, "key")?);
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("TLS key {} is not valid PEM: {e}", tls.key.display()))?
+        .map_err(|e| pem_err("key", &tls.key, format!("is not valid PEM: {e}")))?
         .ok_or_else(|| {
-            format!(
-                "TLS key {} holds no private key; give a PEM PKCS#8, PKCS#1 or SEC1 key",
-                tls.key.display()
+            pem_err(
+                "key",
+                &tls.key,
+                "holds no private key; give a PEM PKCS#8, PKCS#1 or SEC1 key".into(),
             )
         })?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(|source| TlsError::Rustls {
+            context: "TLS setup (protocol versions of the ring provider)".into(),
+            source,
+        })?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in load_certs(ca, "client CA")? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+                roots.add(c).map_err(|source| TlsError::Rustls {
+                    context: format!(
+                        "TLS client CA {}: a certificate is not a usable CA",
+                        ca.display()
+                    ),
+                    source,
+                })?;
             }
             // Clients without a certificate may still authenticate with a bearer token.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+                .map_err(|e| TlsError::ClientCa {
+                    path: ca.display().to_string(),
+                    detail: e.to_string(),
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut cfg = builder.with_single_cert(chain, key).map_err(|e| {
-        format!(
-            "TLS certificate {} and key {} do not fit together: {e}",
-            tls.cert.display(),
-            tls.key.display()
-        )
-    })?;
+    let mut cfg = builder
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::Rustls {
+            context: format!(
+                "TLS certificate {} and key {} do not fit together; give the key the certificate was issued for",
+                tls.cert.display(),
+                tls.key.display()
+            ),
+            source,
+        })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -95,7 +180,7 @@ pub struct TlsReloader {
 
 impl TlsReloader {
     /// Loads the certificate and key now; an error here stops the daemon from starting.
-    pub fn new(files: TlsConfig) -> Result<TlsReloader, String> {
+    pub fn new(files: TlsConfig) -> Result<TlsReloader, TlsError> {
         let current = RwLock::new(server_config(&files)?);
         Ok(TlsReloader { files, current })
     }
@@ -109,7 +194,7 @@ impl TlsReloader {
     }
 
     /// Re-reads the certificate and key; on error the old ones stay in use.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let cfg = server_config(&self.files)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = cfg;
         Ok(())
@@ -202,13 +287,13 @@ mod tests {
         let r = TlsReloader::new(files.clone()).unwrap();
         let before = r.current();
         std::fs::write(&files.cert, "not a certificate").unwrap();
-        let e = r.reload().unwrap_err();
+        let e = r.reload().unwrap_err().to_string();
         assert!(e.contains("BEGIN CERTIFICATE"), "{e}");
         assert!(Arc::ptr_eq(&before, &r.current()));
         // A key others can read is refused at reload too.
         std::fs::write(&files.cert, cert.pem()).unwrap();
         std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(r.reload().unwrap_err().contains("chmod 600"));
+        assert!(r.reload().unwrap_err().to_string().contains("chmod 600"));
         std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
         r.reload().unwrap();
         assert!(!Arc::ptr_eq(&before, &r.current()));

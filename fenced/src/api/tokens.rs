@@ -60,8 +60,64 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(d) == 0
 }
 
+/// Why a tokens file could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// A line of the file is not `NAME ROLE SHA256HEX CREATED_MS`.
+    #[error("{path}line {line}: expected `NAME ROLE SHA256HEX CREATED_MS`; recreate the token with `fenced token create`")]
+    BadLine {
+        /// The file and `: `, or empty when parsing text.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// The file's permissions let others read it.
+    #[error("{detail}")]
+    Unsafe {
+        /// What is wrong and the fix (`chmod 600 ...`).
+        detail: String,
+    },
+    /// A token name with characters other than letters, digits, `-`, `_` or `.`.
+    #[error("token name `{name}` must be letters, digits, `-`, `_` or `.`")]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// A token with that name exists.
+    #[error("a token named `{name}` exists; revoke it first (`fenced token revoke {name}`) or pick another name")]
+    Exists {
+        /// The name given.
+        name: String,
+    },
+    /// The file could not be read or written.
+    #[error(
+        "cannot {what} {path}: {source}; check api.tokens_file and its directory's permissions"
+    )]
+    Io {
+        /// What was being done (`read tokens file`, `write`, `replace`).
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Lets callers that still report errors as text use `?` on a [`TokenError`].
+impl From<TokenError> for String {
+    fn from(e: TokenError) -> String {
+        e.to_string()
+    }
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TokenError {
+    let path = path.display().to_string();
+    move |source| TokenError::Io { what, path, source }
+}
+
 /// Parses a tokens file's text.
-pub fn parse(text: &str) -> Result<Vec<TokenEntry>, String> {
+pub fn parse(text: &str) -> Result<Vec<TokenEntry>, TokenError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -69,11 +125,9 @@ pub fn parse(text: &str) -> Result<Vec<TokenEntry>, String> {
             continue;
         }
         let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = || {
-            format!(
-                "line {}: expected `NAME ROLE SHA256HEX CREATED_MS`; recreate the token with `fenced token create`",
-                i + 1
-            )
+        let bad = || TokenError::BadLine {
+            path: String::new(),
+            line: i + 1,
         };
         if f.len() != 4 {
             return Err(bad());
@@ -93,18 +147,26 @@ pub fn parse(text: &str) -> Result<Vec<TokenEntry>, String> {
 }
 
 /// Reads a tokens file (a missing file has no tokens); refuses one others can read.
-pub fn read_file(path: &Path) -> Result<Vec<TokenEntry>, String> {
+pub fn read_file(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            check_secret_file_mode(path)?;
-            parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+            check_secret_file_mode(path).map_err(|e| TokenError::Unsafe {
+                detail: e.to_string(),
+            })?;
+            parse(&text).map_err(|e| match e {
+                TokenError::BadLine { line, .. } => TokenError::BadLine {
+                    path: format!("{}: ", path.display()),
+                    line,
+                },
+                other => other,
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("cannot read tokens file {}: {e}", path.display())),
+        Err(e) => Err(io_err("read tokens file", path)(e)),
     }
 }
 
-fn write_file(path: &Path, entries: &[TokenEntry]) -> Result<(), String> {
+fn write_file(path: &Path, entries: &[TokenEntry]) -> Result<(), TokenError> {
     let mut text = String::from(
         "# Palisade API tokens (SHA-256 hashes; the tokens themselves are never stored).\n# Edit with `fenced token create|list|revoke`.\n",
     );
@@ -124,30 +186,30 @@ fn write_file(path: &Path, entries: &[TokenEntry]) -> Result<(), String> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        .map_err(io_err("write", &tmp))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+        .map_err(io_err("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("replace", path))
 }
 
 /// Creates a token named `name` with `role`, stores its hash, and returns the token (the only
 /// time it exists outside the caller).
-pub fn create(path: &Path, name: &str, role: Role) -> Result<Zeroizing<String>, String> {
+pub fn create(path: &Path, name: &str, role: Role) -> Result<Zeroizing<String>, TokenError> {
     if name.is_empty()
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return Err(format!(
-            "token name `{name}` must be letters, digits, `-`, `_` or `.`"
-        ));
+        return Err(TokenError::BadName {
+            name: name.to_string(),
+        });
     }
     let mut entries = read_file(path)?;
     if entries.iter().any(|e| e.name == name) {
-        return Err(format!(
-            "a token named `{name}` exists; revoke it first (`fenced token revoke {name}`) or pick another name"
-        ));
+        return Err(TokenError::Exists {
+            name: name.to_string(),
+        });
     }
     let mut raw = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(raw.as_mut());
@@ -166,7 +228,7 @@ pub fn create(path: &Path, name: &str, role: Role) -> Result<Zeroizing<String>, 
 }
 
 /// Removes the token named `name`; false if there was none.
-pub fn revoke(path: &Path, name: &str) -> Result<bool, String> {
+pub fn revoke(path: &Path, name: &str) -> Result<bool, TokenError> {
     let mut entries = read_file(path)?;
     let before = entries.len();
     entries.retain(|e| e.name != name);
@@ -270,7 +332,7 @@ mod tests {
         let p = dir.path().join("tokens");
         let t = create(&p, "a", Role::Admin).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = read_file(&p).unwrap_err();
+        let e = read_file(&p).unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");
         assert_eq!(TokenStore::new(p).lookup(t.as_bytes()), None);
     }

@@ -473,7 +473,7 @@ impl Ui {
     }
 
     async fn verify_ledger(&self) -> Result<u8, ClientError> {
-        let (v, raw): (fenced::engine::audit::LedgerVerification, Value) = self
+        let (v, raw): (fenced::api::LedgerVerification, Value) = self
             .client
             .call_as("GET", "/v1/ledger/verify", None, None)
             .await?;

@@ -429,5 +429,5 @@ async fn run(path: &Path) -> Result<(), String> {
         })
         .await;
     notify("STOPPING=1");
-    daemon.stop().await
+    Ok(daemon.stop().await?)
 }

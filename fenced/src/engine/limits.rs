@@ -1,6 +1,7 @@
 //! Blast-radius limits: a broken controller must not be able to power off the fleet.
 
 use crate::config::Limits;
+use crate::error::LimitReached;
 use std::collections::{HashMap, VecDeque};
 use tokio::time::Instant;
 
@@ -36,22 +37,25 @@ impl Limiter {
 
     /// Whether one more fencing operation on `target` may start now; the error says which
     /// limit was hit, with its numbers.
-    pub(super) fn check(&mut self, target: &str, now: Instant) -> Result<(), String> {
+    pub(super) fn check(&mut self, target: &str, now: Instant) -> Result<(), LimitReached> {
         self.expire(now);
-        let w = self.limits.window.as_secs();
-        if self.all.len() as u32 >= self.limits.max_operations {
-            return Err(format!(
-                "{} fencing operations already started in the last {w} s (limits.max_operations = {})",
-                self.all.len(),
-                self.limits.max_operations
-            ));
+        let window_s = self.limits.window.as_secs();
+        let started = self.all.len() as u32;
+        if started >= self.limits.max_operations {
+            return Err(LimitReached::Overall {
+                started,
+                window_s,
+                max: self.limits.max_operations,
+            });
         }
-        let n = self.per_target.get(target).map_or(0, |q| q.len()) as u32;
-        if n >= self.limits.max_operations_per_target {
-            return Err(format!(
-                "{n} fencing operations already started on {target} in the last {w} s (limits.max_operations_per_target = {})",
-                self.limits.max_operations_per_target
-            ));
+        let started = self.per_target.get(target).map_or(0, |q| q.len()) as u32;
+        if started >= self.limits.max_operations_per_target {
+            return Err(LimitReached::PerTarget {
+                target: target.to_string(),
+                started,
+                window_s,
+                max: self.limits.max_operations_per_target,
+            });
         }
         Ok(())
     }
@@ -82,10 +86,14 @@ mod tests {
         let t0 = Instant::now();
         assert!(l.check("a", t0).is_ok());
         l.record("a", t0);
-        assert!(l.check("a", t0).unwrap_err().contains("on a"));
+        assert!(l.check("a", t0).unwrap_err().to_string().contains("on a"));
         assert!(l.check("b", t0).is_ok());
         l.record("b", t0);
-        assert!(l.check("c", t0).unwrap_err().contains("max_operations = 2"));
+        assert!(l
+            .check("c", t0)
+            .unwrap_err()
+            .to_string()
+            .contains("max_operations = 2"));
         let later = t0 + Duration::from_secs(60);
         assert!(l.check("a", later).is_ok());
     }

@@ -112,6 +112,13 @@ fn caller() -> Caller {
     }
 }
 
+fn by() -> Requester {
+    Requester {
+        caller: caller(),
+        source: "test".into(),
+    }
+}
+
 fn req(target: &str, action: Action) -> FenceRequest {
     FenceRequest {
         target: target.into(),
@@ -123,7 +130,7 @@ fn req(target: &str, action: Action) -> FenceRequest {
 }
 
 async fn run(e: &Engine, r: FenceRequest) -> Operation {
-    let a = e.fence(r, &caller()).unwrap();
+    let a = e.fence(r, &by()).unwrap();
     e.wait_operation(a.id, Duration::from_secs(3600))
         .await
         .unwrap()
@@ -158,14 +165,20 @@ async fn off_confirmed_by_read_back() {
     // History holds the same final record, and the chain verifies.
     let h = r.engine.history(&HistoryQuery::default()).unwrap();
     assert_eq!(h[0].state, OpState::Succeeded);
-    // Two durable records: the operation before any device was touched, and the outcome
-    // holding the attempt. Both chain.
-    assert_eq!(r.engine.inner.history.verify_chain().unwrap(), 2);
+    // Two durable commits: the operation before any device was touched (with the command it
+    // may send, and the request's audit record), and the outcome holding the attempt. All
+    // three ledger records chain.
+    assert_eq!(r.engine.inner.history.verify_chain().unwrap(), 3);
     let ledger = r.engine.inner.history.ledger(1, 10).unwrap();
     let crate::history::LedgerEntry::Operation { operation: first } = &ledger[0].entry else {
         panic!()
     };
     assert!(first.attempts.is_empty() && first.state == OpState::Running);
+    assert_eq!(first.pending.len(), 1);
+    assert!(matches!(
+        &ledger[1].entry,
+        crate::history::LedgerEntry::Audit { outcome, .. } if outcome == "accepted as operation 1"
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -382,16 +395,13 @@ async fn wrong_identity_is_never_used_to_fence() {
 async fn same_request_joins_and_conflicting_one_is_refused() {
     let d = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_secs(2));
     let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
-    let a = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
-    let b = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
+    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
+    let b = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
     assert_eq!(a.id, b.id);
     assert!(b.joined && !a.joined);
-    let c = r
-        .engine
-        .fence(req("n1", Action::On), &caller())
-        .unwrap_err();
+    let c = r.engine.fence(req("n1", Action::On), &by()).unwrap_err();
     assert_eq!(c.code(), "conflict");
-    assert_eq!(c.http_status(), 409);
+    assert_eq!(crate::api::status_of(&c).as_u16(), 409);
     let op = r
         .engine
         .wait_operation(a.id, Duration::from_secs(60))
@@ -414,14 +424,14 @@ async fn reused_request_id_never_returns_old_success_after_power_on() {
     let first = run(&r.engine, off.clone()).await;
     assert!(first.fenced());
     // Retrying the same request id returns the same operation: nothing is sent again.
-    let again = r.engine.fence(off.clone(), &caller()).unwrap();
+    let again = r.engine.fence(off.clone(), &by()).unwrap();
     assert_eq!((again.id, again.joined), (first.id, true));
     assert_eq!(d.state().commands.len(), 1);
     // The node is powered back on; the same request id must now start a new fence.
     let on = run(&r.engine, req("n1", Action::On)).await;
     assert_eq!(on.state, OpState::Succeeded);
     assert_eq!(d.true_power(), PowerState::On);
-    let third = r.engine.fence(off.clone(), &caller()).unwrap();
+    let third = r.engine.fence(off.clone(), &by()).unwrap();
     assert_ne!(third.id, first.id);
     assert!(!third.joined);
     let op = r
@@ -435,7 +445,7 @@ async fn reused_request_id_never_returns_old_success_after_power_on() {
     let mut other = off.clone();
     other.action = Action::On;
     assert_eq!(
-        r.engine.fence(other, &caller()).unwrap_err().code(),
+        r.engine.fence(other, &by()).unwrap_err().code(),
         "request_id_mismatch"
     );
 }
@@ -451,7 +461,7 @@ async fn request_id_expires_after_the_window() {
     off.request_id = Some("k".into());
     let first = run(&r.engine, off.clone()).await;
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let second = r.engine.fence(off, &caller()).unwrap();
+    let second = r.engine.fence(off, &by()).unwrap();
     assert_ne!(second.id, first.id);
 }
 
@@ -472,7 +482,7 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
     run(&r.engine, req("n0", Action::Off)).await;
     let e = r
         .engine
-        .fence(req("n0", Action::Reboot), &caller())
+        .fence(req("n0", Action::Reboot), &by())
         .unwrap_err();
     assert_eq!(e.code(), "rate_limited");
     assert!(
@@ -480,10 +490,7 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
         "{e}"
     );
     run(&r.engine, req("n1", Action::Off)).await;
-    let e = r
-        .engine
-        .fence(req("n2", Action::Off), &caller())
-        .unwrap_err();
+    let e = r.engine.fence(req("n2", Action::Off), &by()).unwrap_err();
     assert!(e.to_string().contains("max_operations = 2"), "{e}");
     assert!(devs[2].state().commands.is_empty());
     // Unfencing is not fencing: it is not counted against the limits.
@@ -495,14 +502,14 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
     tokio::time::sleep(Duration::from_secs(601)).await;
     assert!(run(&r.engine, req("n2", Action::Off)).await.fenced());
 
-    r.engine.set_paused(true, &caller(), "maintenance").unwrap();
-    let e = r
-        .engine
-        .fence(req("n3", Action::Off), &caller())
-        .unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("paused", 409));
+    r.engine.set_paused(true, "maintenance", &by()).unwrap();
+    let e = r.engine.fence(req("n3", Action::Off), &by()).unwrap_err();
+    assert_eq!(
+        (e.code(), crate::api::status_of(&e).as_u16()),
+        ("paused", 409)
+    );
     assert!(e.to_string().contains("maintenance"));
-    r.engine.set_paused(false, &caller(), "done").unwrap();
+    r.engine.set_paused(false, "done", &by()).unwrap();
     assert!(run(&r.engine, req("n3", Action::Off)).await.fenced());
     assert!(
         r.engine
@@ -525,7 +532,7 @@ async fn pause_survives_a_restart() {
         config(vec![target("n1", &[&["bmc"]])], &path),
         &[("bmc", &d)],
     );
-    r.engine.set_paused(true, &caller(), "storm").unwrap();
+    r.engine.set_paused(true, "storm", &by()).unwrap();
     let Rig { engine, _dir } = r;
     drop(engine);
     let r = rig_in(
@@ -536,7 +543,7 @@ async fn pause_survives_a_restart() {
     assert!(r.engine.pause_status().paused);
     assert_eq!(
         r.engine
-            .fence(req("n1", Action::Off), &caller())
+            .fence(req("n1", Action::Off), &by())
             .unwrap_err()
             .code(),
         "paused"
@@ -550,7 +557,7 @@ async fn fence_race_delay_is_applied_before_any_device_is_touched() {
     t.timing.delay = Duration::from_secs(5);
     t.timing.random_delay = Duration::from_secs(3);
     let r = rig(vec![t], &[("bmc", &d)]);
-    let a = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
+    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
     assert_eq!(a.state, OpState::Delayed);
     tokio::time::sleep(Duration::from_millis(4900)).await;
     assert!(d.state().commands.is_empty() && d.state().status_reads == 0);
@@ -586,12 +593,12 @@ async fn manual_confirmation_is_recorded_with_who_and_why() {
     let d = TestDevice::new(PowerState::On).with(|s| s.stuck = true);
     let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
     assert_eq!(
-        r.engine.confirm("n1", &caller(), " ").unwrap_err().code(),
+        r.engine.confirm("n1", " ", &by()).unwrap_err().code(),
         "bad_request"
     );
     let op = r
         .engine
-        .confirm("n1", &caller(), "pulled both power cords")
+        .confirm("n1", "pulled both power cords", &by())
         .unwrap();
     assert!(op.fenced());
     let Some(Outcome::Succeeded {
@@ -627,6 +634,7 @@ async fn crash_mid_operation_is_recorded_as_interrupted_failure() {
             finished_ms: None,
             delay_ms: 0,
             attempts: vec![],
+            pending: vec![],
             outcome: None,
         };
         h.record(&op).unwrap();
@@ -642,6 +650,123 @@ async fn crash_mid_operation_is_recorded_as_interrupted_failure() {
     drop(h);
     let (_, again) = History::open(&path, 100).unwrap();
     assert!(again.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_command_is_in_history_before_it_is_sent() {
+    // Level 1 is a stuck BMC, level 2 a slow PDU outlet: each level's command must be durable
+    // (as pending) before the device receives it.
+    let bmc = TestDevice::new(PowerState::On).with(|s| s.stuck = true);
+    let pdu = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_secs(2));
+    let mut t = target("n1", &[&["bmc"], &["pdu:4"]]);
+    t.timing.attempt_timeout = Duration::from_secs(5);
+    let r = rig(vec![t], &[("bmc", &bmc), ("pdu", &pdu)]);
+    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
+    let stored = |id| r.engine.inner.history.get(id).unwrap().unwrap();
+    // Recorded with the operation itself, before any device was touched: no extra write.
+    let first = stored(a.id);
+    assert!(bmc.state().commands.is_empty());
+    assert_eq!(first.pending.len(), 1);
+    assert_eq!(
+        (
+            first.pending[0].device.as_str(),
+            first.pending[0].command.as_str()
+        ),
+        ("bmc", "power off")
+    );
+    // Into level 2: the PDU has its command, which history already holds, with level 1's
+    // finished attempt.
+    while pdu.state().commands.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mid = stored(a.id);
+    assert_eq!(mid.attempts.len(), 1);
+    assert_eq!(mid.pending.len(), 1, "{mid:?}");
+    let p = &mid.pending[0];
+    assert_eq!(
+        (
+            p.level,
+            p.device.as_str(),
+            p.port.as_deref(),
+            p.command.as_str()
+        ),
+        (2, "pdu", Some("4"), "power off")
+    );
+    // Finished: nothing pending, both attempts kept, and the chain verifies.
+    let op = r
+        .engine
+        .wait_operation(a.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(op.fenced());
+    assert!(op.pending.is_empty() && stored(a.id).pending.is_empty());
+    assert_eq!(op.attempts.len(), 2);
+    assert!(r.engine.inner.history.verify_chain().is_ok());
+}
+
+#[tokio::test]
+async fn crash_after_a_command_was_recorded_says_it_may_have_been_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.redb");
+    {
+        let (h, _) = History::open(&path, 0).unwrap();
+        let op = Operation {
+            id: 3,
+            target: "n1".into(),
+            action: Action::Off,
+            reason: "r".into(),
+            requested_by: caller(),
+            request_id: None,
+            state: OpState::Running,
+            created_ms: 1_765_000_000_000,
+            started_ms: Some(1_765_000_000_000),
+            finished_ms: None,
+            delay_ms: 0,
+            attempts: vec![],
+            pending: vec![PendingStep {
+                level: 1,
+                device: "bmc-node1".into(),
+                port: None,
+                phase: Phase::Off,
+                command: "power off".into(),
+                since_ms: 1_765_000_000_123,
+            }],
+            outcome: None,
+        };
+        h.record(&op).unwrap();
+    }
+    let (h, interrupted) = History::open(&path, 1_765_000_009_000).unwrap();
+    assert_eq!(interrupted.len(), 1);
+    let op = h.get(3).unwrap().unwrap();
+    assert_eq!(op.state, OpState::Failed);
+    assert!(!op.fenced());
+    assert!(op.pending.is_empty());
+    let Some(Attempt {
+        device,
+        started_ms,
+        result: StepResult::Failed { code, message },
+        ..
+    }) = op.attempts.first()
+    else {
+        panic!("{op:?}")
+    };
+    assert_eq!(
+        (device.as_str(), code.as_str()),
+        ("bmc-node1", "interrupted")
+    );
+    assert_eq!(*started_ms, 1_765_000_000_123);
+    assert!(
+        message.contains("power off may have been sent to bmc-node1 at 2025-12-06T05:46:40.123Z"),
+        "{message}"
+    );
+    let Some(Outcome::Failed { message, .. }) = &op.outcome else {
+        panic!()
+    };
+    assert!(
+        message.contains("may have been sent to bmc-node1"),
+        "{message}"
+    );
+    assert!(h.verify_chain().is_ok());
 }
 
 #[tokio::test(start_paused = true)]
@@ -666,7 +791,7 @@ async fn poison_pill_is_confirmed_only_after_msgwait() {
     let mut t = target("n1", &[&["sbd"]]);
     t.timing.attempt_timeout = Duration::from_secs(15);
     let r = rig(vec![t], &[("sbd", &d)]);
-    let a = r.engine.fence(req("n1", Action::Off), &caller()).unwrap();
+    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
     tokio::time::sleep(Duration::from_millis(9_990)).await;
     let op = r.engine.operation(a.id).unwrap();
     assert_eq!(

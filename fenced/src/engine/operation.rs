@@ -1,0 +1,439 @@
+//! Running one operation: the fence-race delay, levels in order (each level's devices
+//! stepped together, see [`super::step`]), the outcome from what the devices confirmed, and the
+//! durable record of each step before its command can go out.
+
+use super::monitor::unhealthy_skip;
+use super::step::{step, StepPlan};
+use super::Inner;
+use crate::config::{LevelEntry, TargetConfig, Timing};
+use crate::model::*;
+use drivers::{FenceProof, PillKind, PowerCommand};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The fixed delay plus a uniform random share of the random delay.
+pub(super) fn fence_race_delay(t: &Timing) -> Duration {
+    let extra = if t.random_delay.is_zero() {
+        Duration::ZERO
+    } else {
+        t.random_delay
+            .mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
+    };
+    t.delay + extra
+}
+
+fn publish(inner: &Inner, tx: &watch::Sender<Operation>, op: &Operation) {
+    tx.send_replace(op.clone());
+    let _ = inner.events.send(Event::Operation {
+        operation: Box::new(op.clone()),
+    });
+}
+
+/// Persists and publishes. A history write failure after the operation started cannot undo
+/// what devices did; it is logged, and the final outcome is still attempted.
+fn save(inner: &Inner, tx: &watch::Sender<Operation>, op: &Operation) {
+    if let Err(e) = inner.history.record(op) {
+        tracing::error!(op = op.id, target = %op.target, error = %e, "cannot write operation to history");
+    }
+    publish(inner, tx, op);
+}
+
+/// Drives an accepted operation to its outcome, then releases the target.
+pub(super) async fn run_operation(
+    inner: Arc<Inner>,
+    target: TargetConfig,
+    mut op: Operation,
+    tx: watch::Sender<Operation>,
+    delay: Duration,
+    total: Duration,
+) {
+    if !delay.is_zero() {
+        tracing::info!(op = op.id, target = %op.target, delay_ms = delay.as_millis() as u64, "fence-race delay");
+        tokio::time::sleep(delay).await;
+        op.state = OpState::Running;
+        let now = inner.clock.now_ms();
+        op.started_ms = Some(now);
+        // The first level's commands are recorded with the state change: one durable write.
+        if let Some((n, level)) = first_level(&inner, &target) {
+            op.pending = pending_steps(&inner, &op, n, level, first_phase(op.action), now);
+        }
+        save(&inner, &tx, &op);
+    }
+    tracing::info!(op = op.id, target = %op.target, action = %op.action, "operation started");
+
+    let deadline = Instant::now() + total;
+    let outcome = drive(&inner, &target, &mut op, &tx, deadline).await;
+    op.state = match outcome {
+        Outcome::Succeeded { .. } => OpState::Succeeded,
+        Outcome::Failed { .. } => OpState::Failed,
+    };
+    op.finished_ms = Some(inner.clock.now_ms());
+    match &outcome {
+        Outcome::Succeeded { summary, .. } => {
+            tracing::info!(op = op.id, target = %op.target, "{summary}")
+        }
+        Outcome::Failed { message, .. } => {
+            tracing::warn!(op = op.id, target = %op.target, "operation failed: {message}")
+        }
+    }
+    op.outcome = Some(outcome);
+    op.pending.clear();
+    {
+        let mut st = inner.state();
+        let result = if op.state == OpState::Succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        *st.metrics
+            .operations
+            .entry((op.action.to_string(), result.into()))
+            .or_default() += 1;
+        *st.metrics
+            .duration_ms_sum
+            .entry(op.action.to_string())
+            .or_default() += op.elapsed_ms().unwrap_or(0);
+        // Record before releasing the target, so a joined waiter never sees "not in flight"
+        // without the outcome being in history.
+        if let Err(e) = inner.history.record(&op) {
+            tracing::error!(op = op.id, error = %e, "cannot write operation outcome to history");
+        }
+        st.in_flight.remove(&op.target);
+    }
+    publish(&inner, &tx, &op);
+}
+
+/// One level try's result.
+struct LevelResult {
+    ok: bool,
+    already: bool,
+    failures: Vec<String>,
+    /// Set when a device of the level confirmed by poison pill: the longest msgwait.
+    pill_msgwait_ms: Option<u64>,
+}
+
+async fn drive(
+    inner: &Inner,
+    target: &TargetConfig,
+    op: &mut Operation,
+    tx: &watch::Sender<Operation>,
+    deadline: Instant,
+) -> Outcome {
+    let mut level_failures = Vec::new();
+    let first_phase = first_phase(op.action);
+    for (i, level) in target.levels.iter().enumerate() {
+        let n = i as u32 + 1;
+        if Instant::now() >= deadline {
+            level_failures.push(format!("level {n}: not tried, total timeout reached"));
+            break;
+        }
+        if let Some(why) = unhealthy_skip(inner, level) {
+            level_failures.push(format!("level {n}: not tried: {why}"));
+            continue;
+        }
+        let r = run_level(inner, target, op, tx, n, level, first_phase, deadline).await;
+        if !r.ok {
+            level_failures.push(format!("level {n}: {}", r.failures.join("; ")));
+            continue;
+        }
+        let devices: Vec<String> = level.iter().map(entry_name).collect();
+        let names = devices.join(", ");
+        if let (Some(_), Action::On) = (r.pill_msgwait_ms, op.action) {
+            return Outcome::Succeeded {
+                summary: format!(
+                    "{} unfenced: its SBD slot was cleared and read back on a majority of disks via {names} (level {n})",
+                    op.target
+                ),
+                confirmation: Confirmation::SlotCleared { level: n, devices },
+                powered_on: None,
+            };
+        }
+        if let (Some(msgwait_ms), true) = (r.pill_msgwait_ms, op.action.fences()) {
+            let verb = if op.action == Action::Reboot {
+                "reset"
+            } else {
+                "off"
+            };
+            return Outcome::Succeeded {
+                confirmation: Confirmation::PoisonPill { level: n, devices, msgwait_ms },
+                // A reset pill makes the node restart itself; nothing here can see it return.
+                powered_on: None,
+                summary: format!(
+                    "{} fenced: poison pill ({verb}) written to its slot on a majority of disks via {names} (level {n}), read back, and msgwait ({msgwait_ms} ms) elapsed",
+                    op.target
+                ),
+            };
+        }
+        let confirmation = Confirmation::PowerReadBack {
+            level: n,
+            devices,
+            already: r.already,
+        };
+        return match op.action {
+            Action::Off => Outcome::Succeeded {
+                confirmation,
+                powered_on: None,
+                summary: if r.already {
+                    format!("{} was already off: power read back as off from {names} (level {n}); no command sent", op.target)
+                } else {
+                    format!(
+                        "{} fenced: power read back as off from {names} (level {n})",
+                        op.target
+                    )
+                },
+            },
+            Action::On => Outcome::Succeeded {
+                confirmation,
+                powered_on: Some(true),
+                summary: format!(
+                    "{} powered on: power read back as on from {names} (level {n})",
+                    op.target
+                ),
+            },
+            Action::Reboot => {
+                // Off is confirmed: the target is fenced whatever happens next. Power comes
+                // back only through the same level, after every device was confirmed off.
+                let on = run_level(
+                    inner,
+                    target,
+                    op,
+                    tx,
+                    n,
+                    level,
+                    Phase::On,
+                    Instant::now() + target.timing.total_timeout,
+                )
+                .await;
+                Outcome::Succeeded {
+                    confirmation,
+                    powered_on: Some(on.ok),
+                    summary: if on.ok {
+                        format!("{} rebooted: power read back as off, then as on, from {names} (level {n})", op.target)
+                    } else {
+                        format!(
+                            "{} fenced (power read back as off from {names}, level {n}) but it did NOT come back on: {}",
+                            op.target,
+                            on.failures.join("; ")
+                        )
+                    },
+                }
+            }
+        };
+    }
+    if level_failures.is_empty() {
+        level_failures.push("no levels configured".into());
+    }
+    let timed_out = Instant::now() >= deadline;
+    Outcome::Failed {
+        code: if timed_out {
+            "timeout".into()
+        } else {
+            "all_levels_failed".into()
+        },
+        message: format!(
+            "{} NOT {}: {}",
+            op.target,
+            match op.action {
+                Action::On => "powered on",
+                _ => "fenced",
+            },
+            level_failures.join(" | ")
+        ),
+    }
+}
+
+/// The phase an action starts with.
+pub(super) fn first_phase(action: Action) -> Phase {
+    match action {
+        Action::Off | Action::Reboot => Phase::Off,
+        Action::On => Phase::On,
+    }
+}
+
+/// The level an operation will try first (1-based number and its entries): the first one not
+/// skipped as unhealthy.
+pub(super) fn first_level<'t>(
+    inner: &Inner,
+    target: &'t TargetConfig,
+) -> Option<(u32, &'t [LevelEntry])> {
+    target
+        .levels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| unhealthy_skip(inner, l).is_none())
+        .map(|(i, l)| (i as u32 + 1, l.as_slice()))
+}
+
+/// What the steps of a level try may send, one per device, to be recorded before any of them
+/// is sent.
+pub(super) fn pending_steps(
+    inner: &Inner,
+    op: &Operation,
+    level: u32,
+    entries: &[LevelEntry],
+    phase: Phase,
+    now: Millis,
+) -> Vec<PendingStep> {
+    entries
+        .iter()
+        .map(|e| {
+            let pill = inner
+                .devices
+                .get(&e.device)
+                .is_some_and(|s| s.device.proof() == FenceProof::PoisonPill);
+            let command = match (pill, phase, op.action) {
+                (true, Phase::On, _) => "clearing the poison pill slot",
+                (true, Phase::Off, Action::Reboot) => "a poison pill (reset)",
+                (true, Phase::Off, _) => "a poison pill (off)",
+                (false, Phase::Off, _) => "power off",
+                (false, Phase::On, _) => "power on",
+            };
+            PendingStep {
+                level,
+                device: e.device.clone(),
+                port: e.port.clone(),
+                phase,
+                command: command.into(),
+                since_ms: now,
+            }
+        })
+        .collect()
+}
+
+pub(super) fn entry_name(e: &LevelEntry) -> String {
+    match &e.port {
+        Some(p) => format!("{}:{p}", e.device),
+        None => e.device.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_level(
+    inner: &Inner,
+    target: &TargetConfig,
+    op: &mut Operation,
+    tx: &watch::Sender<Operation>,
+    level: u32,
+    entries: &[LevelEntry],
+    phase: Phase,
+    deadline: Instant,
+) -> LevelResult {
+    let attempt_deadline = deadline.min(Instant::now() + target.timing.attempt_timeout);
+    let plan = StepPlan {
+        command: match phase {
+            Phase::Off => PowerCommand::Off,
+            Phase::On => PowerCommand::On,
+        },
+        pill: if op.action == Action::Reboot {
+            PillKind::Reset
+        } else {
+            PillKind::Off
+        },
+        deadline: attempt_deadline,
+    };
+    // Durability before any command: whatever this level may send is in history first, so a
+    // crash from here on leaves "may have been sent" rather than nothing. The first level's
+    // record usually went out with the operation's own (acceptance or end of delay).
+    let pending = pending_steps(inner, op, level, entries, phase, inner.clock.now_ms());
+    let same = |a: &[PendingStep], b: &[PendingStep]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                (x.level, &x.device, &x.port, x.phase, &x.command)
+                    == (y.level, &y.device, &y.port, y.phase, &y.command)
+            })
+    };
+    if !same(&op.pending, &pending) {
+        op.pending = pending;
+        if let Err(e) = inner.history.record(op) {
+            // Sending commands that history cannot show would make a later crash silent about
+            // them: this level is not tried.
+            tracing::error!(op = op.id, target = %op.target, error = %e, "cannot record the level's steps; not sending its commands");
+            op.pending.clear();
+            return LevelResult {
+                ok: false,
+                already: false,
+                failures: vec![format!(
+                    "not tried: the steps could not be recorded in history first ({e}); check the disk holding the history file"
+                )],
+                pill_msgwait_ms: None,
+            };
+        }
+        publish(inner, tx, op);
+    }
+    // All devices of a level act together: a node with two supplies is off only when both are.
+    let mut steps: FuturesUnordered<_> = entries
+        .iter()
+        .map(|e| async move {
+            let started = inner.clock.now_ms();
+            let result = step(inner, target, e, plan).await;
+            (e, started, result)
+        })
+        .collect();
+    // When the operation ends with this level, its final record follows at once and holds the
+    // last attempt too: that attempt is not written twice (each write is an fsync).
+    let ends_if_ok = matches!(
+        (op.action, phase),
+        (Action::Off, Phase::Off) | (Action::On, Phase::On)
+    );
+    let ends_anyway = op.action == Action::Reboot && phase == Phase::On;
+    let mut ok = true;
+    let mut already = true;
+    let mut failures = Vec::new();
+    let mut pill_msgwait_ms = None;
+    let mut done = 0;
+    while let Some((e, started, result)) = steps.next().await {
+        done += 1;
+        let code = match &result {
+            StepResult::Confirmed { .. } => "confirmed".to_string(),
+            StepResult::Failed { code, .. } => code.clone(),
+        };
+        *inner
+            .state()
+            .metrics
+            .steps
+            .entry((e.device.clone(), code))
+            .or_default() += 1;
+        match &result {
+            StepResult::Confirmed {
+                already: a, pill, ..
+            } => {
+                already &= *a;
+                if let Some(p) = pill {
+                    pill_msgwait_ms = Some(pill_msgwait_ms.unwrap_or(0).max(p.msgwait_ms));
+                }
+            }
+            StepResult::Failed { message, .. } => {
+                ok = false;
+                failures.push(format!("{}: {message}", entry_name(e)));
+            }
+        }
+        op.pending
+            .retain(|p| !(p.level == level && p.device == e.device && p.port == e.port));
+        op.attempts.push(Attempt {
+            level,
+            device: e.device.clone(),
+            port: e.port.clone(),
+            phase,
+            started_ms: started,
+            finished_ms: inner.clock.now_ms(),
+            result,
+        });
+        let last = done == entries.len();
+        if last && (ends_anyway || (ends_if_ok && ok)) {
+            publish(inner, tx, op);
+        } else {
+            // Written as each device finishes, so a crash loses no finished attempt.
+            save(inner, tx, op);
+        }
+    }
+    LevelResult {
+        ok,
+        already: ok && already,
+        failures,
+        pill_msgwait_ms,
+    }
+}

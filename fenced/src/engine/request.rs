@@ -1,0 +1,362 @@
+//! What a caller may ask of the engine that changes something: fence, confirm by hand, pause
+//! or resume. Each is one call that validates the request, records it in history, writes the
+//! audit record (who, from where, what, why, outcome) and counts a refusal; the API maps the
+//! typed result to HTTP and does nothing else with it.
+
+use super::Requester;
+use super::{operation, Engine, InFlight};
+use crate::error::EngineError;
+use crate::history::LedgerEntry;
+use crate::model::*;
+use std::time::Duration;
+use tokio::sync::watch;
+
+impl Engine {
+    /// Accepts a fence request: joins the operation in flight for the same target and action
+    /// (or the same recent `request_id`), refuses a conflicting one, otherwise records a new
+    /// operation in history and starts it. Returns before any device is touched. Audited, and
+    /// a refusal is counted.
+    pub fn fence(&self, req: FenceRequest, by: &Requester) -> Result<FenceAccepted, EngineError> {
+        let what = format!("fence {} {}", req.target, req.action);
+        let why = req.reason.clone();
+        let result = self.accept(req, by, &what);
+        match &result {
+            // A new operation's audit record was written with the operation's first record.
+            Ok(a) if !a.joined => {}
+            Ok(a) => self.audit(by, &what, &why, &format!("joined operation {}", a.id)),
+            Err(e) => self.audit(by, &what, &why, &refused(e)),
+        }
+        self.tally(result)
+    }
+
+    /// Records an operator's manual confirmation that `target` is off. It is a succeeded `off`
+    /// operation whose confirmation names the operator and the reason. Refused while an
+    /// operation on the target is in flight (its outcome must not be overwritten). Audited,
+    /// and a refusal is counted.
+    pub fn confirm(
+        &self,
+        target: &str,
+        reason: &str,
+        by: &Requester,
+    ) -> Result<Operation, EngineError> {
+        let what = format!("confirm {target} off");
+        let result = self.record_confirmation(target, reason, by, &what);
+        if let Err(e) = &result {
+            self.audit(by, &what, reason, &refused(e));
+        }
+        self.tally(result)
+    }
+
+    /// Turns the pause switch on or off (a reason is required); recorded in history and kept
+    /// across restarts. Audited, and a refusal is counted.
+    pub fn set_paused(
+        &self,
+        paused: bool,
+        reason: &str,
+        by: &Requester,
+    ) -> Result<PauseStatus, EngineError> {
+        let what = if paused { "pause" } else { "resume" };
+        let result = self.switch_pause(paused, reason, by, what);
+        if let Err(e) = &result {
+            self.audit(by, what, reason, &refused(e));
+        }
+        self.tally(result)
+    }
+
+    fn accept(
+        &self,
+        req: FenceRequest,
+        by: &Requester,
+        what: &str,
+    ) -> Result<FenceAccepted, EngineError> {
+        let caller = &by.caller;
+        let target = self.target(&req.target)?.clone();
+        if req.reason.len() > 1024
+            || req
+                .request_id
+                .as_ref()
+                .is_some_and(|r| r.len() > 128 || r.is_empty())
+        {
+            return Err(EngineError::BadRequest {
+                detail: "reason is limited to 1024 bytes and request_id to 1..=128 bytes".into(),
+            });
+        }
+        if req.timeout_s == Some(0) {
+            return Err(EngineError::BadRequest {
+                detail: "timeout_s must be at least 1".into(),
+            });
+        }
+        let inner = &self.inner;
+        // Read before the state lock is taken: the skip rule reads device health under it.
+        let first_level = operation::first_level(inner, &target);
+        let now = inner.clock.now_ms();
+        let mut st = inner.state();
+
+        if let Some(rid) = &req.request_id {
+            if let Some(&id) = st.request_ids.get(rid) {
+                let op = match st.in_flight.get(&req.target) {
+                    Some(f) if f.id == id => Some(f.tx.borrow().clone()),
+                    _ => inner.history.get(id)?,
+                };
+                if let Some(op) = op {
+                    if op.target != req.target || op.action != req.action {
+                        return Err(EngineError::RequestIdMismatch {
+                            request_id: rid.clone(),
+                            id,
+                            target: op.target,
+                            action: op.action,
+                        });
+                    }
+                    let newest = st.latest.get(&req.target).copied() == Some(id);
+                    let recent = op.finished_ms.is_none_or(|f| {
+                        now.saturating_sub(f)
+                            <= inner.config.limits.request_id_window.as_millis() as u64
+                    });
+                    // Only the newest operation on the target may be returned: if the node was
+                    // powered on (or anything else ran) since, an old "fenced" would be a lie.
+                    if newest && recent {
+                        return Ok(FenceAccepted {
+                            id,
+                            state: op.state,
+                            joined: true,
+                        });
+                    }
+                }
+            }
+        }
+
+        if let Some(f) = st.in_flight.get(&req.target) {
+            if f.action == req.action {
+                let state = f.tx.borrow().state;
+                let id = f.id;
+                if let Some(rid) = &req.request_id {
+                    st.request_ids.insert(rid.clone(), id);
+                }
+                return Ok(FenceAccepted {
+                    id,
+                    state,
+                    joined: true,
+                });
+            }
+            return Err(EngineError::Conflict {
+                target: req.target.clone(),
+                running_id: f.id,
+                running_action: f.action,
+                requested: req.action,
+            });
+        }
+
+        if st.pause.paused {
+            return Err(EngineError::Paused {
+                by: st.pause.by.clone().unwrap_or_default(),
+                reason: st.pause.reason.clone().unwrap_or_default(),
+            });
+        }
+        if req.action.fences() {
+            if let Err(limit) = st.limiter.check(&req.target, tokio::time::Instant::now()) {
+                drop(st);
+                let _ = inner.history.append_event(LedgerEntry::Refused {
+                    at_ms: now,
+                    by: caller.identity.clone(),
+                    target: req.target.clone(),
+                    action: req.action,
+                    code: "rate_limited".into(),
+                    detail: limit.to_string(),
+                });
+                return Err(EngineError::RateLimited { limit });
+            }
+        }
+
+        let delay = operation::fence_race_delay(&target.timing);
+        let id = st.next_id;
+        let mut op = Operation {
+            id,
+            target: req.target.clone(),
+            action: req.action,
+            reason: req.reason.clone(),
+            requested_by: caller.clone(),
+            request_id: req.request_id.clone(),
+            state: if delay.is_zero() {
+                OpState::Running
+            } else {
+                OpState::Delayed
+            },
+            created_ms: now,
+            // Without a delay the operation starts now: one durable write less (each costs
+            // an fsync, ~4 ms on a VM disk).
+            started_ms: delay.is_zero().then_some(now),
+            finished_ms: None,
+            delay_ms: delay.as_millis() as u64,
+            attempts: Vec::new(),
+            pending: Vec::new(),
+            outcome: None,
+        };
+        // Without a delay the first level's commands follow at once: they are recorded with
+        // the operation itself (one durable write, not two).
+        if delay.is_zero() {
+            if let Some((n, level)) = first_level {
+                op.pending = operation::pending_steps(
+                    inner,
+                    &op,
+                    n,
+                    level,
+                    operation::first_phase(op.action),
+                    now,
+                );
+            }
+        }
+        // Durability first: the operation exists in history before anything else happens.
+        let audit = self.audit_entry(
+            by,
+            what,
+            &req.reason,
+            &format!("accepted as operation {id}"),
+        );
+        inner.history.record_with(&op, &[audit])?;
+        st.next_id += 1;
+        if req.action.fences() {
+            st.limiter.record(&req.target, tokio::time::Instant::now());
+        }
+        let (tx, _rx) = watch::channel(op.clone());
+        st.in_flight.insert(
+            req.target.clone(),
+            InFlight {
+                id,
+                action: req.action,
+                tx: tx.clone(),
+            },
+        );
+        st.latest.insert(req.target.clone(), id);
+        if let Some(rid) = &req.request_id {
+            st.request_ids.insert(rid.clone(), id);
+        }
+        drop(st);
+        let _ = inner.events.send(Event::Operation {
+            operation: Box::new(op.clone()),
+        });
+        let total = req
+            .timeout_s
+            .map(Duration::from_secs)
+            .map_or(target.timing.total_timeout, |t| {
+                t.min(target.timing.total_timeout)
+            });
+        let state = op.state;
+        tokio::spawn(operation::run_operation(
+            self.inner.clone(),
+            target,
+            op,
+            tx,
+            delay,
+            total,
+        ));
+        Ok(FenceAccepted {
+            id,
+            state,
+            joined: false,
+        })
+    }
+
+    fn record_confirmation(
+        &self,
+        target: &str,
+        reason: &str,
+        by: &Requester,
+        what: &str,
+    ) -> Result<Operation, EngineError> {
+        let caller = &by.caller;
+        self.target(target)?;
+        if reason.trim().is_empty() {
+            return Err(EngineError::BadRequest { detail: "a manual confirmation needs a reason (what you checked, e.g. \"power cords pulled, checked in the rack\")".into() });
+        }
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let mut st = inner.state();
+        if let Some(f) = st.in_flight.get(target) {
+            return Err(EngineError::Conflict {
+                target: target.to_string(),
+                running_id: f.id,
+                running_action: f.action,
+                requested: Action::Off,
+            });
+        }
+        let id = st.next_id;
+        let op = Operation {
+            id,
+            target: target.to_string(),
+            action: Action::Off,
+            reason: reason.to_string(),
+            requested_by: caller.clone(),
+            request_id: None,
+            state: OpState::Succeeded,
+            created_ms: now,
+            started_ms: Some(now),
+            finished_ms: Some(now),
+            delay_ms: 0,
+            attempts: Vec::new(),
+            pending: Vec::new(),
+            outcome: Some(Outcome::Succeeded {
+                confirmation: Confirmation::Manual {
+                    by: caller.identity.clone(),
+                    reason: reason.to_string(),
+                },
+                powered_on: None,
+                summary: format!(
+                    "{target} confirmed off by hand by {}: {reason}",
+                    caller.identity
+                ),
+            }),
+        };
+        let audit = self.audit_entry(by, what, reason, &format!("recorded as operation {id}"));
+        inner.history.record_with(&op, &[audit])?;
+        st.next_id += 1;
+        st.latest.insert(target.to_string(), id);
+        drop(st);
+        let _ = inner.events.send(Event::Operation {
+            operation: Box::new(op.clone()),
+        });
+        Ok(op)
+    }
+
+    fn switch_pause(
+        &self,
+        paused: bool,
+        reason: &str,
+        by: &Requester,
+        what: &str,
+    ) -> Result<PauseStatus, EngineError> {
+        let caller = &by.caller;
+        if reason.trim().is_empty() {
+            return Err(EngineError::BadRequest {
+                detail: format!(
+                    "{} needs a reason (it is recorded in history with your identity)",
+                    if paused { "pausing" } else { "resuming" }
+                ),
+            });
+        }
+        let inner = &self.inner;
+        let status = PauseStatus {
+            paused,
+            by: Some(caller.identity.clone()),
+            reason: Some(reason.to_string()),
+            since_ms: Some(inner.clock.now_ms()),
+        };
+        inner.history.append_events(&[
+            LedgerEntry::Pause {
+                status: status.clone(),
+            },
+            self.audit_entry(by, what, reason, "done"),
+        ])?;
+        inner.state().pause = status.clone();
+        let _ = inner.events.send(Event::Pause {
+            paused,
+            by: caller.identity.clone(),
+            reason: reason.to_string(),
+        });
+        Ok(status)
+    }
+}
+
+/// An audit record's outcome for a refused request.
+fn refused(e: &EngineError) -> String {
+    format!("refused: {} ({e})", e.code())
+}
