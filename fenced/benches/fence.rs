@@ -354,6 +354,7 @@ fn history_commit() -> Duration {
             finished_ms: None,
             delay_ms: 0,
             attempts: vec![],
+            pending: vec![],
             outcome: None,
         };
         let t = Instant::now();
