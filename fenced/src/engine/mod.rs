@@ -2,6 +2,13 @@
 //! delays and blast-radius limits, drives topology levels, and records everything in history
 //! before and after each device step (DESIGN.md §3).
 //!
+//! One face: each request kind is one call ([`Engine::fence`], [`Engine::confirm`],
+//! [`Engine::set_paused`], [`Engine::monitor_device`], the reads) that validates, records, audits
+//! and counts its refusal, and answers with a typed value or [`EngineError`]; the engine speaks
+//! no HTTP. The files: `request` (the calls that change something), `operation` (running one
+//! operation, level by level), `step` (one device's part in a level), `monitor` (device health),
+//! `audit` (the ledger's audit side and the refusal counter), `limits` (blast radius).
+//!
 //! Time is tokio's (`tokio::time`), so tests run with paused time; wall-clock stamps come from
 //! [`Clock`], which follows tokio's clock and therefore pauses with it.
 
@@ -58,16 +65,6 @@ pub struct Requester {
     pub caller: Caller,
     /// Where the request came from (peer address, or `unix:uid=…,pid=…`).
     pub source: String,
-}
-
-impl Requester {
-    /// A request made inside the daemon itself (start-up, tests).
-    pub fn internal(what: &str) -> Self {
-        Requester {
-            caller: Caller::internal(what),
-            source: "fenced".into(),
-        }
-    }
 }
 
 /// A configured device as the engine holds it.
