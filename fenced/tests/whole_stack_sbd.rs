@@ -141,6 +141,16 @@ fn fenced_killed_during_msgwait_is_interrupted_not_fenced() {
     let op = &b.fenced.json(&["history", "node1"])[0];
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(op["outcome"]["code"], "interrupted", "{op}");
+    // The pill was recorded as about to be written before it was: history says it may be out.
+    let step = &op["attempts"][0];
+    assert_eq!(step["code"], "interrupted", "{op}");
+    assert!(
+        step["message"]
+            .as_str()
+            .unwrap()
+            .contains("a poison pill (off) may have been sent to"),
+        "{op}"
+    );
 }
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";

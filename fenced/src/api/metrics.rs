@@ -47,7 +47,7 @@ impl Page {
 }
 
 /// Renders every metric. `api_refused` counts requests the API layer refused before they
-/// reached the engine (forbidden, malformed); the engine counts the fence requests it refused.
+/// reached the engine (forbidden, malformed); the engine counts every request it refused.
 pub fn render(engine: &Engine, api_refused: &BTreeMap<String, u64>) -> String {
     let m = engine.metrics();
     let mut p = Page(String::new());
