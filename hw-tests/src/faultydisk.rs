@@ -193,6 +193,21 @@ fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
+/// The test's requirements for faulty disks: FUSE (`/dev/fuse` opens) and loop devices; each
+/// missing one fails the test unless skips are allowed ([`crate::require`]); `false` means skip.
+pub fn require() -> bool {
+    crate::require::needs(
+        "fuse",
+        "the fuse kernel module (modprobe fuse) and /dev/fuse; a container needs --device /dev/fuse",
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map(drop)
+            .map_err(|e| format!("cannot open /dev/fuse: {e}")),
+    ) && crate::loopdev::require()
+}
+
 impl FaultyDisk {
     /// A healthy zeroed disk of `size_mib` MiB at a new loop device (root, /dev/fuse, loop).
     pub fn new(size_mib: usize) -> io::Result<FaultyDisk> {

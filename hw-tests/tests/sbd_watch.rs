@@ -11,6 +11,7 @@ mod watch_common;
 
 use drivers::sbd::Message;
 use hw_tests::loopdev::{self, LoopDevice};
+use hw_tests::require;
 use hw_tests::throttle::Throttle;
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,7 +29,7 @@ fn paths(v: &[LoopDevice]) -> Vec<(PathBuf, Option<Arc<Throttle>>)> {
 
 #[test]
 fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -63,7 +64,7 @@ fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
 
 #[test]
 fn a_pill_at_start_is_refused_not_erased() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(1);
@@ -79,7 +80,7 @@ fn a_pill_at_start_is_refused_not_erased() {
 
 #[test]
 fn test_is_cleared_and_exit_disarms_cleanly() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -103,7 +104,7 @@ fn test_is_cleared_and_exit_disarms_cleanly() {
 
 #[test]
 fn corrupted_headers_on_a_majority_stop_feeding_and_self_fence() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -129,8 +130,7 @@ fn corrupted_headers_on_a_majority_stop_feeding_and_self_fence() {
 
 #[test]
 fn frozen_majority_self_fences_and_one_frozen_disk_of_three_is_survived() {
-    if !loopdev::available() || !Throttle::available() {
-        eprintln!("SKIP: needs loop devices and the cgroup v1 blkio throttle");
+    if !loopdev::require() || !Throttle::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -240,11 +240,7 @@ impl Drop for SbdWatcher {
 }
 
 fn sbd_ready() -> bool {
-    if !std::path::Path::new(SBD).exists() {
-        eprintln!("SKIP: {SBD} missing; run scripts/install-test-deps.sh");
-        return false;
-    }
-    loopdev::available()
+    require::needs_command(SBD, "Debian package sbd") && loopdev::require()
 }
 
 #[test]
