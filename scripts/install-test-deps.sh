@@ -166,7 +166,7 @@ need loop-devices "root and the loop kernel module: modprobe loop" probe_loop
 need blkio-throttle "the cgroup v1 blkio controller mounted at /sys/fs/cgroup/blkio" \
   test -e /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device
 need fuse "the fuse kernel module (modprobe fuse) and /dev/fuse; a container needs --device /dev/fuse" \
-  bash -c ': <>/dev/fuse'
+  bash -c 'test -c /dev/fuse && : <>/dev/fuse'
 need tmpfs "root, mount(8) of a tmpfs" probe_tmpfs
 
 refused=()

@@ -152,7 +152,9 @@ pub fn require() -> bool {
     crate::require::needs(
         "loop-devices",
         "root and the loop kernel module: modprobe loop",
-        LoopDevice::new(1, None).map(drop).map_err(|e| e.to_string()),
+        LoopDevice::new(1, None)
+            .map(drop)
+            .map_err(|e| e.to_string()),
     )
 }
 

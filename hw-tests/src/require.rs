@@ -146,21 +146,27 @@ fn append(log: &Path, line: &str) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
-/// The running test as nextest names it: the test binary (without cargo's hash) and the test,
-/// which libtest runs on a thread named after it.
+/// The running test as nextest names it: the package (cargo and nextest set `CARGO_PKG_NAME`
+/// for the test process), the test binary (without cargo's hash) and the test, which libtest
+/// runs on a thread named after it.
 pub fn current_test() -> String {
     let binary = std::env::current_exe()
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .map(|n| match n.rsplit_once('-') {
-            Some((stem, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some((stem, hash))
+                if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
                 stem.to_string()
             }
             _ => n,
         })
         .unwrap_or_else(|| "?".into());
+    let package = std::env::var("CARGO_PKG_NAME")
+        .map(|p| format!("{p}::"))
+        .unwrap_or_default();
     let thread = std::thread::current();
-    format!("{binary} {}", thread.name().unwrap_or("?"))
+    format!("{package}{binary} {}", thread.name().unwrap_or("?"))
 }
 
 /// `Ok` when `program` is an executable on `PATH` (or, given with a `/`, at that path).

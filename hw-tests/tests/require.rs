@@ -84,7 +84,11 @@ fn only_the_named_requirements_may_be_skipped() {
         (Some(""), &[], &["sbd"]),
         (Some("0"), &[], &["sbd"]),
         (Some("all"), &["sbd", "fuse"], &[]),
-        (Some("fuse, blkio-throttle"), &["fuse", "blkio-throttle"], &["sbd", "tmpfs"]),
+        (
+            Some("fuse, blkio-throttle"),
+            &["fuse", "blkio-throttle"],
+            &["sbd", "tmpfs"],
+        ),
         (Some("sbd,FUSE"), &["sbd", "fuse"], &["fence_sbd"]),
     ];
     for (allow, yes, no) in cases {
@@ -98,7 +102,10 @@ fn only_the_named_requirements_may_be_skipped() {
     }
     // Allowed or not, each missing requirement is one line, in order.
     let p = policy(Some("fuse"), &dir);
-    assert_eq!(obtain_with::<()>(&p, "a", "fuse", "x", Err("e".into())), None);
+    assert_eq!(
+        obtain_with::<()>(&p, "a", "fuse", "x", Err("e".into())),
+        None
+    );
     let r = catch_unwind(AssertUnwindSafe(|| {
         obtain_with::<()>(&p, "b", "sbd", "x", Err("e".into()))
     }));
@@ -120,7 +127,10 @@ fn concurrent_writers_leave_every_line_whole() {
             s.spawn(move || {
                 for i in 0..200 {
                     let test = format!("writer{t} test{i}");
-                    assert_eq!(obtain_with::<()>(p, &test, "fuse", "x", Err(why.clone())), None);
+                    assert_eq!(
+                        obtain_with::<()>(p, &test, "fuse", "x", Err(why.clone())),
+                        None
+                    );
                 }
             });
         }
@@ -139,14 +149,20 @@ fn command_finds_executables_on_path_or_at_a_given_path() {
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain");
     std::fs::write(&plain, "#!/bin/sh\n").unwrap();
-    assert!(require::command(plain.to_str().unwrap()).is_err(), "not executable");
-    assert!(require::command(dir.path().to_str().unwrap()).is_err(), "a directory");
+    assert!(
+        require::command(plain.to_str().unwrap()).is_err(),
+        "not executable"
+    );
+    assert!(
+        require::command(dir.path().to_str().unwrap()).is_err(),
+        "a directory"
+    );
 }
 
 #[test]
 fn the_current_test_is_named_as_nextest_names_it() {
     assert_eq!(
         require::current_test(),
-        "require the_current_test_is_named_as_nextest_names_it"
+        "hw-tests::require the_current_test_is_named_as_nextest_names_it"
     );
 }
