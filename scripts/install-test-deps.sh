@@ -124,6 +124,20 @@ need() {
   shift 2
   "$@" >/dev/null 2>&1 || missing_reqs+=("$name ($by)")
 }
+# An executable regular file at that path, or of that name on PATH, as the tests look for it
+# (bash's `command -v` also answers with a file that is not executable).
+executable() {
+  local d dirs
+  if [[ $1 == */* ]]; then
+    [[ -f $1 && -x $1 ]]
+    return
+  fi
+  IFS=: read -ra dirs <<<"$PATH"
+  for d in "${dirs[@]}"; do
+    [[ -f $d/$1 && -x $d/$1 ]] && return 0
+  done
+  return 1
+}
 # Programs, by the path or name the tests run them with.
 for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fence-agents \
   /usr/sbin/fence_sbd:fence-agents fence_redfish:fence-agents fence_apc_snmp:fence-agents \
@@ -134,10 +148,10 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
   systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3; do
   prog=${c%%:*}
-  need "${prog##*/}" "Debian package ${c#*:}" command -v "$prog"
+  need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
 for c in sushy-emulator:sushy-tools rf_protocol_validator:redfish-protocol-validator schemathesis:schemathesis; do
-  need "${c%%:*}" "PyPI ${c#*:}" command -v "${c%%:*}"
+  need "${c%%:*}" "PyPI ${c#*:}" executable "${c%%:*}"
 done
 need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import openapi_spec_validator"
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
