@@ -23,7 +23,8 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Virtual time for deterministic tests of threaded code.
 ///
 /// Every thread that sleeps or waits on it is a *participant* (started with
-/// [`TestClock::spawn`] or [`Clock::spawn`], or joined with [`TestClock::enter`]). Exactly one
+/// [`TestClock::spawn`] or [`Clock::spawn`], or joined with [`TestClock::enter`]; any other
+/// thread that waits takes part for the length of its wait). Exactly one
 /// participant runs at a time: it holds the clock's token until it blocks on the clock, then
 /// the next runnable participant (in the order they became runnable) gets it. When none is
 /// runnable, time jumps to the earliest deadline and the participants due then run, lowest
@@ -235,16 +236,24 @@ impl TestClock {
         ready: &mut dyn FnMut() -> bool,
     ) -> bool {
         let deadline = deadline.map(|d| self.since_zero(d));
+        let me = std::thread::current().id();
+        let known = self.state().threads.get(&me).copied();
+        // A thread that is not a participant takes part for the length of this wait (its
+        // turn then depends on when it came, so a deterministic test enters beforehand).
+        let transient = known.is_none().then(|| self.enter());
         let mut s = self.state();
-        let Some(id) = s.threads.get(&std::thread::current().id()).copied() else {
-            drop(s);
-            panic!("TestClock: a thread that is not a participant waited on virtual time; start it with TestClock::spawn or call TestClock::enter first");
+        let Some(id) = known.or_else(|| transient.as_ref().map(|p| p.id)) else {
+            return ready();
         };
         loop {
             if ready() {
+                drop(s);
+                drop(transient);
                 return true;
             }
             if deadline.is_some_and(|d| s.now >= d) {
+                drop(s);
+                drop(transient);
                 return false;
             }
             s.blocked.insert(id, (deadline, woken_by_notify));
@@ -642,6 +651,21 @@ mod tests {
         disk.release();
         assert_eq!(h.join().unwrap(), vec![1; 512]);
         assert_eq!(clock.elapsed(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_thread_that_is_not_a_participant_takes_part_while_it_waits() {
+        let clock = TestClock::new();
+        clock.sleep(Duration::from_secs(3));
+        assert_eq!(clock.elapsed(), Duration::from_secs(3));
+        // It left again: a participant's sleep does not wait for it.
+        let c = clock.clone();
+        let h = clock
+            .spawn("sleeper", move || c.sleep(Duration::from_secs(1)))
+            .unwrap();
+        h.join().unwrap();
+        assert_eq!(clock.elapsed(), Duration::from_secs(4));
+        assert!(!clock.stalled());
     }
 
     #[test]

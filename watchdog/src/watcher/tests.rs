@@ -311,6 +311,7 @@ fn servants_stuck_in_the_kernel_let_the_watchdog_fire_before_msgwait_ends() {
     let (action, reason) = self_fenced(r);
     assert_eq!(action, SelfFenceAction::Reboot, "{reason}");
     assert!(reason.contains("only 1 of 3"), "{reason}");
+    assert_dead_by_msgwait(&clock, &dog, t_p, 4000);
     // The slow reads report at 1900 (started 1200): fresh until 2200.
     assert_eq!(calls[0].2, 2200);
     assert_eq!(feeds_ms(&clock, &dog).last(), Some(&2100));
@@ -321,7 +322,6 @@ fn servants_stuck_in_the_kernel_let_the_watchdog_fire_before_msgwait_ends() {
         )),
         Some((1200, 1900))
     );
-    assert_dead_by_msgwait(&clock, &dog, t_p, 4000);
     // The same holds if the sink's reboot fails: the watcher never feeds again.
     assert!(!dog.is_disarmed());
     for d in &disks {
