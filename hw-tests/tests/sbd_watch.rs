@@ -40,11 +40,7 @@ fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
     ] {
         let w = start(&paths(&v), "n1");
         assert!(w.dog.fed_more(3, LONG), "healthy watcher feeds");
-        assert_eq!(
-            w.dog.0.lock().unwrap().timeout,
-            1,
-            "header's watchdog timeout"
-        );
+        assert_eq!(w.dog.granted_timeout(), 1, "header's watchdog timeout");
         pill(&v, "n1", msg);
         let (dog, rec) = (w.dog.clone(), w.rec.clone());
         let out = w.join(LONG).unwrap();
@@ -53,10 +49,7 @@ fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
             "{out:?}"
         );
         assert_eq!(rec.0.lock().unwrap().len(), 1, "sink called once");
-        assert!(
-            !dog.0.lock().unwrap().disarmed,
-            "never magic-closed after a pill"
-        );
+        assert!(!dog.is_disarmed(), "never magic-closed after a pill");
         // The next round starts from a clean slot (as an operator would clear it).
         pill(&v, "n1", Message::Clear);
     }
@@ -98,7 +91,7 @@ fn test_is_cleared_and_exit_disarms_cleanly() {
     let (dog, rec) = (w.dog.clone(), w.rec.clone());
     let out = w.join(LONG).unwrap();
     assert!(matches!(out, Outcome::Exited { .. }), "{out:?}");
-    assert!(dog.0.lock().unwrap().disarmed, "magic close on exit");
+    assert!(dog.is_disarmed(), "magic close on exit");
     assert!(rec.0.lock().unwrap().is_empty());
 }
 
