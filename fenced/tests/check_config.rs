@@ -44,12 +44,20 @@ fn check_config_prints_effective_timeouts_and_what_tls_callers_need() {
     let dir = tempfile::tempdir().unwrap();
     let o = check(&config(dir.path(), "timeout_ms = 500\nretries = 3\n"));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
         out.contains("TLS 0.0.0.0:7420 (callers need a token)"),
         "{out}"
     );
-    assert!(!out.contains("role read"), "TLS callers without credentials get no role: {out}");
+    assert!(
+        !out.contains("role read"),
+        "TLS callers without credentials get no role: {out}"
+    );
     assert!(
         out.contains("timeout_ms 500 with 3 retries: tries wait 500, 750, 1000, 1250 ms, an exchange gives up after 3.5 s"),
         "{out}"
@@ -61,7 +69,10 @@ fn check_config_prints_effective_timeouts_and_what_tls_callers_need() {
 fn check_config_refuses_out_of_range_numbers_at_their_line_instead_of_clamping() {
     let dir = tempfile::tempdir().unwrap();
     for (extra, range) in [
-        ("timeout_ms = 999999999999", "expected 50 to 60000 ms, found 999999999999"),
+        (
+            "timeout_ms = 999999999999",
+            "expected 50 to 60000 ms, found 999999999999",
+        ),
         ("timeout_ms = 0", "expected 50 to 60000 ms, found 0"),
         ("retries = 1000", "expected 0 to 10 retries, found 1000"),
     ] {
@@ -84,7 +95,10 @@ fn check_config_says_how_to_give_a_password_and_refuses_empty_or_directory_ones(
     let cfg = config(dir.path(), "password = \"hunter2\"");
     let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
     assert!(err.contains(":11:"), "{err}");
-    assert!(err.contains("password_file") && err.contains("password_env"), "{err}");
+    assert!(
+        err.contains("password_file") && err.contains("password_env"),
+        "{err}"
+    );
     assert!(!err.contains("expected one of"), "{err}");
 
     let cfg = config(dir.path(), "");
@@ -100,7 +114,12 @@ fn check_config_says_how_to_give_a_password_and_refuses_empty_or_directory_ones(
     )
     .unwrap();
     let o = check(&cfg);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     std::fs::create_dir(dir.path().join("pwdir")).unwrap();
     std::fs::write(

@@ -70,13 +70,15 @@ impl KindTable for RedfishTable {
                 "session" => AuthMode::Session,
                 "basic" => AuthMode::Basic,
                 "session_or_basic" => AuthMode::SessionOrBasic,
-                other => return Err(cx.at(
-                    a,
-                    "auth",
-                    format!(
+                other => {
+                    return Err(cx.at(
+                        a,
+                        "auth",
+                        format!(
                         "expected \"session\", \"basic\" or \"session_or_basic\", found `{other}`"
                     ),
-                )),
+                    ))
+                }
             },
         };
         let insecure = self.insecure.as_ref().filter(|b| *b.get_ref());
