@@ -103,6 +103,8 @@ macro_rules! device_kinds {
     };
 }
 
+// A new kind is a file beside these (its table implementing `KindTable`, its settings
+// `KindSettings`) and one line here; nothing else learns its fields.
 device_kinds! {
     /// A ClusterLabs fence agent run as a child process.
     Agent("agent", super::agent::AgentTable => drivers::agent::AgentConfig),
