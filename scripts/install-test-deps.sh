@@ -23,7 +23,11 @@ set -euo pipefail
 #                    config and a pass_persist script: a PDU our SNMP driver must fence)
 #   qemu-system-x86, busybox-static, cpio -> the watchdog VM tests (hw-tests/src/vm.rs); the
 #                    kernel they boot is unpacked below, not installed
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio)
+#   systemd       -> systemd-analyze (verifies the units in fenced/systemd and watchdog/systemd;
+#                    nothing is started)
+#   bsdutils      -> script (a pseudo-terminal for fence_node's terminal output)
+#   openssl       -> openssl (certificates for sushy-emulator)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -41,10 +45,6 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# fence_ipmilan needs ipmitool on PATH; ipmi_sim must exist for the interop tests.
-for c in ipmitool ipmi_sim fence_ipmilan fence_sbd sbd curl stonith_admin xmllint unshare nsenter; do
-  command -v "$c" >/dev/null || { echo "install-test-deps: $c missing after install" >&2; exit 1; }
-done
 # openapi-spec-validator: fenced/tests/api.rs validates fenced/openapi.json with it (PyPI).
 if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
   if [[ $(id -u) -ne 0 ]]; then
@@ -72,12 +72,9 @@ if ! command -v sushy-emulator >/dev/null || \
   fi
   python3 -m pip install "${pip_flags[@]}" sushy-tools==2.2.0 redfish-protocol-validator
 fi
-for c in sushy-emulator rf_protocol_validator fence_redfish openssl; do
-  command -v "$c" >/dev/null || { echo "install-test-deps: $c missing after install" >&2; exit 1; }
-done
 
 # schemathesis: fenced/tests/security.rs runs it against a live fenced through its served
-# OpenAPI document (PyPI; the test skips, saying so, when it is absent).
+# OpenAPI document (PyPI).
 if ! command -v schemathesis >/dev/null 2>&1; then
   if [[ $(id -u) -ne 0 ]]; then
     echo "install-test-deps: need root to install schemathesis (run with sudo)" >&2
@@ -92,8 +89,6 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
   echo "install-test-deps: building cargo-deny"
   cargo install --locked --quiet cargo-deny
 fi
-
-echo "install-test-deps: ok"
 
 # The watchdog VM tests boot Debian's 6.1 kernel, unpacked (not installed) where
 # hw-tests/src/vm.rs looks for it; watchdog.ko, i6300esb.ko and virtio_blk.ko come from it.
@@ -110,3 +105,95 @@ if ! ls "$vm_kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
   dpkg-deb -x "$tmp"/*.deb "$vm_kernel"
   rm -rf "$tmp"
 fi
+
+# Every requirement the tests check (hw-tests/src/require.rs), verified after installing: an
+# install that half-failed, or a kernel without a feature, stops here with what is missing
+# rather than turning into failed tests. The names are the tests' requirement names, so
+# PALISADE_ALLOW_SKIP=NAME,... (a developer's local run, where those tests then skip) lets
+# the same ones through here.
+skip_allowed() {
+  local a=${PALISADE_ALLOW_SKIP:-} n
+  case "$a" in "" | 0) return 1 ;; 1 | all) return 0 ;; esac
+  for n in ${a//,/ }; do [[ ${n,,} == "${1,,}" ]] && return 0; done
+  return 1
+}
+missing_reqs=()
+# need NAME PROVIDED-BY PROBE...: the probe runs quietly; failing, NAME is missing.
+need() {
+  local name=$1 by=$2
+  shift 2
+  "$@" >/dev/null 2>&1 || missing_reqs+=("$name ($by)")
+}
+# An executable regular file at that path, or of that name on PATH, as the tests look for it
+# (bash's `command -v` also answers with a file that is not executable).
+executable() {
+  local d dirs
+  if [[ $1 == */* ]]; then
+    [[ -f $1 && -x $1 ]]
+    return
+  fi
+  IFS=: read -ra dirs <<<"$PATH"
+  for d in "${dirs[@]}"; do
+    [[ -f $d/$1 && -x $d/$1 ]] && return 0
+  done
+  return 1
+}
+# Programs, by the path or name the tests run them with.
+for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fence-agents \
+  /usr/sbin/fence_sbd:fence-agents fence_redfish:fence-agents fence_apc_snmp:fence-agents \
+  /usr/sbin/sbd:sbd curl:curl ps:procps stonith_admin:pacemaker-cli-utils \
+  /usr/lib/pacemaker/pacemaker-fenced:pacemaker xmllint:libxml2-utils unshare:util-linux \
+  nsenter:util-linux losetup:mount mount:mount nft:nftables ip:iproute2 snmpget:snmp \
+  snmpset:snmp snmpwalk:snmp snmpbulkwalk:snmp /usr/sbin/snmpd:snmpd \
+  qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
+  systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3; do
+  prog=${c%%:*}
+  need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
+done
+for c in sushy-emulator:sushy-tools rf_protocol_validator:redfish-protocol-validator schemathesis:schemathesis; do
+  need "${c%%:*}" "PyPI ${c#*:}" executable "${c%%:*}"
+done
+need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import openapi_spec_validator"
+need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng
+need vm-kernel "Debian linux-image-6.1, unpacked above into $vm_kernel" compgen -G "$vm_kernel/boot/vmlinuz-*"
+
+# Kernel features, each probed the way the tests use it (as root: the tests run as root).
+probe_loop() {
+  local f dev rc=0
+  f=$(mktemp)
+  truncate -s 1M "$f"
+  dev=$(losetup -f --show "$f") && losetup -d "$dev" || rc=1
+  rm -f "$f"
+  return "$rc"
+}
+probe_tmpfs() {
+  local d rc=0
+  d=$(mktemp -d)
+  mount -t tmpfs -o size=1M tmpfs "$d" && umount "$d" || rc=1
+  rmdir "$d"
+  return "$rc"
+}
+need root "running the tests as root (they attach loop devices, mount, enter namespaces)" \
+  test "$(id -u)" -eq 0
+need loop-devices "root and the loop kernel module: modprobe loop" probe_loop
+need blkio-throttle "the cgroup v1 blkio controller mounted at /sys/fs/cgroup/blkio" \
+  test -e /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device
+need fuse "the fuse kernel module (modprobe fuse) and /dev/fuse; a container needs --device /dev/fuse" \
+  bash -c 'test -c /dev/fuse && : <>/dev/fuse'
+need tmpfs "root, mount(8) of a tmpfs" probe_tmpfs
+
+refused=()
+for r in "${missing_reqs[@]}"; do
+  if skip_allowed "${r%% *}"; then
+    echo "install-test-deps: missing ${r}: allowed by PALISADE_ALLOW_SKIP, the tests needing it will skip" >&2
+  else
+    refused+=("$r")
+  fi
+done
+if ((${#refused[@]})); then
+  printf 'install-test-deps: missing after install: %s\n' "${refused[@]}" >&2
+  echo "install-test-deps: the tests need each of these; install them (or, for a local run only, set PALISADE_ALLOW_SKIP=NAME,... to skip the tests that need them)" >&2
+  exit 1
+fi
+echo "install-test-deps: ok"

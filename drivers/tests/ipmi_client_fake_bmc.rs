@@ -5,6 +5,12 @@
 // Tests may panic on failure; the workspace lints are for production code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// The bench's "this test needs X" check, by path: a dev-dependency on hw-tests would compile
+// the whole bench for this crate's tests. Not every item of it is used here.
+#[allow(dead_code)]
+#[path = "../../hw-tests/src/require.rs"]
+mod require;
+
 use drivers::ipmi::crypto::{
     rakp2_auth_code, rakp3_auth_code, rakp4_integrity_check, CipherSuite, RakpInputs, SessionKeys,
 };
@@ -375,8 +381,7 @@ async fn idle_sessions_are_closed_and_so_is_the_session_of_a_dropped_device() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipmitool_talks_to_the_codec_bmc_with_suites_3_and_17() {
     const IPMITOOL: &str = "/usr/bin/ipmitool";
-    if !std::path::Path::new(IPMITOOL).exists() {
-        eprintln!("SKIPPED: {IPMITOOL} is not installed (Debian package ipmitool)");
+    if !require::needs_command(IPMITOOL, "Debian package ipmitool") {
         return;
     }
     let addr = Bmc::start(Faults::default()).await;

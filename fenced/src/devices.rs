@@ -1,15 +1,11 @@
-//! Builds the configured devices' drivers for the engine.
+//! Builds the configured devices' drivers for the engine. Each kind's file in
+//! [`crate::config`] converts its settings into its driver; what is left here is the same for
+//! every kind: the Pacemaker-style selection around a device (a concurrency limit and ports
+//! found by name in its `list`).
 
-use crate::config::{
-    AgentSettings, Config, DeviceConfig, DeviceKind, IpmiSettings, RedfishSettings,
-};
+use crate::config::{Config, DeviceConfig};
 use crate::engine::DeviceSlot;
 use async_trait::async_trait;
-use drivers::agent::{AgentConfig, AgentDevice};
-use drivers::ipmi::{CipherSuiteChoice, IpmiConfig, IpmiDevice, Privilege};
-use drivers::pdu::{PduConfig, PduDevice};
-use drivers::redfish::{RedfishConfig, RedfishDevice};
-use drivers::sbd::{DiskConfig, SbdDevice};
 use drivers::{
     DeviceError, FenceProof, Identity, Outlet, PillKind, PillReport, PowerCommand, PowerDevice,
     PowerState,
@@ -17,47 +13,57 @@ use drivers::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// One [`DeviceSlot`] per configured device, or a message naming the device that cannot be
-/// built and what to do.
-pub fn build(config: &Config) -> Result<BTreeMap<String, DeviceSlot>, String> {
+/// A configured device that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceSetupError {
+    /// Its driver refused its configuration.
+    #[error("device `{device}` (kind {kind}): {source}")]
+    Build {
+        /// The device's name.
+        device: String,
+        /// Its kind.
+        kind: &'static str,
+        /// The driver's reason.
+        source: DeviceError,
+    },
+    /// Its check at start failed (an agent's metadata).
+    #[error("device `{device}` (kind {kind}): {source}")]
+    Preflight {
+        /// The device's name.
+        device: String,
+        /// Its kind.
+        kind: &'static str,
+        /// What the check found.
+        source: DeviceError,
+    },
+}
+
+/// For callers whose own errors are still strings.
+impl From<DeviceSetupError> for String {
+    fn from(e: DeviceSetupError) -> String {
+        e.to_string()
+    }
+}
+
+/// One [`DeviceSlot`] per configured device, or the error naming the device that cannot be
+/// built and why.
+pub fn build(config: &Config) -> Result<BTreeMap<String, DeviceSlot>, DeviceSetupError> {
     let mut out = BTreeMap::new();
     for (name, dev) in &config.devices {
-        out.insert(name.clone(), slot(name, dev, &config.daemon.node_name)?);
+        out.insert(name.clone(), slot(dev, &config.daemon.node_name)?);
     }
     Ok(out)
 }
 
-fn slot(name: &str, dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, String> {
-    let device: Arc<dyn PowerDevice> = match &dev.kind {
-        DeviceKind::Sbd(s) => Arc::new(SbdDevice::new(
-            s.disks
-                .iter()
-                .zip(&s.uuids)
-                .map(|(path, uuid)| DiskConfig {
-                    path: path.clone(),
-                    uuid: *uuid,
-                })
-                .collect(),
-            node_name,
-            s.io_timeout,
-        )),
-        DeviceKind::Ipmi(s) => Arc::new(IpmiDevice::new(
-            ipmi_config(s).map_err(|e| format!("device `{name}`: {e}"))?,
-        )),
-        DeviceKind::Redfish(s) => Arc::new(
-            RedfishDevice::new(redfish_config(s)).map_err(|e| format!("device `{name}`: {e}"))?,
-        ),
-        DeviceKind::SnmpPdu(s) => Arc::new(PduDevice::new(PduConfig {
-            client: drivers::pdu::ClientConfig {
-                addr: s.address,
-                security: s.security.clone(),
-                timeout: s.timeout,
-                retries: s.retries,
-            },
-            model: s.model,
-        })),
-        DeviceKind::Agent(s) => Arc::new(AgentDevice::new(agent_config(s))),
-    };
+fn slot(dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, DeviceSetupError> {
+    let device = dev
+        .kind
+        .build(node_name)
+        .map_err(|source| DeviceSetupError::Build {
+            device: dev.name.clone(),
+            kind: dev.kind_name(),
+            source,
+        })?;
     let sel = &dev.selection;
     let device: Arc<dyn PowerDevice> = if sel.dynamic_list || sel.max_concurrent.is_some() {
         Arc::new(Selected {
@@ -77,58 +83,18 @@ fn slot(name: &str, dev: &DeviceConfig, node_name: &str) -> Result<DeviceSlot, S
     })
 }
 
-fn ipmi_config(s: &IpmiSettings) -> Result<IpmiConfig, String> {
-    let mut c = IpmiConfig::new(
-        s.address.ip().to_string(),
-        s.username.clone(),
-        s.password.clone(),
-    );
-    c.port = s.address.port();
-    c.privilege = match s.privilege.as_str() {
-        "operator" => Privilege::Operator,
-        "administrator" => Privilege::Administrator,
-        other => return Err(format!("unknown privilege `{other}`")),
-    };
-    c.cipher_suite = s
-        .cipher_suite
-        .map_or(CipherSuiteChoice::Auto, CipherSuiteChoice::Id);
-    c.timeout = s.timeout;
-    c.retries = s.retries;
-    c.allow_cipher_suite_0 = s.allow_cipher_suite_0;
-    Ok(c)
-}
-
-fn redfish_config(s: &RedfishSettings) -> RedfishConfig {
-    let mut c = RedfishConfig::new(s.base_url.clone(), s.username.clone(), s.password.clone());
-    c.system_id = s.system_id.clone();
-    c.auth = s.auth;
-    c.tls = s.tls.clone();
-    c.connect_timeout = s.connect_timeout;
-    c.request_timeout = s.request_timeout;
-    c.total_timeout = s.total_timeout;
-    c
-}
-
-fn agent_config(s: &AgentSettings) -> AgentConfig {
-    let mut c = AgentConfig::new(s.program.clone());
-    c.options = s.options.clone();
-    c.secrets = s.password.iter().cloned().collect();
-    c.port_option = s.port_option.clone();
-    c.environment = s.environment.clone();
-    c.timeout = s.timeout;
-    c
-}
-
-/// Runs every `agent` device's `metadata` and checks its configured options against it, so a
-/// misspelt option stops the daemon at start instead of failing the first fence.
-pub async fn check_agents(config: &Config) -> Result<(), String> {
-    for (name, dev) in &config.devices {
-        if let DeviceKind::Agent(s) = &dev.kind {
-            AgentDevice::new(agent_config(s))
-                .check_metadata()
-                .await
-                .map_err(|e| format!("device `{name}` (kind agent): {e}"))?;
-        }
+/// Runs every device's check at start (an agent's `metadata` against its configured options),
+/// so a misspelt option stops the daemon at start instead of failing the first fence.
+pub async fn check_agents(config: &Config) -> Result<(), DeviceSetupError> {
+    for dev in config.devices.values() {
+        dev.kind
+            .preflight()
+            .await
+            .map_err(|source| DeviceSetupError::Preflight {
+                device: dev.name.clone(),
+                kind: dev.kind_name(),
+                source,
+            })?;
     }
     Ok(())
 }

@@ -131,8 +131,12 @@ fn errors_are_json_with_the_right_status() {
 #[test]
 fn roles_are_enforced_by_peer_uid() {
     let h = Harness::start();
-    if !h.root() {
-        eprintln!("skipped: running requests as other uids needs root");
+    let root = if h.root() {
+        Ok(())
+    } else {
+        Err("running requests as other uids needs root".to_string())
+    };
+    if !hw_tests::require::needs("root", "running the tests as root", root) {
         return;
     }
     // No role at all: even reading is refused, and the message says what was needed.
@@ -441,11 +445,11 @@ fn openapi_is_served_and_valid() {
     // Validate with a real OpenAPI validator when it is installed
     // (scripts/install-test-deps.sh installs it).
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
-    let probe = Command::new("python3")
-        .args(["-c", "import openapi_spec_validator"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped validation: openapi-spec-validator not installed (run scripts/install-test-deps.sh)");
+    if !hw_tests::require::needs(
+        "openapi-spec-validator",
+        "PyPI openapi-spec-validator",
+        hw_tests::require::python_module("openapi_spec_validator"),
+    ) {
         return;
     }
     let out = Command::new("python3")
@@ -642,8 +646,7 @@ fn loopback_tcp_callers_get_the_tcp_role() {
 #[test]
 fn fence_node_shows_progress_on_a_terminal() {
     let h = Harness::start();
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: util-linux `script` (for a pseudo-terminal) is not installed");
+    if !hw_tests::require::needs_command("script", "Debian package bsdutils (util-linux)") {
         return;
     }
     let cmd = format!(
@@ -675,8 +678,7 @@ fn fence_node_shows_progress_on_a_terminal() {
 #[test]
 fn fence_node_confirm_asks_on_a_terminal() {
     let h = Harness::start();
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: util-linux `script` (for a pseudo-terminal) is not installed");
+    if !hw_tests::require::needs_command("script", "Debian package bsdutils (util-linux)") {
         return;
     }
     let run = |answer: &str| {

@@ -35,6 +35,16 @@ fn config_text_corpus_replays() {
     )
     .unwrap();
     fenced::config::Config::parse(Path::new("v.toml"), &valid, &|_| Some(b"pw".to_vec())).unwrap();
+    // And through every device kind's own table.
+    let kinds = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config_text/kinds.toml"),
+    )
+    .unwrap();
+    let c = fenced::config::Config::parse(Path::new("k.toml"), &kinds, &|_| Some(b"pw".to_vec()))
+        .unwrap();
+    let mut names: Vec<_> = c.devices.values().map(|d| d.kind_name()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["agent", "ipmi", "redfish", "sbd", "snmp-pdu"]);
 }
 
 #[test]

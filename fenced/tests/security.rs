@@ -897,13 +897,7 @@ fn slow_and_idle_connections_are_bounded() {
 /// content types the document declares. `/v1/events` (an endless stream) is left out.
 #[test]
 fn schemathesis_finds_no_server_error_and_no_schema_violation() {
-    if Command::new("schemathesis")
-        .arg("--version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        eprintln!("SKIPPED: schemathesis is not installed (scripts/install-test-deps.sh installs it from PyPI)");
+    if !hw_tests::require::needs_command("schemathesis", "PyPI schemathesis") {
         return;
     }
     let s = setup("127.0.0.1:9", "");

@@ -36,12 +36,7 @@ fn unit_keeps_least_privilege() {
 
 #[test]
 fn systemd_analyze_verifies_the_unit() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: systemd-analyze is not installed (Debian package systemd)");
+    if !hw_tests::require::needs_command("systemd-analyze", "Debian package systemd") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -193,6 +193,31 @@ fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
+/// The test's requirements for faulty disks: FUSE (`/dev/fuse` opens) and loop devices; each
+/// missing one fails the test unless skips are allowed ([`crate::require`]); `false` means skip.
+pub fn require() -> bool {
+    crate::require::needs(
+        "fuse",
+        "the fuse kernel module (modprobe fuse) and /dev/fuse; a container needs --device /dev/fuse",
+        fuse_device(),
+    ) && crate::loopdev::require()
+}
+
+/// `/dev/fuse` is the FUSE character device and opens for reading and writing (as a mount does).
+fn fuse_device() -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata("/dev/fuse").map_err(|e| format!("/dev/fuse: {e}"))?;
+    if !meta.file_type().is_char_device() {
+        return Err("/dev/fuse is not a character device".into());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map(drop)
+        .map_err(|e| format!("cannot open /dev/fuse: {e}"))
+}
+
 impl FaultyDisk {
     /// A healthy zeroed disk of `size_mib` MiB at a new loop device (root, /dev/fuse, loop).
     pub fn new(size_mib: usize) -> io::Result<FaultyDisk> {

@@ -13,6 +13,8 @@
 //! - `faultydisk` (feature `fuse`): a loop device over a FUSE file that returns EIO, is slow
 //!   or hangs on command, with direct I/O end to end.
 //! - [`bins`]: where the workspace's binaries are.
+//! - [`require`]: "this test needs X": a missing peer or kernel feature fails the test
+//!   unless the developer allowed skips (`PALISADE_ALLOW_SKIP`); every skip is logged.
 //! - [`node`]: lab nodes (network namespace + cgroup v2 group + optional mount namespace)
 //!   that a simulated BMC really powers off, with nftables partitions and a lab network.
 //! - [`drill`]: the failover drill: a stateful workload on a shared disk, a reference
@@ -26,5 +28,6 @@ pub mod lab;
 pub mod loopdev;
 pub mod node;
 pub mod peers;
+pub mod require;
 pub mod throttle;
 pub mod vm;

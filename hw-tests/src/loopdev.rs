@@ -146,15 +146,16 @@ pub fn sweep_orphans() {
     }
 }
 
-/// Whether loop devices can be made here (root, loop module); tests skip loudly otherwise.
-pub fn available() -> bool {
-    match LoopDevice::new(1, None) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIP: no loop devices: {e}");
-            false
-        }
-    }
+/// The test's requirement of loop devices (root, the loop module), checked by making one: a
+/// missing one fails the test unless skips are allowed ([`crate::require`]); `false` means skip.
+pub fn require() -> bool {
+    crate::require::needs(
+        "loop-devices",
+        "root and the loop kernel module: modprobe loop",
+        LoopDevice::new(1, None)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    )
 }
 
 #[cfg(test)]
@@ -171,7 +172,7 @@ mod tests {
 
     #[test]
     fn orphans_of_dead_owners_are_swept_and_live_ones_kept() {
-        if !available() {
+        if !require() {
             return;
         }
         let live = LoopDevice::new(1, None).unwrap();

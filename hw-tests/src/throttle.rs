@@ -70,11 +70,19 @@ impl Throttle {
         format!("echo $$ > {}/cgroup.procs;", self.dir.display())
     }
 
-    /// Whether the blkio throttle is usable here.
-    pub fn available() -> bool {
-        std::path::Path::new(ROOT)
-            .join("blkio.throttle.read_bps_device")
-            .exists()
+    /// The test's requirement of the cgroup v1 blkio throttle: missing, it fails the test
+    /// unless skips are allowed ([`crate::require`]); `false` means skip.
+    pub fn require() -> bool {
+        let file = std::path::Path::new(ROOT).join("blkio.throttle.read_bps_device");
+        crate::require::needs(
+            "blkio-throttle",
+            "a kernel with the cgroup v1 blkio controller mounted at /sys/fs/cgroup/blkio",
+            if file.exists() {
+                Ok(())
+            } else {
+                Err(format!("{} does not exist", file.display()))
+            },
+        )
     }
 }
 

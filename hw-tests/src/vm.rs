@@ -4,7 +4,7 @@
 //! and QMP events read from a socket. The VM is killed on drop.
 //!
 //! `scripts/install-test-deps.sh` installs qemu, busybox-static and cpio and unpacks the
-//! kernel under [`KERNEL_ROOT`]; tests skip loudly when something is missing.
+//! kernel under [`KERNEL_ROOT`]; a test fails when something is missing ([`require`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -78,30 +78,22 @@ impl Kernel {
     }
 }
 
-/// Whether VMs can run here (qemu, busybox, cpio, the kernel); says what is missing.
-pub fn available() -> bool {
-    let tools = [QEMU, "cpio"];
-    for t in tools {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            eprintln!("SKIP: {t} missing; run scripts/install-test-deps.sh");
-            return false;
-        }
-    }
-    if !Path::new(BUSYBOX).exists() {
-        eprintln!("SKIP: {BUSYBOX} missing (busybox-static); run scripts/install-test-deps.sh");
-        return false;
-    }
-    if let Err(e) = Kernel::find() {
-        eprintln!("SKIP: {e}");
-        return false;
-    }
-    true
+/// The test's requirements for VMs (qemu, cpio, busybox, the unpacked kernel): each missing
+/// one fails the test unless skips are allowed ([`crate::require`]); `false` means skip.
+pub fn require() -> bool {
+    use crate::require::{needs, needs_command};
+    needs_command(QEMU, "Debian package qemu-system-x86")
+        && needs_command("cpio", "Debian package cpio")
+        && needs(
+            "busybox",
+            "Debian package busybox-static",
+            crate::require::command(BUSYBOX),
+        )
+        && needs(
+            "vm-kernel",
+            "Debian's linux-image-6.1 package, unpacked by scripts/install-test-deps.sh",
+            Kernel::find().map(drop).map_err(|e| e.to_string()),
+        )
 }
 
 /// An initramfs being assembled in a temporary directory.

@@ -3,8 +3,8 @@
 //! - ClusterLabs `fence_redfish` fences a system of our lab, and is timed beside our driver;
 //! - the DMTF Redfish-Protocol-Validator runs against our lab and reports no FAIL.
 //!
-//! `scripts/install-test-deps.sh` installs the peers; a test whose peer is missing says so and
-//! passes without running (so a developer machine without Python tools can still run the suite).
+//! `scripts/install-test-deps.sh` installs the peers; a test whose peer is missing fails, unless
+//! a developer's local run allows the skip (`PALISADE_ALLOW_SKIP`, see `hw_tests::require`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use drivers::redfish::{AuthMode, RedfishConfig, RedfishDevice, TlsVerify};
@@ -18,15 +18,13 @@ const USER: &str = "admin";
 const PASSWORD: &str = "lab-pw-1";
 
 fn have(program: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIPPED: {program} is not installed; run scripts/install-test-deps.sh");
-    }
-    found
+    let provided_by = match program {
+        "sushy-emulator" => "PyPI sushy-tools 2.2.0",
+        "rf_protocol_validator" => "PyPI redfish-protocol-validator",
+        "fence_redfish" => "Debian package fence-agents",
+        _ => "Debian package openssl",
+    };
+    hw_tests::require::needs_command(program, provided_by)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -6,6 +6,7 @@
 
 use drivers::sbd::{self, deliver, BlockDevice, DeliveryError, Disk, Message, PillDisk, SbdError};
 use hw_tests::loopdev::{self, LoopDevice};
+use hw_tests::require;
 use hw_tests::throttle::Throttle;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -15,11 +16,7 @@ const FENCE_SBD: &str = "/usr/sbin/fence_sbd";
 const IO: Duration = Duration::from_secs(3);
 
 fn ready() -> bool {
-    if !std::path::Path::new(SBD).exists() {
-        eprintln!("SKIP: {SBD} missing; run scripts/install-test-deps.sh");
-        return false;
-    }
-    loopdev::available()
+    require::needs_command(SBD, "Debian package sbd") && loopdev::require()
 }
 
 struct Run {
@@ -310,8 +307,7 @@ fn replaced_disk_with_another_uuid_is_refused() {
 
 #[test]
 fn a_read_past_its_deadline_is_abandoned_and_the_device_refused() {
-    if !ready() || !Throttle::available() {
-        eprintln!("SKIP: no blkio throttle");
+    if !ready() || !Throttle::require() {
         return;
     }
     let l = LoopDevice::new(16, None).unwrap();
@@ -342,8 +338,7 @@ fn a_read_past_its_deadline_is_abandoned_and_the_device_refused() {
 
 #[test]
 fn list_and_message_with_one_hung_disk_of_three_are_bounded() {
-    if !ready() || !Throttle::available() {
-        eprintln!("SKIP: no blkio throttle");
+    if !ready() || !Throttle::require() {
         return;
     }
     let v = loops(3);
@@ -398,7 +393,7 @@ fn list_and_message_with_one_hung_disk_of_three_are_bounded() {
 
 #[test]
 fn fence_sbd_fences_through_palisade_sbd() {
-    if !ready() || !std::path::Path::new(FENCE_SBD).exists() {
+    if !ready() || !require::needs_command(FENCE_SBD, "Debian package fence-agents") {
         return;
     }
     let v = loops(2);
@@ -436,15 +431,21 @@ fn fence_sbd_fences_through_palisade_sbd() {
 struct SmallTmpfs(tempfile::TempDir);
 
 impl SmallTmpfs {
-    fn new(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
+    fn new(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
-            .status()
-            .ok()?
-            .success();
-        ok.then_some(SmallTmpfs(dir))
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(SmallTmpfs(dir))
+        } else {
+            Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
     }
 }
 
@@ -461,8 +462,8 @@ fn a_failed_pill_write_is_a_failure_although_sbd_reports_success() {
     if !ready() {
         return;
     }
-    let Some(fs) = SmallTmpfs::new("2M") else {
-        eprintln!("SKIP: cannot mount a tmpfs");
+    let Some(fs) = require::obtain("tmpfs", "root, mount(8) of a tmpfs", SmallTmpfs::new("2M"))
+    else {
         return;
     };
     let backing = fs.0.path().join("disk");

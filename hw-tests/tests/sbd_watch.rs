@@ -11,6 +11,7 @@ mod watch_common;
 
 use drivers::sbd::Message;
 use hw_tests::loopdev::{self, LoopDevice};
+use hw_tests::require;
 use hw_tests::throttle::Throttle;
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,7 +29,7 @@ fn paths(v: &[LoopDevice]) -> Vec<(PathBuf, Option<Arc<Throttle>>)> {
 
 #[test]
 fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -39,11 +40,7 @@ fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
     ] {
         let w = start(&paths(&v), "n1");
         assert!(w.dog.fed_more(3, LONG), "healthy watcher feeds");
-        assert_eq!(
-            w.dog.0.lock().unwrap().timeout,
-            1,
-            "header's watchdog timeout"
-        );
+        assert_eq!(w.dog.granted_timeout(), 1, "header's watchdog timeout");
         pill(&v, "n1", msg);
         let (dog, rec) = (w.dog.clone(), w.rec.clone());
         let out = w.join(LONG).unwrap();
@@ -52,10 +49,7 @@ fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
             "{out:?}"
         );
         assert_eq!(rec.0.lock().unwrap().len(), 1, "sink called once");
-        assert!(
-            !dog.0.lock().unwrap().disarmed,
-            "never magic-closed after a pill"
-        );
+        assert!(!dog.is_disarmed(), "never magic-closed after a pill");
         // The next round starts from a clean slot (as an operator would clear it).
         pill(&v, "n1", Message::Clear);
     }
@@ -63,7 +57,7 @@ fn reset_off_and_crashdump_pills_are_obeyed_and_the_watchdog_left_armed() {
 
 #[test]
 fn a_pill_at_start_is_refused_not_erased() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(1);
@@ -79,7 +73,7 @@ fn a_pill_at_start_is_refused_not_erased() {
 
 #[test]
 fn test_is_cleared_and_exit_disarms_cleanly() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -97,13 +91,13 @@ fn test_is_cleared_and_exit_disarms_cleanly() {
     let (dog, rec) = (w.dog.clone(), w.rec.clone());
     let out = w.join(LONG).unwrap();
     assert!(matches!(out, Outcome::Exited { .. }), "{out:?}");
-    assert!(dog.0.lock().unwrap().disarmed, "magic close on exit");
+    assert!(dog.is_disarmed(), "magic close on exit");
     assert!(rec.0.lock().unwrap().is_empty());
 }
 
 #[test]
 fn corrupted_headers_on_a_majority_stop_feeding_and_self_fence() {
-    if !loopdev::available() {
+    if !loopdev::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -129,8 +123,7 @@ fn corrupted_headers_on_a_majority_stop_feeding_and_self_fence() {
 
 #[test]
 fn frozen_majority_self_fences_and_one_frozen_disk_of_three_is_survived() {
-    if !loopdev::available() || !Throttle::available() {
-        eprintln!("SKIP: needs loop devices and the cgroup v1 blkio throttle");
+    if !loopdev::require() || !Throttle::require() {
         return;
     }
     let v = sbd_disks(3);
@@ -240,11 +233,7 @@ impl Drop for SbdWatcher {
 }
 
 fn sbd_ready() -> bool {
-    if !std::path::Path::new(SBD).exists() {
-        eprintln!("SKIP: {SBD} missing; run scripts/install-test-deps.sh");
-        return false;
-    }
-    loopdev::available()
+    require::needs_command(SBD, "Debian package sbd") && loopdev::require()
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod watch_common;
 
-use hw_tests::faultydisk::{Fault, FaultyDisk};
+use hw_tests::faultydisk::{self, Fault, FaultyDisk};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -16,16 +16,10 @@ use watchdog::Outcome;
 const LONG: Duration = Duration::from_secs(30);
 
 fn disks(n: usize) -> Option<Vec<FaultyDisk>> {
-    let mut v = Vec::new();
-    for _ in 0..n {
-        match FaultyDisk::new(4) {
-            Ok(d) => v.push(d),
-            Err(e) => {
-                eprintln!("SKIP: no faulty disks here: {e}");
-                return None;
-            }
-        }
+    if !faultydisk::require() {
+        return None;
     }
+    let v: Vec<FaultyDisk> = (0..n).map(|_| FaultyDisk::new(4).unwrap()).collect();
     let mut cmd = Command::new(hw_tests::bins::palisade_sbd());
     cmd.env_remove("SBD_DEVICE").env("PALISADE_SBD_CONFIG", "");
     for d in &v {

@@ -73,7 +73,7 @@ fn binary() -> PathBuf {
 }
 
 fn ready() -> bool {
-    loopdev::available() && vm::available()
+    loopdev::require() && vm::require()
 }
 
 struct Lab {
@@ -215,8 +215,7 @@ fn a_stopped_watcher_is_reset_by_the_watchdog() {
 
 #[test]
 fn a_frozen_shared_disk_resets_the_vm() {
-    if !ready() || !Throttle::available() {
-        eprintln!("SKIP: needs the cgroup v1 blkio throttle");
+    if !ready() || !Throttle::require() {
         return;
     }
     let lab = lab();

@@ -20,6 +20,20 @@ use std::time::Duration;
 /// The watchdog device when neither `-w` nor SBD_WATCHDOG_DEV names one (sbd's default).
 pub const DEFAULT_WATCHDOG: &str = "/dev/watchdog";
 
+/// Why the process around the watcher could not be set up as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// `mlockall` failed: pages may be swapped out or read back from a dead disk.
+    #[error("mlockall: {0}; run as root or grant CAP_IPC_LOCK")]
+    LockMemory(#[source] std::io::Error),
+    /// Real-time scheduling was refused: a busy node may starve the watcher.
+    #[error("SCHED_RR: {0}; run as root or grant CAP_SYS_NICE")]
+    Realtime(#[source] std::io::Error),
+    /// `--board` or PALISADE_BOARD names no usable profile.
+    #[error(transparent)]
+    Board(#[from] boards::BoardError),
+}
+
 /// The commands this module runs.
 pub const COMMANDS: [&str; 3] = ["watch", "query-watchdog", "test-watchdog"];
 
@@ -88,7 +102,7 @@ fn install_signal_handlers() {
 /// Locks every page now and later (so the watcher does not wait on swap or a page-in from a
 /// dead disk), with one malloc arena (glibc otherwise reserves one per thread, which locking
 /// would make resident). Returns what failed, if anything.
-pub fn lock_memory() -> Result<(), String> {
+pub fn lock_memory() -> Result<(), DaemonError> {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX = -8 in <malloc.h>.
     unsafe {
@@ -96,27 +110,21 @@ pub fn lock_memory() -> Result<(), String> {
     }
     // SAFETY: mlockall takes flags only.
     if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        return Err(format!(
-            "mlockall: {}; run as root or grant CAP_IPC_LOCK",
-            std::io::Error::last_os_error()
-        ));
+        return Err(DaemonError::LockMemory(std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
 /// Runs this process (and threads started after) under SCHED_RR at the highest priority, as
 /// sbd does, so a busy node cannot starve the watcher past its watchdog timeout.
-pub fn make_realtime() -> Result<(), String> {
+pub fn make_realtime() -> Result<(), DaemonError> {
     // SAFETY: plain syscalls with a valid sched_param.
     unsafe {
         let p = libc::sched_param {
             sched_priority: libc::sched_get_priority_max(libc::SCHED_RR),
         };
         if libc::sched_setscheduler(0, libc::SCHED_RR, &p) != 0 {
-            return Err(format!(
-                "SCHED_RR: {}; run as root or grant CAP_SYS_NICE",
-                std::io::Error::last_os_error()
-            ));
+            return Err(DaemonError::Realtime(std::io::Error::last_os_error()));
         }
     }
     Ok(())
@@ -163,14 +171,14 @@ pub fn run(args: &[String], settings: &Settings, err: &mut dyn Write) -> i32 {
 /// PALISADE_BOARD), else [`DEFAULT_WATCHDOG`]. With a board, an asked-for timeout (`-1`) is
 /// clamped into the hardware's range, so the watcher never assumes a timeout the board cannot
 /// give (the driver's granted value is what the watcher uses either way).
-pub fn resolve_watchdog(o: &mut Options, settings: &Settings) -> Result<PathBuf, String> {
+pub fn resolve_watchdog(o: &mut Options, settings: &Settings) -> Result<PathBuf, DaemonError> {
     let board = match o
         .board
         .clone()
         .or_else(|| settings.get("PALISADE_BOARD").map(String::from))
     {
         None => None,
-        Some(name) => Some(boards::Board::named(&name).map_err(|e| e.to_string())?),
+        Some(name) => Some(boards::Board::named(&name)?),
     };
     if let (Some(b), Some(t)) = (&board, o.timeout_watchdog) {
         o.timeout_watchdog = Some(b.watchdog_timeout(t));
@@ -213,6 +221,7 @@ fn run_watch(o: &Options, dev: &Path, err: &mut dyn Write) -> i32 {
         startup_timeout: Duration::from_secs(u64::from(o.io_timeout.unwrap_or(10).max(1))),
         rules: Vec::new(),
         stop: Arc::clone(&stop),
+        clock: crate::clock::system(),
     };
     // The signal handler sets STOP; forward it to the watcher's flag.
     let fwd = Arc::clone(&stop);
@@ -367,7 +376,8 @@ mod tests {
     ) -> Result<(PathBuf, Option<u32>), String> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut o = parse_args(&args).map_err(|e| e.to_string())?;
-        let dev = resolve_watchdog(&mut o, &Settings::from_pairs(settings))?;
+        let dev =
+            resolve_watchdog(&mut o, &Settings::from_pairs(settings)).map_err(|e| e.to_string())?;
         Ok((dev, o.timeout_watchdog))
     }
 

@@ -9,7 +9,8 @@
 //!   last good read *started*. A servant stuck in the kernel simply stops reporting: its disk
 //!   ages out; nobody waits for it or joins it.
 //! - The inquisitor feeds the hardware watchdog only while more than half of the disks had a
-//!   good read that started within the freshness window `F` and every [`HealthRule`] holds.
+//!   good read that started less than the freshness window `F` ago ([`is_fresh`]) and every
+//!   [`HealthRule`] holds.
 //!   When that stops holding, it stops feeding, and once it has not held for `F` it
 //!   self-fences through the [`SelfFence`] sink. A poison pill on any disk self-fences at once;
 //!   `exit` disarms the watchdog (magic close) and returns.
@@ -32,16 +33,22 @@
 //!    `palisade-sbd create` refuses less than `2 x -1` without `--force`; with the driver
 //!    granting the header's watchdog timeout, `2 W >= 1.5 W` leaves `W / 2` for the reset).
 //!
+//! All of it runs on the [`Clock`] in [`WatchConfig::clock`] (threads, sleeps, the servants'
+//! reports), so the tests run it on virtual time with simulated disks and check these bounds
+//! to the millisecond (`watcher/tests.rs`).
+//!
 //! Stopping the watcher cleanly (an `exit` message, or SIGTERM to `palisade-sbd watch`) disarms
 //! the watchdog; from then on the node no longer obeys pills, exactly as with sbd. Stop it only
 //! when the cluster stack on the node is down.
 
+use crate::clock::{self, Clock, RecvError};
 use crate::device::{WatchdogDevice, WatchdogError};
 use crate::self_fence::{SelfFence, SelfFenceAction};
-use drivers::sbd::{self, format, BlockDevice, DiskError, Header, Mailbox, Message, NodeName};
+use drivers::sbd::{
+    self, format, BlockDevice, DiskError, FormatError, Header, Mailbox, Message, NodeName, SbdError,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,8 +89,14 @@ pub trait HealthRule: Send {
     /// Its name in messages.
     fn name(&self) -> &str;
     /// Whether the node is healthy by this rule; `Err` says why not. Must not block.
-    fn check(&mut self) -> Result<(), String>;
+    fn check(&mut self) -> Result<(), Unhealthy>;
 }
+
+/// Why a [`HealthRule`] does not hold: what is wrong and what to do about it, in the rule's
+/// own words (the watcher adds the rule's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(pub String);
 
 /// One disk the watcher reads.
 pub struct WatchDisk {
@@ -109,6 +122,8 @@ pub struct WatchConfig {
     pub rules: Vec<Box<dyn HealthRule>>,
     /// Set to stop cleanly (SIGTERM): the watchdog is disarmed and `watch` returns.
     pub stop: Arc<AtomicBool>,
+    /// The watcher's time and threads ([`clock::system`] outside tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How the watcher ended.
@@ -176,8 +191,62 @@ pub enum WatchError {
     #[error(transparent)]
     Watchdog(#[from] WatchdogError),
     /// A thread could not be started.
-    #[error("cannot start a servant thread: {0}")]
-    Thread(String),
+    #[error("cannot start a servant thread: {0}; check the process's thread and memory limits (ulimit -u, the unit's TasksMax=)")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why a servant's look at its disk does not count.
+#[derive(Debug, thiserror::Error)]
+pub enum ServantError {
+    /// The disk could not be opened, read or written.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// Reading the header or the slots failed (I/O, no header, no free slot).
+    #[error(transparent)]
+    Sbd(#[from] SbdError),
+    /// A sector does not decode.
+    #[error("{path}: {what}: {source}; the disk no longer holds what this watcher wrote, check that nobody re-created or overwrote it")]
+    Decode {
+        /// The device.
+        path: PathBuf,
+        /// Which sector.
+        what: String,
+        /// Why.
+        source: FormatError,
+    },
+    /// The header differs from the one read at start.
+    #[error("{path}: the SBD header changed since the watcher started (disk re-created or replaced); not trusting this disk: restart the watcher once the disks are right")]
+    HeaderChanged {
+        /// The device.
+        path: PathBuf,
+    },
+    /// Our slot now names another node.
+    #[error("{path}: slot {slot} no longer belongs to this node (it holds `{holder}`); not trusting this disk: restart the watcher so that it claims a slot again")]
+    SlotLost {
+        /// The device.
+        path: PathBuf,
+        /// The slot.
+        slot: u8,
+        /// Who holds it now.
+        holder: String,
+    },
+    /// The watcher is stopping while the servant was setting up.
+    #[error("the watcher is stopping")]
+    Stopping,
+}
+
+impl ServantError {
+    /// The failure is about what the disk holds (bad or changed header, slot taken), not an
+    /// I/O error: the disk stops counting at once instead of ageing out, since waiting will
+    /// not make a re-created disk ours again.
+    fn about_content(&self) -> bool {
+        matches!(
+            self,
+            ServantError::Decode { .. }
+                | ServantError::HeaderChanged { .. }
+                | ServantError::SlotLost { .. }
+        )
+    }
 }
 
 /// What a servant saw on one read.
@@ -189,157 +258,159 @@ struct Seen {
 
 struct Report {
     disk: usize,
+    /// When the read began: a read that started before a pill may return the old mailbox.
     started: Instant,
-    result: Result<Seen, String>,
-    /// The failure is about what the disk holds (bad or changed header, slot taken), not an
-    /// I/O error: the disk stops counting at once instead of ageing out, since waiting will
-    /// not make a re-created disk ours again.
-    content: bool,
+    result: Result<Seen, ServantError>,
 }
 
-/// The servant's setup: open, read the header, find or allocate the slot, clean the mailbox.
-fn servant_setup(
-    open: &mut OpenDisk,
-    name: &NodeName,
-    stop: &AtomicBool,
-) -> Result<(Box<dyn BlockDevice>, Header, u8, Mailbox), String> {
-    let far = Duration::from_secs(3600);
-    let dev = open().map_err(|e| e.to_string())?;
-    let header = sbd::read_header(dev.as_ref(), far).map_err(|e| e.to_string())?;
-    let slot = loop {
-        if stop.load(Ordering::SeqCst) {
-            return Err("stopping".into());
-        }
-        // sbd's slot_allocate: claim the first free slot, wait the allocate timeout, look
-        // again, so that of two nodes racing for one slot the last writer keeps it.
-        let slots = sbd::read_slots(dev.as_ref(), &header, far).map_err(|e| e.to_string())?;
-        if let Some(s) = slots
-            .iter()
-            .find(|s| s.node.is_allocated() && format::same_node(&s.node.name, name))
-        {
-            break s.slot;
-        }
-        let free = slots
-            .iter()
-            .find(|s| !s.node.is_allocated())
-            .ok_or_else(|| format!("no free slot on {}", dev.path().display()))?;
-        let e = format::NodeEntry::allocated(name.clone());
-        let bytes = sbd::sector_with(dev.as_ref(), |b| e.encode(b)).map_err(|e| e.to_string())?;
-        dev.write(format::node_sector(free.slot), &bytes, Instant::now() + far)
-            .map_err(|e| e.to_string())?;
-        std::thread::sleep(Duration::from_secs(u64::from(header.timeout_allocate)));
-    };
-    let mb = read_mailbox(dev.as_ref(), slot)?;
-    // A left-over `test` or `exit` (a clean stop) is zeroed, as sbd's servant zeroes its inbox
-    // on start. A poison pill is kept and reported: the inquisitor refuses to start on it
-    // (sbd's SBD_STARTMODE=clean), because zeroing it would let a node that was fenced, and
-    // whose watcher was merely restarted, run on as if nothing happened.
-    if matches!(mb.cmd, Message::Test | Message::Exit | Message::Other(_)) {
-        clear_mailbox(dev.as_ref(), slot)?;
-        return Ok((dev, header, slot, Mailbox::default()));
-    }
-    Ok((dev, header, slot, mb))
-}
+/// I/O deadlines the servant's own (thread-less) disk ignores: the servant thread itself is
+/// what gets abandoned when the disk stops answering.
+const FAR: Duration = Duration::from_secs(3600);
 
-fn read_mailbox(dev: &dyn BlockDevice, slot: u8) -> Result<Mailbox, String> {
-    let b = dev
-        .read(format::mailbox_sector(slot), 1, far_deadline())
-        .map_err(|e| e.to_string())?;
-    Mailbox::decode(&b)
-        .map_err(|e| format!("{}: mailbox of slot {slot}: {e}", dev.path().display()))
-}
-
-fn clear_mailbox(dev: &dyn BlockDevice, slot: u8) -> Result<(), String> {
-    let zero = vec![0u8; dev.sector_size().bytes()];
-    dev.write(format::mailbox_sector(slot), &zero, far_deadline())
-        .map_err(|e| e.to_string())
-}
-
-fn far_deadline() -> Instant {
-    Instant::now() + Duration::from_secs(3600)
-}
-
-/// One read of the header and of our node entry + mailbox (adjacent sectors, one I/O).
-fn servant_poll(
-    dev: &dyn BlockDevice,
-    first: &Header,
-    slot: u8,
-    name: &NodeName,
-) -> Result<Seen, (bool, String)> {
-    let p = dev.path().display();
-    let io = |e: DiskError| (false, e.to_string());
-    let h0 = dev.read(0, 1, far_deadline()).map_err(io)?;
-    let header = Header::decode(&h0).map_err(|e| (true, format!("{p}: header: {e}")))?;
-    if header != *first {
-        return Err((true, format!(
-            "{p}: the SBD header changed since the watcher started (disk re-created or replaced); not trusting this disk"
-        )));
-    }
-    let ss = dev.sector_size().bytes();
-    let b = dev
-        .read(format::node_sector(slot), 2, far_deadline())
-        .map_err(io)?;
-    let node = format::NodeEntry::decode(b.get(..ss).unwrap_or_default())
-        .map_err(|e| (true, format!("{p}: node entry of slot {slot}: {e}")))?;
-    if !node.is_allocated() || !format::same_node(&node.name, name) {
-        return Err((true, format!(
-            "{p}: slot {slot} no longer belongs to this node (it holds `{}`); not trusting this disk",
-            format::display_name(&node.name)
-        )));
-    }
-    let mailbox = Mailbox::decode(b.get(ss..).unwrap_or_default())
-        .map_err(|e| (true, format!("{p}: mailbox of slot {slot}: {e}")))?;
-    if mailbox.cmd == Message::Test {
-        // sbd acknowledges `test` by clearing the mailbox; the sender watches for that.
-        clear_mailbox(dev, slot).map_err(|e| (false, e))?;
-    }
-    Ok(Seen { header, mailbox })
-}
-
-fn servant(
+/// One servant: a thread reading one disk.
+struct Servant {
     idx: usize,
-    mut open: OpenDisk,
+    open: OpenDisk,
     name: NodeName,
     poll: Duration,
-    tx: mpsc::Sender<Report>,
+    tx: clock::Sender<Report>,
     stop: Arc<AtomicBool>,
-) {
-    let mut state: Option<(Box<dyn BlockDevice>, Header, u8)> = None;
-    while !stop.load(Ordering::SeqCst) {
-        let started = Instant::now();
-        let (result, content) = match &state {
-            None => match servant_setup(&mut open, &name, &stop) {
-                Ok((dev, header, slot, mailbox)) => {
-                    state = Some((dev, header, slot));
-                    (Ok(Seen { header, mailbox }), false)
-                }
-                Err(e) => (Err(e), false),
-            },
-            Some((dev, header, slot)) => match servant_poll(dev.as_ref(), header, *slot, &name) {
-                Ok(seen) => (Ok(seen), false),
-                Err((content, e)) => (Err(e), content),
-            },
+    clock: Arc<dyn Clock>,
+}
+
+impl Servant {
+    fn far(&self) -> Instant {
+        self.clock.now() + FAR
+    }
+
+    /// Open, read the header, find or allocate the slot, clean the mailbox.
+    fn setup(&mut self) -> Result<(Box<dyn BlockDevice>, Header, u8, Mailbox), ServantError> {
+        let dev = (self.open)()?;
+        let header = sbd::read_header(dev.as_ref(), FAR)?;
+        let slot = loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(ServantError::Stopping);
+            }
+            // sbd's slot_allocate: claim the first free slot, wait the allocate timeout, look
+            // again, so that of two nodes racing for one slot the last writer keeps it.
+            let slots = sbd::read_slots(dev.as_ref(), &header, FAR)?;
+            if let Some(s) = slots
+                .iter()
+                .find(|s| s.node.is_allocated() && format::same_node(&s.node.name, &self.name))
+            {
+                break s.slot;
+            }
+            let free = slots
+                .iter()
+                .find(|s| !s.node.is_allocated())
+                .ok_or_else(|| SbdError::NoFreeSlot {
+                    path: dev.path().into(),
+                    name: format::display_name(&self.name),
+                    slots: header.slots,
+                })?;
+            let e = format::NodeEntry::allocated(self.name.clone());
+            let bytes = sbd::sector_with(dev.as_ref(), |b| e.encode(b))?;
+            dev.write(format::node_sector(free.slot), &bytes, self.far())?;
+            self.clock
+                .sleep(Duration::from_secs(u64::from(header.timeout_allocate)));
         };
-        if tx
-            .send(Report {
-                disk: idx,
+        let mb = self.read_mailbox(dev.as_ref(), slot)?;
+        // A left-over `test` or `exit` (a clean stop) is zeroed, as sbd's servant zeroes its
+        // inbox on start. A poison pill is kept and reported: the inquisitor refuses to start
+        // on it (sbd's SBD_STARTMODE=clean), because zeroing it would let a node that was
+        // fenced, and whose watcher was merely restarted, run on as if nothing happened.
+        if matches!(mb.cmd, Message::Test | Message::Exit | Message::Other(_)) {
+            self.clear_mailbox(dev.as_ref(), slot)?;
+            return Ok((dev, header, slot, Mailbox::default()));
+        }
+        Ok((dev, header, slot, mb))
+    }
+
+    fn read_mailbox(&self, dev: &dyn BlockDevice, slot: u8) -> Result<Mailbox, ServantError> {
+        let b = dev.read(format::mailbox_sector(slot), 1, self.far())?;
+        Mailbox::decode(&b).map_err(|source| ServantError::Decode {
+            path: dev.path().into(),
+            what: format!("mailbox of slot {slot}"),
+            source,
+        })
+    }
+
+    fn clear_mailbox(&self, dev: &dyn BlockDevice, slot: u8) -> Result<(), ServantError> {
+        let zero = vec![0u8; dev.sector_size().bytes()];
+        Ok(dev.write(format::mailbox_sector(slot), &zero, self.far())?)
+    }
+
+    /// One read of the header and of our node entry + mailbox (adjacent sectors, one I/O).
+    fn poll(&self, dev: &dyn BlockDevice, first: &Header, slot: u8) -> Result<Seen, ServantError> {
+        let decode = |what: &str, source| ServantError::Decode {
+            path: dev.path().into(),
+            what: what.into(),
+            source,
+        };
+        let h0 = dev.read(0, 1, self.far())?;
+        let header = Header::decode(&h0).map_err(|e| decode("header", e))?;
+        if header != *first {
+            return Err(ServantError::HeaderChanged {
+                path: dev.path().into(),
+            });
+        }
+        let ss = dev.sector_size().bytes();
+        let b = dev.read(format::node_sector(slot), 2, self.far())?;
+        let node = format::NodeEntry::decode(b.get(..ss).unwrap_or_default())
+            .map_err(|e| decode(&format!("node entry of slot {slot}"), e))?;
+        if !node.is_allocated() || !format::same_node(&node.name, &self.name) {
+            return Err(ServantError::SlotLost {
+                path: dev.path().into(),
+                slot,
+                holder: format::display_name(&node.name),
+            });
+        }
+        let mailbox = Mailbox::decode(b.get(ss..).unwrap_or_default())
+            .map_err(|e| decode(&format!("mailbox of slot {slot}"), e))?;
+        if mailbox.cmd == Message::Test {
+            // sbd acknowledges `test` by clearing the mailbox; the sender watches for that.
+            self.clear_mailbox(dev, slot)?;
+        }
+        Ok(Seen { header, mailbox })
+    }
+
+    fn run(mut self) {
+        let mut state: Option<(Box<dyn BlockDevice>, Header, u8)> = None;
+        while !self.stop.load(Ordering::SeqCst) {
+            let started = self.clock.now();
+            let result = match &state {
+                None => self.setup().map(|(dev, header, slot, mailbox)| {
+                    state = Some((dev, header, slot));
+                    Seen { header, mailbox }
+                }),
+                Some((dev, header, slot)) => self.poll(dev.as_ref(), header, *slot),
+            };
+            let report = Report {
+                disk: self.idx,
                 started,
                 result,
-                content,
-            })
-            .is_err()
-        {
-            return; // the inquisitor is gone
+            };
+            if self.tx.send(report).is_err() {
+                return; // the inquisitor is gone
+            }
+            let spent = self.clock.now().saturating_duration_since(started);
+            self.clock.sleep(self.poll.saturating_sub(spent));
         }
-        std::thread::sleep(poll.saturating_sub(started.elapsed()));
     }
+}
+
+/// Whether a good read that started at `started` still counts at `now`: only while it is
+/// younger than `fresh` (`W / 2`). A read exactly `fresh` old no longer counts, which keeps the
+/// last feed strictly before `t_p + W / 2` in the argument above.
+pub fn is_fresh(started: Instant, now: Instant, fresh: Duration) -> bool {
+    now.saturating_duration_since(started) < fresh
 }
 
 /// What the inquisitor knows about one disk.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct DiskState {
     last_good: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<ServantError>,
     header: Option<Header>,
 }
 
@@ -379,39 +450,47 @@ pub fn watch<W: WatchdogDevice>(
         return Err(WatchError::DiskCount(n));
     }
     let names: Vec<String> = cfg.disks.iter().map(|d| d.name.clone()).collect();
-    let (tx, rx) = mpsc::channel::<Report>();
+    let clock = Arc::clone(&cfg.clock);
+    let (tx, rx) = clock::channel::<Report>(Arc::clone(&clock));
     // Servants stop when this is set; the caller's `stop` stays the caller's.
     let servants_stop = Arc::new(AtomicBool::new(false));
-    for (i, d) in cfg.disks.into_iter().enumerate() {
-        let (tx, stop, name) = (
-            tx.clone(),
-            Arc::clone(&servants_stop),
-            cfg.local_name.clone(),
-        );
-        let poll = cfg.poll;
-        std::thread::Builder::new()
-            .name(format!("servant-{i}"))
-            .stack_size(SERVANT_STACK)
-            .spawn(move || servant(i, d.open, name, poll, tx, stop))
-            .map_err(|e| WatchError::Thread(e.to_string()))?;
+    let _stop_servants = StopOnDrop(Arc::clone(&servants_stop));
+    for (idx, d) in cfg.disks.into_iter().enumerate() {
+        let servant = Servant {
+            idx,
+            open: d.open,
+            name: cfg.local_name.clone(),
+            poll: cfg.poll,
+            tx: tx.clone(),
+            stop: Arc::clone(&servants_stop),
+            clock: Arc::clone(&clock),
+        };
+        clock
+            .spawn(
+                format!("servant-{idx}"),
+                SERVANT_STACK,
+                Box::new(move || servant.run()),
+            )
+            .map_err(WatchError::Thread)?;
     }
     drop(tx);
-    let _stop_servants = StopOnDrop(Arc::clone(&servants_stop));
-    let mut disks = vec![DiskState::default(); n];
+    let mut disks: Vec<DiskState> = (0..n).map(|_| DiskState::default()).collect();
     let majority = n / 2 + 1;
 
     // Start: wait for a majority of disks to be read.
-    let t0 = Instant::now();
+    let t0 = clock.now();
     while disks.iter().filter(|d| d.last_good.is_some()).count() < majority {
-        let left = cfg.startup_timeout.saturating_sub(t0.elapsed());
+        let waited = clock.now().saturating_duration_since(t0);
+        let left = cfg.startup_timeout.saturating_sub(waited);
         if left.is_zero() || cfg.stop.load(Ordering::SeqCst) {
             let ok = disks.iter().filter(|d| d.last_good.is_some()).count();
             let detail = disks
                 .iter()
                 .zip(&names)
                 .filter(|(d, _)| d.last_good.is_none())
-                .map(|(d, name)| {
-                    format!("{name}: {}", d.last_error.as_deref().unwrap_or("no answer"))
+                .map(|(d, name)| match &d.last_error {
+                    Some(e) => format!("{name}: {e}"),
+                    None => format!("{name}: no answer"),
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
@@ -423,8 +502,8 @@ pub fn watch<W: WatchdogDevice>(
             });
         }
         let got = rx.recv_timeout(left.min(cfg.poll));
-        if let Err(mpsc::RecvTimeoutError::Disconnected) = got {
-            std::thread::sleep(left.min(cfg.poll));
+        if let Err(RecvError::Disconnected) = got {
+            clock.sleep(left.min(cfg.poll));
         }
         if let Ok(r) = got {
             if let Ok(seen) = &r.result {
@@ -485,15 +564,15 @@ pub fn watch<W: WatchdogDevice>(
         }
         let mut first = match rx.recv_timeout(tick) {
             Ok(r) => Some(r),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(RecvError::Timeout) => None,
+            Err(RecvError::Disconnected) => {
                 // Every servant is gone (they only leave when told to): nothing will count
                 // again. Do not spin at real-time priority meanwhile; the disks age out below.
-                std::thread::sleep(tick);
+                clock.sleep(tick);
                 None
             }
         };
-        while let Some(r) = first.take().or_else(|| rx.try_recv().ok()) {
+        while let Some(r) = first.take().or_else(|| rx.try_recv()) {
             if let Ok(seen) = &r.result {
                 let disk = names.get(r.disk).cloned().unwrap_or_default();
                 let from = format::display_name(&seen.mailbox.from);
@@ -512,13 +591,10 @@ pub fn watch<W: WatchdogDevice>(
             }
             apply(&mut disks, r);
         }
-        let now = Instant::now();
+        let now = clock.now();
         let fresh_count = disks
             .iter()
-            .filter(|d| {
-                d.last_good
-                    .is_some_and(|t| now.saturating_duration_since(t) <= fresh)
-            })
+            .filter(|d| d.last_good.is_some_and(|t| is_fresh(t, now, fresh)))
             .count();
         let mut why = None;
         if fresh_count < majority {
@@ -576,7 +652,7 @@ fn apply(disks: &mut [DiskState], r: Report) {
             d.header = Some(seen.header);
         }
         Err(e) => {
-            if r.content {
+            if e.about_content() {
                 d.last_good = None;
             }
             d.last_error = Some(e);
@@ -593,293 +669,4 @@ impl Drop for StopOnDrop {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use drivers::sbd::{MemDisk, SectorSize};
-    use std::sync::Mutex;
-
-    /// The recording sink: exists only in test builds.
-    #[derive(Default)]
-    struct Recorder(Vec<(SelfFenceAction, String)>);
-    impl SelfFence for Recorder {
-        fn self_fence(&mut self, action: SelfFenceAction, reason: &str) {
-            self.0.push((action, reason.into()));
-        }
-    }
-
-    #[derive(Default)]
-    struct Soft {
-        feeds: Vec<Instant>,
-        timeout: u32,
-        disarmed: bool,
-    }
-    #[derive(Clone, Default)]
-    struct SoftDog(Arc<Mutex<Soft>>);
-    impl WatchdogDevice for SoftDog {
-        fn info(&self) -> Result<crate::WatchdogInfo, WatchdogError> {
-            Ok(crate::WatchdogInfo {
-                identity: "soft".into(),
-                options: 0,
-                firmware_version: 0,
-            })
-        }
-        fn set_timeout(&mut self, s: u32) -> Result<u32, WatchdogError> {
-            self.0.lock().unwrap().timeout = s;
-            Ok(s)
-        }
-        fn timeout(&self) -> Result<u32, WatchdogError> {
-            Ok(self.0.lock().unwrap().timeout)
-        }
-        fn keepalive(&mut self) -> Result<(), WatchdogError> {
-            self.0.lock().unwrap().feeds.push(Instant::now());
-            Ok(())
-        }
-        fn disarm(self) -> Result<(), WatchdogError> {
-            self.0.lock().unwrap().disarmed = true;
-            Ok(())
-        }
-    }
-
-    fn mem_disk(msgwait: u32, nodes: &[&str]) -> Arc<MemDisk> {
-        let d = Arc::new(MemDisk::new("mem", SectorSize::S512, 600));
-        let h = Header {
-            slots: 255,
-            sector_size: SectorSize::S512,
-            timeout_watchdog: 2,
-            timeout_allocate: 0,
-            timeout_loop: 1,
-            timeout_msgwait: msgwait,
-            minor_version: 1,
-            uuid: [7; 16],
-        };
-        let far = far_deadline();
-        d.write(
-            0,
-            &sbd::sector_with(d.as_ref(), |b| h.encode(b)).unwrap(),
-            far,
-        )
-        .unwrap();
-        for (i, n) in nodes.iter().enumerate() {
-            let e = format::NodeEntry::allocated(format::node_name(n).unwrap());
-            d.write(
-                format::node_sector(i as u8),
-                &sbd::sector_with(d.as_ref(), |b| e.encode(b)).unwrap(),
-                far,
-            )
-            .unwrap();
-        }
-        d
-    }
-
-    fn config(disks: &[Arc<MemDisk>]) -> WatchConfig {
-        WatchConfig {
-            disks: disks
-                .iter()
-                .map(|d| {
-                    let d = Arc::clone(d);
-                    WatchDisk {
-                        name: "mem".into(),
-                        open: Box::new(move || {
-                            Ok(Box::new(Shared(Arc::clone(&d))) as Box<dyn BlockDevice>)
-                        }),
-                    }
-                })
-                .collect(),
-            local_name: format::node_name("me").unwrap(),
-            poll: Duration::from_millis(20),
-            watchdog_timeout: None,
-            startup_timeout: Duration::from_secs(5),
-            rules: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    struct Shared(Arc<MemDisk>);
-    impl BlockDevice for Shared {
-        fn path(&self) -> &Path {
-            self.0.path()
-        }
-        fn sector_size(&self) -> SectorSize {
-            self.0.sector_size()
-        }
-        fn read(&self, f: u64, c: u64, d: Instant) -> Result<Vec<u8>, DiskError> {
-            self.0.read(f, c, d)
-        }
-        fn write(&self, f: u64, b: &[u8], d: Instant) -> Result<(), DiskError> {
-            self.0.write(f, b, d)
-        }
-    }
-
-    fn put(d: &MemDisk, slot: u8, m: Message) {
-        let mb = Mailbox {
-            cmd: m,
-            from: format::node_name("fencer").unwrap(),
-        };
-        d.write(
-            format::mailbox_sector(slot),
-            &sbd::sector_with(d, |b| mb.encode(b)).unwrap(),
-            far_deadline(),
-        )
-        .unwrap();
-    }
-
-    fn run_bg(
-        cfg: WatchConfig,
-        dog: SoftDog,
-    ) -> std::thread::JoinHandle<(Result<Outcome, WatchError>, Recorder)> {
-        std::thread::spawn(move || {
-            let mut rec = Recorder::default();
-            let r = watch(cfg, || Ok(dog), &mut rec, &mut |_: &str| {});
-            (r, rec)
-        })
-    }
-
-    fn wait_fed(dog: &SoftDog, n: usize) {
-        for _ in 0..500 {
-            if dog.0.lock().unwrap().feeds.len() >= n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("never fed {n} times");
-    }
-
-    #[test]
-    fn allocates_its_slot_and_obeys_a_pill() {
-        let d = mem_disk(4, &["other"]);
-        let dog = SoftDog::default();
-        let h = run_bg(config(&[Arc::clone(&d)]), dog.clone());
-        wait_fed(&dog, 3);
-        assert_eq!(
-            dog.0.lock().unwrap().timeout,
-            2,
-            "header's watchdog timeout"
-        );
-        put(&d, 1, Message::Off);
-        let (r, rec) = h.join().unwrap();
-        assert!(matches!(
-            r.unwrap(),
-            Outcome::SelfFenced {
-                action: SelfFenceAction::Off,
-                ..
-            }
-        ));
-        assert_eq!(rec.0.len(), 1);
-        assert!(rec.0[0].1.contains("from `fencer`"), "{:?}", rec.0);
-        assert!(!dog.0.lock().unwrap().disarmed, "left armed");
-    }
-
-    #[test]
-    fn test_is_cleared_and_exit_disarms() {
-        let d = mem_disk(4, &["me"]);
-        let dog = SoftDog::default();
-        let h = run_bg(config(&[Arc::clone(&d)]), dog.clone());
-        wait_fed(&dog, 1);
-        put(&d, 0, Message::Test);
-        for _ in 0..500 {
-            let b = d.snapshot();
-            if b[1024] == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(d.snapshot()[1024], 0, "test cleared");
-        put(&d, 0, Message::Exit);
-        let (r, rec) = h.join().unwrap();
-        assert!(matches!(r.unwrap(), Outcome::Exited { .. }));
-        assert!(rec.0.is_empty());
-        assert!(dog.0.lock().unwrap().disarmed);
-    }
-
-    #[test]
-    fn hanging_majority_self_fences_and_stops_feeding() {
-        let disks: Vec<_> = (0..3).map(|_| mem_disk(4, &["me"])).collect();
-        let dog = SoftDog::default();
-        let h = run_bg(config(&disks), dog.clone());
-        wait_fed(&dog, 3);
-        disks[0].set_hanging(true);
-        disks[1].set_failing(true);
-        let (r, rec) = h.join().unwrap();
-        let Outcome::SelfFenced { action, reason } = r.unwrap() else {
-            panic!()
-        };
-        assert_eq!(action, SelfFenceAction::Reboot);
-        assert!(reason.contains("only 1 of 3"), "{reason}");
-        assert_eq!(rec.0.len(), 1);
-        disks[0].set_hanging(false);
-    }
-
-    #[test]
-    fn one_failing_disk_of_three_keeps_feeding() {
-        let disks: Vec<_> = (0..3).map(|_| mem_disk(4, &["me"])).collect();
-        let dog = SoftDog::default();
-        let cfg = config(&disks);
-        let stop = Arc::clone(&cfg.stop);
-        let h = run_bg(cfg, dog.clone());
-        wait_fed(&dog, 1);
-        disks[2].set_failing(true);
-        let n = dog.0.lock().unwrap().feeds.len();
-        wait_fed(&dog, n + 40);
-        stop.store(true, Ordering::SeqCst);
-        let (r, rec) = h.join().unwrap();
-        assert_eq!(r.unwrap(), Outcome::Stopped);
-        assert!(rec.0.is_empty());
-    }
-
-    #[test]
-    fn pill_at_start_and_short_msgwait_are_refused() {
-        let d = mem_disk(4, &["me"]);
-        put(&d, 0, Message::Reset);
-        let (r, rec) = run_bg(config(&[Arc::clone(&d)]), SoftDog::default())
-            .join()
-            .unwrap();
-        assert!(matches!(r, Err(WatchError::PillAtStart { .. })), "{r:?}");
-        assert!(rec.0.is_empty());
-        let d = mem_disk(2, &["me"]);
-        let dog = SoftDog::default();
-        let (r, _) = run_bg(config(&[d]), dog.clone()).join().unwrap();
-        let e = r.unwrap_err().to_string();
-        assert!(e.contains("msgwait 2 s") && e.contains("3000 ms"), "{e}");
-        assert!(dog.0.lock().unwrap().feeds.is_empty());
-    }
-
-    struct Failing;
-    impl HealthRule for Failing {
-        fn name(&self) -> &str {
-            "quorum"
-        }
-        fn check(&mut self) -> Result<(), String> {
-            Err("not quorate".into())
-        }
-    }
-
-    #[test]
-    fn a_failing_rule_stops_feeding_then_self_fences() {
-        let d = mem_disk(4, &["me"]);
-        let dog = SoftDog::default();
-        let mut cfg = config(&[d]);
-        cfg.rules.push(Box::new(Failing));
-        let (r, rec) = run_bg(cfg, dog.clone()).join().unwrap();
-        let Outcome::SelfFenced { reason, .. } = r.unwrap() else {
-            panic!()
-        };
-        assert!(reason.contains("health rule quorum: not quorate"));
-        assert_eq!(rec.0.len(), 1);
-        // One feed at arming; none while unhealthy.
-        assert_eq!(dog.0.lock().unwrap().feeds.len(), 1);
-    }
-
-    #[test]
-    fn corrupted_header_is_not_fed() {
-        let d = mem_disk(4, &["me"]);
-        let dog = SoftDog::default();
-        let h = run_bg(config(&[Arc::clone(&d)]), dog.clone());
-        wait_fed(&dog, 2);
-        d.write(0, &[0xAB; 512], far_deadline()).unwrap();
-        let (r, _) = h.join().unwrap();
-        let Outcome::SelfFenced { reason, .. } = r.unwrap() else {
-            panic!()
-        };
-        assert!(reason.contains("no SBD header"), "{reason}");
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! `fenced`: the Palisade fencer daemon.
 
 use clap::{Parser, Subcommand};
-use fenced::config::{Config, DeviceKind, Role};
+use fenced::config::{Config, Role};
 use fenced::daemon::{notify, Daemon, SignalAction, Signals};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -291,10 +291,6 @@ fn init_logging(default: &str) {
         .init();
 }
 
-fn role(r: Role) -> &'static str {
-    fenced::api::auth::role_name(r)
-}
-
 fn check_config(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
@@ -310,10 +306,7 @@ fn check_config(file: &Path) -> ExitCode {
         config.daemon.socket.display(),
         config.daemon.history.display()
     );
-    let tcp = config.api.tcp.map_or_else(
-        || "no TCP listener".to_string(),
-        |a| format!("TCP {a} (role {})", role(config.api.tcp_role)),
-    );
+    let tcp = config.api.describe_tcp();
     println!("api: socket mode {:04o}, {tcp}", config.api.socket_mode);
     println!(
         "limits: {} fencing operations per {} s ({} per target), request ids kept {} s",
@@ -324,59 +317,7 @@ fn check_config(file: &Path) -> ExitCode {
     );
     println!("devices ({}):", config.devices.len());
     for (name, d) in &config.devices {
-        let extra = match &d.kind {
-            DeviceKind::Ipmi(s) => format!(
-                "user {}, privilege {}, cipher suite {}",
-                s.username,
-                s.privilege,
-                s.cipher_suite
-                    .map_or_else(|| "auto".to_string(), |c| c.to_string())
-            ),
-            DeviceKind::Sbd(s) => format!(
-                "{} disk(s), I/O deadline {} ms, poison pill + msgwait",
-                s.disks.len(),
-                s.io_timeout.as_millis()
-            ),
-            DeviceKind::Redfish(s) => format!(
-                "user {}, auth {:?}, TLS {}",
-                s.username,
-                s.auth,
-                match &s.tls {
-                    drivers::redfish::TlsVerify::SystemRoots =>
-                        "verified (system roots)".to_string(),
-                    drivers::redfish::TlsVerify::CaFile(p) =>
-                        format!("verified (CA {})", p.display()),
-                    drivers::redfish::TlsVerify::Fingerprint(_) => "pinned fingerprint".to_string(),
-                    drivers::redfish::TlsVerify::Insecure =>
-                        "NOT VERIFIED (insecure = true)".to_string(),
-                }
-            ),
-            DeviceKind::Agent(s) => format!(
-                "{} option(s){}, {} ms per call, options checked against its metadata at start",
-                s.options.len(),
-                s.password
-                    .as_ref()
-                    .map_or(String::new(), |(o, _)| format!(" + {o} from a file/env")),
-                s.timeout.as_millis()
-            ),
-            DeviceKind::SnmpPdu(s) => format!(
-                "{}, timeout {} ms x {} tries",
-                match &s.security {
-                    drivers::pdu::Security::Community { .. } => "community (secret)".to_string(),
-                    drivers::pdu::Security::Usm(u) => format!(
-                        "v3 user {}, {}",
-                        u.name,
-                        match (&u.auth, &u.privacy) {
-                            (Some(_), Some(_)) => "authPriv",
-                            (Some(_), None) => "authNoPriv",
-                            _ => "noAuthNoPriv",
-                        }
-                    ),
-                },
-                s.timeout.as_millis(),
-                s.retries + 1
-            ),
-        };
+        let extra = d.kind.describe();
         println!("  {name}: {} at {} ({extra})", d.kind_name(), d.address());
     }
     println!("targets ({}):", config.targets.len());

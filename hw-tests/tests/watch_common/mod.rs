@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use watchdog::{
-    watch, Outcome, SelfFence, SelfFenceAction, WatchConfig, WatchDisk, WatchError, WatchdogDevice,
-    WatchdogError, WatchdogInfo,
-};
+use watchdog::test_support::SoftWatchdog;
+use watchdog::{watch, Outcome, SelfFence, SelfFenceAction, WatchConfig, WatchDisk, WatchError};
 
 /// Every self-fence call, with when it happened.
 #[derive(Clone, Default)]
@@ -31,69 +29,11 @@ impl SelfFence for Recorder {
     }
 }
 
-/// What the software watchdog saw.
-#[derive(Default, Debug)]
-pub struct Soft {
-    pub feeds: u64,
-    pub last_feed: Option<Instant>,
-    pub timeout: u32,
-    pub disarmed: bool,
-}
-
-/// A software watchdog behind the same trait as `/dev/watchdog`.
-#[derive(Clone, Default)]
-pub struct SoftDog(pub Arc<Mutex<Soft>>);
-
-impl WatchdogDevice for SoftDog {
-    fn info(&self) -> Result<WatchdogInfo, WatchdogError> {
-        Ok(WatchdogInfo {
-            identity: "software stand-in".into(),
-            options: 0,
-            firmware_version: 0,
-        })
-    }
-    fn set_timeout(&mut self, s: u32) -> Result<u32, WatchdogError> {
-        self.0.lock().unwrap().timeout = s;
-        Ok(s)
-    }
-    fn timeout(&self) -> Result<u32, WatchdogError> {
-        Ok(self.0.lock().unwrap().timeout)
-    }
-    fn keepalive(&mut self) -> Result<(), WatchdogError> {
-        let mut s = self.0.lock().unwrap();
-        s.feeds += 1;
-        s.last_feed = Some(Instant::now());
-        Ok(())
-    }
-    fn disarm(self) -> Result<(), WatchdogError> {
-        self.0.lock().unwrap().disarmed = true;
-        Ok(())
-    }
-}
-
-impl SoftDog {
-    pub fn feeds(&self) -> u64 {
-        self.0.lock().unwrap().feeds
-    }
-    /// Waits (bounded) until fed `n` more times than now; false if it never happens.
-    pub fn fed_more(&self, n: u64, within: Duration) -> bool {
-        let start = self.feeds();
-        let t = Instant::now();
-        while t.elapsed() < within {
-            if self.feeds() >= start + n {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
 /// A watcher running on its own thread.
 pub struct Running {
     pub handle: Option<JoinHandle<Result<Outcome, WatchError>>>,
     pub stop: Arc<AtomicBool>,
-    pub dog: SoftDog,
+    pub dog: SoftWatchdog,
     pub rec: Recorder,
 }
 
@@ -125,7 +65,7 @@ impl Drop for Running {
 /// Starts the watcher for `name` on `disks`; a disk with a throttle reads from inside it.
 pub fn start(disks: &[(PathBuf, Option<Arc<Throttle>>)], name: &str) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
-    let dog = SoftDog::default();
+    let dog = SoftWatchdog::default();
     let rec = Recorder::default();
     let cfg = WatchConfig {
         disks: disks
@@ -154,6 +94,7 @@ pub fn start(disks: &[(PathBuf, Option<Arc<Throttle>>)], name: &str) -> Running 
         startup_timeout: Duration::from_secs(10),
         rules: Vec::new(),
         stop: Arc::clone(&stop),
+        clock: watchdog::clock::system(),
     };
     let (d2, mut r2) = (dog.clone(), rec.clone());
     let handle = std::thread::spawn(move || watch(cfg, || Ok(d2), &mut r2, &mut |_: &str| {}));

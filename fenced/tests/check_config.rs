@@ -1,0 +1,133 @@
+//! `fenced check-config` as an operator meets it: what it prints is what the daemon will do
+//! (each device's effective timeouts, what a TLS caller needs), and what it refuses names the
+//! file, the line and the allowed range.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const FENCED: &str = env!("CARGO_BIN_EXE_fenced");
+
+fn secret(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn check(config: &Path) -> Output {
+    Command::new(FENCED)
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn config(dir: &Path, device_extra: &str) -> PathBuf {
+    secret(dir, "bmc.pw", "secret-pw\n");
+    secret(dir, "key.pem", "");
+    let p = dir.join("fenced.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[api]\ntcp = \"0.0.0.0:7420\"\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\ntokens_file = \"tokens\"\n\n[devices.bmc1]\nkind = \"ipmi\"\naddress = \"192.0.2.10\"\nusername = \"admin\"\npassword_file = \"bmc.pw\"\n{device_extra}\n[targets.node1]\nlevels = [[\"bmc1\"]]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn check_config_prints_effective_timeouts_and_what_tls_callers_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = check(&config(dir.path(), "timeout_ms = 500\nretries = 3\n"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("TLS 0.0.0.0:7420 (callers need a token)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("role read"),
+        "TLS callers without credentials get no role: {out}"
+    );
+    assert!(
+        out.contains("timeout_ms 500 with 3 retries: tries wait 500, 750, 1000, 1250 ms, an exchange gives up after 3.5 s"),
+        "{out}"
+    );
+    assert!(!out.contains("secret-pw"), "{out}");
+}
+
+#[test]
+fn check_config_refuses_out_of_range_numbers_at_their_line_instead_of_clamping() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, range) in [
+        (
+            "timeout_ms = 999999999999",
+            "expected 50 to 60000 ms, found 999999999999",
+        ),
+        ("timeout_ms = 0", "expected 50 to 60000 ms, found 0"),
+        ("retries = 1000", "expected 0 to 10 retries, found 1000"),
+    ] {
+        let cfg = config(dir.path(), extra);
+        let o = check(&cfg);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{extra}: {err}");
+        // Line 11 of the file `config` writes: the line after password_file.
+        assert!(
+            err.starts_with(&format!("{}:11: devices.bmc1.", cfg.display())),
+            "{extra}: {err}"
+        );
+        assert!(err.contains(range), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn check_config_says_how_to_give_a_password_and_refuses_empty_or_directory_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "password = \"hunter2\"");
+    let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
+    assert!(err.contains(":11:"), "{err}");
+    assert!(
+        err.contains("password_file") && err.contains("password_env"),
+        "{err}"
+    );
+    assert!(!err.contains("expected one of"), "{err}");
+
+    let cfg = config(dir.path(), "");
+    secret(dir.path(), "bmc.pw", "");
+    let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
+    assert!(err.contains(":10:") && err.contains("is empty"), "{err}");
+    assert!(err.contains("empty_password = true"), "{err}");
+
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("password_file = \"bmc.pw\"", "empty_password = true"),
+    )
+    .unwrap();
+    let o = check(&cfg);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    std::fs::create_dir(dir.path().join("pwdir")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("password_file = \"bmc.pw\"", "password_file = \"pwdir\""),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
+    assert!(err.contains("is a directory"), "{err}");
+    assert!(!err.contains("chmod"), "{err}");
+}
