@@ -8,6 +8,7 @@ pub mod agent;
 pub mod ipmi;
 pub mod pdu;
 pub mod power;
+pub mod relay;
 pub mod redfish;
 pub mod sbd;
 pub mod secret;
