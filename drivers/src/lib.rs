@@ -8,8 +8,8 @@ pub mod agent;
 pub mod ipmi;
 pub mod pdu;
 pub mod power;
-pub mod relay;
 pub mod redfish;
+pub mod relay;
 pub mod sbd;
 pub mod secret;
 

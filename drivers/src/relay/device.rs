@@ -336,7 +336,10 @@ where
                 Mode::PowerCut => "power cut",
                 Mode::PowerButton { .. } => "power button",
             };
-            parts.push(format!("{} ({mode}, {}): {state}, {basis}", l.cfg.name, l.cfg.output_label));
+            parts.push(format!(
+                "{} ({mode}, {}): {state}, {basis}",
+                l.cfg.name, l.cfg.output_label
+            ));
         }
         Ok(Identity {
             kind: "relay-board".into(),

@@ -176,27 +176,30 @@ pub fn judge(cfg: &LineConfig, reading: Reading) -> PowerState {
     }
 }
 
+/// A line for the tests: sense (if any) active-high, 500 ms settle, 2 s timeout, 100 ms poll.
+#[cfg(test)]
+pub(crate) fn test_cfg(mode: Mode, sense: bool, flag: bool, polarity: Polarity) -> LineConfig {
+    LineConfig {
+        name: "n1".into(),
+        output_label: "test line 1".into(),
+        sense_label: sense.then(|| "test line 2".into()),
+        polarity,
+        mode,
+        sense: sense.then_some(SenseConfig {
+            polarity: Polarity::ActiveHigh,
+            settle: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+            poll: Duration::from_millis(100),
+        }),
+        confirm_off_by_relay_output_without_sense: flag,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    pub(crate) fn cfg(mode: Mode, sense: bool, flag: bool, polarity: Polarity) -> LineConfig {
-        LineConfig {
-            name: "n1".into(),
-            output_label: "test line 1".into(),
-            sense_label: sense.then(|| "test line 2".into()),
-            polarity,
-            mode,
-            sense: sense.then_some(SenseConfig {
-                polarity: Polarity::ActiveHigh,
-                settle: Duration::from_millis(500),
-                timeout: Duration::from_secs(2),
-                poll: Duration::from_millis(100),
-            }),
-            confirm_off_by_relay_output_without_sense: flag,
-        }
-    }
+    use test_cfg as cfg;
 
     const BUTTON: Mode = Mode::PowerButton {
         press: Duration::from_millis(200),
@@ -293,6 +296,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-pub(crate) use tests::cfg as test_cfg;

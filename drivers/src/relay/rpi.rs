@@ -65,6 +65,8 @@ pub fn open() -> Result<Gpio, RelayError> {
     Gpio::new().map_err(|e| RelayError::Request {
         chip: CHIP.into(),
         line: 0,
-        detail: format!("{e}; rppal only works on a Raspberry Pi, use the character device backend elsewhere"),
+        detail: format!(
+            "{e}; rppal only works on a Raspberry Pi, use the character device backend elsewhere"
+        ),
     })
 }

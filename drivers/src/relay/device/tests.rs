@@ -63,7 +63,10 @@ async fn cut_with_sense_confirms_off_only_after_settle() {
     );
     let t0 = Instant::now();
     b.dev.power(None, PowerCommand::Off).await.unwrap();
-    assert!(t0.elapsed() >= SETTLE, "sense believed inside the settle time");
+    assert!(
+        t0.elapsed() >= SETTLE,
+        "sense believed inside the settle time"
+    );
     let (state, basis) = b.dev.read_back(None).await.unwrap();
     assert_eq!((state, basis), (PowerState::Off, Basis::SenseLine));
     assert!(b.dev.warnings().is_empty());
@@ -108,10 +111,14 @@ async fn cut_without_sense_with_flag_confirms_from_output_and_says_so() {
     assert_eq!(basis.to_string(), "relay output read back, no sense line");
     let w = b.dev.warnings();
     assert_eq!(w.len(), 1);
-    assert!(w[0].contains("relay output read back, no sense line"), "{w:?}");
+    assert!(
+        w[0].contains("relay output read back, no sense line"),
+        "{w:?}"
+    );
     let id = b.dev.health().await.unwrap();
     assert!(
-        id.description.contains("off, relay output read back, no sense line"),
+        id.description
+            .contains("off, relay output read back, no sense line"),
         "{}",
         id.description
     );
@@ -237,11 +244,7 @@ async fn sense_read_error_claims_nothing() {
 #[tokio::test(start_paused = true)]
 async fn output_read_error_with_flag_claims_nothing() {
     let cfg = test_cfg(Mode::PowerCut, false, true, Polarity::ActiveHigh);
-    let b = Bench::new(
-        cfg,
-        &[T::get_state(State::High).with_error(io_err())],
-        None,
-    );
+    let b = Bench::new(cfg, &[T::get_state(State::High).with_error(io_err())], None);
     assert_eq!(b.dev.status(None).await.unwrap_err().code(), "protocol");
     b.done();
 }
@@ -254,7 +257,10 @@ async fn pin_write_error_fails_without_waiting() {
         let t0 = Instant::now();
         let e = b.dev.power(None, PowerCommand::Off).await.unwrap_err();
         assert_eq!(e.code(), "protocol");
-        assert!(err_text(&e).contains("writing output test line 1 failed"), "{e}");
+        assert!(
+            err_text(&e).contains("writing output test line 1 failed"),
+            "{e}"
+        );
         assert_eq!(t0.elapsed(), Duration::ZERO);
         b.done();
     }
@@ -265,7 +271,10 @@ async fn a_write_that_does_not_take_is_caught() {
     let cfg = test_cfg(Mode::PowerCut, false, true, Polarity::ActiveHigh);
     let b = Bench::new(cfg, &[T::set(State::High), T::get_state(State::Low)], None);
     let e = b.dev.power(None, PowerCommand::Off).await.unwrap_err();
-    assert!(err_text(&e).contains("reads back low right after being set high"), "{e}");
+    assert!(
+        err_text(&e).contains("reads back low right after being set high"),
+        "{e}"
+    );
     b.done();
 }
 
@@ -298,12 +307,12 @@ async fn a_cancelled_press_releases_the_button() {
         ],
         None,
     );
-    let r = tokio::time::timeout(
-        Duration::from_secs(1),
-        b.dev.power(None, PowerCommand::Off),
-    )
-    .await;
-    assert!(r.is_err(), "the press should still be running at the deadline");
+    let r =
+        tokio::time::timeout(Duration::from_secs(1), b.dev.power(None, PowerCommand::Off)).await;
+    assert!(
+        r.is_err(),
+        "the press should still be running at the deadline"
+    );
     b.done();
 }
 
@@ -322,14 +331,22 @@ async fn ports_name_lines() {
     };
     let dev = RelayDevice::new("bench", vec![(a, pins(&mocks[0])), (c, pins(&mocks[1]))]).unwrap();
     assert_eq!(dev.status(None).await.unwrap_err().code(), "no_such_port");
-    assert_eq!(dev.status(Some("b")).await.unwrap_err().code(), "no_such_port");
+    assert_eq!(
+        dev.status(Some("b")).await.unwrap_err().code(),
+        "no_such_port"
+    );
     assert_eq!(dev.status(Some("c")).await.unwrap(), PowerState::Unknown);
     let listed = dev.list().await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[1].id, "c");
     let id = dev.health().await.unwrap();
     assert_eq!(id.kind, "relay-board");
-    assert!(id.description.contains("a (power cut, test line 1): unknown"), "{}", id.description);
+    assert!(
+        id.description
+            .contains("a (power cut, test line 1): unknown"),
+        "{}",
+        id.description
+    );
     for mut m in mocks {
         m.done();
     }
@@ -344,8 +361,14 @@ fn inconsistent_configs_are_refused() {
         sense: sense.then(|| idle.clone()),
     };
     let cut = test_cfg(Mode::PowerCut, false, false, Polarity::ActiveHigh);
-    let twice = RelayDevice::new("b", vec![(cut.clone(), pins(false)), (cut.clone(), pins(false))]);
-    assert!(twice.unwrap_err().to_string().contains("two lines have this name"));
+    let twice = RelayDevice::new(
+        "b",
+        vec![(cut.clone(), pins(false)), (cut.clone(), pins(false))],
+    );
+    assert!(twice
+        .unwrap_err()
+        .to_string()
+        .contains("two lines have this name"));
     let missing = RelayDevice::new("b", vec![(cut.clone(), pins(true))]);
     assert!(missing.unwrap_err().to_string().contains("given together"));
     let short = Mode::PowerButton {
@@ -369,5 +392,8 @@ fn relay_errors_map_to_device_errors() {
     let d = DeviceError::from(busy);
     assert_eq!(d.code(), "unreachable");
     let t = d.to_string();
-    assert!(t.contains("/dev/gpiochip0") && t.contains("17") && t.contains("`gpioset`"), "{t}");
+    assert!(
+        t.contains("/dev/gpiochip0") && t.contains("17") && t.contains("`gpioset`"),
+        "{t}"
+    );
 }
