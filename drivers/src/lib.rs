@@ -12,6 +12,7 @@ pub mod redfish;
 pub mod relay;
 pub mod sbd;
 pub mod secret;
+pub mod serial_pdu;
 
 pub use power::{
     DeviceError, FenceProof, Identity, Outlet, PillKind, PillReport, PowerCommand, PowerDevice,
