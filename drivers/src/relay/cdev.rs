@@ -186,3 +186,24 @@ impl InputPin for CdevPin {
         self.get().map(|h| !h)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without GPIO hardware (no /dev/gpiochip*, no gpio-sim here) only the refusal path can
+    /// run: a chip that does not exist is an error naming the chip and the line.
+    #[test]
+    fn a_missing_chip_names_chip_and_line() {
+        let chip = Path::new("/dev/gpiochip-palisade-missing");
+        for r in [CdevPin::output(chip, 17, false), CdevPin::input(chip, 17)] {
+            let e = r.unwrap_err();
+            let t = e.to_string();
+            assert!(matches!(e, RelayError::Request { line: 17, .. }), "{t}");
+            assert!(
+                t.contains("/dev/gpiochip-palisade-missing") && t.contains("line 17"),
+                "{t}"
+            );
+        }
+    }
+}
