@@ -9,8 +9,10 @@ pub mod ipmi;
 pub mod pdu;
 pub mod power;
 pub mod redfish;
+pub mod relay;
 pub mod sbd;
 pub mod secret;
+pub mod serial_pdu;
 
 pub use power::{
     DeviceError, FenceProof, Identity, Outlet, PillKind, PillReport, PowerCommand, PowerDevice,

@@ -1,0 +1,23 @@
+//! Serial-console PDUs (device kind `serial-pdu`): power strips driven by typing commands at
+//! their console, over a serial line or a console server's TCP port.
+//!
+//! The dialogue is data and the parsing is pure:
+//! - [`model`]: each vendor's dialogue as a table (prompts, login questions, on/off/status
+//!   commands, confirmation question, status layout, how a command is acknowledged), with
+//!   built-in models for WTI NPS/IPS, APC AP79xx (AOS CLI) and BayTech RPC.
+//! - [`parse`]: line splitting, prompt and question recognition, status and acknowledgement
+//!   parsing over bytes, with damaged lines discarded whole and resynchronisation by line.
+//! - [`dialogue`]: the login and command steps as pure decisions over what the PDU printed
+//!   last (send the user, the password, the confirmation answer; ready; wait).
+//!
+//! Not yet here: the transports (`tokio-serial` with the port locked exclusively, and TCP),
+//! the session that walks the dialogue with a timeout on every read, and the
+//! [`crate::PowerDevice`] on top.
+
+pub mod dialogue;
+pub mod model;
+pub mod parse;
+
+pub use dialogue::{command_step, login_step, CommandAction, LoginAction, LoginError};
+pub use model::{Ack, Model, StatusLayout, MODELS};
+pub use parse::{OutletStatus, ParseError, StatusReport};
