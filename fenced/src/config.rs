@@ -985,7 +985,7 @@ fn redfish_settings(
         }
         (None, Some(fp), false) => TlsVerify::Fingerprint(
             TlsVerify::parse_fingerprint(fp.get_ref())
-                .map_err(|m| ctx.err(Some(fp.span()), &field("tls_fingerprint"), m))?,
+                .map_err(|m| ctx.err(Some(fp.span()), &field("tls_fingerprint"), m.to_string()))?,
         ),
         (None, None, true) => TlsVerify::Insecure,
         _ => {
