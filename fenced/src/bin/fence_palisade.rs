@@ -582,9 +582,25 @@ mod tests {
             (o.action.as_deref(), o.plug.as_deref()),
             (Some("off"), Some("n3"))
         );
-        assert!(args(&["--bogus=1"]).is_err());
-        assert!(args(&["-o"]).is_err());
-        assert!(args(&["--fence-timeout=soon"]).is_err());
+        let e = args(&["--bogus-opt=1"]).unwrap_err();
+        assert!(
+            matches!(&e, OptionsError::Unknown(n) if n == "bogus_opt"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("unknown option --bogus-opt"), "{e}");
+        let e = args(&["-o"]).unwrap_err();
+        assert_eq!(e.to_string(), "--action needs a value");
+        let e = args(&["--fence-timeout=soon"]).unwrap_err();
+        assert!(
+            matches!(&e, OptionsError::Seconds { name, value } if name == "fence_timeout" && value == "soon"),
+            "{e}"
+        );
+        assert!(matches!(args(&["-"]), Err(OptionsError::LoneDash)));
+        assert!(matches!(
+            args(&["-q"]),
+            Err(OptionsError::UnknownShort('q'))
+        ));
+        assert!(matches!(args(&["node1"]), Err(OptionsError::Unexpected(a)) if a == "node1"));
     }
 
     #[test]

@@ -88,3 +88,47 @@ pub fn report(e: &CliError, json: bool) -> Exit {
     }
     e.exit()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> CliError {
+        let body = json!({"error": {"code": code, "message": "m", "hint": "h"}});
+        CliError::Client(ClientError::Api {
+            status,
+            error: serde_json::from_value(body["error"].clone()).unwrap(),
+            json: body,
+        })
+    }
+
+    #[test]
+    fn exit_statuses_stay_what_scripts_expect() {
+        assert_eq!(api(404, "unknown_target").exit(), Exit::Refused);
+        assert_eq!(api(409, "conflict").exit(), Exit::Refused);
+        // Paused answers 503, yet is a refusal by policy, not a broken daemon.
+        assert_eq!(api(503, "paused").exit(), Exit::Refused);
+        assert_eq!(api(500, "internal").exit(), Exit::Unreachable);
+        let unreachable = CliError::Client(ClientError::Unreachable {
+            endpoint: "unix:/run/palisade/fenced.sock".into(),
+            detail: "No such file or directory".into(),
+        });
+        assert_eq!(unreachable.exit(), Exit::Unreachable);
+        assert!(unreachable.to_string().contains("cannot reach fenced"));
+        let timeout = CliError::Client(ClientError::Timeout {
+            endpoint: "unix:/s".into(),
+            secs: 30,
+        });
+        assert_eq!(timeout.exit(), Exit::Unreachable);
+        assert!(timeout.to_string().contains("--api-timeout"), "{timeout}");
+        assert_eq!(CliError::NoTerminal.exit(), Exit::Usage);
+        assert!(CliError::NoTerminal.to_string().contains("--yes"));
+        let since = CliError::from(crate::timestamp::parse_since("soon", 0).unwrap_err());
+        assert_eq!(since.exit(), Exit::Usage);
+        assert!(since.to_string().starts_with("--since: "), "{since}");
+        let url = CliError::from(fenced::client::Endpoint::from_url("ftp://x").unwrap_err());
+        assert_eq!(url.exit(), Exit::Usage);
+        assert_eq!(Exit::Refused as u8, 3);
+        assert_eq!(Exit::Unreachable as u8, 4);
+    }
+}
