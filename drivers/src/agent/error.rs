@@ -40,7 +40,7 @@ pub enum AgentError {
         reason: String,
     },
     /// The agent overran its deadline; its process group was killed.
-    #[error("agent {agent} `{action}` did not finish within {timeout_ms} ms; its process group was killed{}; check the device is reachable, or raise the device's timeout_s", stderr_tail(.stderr))]
+    #[error("agent {agent} `{action}` did not finish within {timeout_ms} ms; its process group was killed{}; check the device is reachable, or raise the device's timeout_ms", stderr_tail(.stderr))]
     Timeout {
         /// The agent.
         agent: String,
