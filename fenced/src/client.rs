@@ -29,21 +29,17 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Parses `http://HOST:PORT` or `https://HOST:PORT` (a trailing `/` is allowed).
-    pub fn from_url(url: &str) -> Result<Endpoint, String> {
+    pub fn from_url(url: &str) -> Result<Endpoint, UrlError> {
         let (rest, tls) = if let Some(r) = url.strip_prefix("https://") {
             (r, true)
         } else if let Some(r) = url.strip_prefix("http://") {
             (r, false)
         } else {
-            return Err(format!(
-                "expected a URL like https://fencer.example:7420 or http://127.0.0.1:7420, found `{url}`"
-            ));
+            return Err(UrlError::Scheme { url: url.into() });
         };
         let hostport = rest.trim_end_matches('/');
         if hostport.is_empty() || hostport.contains('/') {
-            return Err(format!(
-                "expected a URL like https://fencer.example:7420 with no path, found `{url}`"
-            ));
+            return Err(UrlError::Path { url: url.into() });
         }
         Ok(if tls {
             Endpoint::Https(hostport.to_string())
@@ -89,7 +85,7 @@ pub enum ClientError {
         detail: String,
     },
     /// The daemon did not answer in time.
-    #[error("fenced at {endpoint} did not answer within {secs} s")]
+    #[error("fenced at {endpoint} did not answer within {secs} s; check that it is not stuck (its log, `systemctl status fenced`), or allow longer with --api-timeout (api_timeout for fence_palisade)")]
     Timeout {
         /// Where we asked.
         endpoint: String,
@@ -107,7 +103,7 @@ pub enum ClientError {
         json: Value,
     },
     /// The answer could not be understood.
-    #[error("unexpected answer from fenced: {detail}")]
+    #[error("unexpected answer from fenced: {detail}; check that --socket or --url points at fenced, and that fence_node and fenced are the same version")]
     Protocol {
         /// What was wrong.
         detail: String,
@@ -123,18 +119,93 @@ pub struct Client {
     token: Option<Secret>,
 }
 
+/// Why a `--url` was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Neither `http://` nor `https://`.
+    #[error(
+        "expected a URL like https://fencer.example:7420 or http://127.0.0.1:7420, found `{url}`"
+    )]
+    Scheme {
+        /// What was given.
+        url: String,
+    },
+    /// A path after the address, or no address at all.
+    #[error("expected a URL like https://fencer.example:7420 with no path, found `{url}`")]
+    Path {
+        /// What was given.
+        url: String,
+    },
+}
+
+/// Why the CA file for an `https://` daemon cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsConfigError {
+    /// The file cannot be read or holds no PEM certificate.
+    #[error("{detail}")]
+    Load {
+        /// What is wrong with the file, and what to give instead.
+        detail: String,
+    },
+    /// A certificate in the file is not a usable CA certificate.
+    #[error("CA file {}: {reason}; give the PEM certificate of the CA that signed the daemon's certificate", .path.display())]
+    BadCertificate {
+        /// The CA file.
+        path: PathBuf,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// rustls refused the protocol versions (a build without TLS 1.2 or 1.3).
+    #[error("TLS setup: {reason}; this build of fence_node cannot speak TLS 1.2 or 1.3")]
+    Setup {
+        /// rustls's reason.
+        reason: String,
+    },
+}
+
+/// Why a bearer token file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file is missing, or others can read it.
+    #[error("{detail}")]
+    Mode {
+        /// What is wrong (with the `chmod` to run).
+        detail: String,
+    },
+    /// The file exists but cannot be read.
+    #[error("cannot read token file {}: {reason}; check that this user may read it", .path.display())]
+    Read {
+        /// The token file.
+        path: PathBuf,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The file holds something other than one token.
+    #[error("token file {} must hold just the token printed by `fenced token create`", .path.display())]
+    Malformed {
+        /// The token file.
+        path: PathBuf,
+    },
+}
+
 /// A TLS client configuration that trusts the CA certificates in `ca_file` (PEM) only, and
 /// speaks TLS 1.2 or 1.3.
-pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in crate::api::tls::load_certs(ca_file, "CA")? {
-        roots
-            .add(c)
-            .map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    let certs = crate::api::tls::load_certs(ca_file, "CA").map_err(|e| TlsConfigError::Load {
+        detail: e.to_string(),
+    })?;
+    for c in certs {
+        roots.add(c).map_err(|e| TlsConfigError::BadCertificate {
+            path: ca_file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     }
     let cfg = rustls::ClientConfig::builder_with_provider(crate::api::tls::provider())
         .with_protocol_versions(crate::api::tls::VERSIONS)
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(|e| TlsConfigError::Setup {
+            reason: e.to_string(),
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
@@ -142,20 +213,23 @@ pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
 
 /// Reads a bearer token from a file (one trailing newline removed); refuses a file others can
 /// read.
-pub fn read_token_file(path: &Path) -> Result<Secret, String> {
-    crate::config::check_secret_file_mode(path)?;
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+pub fn read_token_file(path: &Path) -> Result<Secret, TokenFileError> {
+    crate::config::check_secret_file_mode(path).map_err(|e| TokenFileError::Mode {
+        detail: e.to_string(),
+    })?;
+    let bytes = std::fs::read(path).map_err(|e| TokenFileError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let s = Secret::from_file_contents(bytes);
     if s.is_empty()
         || s.expose()
             .iter()
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
     {
-        return Err(format!(
-            "token file {} must hold just the token printed by `fenced token create`",
-            path.display()
-        ));
+        return Err(TokenFileError::Malformed {
+            path: path.to_path_buf(),
+        });
     }
     Ok(s)
 }

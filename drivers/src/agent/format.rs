@@ -24,6 +24,8 @@ impl fmt::Display for FormatError {
     }
 }
 
+impl std::error::Error for FormatError {}
+
 fn err(line: usize, detail: impl Into<String>) -> FormatError {
     FormatError {
         line,

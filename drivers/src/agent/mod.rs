@@ -9,7 +9,10 @@
 //! reaches an error and so the history. An agent's `off` is never trusted on its exit code: it
 //! succeeds only when a following `status` answers off (exit 2).
 
+pub mod error;
 pub mod format;
+
+pub use error::AgentError;
 
 use crate::power::{DeviceError, Identity, Outlet, PowerCommand, PowerDevice, PowerState};
 use crate::Secret;
@@ -156,19 +159,12 @@ impl AgentDevice {
             .collect()
     }
 
-    fn refused(&self, action: &str, detail: String) -> DeviceError {
-        DeviceError::Refused {
-            address: self.label.clone(),
-            command: format!("agent {action}"),
-            detail,
-        }
-    }
-
     /// Runs the agent once with `action`, bounded by the configured deadline.
-    async fn run(&self, action: &str, port: Option<&str>) -> Result<RunOutput, DeviceError> {
+    async fn run(&self, action: &str, port: Option<&str>) -> Result<RunOutput, AgentError> {
         let mut input = zeroize::Zeroizing::new(Vec::new());
-        let policy = |e: format::FormatError| DeviceError::Policy {
-            detail: format!("agent {}: {e}", self.label),
+        let policy = |source: format::FormatError| AgentError::Encode {
+            agent: self.label.clone(),
+            source,
         };
         format::encode_option(&mut input, "action", action.as_bytes()).map_err(policy)?;
         if let Some(p) = port {
@@ -193,12 +189,10 @@ impl AgentDevice {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| DeviceError::Unreachable {
-            address: self.label.clone(),
-            reason: format!(
-                "cannot run agent {}: {e}; check the `agent` path and that it is executable",
-                self.config.program.display()
-            ),
+        let mut child = cmd.spawn().map_err(|e| AgentError::Spawn {
+            agent: self.label.clone(),
+            program: self.config.program.clone(),
+            reason: e.to_string(),
         })?;
         let mut guard = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
         let mut stdout = Vec::new();
@@ -233,85 +227,73 @@ impl AgentDevice {
                     stderr: scrubbed,
                 })
             }
-            Ok(Err(e)) => Err(self.refused(action, format!("waiting for the agent failed: {e}"))),
+            Ok(Err(e)) => Err(AgentError::Wait {
+                agent: self.label.clone(),
+                action: action.to_string(),
+                reason: e.to_string(),
+            }),
             Err(_) => {
                 drop(guard);
+                // Reaps the killed agent; its exit status says nothing more than the timeout.
                 let _ = child.wait().await;
-                Err(DeviceError::Timeout {
-                    address: self.label.clone(),
-                    what: format!(
-                        "agent {action}; its process group was killed{}",
-                        if scrubbed.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; its stderr: {scrubbed}")
-                        }
-                    ),
-                    timeout_ms: self.config.timeout.as_millis() as u64,
+                Err(AgentError::Timeout {
+                    agent: self.label.clone(),
+                    action: action.to_string(),
+                    timeout_ms: u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX),
+                    stderr: scrubbed,
                 })
             }
         }
     }
 
-    /// Maps a non-zero exit of `action` to an error (fence-agents' exit codes).
-    fn failure(&self, action: &str, out: &RunOutput) -> DeviceError {
-        let stderr = if out.stderr.is_empty() {
-            "no stderr".to_string()
-        } else {
-            format!("stderr: {}", out.stderr)
-        };
-        let Some(code) = out.code else {
-            return self.refused(
+    /// The error for a run of `action` that did not exit with success.
+    fn failure(&self, action: &str, out: &RunOutput) -> AgentError {
+        let (agent, action, stderr) = (self.label.clone(), action.to_string(), out.stderr.clone());
+        match out.code {
+            Some(code) => AgentError::Exit {
+                agent,
                 action,
-                format!(
-                    "the agent was killed by signal {}; {stderr}",
-                    out.signal.unwrap_or(0)
-                ),
-            );
-        };
-        match code {
-            3 | 10 | 11 => DeviceError::AuthFailed {
-                address: self.label.clone(),
-                detail: format!("agent {action} exit {code}; {stderr}"),
+                code,
+                stderr,
             },
-            4 => DeviceError::Unreachable {
-                address: self.label.clone(),
-                reason: format!("agent {action} exit 4 (connection lost); {stderr}"),
-            },
-            _ => self.refused(
+            None => AgentError::Signal {
+                agent,
                 action,
-                format!("the agent exited with {code}{}; {stderr}", meaning(code)),
-            ),
+                signal: out.signal.unwrap_or(0),
+                stderr,
+            },
         }
     }
 
     /// Runs `metadata` and checks that every configured option is a parameter the agent knows,
     /// and that it can do `off`, `on` and `status`. Run at daemon start.
-    pub async fn check_metadata(&self) -> Result<Metadata, String> {
+    pub async fn check_metadata(&self) -> Result<Metadata, AgentError> {
+        let program = &self.config.program;
         let out = self
             .run("metadata", None)
             .await
-            .map_err(|e| format!("reading its metadata failed: {e}"))?;
+            .map_err(|e| AgentError::Metadata {
+                program: program.clone(),
+                source: Box::new(e),
+            })?;
         if out.code != Some(0) {
-            return Err(format!(
-                "`{} -o metadata` failed: {}",
-                self.config.program.display(),
-                self.failure("metadata", &out)
-            ));
+            return Err(AgentError::Metadata {
+                program: program.clone(),
+                source: Box::new(self.failure("metadata", &out)),
+            });
         }
-        let meta = format::parse_metadata(&out.stdout).map_err(|e| {
-            format!(
-                "{} printed metadata that is not fence agent XML ({e}); is `agent` a ClusterLabs fence agent?",
-                self.config.program.display()
-            )
-        })?;
+        let meta =
+            format::parse_metadata(&out.stdout).map_err(|source| AgentError::BadMetadata {
+                program: program.clone(),
+                source,
+            })?;
         check_options(&meta, &self.config)?;
         Ok(meta)
     }
 }
 
 /// Checks configured options against the agent's metadata (pure, for tests).
-pub fn check_options(meta: &Metadata, config: &AgentConfig) -> Result<(), String> {
+pub fn check_options(meta: &Metadata, config: &AgentConfig) -> Result<(), AgentError> {
     let names = config
         .options
         .iter()
@@ -319,40 +301,27 @@ pub fn check_options(meta: &Metadata, config: &AgentConfig) -> Result<(), String
         .chain(config.secrets.iter().map(|(k, _)| k.as_str()));
     for n in names {
         if !meta.has_parameter(n) {
-            return Err(format!(
-                "option `{n}` is not a parameter of {} (its metadata lists: {}); remove it or fix its spelling",
-                meta.name,
-                meta.parameters
+            return Err(AgentError::UnknownOption {
+                agent: meta.name.clone(),
+                option: n.to_string(),
+                known: meta
+                    .parameters
                     .iter()
                     .map(|p| p.name.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                    .join(", "),
+            });
         }
     }
     for a in ["off", "on", "status"] {
         if !meta.has_action(a) {
-            return Err(format!(
-                "{} does not offer the `{a}` action; Palisade fences with off, confirms with status and unfences with on",
-                meta.name
-            ));
+            return Err(AgentError::MissingAction {
+                agent: meta.name.clone(),
+                action: a.to_string(),
+            });
         }
     }
     Ok(())
-}
-
-fn meaning(code: i32) -> &'static str {
-    match code {
-        1 => " (generic error)",
-        2 => " (bad arguments)",
-        5 => " (timed out)",
-        6 => " (timed out waiting for power on)",
-        7 => " (timed out waiting for power off)",
-        8 => " (could not read the plug's status, or no such plug)",
-        9 => " (could not read the plug's status)",
-        12 => " (no VM UUID for that plug)",
-        _ => "",
-    }
 }
 
 /// The warning for agents that put a password on another program's argv: by name, or by
@@ -378,9 +347,8 @@ fn argv_warning(program: &Path, name: &str, has_password: bool) -> Option<String
     ))
 }
 
-#[async_trait]
-impl PowerDevice for AgentDevice {
-    async fn status(&self, port: Option<&str>) -> Result<PowerState, DeviceError> {
+impl AgentDevice {
+    async fn status_of(&self, port: Option<&str>) -> Result<PowerState, AgentError> {
         let out = self.run("status", port).await?;
         match out.code {
             Some(0) => Ok(PowerState::On),
@@ -389,7 +357,7 @@ impl PowerDevice for AgentDevice {
         }
     }
 
-    async fn power(&self, port: Option<&str>, command: PowerCommand) -> Result<(), DeviceError> {
+    async fn switch(&self, port: Option<&str>, command: PowerCommand) -> Result<(), AgentError> {
         let action = command.to_string();
         let out = self.run(&action, port).await?;
         if out.code != Some(0) {
@@ -403,18 +371,15 @@ impl PowerDevice for AgentDevice {
         let check = self.run("status", port).await?;
         match check.code {
             Some(2) => Ok(()),
-            Some(0) => Err(self.refused(
-                "off",
-                format!(
-                    "the agent exited 0 for off, but its status then answered ON (exit 0): power was not switched off{}",
-                    if out.stderr.is_empty() { String::new() } else { format!("; off's stderr: {}", out.stderr) }
-                ),
-            )),
+            Some(0) => Err(AgentError::OffNotConfirmed {
+                agent: self.label.clone(),
+                off_stderr: (!out.stderr.is_empty()).then(|| out.stderr.clone()),
+            }),
             _ => Err(self.failure("status (after off)", &check)),
         }
     }
 
-    async fn list(&self) -> Result<Vec<Outlet>, DeviceError> {
+    async fn plugs(&self) -> Result<Vec<Outlet>, AgentError> {
         let out = self.run("list", None).await?;
         if out.code != Some(0) {
             return Err(self.failure("list", &out));
@@ -428,17 +393,17 @@ impl PowerDevice for AgentDevice {
                     state: None,
                 })
                 .collect()),
-            Ok(None) => Err(DeviceError::Unsupported {
-                operation: format!("listing plugs ({} has none)", self.label),
+            Ok(None) => Err(AgentError::NoPlugs {
+                agent: self.label.clone(),
             }),
-            Err(e) => Err(DeviceError::Protocol {
-                address: self.label.clone(),
-                detail: format!("agent list printed {e}"),
+            Err(source) => Err(AgentError::BadList {
+                agent: self.label.clone(),
+                source,
             }),
         }
     }
 
-    async fn health(&self) -> Result<Identity, DeviceError> {
+    async fn monitor(&self) -> Result<Identity, AgentError> {
         let out = self.run("monitor", None).await?;
         if out.code != Some(0) {
             return Err(self.failure("monitor", &out));
@@ -451,6 +416,25 @@ impl PowerDevice for AgentDevice {
                 self.config.program.display()
             ),
         })
+    }
+}
+
+#[async_trait]
+impl PowerDevice for AgentDevice {
+    async fn status(&self, port: Option<&str>) -> Result<PowerState, DeviceError> {
+        Ok(self.status_of(port).await?)
+    }
+
+    async fn power(&self, port: Option<&str>, command: PowerCommand) -> Result<(), DeviceError> {
+        Ok(self.switch(port, command).await?)
+    }
+
+    async fn list(&self) -> Result<Vec<Outlet>, DeviceError> {
+        Ok(self.plugs().await?)
+    }
+
+    async fn health(&self) -> Result<Identity, DeviceError> {
+        Ok(self.monitor().await?)
     }
 
     fn warnings(&self) -> Vec<String> {

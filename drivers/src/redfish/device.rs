@@ -5,6 +5,7 @@
 //! `idle_close` without calls, by [`RedfishDevice::close`], and on drop (best effort): BMCs
 //! have few session slots, and a fencer that leaks them locks itself out of the BMC.
 
+use super::error::RedfishError;
 use super::model::{
     ActionInfo, Collection, ComputerSystem, ErrorBody, Link, ResetRequest, ServiceRoot,
     SessionRequest, Task,
@@ -182,7 +183,7 @@ struct Response {
     body: Vec<u8>,
 }
 
-fn join(base: &str, path: &str) -> Result<String, String> {
+fn join(base: &str, path: &str) -> Result<String, RedfishError> {
     if path.starts_with('/') {
         return Ok(format!("{base}{path}"));
     }
@@ -192,9 +193,10 @@ fn join(base: &str, path: &str) -> Result<String, String> {
             return Ok(path.to_string());
         }
     }
-    Err(format!(
-        "the service points at `{path}`, outside {base}; credentials are only sent to the configured service"
-    ))
+    Err(RedfishError::OffOrigin {
+        service: base.to_string(),
+        uri: path.to_string(),
+    })
 }
 
 async fn delete_session(client: reqwest::Client, url: String, token: Secret) {
@@ -214,6 +216,11 @@ async fn delete_session(client: reqwest::Client, url: String, token: Secret) {
     }
 }
 
+/// A limit in milliseconds, for messages.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The error chain of a reqwest error in one line (rustls's reason is at the bottom).
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -229,13 +236,10 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 impl RedfishDevice {
     /// A device for this configuration; builds the HTTPS client (no request is sent yet).
     /// Fails when the configuration cannot work (not https, unreadable CA file).
-    pub fn new(cfg: RedfishConfig) -> Result<Self, DeviceError> {
+    pub fn new(cfg: RedfishConfig) -> Result<Self, RedfishError> {
         if !cfg.base_url.starts_with("https://") {
-            return Err(DeviceError::Policy {
-                detail: format!(
-                    "Redfish device `{}`: the address must start with https:// (the password must not cross the network in clear)",
-                    cfg.base_url
-                ),
+            return Err(RedfishError::NotHttps {
+                service: cfg.base_url.clone(),
             });
         }
         let mut headers = HeaderMap::new();
@@ -273,12 +277,9 @@ impl RedfishDevice {
                 b.danger_accept_invalid_certs(true)
             }
         };
-        let client = b.build().map_err(|e| DeviceError::Policy {
-            detail: format!(
-                "Redfish device `{}`: cannot build the HTTPS client: {}",
-                cfg.base_url,
-                chain(&e)
-            ),
+        let client = b.build().map_err(|e| RedfishError::Client {
+            service: cfg.base_url.clone(),
+            reason: chain(&e),
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -313,27 +314,33 @@ impl RedfishDevice {
         self.inner.cfg.base_url.clone()
     }
 
-    fn map_send_error(&self, e: reqwest::Error, what: &str) -> DeviceError {
+    fn map_send_error(&self, e: reqwest::Error, what: &str) -> RedfishError {
         let cfg = &self.inner.cfg;
         let reason = chain(&e);
         if e.is_timeout() {
-            DeviceError::Timeout {
-                address: self.addr(),
+            RedfishError::Timeout {
+                service: self.addr(),
                 what: what.to_string(),
-                timeout_ms: cfg.request_timeout.as_millis() as u64,
+                timeout_ms: millis(cfg.request_timeout),
             }
         } else if reason.contains("certificate") || reason.contains("UnknownIssuer") {
-            DeviceError::Unreachable {
-                address: self.addr(),
-                reason: format!(
-                    "TLS certificate check failed ({reason}); the BMC's certificate is not the one configured: set ca_file to its CA (or its self-signed certificate) or tls_fingerprint to its SHA-256 fingerprint, after checking it is really that BMC"
-                ),
-            }
-        } else {
-            DeviceError::Unreachable {
-                address: self.addr(),
+            RedfishError::Certificate {
+                service: self.addr(),
                 reason,
             }
+        } else {
+            RedfishError::Unreachable {
+                service: self.addr(),
+                what: what.to_string(),
+                reason,
+            }
+        }
+    }
+
+    fn reply(&self, detail: impl Into<String>) -> RedfishError {
+        RedfishError::Reply {
+            service: self.addr(),
+            detail: detail.into(),
         }
     }
 
@@ -346,21 +353,15 @@ impl RedfishDevice {
         body: Option<Zeroizing<Vec<u8>>>,
         what: &str,
         authenticate: bool,
-    ) -> Result<Response, DeviceError> {
+    ) -> Result<Response, RedfishError> {
         let cfg = &self.inner.cfg;
-        let url = join(&cfg.base_url, path).map_err(|detail| DeviceError::Protocol {
-            address: self.addr(),
-            detail,
-        })?;
+        let url = join(&cfg.base_url, path)?;
         let mut req = self.inner.client.request(method, &url);
         if authenticate {
             match &st.auth {
                 Some(Auth::Session { token, .. }) => {
                     let mut v = HeaderValue::from_bytes(token.expose()).map_err(|_| {
-                        DeviceError::Protocol {
-                            address: self.addr(),
-                            detail: "the session token is not a valid header value".into(),
-                        }
+                        self.reply("the session token it issued is not a valid header value")
                     })?;
                     v.set_sensitive(true);
                     req = req.header("X-Auth-Token", v);
@@ -396,10 +397,7 @@ impl RedfishDevice {
             .map_err(|e| self.map_send_error(e, what))?
         {
             if out.len() + chunk.len() > MAX_BODY {
-                return Err(DeviceError::Protocol {
-                    address: self.addr(),
-                    detail: format!("{what}: reply body larger than {MAX_BODY} bytes"),
-                });
+                return Err(self.reply(format!("{what}: reply body larger than {MAX_BODY} bytes")));
             }
             out.extend_from_slice(&chunk);
         }
@@ -411,28 +409,30 @@ impl RedfishDevice {
         })
     }
 
-    fn parse<T: DeserializeOwned>(&self, r: &Response, what: &str) -> Result<T, DeviceError> {
-        serde_json::from_slice(&r.body).map_err(|e| DeviceError::Protocol {
-            address: self.addr(),
-            detail: format!("{what}: the reply is not the expected JSON ({e})"),
-        })
+    fn parse<T: DeserializeOwned>(&self, r: &Response, what: &str) -> Result<T, RedfishError> {
+        serde_json::from_slice(&r.body)
+            .map_err(|e| self.reply(format!("{what}: the reply is not the expected JSON ({e})")))
     }
 
-    fn refused(&self, r: &Response, command: &str) -> DeviceError {
-        let msg = serde_json::from_slice::<ErrorBody>(&r.body)
+    fn refused(&self, r: &Response, command: &str) -> RedfishError {
+        let message = serde_json::from_slice::<ErrorBody>(&r.body)
             .ok()
             .and_then(|b| b.describe())
             .unwrap_or_else(|| "no Redfish error message".into());
+        let (service, command, status) = (self.addr(), command.to_string(), r.status.to_string());
         if r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN {
-            return DeviceError::AuthFailed {
-                address: self.addr(),
-                detail: format!("{command}: HTTP {} ({msg})", r.status),
+            return RedfishError::AuthRefused {
+                service,
+                command,
+                status,
+                message,
             };
         }
-        DeviceError::Refused {
-            address: self.addr(),
-            command: command.to_string(),
-            detail: format!("HTTP {} ({msg})", r.status),
+        RedfishError::Status {
+            service,
+            command,
+            status,
+            message,
         }
     }
 
@@ -445,7 +445,7 @@ impl RedfishDevice {
         path: &str,
         body: Option<Zeroizing<Vec<u8>>>,
         what: &str,
-    ) -> Result<Response, DeviceError> {
+    ) -> Result<Response, RedfishError> {
         self.login(st).await?;
         let r = self
             .raw(st, method.clone(), path, body.clone(), what, true)
@@ -459,7 +459,7 @@ impl RedfishDevice {
         self.raw(st, method, path, body, what, true).await
     }
 
-    async fn root(&self, st: &mut State) -> Result<ServiceRoot, DeviceError> {
+    async fn root(&self, st: &mut State) -> Result<ServiceRoot, RedfishError> {
         if let Some(r) = &st.root {
             return Ok(r.clone());
         }
@@ -482,7 +482,7 @@ impl RedfishDevice {
         Ok(root)
     }
 
-    async fn login(&self, st: &mut State) -> Result<(), DeviceError> {
+    async fn login(&self, st: &mut State) -> Result<(), RedfishError> {
         if st.auth.is_some() {
             return Ok(());
         }
@@ -503,10 +503,9 @@ impl RedfishDevice {
                 st.auth = Some(Auth::Basic);
                 return Ok(());
             }
-            return Err(DeviceError::Protocol {
-                address: self.addr(),
-                detail: "the service root has no Links.Sessions (no SessionService); set auth = \"basic\" or \"session_or_basic\" for this device".into(),
-            });
+            return Err(self.reply(
+                "the service root has no Links.Sessions (no SessionService); set auth = \"basic\" or \"session_or_basic\" for this device",
+            ));
         };
         let pw = Zeroizing::new(String::from_utf8_lossy(cfg.password.expose()).into_owned());
         let body = Zeroizing::new(
@@ -514,10 +513,7 @@ impl RedfishDevice {
                 user_name: &cfg.username,
                 password: &pw,
             })
-            .map_err(|e| DeviceError::Protocol {
-                address: self.addr(),
-                detail: format!("cannot encode the session request: {e}"),
-            })?,
+            .map_err(|e| self.reply(format!("cannot encode the session request: {e}")))?,
         );
         let r = self
             .raw(
@@ -531,11 +527,9 @@ impl RedfishDevice {
             .await?;
         if r.status.is_success() {
             let Some(token) = r.token else {
-                return Err(DeviceError::Protocol {
-                    address: self.addr(),
-                    detail: "the session was created but the reply has no X-Auth-Token header"
-                        .into(),
-                });
+                return Err(self.reply(
+                    "the session was created but the reply has no X-Auth-Token header; set auth = \"basic\" for this device if its sessions cannot be used",
+                ));
             };
             // The session's URI: the Location header, else the body's @odata.id.
             let uri = r.location.clone().or_else(|| {
@@ -563,13 +557,15 @@ impl RedfishDevice {
             || r.status == StatusCode::UNAUTHORIZED
             || r.status == StatusCode::FORBIDDEN
         {
-            let msg = serde_json::from_slice::<ErrorBody>(&r.body)
+            let message = serde_json::from_slice::<ErrorBody>(&r.body)
                 .ok()
                 .and_then(|b| b.describe())
-                .unwrap_or_default();
-            return Err(DeviceError::AuthFailed {
-                address: self.addr(),
-                detail: format!("opening a session: HTTP {} {msg}", r.status),
+                .unwrap_or_else(|| "no Redfish error message".into());
+            return Err(RedfishError::AuthRefused {
+                service: self.addr(),
+                command: "opening a session".into(),
+                status: r.status.to_string(),
+                message,
             });
         }
         Err(self.refused(&r, "POST SessionService/Sessions"))
@@ -580,7 +576,7 @@ impl RedfishDevice {
         st: &mut State,
         path: &str,
         what: &str,
-    ) -> Result<T, DeviceError> {
+    ) -> Result<T, RedfishError> {
         let r = self.call(st, Method::GET, path, None, what).await?;
         if !r.status.is_success() {
             return Err(self.refused(&r, &format!("GET {path}")));
@@ -588,15 +584,14 @@ impl RedfishDevice {
         self.parse(&r, what)
     }
 
-    async fn system(&self, st: &mut State) -> Result<(System, ComputerSystem), DeviceError> {
+    async fn system(&self, st: &mut State) -> Result<(System, ComputerSystem), RedfishError> {
         if let Some(sys) = st.system.clone() {
             let cs: ComputerSystem = self.get(st, &sys.uri, "reading the system").await?;
             return Ok((sys, cs));
         }
         let root = self.root(st).await?;
-        let systems = root.systems.ok_or_else(|| DeviceError::Protocol {
-            address: self.addr(),
-            detail: "the service root lists no Systems collection; this service manages no computer system".into(),
+        let systems = root.systems.ok_or_else(|| {
+            self.reply("the service root lists no Systems collection; this service manages no computer system")
         })?;
         let coll: Collection = self
             .get(st, &systems.odata_id, "reading the Systems collection")
@@ -609,41 +604,37 @@ impl RedfishDevice {
                 .unwrap_or_default()
                 .to_string()
         };
-        let uri = match &self.inner.cfg.system_id {
-            Some(want) => ids.iter().find(|u| last(u) == *want).cloned().ok_or_else(|| {
-                DeviceError::NoSuchPort {
-                    port: format!(
-                        "{want} (system_id; the service has: {})",
-                        ids.iter().map(|u| last(u)).collect::<Vec<_>>().join(", ")
-                    ),
-                }
-            })?,
-            None => match ids.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err(DeviceError::Protocol {
-                        address: self.addr(),
-                        detail: "the Systems collection is empty; this service manages no computer system".into(),
-                    })
-                }
-                many => {
-                    return Err(DeviceError::Policy {
-                        detail: format!(
-                            "Redfish service {} manages {} systems ({}); set system_id to the one this device fences (never picked silently: a wrong pick fences the wrong node)",
-                            self.addr(),
-                            many.len(),
-                            many.iter().map(|u| last(u)).collect::<Vec<_>>().join(", ")
-                        ),
-                    })
-                }
-            },
-        };
+        let uri =
+            match &self.inner.cfg.system_id {
+                Some(want) => ids
+                    .iter()
+                    .find(|u| last(u) == *want)
+                    .cloned()
+                    .ok_or_else(|| RedfishError::NoSuchSystem {
+                        want: want.clone(),
+                        available: ids.iter().map(|u| last(u)).collect::<Vec<_>>().join(", "),
+                    })?,
+                None => match ids.as_slice() {
+                    [one] => one.clone(),
+                    [] => return Err(self.reply(
+                        "the Systems collection is empty; this service manages no computer system",
+                    )),
+                    many => {
+                        return Err(RedfishError::SeveralSystems {
+                            service: self.addr(),
+                            count: many.len(),
+                            systems: many.iter().map(|u| last(u)).collect::<Vec<_>>().join(", "),
+                        })
+                    }
+                },
+            };
         let cs: ComputerSystem = self.get(st, &uri, "reading the system").await?;
         let reset = cs
             .actions
             .as_ref()
             .and_then(|a| a.reset.clone())
-            .ok_or_else(|| DeviceError::Unsupported {
+            .ok_or_else(|| RedfishError::Unsupported {
+                service: self.addr(),
                 operation: format!(
                     "power control: system {uri} has no #ComputerSystem.Reset action"
                 ),
@@ -668,7 +659,11 @@ impl RedfishDevice {
         Ok((sys, cs))
     }
 
-    fn reset_type(&self, sys: &System, command: PowerCommand) -> Result<&'static str, DeviceError> {
+    fn reset_type(
+        &self,
+        sys: &System,
+        command: PowerCommand,
+    ) -> Result<&'static str, RedfishError> {
         // Off is ForceOff only: GracefulShutdown can be ignored by the OS, and a cycle or
         // restart cannot be confirmed. On prefers On, then ForceOn.
         let wanted: &[&'static str] = match command {
@@ -683,7 +678,8 @@ impl RedfishDevice {
             .iter()
             .find(|w| allowed.iter().any(|a| a == *w))
             .copied()
-            .ok_or_else(|| DeviceError::Unsupported {
+            .ok_or_else(|| RedfishError::Unsupported {
+                service: self.addr(),
                 operation: format!(
                     "power {command} through Redfish: the system allows ResetType {allowed:?} but none of {wanted:?} (ForceRestart and PowerCycle are never used: they cannot be confirmed)"
                 ),
@@ -696,25 +692,23 @@ impl RedfishDevice {
         accepted: &Response,
         deadline: Instant,
         what: &str,
-    ) -> Result<(), DeviceError> {
+    ) -> Result<(), RedfishError> {
         let monitor = accepted.location.clone().or_else(|| {
             serde_json::from_slice::<Task>(&accepted.body)
                 .ok()
                 .and_then(|t| t.odata_id)
         });
         let Some(monitor) = monitor else {
-            return Err(DeviceError::Protocol {
-                address: self.addr(),
-                detail: format!("{what}: 202 Accepted without a Location header or task; cannot follow it, so cannot tell whether it was done"),
-            });
+            return Err(self.reply(format!("{what}: 202 Accepted without a Location header or task; cannot follow it, so cannot tell whether it was done")));
         };
         loop {
             let pause = self.inner.cfg.task_poll;
             if Instant::now() + pause >= deadline {
-                return Err(DeviceError::Timeout {
-                    address: self.addr(),
-                    what: format!("{what}: task {monitor} still running"),
-                    timeout_ms: self.inner.cfg.total_timeout.as_millis() as u64,
+                return Err(RedfishError::TaskRunning {
+                    service: self.addr(),
+                    command: what.to_string(),
+                    monitor,
+                    timeout_ms: millis(self.inner.cfg.total_timeout),
                 });
             }
             tokio::time::sleep(pause).await;
@@ -737,19 +731,17 @@ impl RedfishDevice {
                     if !task.finished() {
                         continue;
                     }
-                    let msg = task
+                    let message = task
                         .messages
                         .iter()
                         .find_map(|m| m.message.clone())
                         .unwrap_or_default();
-                    return Err(DeviceError::Refused {
-                        address: self.addr(),
+                    return Err(RedfishError::TaskFailed {
+                        service: self.addr(),
                         command: what.to_string(),
-                        detail: format!(
-                            "task ended {} {} {msg}",
-                            task.task_state.unwrap_or_default(),
-                            task.task_status.unwrap_or_default()
-                        ),
+                        state: task.task_state.unwrap_or_default(),
+                        status: task.task_status.unwrap_or_default(),
+                        message,
                     });
                 }
                 _ => return Err(self.refused(&r, what)),
@@ -758,14 +750,14 @@ impl RedfishDevice {
     }
 
     /// Runs `f` under the state lock and the total timeout, then arms the idle closer.
-    async fn with_state<'a, T, F>(&'a self, what: &str, f: F) -> Result<T, DeviceError>
+    async fn with_state<'a, T, F>(&'a self, what: &str, f: F) -> Result<T, RedfishError>
     where
         F: for<'s> FnOnce(
             &'s Self,
             &'s mut State,
             Instant,
         ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, DeviceError>> + Send + 's>,
+            Box<dyn std::future::Future<Output = Result<T, RedfishError>> + Send + 's>,
         >,
         T: Send,
     {
@@ -775,15 +767,16 @@ impl RedfishDevice {
         let st = &mut *guard;
         let res = match tokio::time::timeout_at(deadline, f(self, st, deadline)).await {
             Ok(r) => r,
-            Err(_) => Err(DeviceError::Timeout {
-                address: self.addr(),
+            Err(_) => Err(RedfishError::Timeout {
+                service: self.addr(),
                 what: what.to_string(),
-                timeout_ms: total.as_millis() as u64,
+                timeout_ms: millis(total),
             }),
         };
         st.last_used = Some(Instant::now());
         match &res {
-            Ok(_) | Err(DeviceError::Refused { .. }) => self.spawn_idle_closer(st),
+            Ok(_) => self.spawn_idle_closer(st),
+            Err(e) if e.is_refusal() => self.spawn_idle_closer(st),
             // After a failure the service may have restarted: rediscover next time.
             Err(_) => {
                 st.root = None;
@@ -826,12 +819,10 @@ impl RedfishDevice {
         });
     }
 
-    fn no_ports(port: Option<&str>) -> Result<(), DeviceError> {
+    fn no_ports(port: Option<&str>) -> Result<(), RedfishError> {
         match port {
             None => Ok(()),
-            Some(p) => Err(DeviceError::NoSuchPort {
-                port: format!("{p} (a Redfish device fences one system: set system_id instead)"),
-            }),
+            Some(p) => Err(RedfishError::PortGiven { port: p.into() }),
         }
     }
 }
@@ -847,6 +838,7 @@ impl PowerDevice for RedfishDevice {
             })
         })
         .await
+        .map_err(DeviceError::from)
     }
 
     async fn power(&self, port: Option<&str>, command: PowerCommand) -> Result<(), DeviceError> {
@@ -856,13 +848,10 @@ impl PowerDevice for RedfishDevice {
             Box::pin(async move {
                 let (sys, _) = d.system(st).await?;
                 let reset_type = d.reset_type(&sys, command)?;
-                let body =
-                    Zeroizing::new(serde_json::to_vec(&ResetRequest { reset_type }).map_err(
-                        |e| DeviceError::Protocol {
-                            address: d.addr(),
-                            detail: format!("cannot encode the reset: {e}"),
-                        },
-                    )?);
+                let body = Zeroizing::new(
+                    serde_json::to_vec(&ResetRequest { reset_type })
+                        .map_err(|e| d.reply(format!("cannot encode the reset: {e}")))?,
+                );
                 let command_text = format!("Reset {reset_type}");
                 let r = d
                     .call(
@@ -881,6 +870,7 @@ impl PowerDevice for RedfishDevice {
             })
         })
         .await
+        .map_err(DeviceError::from)
     }
 
     async fn health(&self) -> Result<Identity, DeviceError> {
@@ -888,10 +878,7 @@ impl PowerDevice for RedfishDevice {
             Box::pin(async move {
                 let (sys, cs) = d.system(st).await?;
                 let uuid = cs.uuid.clone().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-                    DeviceError::Protocol {
-                        address: d.addr(),
-                        detail: format!("system {} reports no UUID, so it cannot be matched to a node; check the BMC firmware", sys.uri),
-                    }
+                    d.reply(format!("system {} reports no UUID, so it cannot be matched to a node; check the BMC firmware", sys.uri))
                 })?;
                 let root = st.root.clone();
                 let service = root
@@ -922,6 +909,7 @@ impl PowerDevice for RedfishDevice {
             })
         })
         .await
+        .map_err(DeviceError::from)
     }
 }
 
@@ -959,9 +947,8 @@ mod tests {
     fn plain_http_is_refused_and_secrets_never_print() {
         let cfg = RedfishConfig::new("http://127.0.0.1", "u", Secret::new(b"hunter2".to_vec()));
         assert!(!format!("{cfg:?}").contains("hunter2"));
-        assert!(matches!(
-            RedfishDevice::new(cfg),
-            Err(DeviceError::Policy { .. })
-        ));
+        let e = RedfishDevice::new(cfg).unwrap_err();
+        assert!(matches!(e, RedfishError::NotHttps { .. }), "{e}");
+        assert_eq!(DeviceError::from(e).code(), "policy");
     }
 }

@@ -6,6 +6,8 @@
 //! - [`tls`]: how the BMC's certificate is verified (system roots, CA file, pinned SHA-256
 //!   fingerprint, or explicitly none).
 //! - [`device`]: discovery, sessions, the reset and its task, the power state read back.
+//! - [`error`]: [`RedfishError`], every reason a call fails, with the service, the request and
+//!   the HTTP status; it becomes a [`crate::DeviceError`] at the [`crate::PowerDevice`] edge.
 //!
 //! # Why `reqwest` and not a Redfish crate
 //! The `redfish` crates on crates.io were weighed: `redfish` (Rust bindings generated from
@@ -33,8 +35,10 @@
 //! confirmed, since `PowerState` reads `On` before and after.
 
 pub mod device;
+pub mod error;
 pub mod model;
 pub mod tls;
 
 pub use device::{power_state_of, AuthMode, RedfishConfig, RedfishDevice};
+pub use error::RedfishError;
 pub use tls::TlsVerify;

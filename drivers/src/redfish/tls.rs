@@ -5,7 +5,7 @@
 //! two ways to trust a self-signed BMC without switching it off are a CA file (the BMC's own
 //! certificate works) or a pinned SHA-256 fingerprint of the certificate.
 
-use crate::DeviceError;
+use super::error::RedfishError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -33,7 +33,7 @@ pub enum TlsVerify {
 impl TlsVerify {
     /// Parses a fingerprint as `openssl x509 -fingerprint -sha256` prints it (`AB:CD:...`) or
     /// as 64 plain hex digits.
-    pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], RedfishError> {
         let hex: String = text
             .trim()
             .trim_start_matches("sha256:")
@@ -43,16 +43,18 @@ impl TlsVerify {
             .collect();
         let mut out = [0u8; 32];
         if hex.len() != 64 {
-            return Err(format!(
-                "a SHA-256 fingerprint has 64 hex digits, `{text}` has {}; get it with `openssl x509 -noout -fingerprint -sha256 -in CERT`",
-                hex.len()
-            ));
+            return Err(RedfishError::FingerprintLength {
+                text: text.to_string(),
+                digits: hex.len(),
+            });
         }
         for (i, b) in out.iter_mut().enumerate() {
             *b = hex
                 .get(i * 2..i * 2 + 2)
                 .and_then(|d| u8::from_str_radix(d, 16).ok())
-                .ok_or_else(|| format!("`{text}` is not a hex SHA-256 fingerprint"))?;
+                .ok_or_else(|| RedfishError::FingerprintNotHex {
+                    text: text.to_string(),
+                })?;
         }
         Ok(out)
     }
@@ -72,12 +74,12 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A rustls client configuration that trusts exactly one certificate by fingerprint.
-pub(crate) fn pinned_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, DeviceError> {
+pub(crate) fn pinned_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, RedfishError> {
     let provider = provider();
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| DeviceError::Policy {
-            detail: format!("cannot set up TLS: {e}"),
+        .map_err(|e| RedfishError::TlsSetup {
+            reason: e.to_string(),
         })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider }))
@@ -86,34 +88,26 @@ pub(crate) fn pinned_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, Devic
 }
 
 /// Reads the PEM certificates of a CA file.
-pub(crate) fn read_ca_file(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, DeviceError> {
-    let policy = |detail: String| DeviceError::Policy { detail };
-    let pem = std::fs::read(path).map_err(|e| {
-        policy(format!(
-            "cannot read the Redfish CA file {}: {e}; point ca_file at a readable PEM file holding the BMC's CA (or its self-signed certificate)",
-            path.display()
-        ))
+pub(crate) fn read_ca_file(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, RedfishError> {
+    let pem = std::fs::read(path).map_err(|e| RedfishError::CaFileUnreadable {
+        path: path.clone(),
+        reason: e.to_string(),
     })?;
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let der = item.map_err(|e| {
-            policy(format!(
-                "the Redfish CA file {} is not valid PEM: {e}",
-                path.display()
-            ))
+        let der = item.map_err(|e| RedfishError::CaFileNotPem {
+            path: path.clone(),
+            reason: e.to_string(),
         })?;
         certs.push(reqwest::Certificate::from_der(&der).map_err(|e| {
-            policy(format!(
-                "the Redfish CA file {} holds a certificate that cannot be used: {e}",
-                path.display()
-            ))
+            RedfishError::CaFileBadCertificate {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
         })?);
     }
     if certs.is_empty() {
-        return Err(policy(format!(
-            "the Redfish CA file {} holds no `BEGIN CERTIFICATE` block; put the BMC's CA certificate in it, PEM-encoded",
-            path.display()
-        )));
+        return Err(RedfishError::CaFileEmpty { path: path.clone() });
     }
     Ok(certs)
 }
@@ -197,9 +191,14 @@ mod tests {
         let want: Vec<u8> = (0..32).collect();
         assert_eq!(TlsVerify::parse_fingerprint(&colon).unwrap().to_vec(), want);
         assert_eq!(TlsVerify::parse_fingerprint(&plain).unwrap().to_vec(), want);
-        assert!(TlsVerify::parse_fingerprint("AB:CD")
-            .unwrap_err()
-            .contains("openssl"));
-        assert!(TlsVerify::parse_fingerprint(&"zz".repeat(32)).is_err());
+        let short = TlsVerify::parse_fingerprint("AB:CD").unwrap_err();
+        assert!(
+            matches!(short, RedfishError::FingerprintLength { digits: 4, .. }),
+            "{short}"
+        );
+        assert!(short.to_string().contains("openssl"), "{short}");
+        let e = TlsVerify::parse_fingerprint(&"zz".repeat(32)).unwrap_err();
+        assert!(matches!(e, RedfishError::FingerprintNotHex { .. }), "{e}");
+        assert!(e.to_string().contains("openssl"), "{e}");
     }
 }

@@ -5,9 +5,11 @@
 //! Options come as `name=value` lines on stdin (how Pacemaker runs agents) or, when there are
 //! arguments, as `--name=value` / `--name value` flags (`-o` action, `-n` plug).
 
-use drivers::agent::format::parse_options;
+use drivers::agent::format::{parse_options, FormatError};
 use drivers::PowerState;
-use fenced::client::{encode, Client, ClientError, Endpoint};
+use fenced::client::{
+    encode, Client, ClientError, Endpoint, TlsConfigError, TokenFileError, UrlError,
+};
 use fenced::config::DEFAULT_SOCKET;
 use fenced::model::{Action, FenceAccepted, FenceRequest, Operation, Outcome, TargetSummary};
 use serde_json::Value;
@@ -62,10 +64,88 @@ struct Opts {
     version: bool,
 }
 
-fn set(o: &mut Opts, name: &str, value: String, strict: bool) -> Result<(), String> {
+/// Why the options (flags or stdin lines) were not accepted.
+#[derive(Debug, thiserror::Error)]
+enum OptionsError {
+    /// stdin could not be read.
+    #[error("cannot read options on stdin: {0}; pass name=value lines on stdin, or flags")]
+    Stdin(#[source] std::io::Error),
+    /// A stdin line is not `name=value`.
+    #[error("stdin: {0}")]
+    Lines(#[from] FormatError),
+    /// A number of seconds that is not one.
+    #[error("{name}: expected a whole number of seconds, found `{value}`")]
+    Seconds {
+        /// The option.
+        name: String,
+        /// What was given.
+        value: String,
+    },
+    /// A flag this agent does not have.
+    #[error("unknown option --{}; see the usage below", .0.replace('_', "-"))]
+    Unknown(String),
+    /// A short flag this agent does not have.
+    #[error("unknown option -{0}; see the usage below")]
+    UnknownShort(char),
+    /// `-` alone.
+    #[error("a lone `-` is not an option; options are --name=value")]
+    LoneDash,
+    /// An argument that is not an option.
+    #[error("unexpected argument `{0}`; options are --name=value")]
+    Unexpected(String),
+    /// An option given last without its value.
+    #[error("--{} needs a value", .0.replace('_', "-"))]
+    NeedsValue(String),
+}
+
+/// Why no client could be set up for the daemon.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// `url` does not parse.
+    #[error("url: {0}")]
+    Url(#[from] UrlError),
+    /// `ca_file` cannot be used.
+    #[error("ca_file: {0}")]
+    Ca(#[from] TlsConfigError),
+    /// An `https://` url without `ca_file`.
+    #[error("an https url needs ca_file (the CA that signed fenced's certificate)")]
+    HttpsWithoutCa,
+    /// `token_file` cannot be used.
+    #[error("token_file: {0}")]
+    TokenFile(#[from] TokenFileError),
+}
+
+/// Why an action that talks to the daemon did not reach an outcome.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// A target is needed and none was given.
+    #[error("no target: give plug=NODE (or nodename=NODE)")]
+    NoTarget,
+    /// An action that reached the fencing path without being one (a bug in this agent).
+    #[error("`{0}` is not a fencing action; use off, on or reboot")]
+    NotFencing(String),
+    /// The request failed or was refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Why a target's power cannot be given as on or off.
+#[derive(Debug, thiserror::Error)]
+enum PowerUnknown {
+    /// None of its devices can read power (e.g. SBD only).
+    #[error("{0} has no device that can read its power")]
+    NoReader(String),
+    /// Some device did not answer, or answered neither on nor off.
+    #[error("{0}")]
+    Unread(String),
+}
+
+fn set(o: &mut Opts, name: &str, value: String, strict: bool) -> Result<(), OptionsError> {
     let num = |v: &str| {
-        v.parse::<u64>()
-            .map_err(|_| format!("{name}: expected a whole number of seconds, found `{v}`"))
+        v.parse::<u64>().map_err(|_| OptionsError::Seconds {
+            name: name.to_string(),
+            value: v.to_string(),
+        })
     };
     match name {
         "action" | "option" => o.action = Some(value),
@@ -81,14 +161,14 @@ fn set(o: &mut Opts, name: &str, value: String, strict: bool) -> Result<(), Stri
         "version" => o.version = true,
         // Verbosity and debug files change nothing here; accepted so generic callers work.
         "verbose" | "debug" | "debug_file" | "delay" => {}
-        other if strict => return Err(format!("unknown option --{}", other.replace('_', "-"))),
+        other if strict => return Err(OptionsError::Unknown(other.to_string())),
         other => eprintln!("fence_palisade: ignoring unknown option `{other}`"),
     }
     Ok(())
 }
 
 /// Parses command-line flags.
-fn parse_args(args: &[String]) -> Result<Opts, String> {
+fn parse_args(args: &[String]) -> Result<Opts, OptionsError> {
     let mut o = Opts::default();
     let mut i = 0;
     let takes_value = |n: &str| {
@@ -105,7 +185,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
         } else if let Some(short) = a.strip_prefix('-') {
             let mut cs = short.chars();
-            let c = cs.next().ok_or("a lone `-` is not an option")?;
+            let c = cs.next().ok_or(OptionsError::LoneDash)?;
             let rest: String = cs.collect();
             let name = match c {
                 'h' => "help".to_string(),
@@ -115,13 +195,11 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                     .iter()
                     .find(|(_, s, _, _)| *s == Some(c))
                     .map(|(n, _, _, _)| (*n).to_string())
-                    .ok_or_else(|| format!("unknown option -{c}"))?,
+                    .ok_or(OptionsError::UnknownShort(c))?,
             };
             (name, (!rest.is_empty()).then_some(rest))
         } else {
-            return Err(format!(
-                "unexpected argument `{a}`; options are --name=value"
-            ));
+            return Err(OptionsError::Unexpected(a.clone()));
         };
         let value = if takes_value(&name) {
             match inline {
@@ -129,7 +207,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 None => {
                     let v = args
                         .get(i)
-                        .ok_or_else(|| format!("--{} needs a value", name.replace('_', "-")))?;
+                        .ok_or_else(|| OptionsError::NeedsValue(name.clone()))?;
                     i += 1;
                     v.clone()
                 }
@@ -203,31 +281,18 @@ Exit status: 0 success (for off/reboot: fenced CONFIRMED the target is off; for 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = if args.is_empty() {
-        let mut input = Vec::new();
-        if let Err(e) = std::io::stdin().take(1 << 20).read_to_end(&mut input) {
-            eprintln!("fence_palisade: cannot read options on stdin: {e}");
-            return ExitCode::from(EC_GENERIC_ERROR);
-        }
-        match parse_options(&input)
-            .map_err(|e| format!("stdin: {e}"))
-            .and_then(|pairs| {
-                let mut o = Opts::default();
-                for (k, v) in pairs {
-                    set(&mut o, &k, v, false)?;
-                }
-                Ok(o)
-            }) {
+        match options_from_stdin() {
             Ok(o) => o,
-            Err(msg) => {
-                eprintln!("fence_palisade: {msg}");
+            Err(e) => {
+                eprintln!("fence_palisade: {e}");
                 return ExitCode::from(EC_GENERIC_ERROR);
             }
         }
     } else {
         match parse_args(&args) {
             Ok(o) => o,
-            Err(msg) => {
-                eprintln!("fence_palisade: {msg}\n{USAGE}");
+            Err(e) => {
+                eprintln!("fence_palisade: {e}\n{USAGE}");
                 return ExitCode::from(EC_GENERIC_ERROR);
             }
         }
@@ -254,8 +319,8 @@ fn main() -> ExitCode {
     }
     let client = match client(&opts) {
         Ok(c) => c,
-        Err(msg) => {
-            eprintln!("fence_palisade: {msg}");
+        Err(e) => {
+            eprintln!("fence_palisade: {e}");
             return ExitCode::from(EC_GENERIC_ERROR);
         }
     };
@@ -281,9 +346,23 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn client(o: &Opts) -> Result<Client, String> {
+/// Reads `name=value` lines from stdin (at most 1 MiB), as Pacemaker passes them.
+fn options_from_stdin() -> Result<Opts, OptionsError> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(1 << 20)
+        .read_to_end(&mut input)
+        .map_err(OptionsError::Stdin)?;
+    let mut o = Opts::default();
+    for (k, v) in parse_options(&input)? {
+        set(&mut o, &k, v, false)?;
+    }
+    Ok(o)
+}
+
+fn client(o: &Opts) -> Result<Client, SetupError> {
     let endpoint = match &o.url {
-        Some(u) => Endpoint::from_url(u).map_err(|m| format!("url: {m}"))?,
+        Some(u) => Endpoint::from_url(u)?,
         None => Endpoint::Unix(
             o.socket
                 .clone()
@@ -296,40 +375,30 @@ fn client(o: &Opts) -> Result<Client, String> {
         Duration::from_secs(o.api_timeout.unwrap_or(30).max(1)),
     );
     match (&o.ca_file, https) {
-        (Some(ca), _) => {
-            c = c.with_tls(fenced::client::tls_config(ca).map_err(|m| format!("ca_file: {m}"))?)
-        }
-        (None, true) => {
-            return Err(
-                "an https url needs ca_file (the CA that signed fenced's certificate)".into(),
-            )
-        }
+        (Some(ca), _) => c = c.with_tls(fenced::client::tls_config(ca)?),
+        (None, true) => return Err(SetupError::HttpsWithoutCa),
         (None, false) => {}
     }
     if let Some(f) = &o.token_file {
-        c = c.with_token(
-            fenced::client::read_token_file(f).map_err(|m| format!("token_file: {m}"))?,
-        );
+        c = c.with_token(fenced::client::read_token_file(f)?);
     }
     Ok(c)
 }
 
-fn target(o: &Opts) -> Result<String, ClientError> {
+fn target(o: &Opts) -> Result<String, RunError> {
     o.plug
         .clone()
         .or_else(|| o.nodename.clone())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ClientError::Protocol {
-            detail: "no target: give plug=NODE (or nodename=NODE)".into(),
-        })
+        .ok_or(RunError::NoTarget)
 }
 
 /// A target's power as the agent API reports it: on if any device reads on, off only if every
 /// device answered and all read off.
-fn power_of(t: &TargetSummary) -> Result<bool, String> {
+fn power_of(t: &TargetSummary) -> Result<bool, PowerUnknown> {
     let live = t.live.as_deref().unwrap_or_default();
     if live.is_empty() {
-        return Err(format!("{} has no device that can read its power", t.name));
+        return Err(PowerUnknown::NoReader(t.name.clone()));
     }
     if live.iter().any(|p| p.state == Some(PowerState::On)) {
         return Ok(true);
@@ -337,18 +406,19 @@ fn power_of(t: &TargetSummary) -> Result<bool, String> {
     if live.iter().all(|p| p.state == Some(PowerState::Off)) {
         return Ok(false);
     }
-    Err(live
-        .iter()
-        .filter_map(|p| {
-            p.error
-                .clone()
-                .or_else(|| p.state.map(|s| format!("{}: {s}", p.device)))
-        })
-        .collect::<Vec<_>>()
-        .join("; "))
+    Err(PowerUnknown::Unread(
+        live.iter()
+            .filter_map(|p| {
+                p.error
+                    .clone()
+                    .or_else(|| p.state.map(|s| format!("{}: {s}", p.device)))
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    ))
 }
 
-async fn run(c: &Client, action: &str, o: &Opts) -> Result<u8, ClientError> {
+async fn run(c: &Client, action: &str, o: &Opts) -> Result<u8, RunError> {
     match action {
         "monitor" => {
             c.call("GET", "/v1/targets", None, None).await?;
@@ -393,15 +463,15 @@ async fn run(c: &Client, action: &str, o: &Opts) -> Result<u8, ClientError> {
                 }
             }
         }
-        _ => fence(c, action, o).await,
+        _ => match Action::parse(action) {
+            Some(act) => fence(c, action, o, act).await,
+            None => Err(RunError::NotFencing(action.to_string())),
+        },
     }
 }
 
-async fn fence(c: &Client, action: &str, o: &Opts) -> Result<u8, ClientError> {
+async fn fence(c: &Client, action: &str, o: &Opts, act: Action) -> Result<u8, RunError> {
     let target = target(o)?;
-    let act = Action::parse(action).ok_or_else(|| ClientError::Protocol {
-        detail: format!("`{action}` is not a fencing action"),
-    })?;
     let req = FenceRequest {
         target: target.clone(),
         action: act,
@@ -415,7 +485,7 @@ async fn fence(c: &Client, action: &str, o: &Opts) -> Result<u8, ClientError> {
         timeout_s: o.fence_timeout,
     };
     let body = serde_json::to_value(&req).map_err(|e| ClientError::Protocol {
-        detail: e.to_string(),
+        detail: format!("cannot encode the fence request: {e}"),
     })?;
     let (accepted, _): (FenceAccepted, Value) =
         c.call_as("POST", "/v1/fence", Some(&body), None).await?;
@@ -484,7 +554,7 @@ fn report(action: &str, target: &str, op: &Operation) -> u8 {
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Result<Opts, String> {
+    fn args(a: &[&str]) -> Result<Opts, OptionsError> {
         parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
@@ -512,9 +582,25 @@ mod tests {
             (o.action.as_deref(), o.plug.as_deref()),
             (Some("off"), Some("n3"))
         );
-        assert!(args(&["--bogus=1"]).is_err());
-        assert!(args(&["-o"]).is_err());
-        assert!(args(&["--fence-timeout=soon"]).is_err());
+        let e = args(&["--bogus-opt=1"]).unwrap_err();
+        assert!(
+            matches!(&e, OptionsError::Unknown(n) if n == "bogus_opt"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("unknown option --bogus-opt"), "{e}");
+        let e = args(&["-o"]).unwrap_err();
+        assert_eq!(e.to_string(), "--action needs a value");
+        let e = args(&["--fence-timeout=soon"]).unwrap_err();
+        assert!(
+            matches!(&e, OptionsError::Seconds { name, value } if name == "fence_timeout" && value == "soon"),
+            "{e}"
+        );
+        assert!(matches!(args(&["-"]), Err(OptionsError::LoneDash)));
+        assert!(matches!(
+            args(&["-q"]),
+            Err(OptionsError::UnknownShort('q'))
+        ));
+        assert!(matches!(args(&["node1"]), Err(OptionsError::Unexpected(a)) if a == "node1"));
     }
 
     #[test]

@@ -153,6 +153,8 @@ impl KindSettings for AgentConfig {
             .check_metadata()
             .await
             .map(drop)
-            .map_err(|detail| DeviceError::Policy { detail })
+            .map_err(|e| DeviceError::Policy {
+                detail: e.to_string(),
+            })
     }
 }

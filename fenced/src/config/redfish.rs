@@ -87,7 +87,7 @@ impl KindTable for RedfishTable {
             (Some(f), None, None) => TlsVerify::CaFile(cx.path(f.get_ref())),
             (None, Some(fp), None) => TlsVerify::Fingerprint(
                 TlsVerify::parse_fingerprint(fp.get_ref())
-                    .map_err(|m| cx.at(fp, "tls_fingerprint", m))?,
+                    .map_err(|m| cx.at(fp, "tls_fingerprint", m.to_string()))?,
             ),
             (None, None, Some(_)) => TlsVerify::Insecure,
             (ca, fp, insecure) => {

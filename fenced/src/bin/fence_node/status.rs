@@ -1,0 +1,88 @@
+//! `status`: every target with its levels and last operation, or one target in detail (with
+//! `--live`, its power as each device reads it now).
+
+use crate::error::CliError;
+use crate::output::{level_names, op_line, print_json, table};
+use crate::{Exit, StatusArgs, Ui};
+use fenced::client::encode;
+use fenced::model::{PauseStatus, TargetSummary};
+use serde_json::Value;
+
+/// Runs `status`.
+pub async fn run(ui: &Ui, a: StatusArgs) -> Result<Exit, CliError> {
+    match a.node {
+        Some(n) => one(ui, &n, a.live).await,
+        None => all(ui).await,
+    }
+}
+
+async fn one(ui: &Ui, node: &str, live: bool) -> Result<Exit, CliError> {
+    let path = format!("/v1/targets/{}?live={live}", encode(node));
+    let (t, raw): (TargetSummary, Value) = ui.client.call_as("GET", &path, None, None).await?;
+    if ui.json {
+        print_json(&raw);
+        return Ok(Exit::Ok);
+    }
+    println!("{}", t.name);
+    for (i, level) in t.levels.iter().enumerate() {
+        println!("  level {}: {}", i + 1, level_names(level));
+    }
+    if t.delay_s > 0.0 || t.random_delay_s > 0.0 {
+        println!(
+            "  fence-race delay: {} s + up to {} s random",
+            t.delay_s, t.random_delay_s
+        );
+    }
+    if let Some(id) = t.in_flight {
+        println!("  in flight: operation {id}");
+    }
+    match &t.last_operation {
+        Some(op) => println!("  last: {}", op_line(op)),
+        None => println!("  last: never fenced"),
+    }
+    for p in t.live.iter().flatten() {
+        let port = p.port.as_ref().map_or(String::new(), |p| format!(":{p}"));
+        match (&p.state, &p.error) {
+            (Some(s), _) => println!("  power now: {s} (level {}, {}{port})", p.level, p.device),
+            (None, e) => println!(
+                "  power now: UNKNOWN (level {}, {}{port}): {}",
+                p.level,
+                p.device,
+                e.clone().unwrap_or_default()
+            ),
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn all(ui: &Ui) -> Result<Exit, CliError> {
+    let (targets, raw): (Vec<TargetSummary>, Value) =
+        ui.client.call_as("GET", "/v1/targets", None, None).await?;
+    let (pause, _): (PauseStatus, Value) =
+        ui.client.call_as("GET", "/v1/pause", None, None).await?;
+    if ui.json {
+        print_json(&raw);
+        return Ok(Exit::Ok);
+    }
+    if pause.paused {
+        println!(
+            "fencing is PAUSED (by {}: {})",
+            pause.by.unwrap_or_default(),
+            pause.reason.unwrap_or_default()
+        );
+    }
+    let rows: Vec<[String; 3]> = targets
+        .iter()
+        .map(|t| {
+            let levels: Vec<String> = t.levels.iter().map(|l| level_names(l)).collect();
+            let last = match (t.in_flight, &t.last_operation) {
+                (Some(id), _) => format!("operation {id} in flight"),
+                (None, Some(op)) => op_line(op),
+                (None, None) => "never fenced".into(),
+            };
+            [t.name.clone(), levels.join(" | "), last]
+        })
+        .collect();
+    table(&["TARGET", "LEVELS", "LAST OPERATION"], &rows);
+    Ok(Exit::Ok)
+}
