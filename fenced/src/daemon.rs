@@ -1,5 +1,5 @@
 //! The daemon's life: open history, build devices, start the engine, serve the API, check
-//! devices periodically, and stop cleanly. `fenced run` and `fenced demo` both use it.
+//! devices periodically, and stop cleanly. `fenced run` uses it; the bench runs it as a process.
 
 use crate::api::tls::TlsReloader;
 use crate::api::{bind_unix, Api};
@@ -257,20 +257,6 @@ impl Signals {
             _ = self.hup.recv() => { tracing::info!("SIGHUP received"); SignalAction::Reload }
         }
     }
-}
-
-/// Waits for SIGTERM or SIGINT.
-pub async fn wait_for_signal() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }
 
 /// Sends a systemd notification (sd_notify protocol: one datagram to `$NOTIFY_SOCKET`; a
