@@ -347,14 +347,20 @@ async fn serve(
 /// A path as a shell word to type: relative to the current directory when it is below it
 /// (`target/release/fence_node` from the repository root), absolute otherwise.
 fn shown(path: &Path) -> String {
-    let rel = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf));
-    let text = match rel {
-        Some(r) if !r.as_os_str().is_empty() => r.display().to_string(),
+    let cwd = std::env::current_dir().ok();
+    shell_word(&typed_path(path, cwd.as_deref()))
+}
+
+/// `path` as typed in `cwd`: relative below it, with `./` when it names a file right there
+/// (a bare name would be looked up on PATH instead), absolute otherwise.
+fn typed_path(path: &Path, cwd: Option<&Path>) -> String {
+    match cwd.and_then(|c| path.strip_prefix(c).ok()) {
+        Some(rel) if rel.parent().is_some_and(|p| p.as_os_str().is_empty()) => {
+            format!("./{}", rel.display())
+        }
+        Some(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
         _ => path.display().to_string(),
-    };
-    shell_word(&text)
+    }
 }
 
 /// `text` quoted for a POSIX shell when it holds anything but safe characters.
@@ -557,7 +563,26 @@ fn checked(identity: &Option<String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_word;
+    use super::{shell_word, typed_path};
+    use std::path::Path;
+
+    #[test]
+    fn paths_are_typed_so_the_shell_runs_that_file() {
+        let bin = Path::new("/repo/target/release/fence_node");
+        assert_eq!(
+            typed_path(bin, Some(Path::new("/repo"))),
+            "target/release/fence_node"
+        );
+        assert_eq!(
+            typed_path(bin, Some(Path::new("/repo/target/release"))),
+            "./fence_node"
+        );
+        assert_eq!(
+            typed_path(bin, Some(Path::new("/elsewhere"))),
+            bin.display().to_string()
+        );
+        assert_eq!(typed_path(bin, None), bin.display().to_string());
+    }
 
     #[test]
     fn shell_words_are_quoted_only_when_needed() {
