@@ -9,7 +9,13 @@
 //!    this process) and as a whole `fence_node off` process.
 //! 3. ClusterLabs `fence_ipmilan -o off` against the same simulated BMC, default `power_wait`
 //!    and `--power-wait=0`.
-//! 4. Idle RSS of `fenced run` with 3 targets and of `fenced demo`; binary sizes.
+//! 4. Idle RSS of `fenced run` with 3 targets; binary sizes (every workspace binary found
+//!    beside `fenced`: `cargo build --release --workspace --bins` puts them there).
+//!
+//! CPU time per fence (fenced's and one `fence_node` process's) is printed beside the wall
+//! times: unlike those, it barely moves when other work shares the machine.
+//! `PALISADE_BENCH_FENCED=PATH` and `PALISADE_BENCH_FENCE_NODE=PATH` measure other builds of
+//! the two binaries against this bench's lab (to tell the daemon's share from the lab's).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -22,7 +28,7 @@ use fenced::history::History;
 use fenced::model::{FenceAccepted, Operation};
 use fenced::{Clock, DeviceSlot, Engine};
 use hw_tests::lab::{BackgroundLab, LabSpec};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -154,8 +160,11 @@ impl Drop for Daemon {
 }
 
 fn start_fenced(dir: &Path, config: &Path) -> Daemon {
+    let bin = std::env::var_os("PALISADE_BENCH_FENCED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_fenced").into());
     let socket = dir.join("fenced.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_fenced"))
+    let child = Command::new(&bin)
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -223,11 +232,52 @@ fn lab_config(b: &LabBench, suite: u8) -> PathBuf {
     path
 }
 
-/// (API-level median, whole `fence_node` process median)
-fn through_fenced(rt: &tokio::runtime::Runtime, delay_ms: u64) -> (Duration, Duration) {
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3; utime and
+    // stime are fields 14 and 15, in clock ticks.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / hz)
+}
+
+/// CPU time (user + system) of this process's reaped children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Figures of one run of fences through a `fenced` process.
+struct Through {
+    /// Median request -> confirmed off at the API.
+    api: Duration,
+    /// Median of a whole `fence_node off` process.
+    whole: Duration,
+    /// fenced's CPU time per fence (both kinds of fence above, averaged).
+    fenced_cpu: Duration,
+    /// One `fence_node off` process's CPU time (mean).
+    fence_node_cpu: Duration,
+}
+
+fn through_fenced(rt: &tokio::runtime::Runtime, delay_ms: u64) -> Through {
     let b = lab_bench(1, delay_ms);
     let config = lab_config(&b, 17);
-    let _d = start_fenced(b.dir.path(), &config);
+    let d = start_fenced(b.dir.path(), &config);
+    let fence_node = std::env::var_os("PALISADE_BENCH_FENCE_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_fence_node").into());
+    let cpu_before = cpu_of(d.child.id());
+    let mut fence_node_cpu = Duration::ZERO;
     let socket = b.dir.path().join("fenced.sock");
     let client = Client::new(Endpoint::Unix(socket.clone()), Duration::from_secs(30));
     let bmc = b.lab.bmc("node1").unwrap().clone();
@@ -241,20 +291,28 @@ fn through_fenced(rt: &tokio::runtime::Runtime, delay_ms: u64) -> (Duration, Dur
         assert!(op.fenced(), "{op:?}");
 
         bmc.set_power(true);
+        let c = children_cpu();
         let t = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_fence_node"))
+        let out = Command::new(&fence_node)
             .args(["off", "node1", "--reason", "bench"])
             .env("PALISADE_SOCKET", &socket)
             .output()
             .unwrap();
         whole.push(t.elapsed());
+        fence_node_cpu += children_cpu().saturating_sub(c);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    (median(api), median(whole))
+    let fenced_cpu = cpu_of(d.child.id()).saturating_sub(cpu_before) / (2 * RUNS as u32);
+    Through {
+        api: median(api),
+        whole: median(whole),
+        fenced_cpu,
+        fence_node_cpu: fence_node_cpu / RUNS as u32,
+    }
 }
 
 fn fence_ipmilan(power_wait: Option<&str>) -> Option<Duration> {
@@ -312,28 +370,6 @@ fn idle_rss_run() -> u64 {
     rss_kib(d.child.id())
 }
 
-fn idle_rss_demo() -> u64 {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fenced"))
-        .args(["demo", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("keeps running") {
-            break;
-        }
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let rss = rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    rss
-}
-
 fn history_commit() -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let (h, _) = History::open(&dir.path().join("h.redb"), 0).unwrap();
@@ -364,8 +400,8 @@ fn history_commit() -> Duration {
     median(times)
 }
 
-fn size_kib(p: &str) -> u64 {
-    std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0)
+fn size_kib(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len() / 1024)
 }
 
 fn main() {
@@ -386,11 +422,13 @@ fn main() {
         ms(p90)
     );
     for delay in [0, 500] {
-        let (api, whole) = through_fenced(&rt, delay);
+        let t = through_fenced(&rt, delay);
         println!(
-            "fenced -> lab IPMI BMC (suite 17), power delay {delay} ms: request -> confirmed off {} at the API, {} as a whole `fence_node off` process",
-            ms(api),
-            ms(whole)
+            "fenced -> lab IPMI BMC (suite 17), power delay {delay} ms: request -> confirmed off {} at the API, {} as a whole `fence_node off` process; CPU per fence: fenced {}, one fence_node process {}",
+            ms(t.api),
+            ms(t.whole),
+            ms(t.fenced_cpu),
+            ms(t.fence_node_cpu)
         );
     }
     match fence_ipmilan(None) {
@@ -410,13 +448,22 @@ fn main() {
         "idle RSS, `fenced run` with 3 IPMI targets: {} KiB",
         idle_rss_run()
     );
-    println!(
-        "idle RSS, `fenced demo` (daemon + 3 in-process BMCs): {} KiB",
-        idle_rss_demo()
-    );
-    println!(
-        "binary sizes: fenced {} KiB, fence_node {} KiB",
-        size_kib(env!("CARGO_BIN_EXE_fenced")),
-        size_kib(env!("CARGO_BIN_EXE_fence_node"))
-    );
+    let dir = Path::new(env!("CARGO_BIN_EXE_fenced"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let sizes: Vec<String> = [
+        "fenced",
+        "fence_node",
+        "fence_palisade",
+        "palisade-sbd",
+        "palisade-lab",
+    ]
+    .iter()
+    .map(|name| match size_kib(&dir.join(name)) {
+        Some(kib) => format!("{name} {kib} KiB"),
+        None => format!("{name} not built"),
+    })
+    .collect();
+    println!("binary sizes ({}): {}", dir.display(), sizes.join(", "));
 }

@@ -1,5 +1,5 @@
 //! The daemon's life: open history, build devices, start the engine, serve the API, check
-//! devices periodically, and stop cleanly. `fenced run` and `fenced demo` both use it.
+//! devices periodically, and stop cleanly. `fenced run` uses it; the bench runs it as a process.
 
 use crate::api::tls::TlsReloader;
 use crate::api::{bind_unix, Api};
@@ -337,18 +337,6 @@ impl Signals {
             _ = self.hup.recv() => { tracing::info!("SIGHUP received"); SignalAction::Reload }
         }
     }
-}
-
-/// Waits for SIGTERM or SIGINT.
-pub async fn wait_for_signal() -> Result<(), DaemonError> {
-    use tokio::signal::unix::SignalKind;
-    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
-    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }
 
 /// Sends a systemd notification (sd_notify protocol: one datagram to `$NOTIFY_SOCKET`; a

@@ -4,8 +4,6 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
-#[cfg(feature = "demo")]
-pub mod demo;
 pub mod devices;
 pub mod engine;
 pub mod error;

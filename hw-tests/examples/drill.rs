@@ -8,18 +8,11 @@
 //! cargo run -p hw-tests --example drill -- --variant stuck     # a stuck BMC: the workload stays down
 //! cargo run -p hw-tests --example drill -- --fenced target/release/fenced   # another fenced build
 //! ```
-//!
-//! An example rather than a `[[bin]]`: the reference controller talks to `fenced` through
-//! `fenced::client`, and `fenced` depends on hw-tests, so only dev-dependency targets
-//! (tests, examples) of hw-tests can use it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/drill/harness.rs"]
-mod harness;
-
-use harness::{Bins, Knobs, Variant};
 use hw_tests::drill::controller::Decision;
+use hw_tests::drill::failover::{self as harness, Bins, Knobs, Variant};
 use std::process::ExitCode;
 use std::time::Duration;
 

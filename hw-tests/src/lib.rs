@@ -3,8 +3,10 @@
 //!
 //! - [`peers`]: real third-party peers (OpenIPMI `ipmi_sim`), started per test on loopback in
 //!   a temporary directory and stopped on drop, also when the test panics.
-//! - [`lab`]: our own simulated devices (IPMI and Redfish BMCs) with fault knobs, for tests, the
-//!   `palisade-lab` command and the daemon's in-process demo.
+//! - [`lab`]: our own simulated devices (IPMI and Redfish BMCs, SNMP PDUs) with fault knobs,
+//!   for tests, the `palisade-lab` command and its demo.
+//! - `demo` (feature `cli`): `palisade-lab demo`, the real `fenced` on a lab.
+//! - [`daemon`]: a real `fenced run` child process, as an operator starts it.
 //! - [`loopdev`]: real loop block devices that detach themselves on drop.
 //! - [`throttle`]: make one block device (nearly) stop answering for the threads we choose,
 //!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.
@@ -21,6 +23,9 @@
 //!   controller, and the checker that shows whether two copies ever wrote at once.
 
 pub mod bins;
+pub mod daemon;
+#[cfg(feature = "cli")]
+pub mod demo;
 pub mod drill;
 #[cfg(feature = "fuse")]
 pub mod faultydisk;

@@ -54,24 +54,6 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         public_key: Option<PathBuf>,
     },
-    /// Start a lab of simulated IPMI BMCs on loopback (no hardware needed), run fenced on it,
-    /// fence node1 end to end through the API, then keep serving until Ctrl-C.
-    #[cfg(feature = "demo")]
-    Demo {
-        /// Number of simulated nodes.
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        /// How long a simulated node takes to change power, in milliseconds.
-        #[arg(long, default_value_t = 200)]
-        power_delay_ms: u64,
-        /// Directory for the socket, config and history (default: a fresh temporary one,
-        /// removed at exit).
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-        /// Do not fence node1 at start; only start the lab and the daemon.
-        #[arg(long)]
-        no_fence: bool,
-    },
 }
 
 #[derive(Subcommand)]
@@ -238,23 +220,6 @@ fn main() -> ExitCode {
         Command::Run { config } => {
             init_logging("info");
             block_on(run(&config))
-        }
-        #[cfg(feature = "demo")]
-        Command::Demo {
-            nodes,
-            power_delay_ms,
-            dir,
-            no_fence,
-        } => {
-            // The demo prints its own story; the daemon's log shows only problems unless
-            // RUST_LOG asks for more.
-            init_logging("warn");
-            block_on(fenced::demo::run(fenced::demo::DemoOptions {
-                nodes,
-                power_delay: Duration::from_millis(power_delay_ms),
-                dir,
-                no_fence,
-            }))
         }
     }
 }

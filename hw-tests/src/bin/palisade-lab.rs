@@ -10,6 +10,10 @@
 //! `redfish NAME https://127.0.0.1:PORT CERT_PATH` per BMC once it listens, where CERT_PATH is
 //! the PEM CA certificate that signed every BMC's certificate (trust it, or use `-k`).
 //!
+//! `palisade-lab demo [--nodes N] [--power-delay-ms MS] [--dir DIR] [--no-fence]` starts IPMI
+//! BMCs, a Redfish BMC and a PDU, runs the real `fenced` (built beside this binary) on a config
+//! written for them, fences node1 through the API and prints the `fence_node` commands to try.
+//!
 //! `palisade-lab snmp-pdu --count N --base-port P --outlets K --model M [--community C]
 //! [--v3-user U --auth-password-file F --priv-password-file F] [--fault KNOB]...` serves
 //! switched PDUs over SNMP and prints `snmp-pdu NAME 127.0.0.1:PORT` per PDU once it listens.
@@ -32,9 +36,13 @@ struct Cli {
     command: Command,
 }
 
-/// One subcommand per device kind.
+/// One subcommand per device kind, and the demo.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Palisade end to end, no hardware: simulated IPMI and Redfish BMCs and an SNMP PDU on
+    /// loopback, the real `fenced` daemon (from this binary's directory) running on them,
+    /// node1 fenced through the API, then serving until Ctrl-C.
+    Demo(DemoArgs),
     /// Serve simulated IPMI v2.0 (RMCP+) BMCs on 127.0.0.1, one UDP port each.
     #[command(after_help = after_help_ipmi())]
     Ipmi(IpmiArgs),
@@ -44,6 +52,49 @@ enum Command {
     /// Serve simulated switched PDUs over SNMP v1/v2c/v3 on 127.0.0.1, one UDP port each.
     #[command(name = "snmp-pdu", after_help = after_help_snmp())]
     SnmpPdu(SnmpPduArgs),
+}
+
+/// Options of `palisade-lab demo`.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Number of simulated IPMI nodes (a Redfish node comes after them).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// How long a simulated node takes to change power, in milliseconds.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    power_delay_ms: u64,
+    /// Directory for the config, socket, log and history (default: a fresh temporary one,
+    /// removed at exit).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Do not fence node1 at start; only start the lab and the daemon.
+    #[arg(long)]
+    no_fence: bool,
+    /// Directory holding `fenced` and `fence_node` (default: this binary's directory).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+fn run_demo(args: DemoArgs) -> ExitCode {
+    // One thread: the daemon child gets SIGTERM when the thread that started it dies.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    let opts = hw_tests::demo::DemoOptions {
+        nodes: args.nodes,
+        power_delay: Duration::from_millis(args.power_delay_ms),
+        dir: args.dir,
+        no_fence: args.no_fence,
+        bin_dir: args.bin_dir,
+    };
+    match rt.block_on(hw_tests::demo::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
 }
 
 fn after_help_snmp() -> String {
@@ -183,6 +234,7 @@ struct IpmiArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => run_demo(args),
         Command::Ipmi(args) => run_ipmi(args),
         Command::Redfish(args) => run_redfish(args),
         Command::SnmpPdu(args) => run_snmp_pdu(args),

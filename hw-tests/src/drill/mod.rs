@@ -7,12 +7,16 @@
 //! - [`volume`]: O_DIRECT log reading and writing, and the checker ([`volume::check`]).
 //! - [`controller`]: the reference controller: heartbeats, the fencing decision, failover,
 //!   and the timeline it reports. It reaches the fencer through the [`controller::Fencer`]
-//!   trait; `hw-tests/tests/drill/fencer.rs` implements it with `fenced::client` (the fenced
-//!   crate depends on this one, so this library cannot depend on it).
+//!   trait, so its decisions are tested against scripted fencers too.
+//! - [`fencer`]: that trait over the real fencer API (`fenced::client` on the Unix socket).
+//! - [`failover`]: one drill end to end (lab nodes, BMCs, a real `fenced` process, the
+//!   workload, the controller), run by `tests/drill` and `examples/drill.rs`.
 //!
 //! The workload itself is the `palisade-workload` binary (`write` and `heartbeat`).
 
 pub mod controller;
+pub mod failover;
+pub mod fencer;
 pub mod record;
 pub mod volume;
 

@@ -1,5 +1,5 @@
-//! The lab: simulated devices with fault knobs, started in-process (by tests, by `palisade-lab`
-//! and by the daemon's `fenced demo`).
+//! The lab: simulated devices with fault knobs, started in-process (by tests and by `palisade-lab`,
+//! its demo included).
 //!
 //! - [`node`]: the simulated node behind a device: power state, delayed changes, power hook.
 //! - [`ipmi`]: an IPMI v2.0 BMC speaking RMCP+ over UDP, built on the `drivers::ipmi` codec.

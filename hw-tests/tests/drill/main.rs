@@ -6,17 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
-
-use harness::{Bins, DrillResult, Knobs, Variant};
 use hw_tests::drill::controller::{Decision, FenceOutcome};
+use hw_tests::drill::failover::{self, Bins, DrillResult, Knobs, Variant};
 
 fn drill(variant: Variant) -> DrillResult {
     let bins = Bins {
         fenced: hw_tests::bins::fenced(),
         workload: env!("CARGO_BIN_EXE_palisade-workload").into(),
     };
-    let r = harness::run(variant, &Knobs::default(), &bins).unwrap_or_else(|e| panic!("{e}"));
+    let r = failover::run(variant, &Knobs::default(), &bins).unwrap_or_else(|e| panic!("{e}"));
     println!(
         "drill {variant:?}: {:?}\n{}  volume: {}",
         r.decision,
@@ -160,13 +158,13 @@ fn operation(state: &str, outcome: Option<&str>) -> String {
 /// and an operation that never ends are all "not fenced".
 #[test]
 fn api_fencer_reads_nothing_but_a_confirmed_success_as_fenced() {
-    use harness::ApiFencer;
     use hw_tests::drill::controller::Fencer;
+    use hw_tests::drill::fencer::ApiFencer;
     use std::time::Duration;
     let tmp = tempfile::tempdir().unwrap();
     let not_fenced = |o: &FenceOutcome| !matches!(o, FenceOutcome::Fenced { .. });
 
-    let mut gone = ApiFencer::new(tmp.path().join("nobody.sock"));
+    let mut gone = ApiFencer::new(tmp.path().join("nobody.sock")).unwrap();
     assert!(gone.request_off("node1", "r", "k").is_err());
     let o = gone.wait(5, Duration::from_millis(500));
     assert!(matches!(o, FenceOutcome::Unknown { .. }), "{o:?}");
@@ -204,7 +202,7 @@ fn api_fencer_reads_nothing_but_a_confirmed_success_as_fenced() {
             "POST" => (202, r#"{"id":5,"state":"running","joined":false}"#.into()),
             _ => (200, get_body.clone()),
         });
-        let mut f = ApiFencer::new(sock);
+        let mut f = ApiFencer::new(sock).unwrap();
         let id = f.request_off("node1", "r", "k").unwrap();
         let o = f.wait(id, Duration::from_millis(1500));
         assert!(not_fenced(&o), "{what}: {o:?}");
@@ -231,7 +229,7 @@ fn api_fencer_reads_nothing_but_a_confirmed_success_as_fenced() {
             ),
         ),
     });
-    let mut f = ApiFencer::new(sock);
+    let mut f = ApiFencer::new(sock).unwrap();
     let id = f.request_off("node1", "r", "k").unwrap();
     assert_eq!(
         f.wait(id, Duration::from_secs(5)),

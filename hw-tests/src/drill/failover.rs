@@ -1,22 +1,20 @@
 //! One failover drill, end to end: a simulated IPMI BMC per lab node (its power hook kills the
 //! node's cgroup), a real `fenced` process configured with those BMCs, the stateful workload
 //! on a loop device, and the reference controller talking to `fenced` through
-//! `fenced::client`. Shared by `tests/drill` (each variant once, with assertions) and
+//! [`super::fencer::ApiFencer`]. Run by `tests/drill` (each variant once, with assertions) and
 //! `examples/drill.rs` (medians over several runs).
 
+use super::controller::{self, Decision, Heartbeats, Plan, Policy, Timeline};
+use super::fencer::ApiFencer;
+use super::mono_ns;
+use super::volume::{check, Slot, Verdict, Volume};
+use crate::daemon::{FencedError, FencedProcess};
+use crate::lab::{BackgroundLab, Fault, LabSpec};
+use crate::loopdev::LoopDevice;
+use crate::node::{LabNet, LabNode, NodeProcess, NodeSpec};
 use drivers::Secret;
-use fenced::client::{Client, ClientError, Endpoint};
-use fenced::model::{FenceAccepted, OpState, Operation, Outcome};
-use hw_tests::drill::controller::{
-    self, Decision, FenceOutcome, Fencer, Heartbeats, Plan, Policy, Timeline,
-};
-use hw_tests::drill::mono_ns;
-use hw_tests::drill::volume::{check, Slot, Verdict, Volume};
-use hw_tests::lab::{BackgroundLab, Fault, LabSpec};
-use hw_tests::loopdev::LoopDevice;
-use hw_tests::node::{LabNet, NodeProcess, NodeSpec};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "lab-password";
@@ -85,159 +83,47 @@ pub struct DrillResult {
     pub fenced_log: String,
 }
 
-/// A `fenced run` child process, killed on drop.
-struct FencedProcess {
-    child: Child,
-    log: PathBuf,
+/// Why a drill could not run (not a verdict: a drill that ran reports in [`DrillResult`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// A part of the rig (loop device, lab, namespaces, files, processes) could not be set up.
+    #[error("drill set-up, {step}: {message}")]
+    Setup {
+        /// What was being set up.
+        step: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+    /// The daemon did not start.
+    #[error(transparent)]
+    Fenced(#[from] FencedError),
+    /// The workload or the heartbeats did not start.
+    #[error("the workload or the heartbeats did not start within 30 s: {0}; run as root (namespaces, cgroups, loop devices) and check the workload binary")]
+    NotStarted(String),
+    /// The volume could not be read.
+    #[error("reading the volume {path}: {message}")]
+    Volume {
+        /// The loop device.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
 }
 
-impl FencedProcess {
-    fn start(bin: &Path, dir: &Path, config: &Path) -> Result<FencedProcess, String> {
-        let socket = dir.join("fenced.sock");
-        let log = dir.join("fenced.log");
-        let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot start {}: {e} (cargo build -p fenced)",
-                    bin.display()
-                )
-            })?;
-        let mut f = FencedProcess { child, log };
-        let until = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            if let Ok(Some(st)) = f.child.try_wait() {
-                return Err(format!("fenced exited with {st}: {}", f.log()));
-            }
-            if Instant::now() > until {
-                return Err(format!("fenced did not create its socket: {}", f.log()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(f)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+/// Maps a set-up step's error into [`DrillError::Setup`].
+fn setup<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> DrillError {
+    move |e| DrillError::Setup {
+        step,
+        message: e.to_string(),
     }
 }
 
-impl Drop for FencedProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The controller's fencer: the fencer API over `fenced`'s Unix socket, through
-/// `fenced::client`. This is the whole protocol a controller needs.
-pub struct ApiFencer {
-    client: Client,
-    rt: tokio::runtime::Runtime,
-}
-
-impl ApiFencer {
-    /// A fencer talking to the daemon at `socket`.
-    pub fn new(socket: PathBuf) -> ApiFencer {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-        ApiFencer {
-            // Every request has a deadline; the long poll sets its own below.
-            client: Client::new(Endpoint::Unix(socket), Duration::from_secs(5)),
-            rt,
-        }
-    }
-}
-
-impl Fencer for ApiFencer {
-    fn request_off(&mut self, target: &str, reason: &str, request_id: &str) -> Result<u64, String> {
-        let body = serde_json::json!({
-            "target": target,
-            "action": "off",
-            "reason": reason,
-            "request_id": request_id,
-        });
-        self.rt
-            .block_on(
-                self.client
-                    .call_as::<FenceAccepted>("POST", "/v1/fence", Some(&body), None),
-            )
-            .map(|(accepted, _)| accepted.id)
-            .map_err(|e| e.to_string())
-    }
-
-    fn wait(&mut self, operation: u64, within: Duration) -> FenceOutcome {
-        let started = Instant::now();
-        loop {
-            let left = within.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return FenceOutcome::Unknown {
-                    reason: format!("no outcome for operation {operation} within {within:?}"),
-                };
-            }
-            // Long poll: the daemon answers as soon as the operation ends, or after `wait`
-            // seconds with its current state.
-            let wait = left.as_secs().clamp(1, 300);
-            let path = format!("/v1/operations/{operation}?wait={wait}");
-            let answer = self.rt.block_on(self.client.call_as::<Operation>(
-                "GET",
-                &path,
-                None,
-                Some(Duration::from_secs(wait + 5)),
-            ));
-            match answer {
-                Ok((op, _)) => match (op.state, op.outcome) {
-                    (OpState::Succeeded, Some(Outcome::Succeeded { confirmation, .. })) => {
-                        let method = serde_json::to_value(&confirmation)
-                            .ok()
-                            .and_then(|v| v["method"].as_str().map(str::to_string))
-                            .unwrap_or_default();
-                        return FenceOutcome::Fenced {
-                            confirmation: method,
-                        };
-                    }
-                    (OpState::Failed, Some(Outcome::Failed { code, message })) => {
-                        return FenceOutcome::Failed { code, message }
-                    }
-                    (s, o) if s.is_terminal() => {
-                        return FenceOutcome::Unknown {
-                            reason: format!("operation {operation} ended {s} with outcome {o:?}"),
-                        }
-                    }
-                    // Delayed or running: poll again (not in a hot loop if something between
-                    // us and the daemon answers long polls at once).
-                    _ => std::thread::sleep(Duration::from_millis(50)),
-                },
-                // The daemon may be restarting: the outcome is unknown until it answers.
-                Err(ClientError::Unreachable { .. } | ClientError::Timeout { .. }) => {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => {
-                    return FenceOutcome::Unknown {
-                        reason: e.to_string(),
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn config(dir: &Path, lab: &BackgroundLab) -> Result<PathBuf, String> {
+fn config(dir: &Path, lab: &BackgroundLab) -> Result<PathBuf, DrillError> {
     use std::os::unix::fs::PermissionsExt;
     let pw = dir.join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).map_err(|e| e.to_string())?;
+    std::fs::write(&pw, format!("{PASSWORD}\n")).map_err(setup("password file"))?;
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| e.to_string())?;
+        .map_err(setup("password file"))?;
     // Short deadlines: a stuck BMC fails the operation in seconds, not minutes.
     let mut cfg = format!(
         "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 2\ntotal_timeout_s = 4\n\n",
@@ -253,14 +139,17 @@ fn config(dir: &Path, lab: &BackgroundLab) -> Result<PathBuf, String> {
         ));
     }
     let path = dir.join("fenced.toml");
-    std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
+    std::fs::write(&path, cfg).map_err(setup("config file"))?;
     Ok(path)
 }
 
-fn log_of(dev: &Path) -> Result<Vec<Slot>, String> {
+fn log_of(dev: &Path) -> Result<Vec<Slot>, DrillError> {
     Volume::open(dev, false)
         .and_then(|v| v.read_log())
-        .map_err(|e| format!("reading the volume {}: {e}", dev.display()))
+        .map_err(|e| DrillError::Volume {
+            path: dev.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 fn count(log: &[Slot], node: &str) -> usize {
@@ -271,22 +160,22 @@ fn count(log: &[Slot], node: &str) -> usize {
 
 /// Runs one drill. Everything it starts (BMCs, fenced, lab nodes and their processes, the
 /// loop device) is stopped and removed when it returns, also on error or panic.
-pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, String> {
-    let disk = LoopDevice::new(16, None).map_err(|e| e.to_string())?;
+pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, DrillError> {
+    let disk = LoopDevice::new(16, None).map_err(setup("loop device"))?;
     let dev = disk.path().to_path_buf();
     let lab = BackgroundLab::start(LabSpec::new(
         2,
         "admin",
         Secret::new(PASSWORD.as_bytes().to_vec()),
     ))
-    .map_err(|e| e.to_string())?;
-    let mut net = LabNet::new().map_err(|e| e.to_string())?;
+    .map_err(setup("lab BMCs"))?;
+    let mut net = LabNet::new().map_err(setup("lab network"))?;
     let a = net
         .add_node(NodeSpec::new("node1"))
-        .map_err(|e| e.to_string())?;
+        .map_err(setup("lab node node1"))?;
     let b = net
         .add_node(NodeSpec::new("node2"))
-        .map_err(|e| e.to_string())?;
+        .map_err(setup("lab node node2"))?;
     for bmc in lab.bmcs() {
         bmc.set_power_hook(Some(net.power_hook()));
     }
@@ -295,15 +184,18 @@ pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, 
             bmc.set_fault(Fault::Stuck(true));
         }
     }
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let tmp = tempfile::tempdir().map_err(setup("temporary directory"))?;
     let cfg = config(tmp.path(), &lab)?;
-    let fenced = FencedProcess::start(&bins.fenced, tmp.path(), &cfg)?;
+    let socket = tmp.path().join("fenced.sock");
+    let mut fenced =
+        FencedProcess::spawn(&bins.fenced, &cfg, &socket, &tmp.path().join("fenced.log"))?;
+    fenced.wait_ready(Duration::from_secs(20))?;
 
-    let mut hb = Heartbeats::new(net.bind_udp(HB_PORT).map_err(|e| e.to_string())?);
+    let mut hb = Heartbeats::new(net.bind_udp(HB_PORT).map_err(setup("heartbeat socket"))?);
     let to = format!("{}:{HB_PORT}", net.switch_addr());
     let hb_ms = knobs.heartbeat.as_millis().to_string();
     let wr_ms = knobs.write_interval.as_millis().to_string();
-    let agent = |node: &hw_tests::node::LabNode| {
+    let agent = |node: &LabNode| {
         node.spawn(
             Command::new(&bins.workload)
                 .args([
@@ -319,7 +211,7 @@ pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, 
         )
         .map_err(|e| e.to_string())
     };
-    let writer = |node: &hw_tests::node::LabNode| {
+    let writer = |node: &LabNode| {
         node.spawn(
             Command::new(&bins.workload)
                 .args(["write", "--device"])
@@ -331,7 +223,11 @@ pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, 
         .map_err(|e| e.to_string())
     };
     // Handles only reap; the nodes' cgroups kill the processes.
-    let mut children: Vec<NodeProcess> = vec![agent(&a)?, agent(&b)?, writer(&a)?];
+    let mut children: Vec<NodeProcess> = vec![
+        agent(&a).map_err(setup("node1's heartbeat agent"))?,
+        agent(&b).map_err(setup("node2's heartbeat agent"))?,
+        writer(&a).map_err(setup("node1's workload"))?,
+    ];
 
     // The workload runs and both nodes beat before the fault.
     let until = Instant::now() + Duration::from_secs(30);
@@ -344,12 +240,12 @@ pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, 
             break;
         }
         if Instant::now() > until {
-            return Err(format!(
-                "the workload or the heartbeats did not start within 30 s: node1 beats {:?}, node2 {:?}, records {}",
+            return Err(DrillError::NotStarted(format!(
+                "node1 beats {:?}, node2 {:?}, records {}",
                 hb.last_seen("node1"),
                 hb.last_seen("node2"),
                 count(&log_of(&dev)?, "node1")
-            ));
+            )));
         }
     }
 
@@ -357,7 +253,7 @@ pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, 
         cut_off: Some(mono_ns()),
         ..Timeline::default()
     };
-    a.cut_off().map_err(|e| e.to_string())?;
+    a.cut_off().map_err(setup("cutting node1 off"))?;
 
     let plan = Plan {
         primary: "node1".into(),
@@ -370,7 +266,7 @@ pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, 
             Variant::Fenced | Variant::StuckBmc => Policy::FenceFirst { attempts: 2 },
         },
     };
-    let mut fencer = ApiFencer::new(tmp.path().join("fenced.sock"));
+    let mut fencer = ApiFencer::new(socket).map_err(setup("the controller's fencer"))?;
     let mut started_b: Option<NodeProcess> = None;
     let decision = controller::run(
         &mut hb,
@@ -388,8 +284,10 @@ pub fn run(variant: Variant, knobs: &Knobs, bins: &Bins) -> Result<DrillResult, 
     let a_powered = (lab.bmc("node1").is_some_and(|m| m.power()), a.is_on());
 
     // Stop everything, then read what is on the disk.
-    a.power_off().map_err(|e| e.to_string())?;
-    b.power_off().map_err(|e| e.to_string())?;
+    a.power_off()
+        .map_err(setup("powering node1 off at the end"))?;
+    b.power_off()
+        .map_err(setup("powering node2 off at the end"))?;
     for mut c in children {
         let _ = c.wait();
     }
