@@ -70,13 +70,6 @@ pub enum DaemonError {
     },
 }
 
-/// Lets callers that still report errors as text use `?` on a [`DaemonError`].
-impl From<DaemonError> for String {
-    fn from(e: DaemonError) -> String {
-        e.to_string()
-    }
-}
-
 /// How often every device is health-checked.
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(60);
 

@@ -38,13 +38,6 @@ pub enum DeviceSetupError {
     },
 }
 
-/// For callers whose own errors are still strings.
-impl From<DeviceSetupError> for String {
-    fn from(e: DeviceSetupError) -> String {
-        e.to_string()
-    }
-}
-
 /// One [`DeviceSlot`] per configured device, or the error naming the device that cannot be
 /// built and why.
 pub fn build(config: &Config) -> Result<BTreeMap<String, DeviceSlot>, DeviceSetupError> {

@@ -131,3 +131,36 @@ fn check_config_says_how_to_give_a_password_and_refuses_empty_or_directory_ones(
     assert!(err.contains("is a directory"), "{err}");
     assert!(!err.contains("chmod"), "{err}");
 }
+
+#[test]
+fn a_reader_that_stops_early_does_not_crash_check_config_and_an_invalid_file_still_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = config(dir.path(), "");
+    let invalid = dir.path().join("bad.toml");
+    std::fs::write(
+        &invalid,
+        "[devices.bmc1]\nkind = \"ipmi\"\ntimeout_ms = 0\n",
+    )
+    .unwrap();
+    for (file, want) in [(&valid, 0), (&invalid, 1)] {
+        // A pipe whose reader is already gone (`fenced check-config big.toml | head -0`): the
+        // first write fails with EPIPE (Rust ignores SIGPIPE), which must not become a panic.
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fds[0] is the read end just created and owned by nobody else.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is the write end just created; the Stdio takes ownership of it.
+        let stdout =
+            unsafe { <std::process::Stdio as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+        let o = Command::new(FENCED)
+            .arg("check-config")
+            .arg(file)
+            .stdout(stdout)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(o.status.code(), Some(want), "{}: {err}", file.display());
+    }
+}

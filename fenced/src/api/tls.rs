@@ -70,13 +70,6 @@ pub enum TlsError {
     },
 }
 
-/// Lets callers that still report errors as text use `?` on a [`TlsError`].
-impl From<TlsError> for String {
-    fn from(e: TlsError) -> String {
-        e.to_string()
-    }
-}
-
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what: what.into(),

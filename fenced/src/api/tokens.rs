@@ -104,13 +104,6 @@ pub enum TokenError {
     },
 }
 
-/// Lets callers that still report errors as text use `?` on a [`TokenError`].
-impl From<TokenError> for String {
-    fn from(e: TokenError) -> String {
-        e.to_string()
-    }
-}
-
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TokenError {
     let path = path.display().to_string();
     move |source| TokenError::Io { what, path, source }

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use fenced::config::{Config, Role};
 use fenced::daemon::{notify, Daemon, SignalAction, Signals};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -86,19 +87,69 @@ enum TokenVerb {
     },
 }
 
-fn tokens_file(config: &Path) -> Result<PathBuf, String> {
-    let c = Config::load(config).map_err(|e| e.to_string())?;
-    c.api.security.tokens_file.ok_or_else(|| {
-        format!(
-            "{}: api.tokens_file is not set; add `tokens_file = \"/etc/palisade/tokens\"` to [api]",
-            config.display()
-        )
-    })
+/// Why a `fenced` command failed; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    /// The configuration file is invalid (the message carries FILE:LINE).
+    #[error(transparent)]
+    Config(#[from] fenced::config::ConfigError),
+    /// `fenced token` without a tokens file in the configuration.
+    #[error("{config}: api.tokens_file is not set; add `tokens_file = \"/etc/palisade/tokens\"` to [api]")]
+    NoTokensFile {
+        /// The configuration file.
+        config: String,
+    },
+    /// The tokens file could not be read or written.
+    #[error(transparent)]
+    Token(#[from] fenced::api::tokens::TokenError),
+    /// `fenced token revoke` of a name that is not there.
+    #[error("no token named `{name}` in {file}; see `fenced token list`")]
+    NoSuchToken {
+        /// The token's name.
+        name: String,
+        /// The tokens file.
+        file: String,
+    },
+    /// `--public-key` could not be read or is not a key.
+    #[error("{path}: {detail}")]
+    PublicKey {
+        /// The key file.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A file or directory the command needs could not be used.
+    #[error("{what} {path}: {source}; check the path and its permissions")]
+    Io {
+        /// What the command was doing.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The history file could not be opened or verified.
+    #[error(transparent)]
+    History(#[from] fenced::history::HistoryError),
+    /// The daemon failed to start or stopped on an error.
+    #[error(transparent)]
+    Daemon(#[from] fenced::daemon::DaemonError),
+}
+
+fn tokens_file(config: &Path) -> Result<PathBuf, CommandError> {
+    let c = Config::load(config)?;
+    c.api
+        .security
+        .tokens_file
+        .ok_or_else(|| CommandError::NoTokensFile {
+            config: config.display().to_string(),
+        })
 }
 
 fn token(verb: TokenVerb) -> ExitCode {
     let r = match verb {
-        TokenVerb::Create { config, role, name } => (|| {
+        TokenVerb::Create { config, role, name } => (|| -> Result<(), CommandError> {
             let role = match role.as_str() {
                 "read" => Role::Read,
                 "fence" => Role::Fence,
@@ -114,7 +165,7 @@ fn token(verb: TokenVerb) -> ExitCode {
             println!("{}", t.as_str());
             Ok(())
         })(),
-        TokenVerb::List { config } => (|| {
+        TokenVerb::List { config } => (|| -> Result<(), CommandError> {
             let file = tokens_file(&config)?;
             let entries = fenced::api::tokens::read_file(&file)?;
             if entries.is_empty() {
@@ -130,16 +181,16 @@ fn token(verb: TokenVerb) -> ExitCode {
             }
             Ok(())
         })(),
-        TokenVerb::Revoke { config, name } => (|| {
+        TokenVerb::Revoke { config, name } => (|| -> Result<(), CommandError> {
             let file = tokens_file(&config)?;
             if fenced::api::tokens::revoke(&file, &name)? {
                 println!("token `{name}` revoked");
                 Ok(())
             } else {
-                Err(format!(
-                    "no token named `{name}` in {}; see `fenced token list`",
-                    file.display()
-                ))
+                Err(CommandError::NoSuchToken {
+                    name,
+                    file: file.display().to_string(),
+                })
             }
         })(),
     };
@@ -153,25 +204,37 @@ fn token(verb: TokenVerb) -> ExitCode {
 }
 
 fn verify_ledger(file: &Path, public_key: Option<&Path>) -> ExitCode {
-    let r = (|| -> Result<fenced::history::LedgerReport, String> {
+    let r = (|| -> Result<fenced::history::LedgerReport, CommandError> {
         let key = match public_key {
             None => None,
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| format!("cannot read public key {}: {e}", p.display()))
-                    .and_then(|t| {
-                        fenced::history::parse_public_key(&t)
-                            .map_err(|e| format!("{}: {e}", p.display()))
-                    })?,
-            ),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| CommandError::Io {
+                    what: "cannot read the public key",
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Some(fenced::history::parse_public_key(&text).map_err(|e| {
+                    CommandError::PublicKey {
+                        path: p.display().to_string(),
+                        detail: e.to_string(),
+                    }
+                })?)
+            }
         };
         // A copy: the daemon holds a lock on the file, and verification must not change it.
         let dir = tempfile_dir()?;
         let copy = dir.join("history.redb");
-        std::fs::copy(file, &copy).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if let Err(source) = std::fs::copy(file, &copy) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(CommandError::Io {
+                what: "cannot read",
+                path: file.display().to_string(),
+                source,
+            });
+        }
         let result = fenced::history::History::open_readonly_copy(&copy)
             .and_then(|h| h.verify(key.as_ref()))
-            .map_err(|e| e.to_string());
+            .map_err(CommandError::from);
         let _ = std::fs::remove_dir_all(&dir);
         result
     })();
@@ -200,15 +263,21 @@ fn verify_ledger(file: &Path, public_key: Option<&Path>) -> ExitCode {
     }
 }
 
-fn tempfile_dir() -> Result<PathBuf, String> {
+fn tempfile_dir() -> Result<PathBuf, CommandError> {
     let base = std::env::temp_dir();
+    let mut last = None;
     for n in 0..100u32 {
         let d = base.join(format!("fenced-verify-{}-{n}", std::process::id()));
-        if std::fs::create_dir(&d).is_ok() {
-            return Ok(d);
+        match std::fs::create_dir(&d) {
+            Ok(()) => return Ok(d),
+            Err(e) => last = Some(e),
         }
     }
-    Err(format!("cannot create a directory in {}", base.display()))
+    Err(CommandError::Io {
+        what: "cannot create a scratch directory in (set TMPDIR to a writable one)",
+        path: base.display().to_string(),
+        source: last.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    })
 }
 
 fn main() -> ExitCode {
@@ -225,7 +294,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs the daemon on one thread: fencing is I/O-bound, and one thread keeps `fenced` small.
-fn block_on(f: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+fn block_on(f: impl std::future::Future<Output = Result<(), CommandError>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -264,36 +333,62 @@ fn check_config(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}: valid", file.display());
-    println!(
+    // The exit status says whether the file is valid; a reader that stops early (`| head -1`)
+    // must not turn that into a panic, so output errors end the listing quietly.
+    match describe_config(file, &config, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fenced check-config: cannot write the summary: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints what a valid configuration configures.
+fn describe_config(file: &Path, config: &Config, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "{}: valid", file.display())?;
+    writeln!(
+        out,
         "daemon: node {}, socket {}, history {}",
         config.daemon.node_name,
         config.daemon.socket.display(),
         config.daemon.history.display()
-    );
+    )?;
     let tcp = config.api.describe_tcp();
-    println!("api: socket mode {:04o}, {tcp}", config.api.socket_mode);
-    println!(
+    writeln!(
+        out,
+        "api: socket mode {:04o}, {tcp}",
+        config.api.socket_mode
+    )?;
+    writeln!(
+        out,
         "limits: {} fencing operations per {} s ({} per target), request ids kept {} s",
         config.limits.max_operations,
         config.limits.window.as_secs(),
         config.limits.max_operations_per_target,
         config.limits.request_id_window.as_secs()
-    );
-    println!("devices ({}):", config.devices.len());
+    )?;
+    writeln!(out, "devices ({}):", config.devices.len())?;
     for (name, d) in &config.devices {
         let extra = d.kind.describe();
-        println!("  {name}: {} at {} ({extra})", d.kind_name(), d.address());
+        writeln!(
+            out,
+            "  {name}: {} at {} ({extra})",
+            d.kind_name(),
+            d.address()
+        )?;
     }
-    println!("targets ({}):", config.targets.len());
+    writeln!(out, "targets ({}):", config.targets.len())?;
     for (name, t) in &config.targets {
-        println!(
+        writeln!(
+            out,
             "  {name}: attempt timeout {} s, total {} s, delay {} s + up to {} s random",
             t.timing.attempt_timeout.as_secs_f64(),
             t.timing.total_timeout.as_secs_f64(),
             t.timing.delay.as_secs_f64(),
             t.timing.random_delay.as_secs_f64()
-        );
+        )?;
         for (i, level) in t.levels.iter().enumerate() {
             let devs: Vec<String> = level
                 .iter()
@@ -308,14 +403,14 @@ fn check_config(file: &Path) -> ExitCode {
                     s
                 })
                 .collect();
-            println!("    level {}: {}", i + 1, devs.join(" + "));
+            writeln!(out, "    level {}: {}", i + 1, devs.join(" + "))?;
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-async fn run(path: &Path) -> Result<(), String> {
-    let config = Arc::new(Config::load(path).map_err(|e| e.to_string())?);
+async fn run(path: &Path) -> Result<(), CommandError> {
+    let config = Arc::new(Config::load(path)?);
     let mut signals = Signals::install()?;
     let daemon = Daemon::start(config).await?;
     notify("READY=1\nSTATUS=serving the fencer API");

@@ -41,13 +41,6 @@ pub enum SecretFileError {
     },
 }
 
-/// For callers whose own errors are still strings.
-impl From<SecretFileError> for String {
-    fn from(e: SecretFileError) -> String {
-        e.to_string()
-    }
-}
-
 /// Refuses a file holding a secret that group or others can read or write, as ssh refuses
 /// such private keys, and a path that is not a regular file; the error says how to fix it.
 pub fn check_secret_file_mode(path: &Path) -> Result<(), SecretFileError> {
