@@ -64,15 +64,20 @@ enum RawCipherSuite {
     Id(u8),
 }
 
+/// A `cipher_suite` setting that is neither "auto" nor a suite number.
+#[derive(Debug, thiserror::Error)]
+#[error("cipher_suite must be \"auto\", 3 or 17, not {0:?}")]
+pub struct CipherSuiteError(String);
+
 impl TryFrom<RawCipherSuite> for CipherSuiteChoice {
-    type Error = String;
-    fn try_from(raw: RawCipherSuite) -> Result<Self, String> {
+    type Error = CipherSuiteError;
+    fn try_from(raw: RawCipherSuite) -> Result<Self, CipherSuiteError> {
         match raw {
             RawCipherSuite::Name(n) if n == "auto" => Ok(CipherSuiteChoice::Auto),
             RawCipherSuite::Name(n) => n
                 .parse::<u8>()
                 .map(CipherSuiteChoice::Id)
-                .map_err(|_| format!("cipher_suite must be \"auto\", 3 or 17, not {n:?}")),
+                .map_err(|_| CipherSuiteError(n)),
             RawCipherSuite::Id(id) => Ok(CipherSuiteChoice::Id(id)),
         }
     }

@@ -125,17 +125,31 @@ impl fmt::Display for Oid {
     }
 }
 
+/// Text that is not a dotted OID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidError {
+    /// A part is not a number.
+    #[error("`{0}` is not a dotted OID like 1.3.6.1.2.1.1.5.0")]
+    NotDotted(String),
+    /// Numbers, but not an OID (fewer than 2 or more than 128 arcs, or the first two arcs out
+    /// of range: X.690 §8.19.4).
+    #[error(
+        "`{0}` is not a valid OID (at least 2 arcs, the first 0-2, the second 0-39 under 0 or 1)"
+    )]
+    Invalid(String),
+}
+
 impl FromStr for Oid {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = OidError;
+    fn from_str(s: &str) -> Result<Self, OidError> {
         let v = s
             .trim_start_matches('.')
             .split('.')
             .map(|p| p.parse::<u32>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| format!("`{s}` is not a dotted OID like 1.3.6.1.2.1.1.5.0"))?;
+            .map_err(|_| OidError::NotDotted(s.to_string()))?;
         if v.len() < 2 || v.len() > MAX_OID_LEN || v[0] > 2 || (v[0] < 2 && v[1] > 39) {
-            return Err(format!("`{s}` is not a valid OID"));
+            return Err(OidError::Invalid(s.to_string()));
         }
         Ok(Oid(v))
     }
