@@ -307,11 +307,23 @@ fn mark_interrupted(op: &mut Operation, now_ms: Millis) {
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The newest ledger record's sequence number and hash: what the next record links to.
+#[derive(Debug, Clone)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
 /// The history store.
 pub struct History {
     db: Database,
     path: String,
     signer: Option<SigningKey>,
+    /// The ledger head as last committed, so an append need not read and parse the newest
+    /// record. `None`: unknown, read from the file by the next append (at first use, after a
+    /// failed write, after a test rewrote the ledger). Held for the whole of every appending
+    /// transaction, which keeps "read head, append, commit, advance head" one step.
+    head: std::sync::Mutex<Option<Head>>,
 }
 
 impl History {
@@ -356,6 +368,7 @@ impl History {
             db,
             path: p,
             signer,
+            head: std::sync::Mutex::new(None),
         };
         h.init_tables()?;
         if signed {
@@ -381,6 +394,7 @@ impl History {
             db,
             path: p,
             signer: None,
+            head: std::sync::Mutex::new(None),
         })
     }
 
@@ -464,12 +478,33 @@ impl History {
     /// the same transaction: one durable commit (fsync) instead of two.
     pub fn record_with(&self, op: &Operation, also: &[LedgerEntry]) -> Result<(), HistoryError> {
         let json = serde_json::to_vec(op).map_err(|e| self.store_err(e))?;
-        let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
+        self.appending(|tx, head| {
+            self.write_operation(tx, op, &json)?;
+            self.append_in(
+                tx,
+                head,
+                &LedgerEntry::Operation {
+                    operation: op.clone(),
+                },
+            )?;
+            for entry in also {
+                self.append_in(tx, head, entry)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The operation's snapshot and its indexes, inside `tx`.
+    fn write_operation(
+        &self,
+        tx: &redb::WriteTransaction,
+        op: &Operation,
+        json: &[u8],
+    ) -> Result<(), HistoryError> {
         {
             let mut ops = tx.open_table(OPS).map_err(|e| self.store_err(e))?;
             let is_new = ops.get(op.id).map_err(|e| self.store_err(e))?.is_none();
-            ops.insert(op.id, json.as_slice())
-                .map_err(|e| self.store_err(e))?;
+            ops.insert(op.id, json).map_err(|e| self.store_err(e))?;
             if is_new {
                 tx.open_table(BY_TARGET)
                     .map_err(|e| self.store_err(e))?
@@ -487,16 +522,74 @@ impl History {
                 inflight.insert(op.id, ()).map_err(|e| self.store_err(e))?;
             }
         }
-        self.append_in(
-            &tx,
-            &LedgerEntry::Operation {
-                operation: op.clone(),
-            },
-        )?;
-        for entry in also {
-            self.append_in(&tx, entry)?;
+        Ok(())
+    }
+
+    /// Runs one appending write transaction: `f` writes into it and appends ledger records
+    /// from the head, then the transaction commits. The in-memory head advances only when the
+    /// commit succeeded; after any error it is forgotten and read again from the file, so it
+    /// can never run ahead of (or behind) what is stored.
+    fn appending(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction, &mut Head) -> Result<(), HistoryError>,
+    ) -> Result<(), HistoryError> {
+        // A panic while the lock was held happened before the head was advanced (that is the
+        // last thing done under it): the stored ledger is what counts, read it again.
+        let mut cached = self.head.lock().unwrap_or_else(|poisoned| {
+            let mut g = poisoned.into_inner();
+            *g = None;
+            g
+        });
+        let result = (|| {
+            let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
+            let mut head = match cached.as_ref() {
+                Some(h) => h.clone(),
+                None => self.stored_head(&tx)?,
+            };
+            f(&tx, &mut head)?;
+            tx.commit().map_err(|e| self.store_err(e))?;
+            Ok(head)
+        })();
+        match result {
+            Ok(head) => {
+                *cached = Some(head);
+                Ok(())
+            }
+            Err(e) => {
+                *cached = None;
+                Err(e)
+            }
         }
-        tx.commit().map_err(|e| self.store_err(e))
+    }
+
+    /// The ledger head as stored: the newest record's sequence number and hash (genesis for
+    /// an empty ledger).
+    fn stored_head(&self, tx: &redb::WriteTransaction) -> Result<Head, HistoryError> {
+        let ledger = tx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
+        let last = ledger.last().map_err(|e| self.store_err(e))?;
+        match last {
+            None => Ok(Head {
+                seq: 0,
+                hash: GENESIS.to_string(),
+            }),
+            Some((k, v)) => {
+                let rec: LedgerRecord =
+                    serde_json::from_slice(v.value()).map_err(|e| HistoryError::Corrupt {
+                        key: format!("ledger/{}", k.value()),
+                        detail: e.to_string(),
+                    })?;
+                Ok(Head {
+                    seq: k.value(),
+                    hash: rec.hash,
+                })
+            }
+        }
+    }
+
+    /// Forgets the in-memory head after the ledger was rewritten outside [`History::appending`].
+    #[cfg(test)]
+    fn forget_head(&self) {
+        *self.head.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Appends a non-operation entry (pause switch, refusal, audit) to the ledger.
@@ -507,37 +600,32 @@ impl History {
     /// Appends non-operation entries to the ledger in one durable transaction (the pause
     /// switch and its audit record: one fsync, not two).
     pub fn append_events(&self, entries: &[LedgerEntry]) -> Result<(), HistoryError> {
-        let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
-        for entry in entries {
-            if let LedgerEntry::Pause { status } = entry {
-                let json = serde_json::to_vec(status).map_err(|e| self.store_err(e))?;
-                tx.open_table(META)
-                    .map_err(|e| self.store_err(e))?
-                    .insert("pause", json.as_slice())
-                    .map_err(|e| self.store_err(e))?;
+        self.appending(|tx, head| {
+            for entry in entries {
+                if let LedgerEntry::Pause { status } = entry {
+                    let json = serde_json::to_vec(status).map_err(|e| self.store_err(e))?;
+                    tx.open_table(META)
+                        .map_err(|e| self.store_err(e))?
+                        .insert("pause", json.as_slice())
+                        .map_err(|e| self.store_err(e))?;
+                }
+                self.append_in(tx, head, entry)?;
             }
-            self.append_in(&tx, entry)?;
-        }
-        tx.commit().map_err(|e| self.store_err(e))
+            Ok(())
+        })
     }
 
+    /// Appends one record after `head` inside `tx` and moves `head` to it (in memory only
+    /// until [`History::appending`] commits).
     fn append_in(
         &self,
         tx: &redb::WriteTransaction,
+        head: &mut Head,
         entry: &LedgerEntry,
     ) -> Result<(), HistoryError> {
         let mut ledger = tx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
-        let (seq, prev_hash) = match ledger.last().map_err(|e| self.store_err(e))? {
-            None => (1, GENESIS.to_string()),
-            Some((k, v)) => {
-                let rec: LedgerRecord =
-                    serde_json::from_slice(v.value()).map_err(|e| HistoryError::Corrupt {
-                        key: format!("ledger/{}", k.value()),
-                        detail: e.to_string(),
-                    })?;
-                (k.value() + 1, rec.hash)
-            }
-        };
+        let seq = head.seq + 1;
+        let prev_hash = head.hash.clone();
         let entry_json = serde_json::to_vec(entry).map_err(|e| self.store_err(e))?;
         let hash = chain_hash(seq, &prev_hash, &entry_json);
         let sig = self
@@ -555,6 +643,10 @@ impl History {
         ledger
             .insert(seq, bytes.as_slice())
             .map_err(|e| self.store_err(e))?;
+        *head = Head {
+            seq,
+            hash: rec.hash,
+        };
         Ok(())
     }
 
@@ -771,6 +863,9 @@ impl History {
     /// Replaces a ledger record as it is stored (for tampering tests; never used by the daemon).
     #[doc(hidden)]
     pub fn overwrite_ledger_record(&self, rec: &LedgerRecord) -> Result<(), HistoryError> {
+        // Held across the write so no append links to the head while it is being replaced.
+        let mut cached = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        *cached = None;
         let tx = self.db.begin_write().map_err(|e| self.store_err(e))?;
         {
             let mut t = tx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
@@ -792,6 +887,7 @@ impl History {
             t.insert(seq, bytes.as_slice()).unwrap();
         }
         tx.commit().unwrap();
+        self.forget_head();
     }
 
     #[cfg(test)]
@@ -799,6 +895,7 @@ impl History {
         let tx = self.db.begin_write().unwrap();
         tx.open_table(LEDGER).unwrap().remove(seq).unwrap();
         tx.commit().unwrap();
+        self.forget_head();
     }
 }
 
@@ -889,6 +986,55 @@ mod tests {
         .unwrap();
         assert_eq!(h.verify_chain().unwrap(), 7);
         assert!(h.pause_status().unwrap().paused);
+    }
+
+    fn audit(n: u64) -> LedgerEntry {
+        LedgerEntry::Audit {
+            at_ms: n,
+            who: "uid:0".into(),
+            from: "unix:uid=0".into(),
+            what: format!("request {n}"),
+            why: String::new(),
+            outcome: "accepted".into(),
+        }
+    }
+
+    #[test]
+    fn ledger_head_in_memory_advances_only_with_a_commit_and_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.redb");
+        {
+            let (h, _) = History::open(&path, 0).unwrap();
+            h.record_with(&op(1, "a", 100), &[audit(1)]).unwrap();
+            // A transaction that appended and then failed before its commit: nothing stored,
+            // and the next record must take the sequence number it would have had.
+            let failed = h.appending(|tx, head| {
+                h.append_in(tx, head, &audit(2))?;
+                Err(HistoryError::Corrupt {
+                    key: "test".into(),
+                    detail: "fails before the commit".into(),
+                })
+            });
+            assert!(failed.is_err());
+            h.append_event(audit(3)).unwrap();
+            let recs = h.ledger(1, 10).unwrap();
+            assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+            assert!(matches!(
+                &recs[2].entry,
+                LedgerEntry::Audit { at_ms: 3, .. }
+            ));
+            assert_eq!(h.verify_chain().unwrap(), 3);
+            // The newest record removed behind the head's back: the next append links to
+            // what is stored, not to the forgotten record.
+            h.remove_ledger(3);
+            h.append_event(audit(4)).unwrap();
+            assert_eq!(h.verify_chain().unwrap(), 3);
+        }
+        // Reopened: the head comes from the file.
+        let (h, _) = History::open(&path, 0).unwrap();
+        h.record(&op(2, "b", 200)).unwrap();
+        assert_eq!(h.verify_chain().unwrap(), 4);
+        assert_eq!(h.ledger(4, 1).unwrap()[0].seq, 4);
     }
 
     #[test]

@@ -314,15 +314,36 @@ fn block_on(f: impl std::future::Future<Output = Result<(), CommandError>>) -> E
     }
 }
 
+/// RUST_LOG takes a level (`debug`) and per-module levels (`warn,fenced=debug`): a
+/// [`Targets`](tracing_subscriber::filter::Targets) filter, which needs no regex engine
+/// (tracing-subscriber's `EnvFilter` compiles several at start and keeps them resident).
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fallback = || {
+        default
+            .parse::<tracing_subscriber::filter::Targets>()
+            .unwrap_or_default()
+    };
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => match v.parse() {
+            Ok(f) => (f, None),
+            Err(e) => (fallback(), Some((v, e))),
+        },
+        _ => (fallback(), None),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stdout)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+        )
+        .with(filter)
         .init();
+    if let Some((v, e)) = bad {
+        tracing::warn!("RUST_LOG={v:?} is not understood ({e}); logging at {default}. Give a level (debug) or module=level pairs (warn,fenced=debug)");
+    }
 }
 
 fn check_config(file: &Path) -> ExitCode {

@@ -137,7 +137,10 @@ pub(super) async fn step(
             break;
         }
         // The last read lands on the deadline itself, so a slow switch gets all its time.
-        tokio::time::sleep(interval.min(left)).await;
+        // The first read skips the timer: even a zero sleep waits for tokio's next 1 ms tick.
+        if !interval.is_zero() {
+            tokio::time::sleep(interval.min(left)).await;
+        }
         let cap = if sent.elapsed() < POLL_FAST_FOR {
             POLL_FAST_MAX
         } else {
