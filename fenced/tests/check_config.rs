@@ -219,8 +219,13 @@ fn fenced_run_on_a_missing_gpio_chip_stops_naming_the_chip_and_line() {
         .arg(&cfg)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_ne!(o.status.code(), Some(0), "{err}");
+    // The error is logged (tracing writes to stdout) and fenced exits 1.
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("device `relays` (kind relay)")
             && err.contains("cannot request GPIO line 17 on /dev/gpiochip-none"),

@@ -36,7 +36,8 @@ const SENSE_POLL_MS: (u32, u32) = (10, 10_000);
 #[serde(deny_unknown_fields)]
 pub(crate) struct RelayTable {
     chip: Option<Spanned<PathBuf>>,
-    lines: Option<Spanned<BTreeMap<String, Spanned<LineTable>>>>,
+    // Plain tables: toml gives no span for a table written under its own header.
+    lines: Option<BTreeMap<String, LineTable>>,
 }
 
 /// `[devices.NAME.lines.LINE]`: one relay line; its name is the port level entries use.
@@ -87,26 +88,21 @@ impl KindTable for RelayTable {
             "a relay device needs `chip = \"/dev/gpiochipN\"` (`gpiodetect` lists the chips)",
         )?;
         let chip = cx.path(chip.get_ref());
-        let lines = cx.required(
-            &self.lines,
-            "lines",
-            "a relay device needs at least one line: `[devices.NAME.lines.LINE]` with `line`, `polarity` and `mode`",
-        )?;
-        if lines.get_ref().is_empty() {
-            return Err(cx.at(lines, "lines", "a relay device needs at least one line: `[devices.NAME.lines.LINE]` with `line`, `polarity` and `mode`"));
-        }
+        let lines = match &self.lines {
+            Some(l) if !l.is_empty() => l,
+            _ => return Err(cx.missing("lines", "a relay device needs at least one line: `[devices.NAME.lines.LINE]` with `line`, `polarity` and `mode`")),
+        };
         // Offset → the line that uses it, so a pin given twice is refused here, at its line,
         // rather than by the kernel as "busy" (held by fenced itself) when the daemon starts.
         let mut used: BTreeMap<u32, String> = BTreeMap::new();
-        let mut out = Vec::with_capacity(lines.get_ref().len());
-        for (name, table) in lines.get_ref() {
-            let line = table.get_ref().resolve(cx, name, table.span(), &chip)?;
+        let mut out = Vec::with_capacity(lines.len());
+        for (name, t) in lines {
+            let line = t.resolve(cx, name, &chip)?;
             for (offset, field) in [
                 (Some(line.offset), "line"),
                 (line.sense_offset, "sense_line"),
             ] {
                 let Some(offset) = offset else { continue };
-                let t = table.get_ref();
                 let value = if field == "line" {
                     &t.line
                 } else {
@@ -141,15 +137,40 @@ fn polarity(cx: &DeviceCx<'_>, v: &Spanned<String>, field: &str) -> Result<Polar
 }
 
 impl LineTable {
+    /// Where the first setting of this line's table is written.
+    fn first_span(&self) -> Option<std::ops::Range<usize>> {
+        let ints = [
+            &self.line,
+            &self.press_ms,
+            &self.long_press_ms,
+            &self.sense_line,
+            &self.sense_settle_ms,
+            &self.sense_timeout_ms,
+            &self.sense_poll_ms,
+        ];
+        let words = [&self.polarity, &self.mode, &self.sense_polarity];
+        ints.into_iter()
+            .flatten()
+            .map(|v| v.span())
+            .chain(words.into_iter().flatten().map(|v| v.span()))
+            .chain(
+                self.confirm_off_by_relay_output_without_sense
+                    .iter()
+                    .map(|v| v.span()),
+            )
+            .min_by_key(|s| s.start)
+    }
+
     fn resolve(
         &self,
         cx: &DeviceCx<'_>,
         name: &str,
-        span: std::ops::Range<usize>,
         chip: &std::path::Path,
     ) -> Result<RelayLine, ConfigError> {
         let f = |field: &str| format!("lines.{name}.{field}");
-        // A missing setting is reported at the line's own table header.
+        // A missing setting is reported at the line's first setting (its table's first line),
+        // or at the device's header if the line's table is empty.
+        let span = self.first_span().unwrap_or_else(|| cx.span.clone());
         let missing = |field: &str, msg: &str| {
             cx.ctx
                 .err(Some(span.clone()), &cx.field(&f(field)), msg.to_string())
@@ -387,7 +408,9 @@ mod tests {
     use std::path::Path;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("/etc/palisade/fenced.toml"), text, &|_: &str| None)
+        Config::parse(Path::new("/etc/palisade/fenced.toml"), text, &|_: &str| {
+            None
+        })
     }
 
     /// A board with one line of each basis: sensed button, opted-in cut, unsensed button.
@@ -547,7 +570,7 @@ levels = [["relays:node1"]]
                 "expected 10 to 10000 ms, found 0",
             ),
             (
-                "press_ms = 300",
+                "press_ms = 300\nlong_press_ms = 7000",
                 "press_ms = 2000\nlong_press_ms = 1500",
                 "must be longer than a press (2000 ms)",
             ),
@@ -625,7 +648,8 @@ levels = [["relays:node1"]]
             let e = parse(&text).unwrap_err();
             assert_eq!(
                 e.line,
-                Some(line(&text, "[devices.relays.lines.node2]")),
+                // The first setting of node2's table: the line after its header.
+                Some(line(&text, "[devices.relays.lines.node2]") + 1),
                 "{remove}: {e}"
             );
             assert!(e.message.contains(want), "{remove}: {e}");
