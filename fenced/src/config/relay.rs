@@ -98,16 +98,11 @@ impl KindTable for RelayTable {
         let mut out = Vec::with_capacity(lines.len());
         for (name, t) in lines {
             let line = t.resolve(cx, name, &chip)?;
-            for (offset, field) in [
-                (Some(line.offset), "line"),
-                (line.sense_offset, "sense_line"),
+            for (offset, value, field) in [
+                (Some(line.offset), &t.line, "line"),
+                (line.sense_offset, &t.sense_line, "sense_line"),
             ] {
                 let Some(offset) = offset else { continue };
-                let value = if field == "line" {
-                    &t.line
-                } else {
-                    &t.sense_line
-                };
                 if let Some(other) = used.insert(offset, format!("lines.{name}.{field}")) {
                     let f = format!("lines.{name}.{field}");
                     let msg = format!("line {offset} on {} is already used by {other}; each relay output and sense input needs its own line", chip.display());
