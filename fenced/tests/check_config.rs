@@ -164,3 +164,75 @@ fn a_reader_that_stops_early_does_not_crash_check_config_and_an_invalid_file_sti
         assert_eq!(o.status.code(), Some(want), "{}: {err}", file.display());
     }
 }
+
+/// A relay board in a config of its own: `chip` as given, one line of each basis.
+fn relay_config(dir: &Path, chip: &str) -> PathBuf {
+    let p = dir.join("relay.toml");
+    let d = dir.display();
+    std::fs::write(
+        &p,
+        format!(
+            "[daemon]\nsocket = \"{d}/fenced.sock\"\nhistory = \"{d}/history.redb\"\nledger_key = \"{d}/ledger.key\"\n\n[devices.relays]\nkind = \"relay\"\nchip = \"{chip}\"\n\n[devices.relays.lines.node1]\nline = 17\npolarity = \"active-low\"\nmode = \"power-button\"\nsense_line = 27\nsense_polarity = \"active-high\"\n\n[devices.relays.lines.node2]\nline = 18\npolarity = \"active-high\"\nmode = \"power-cut\"\nconfirm_off_by_relay_output_without_sense = true\n\n[devices.relays.lines.node3]\nline = 19\npolarity = \"active-high\"\nmode = \"power-button\"\n\n[targets.node1]\nlevels = [[\"relays:node1\"]]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn check_config_says_what_each_relay_line_can_prove() {
+    let dir = tempfile::tempdir().unwrap();
+    // check-config reads the file only: the chip need not exist where the config is checked.
+    let o = check(&relay_config(dir.path(), "/dev/gpiochip-none"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("relays: relay at /dev/gpiochip-none ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("node1: line 17 active-low power-button press 200 ms, long press 6000 ms, sense line 27 active-high settle 1000 ms timeout 5000 ms: confirms by sense line"),
+        "{out}"
+    );
+    assert!(
+        out.contains("node2: line 18 active-high power-cut: confirms by relay output read back, no sense line"),
+        "{out}"
+    );
+    assert!(
+        out.contains("node3: line 19 active-high power-button press 200 ms, long press 6000 ms: cannot confirm: button without sense line"),
+        "{out}"
+    );
+}
+
+#[test]
+fn fenced_run_on_a_missing_gpio_chip_stops_naming_the_chip_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = relay_config(dir.path(), "/dev/gpiochip-none");
+    let o = Command::new(FENCED)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    // The error is logged (tracing writes to stdout) and fenced exits 1.
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("device `relays` (kind relay)")
+            && err.contains("cannot request GPIO line 17 on /dev/gpiochip-none"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("fenced.sock").exists(),
+        "fenced must not serve without its devices"
+    );
+}

@@ -116,6 +116,8 @@ device_kinds! {
     Sbd("sbd", super::sbd::SbdTable => super::sbd::SbdSettings),
     /// A switched PDU over SNMP; level entries name its outlets.
     SnmpPdu("snmp-pdu", super::snmp_pdu::SnmpPduTable => drivers::pdu::PduConfig),
+    /// A GPIO relay board: each line a node's power cut or power button.
+    Relay("relay", super::relay::RelayTable => super::relay::RelaySettings),
 }
 
 impl DeviceKind {

@@ -8,7 +8,8 @@
 //! One file per part of the file: [`api`] (`[api]`), [`targets`] (`[targets.*]` and
 //! `[defaults]`), [`device`] (what every device has, and the list of kinds), and one file per
 //! device kind holding its raw table, its checks and its conversion into the driver's
-//! configuration (`ipmi.rs`, `redfish.rs`, `snmp_pdu.rs`, `sbd.rs`, `agent.rs`).
+//! configuration (`ipmi.rs`, `redfish.rs`, `snmp_pdu.rs`, `sbd.rs`, `agent.rs`,
+//! `relay.rs`).
 //!
 //! The text is read twice, so every value keeps its position in it. The first pass reads the
 //! sections and, of each device, its `kind` and the settings every kind takes. The second
@@ -22,6 +23,7 @@ mod api;
 mod device;
 mod ipmi;
 mod redfish;
+mod relay;
 mod sbd;
 mod secret;
 mod snmp_pdu;
@@ -30,6 +32,7 @@ mod targets;
 
 pub use api::{ApiConfig, ApiSecurity, CertMatch, ClientCertRule, Role, TlsConfig};
 pub use device::{DeviceConfig, DeviceKind, DeviceSelection};
+pub use relay::{RelayLine, RelaySettings};
 pub use sbd::SbdSettings;
 pub use secret::{check_secret_file_mode, SecretFileError};
 pub use targets::{LevelEntry, TargetConfig, Timing};
