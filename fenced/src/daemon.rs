@@ -159,7 +159,7 @@ impl Daemon {
                 if tls.is_some() {
                     tracing::info!(%addr, tokens = config.api.security.tokens_file.is_some(), client_certs = config.api.security.client_certs.len(), "API listening on TCP with TLS");
                 } else {
-                    tracing::info!(%addr, role = crate::api::auth::role_name(config.api.tcp_role), "API listening on loopback TCP");
+                    tracing::info!(%addr, role = config.api.tcp_role.as_str(), "API listening on loopback TCP");
                 }
                 Some(l)
             }

@@ -183,11 +183,8 @@ pub enum KeyError {
         path: String,
     },
     /// The key file's permissions let others read it.
-    #[error("{detail}")]
-    Unsafe {
-        /// What is wrong and the fix (`chmod 600 ...`).
-        detail: String,
-    },
+    #[error(transparent)]
+    Unsafe(#[from] crate::config::SecretFileError),
     /// The key file or its directory could not be read or written.
     #[error("cannot {what} {path}: {source}; check the path and permissions of daemon.ledger_key")]
     Io {
@@ -219,9 +216,7 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyError> {
     };
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            crate::config::check_secret_file_mode(path).map_err(|e| KeyError::Unsafe {
-                detail: e.to_string(),
-            })?;
+            crate::config::check_secret_file_mode(path)?;
             let text = zeroize::Zeroizing::new(text);
             let mut seed = zeroize::Zeroizing::new([0u8; 32]);
             hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| KeyError::BadSeed {

@@ -269,22 +269,13 @@ impl AuthFailures {
     }
 }
 
-/// A role's name as the API and the config spell it.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Read => "read",
-        Role::Fence => "fence",
-        Role::Admin => "admin",
-    }
-}
-
 /// Displays an optional role for error messages.
 pub struct RoleDisplay(pub Option<Role>);
 
 impl fmt::Display for RoleDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(r) => write!(f, "the `{}` role", role_name(r)),
+            Some(r) => write!(f, "the `{}` role", r.as_str()),
             None => f.write_str("no role"),
         }
     }

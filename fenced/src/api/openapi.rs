@@ -3,8 +3,8 @@
 //! The document is checked in at `fenced/openapi.json` and served from there; a test
 //! regenerates it and fails with a diff when the two differ (`UPDATE_OPENAPI=1` rewrites it).
 
-use super::auth::role_name;
 use super::routes::{error_schema, Body, Method, RouteSpec, ROUTES};
+use crate::config::Role;
 use schemars::gen::SchemaSettings;
 use serde_json::{json, Map, Value};
 
@@ -57,7 +57,7 @@ fn operation(spec: &RouteSpec, g: &mut schemars::gen::SchemaGenerator) -> Value 
         Body::OpenApi => json!({"application/json": {"schema": {"type": "object"}}}),
     };
     let access = match spec.role {
-        Some(r) => format!("Requires the `{}` role.", role_name(r)),
+        Some(r) => format!("Requires the `{}` role.", r.as_str()),
         None => "Open to anyone who can reach the socket.".to_string(),
     };
     let mut op = Map::new();
@@ -66,7 +66,7 @@ fn operation(spec: &RouteSpec, g: &mut schemars::gen::SchemaGenerator) -> Value 
     op.insert("description".into(), json!(access));
     op.insert(
         "x-palisade-role".into(),
-        json!(spec.role.map(role_name).unwrap_or("none")),
+        json!(spec.role.map(Role::as_str).unwrap_or("none")),
     );
     if !params.is_empty() {
         op.insert("parameters".into(), Value::Array(params));

@@ -167,7 +167,7 @@ fn write_file(path: &Path, entries: &[TokenEntry]) -> Result<(), TokenError> {
         text.push_str(&format!(
             "{} {} {} {}\n",
             e.name,
-            crate::api::auth::role_name(e.role),
+            e.role.as_str(),
             e.hash,
             e.created_ms
         ));

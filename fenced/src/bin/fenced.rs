@@ -159,7 +159,7 @@ fn token(verb: TokenVerb) -> ExitCode {
             let t = fenced::api::tokens::create(&file, &name, role)?;
             eprintln!(
                 "token `{name}` ({}) created in {}; it is shown once, store it in a file readable only by its user (mode 0600):",
-                fenced::api::auth::role_name(role),
+                role.as_str(),
                 file.display()
             );
             println!("{}", t.as_str());
@@ -175,7 +175,7 @@ fn token(verb: TokenVerb) -> ExitCode {
                 println!(
                     "{}\t{}\tcreated {} ms",
                     e.name,
-                    fenced::api::auth::role_name(e.role),
+                    e.role.as_str(),
                     e.created_ms
                 );
             }
