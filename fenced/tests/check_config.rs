@@ -236,3 +236,199 @@ fn fenced_run_on_a_missing_gpio_chip_stops_naming_the_chip_and_line() {
         "fenced must not serve without its devices"
     );
 }
+
+/// A relay config for a board (and HAT): `lines` is the text of the line tables.
+fn board_config(dir: &Path, head: &str, chip: &str, lines: &str) -> PathBuf {
+    let p = dir.join("board.toml");
+    let d = dir.display();
+    std::fs::write(
+        &p,
+        format!(
+            "{head}\n[daemon]\nsocket = \"{d}/fenced.sock\"\nhistory = \"{d}/history.redb\"\nledger_key = \"{d}/ledger.key\"\n\n[devices.relays]\nkind = \"relay\"\nchip = \"{chip}\"\n\n{lines}\n[targets.node1]\nlevels = [[\"relays:node1\"]]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The 1-based line of `file` that starts with `needle`.
+fn line_of(file: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("`{needle}` not in {}", file.display()))
+}
+
+const NODE1: &str = "[devices.relays.lines.node1]\nline = 17\npolarity = \"active-low\"\nmode = \"power-cut\"\nsense_line = 27\nsense_polarity = \"active-high\"\n";
+
+#[test]
+fn check_config_refuses_a_relay_line_the_board_does_not_have_naming_line_and_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let pi4 = "board = \"raspberry-pi-4\"";
+    // On the board: valid, and the summary says which board it was checked against.
+    let ok = board_config(dir.path(), pi4, "/dev/gpiochip0", NODE1);
+    let o = check(&ok);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("board: raspberry-pi-4 (Raspberry Pi 4 Model B (BCM2711))"),
+        "{out}"
+    );
+    for (chip, lines, needle, want) in [
+        // A chip the board does not have (the Pi 5's old RP1 name on a Pi 4).
+        (
+            "/dev/gpiochip4",
+            NODE1.to_string(),
+            "line = 17",
+            "devices.relays.lines.node1.line: board `raspberry-pi-4` has no GPIO chip /dev/gpiochip4; its chips: /dev/gpiochip0 (pinctrl-bcm2711, 58 lines)",
+        ),
+        // A line past the chip's end.
+        (
+            "/dev/gpiochip0",
+            NODE1.replace("line = 17", "line = 60"),
+            "line = 60",
+            "board `raspberry-pi-4`: /dev/gpiochip0 (pinctrl-bcm2711) has 58 lines (0 to 57), there is no line 60",
+        ),
+        // The SoC's own line (SD card, Ethernet): the sense input is checked too.
+        (
+            "/dev/gpiochip0",
+            NODE1.replace("sense_line = 27", "sense_line = 40"),
+            "sense_line = 40",
+            "devices.relays.lines.node1.sense_line: board `raspberry-pi-4`: line 40 of /dev/gpiochip0 (pinctrl-bcm2711) is not one a relay or sense input may use",
+        ),
+    ] {
+        let cfg = board_config(dir.path(), pi4, chip, &lines);
+        let o = check(&cfg);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{lines}: {err}");
+        let at = format!("{}:{}: ", cfg.display(), line_of(&cfg, needle));
+        assert!(err.starts_with(&at) && err.contains(want), "want {at}…{want}\n got {err}");
+    }
+    // An x86 server has no GPIO at all; an unknown board is refused at its line.
+    let cfg = board_config(
+        dir.path(),
+        "board = \"generic-x86\"",
+        "/dev/gpiochip0",
+        NODE1,
+    );
+    let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
+    assert!(
+        err.contains("board `generic-x86` has no GPIO chip /dev/gpiochip0; its chips: none"),
+        "{err}"
+    );
+    let cfg = board_config(dir.path(), "board = \"toaster\"", "/dev/gpiochip0", NODE1);
+    let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
+    assert!(
+        err.starts_with(&format!(
+            "{}:1: board: no board profile `toaster`; known: ",
+            cfg.display()
+        )) && err.contains("raspberry-pi-5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_with_a_hat_takes_only_its_relays_at_their_polarity() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "board = \"raspberry-pi-5\"\nhat = \"waveshare-rpi-relay-board\"";
+    // Channel 1 is BCM 26, active-low; the sense input is any free header line. Both of the
+    // Pi 5's names for the RP1 chip are accepted.
+    let ch1 = NODE1.replace("line = 17", "line = 26");
+    for chip in ["/dev/gpiochip0", "/dev/gpiochip4"] {
+        let o = check(&board_config(dir.path(), head, chip, &ch1));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{chip}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("with HAT waveshare-rpi-relay-board"), "{out}");
+    }
+    for (lines, needle, want) in [
+        (
+            NODE1.to_string(),
+            "line = 17",
+            "HAT `waveshare-rpi-relay-board` on board `raspberry-pi-5` has no relay on line 17 of /dev/gpiochip0; its relays: ch1 line 26 active-low, ch2 line 20 active-low, ch3 line 21 active-low",
+        ),
+        (
+            ch1.replace("polarity = \"active-low\"", "polarity = \"active-high\""),
+            "line = 26",
+            "relay ch1 (line 26) is active-low, not active-high",
+        ),
+        (
+            ch1.replace("sense_line = 27", "sense_line = 21"),
+            "sense_line = 21",
+            "line 21 of /dev/gpiochip0 drives its relay ch3, it cannot be a sense input",
+        ),
+    ] {
+        let cfg = board_config(dir.path(), head, "/dev/gpiochip0", &lines);
+        let o = check(&cfg);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{lines}: {err}");
+        let at = format!("{}:{}: ", cfg.display(), line_of(&cfg, needle));
+        assert!(err.starts_with(&at) && err.contains(want), "want {at}…{want}\n got {err}");
+    }
+    // A HAT needs a board, and must fit it.
+    let cfg = board_config(
+        dir.path(),
+        "hat = \"waveshare-rpi-relay-board\"",
+        "/dev/gpiochip0",
+        &ch1,
+    );
+    let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
+    assert!(
+        err.starts_with(&format!("{}:1: hat: a HAT sits on a board", cfg.display())),
+        "{err}"
+    );
+    let cfg = board_config(
+        dir.path(),
+        "board = \"generic-x86\"\nhat = \"waveshare-rpi-relay-board-b\"",
+        "/dev/gpiochip0",
+        &ch1,
+    );
+    let err = String::from_utf8_lossy(&check(&cfg).stderr).into_owned();
+    assert!(
+        err.contains("HAT `waveshare-rpi-relay-board-b` does not fit board `generic-x86`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fenced_run_refuses_a_line_the_board_does_not_have_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = board_config(
+        dir.path(),
+        "board = \"raspberry-pi-4\"",
+        "/dev/gpiochip0",
+        &NODE1.replace("line = 17", "line = 1"),
+    );
+    let o = Command::new(FENCED)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}:{}", cfg.display(), line_of(&cfg, "line = 1")))
+            && err.contains("line 1 of /dev/gpiochip0 (pinctrl-bcm2711) is not one a relay or sense input may use (GPIO0-1 are the HAT ID EEPROM's I2C bus"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("fenced.sock").exists(),
+        "fenced must not serve"
+    );
+}

@@ -376,6 +376,13 @@ fn describe_config(file: &Path, config: &Config, out: &mut impl Write) -> std::i
         config.daemon.socket.display(),
         config.daemon.history.display()
     )?;
+    if let Some(board) = &config.board {
+        writeln!(
+            out,
+            "board: {} (relay lines and serial ports checked against it)",
+            board.describe()
+        )?;
+    }
     let tcp = config.api.describe_tcp();
     writeln!(
         out,

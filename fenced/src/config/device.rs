@@ -376,6 +376,57 @@ impl DeviceCx<'_> {
         self.ctx.seconds(value, &self.field(field), bounds, false)
     }
 
+    /// Checks that serial port `port` (the setting `field` of a device of kind `kind`) is one
+    /// of the configured board's; without `board = "..."` any port passes. Every kind that
+    /// talks over a serial port calls this from its `resolve`.
+    // The serial-pdu kind (issue 18) is the first caller; it lands from another branch.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn serial_port_on_board(
+        &self,
+        kind: &str,
+        port: &Spanned<PathBuf>,
+        field: &str,
+    ) -> Result<(), ConfigError> {
+        let Some(board) = self.ctx.board() else {
+            return Ok(());
+        };
+        board
+            .serial_port(&self.path(port.get_ref()))
+            .map(|_| ())
+            .map_err(|e| {
+                self.at(
+                    port,
+                    field,
+                    format!("{kind} port: {e}; name one of them, or fix `board`"),
+                )
+            })
+    }
+
+    /// Checks that line `offset` of `chip` (the setting `field`, written at `at`) may be used
+    /// for `role` on the configured board; without `board = "..."` any line passes.
+    pub(crate) fn gpio_line_on_board(
+        &self,
+        chip: &Path,
+        offset: u32,
+        role: boards::LineRole,
+        at: Option<Range<usize>>,
+        field: &str,
+    ) -> Result<(), ConfigError> {
+        let Some(board) = self.ctx.board() else {
+            return Ok(());
+        };
+        board
+            .gpio_line(chip, offset, role)
+            .map(|_| ())
+            .map_err(|e| {
+                self.ctx.err(
+                    Some(at.unwrap_or_else(|| self.span.clone())),
+                    &self.field(field),
+                    format!("{e}; fix the line, or `board`/`hat` if the wiring is different"),
+                )
+            })
+    }
+
     /// A path as written: relative to the config file's directory.
     pub(crate) fn path(&self, p: &Path) -> PathBuf {
         self.ctx.path(p)
@@ -384,7 +435,50 @@ impl DeviceCx<'_> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_serial_port_the_board_lacks_is_refused_at_its_line_naming_kind_and_board() {
+        let text = "[devices.pdu]\nkind = \"x\"\nport = \"/dev/ttyS1\"\n";
+        let board = boards::Fitted::new("raspberry-pi-4", None).unwrap();
+        let env = |_: &str| None;
+        let ctx = Ctx {
+            file: Path::new("/etc/palisade/fenced.toml"),
+            text,
+            base_dir: Path::new("/etc/palisade"),
+            env: &env,
+            board: Some(&board),
+        };
+        let cx = DeviceCx {
+            ctx: &ctx,
+            name: "pdu",
+            span: 0..13,
+        };
+        let start = text.find("\"/dev").unwrap();
+        let port = |p: &str| Spanned::new(start..start + p.len() + 2, PathBuf::from(p));
+        let e = cx
+            .serial_port_on_board("serial-pdu", &port("/dev/ttyS1"), "port")
+            .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/palisade/fenced.toml:3: devices.pdu.port: serial-pdu port: board `raspberry-pi-4` has no serial port /dev/ttyS1; its ports: /dev/ttyAMA0, /dev/ttyS0"),
+            "{e}"
+        );
+        for ok in [
+            "/dev/ttyAMA0",
+            "/dev/ttyUSB0",
+            "/dev/serial/by-id/usb-FTDI-if00",
+        ] {
+            cx.serial_port_on_board("serial-pdu", &port(ok), "port")
+                .unwrap();
+        }
+        // Without a board every port passes (nothing to check against).
+        let ctx = Ctx { board: None, ..ctx };
+        let cx = DeviceCx { ctx: &ctx, ..cx };
+        cx.serial_port_on_board("serial-pdu", &port("/dev/ttyS1"), "port")
+            .unwrap();
+    }
 
     #[test]
     fn every_common_key_is_read_by_the_first_pass() {

@@ -78,6 +78,10 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// The fence controller's board profile (`boards/profiles`): what its devices may use.
+    board: Option<Spanned<String>>,
+    /// The HAT on the board's header (`boards/hats`).
+    hat: Option<Spanned<String>>,
     #[serde(default)]
     daemon: RawDaemon,
     #[serde(default)]
@@ -125,6 +129,9 @@ pub struct Config {
     pub devices: BTreeMap<String, DeviceConfig>,
     /// Targets by name.
     pub targets: BTreeMap<String, TargetConfig>,
+    /// The board (and HAT) this fence controller is, when the file names one: every relay
+    /// line, serial port and watchdog device was checked against it.
+    pub board: Option<boards::Fitted>,
 }
 
 /// Daemon paths and name.
@@ -170,6 +177,8 @@ pub(crate) struct Ctx<'a> {
     /// The config file's directory: relative paths in it are relative to this.
     base_dir: &'a Path,
     env: &'a dyn Fn(&str) -> Option<Vec<u8>>,
+    /// The configured board: devices check their lines and ports against it.
+    board: Option<&'a boards::Fitted>,
 }
 
 impl Ctx<'_> {
@@ -222,6 +231,11 @@ impl Ctx<'_> {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// The board the file names (`board = "..."`), if any.
+    pub(crate) fn board(&self) -> Option<&boards::Fitted> {
+        self.board
     }
 
     /// The value of an environment variable.
@@ -328,8 +342,14 @@ impl Config {
             text,
             base_dir: path.parent().unwrap_or(Path::new(".")),
             env,
+            board: None,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+        let board = resolve_board(&ctx, &raw.board, &raw.hat)?;
+        let ctx = Ctx {
+            board: board.as_ref(),
+            ..ctx
+        };
         let mut kinds = BTreeMap::new();
         for (name, common) in &raw.devices {
             kinds.insert(name.clone(), common.get_ref().kind(&ctx, name)?);
@@ -374,6 +394,7 @@ impl Config {
             limits,
             devices,
             targets,
+            board,
         })
     }
 
@@ -385,6 +406,32 @@ impl Config {
             .map(|t| t.name.clone())
             .collect()
     }
+}
+
+/// `board = "..."` and `hat = "..."`: the profiles, loaded and fitted together.
+fn resolve_board(
+    ctx: &Ctx,
+    board: &Option<Spanned<String>>,
+    hat: &Option<Spanned<String>>,
+) -> Result<Option<boards::Fitted>, ConfigError> {
+    let Some(board) = board else {
+        return match hat {
+            Some(h) => Err(ctx.at(
+                h,
+                "hat",
+                "a HAT sits on a board: add `board = \"...\"` (a profile in boards/profiles) before it",
+            )),
+            None => Ok(None),
+        };
+    };
+    boards::Fitted::new(board.get_ref(), hat.as_ref().map(|h| h.get_ref().as_str()))
+        .map(Some)
+        .map_err(|e| match (&e, hat) {
+            (boards::BoardError::Unknown { what: "HAT", .. }, Some(h)) => {
+                ctx.at(h, "hat", e.to_string())
+            }
+            _ => ctx.at(board, "board", e.to_string()),
+        })
 }
 
 fn resolve_daemon(raw: RawDaemon) -> DaemonConfig {

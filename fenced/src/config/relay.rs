@@ -75,6 +75,10 @@ pub struct RelaySettings {
     pub chip: PathBuf,
     /// The lines.
     pub lines: Vec<RelayLine>,
+    /// The kernel label the chip must carry, from the configured board's profile: checked when
+    /// fenced claims the lines, because the same path can name another chip under another
+    /// kernel (Raspberry Pi 5: `/dev/gpiochip0` is an SoC bank before 6.6.45, RP1 after).
+    pub board_label: Option<String>,
 }
 
 impl KindTable for RelayTable {
@@ -98,6 +102,29 @@ impl KindTable for RelayTable {
         let mut out = Vec::with_capacity(lines.len());
         for (name, t) in lines {
             let line = t.resolve(cx, name, &chip)?;
+            // The configured board must have the line, and with a HAT the output must be one
+            // of its relays at its polarity (a wrong one switches it when fenced claims it).
+            let role = boards::LineRole::Relay(match line.config.polarity {
+                Polarity::ActiveHigh => boards::Polarity::ActiveHigh,
+                Polarity::ActiveLow => boards::Polarity::ActiveLow,
+            });
+            let span = |v: &Option<Spanned<i64>>| v.as_ref().map(|v| v.span());
+            cx.gpio_line_on_board(
+                &chip,
+                line.offset,
+                role,
+                span(&t.line),
+                &format!("lines.{name}.line"),
+            )?;
+            if let Some(off) = line.sense_offset {
+                cx.gpio_line_on_board(
+                    &chip,
+                    off,
+                    boards::LineRole::Sense,
+                    span(&t.sense_line),
+                    &format!("lines.{name}.sense_line"),
+                )?;
+            }
             for (offset, value, field) in [
                 (Some(line.offset), &t.line, "line"),
                 (line.sense_offset, &t.sense_line, "sense_line"),
@@ -114,7 +141,18 @@ impl KindTable for RelayTable {
             }
             out.push(line);
         }
-        Ok(RelaySettings { chip, lines: out })
+        let board_label = cx.ctx.board().and_then(|b| {
+            b.board
+                .gpio
+                .iter()
+                .find(|c| c.is_at(&chip))
+                .map(|c| c.label.clone())
+        });
+        Ok(RelaySettings {
+            chip,
+            lines: out,
+            board_label,
+        })
     }
 }
 
@@ -370,6 +408,9 @@ impl KindSettings for RelaySettings {
     fn build(&self, _node_name: &str) -> Result<Arc<dyn PowerDevice>, DeviceError> {
         use drivers::relay::cdev::CdevPin;
         use drivers::relay::{LinePins, RelayDevice};
+        if let Some(want) = &self.board_label {
+            check_chip_label(&self.chip, want)?;
+        }
         let mut lines = Vec::with_capacity(self.lines.len());
         for l in &self.lines {
             // Each request is exclusive in the kernel and held as long as the device lives;
@@ -394,6 +435,30 @@ impl KindSettings for RelaySettings {
                     .into(),
         })
     }
+}
+
+/// Refuses a chip whose kernel label is not the board profile's: its lines are not the ones
+/// the profile (and the wiring) describe, and driving them could switch the board's own.
+#[cfg(target_os = "linux")]
+fn check_chip_label(chip: &std::path::Path, want: &str) -> Result<(), DeviceError> {
+    let address = chip.display().to_string();
+    let info = gpiocdev::chip::Chip::from_path(chip)
+        .and_then(|c| c.info())
+        .map_err(|e| DeviceError::Unreachable {
+            address: address.clone(),
+            reason: format!(
+                "cannot read the GPIO chip's label ({e}); `gpiodetect` lists the chips"
+            ),
+        })?;
+    if info.label == want {
+        return Ok(());
+    }
+    Err(DeviceError::Policy {
+        detail: format!(
+            "GPIO chip {address} is `{}` ({} lines), but the board profile's chip at that path is `{want}`: on this kernel the board's lines are on another chip (`gpiodetect` shows which); fix `chip`",
+            info.label, info.num_lines
+        ),
+    })
 }
 
 #[cfg(test)]
