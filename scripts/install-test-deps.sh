@@ -27,7 +27,10 @@ set -euo pipefail
 #                    nothing is started)
 #   bsdutils      -> script (a pseudo-terminal for fence_node's terminal output)
 #   openssl       -> openssl (certificates for sushy-emulator)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl)
+#   gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user -> the arm64 cross build and its
+#                    unit tests under qemu-aarch64 (scripts/test.sh, .cargo/config.toml)
+#   qemu-system-arm -> qemu-system-aarch64 (the arm64 `virt` VM, scripts/arm64-figures.sh)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -90,6 +93,11 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-deny
 fi
 
+# The arm64 cross target (scripts/test.sh cross-builds and runs unit tests under qemu-aarch64).
+if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+  rustup target add aarch64-unknown-linux-gnu
+fi
+
 # The watchdog VM tests boot Debian's 6.1 kernel, unpacked (not installed) where
 # hw-tests/src/vm.rs looks for it; watchdog.ko, i6300esb.ko and virtio_blk.ko come from it.
 vm_kernel=/var/cache/palisade/vm-kernel
@@ -146,7 +154,9 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   nsenter:util-linux losetup:mount mount:mount nft:nftables ip:iproute2 snmpget:snmp \
   snmpset:snmp snmpwalk:snmp snmpbulkwalk:snmp /usr/sbin/snmpd:snmpd \
   qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
-  systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3; do
+  systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3 \
+  aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user \
+  qemu-system-aarch64:qemu-system-arm; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
@@ -156,6 +166,8 @@ done
 need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import openapi_spec_validator"
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng
+need aarch64-target "rustup target add aarch64-unknown-linux-gnu" \
+  bash -c 'rustup target list --installed | grep -qx aarch64-unknown-linux-gnu'
 need vm-kernel "Debian linux-image-6.1, unpacked above into $vm_kernel" compgen -G "$vm_kernel/boot/vmlinuz-*"
 
 # Kernel features, each probed the way the tests use it (as root: the tests run as root).
