@@ -9,15 +9,23 @@
 //!   parsing over bytes, with damaged lines discarded whole and resynchronisation by line.
 //! - [`dialogue`]: the login and command steps as pure decisions over what the PDU printed
 //!   last (send the user, the password, the confirmation answer; ready; wait).
-//!
-//! Not yet here: the transports (`tokio-serial` with the port locked exclusively, and TCP),
-//! the session that walks the dialogue with a timeout on every read, and the
-//! [`crate::PowerDevice`] on top.
+//! - [`transport`]: the byte stream, a local port (`tokio-serial`, locked by lock file,
+//!   `TIOCEXCL` and `flock`) or a console server's TCP port, behind one [`Link`] trait.
+//! - [`session`]: walks the dialogue over a link, with a timeout on every read, a cap on
+//!   every reply, and resynchronisation (a line end, then everything up to the prompt
+//!   discarded) after garbage, a half line or a cancelled call.
+//! - [`device`]: [`SerialPduDevice`], the [`crate::PowerDevice`] whose ports are outlets.
 
+pub mod device;
 pub mod dialogue;
 pub mod model;
 pub mod parse;
+pub mod session;
+pub mod transport;
 
+pub use device::{SerialPduConfig, SerialPduDevice};
 pub use dialogue::{command_step, login_step, CommandAction, LoginAction, LoginError};
 pub use model::{Ack, Model, StatusLayout, MODELS};
 pub use parse::{OutletStatus, ParseError, StatusReport};
+pub use session::Timeouts;
+pub use transport::{Endpoint, Link, Parity, SerialLine};

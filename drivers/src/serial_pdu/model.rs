@@ -75,11 +75,18 @@ pub struct Model {
 /// WTI NPS/IPS/VMR network power switches on their serial (or telnet) console. Commands start
 /// with `/`; `,Y` after a switching command skips the "Sure?" question; `/S` prints a
 /// `|`-separated table with the plug number, name and status (`*` marks a busy plug).
+///
+/// Checked against WTI's VMR/NPS user's guide (§9.2 "Operation via the Text Interface":
+/// commands are not case sensitive, plugs by name or number, an asterisk in the Status column
+/// marks a plug still busy) and the NPS-2HD guide (`/ON`, `/OFF` ask "Sure?" unless confirmed;
+/// the `NPS>` prompt ends each command), and against what ClusterLabs fence_wti sends
+/// (`/off N,y`, `/S`, `/X`) and how it reads the screen (a header starting `Plug`).
 pub const WTI_NPS: Model = Model {
     name: "wti-nps",
     description: "WTI NPS/IPS/VMR network power switch, text interface",
     prompts: &["NPS>", "IPS>", "VMR>", "RSM>", "MPC>", "TPS>", "NBB>"],
-    user_prompts: &["login:", "user name:"],
+    // fence_wti waits for `login: `, `Login Name:  `, `username: ` or `User Name :`.
+    user_prompts: &["login:", "login name:", "username:", "user name:"],
     password_prompts: &["password:"],
     line_ending: "\r\n",
     off: "/OFF {},Y",
@@ -99,6 +106,11 @@ pub const WTI_NPS: Model = Model {
 /// APC Switched Rack PDUs (AP79xx) with the AOS command-line interface on the serial port:
 /// `User Name :`/`Password  :` login, prompt `apc>`, `olOn`/`olOff`/`olStatus <n>`, and every
 /// reply headed by a result code (`E000: Success`).
+///
+/// Checked against APC's AOS CLI documentation (the Rack Power Filter owner's manual, "Command
+/// Line Interface": `apc> olOff 3` answered `E000: Success`; `olName 3` answered
+/// `E000: Success` then `Outlet 3: Web Server`), whose outlet lines `N: NAME: STATE` the
+/// `Numbered { id_end: ':' }` layout reads.
 pub const APC_AP79XX: Model = Model {
     name: "apc-ap79xx",
     description: "APC Switched Rack PDU (AP79xx), AOS command-line interface",
@@ -119,6 +131,11 @@ pub const APC_AP79XX: Model = Model {
 /// BayTech RPC remote power controllers (RPC-2/3/5, DS-RPC) on their serial console: prompt
 /// `RPC-3>` (or `RPC>`), `OFF n`/`ON n` answered by a `(Y/N)?` question, and a status menu of
 /// lines `n)...name : On`.
+///
+/// Checked against BayTech's DS-RPC owner's manual ("Controlling Receptacles": `ON 3` at the
+/// `RPC >` prompt is answered `Turn On Outlet 3 (Y/N)?`, then the status menu with
+/// `Circuit Breaker : On` and `3) . . . OUTLET 3 : On`); the RPC-2/3/5 manual prints the
+/// model in the prompt (`RPC-3>`).
 pub const BAYTECH_RPC: Model = Model {
     name: "baytech-rpc",
     description: "BayTech RPC remote power controller, serial console",
@@ -139,9 +156,27 @@ pub const BAYTECH_RPC: Model = Model {
 /// The built-in models.
 pub const MODELS: &[&Model] = &[&WTI_NPS, &APC_AP79XX, &BAYTECH_RPC];
 
-/// The built-in model called `name`.
+/// The built-in model called `name`: its full name (`wti-nps`) or its vendor alone (`wti`).
 pub fn by_name(name: &str) -> Option<&'static Model> {
-    MODELS.iter().copied().find(|m| m.name == name)
+    MODELS
+        .iter()
+        .copied()
+        .find(|m| m.name == name || m.name.split('-').next() == Some(name))
+}
+
+/// The built-in models' names, for error messages.
+pub fn names() -> String {
+    MODELS
+        .iter()
+        .map(|m| {
+            format!(
+                "{} ({})",
+                m.name.split('-').next().unwrap_or(m.name),
+                m.name
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -152,6 +187,7 @@ mod tests {
     fn names_are_unique_and_found() {
         for m in MODELS {
             assert_eq!(by_name(m.name), Some(*m));
+            assert_eq!(by_name(m.name.split('-').next().unwrap()), Some(*m));
             assert!(m.off.contains("{}") && m.on.contains("{}"), "{}", m.name);
             assert!(!m.prompts.is_empty());
         }

@@ -170,7 +170,14 @@ pub fn parse_status_line(layout: StatusLayout, line: &str) -> Option<OutletStatu
     match layout {
         StatusLayout::PipeTable { id, name, state } => {
             let line = line.trim();
-            let body = line.strip_prefix('|')?;
+            // Firmware and screens differ on a leading `|`: the plug status screen that
+            // ClusterLabs fence_wti parses starts at the plug number (`  1  | name | ON |`),
+            // some NPS firmware frames it (`|  1  | ...`). A line without any `|` is a
+            // header, a rule or noise, never a plug.
+            if !line.contains('|') {
+                return None;
+            }
+            let body = line.strip_prefix('|').unwrap_or(line);
             let cols: Vec<&str> = body.split('|').map(str::trim).collect();
             let oid = *cols.get(id)?;
             let st = state_word(cols.get(state)?)?;
@@ -197,7 +204,12 @@ pub fn parse_status_line(layout: StatusLayout, line: &str) -> Option<OutletStatu
             let st = state_word(st)?;
             Some(OutletStatus {
                 id: oid.to_string(),
-                name: name.trim().trim_start_matches('.').trim().to_string(),
+                // BayTech pads the name with leader dots, printed `...` or `. . .` (DS-RPC
+                // owner's manual, "Controlling Receptacles").
+                name: name
+                    .trim_start_matches(|c: char| c == '.' || c == ' ')
+                    .trim()
+                    .to_string(),
                 state: st,
             })
         }
@@ -368,6 +380,26 @@ RPC-3>";
         ));
         let (_, tail) = split_lines(WTI_STATUS);
         assert_eq!(prompt_at_end(&WTI_NPS, tail), Some("NPS>"));
+    }
+
+    #[test]
+    fn wti_screen_without_leading_pipe_as_fence_wti_reads_it() {
+        let buf = b"Plug | Name             | Status | Boot Delay | Default |\r\n\
+-----+------------------+--------+------------+---------+\r\n\
+ 1   | db1-psu1         |   ON   |  0.5 Secs  |   ON    |\r\n\
+ 2   | db2              |   OFF  |  0.5 Secs  |   ON    |\r\n\
+-----+------------------+--------+------------+---------+\r\nNPS> ";
+        let r = parse_status(&WTI_NPS, buf);
+        assert_eq!(r.outlets.len(), 2, "{r:?}");
+        assert_eq!(r.state_of("db1-psu1"), Ok(PowerState::On));
+        assert_eq!(r.state_of("2"), Ok(PowerState::Off));
+    }
+
+    #[test]
+    fn baytech_dotted_leaders_with_spaces() {
+        let r = parse_status(&BAYTECH_RPC, b"3) . . . OUTLET 3   : On\r\nRPC >");
+        assert_eq!(r.outlets[0].name, "OUTLET 3");
+        assert_eq!(r.state_of("outlet 3"), Ok(PowerState::On));
     }
 
     #[test]

@@ -118,6 +118,8 @@ device_kinds! {
     SnmpPdu("snmp-pdu", super::snmp_pdu::SnmpPduTable => drivers::pdu::PduConfig),
     /// A GPIO relay board: each line a node's power cut or power button.
     Relay("relay", super::relay::RelayTable => super::relay::RelaySettings),
+    /// A PDU at its text console, on a serial port or a console server's TCP port.
+    SerialPdu("serial-pdu", super::serial_pdu::SerialPduTable => drivers::serial_pdu::SerialPduConfig),
 }
 
 impl DeviceKind {

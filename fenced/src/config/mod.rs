@@ -26,6 +26,7 @@ mod redfish;
 mod relay;
 mod sbd;
 mod secret;
+mod serial_pdu;
 mod snmp_pdu;
 mod table;
 mod targets;
