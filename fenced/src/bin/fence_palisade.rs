@@ -8,7 +8,7 @@
 
 use drivers::agent::format::{parse_options, FormatError};
 use drivers::PowerState;
-use fenced::cli::fence_palisade::{ACTIONS, USAGE, VALUE_OPTIONS};
+use fenced::cli::fence_palisade::{ACTIONS, LONGDESC, SHORTDESC, USAGE, VALUE_OPTIONS};
 use fenced::client::{
     encode, Client, ClientError, Endpoint, TlsConfigError, TokenFileError, UrlError,
 };
@@ -199,13 +199,9 @@ fn parse_args(args: &[String]) -> Result<Opts, OptionsError> {
 }
 
 fn metadata() -> String {
-    let mut x = String::from(concat!(
-        "<?xml version=\"1.0\" ?>\n",
-        "<resource-agent name=\"fence_palisade\" shortdesc=\"Fence agent for the Palisade fencer daemon\" >\n",
-        "<longdesc>fence_palisade forwards fencing requests to Palisade's fencer daemon (fenced) over its Unix socket or HTTPS API with a token, and waits for the outcome. It reports success only when fenced confirmed the action: the power state was read back as off (or on), an SBD poison pill was written and msgwait elapsed, or an operator confirmed it by hand. A timeout, a device error or a device that acknowledged off but stayed on is reported as a failure.</longdesc>\n",
-        "<vendor-url>https://github.com/palisade</vendor-url>\n",
-        "<parameters>\n",
-    ));
+    let mut x = format!(
+        "<?xml version=\"1.0\" ?>\n<resource-agent name=\"fence_palisade\" shortdesc=\"{SHORTDESC}\" >\n<longdesc>{LONGDESC}</longdesc>\n<vendor-url>https://github.com/palisade</vendor-url>\n<parameters>\n"
+    );
     let mut param = |name: &str, flag: &str, ty: &str, desc: &str, extra: &str, default: &str| {
         x.push_str(&format!(
             "\t<parameter name=\"{name}\" unique=\"0\" required=\"0\"{extra}>\n\t\t<getopt mixed=\"{flag}\" />\n\t\t<content type=\"{ty}\"{default} />\n\t\t<shortdesc lang=\"en\">{}</shortdesc>\n\t</parameter>\n",

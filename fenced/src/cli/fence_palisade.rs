@@ -2,6 +2,12 @@
 //! metadata and its `--help` use, in the library so that the packaging's generator
 //! (`packaging/src/bin/palisade-docs.rs`) renders the man page and completions from them too.
 
+/// The metadata's one-line description (no XML special characters).
+pub const SHORTDESC: &str = "Fence agent for the Palisade fencer daemon";
+
+/// The metadata's long description (no XML special characters), also the man page's.
+pub const LONGDESC: &str = "fence_palisade forwards fencing requests to Palisade's fencer daemon (fenced) over its Unix socket or HTTPS API with a token, and waits for the outcome. It reports success only when fenced confirmed the action: the power state was read back as off (or on), an SBD poison pill was written and msgwait elapsed, or an operator confirmed it by hand. A timeout, a device error or a device that acknowledged off but stayed on is reported as a failure.";
+
 /// Options that take a value: name (as on stdin; `--name-with-dashes` as a flag), short flag,
 /// metadata content type, description.
 pub const VALUE_OPTIONS: &[(&str, Option<char>, &str, &str)] = &[
