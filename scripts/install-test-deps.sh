@@ -27,7 +27,10 @@ set -euo pipefail
 #                    nothing is started)
 #   bsdutils      -> script (a pseudo-terminal for fence_node's terminal output)
 #   openssl       -> openssl (certificates for sushy-emulator)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl)
+#   mmdebstrap, lintian, dpkg-dev -> the Debian package test (hw-tests/tests/debian_package.rs):
+#                    a clean bookworm root, lintian on each package, dpkg-shlibdeps in
+#                    scripts/build-debs.sh
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl mmdebstrap lintian dpkg-dev)
 
 missing=()
 for p in "${packages[@]}"; do
