@@ -30,7 +30,10 @@ set -euo pipefail
 #   gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user -> the arm64 cross build and its
 #                    unit tests under qemu-aarch64 (scripts/test.sh, .cargo/config.toml)
 #   qemu-system-arm -> qemu-system-aarch64 (the arm64 `virt` VM, scripts/arm64-figures.sh)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm)
+#   mmdebstrap, lintian, dpkg-dev -> the Debian package test (hw-tests/tests/debian_package.rs):
+#                    a clean bookworm root, lintian on each package, dpkg-shlibdeps in
+#                    scripts/build-debs.sh
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm mmdebstrap lintian dpkg-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,6 +1,7 @@
 //! Palisade's fencer: configuration, the fencing engine, durable history and the fencer API.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -43,7 +43,7 @@ fn systemd_analyze_verifies_the_unit() {
     let path = dir.path().join("fenced.service");
     std::fs::write(
         &path,
-        unit().replace("/usr/bin/fenced", env!("CARGO_BIN_EXE_fenced")),
+        unit().replace("/usr/sbin/fenced", env!("CARGO_BIN_EXE_fenced")),
     )
     .unwrap();
     let o = Command::new("systemd-analyze")

@@ -3,10 +3,12 @@
 //! daemon finished with confirmation.
 //!
 //! Options come as `name=value` lines on stdin (how Pacemaker runs agents) or, when there are
-//! arguments, as `--name=value` / `--name value` flags (`-o` action, `-n` plug).
+//! arguments, as `--name=value` / `--name value` flags (`-o` action, `-n` plug). The options'
+//! table, the actions and the usage text are in [`fenced::cli::fence_palisade`].
 
 use drivers::agent::format::{parse_options, FormatError};
 use drivers::PowerState;
+use fenced::cli::fence_palisade::{ACTIONS, LONGDESC, SHORTDESC, USAGE, VALUE_OPTIONS};
 use fenced::client::{
     encode, Client, ClientError, Endpoint, TlsConfigError, TokenFileError, UrlError,
 };
@@ -23,30 +25,6 @@ const EC_OK: u8 = 0;
 const EC_GENERIC_ERROR: u8 = 1;
 /// `status`: the plug is off.
 const EC_STATUS_OFF: u8 = 2;
-
-/// Options that take a value, with their short flag.
-const VALUE_OPTIONS: &[(&str, Option<char>, &str, &str)] = &[
-    ("action", Some('o'), "string", "Fencing action (off, on, reboot, status, list, list-status, monitor, metadata, validate-all)"),
-    ("plug", Some('n'), "string", "The target to fence, as named in fenced's configuration"),
-    ("socket", None, "string", "fenced's Unix socket (default /run/palisade/fenced.sock)"),
-    ("url", None, "string", "fenced's TCP listener instead of the socket: https://HOST:PORT, or http://127.0.0.1:PORT on loopback"),
-    ("ca_file", None, "string", "PEM file of the CA that signed fenced's certificate (https URLs)"),
-    ("token_file", None, "string", "File (mode 0600) holding a bearer token from `fenced token create` (role fence)"),
-    ("fence_timeout", None, "second", "Deadline of one fencing operation in fenced, seconds (default: the target's total_timeout_s)"),
-    ("api_timeout", None, "second", "Deadline of one API request, seconds"),
-];
-
-const ACTIONS: &[&str] = &[
-    "on",
-    "off",
-    "reboot",
-    "status",
-    "list",
-    "list-status",
-    "monitor",
-    "metadata",
-    "validate-all",
-];
 
 /// The parsed options.
 #[derive(Debug, Default)]
@@ -221,13 +199,9 @@ fn parse_args(args: &[String]) -> Result<Opts, OptionsError> {
 }
 
 fn metadata() -> String {
-    let mut x = String::from(concat!(
-        "<?xml version=\"1.0\" ?>\n",
-        "<resource-agent name=\"fence_palisade\" shortdesc=\"Fence agent for the Palisade fencer daemon\" >\n",
-        "<longdesc>fence_palisade forwards fencing requests to Palisade's fencer daemon (fenced) over its Unix socket or HTTPS API with a token, and waits for the outcome. It reports success only when fenced confirmed the action: the power state was read back as off (or on), an SBD poison pill was written and msgwait elapsed, or an operator confirmed it by hand. A timeout, a device error or a device that acknowledged off but stayed on is reported as a failure.</longdesc>\n",
-        "<vendor-url>https://github.com/palisade</vendor-url>\n",
-        "<parameters>\n",
-    ));
+    let mut x = format!(
+        "<?xml version=\"1.0\" ?>\n<resource-agent name=\"fence_palisade\" shortdesc=\"{SHORTDESC}\" >\n<longdesc>{LONGDESC}</longdesc>\n<vendor-url>https://github.com/palisade</vendor-url>\n<parameters>\n"
+    );
     let mut param = |name: &str, flag: &str, ty: &str, desc: &str, extra: &str, default: &str| {
         x.push_str(&format!(
             "\t<parameter name=\"{name}\" unique=\"0\" required=\"0\"{extra}>\n\t\t<getopt mixed=\"{flag}\" />\n\t\t<content type=\"{ty}\"{default} />\n\t\t<shortdesc lang=\"en\">{}</shortdesc>\n\t</parameter>\n",
@@ -268,15 +242,6 @@ fn metadata() -> String {
     x.push_str("</actions>\n</resource-agent>\n");
     x
 }
-
-const USAGE: &str = "\
-Usage: fence_palisade [--action=ACTION] [--plug=TARGET] [--socket=PATH | --url=URL [--ca-file=FILE]]
-                      [--token-file=FILE] [--fence-timeout=S] [--api-timeout=S]
-   or: options as name=value lines on stdin (how Pacemaker runs fence agents)
-
-Actions: off, on, reboot (default), status, list, list-status, monitor, metadata, validate-all
-Exit status: 0 success (for off/reboot: fenced CONFIRMED the target is off; for status: on),
-             2 status: off, 1 anything else (failure, refusal, unreachable daemon, bad options)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,6 +1,7 @@
 //! `fenced`: the Palisade fencer daemon.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use fenced::cli::fenced::{Cli, Command, TokenVerb};
 use fenced::config::{Config, Role};
 use fenced::daemon::{notify, Daemon, SignalAction, Signals};
 use std::io::Write;
@@ -11,81 +12,6 @@ use std::time::Duration;
 
 /// How long a stop waits for operations in flight (systemd's default stop timeout is 90 s).
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
-
-#[derive(Parser)]
-#[command(
-    name = "fenced",
-    version,
-    about = "Palisade fencer daemon: fences (powers off, reboots, powers on) cluster nodes through their BMCs, confirming every action by reading the power state back.",
-    after_help = "Operators talk to the daemon with `fence_node`. Logs go to stdout; set RUST_LOG (e.g. RUST_LOG=fenced=debug) to change the level.\n\nExit status: 0 clean stop or valid config, 1 error (the message says which)."
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon: open history, check devices, serve the API until SIGTERM/SIGINT.
-    Run {
-        /// The TOML configuration file.
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Check a configuration file and print what it configures; exit 0 if valid, 1 if not.
-    CheckConfig {
-        /// The TOML configuration file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-    },
-    /// Manage the API's bearer tokens (the file named by api.tokens_file).
-    Token {
-        #[command(subcommand)]
-        verb: TokenVerb,
-    },
-    /// Check a history file's ledger offline: every hash link and every signature; names the
-    /// first bad record. Works on a copy, so fenced may keep running.
-    VerifyLedger {
-        /// The history database (daemon.history).
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// The node's ledger public key (daemon.ledger_key + `.pub`, 64 hex digits), kept off
-        /// the node. Without it the key recorded in the file is used, which whoever rewrote
-        /// the file could also have replaced.
-        #[arg(long, value_name = "FILE")]
-        public_key: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenVerb {
-    /// Create a token and print it once (only its hash is stored).
-    Create {
-        /// The configuration file naming api.tokens_file.
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-        /// Its role: read, fence or admin.
-        #[arg(long, value_parser = ["read", "fence", "admin"])]
-        role: String,
-        /// Its name, recorded as the caller's identity (`token:NAME`).
-        #[arg(long)]
-        name: String,
-    },
-    /// List tokens (names, roles, creation times; never the tokens).
-    List {
-        /// The configuration file naming api.tokens_file.
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Revoke a token by name; the daemon stops accepting it at the next request.
-    Revoke {
-        /// The configuration file naming api.tokens_file.
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-        /// The token's name.
-        name: String,
-    },
-}
 
 /// Why a `fenced` command failed; each message says what to do next.
 #[derive(Debug, thiserror::Error)]
