@@ -148,7 +148,8 @@ struct SnmpPduArgs {
 
 fn after_help_redfish() -> String {
     format!(
-        "{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  redfish node1 https://127.0.0.1:8443 /tmp/palisade-lab-redfish.XXXX/redfish-lab-ca.pem\n\nExample:\n  palisade-lab redfish --count 2 --base-port 8443 --user admin --password-file pw --fault node2:endless-task\n  curl --cacert CERT_PATH -u admin:PASSWORD https://127.0.0.1:8443/redfish/v1/Systems/System1"
+        "{}\n{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  redfish node1 https://127.0.0.1:8443 /tmp/palisade-lab-redfish.XXXX/redfish-lab-ca.pem\n\nExample:\n  palisade-lab redfish --count 2 --base-port 8443 --user admin --password-file pw --fault node2:endless-task\n  curl --cacert CERT_PATH -u admin:PASSWORD https://127.0.0.1:8443/redfish/v1/Systems/System1\n  palisade-lab redfish --profile idrac --user admin --password-file pw --max-sessions 4",
+        hw_tests::lab::profile::profiles_help(true)
     )
 }
 
@@ -170,9 +171,20 @@ struct RedfishArgs {
     /// Systems per BMC (System1..SystemK); more than one makes clients choose a system id.
     #[arg(long, default_value_t = 1, value_name = "K")]
     systems: usize,
-    /// Delay between a reset and the power change, in milliseconds.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    power_delay_ms: u64,
+    /// Vendor profile (see the list below).
+    #[arg(long, default_value = "palisade", value_name = "NAME")]
+    profile: String,
+    /// Delay between a reset and the power change, in milliseconds (default: the profile's
+    /// transition time, 0 for palisade).
+    #[arg(long, value_name = "MS")]
+    power_delay_ms: Option<u64>,
+    /// Most sessions open at once per BMC, 0 = no limit (default: the profile's).
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
+    /// The ResetType AllowableValues, comma-separated (default: the profile's), e.g. a
+    /// firmware without ForceOff: On,GracefulShutdown.
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    reset_types: Option<Vec<String>>,
     /// A fault knob, `[NODE:]KNOB[=VALUE]` (repeatable; see the list below).
     #[arg(long = "fault", value_name = "KNOB")]
     faults: Vec<FaultKnob>,
@@ -287,10 +299,37 @@ fn run_redfish(args: RedfishArgs) -> ExitCode {
     if args.user.is_empty() {
         return fail(2, "--user must not be empty");
     }
-    let mut spec = RedfishLabSpec::new(args.count, args.user.clone(), password);
+    let Some(profile) = hw_tests::lab::profile::redfish_profile(&args.profile) else {
+        return fail(
+            2,
+            format!(
+                "unknown --profile `{}`; expected one of: {}",
+                args.profile,
+                hw_tests::lab::profile::REDFISH_PROFILES
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    };
+    let mut spec =
+        RedfishLabSpec::new(args.count, args.user.clone(), password).with_profile(profile);
     spec.base_port = args.base_port;
     spec.systems = args.systems;
-    spec.power_delay = Duration::from_millis(args.power_delay_ms);
+    if let Some(ms) = args.power_delay_ms {
+        spec.power_delay = Duration::from_millis(ms);
+    }
+    spec.max_sessions = args.max_sessions;
+    if let Some(types) = &args.reset_types {
+        if types.iter().any(|t| t.is_empty()) {
+            return fail(
+                2,
+                "--reset-types has an empty entry; give names such as On,ForceOff",
+            );
+        }
+        spec.reset_types = Some(types.clone());
+    }
     spec.power_on = !args.power_off;
     spec.guid_prefix = args.guid_prefix.clone();
     spec.session_timeout = Duration::from_secs(args.session_timeout);

@@ -13,6 +13,7 @@
 
 pub mod ipmi;
 pub mod node;
+pub mod profile;
 pub mod redfish;
 pub mod snmp;
 

@@ -15,6 +15,7 @@
 //! Redfish-Protocol-Validator for the simulator).
 
 use super::node::{Node, PowerAction, PowerEvent, PowerHook};
+use super::profile::{RedfishProfile, PALISADE};
 use super::{lock, EventKind, EventLog, Fault, FaultKnob, Faults, LabError, LabTasks};
 use drivers::Secret;
 use http_body_util::{BodyExt, Full, Limited};
@@ -35,15 +36,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// The reset types every simulated system advertises (DSP8010 `ResetType`).
-pub const RESET_TYPES: [&str; 6] = [
-    "On",
-    "ForceOff",
-    "GracefulShutdown",
-    "ForceRestart",
-    "PowerCycle",
-    "Nmi",
-];
+/// The reset types a system of the lab's own profile advertises (DSP8010 `ResetType`).
+pub const RESET_TYPES: &[&str] = PALISADE.reset_types;
 
 /// What to start.
 #[derive(Clone)]
@@ -74,6 +68,12 @@ pub struct RedfishLabSpec {
     pub seed: u64,
     /// Hook called on every power change of every system.
     pub power_hook: Option<PowerHook>,
+    /// The vendor profile (ids, reset types, refusals, session limit, task behaviour).
+    pub profile: &'static RedfishProfile,
+    /// Overrides the profile's session limit (0: none).
+    pub max_sessions: Option<usize>,
+    /// Overrides the profile's AllowableValues (a firmware that lacks ForceOff).
+    pub reset_types: Option<Vec<String>>,
 }
 
 impl fmt::Debug for RedfishLabSpec {
@@ -85,6 +85,7 @@ impl fmt::Debug for RedfishLabSpec {
             .field("systems", &self.systems)
             .field("power_delay", &self.power_delay)
             .field("faults", &self.faults)
+            .field("profile", &self.profile.name)
             .finish_non_exhaustive()
     }
 }
@@ -106,7 +107,29 @@ impl RedfishLabSpec {
             cert_dir: None,
             seed: 0x5a1e_1ab0,
             power_hook: None,
+            profile: &PALISADE,
+            max_sessions: None,
+            reset_types: None,
         }
+    }
+
+    /// Takes a vendor profile, its transition time as the power delay included.
+    pub fn with_profile(mut self, profile: &'static RedfishProfile) -> Self {
+        self.profile = profile;
+        self.power_delay = profile.transition;
+        self
+    }
+}
+
+/// The id of system `k` (1-based) under `profile`: the lab's own `System1…`, a vendor's own
+/// id for the first system and `ID-K` for the others.
+pub fn system_id(profile: &RedfishProfile, k: usize) -> String {
+    if profile.name == PALISADE.name {
+        format!("System{k}")
+    } else if k <= 1 {
+        profile.system_id.to_string()
+    } else {
+        format!("{}-{k}", profile.system_id)
     }
 }
 
@@ -142,6 +165,8 @@ struct Session {
 struct TaskEntry {
     system: usize,
     endless: bool,
+    /// Reports Completed whatever the power does.
+    early: bool,
 }
 
 /// What one BMC shares between its connections and its handles.
@@ -161,6 +186,11 @@ struct Shared {
     next_id: AtomicU64,
     rng: Mutex<rand::rngs::StdRng>,
     wake: Notify,
+    profile: &'static RedfishProfile,
+    reset_types: Vec<String>,
+    max_sessions: usize,
+    /// Boot override per system (BootSourceOverrideEnabled, BootSourceOverrideTarget).
+    boot: Mutex<Vec<(String, String)>>,
 }
 
 impl Shared {
@@ -430,7 +460,7 @@ impl RedfishLab {
             let mut systems = Vec::with_capacity(spec.systems);
             for k in 1..=spec.systems {
                 systems.push(System {
-                    id: format!("System{k}"),
+                    id: system_id(spec.profile, k),
                     uuid: system_uuid(&spec.guid_prefix, i, k).map_err(LabError::Spec)?,
                     node: Node::new(spec.power_on, spec.power_delay),
                     target: None,
@@ -454,6 +484,16 @@ impl RedfishLab {
                     spec.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 )),
                 wake: Notify::new(),
+                profile: spec.profile,
+                reset_types: spec.reset_types.clone().unwrap_or_else(|| {
+                    spec.profile
+                        .reset_types
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                }),
+                max_sessions: spec.max_sessions.unwrap_or(spec.profile.max_sessions),
+                boot: Mutex::new(vec![("Disabled".into(), "None".into()); spec.systems]),
             });
             lab.bmcs.push(RedfishBmcHandle {
                 shared: shared.clone(),
@@ -605,6 +645,26 @@ fn error(status: StatusCode, id: &str, message: &str) -> Reply {
     r
 }
 
+/// An error with a vendor MessageId (the profile's), shaped as DSP0266 error responses are.
+fn vendor_error(status: StatusCode, message_id: &str, message: &str) -> Reply {
+    reply(
+        status,
+        Some(json!({
+            "error": {
+                "code": "Base.1.8.GeneralError",
+                "message": "A general error has occurred. See ExtendedInfo for more information.",
+                "@Message.ExtendedInfo": [{
+                    "@odata.type": "#Message.v1_1_1.Message",
+                    "MessageId": message_id,
+                    "Message": message,
+                    "Severity": "Warning",
+                    "Resolution": "No response action is required."
+                }]
+            }
+        })),
+    )
+}
+
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).ok()
@@ -716,6 +776,7 @@ fn allowed(path: &str) -> &'static str {
     match segs.as_slice() {
         ["redfish", "v1", "SessionService", "Sessions"] => "GET, HEAD, POST",
         ["redfish", "v1", "SessionService", "Sessions", _] => "GET, HEAD, DELETE",
+        ["redfish", "v1", "Systems", _] => "GET, HEAD, PATCH",
         [.., "Actions", _] => "POST",
         _ => "GET, HEAD",
     }
@@ -761,6 +822,11 @@ fn schema_of(path: &str) -> Option<&'static str> {
         ["redfish", "v1", "AccountService", "Roles"] => "RoleCollection",
         ["redfish", "v1", "AccountService", "Roles", _] => "Role.v1_3_1",
         ["redfish", "v1", "TaskService", "Tasks", _] => "Task.v1_7_0",
+        ["redfish", "v1", "Chassis"] => "ChassisCollection",
+        ["redfish", "v1", "Chassis", _] => "Chassis.v1_21_0",
+        ["redfish", "v1", "Managers"] => "ManagerCollection",
+        ["redfish", "v1", "Managers", _] => "Manager.v1_15_0",
+        ["redfish", "v1", "UpdateService"] => "UpdateService.v1_11_0",
         _ => return None,
     })
 }
@@ -901,7 +967,7 @@ async fn route(
             )
         }
         (&Method::GET, ["redfish", "v1", "Systems", id]) => match system_json(shared, id, faults) {
-            Some(v) => reply(StatusCode::OK, Some(v)),
+            Some(v) => with_body_etag(v),
             None => error(
                 StatusCode::NOT_FOUND,
                 "ResourceMissingAtURI",
@@ -922,10 +988,30 @@ async fn route(
                     "@odata.id": format!("/redfish/v1/Systems/{id}/ResetActionInfo"),
                     "@odata.type": "#ActionInfo.v1_3_0.ActionInfo",
                     "Id": "ResetActionInfo", "Name": "Reset Action Info",
-                    "Parameters": [{"Name": "ResetType", "Required": true, "DataType": "String", "AllowableValues": RESET_TYPES}]
+                    "Parameters": [{"Name": "ResetType", "Required": true, "DataType": "String", "AllowableValues": shared.reset_types}]
                 })),
             )
         }
+        (&Method::PATCH, ["redfish", "v1", "Systems", id]) => patch_system(shared, id, req, faults).await,
+        (&Method::GET, ["redfish", "v1", "Chassis"]) => reply(StatusCode::OK, Some(collection(
+            "/redfish/v1/Chassis", "#ChassisCollection.ChassisCollection", "Chassis Collection",
+            vec![json!({"@odata.id": format!("/redfish/v1/Chassis/{}", shared.profile.chassis_id)})]))),
+        (&Method::GET, ["redfish", "v1", "Chassis", id]) if *id == shared.profile.chassis_id => {
+            with_body_etag(chassis_json(shared))
+        }
+        (&Method::GET, ["redfish", "v1", "Managers"]) => reply(StatusCode::OK, Some(collection(
+            "/redfish/v1/Managers", "#ManagerCollection.ManagerCollection", "Manager Collection",
+            vec![json!({"@odata.id": format!("/redfish/v1/Managers/{}", shared.profile.manager_id)})]))),
+        (&Method::GET, ["redfish", "v1", "Managers", id]) if *id == shared.profile.manager_id => {
+            with_body_etag(manager_json(shared))
+        }
+        (&Method::GET, ["redfish", "v1", "UpdateService"]) => reply(StatusCode::OK, Some(json!({
+            "@odata.id": "/redfish/v1/UpdateService",
+            "@odata.type": "#UpdateService.v1_11_0.UpdateService",
+            "Id": "UpdateService", "Name": "Update Service",
+            "ServiceEnabled": false,
+            "Status": {"State": "Disabled", "Health": "OK"}
+        }))),
         (&Method::POST, ["redfish", "v1", "Systems", id, "Actions", "ComputerSystem.Reset"]) => {
             reset(shared, id, req, faults).await
         }
@@ -933,7 +1019,8 @@ async fn route(
             task(shared, n, rest)
         }
         (_, ["redfish", "v1", "Systems", _, "Actions", "ComputerSystem.Reset"])
-        | (_, ["redfish", "v1", "SessionService", "Sessions"]) => error(
+        | (_, ["redfish", "v1", "SessionService", "Sessions"])
+        | (_, ["redfish", "v1", "Systems", _]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "OperationNotAllowed",
             "method not allowed here",
@@ -998,9 +1085,12 @@ fn service_root(shared: &Shared) -> Value {
         "Id": "RootService", "Name": "Root Service",
         "RedfishVersion": "1.15.0",
         "UUID": uuid,
-        "Vendor": "Palisade", "Product": "palisade-lab Redfish BMC",
+        "Vendor": shared.profile.vendor, "Product": shared.profile.product,
         "ProtocolFeaturesSupported": {"ExpandQuery": {"ExpandAll": false, "Levels": false, "Links": false, "NoLinks": false}, "FilterQuery": false, "SelectQuery": false, "OnlyMemberQuery": false, "ExcerptQuery": false},
         "Systems": {"@odata.id": "/redfish/v1/Systems"},
+        "Chassis": {"@odata.id": "/redfish/v1/Chassis"},
+        "Managers": {"@odata.id": "/redfish/v1/Managers"},
+        "UpdateService": {"@odata.id": "/redfish/v1/UpdateService"},
         "SessionService": {"@odata.id": "/redfish/v1/SessionService"},
         "AccountService": {"@odata.id": "/redfish/v1/AccountService"},
         "Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}
@@ -1013,6 +1103,9 @@ fn odata_doc() -> Value {
         "value": [
             {"name": "Service", "kind": "Singleton", "url": "/redfish/v1/"},
             {"name": "Systems", "kind": "Singleton", "url": "/redfish/v1/Systems"},
+            {"name": "Chassis", "kind": "Singleton", "url": "/redfish/v1/Chassis"},
+            {"name": "Managers", "kind": "Singleton", "url": "/redfish/v1/Managers"},
+            {"name": "UpdateService", "kind": "Singleton", "url": "/redfish/v1/UpdateService"},
             {"name": "SessionService", "kind": "Singleton", "url": "/redfish/v1/SessionService"},
             {"name": "AccountService", "kind": "Singleton", "url": "/redfish/v1/AccountService"}
         ]
@@ -1035,6 +1128,11 @@ fn metadata() -> Reply {
   <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/RoleCollection_v1.xml"><edmx:Include Namespace="RoleCollection"/></edmx:Reference>
   <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Role_v1.xml"><edmx:Include Namespace="Role"/><edmx:Include Namespace="Role.v1_3_1"/></edmx:Reference>
   <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Task_v1.xml"><edmx:Include Namespace="Task"/><edmx:Include Namespace="Task.v1_7_0"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/ChassisCollection_v1.xml"><edmx:Include Namespace="ChassisCollection"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Chassis_v1.xml"><edmx:Include Namespace="Chassis"/><edmx:Include Namespace="Chassis.v1_21_0"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/ManagerCollection_v1.xml"><edmx:Include Namespace="ManagerCollection"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Manager_v1.xml"><edmx:Include Namespace="Manager"/><edmx:Include Namespace="Manager.v1_15_0"/></edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/UpdateService_v1.xml"><edmx:Include Namespace="UpdateService"/><edmx:Include Namespace="UpdateService.v1_11_0"/></edmx:Reference>
   <edmx:DataServices><Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="Service"><EntityContainer Name="Service" Extends="ServiceRoot.v1_11_0.ServiceContainer"/></Schema></edmx:DataServices>
 </edmx:Edmx>
 "#;
@@ -1096,13 +1194,35 @@ async fn create_session(shared: &Shared, req: Request<Incoming>) -> Reply {
             .map(|_| format!("{:02x}", rng.gen::<u8>()))
             .collect()
     };
-    lock(&shared.sessions).insert(
-        token.clone(),
-        Session {
-            id,
-            last_used: Instant::now(),
-        },
-    );
+    {
+        // Checked and taken under one lock: concurrent logins cannot pass the limit.
+        let mut sessions = lock(&shared.sessions);
+        if shared.max_sessions > 0 {
+            let timeout = shared.session_timeout;
+            sessions.retain(|_, s| s.last_used.elapsed() < timeout);
+            if sessions.len() >= shared.max_sessions {
+                drop(sessions);
+                shared.record(EventKind::FaultApplied("session-limit"));
+                let code = StatusCode::from_u16(shared.profile.session_limit_status)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return vendor_error(
+                    code,
+                    "Base.1.8.SessionLimitExceeded",
+                    &format!(
+                        "The maximum number of user sessions ({}) is reached; close one before opening another",
+                        shared.max_sessions
+                    ),
+                );
+            }
+        }
+        sessions.insert(
+            token.clone(),
+            Session {
+                id,
+                last_used: Instant::now(),
+            },
+        );
+    }
     shared.record(EventKind::SessionOpened {
         session_id: id as u32,
         user: user.to_string(),
@@ -1127,27 +1247,67 @@ fn system_index(shared: &Shared, id: &str) -> Option<usize> {
     lock(&shared.systems).iter().position(|s| s.id == id)
 }
 
-fn system_json(shared: &Shared, id: &str, faults: Faults) -> Option<Value> {
-    let systems = lock(&shared.systems);
-    let s = systems.iter().find(|s| s.id == id)?;
-    let state = match (s.node.is_on(), s.target) {
+/// `PowerState` of a system: `PoweringOff`/`PoweringOn` while a change it was asked for is
+/// pending (DSP8010 Resource.PowerState: "a temporary state between On and Off").
+fn power_state(s: &System) -> &'static str {
+    match (s.node.is_on(), s.target) {
         (true, Some(false)) => "PoweringOff",
         (false, Some(true)) => "PoweringOn",
         (true, _) => "On",
         (false, _) => "Off",
-    };
+    }
+}
+
+/// A 200 with the body and a weak ETag computed from it, so the tag changes exactly when the
+/// representation does (DSP0266 §"ETags"; clients send it back in If-Match).
+fn with_body_etag(v: Value) -> Reply {
+    let tag = body_etag(&v);
+    let mut r = reply(StatusCode::OK, Some(v));
+    if let Ok(h) = hyper::header::HeaderValue::from_str(&tag) {
+        r.headers_mut().insert("ETag", h);
+    }
+    r
+}
+
+fn body_etag(v: &Value) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(v.to_string().as_bytes());
+    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("W/\"{hex}\"")
+}
+
+/// Boot override targets offered (DSP8010 ComputerSystem.BootSource, the usual subset).
+const BOOT_TARGETS: [&str; 5] = ["None", "Pxe", "Hdd", "Cd", "BiosSetup"];
+
+fn system_json(shared: &Shared, id: &str, faults: Faults) -> Option<Value> {
+    let systems = lock(&shared.systems);
+    let k = systems.iter().position(|s| s.id == id)?;
+    let s = systems.get(k)?;
+    let state = power_state(s);
+    let (enabled, target) = lock(&shared.boot).get(k).cloned().unwrap_or_default();
+    let p = shared.profile;
     let mut v = json!({
         "@odata.id": format!("/redfish/v1/Systems/{id}"),
         "@odata.type": "#ComputerSystem.v1_20_0.ComputerSystem",
         "Id": id, "Name": format!("{} {}", shared.name, id),
         "SystemType": "Physical",
-        "Manufacturer": "Palisade", "Model": "lab node",
+        "Manufacturer": p.manufacturer, "Model": p.model,
         "UUID": s.uuid,
         "PowerState": state,
         "Status": {"State": "Enabled", "Health": "OK"},
+        "Boot": {
+            "BootSourceOverrideEnabled": enabled,
+            "BootSourceOverrideTarget": target,
+            "BootSourceOverrideMode": "UEFI",
+            "BootSourceOverrideTarget@Redfish.AllowableValues": BOOT_TARGETS
+        },
+        "Links": {
+            "Chassis": [{"@odata.id": format!("/redfish/v1/Chassis/{}", p.chassis_id)}],
+            "ManagedBy": [{"@odata.id": format!("/redfish/v1/Managers/{}", p.manager_id)}]
+        },
         "Actions": {"#ComputerSystem.Reset": {
             "target": format!("/redfish/v1/Systems/{id}/Actions/ComputerSystem.Reset"),
-            "ResetType@Redfish.AllowableValues": RESET_TYPES,
+            "ResetType@Redfish.AllowableValues": shared.reset_types,
             "@Redfish.ActionInfo": format!("/redfish/v1/Systems/{id}/ResetActionInfo")
         }}
     });
@@ -1160,6 +1320,143 @@ fn system_json(shared: &Shared, id: &str, faults: Faults) -> Option<Value> {
         }
     }
     Some(v)
+}
+
+fn system_links(shared: &Shared) -> Vec<Value> {
+    lock(&shared.systems)
+        .iter()
+        .map(|s| json!({"@odata.id": format!("/redfish/v1/Systems/{}", s.id)}))
+        .collect()
+}
+
+/// The one chassis: its PowerState follows the first system's (a one-node chassis).
+fn chassis_json(shared: &Shared) -> Value {
+    let p = shared.profile;
+    let state = lock(&shared.systems)
+        .first()
+        .map(power_state)
+        .unwrap_or("Off");
+    json!({
+        "@odata.id": format!("/redfish/v1/Chassis/{}", p.chassis_id),
+        "@odata.type": "#Chassis.v1_21_0.Chassis",
+        "Id": p.chassis_id, "Name": format!("{} chassis", shared.name),
+        "ChassisType": "RackMount",
+        "Manufacturer": p.manufacturer, "Model": p.model,
+        "PowerState": state,
+        "Status": {"State": "Enabled", "Health": "OK"},
+        "Links": {
+            "ComputerSystems": system_links(shared),
+            "ManagedBy": [{"@odata.id": format!("/redfish/v1/Managers/{}", p.manager_id)}]
+        }
+    })
+}
+
+fn manager_json(shared: &Shared) -> Value {
+    let p = shared.profile;
+    json!({
+        "@odata.id": format!("/redfish/v1/Managers/{}", p.manager_id),
+        "@odata.type": "#Manager.v1_15_0.Manager",
+        "Id": p.manager_id, "Name": format!("{} BMC", shared.name),
+        "ManagerType": "BMC",
+        "Manufacturer": p.vendor, "Model": p.product,
+        "FirmwareVersion": p.firmware,
+        "PowerState": "On",
+        "Status": {"State": "Enabled", "Health": "OK"},
+        "Links": {
+            "ManagerForServers": system_links(shared),
+            "ManagerForChassis": [{"@odata.id": format!("/redfish/v1/Chassis/{}", p.chassis_id)}]
+        }
+    })
+}
+
+/// PATCH of a system: only the boot override is writable. A stale If-Match is refused with
+/// 412 (DSP0266 §"Conditional requests"), so two clients cannot overwrite each other.
+async fn patch_system(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults) -> Reply {
+    let Some(k) = system_index(shared, id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "ResourceMissingAtURI",
+            "no such system",
+        );
+    };
+    let if_match = req
+        .headers()
+        .get(hyper::header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(want) = if_match {
+        let now = system_json(shared, id, faults).map(|v| body_etag(&v));
+        let matches =
+            want.trim() == "*" || want.split(',').any(|t| Some(t.trim()) == now.as_deref());
+        if !matches {
+            return error(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                "the ETag in If-Match is not the system's current one; GET it again and retry",
+            );
+        }
+    }
+    let Some(body) = read_json(req).await else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MalformedJSON",
+            "the body is not JSON",
+        );
+    };
+    let Some(boot) = body.get("Boot").and_then(Value::as_object) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "PropertyNotWritable",
+            "only Boot (BootSourceOverrideEnabled, BootSourceOverrideTarget) can be changed here",
+        );
+    };
+    let mut all = lock(&shared.boot);
+    let Some(entry) = all.get_mut(k) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "ResourceMissingAtURI",
+            "no such system",
+        );
+    };
+    let mut next = entry.clone();
+    for (key, value) in boot {
+        let Some(v) = value.as_str() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "PropertyValueTypeError",
+                &format!("Boot.{key} must be a string"),
+            );
+        };
+        match key.as_str() {
+            "BootSourceOverrideEnabled" if ["Disabled", "Once", "Continuous"].contains(&v) => {
+                next.0 = v.to_string()
+            }
+            "BootSourceOverrideTarget" if BOOT_TARGETS.contains(&v) => next.1 = v.to_string(),
+            // The mode is fixed (UEFI); sending the value it has is no change.
+            "BootSourceOverrideMode" if v == "UEFI" => {}
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "PropertyValueNotInList",
+                    &format!("Boot.{key} = {v} is not accepted here"),
+                )
+            }
+        }
+    }
+    *entry = next;
+    drop(all);
+    reply(StatusCode::NO_CONTENT, None)
+}
+
+/// Whether a reset asks for the state the system is already in or moving to (what some
+/// firmware refuses; see the profiles).
+fn same_state(s: &System, a: PowerAction) -> bool {
+    let on_or_going = s.target.unwrap_or_else(|| s.node.is_on());
+    match a {
+        PowerAction::Up => on_or_going,
+        PowerAction::Down | PowerAction::SoftShutdown => !on_or_going,
+        _ => false,
+    }
 }
 
 async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults) -> Reply {
@@ -1188,7 +1485,7 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
             "ResetType is required",
         );
     };
-    if !RESET_TYPES.contains(&rt.as_str()) {
+    if !shared.reset_types.iter().any(|t| *t == rt) {
         return error(
             StatusCode::BAD_REQUEST,
             "ActionParameterValueNotInList",
@@ -1205,13 +1502,27 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
     }
     let now = Instant::now();
     let action = match rt.as_str() {
-        "On" => Some(PowerAction::Up),
+        "On" | "ForceOn" => Some(PowerAction::Up),
         "ForceOff" => Some(PowerAction::Down),
         "GracefulShutdown" => Some(PowerAction::SoftShutdown),
         "ForceRestart" => Some(PowerAction::HardReset),
         "PowerCycle" => Some(PowerAction::Cycle),
         _ => None,
     };
+    if let (Some(status), Some(a)) = (shared.profile.same_state_status, action) {
+        let refuse = lock(&shared.systems)
+            .get(k)
+            .is_some_and(|s| same_state(s, a));
+        if refuse {
+            shared.record(EventKind::FaultApplied("same-state-refused"));
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT);
+            return vendor_error(
+                code,
+                shared.profile.same_state_message,
+                &format!("ResetType {rt}: the system is already in or moving to that power state"),
+            );
+        }
+    }
     if faults.stuck {
         shared.record(EventKind::FaultApplied("stuck"));
     } else if faults.power_on_fails && action == Some(PowerAction::Up) {
@@ -1240,6 +1551,25 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
     }
     shared.settle();
     shared.wake.notify_one();
+    if shared.profile.early_completed_task && !faults.endless_task && !faults.async_reset {
+        // A task that says Completed while the power has not changed yet: only the power
+        // state read back can tell the fencer anything.
+        let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&shared.tasks).insert(
+            n,
+            TaskEntry {
+                system: k,
+                endless: false,
+                early: true,
+            },
+        );
+        let monitor = format!("/redfish/v1/TaskService/Tasks/{n}/Monitor");
+        let mut r = reply(StatusCode::ACCEPTED, Some(task_json(n, "Completed")));
+        if let Ok(l) = hyper::header::HeaderValue::from_str(&monitor) {
+            r.headers_mut().insert("Location", l);
+        }
+        return r;
+    }
     if faults.endless_task || faults.async_reset {
         let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&shared.tasks).insert(
@@ -1247,6 +1577,7 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
             TaskEntry {
                 system: k,
                 endless: faults.endless_task,
+                early: false,
             },
         );
         let monitor = format!("/redfish/v1/TaskService/Tasks/{n}/Monitor");
@@ -1275,7 +1606,7 @@ fn task(shared: &Shared, n: &str, rest: &[&str]) -> Reply {
     let Some((n, entry)) = n.parse::<u64>().ok().and_then(|n| {
         lock(&shared.tasks)
             .get(&n)
-            .map(|e| (n, (e.system, e.endless)))
+            .map(|e| (n, (e.system, e.endless, e.early)))
     }) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -1283,11 +1614,12 @@ fn task(shared: &Shared, n: &str, rest: &[&str]) -> Reply {
             "no such task",
         );
     };
-    let (system, endless) = entry;
+    let (system, endless, early) = entry;
     let running = endless
-        || lock(&shared.systems)
-            .get(system)
-            .is_some_and(|s| s.node.is_changing());
+        || !early
+            && lock(&shared.systems)
+                .get(system)
+                .is_some_and(|s| s.node.is_changing());
     let state = if running { "Running" } else { "Completed" };
     match rest {
         ["Monitor"] if running => reply(StatusCode::ACCEPTED, Some(task_json(n, state))),
