@@ -29,11 +29,10 @@ set -euo pipefail
 #   openssl       -> openssl (certificates for sushy-emulator)
 #   gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user -> the arm64 cross build and its
 #                    unit tests under qemu-aarch64 (scripts/test.sh, .cargo/config.toml)
-#   qemu-system-arm -> qemu-system-aarch64 (the arm64 `virt` VM, scripts/arm64-figures.sh)
 #   mmdebstrap, lintian, dpkg-dev -> the Debian package test (hw-tests/tests/debian_package.rs):
 #                    a clean bookworm root, lintian on each package, dpkg-shlibdeps in
 #                    scripts/build-debs.sh
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm mmdebstrap lintian dpkg-dev)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -158,8 +157,7 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   snmpset:snmp snmpwalk:snmp snmpbulkwalk:snmp /usr/sbin/snmpd:snmpd \
   qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
   systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3 \
-  aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user \
-  qemu-system-aarch64:qemu-system-arm; do
+  aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done

@@ -22,15 +22,18 @@ fn escape(v: &str) -> String {
     out
 }
 
-struct Page(String);
+/// A metrics page being written.
+pub(super) struct Page(pub(super) String);
 
 impl Page {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// Starts a metric family: its help and type lines.
+    pub(super) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    /// One sample of a family.
+    pub(super) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -204,6 +207,8 @@ pub(crate) fn render_security(out: &mut String, s: &super::ApiState) {
         &[("reason", "tls_handshake")],
         s.conns.handshake_failed.load(Relaxed),
     );
+    s.step_times.render(&mut p);
+    s.ledger_watch.render(&mut p);
     *out = p.0;
 }
 

@@ -6,9 +6,12 @@
 
 pub mod auth;
 mod body;
+pub mod ledger_check;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod status;
+pub mod step_times;
 pub mod tls;
 pub mod tokens;
 pub mod transport;
@@ -219,6 +222,13 @@ pub(crate) struct ApiState {
     pub(crate) auth_failures: AuthFailures,
     /// Connections refused by the listeners' bounds.
     pub(crate) conns: Arc<transport::ConnCounters>,
+    /// Step durations per device, watched from the engine's events.
+    pub(crate) step_times: step_times::StepTimes,
+    /// The scheduled ledger check's last result.
+    pub(crate) ledger_watch: ledger_check::LedgerWatch,
+    /// The events the step-duration watcher will read, subscribed when the API was made (so
+    /// none is missed) and taken by the first listener that starts serving.
+    watcher_events: Mutex<Option<tokio::sync::broadcast::Receiver<crate::model::Event>>>,
 }
 
 impl ApiState {
@@ -253,6 +263,7 @@ impl Api {
         let sec = &engine.config().api.security;
         let tokens = sec.tokens_file.clone().map(tokens::TokenStore::new);
         let auth_failures = AuthFailures::new(sec.auth_failures_per_minute);
+        let watcher_events = Mutex::new(Some(engine.subscribe()));
         Api {
             state: Arc::new(ApiState {
                 engine,
@@ -261,8 +272,33 @@ impl Api {
                 tokens,
                 auth_failures,
                 conns: Default::default(),
+                step_times: Default::default(),
+                ledger_watch: Default::default(),
+                watcher_events,
             }),
         }
+    }
+
+    /// Starts the watchers behind `/metrics` (step durations, the scheduled ledger check) the
+    /// first time a listener serves; they end with [`Api::shutdown`].
+    fn start_watchers(&self) {
+        let rx = self
+            .state
+            .watcher_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(rx) = rx else { return };
+        let s = self.state.clone();
+        tokio::spawn(async move {
+            let stop = s.shutdown_signal();
+            s.step_times.run(s.engine.clone(), rx, stop).await;
+        });
+        let s = self.state.clone();
+        tokio::spawn(async move {
+            let stop = s.shutdown_signal();
+            s.ledger_watch.run(s.engine.clone(), stop).await;
+        });
     }
 
     fn bounds(&self) -> transport::Bounds {
@@ -313,6 +349,7 @@ impl Api {
 
     /// Serves on a Unix socket (see [`bind_unix`]) until [`Api::shutdown`].
     pub async fn serve_unix(&self, listener: UnixListener) -> io::Result<()> {
+        self.start_watchers();
         transport::serve_unix(
             listener,
             self.router(),
@@ -330,6 +367,7 @@ impl Api {
         listener: TcpListener,
         tls: Option<Arc<tls::TlsReloader>>,
     ) -> io::Result<()> {
+        self.start_watchers();
         transport::serve_tcp(
             listener,
             self.router(),

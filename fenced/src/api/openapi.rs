@@ -55,6 +55,7 @@ fn operation(spec: &RouteSpec, g: &mut schemars::gen::SchemaGenerator) -> Value 
             "x-event-data": to_value(f(g)),
         }}),
         Body::OpenApi => json!({"application/json": {"schema": {"type": "object"}}}),
+        Body::Html => json!({"text/html": {"schema": {"type": "string"}}}),
     };
     let access = match spec.role {
         Some(r) => format!("Requires the `{}` role.", r.as_str()),

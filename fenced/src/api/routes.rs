@@ -46,6 +46,8 @@ pub enum Body {
     EventStream(fn(&mut SchemaGenerator) -> Schema),
     /// The OpenAPI document itself.
     OpenApi,
+    /// An HTML document (the status page).
+    Html,
 }
 
 /// A query parameter of a route, for the OpenAPI document.
@@ -96,6 +98,8 @@ pub enum Handler {
     Ledger,
     /// `GET /v1/ledger/verify`.
     LedgerVerify,
+    /// `GET /status`.
+    Status,
 }
 
 /// One route: the router and the OpenAPI generator both read these.
@@ -381,6 +385,18 @@ pub const ROUTES: &[RouteSpec] = &[
         response: Body::OpenApi,
         query: &[],
     },
+    RouteSpec {
+        method: Method::Get,
+        path: "/status",
+        role: None,
+        summary: "The status page for people (HTML, self-contained); it carries no data and reads everything it shows from this API with the viewer's own credentials, so it shows a viewer without the `read` role only the refusal.",
+        operation_id: "statusPage",
+        handler: Handler::Status,
+        request: None,
+        status: 200,
+        response: Body::Html,
+        query: &[],
+    },
 ];
 
 /// The axum method router for one route.
@@ -411,6 +427,7 @@ pub(super) fn method_router(spec: &RouteSpec) -> MethodRouter<AppState> {
         Handler::OpenApi => m!(openapi),
         Handler::Ledger => m!(ledger),
         Handler::LedgerVerify => m!(ledger_verify),
+        Handler::Status => m!(super::status::page),
     }
 }
 
