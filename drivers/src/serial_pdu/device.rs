@@ -132,8 +132,10 @@ impl SerialPduDevice {
                 detail: format!("{command}: {e}"),
             },
             Failure::Parse(ParseError::NoSuchOutlet {
-                outlet, discarded, ..
-            }) if discarded == 0 => DeviceError::NoSuchPort { port: outlet },
+                outlet,
+                discarded: 0,
+                ..
+            }) => DeviceError::NoSuchPort { port: outlet },
             Failure::Parse(ParseError::BadOutletId { outlet }) => {
                 DeviceError::NoSuchPort { port: outlet }
             }
