@@ -206,10 +206,7 @@ pub fn parse_status_line(layout: StatusLayout, line: &str) -> Option<OutletStatu
                 id: oid.to_string(),
                 // BayTech pads the name with leader dots, printed `...` or `. . .` (DS-RPC
                 // owner's manual, "Controlling Receptacles").
-                name: name
-                    .trim_start_matches(['.', ' '])
-                    .trim()
-                    .to_string(),
+                name: name.trim_start_matches(['.', ' ']).trim().to_string(),
                 state: st,
             })
         }
