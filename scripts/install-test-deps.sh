@@ -27,7 +27,9 @@ set -euo pipefail
 #                    nothing is started)
 #   bsdutils      -> script (a pseudo-terminal for fence_node's terminal output)
 #   openssl       -> openssl (certificates for sushy-emulator)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl)
+#   gpiod         -> gpioset, gpioinfo (libgpiod's tools: in the relay VM test, another process
+#                    holding a GPIO line, and the lines' holders)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gpiod)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -106,6 +108,28 @@ if ! ls "$vm_kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
   rm -rf "$tmp"
 fi
 
+# The relay VM test builds Linux's gpio-sim out of tree for that kernel
+# (scripts/build-gpio-sim.sh): Debian's headers and sources of the very same upload as the
+# unpacked kernel (its changelog names it), so the module loads into it.
+vm_release=$(compgen -G "$vm_kernel/boot/vmlinuz-*" | head -1 | sed 's|.*/vmlinuz-||' || true)
+vm_series=$(sed -E 's/^([0-9]+\.[0-9]+).*/\1/' <<<"$vm_release")
+vm_version=$(zcat "$vm_kernel"/usr/share/doc/linux-image-"$vm_release"*/changelog.Debian.gz 2>/dev/null | sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' || true)
+if [[ -n $vm_release && -n $vm_version ]]; then
+  kpkgs=()
+  for p in "linux-headers-$vm_release" "linux-source-$vm_series"; do
+    [[ "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)" == "$vm_version" ]] || kpkgs+=("$p=$vm_version")
+  done
+  if ((${#kpkgs[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "install-test-deps: need root to install ${kpkgs[*]} (run with sudo)" >&2
+      exit 1
+    fi
+    echo "install-test-deps: installing ${kpkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "${kpkgs[@]}" >/dev/null
+  fi
+fi
+
 # Every requirement the tests check (hw-tests/src/require.rs), verified after installing: an
 # install that half-failed, or a kernel without a feature, stops here with what is missing
 # rather than turning into failed tests. The names are the tests' requirement names, so
@@ -146,7 +170,8 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   nsenter:util-linux losetup:mount mount:mount nft:nftables ip:iproute2 snmpget:snmp \
   snmpset:snmp snmpwalk:snmp snmpbulkwalk:snmp /usr/sbin/snmpd:snmpd \
   qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
-  systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3; do
+  systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3 \
+  /usr/bin/gpioset:gpiod /usr/bin/gpioinfo:gpiod; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
@@ -157,6 +182,8 @@ need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import ope
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng
 need vm-kernel "Debian linux-image-6.1, unpacked above into $vm_kernel" compgen -G "$vm_kernel/boot/vmlinuz-*"
+need linux-headers "Debian package linux-headers-$vm_release (= $vm_version)" test -f "/usr/src/linux-headers-$vm_release/Makefile"
+need linux-source "Debian package linux-source-$vm_series (= $vm_version)" test -f "/usr/src/linux-source-$vm_series.tar.xz"
 
 # Kernel features, each probed the way the tests use it (as root: the tests run as root).
 probe_loop() {
