@@ -32,7 +32,9 @@ set -euo pipefail
 #   mmdebstrap, lintian, dpkg-dev -> the Debian package test (hw-tests/tests/debian_package.rs):
 #                    a clean bookworm root, lintian on each package, dpkg-shlibdeps in
 #                    scripts/build-debs.sh
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev)
+#   gpiod         -> gpioset, gpioinfo (libgpiod's tools: in the relay VM test, another process
+#                    holding a GPIO line, and the lines' holders)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -116,6 +118,28 @@ if ! ls "$vm_kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
   rm -rf "$tmp"
 fi
 
+# The relay VM test builds Linux's gpio-sim out of tree for that kernel
+# (scripts/build-gpio-sim.sh): Debian's headers and sources of the very same upload as the
+# unpacked kernel (its changelog names it), so the module loads into it.
+vm_release=$(compgen -G "$vm_kernel/boot/vmlinuz-*" | head -1 | sed 's|.*/vmlinuz-||' || true)
+vm_series=$(sed -E 's/^([0-9]+\.[0-9]+).*/\1/' <<<"$vm_release")
+vm_version=$(zcat "$vm_kernel"/usr/share/doc/linux-image-"$vm_release"*/changelog.Debian.gz 2>/dev/null | sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' || true)
+if [[ -n $vm_release && -n $vm_version ]]; then
+  kpkgs=()
+  for p in "linux-headers-$vm_release" "linux-source-$vm_series"; do
+    [[ "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)" == "$vm_version" ]] || kpkgs+=("$p=$vm_version")
+  done
+  if ((${#kpkgs[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "install-test-deps: need root to install ${kpkgs[*]} (run with sudo)" >&2
+      exit 1
+    fi
+    echo "install-test-deps: installing ${kpkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "${kpkgs[@]}" >/dev/null
+  fi
+fi
+
 # Every requirement the tests check (hw-tests/src/require.rs), verified after installing: an
 # install that half-failed, or a kernel without a feature, stops here with what is missing
 # rather than turning into failed tests. The names are the tests' requirement names, so
@@ -157,7 +181,8 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   snmpset:snmp snmpwalk:snmp snmpbulkwalk:snmp /usr/sbin/snmpd:snmpd \
   qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
   systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3 \
-  aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user; do
+  aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user \
+  /usr/bin/gpioset:gpiod /usr/bin/gpioinfo:gpiod; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
@@ -170,6 +195,8 @@ need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/
 need aarch64-target "rustup target add aarch64-unknown-linux-gnu" \
   bash -c 'rustup target list --installed | grep -qx aarch64-unknown-linux-gnu'
 need vm-kernel "Debian linux-image-6.1, unpacked above into $vm_kernel" compgen -G "$vm_kernel/boot/vmlinuz-*"
+need linux-headers "Debian package linux-headers-$vm_release (= $vm_version)" test -f "/usr/src/linux-headers-$vm_release/Makefile"
+need linux-source "Debian package linux-source-$vm_series (= $vm_version)" test -f "/usr/src/linux-source-$vm_series.tar.xz"
 
 # Kernel features, each probed the way the tests use it (as root: the tests run as root).
 probe_loop() {

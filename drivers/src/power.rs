@@ -153,6 +153,15 @@ pub enum DeviceError {
         /// What was refused and how to change it.
         detail: String,
     },
+    /// Hardware on this machine (a GPIO chip or line) cannot be opened, requested or driven.
+    /// No network is involved, so the hint is the driver's own (`detail` says what to check).
+    #[error("local device {device}: {detail}")]
+    Hardware {
+        /// The device node or pin, e.g. `/dev/gpiochip0 line 17`.
+        device: String,
+        /// What failed and what to check.
+        detail: String,
+    },
 }
 
 impl DeviceError {
@@ -167,6 +176,7 @@ impl DeviceError {
             DeviceError::Unsupported { .. } => "unsupported",
             DeviceError::NoSuchPort { .. } => "no_such_port",
             DeviceError::Policy { .. } => "policy",
+            DeviceError::Hardware { .. } => "hardware",
         }
     }
 }
@@ -236,6 +246,15 @@ pub trait PowerDevice: Send + Sync + 'static {
     /// exposes its password on another program's command line); shown by `fence_node devices`.
     fn warnings(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// How a read-back of `port` proves its power state, when the driver has more to say than
+    /// "power read back" (a relay line without a sense line: `relay output read back, no sense
+    /// line`), or why it never can. The engine records it with a confirmed step and names it
+    /// when a step is not confirmed; `None` (the default) for devices that report power as such.
+    fn read_back_basis(&self, port: Option<&str>) -> Option<String> {
+        let _ = port;
+        None
     }
 
     /// How this device proves a fence; most read the power state back.

@@ -170,6 +170,10 @@ impl PowerDevice for Selected {
         self.inner.proof()
     }
 
+    fn read_back_basis(&self, port: Option<&str>) -> Option<String> {
+        self.inner.read_back_basis(port)
+    }
+
     async fn write_pill(
         &self,
         port: Option<&str>,

@@ -113,6 +113,11 @@ pub enum StepResult {
         /// (then `state` is `off` by msgwait, not by a power reading).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pill: Option<PillProof>,
+        /// How the device's read-back proves the state, when its driver says more than "power
+        /// read back" (a relay line without a sense line: `relay output read back, no sense
+        /// line`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        basis: Option<String>,
     },
     /// The step failed; the device must not be counted as having acted.
     Failed {

@@ -12,6 +12,8 @@
 //!   through the cgroup v1 blkio throttle, so deadline handling is tested on a real kernel path.
 //! - [`vm`]: small qemu VMs (Debian kernel, busybox initramfs, serial console, QMP events)
 //!   for real kernel devices the test machine must not use itself (watchdogs).
+//! - [`gpiosim`]: real kernel GPIO lines in a VM (Linux's gpio-sim, built out of tree for the
+//!   VM's kernel), for the relay driver.
 //! - `faultydisk` (feature `fuse`): a loop device over a FUSE file that returns EIO, is slow
 //!   or hangs on command, with direct I/O end to end.
 //! - [`bins`]: where the workspace's binaries are.
@@ -29,6 +31,7 @@ pub mod demo;
 pub mod drill;
 #[cfg(feature = "fuse")]
 pub mod faultydisk;
+pub mod gpiosim;
 pub mod lab;
 pub mod loopdev;
 pub mod node;

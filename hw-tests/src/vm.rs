@@ -244,6 +244,17 @@ impl Vm {
     /// Boots the VM (`-no-reboot`: a reset, by the guest or the watchdog, stops qemu after
     /// its events were sent, so nothing runs twice).
     pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
+        Vm::launch(cfg, false)
+    }
+
+    /// Boots the VM with a virtio serial port (the guest's `/dev/vport0p1`) on a Unix socket,
+    /// for a guest shell the test drives with [`Vm::shell`]: the initramfs carries
+    /// [`SHELL_MODULES`] and its `/init` runs [`SHELL_INIT`].
+    pub fn start_with_shell(cfg: &VmConfig) -> Result<Vm, VmError> {
+        Vm::launch(cfg, true)
+    }
+
+    fn launch(cfg: &VmConfig, shell: bool) -> Result<Vm, VmError> {
         let dir = tempfile::tempdir().map_err(step("temporary directory"))?;
         let console = dir.path().join("console.log");
         let qmp = dir.path().join("qmp.sock");
@@ -277,6 +288,21 @@ impl Vm {
                 "file={},format=raw,if=virtio,cache=none,aio=threads",
                 d.display()
             ));
+        }
+        if shell {
+            // virtio, not a second 16550: under TCG a ttyS1 answer often stayed in the UART
+            // until the next input arrived, which a request/answer shell cannot live with.
+            args.extend([
+                "-device".into(),
+                "virtio-serial-pci".into(),
+                "-chardev".into(),
+                format!(
+                    "socket,id=shell,path={},server=on,wait=off",
+                    dir.path().join("shell.sock").display()
+                ),
+                "-device".into(),
+                "virtserialport,chardev=shell,name=palisade.shell".into(),
+            ]);
         }
         if let Some(action) = &cfg.watchdog_action {
             args.extend([
@@ -398,6 +424,127 @@ impl Vm {
     /// The VM's scratch directory (console log, QMP socket).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Connects to the guest shell of a VM started with [`Vm::start_with_shell`], waiting up
+    /// to `within` for the guest to answer.
+    pub fn shell(&self, within: Duration) -> Result<Shell, VmError> {
+        let stream = UnixStream::connect(self.dir.path().join("shell.sock"))
+            .map_err(step("shell socket"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(step("shell socket"))?;
+        let mut sh = Shell {
+            stream,
+            buf: Vec::new(),
+            seq: 0,
+        };
+        // The guest may not have started its shell yet: what is sent before is lost, so ask
+        // until one answer comes back.
+        let t = Instant::now();
+        loop {
+            match sh.run("true", Duration::from_millis(500)) {
+                Ok(_) => return Ok(sh),
+                Err(e) if t.elapsed() > within => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// The kernel modules (relative to the module tree's `kernel/`) the guest shell's virtio
+/// port needs, for [`Initramfs::add_modules`].
+pub const SHELL_MODULES: [&str; 6] = [
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/char/virtio_console.ko",
+];
+
+/// `/init` lines that start the shell [`Vm::shell`] talks to: they load [`SHELL_MODULES`]
+/// (a module already loaded only prints an error) and feed the port to busybox's `sh`
+/// through a pipe, so it is not interactive (no prompt, no echo). The port is opened once:
+/// the kernel lets a port be open only once, and a read while the host is not connected
+/// is an end of file, hence `cat` in a loop.
+pub const SHELL_INIT: &str = "for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console; do insmod /lib/modules/$m.ko 2>/dev/null; done\n\
+while [ ! -c /dev/vport0p1 ]; do sleep 0.05; done\n\
+exec 3<>/dev/vport0p1\n\
+(while :; do cat <&3; sleep 0.1; done | sh >&3 2>&3) &\n";
+
+/// A shell in the guest over a virtio serial port: commands in, output and status out.
+#[derive(Debug)]
+pub struct Shell {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    seq: u64,
+}
+
+impl Shell {
+    /// Runs `cmd` (one or more lines of `sh`) in the guest; its exit status and its output
+    /// (stdout and stderr) once it finishes, or an error after `within`.
+    pub fn run(&mut self, cmd: &str, within: Duration) -> Result<(i32, String), VmError> {
+        use std::io::Read;
+        self.seq += 1;
+        let marker = format!("@@palisade-done {} rc=", self.seq);
+        // The status is printed on a line of its own, after a newline, whatever cmd printed.
+        let line = format!("{cmd}\nprintf '\\n{marker}%d@@\\n' $?\n");
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(step("writing to the guest shell"))?;
+        let t = Instant::now();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&self.buf).into_owned();
+            if let Some(at) = text.find(&marker) {
+                if let Some(end) = text[at..].find("@@\n") {
+                    let rc = text[at + marker.len()..at + end].parse().unwrap_or(-1);
+                    let out = text[..at].strip_suffix('\n').unwrap_or(&text[..at]);
+                    let out = out.replace('\r', "");
+                    self.buf.drain(..(at + end + 3).min(self.buf.len()));
+                    return Ok((rc, out));
+                }
+            }
+            if t.elapsed() > within {
+                return Err(VmError::Step {
+                    what: format!("guest shell: `{cmd}`"),
+                    detail: format!("no answer within {within:?}; output so far: {text}"),
+                });
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(VmError::Step {
+                        what: format!("guest shell: `{cmd}`"),
+                        detail: "qemu closed the shell socket".into(),
+                    })
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    return Err(VmError::Step {
+                        what: format!("guest shell: `{cmd}`"),
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Runs `cmd` and returns its output; a non-zero status is an error with the output.
+    pub fn ok(&mut self, cmd: &str, within: Duration) -> Result<String, VmError> {
+        let (rc, out) = self.run(cmd, within)?;
+        if rc != 0 {
+            return Err(VmError::Step {
+                what: format!("guest shell: `{cmd}`"),
+                detail: format!("exit {rc}: {out}"),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -283,7 +283,8 @@ where
     }
 
     /// Reads a line and says what it proves: the state and the basis of the claim. The
-    /// engine only sees the state; the basis is for history and operators.
+    /// engine reads the state through `status` and the basis through `read_back_basis`, for
+    /// history and operators.
     pub async fn read_back(&self, port: Option<&str>) -> Result<(PowerState, Basis), DeviceError> {
         let line = self.line(port)?;
         let mut st = line.state.lock().await;
@@ -346,6 +347,12 @@ where
             value: self.board.clone(),
             description: parts.join("; "),
         })
+    }
+
+    /// The line's basis: what its read-back proves (the sense line, or the relay output alone
+    /// with no sense line), or why it proves nothing.
+    fn read_back_basis(&self, port: Option<&str>) -> Option<String> {
+        self.line(port).ok().map(|l| l.cfg.basis().to_string())
     }
 
     fn warnings(&self) -> Vec<String> {

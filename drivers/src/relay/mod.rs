@@ -124,16 +124,18 @@ impl From<RelayError> for DeviceError {
     fn from(e: RelayError) -> Self {
         let detail = e.to_string();
         match e {
-            RelayError::LineBusy { chip, .. } | RelayError::Request { chip, .. } => {
-                DeviceError::Unreachable {
-                    address: chip,
-                    reason: detail,
+            // GPIO lines are hardware on this machine: the hint is the relay error's own
+            // (which process holds the line, which chip to check), never a network path.
+            RelayError::LineBusy { chip, line, .. } | RelayError::Request { chip, line, .. } => {
+                DeviceError::Hardware {
+                    device: format!("{chip} line {line}"),
+                    detail,
                 }
             }
             RelayError::PinWrite { pin, .. }
             | RelayError::PinRead { pin, .. }
-            | RelayError::OutputNotTaken { pin, .. } => DeviceError::Protocol {
-                address: pin,
+            | RelayError::OutputNotTaken { pin, .. } => DeviceError::Hardware {
+                device: pin,
                 detail,
             },
             RelayError::SenseDisagrees { pin, command, .. } => DeviceError::Refused {

@@ -428,10 +428,10 @@ impl KindSettings for RelaySettings {
 
     #[cfg(not(target_os = "linux"))]
     fn build(&self, _node_name: &str) -> Result<Arc<dyn PowerDevice>, DeviceError> {
-        Err(DeviceError::Unreachable {
-            address: self.chip.display().to_string(),
-            reason:
-                "relay devices use the Linux GPIO character device; this build is not for Linux"
+        Err(DeviceError::Hardware {
+            device: self.chip.display().to_string(),
+            detail:
+                "relay devices use the Linux GPIO character device; this build is not for Linux: run fenced on Linux"
                     .into(),
         })
     }

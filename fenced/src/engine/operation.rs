@@ -114,6 +114,19 @@ struct LevelResult {
     failures: Vec<String>,
     /// Set when a device of the level confirmed by poison pill: the longest msgwait.
     pill_msgwait_ms: Option<u64>,
+    /// `entry: basis` for each confirmed device whose driver said how it read back.
+    bases: Vec<String>,
+}
+
+/// `level N`, followed by how each device read back when its driver said so, for summaries
+/// (`level 1; relays:n1: relay output read back, no sense line`).
+fn level_words(n: u32, bases: &[String]) -> String {
+    let mut s = format!("level {n}");
+    for b in bases {
+        s.push_str("; ");
+        s.push_str(b);
+    }
+    s
 }
 
 async fn drive(
@@ -168,6 +181,7 @@ async fn drive(
                 ),
             };
         }
+        let lv = level_words(n, &r.bases);
         let confirmation = Confirmation::PowerReadBack {
             level: n,
             devices,
@@ -178,10 +192,10 @@ async fn drive(
                 confirmation,
                 powered_on: None,
                 summary: if r.already {
-                    format!("{} was already off: power read back as off from {names} (level {n}); no command sent", op.target)
+                    format!("{} was already off: power read back as off from {names} ({lv}); no command sent", op.target)
                 } else {
                     format!(
-                        "{} fenced: power read back as off from {names} (level {n})",
+                        "{} fenced: power read back as off from {names} ({lv})",
                         op.target
                     )
                 },
@@ -190,7 +204,7 @@ async fn drive(
                 confirmation,
                 powered_on: Some(true),
                 summary: format!(
-                    "{} powered on: power read back as on from {names} (level {n})",
+                    "{} powered on: power read back as on from {names} ({lv})",
                     op.target
                 ),
             },
@@ -212,10 +226,13 @@ async fn drive(
                     confirmation,
                     powered_on: Some(on.ok),
                     summary: if on.ok {
-                        format!("{} rebooted: power read back as off, then as on, from {names} (level {n})", op.target)
+                        format!(
+                            "{} rebooted: power read back as off, then as on, from {names} ({lv})",
+                            op.target
+                        )
                     } else {
                         format!(
-                            "{} fenced (power read back as off from {names}, level {n}) but it did NOT come back on: {}",
+                            "{} fenced (power read back as off from {names}, {lv}) but it did NOT come back on: {}",
                             op.target,
                             on.failures.join("; ")
                         )
@@ -360,6 +377,7 @@ async fn run_level(
                     "not tried: the steps could not be recorded in history first ({e}); check the disk holding the history file"
                 )],
                 pill_msgwait_ms: None,
+                bases: Vec::new(),
             };
         }
         publish(inner, tx, op);
@@ -384,6 +402,7 @@ async fn run_level(
     let mut already = true;
     let mut failures = Vec::new();
     let mut pill_msgwait_ms = None;
+    let mut bases = Vec::new();
     let mut done = 0;
     while let Some((e, started, result)) = steps.next().await {
         done += 1;
@@ -399,9 +418,15 @@ async fn run_level(
             .or_default() += 1;
         match &result {
             StepResult::Confirmed {
-                already: a, pill, ..
+                already: a,
+                pill,
+                basis,
+                ..
             } => {
                 already &= *a;
+                if let Some(b) = basis {
+                    bases.push(format!("{}: {b}", entry_name(e)));
+                }
                 if let Some(p) = pill {
                     pill_msgwait_ms = Some(pill_msgwait_ms.unwrap_or(0).max(p.msgwait_ms));
                 }
@@ -435,5 +460,6 @@ async fn run_level(
         already: ok && already,
         failures,
         pill_msgwait_ms,
+        bases,
     }
 }

@@ -114,6 +114,7 @@ pub(super) async fn step(
                 polls: 0,
                 identity,
                 pill: None,
+                basis: dev.read_back_basis(port),
             }
         }
         Ok(Ok(_)) => {}
@@ -157,6 +158,7 @@ pub(super) async fn step(
                     polls,
                     identity,
                     pill: None,
+                    basis: dev.read_back_basis(port),
                 }
             }
             // A dropped packet or a BMC busy switching is not yet a failure: keep reading
@@ -165,12 +167,20 @@ pub(super) async fn step(
         }
     }
     match last {
-        Ok(s) => failed(
-            "not_confirmed",
-            format!(
-                "device accepted power {command} but still reports {s} after {polls} reads ({budget} ms); a stuck or lying device: the target is NOT confirmed {expect}"
-            ),
-        ),
+        Ok(s) => {
+            // A device that says how it reads back (a relay button without a sense line can
+            // never confirm) is named by that, not taken for a stuck or lying one.
+            let why = match dev.read_back_basis(port) {
+                Some(b) => format!("its read-back: {b};"),
+                None => "a stuck or lying device:".into(),
+            };
+            failed(
+                "not_confirmed",
+                format!(
+                    "device accepted power {command} but still reports {s} after {polls} reads ({budget} ms); {why} the target is NOT confirmed {expect}"
+                ),
+            )
+        }
         Err(err) => failed(err.code(), format!("power {command} sent, then: {err}")),
     }
 }
@@ -218,6 +228,7 @@ async fn pill_step(
                 disks: report.disks,
                 msgwait_ms: 0,
             }),
+            basis: None,
         };
     }
     let until = Instant::now() + report.msgwait;
@@ -246,5 +257,6 @@ async fn pill_step(
             disks: report.disks,
             msgwait_ms: report.msgwait.as_millis() as u64,
         }),
+        basis: None,
     }
 }

@@ -49,6 +49,8 @@ pub struct State {
     pub pill: Option<(u32, u32, Duration)>,
     /// Pills written, in order.
     pub pills: Vec<PillKind>,
+    /// What the device says its read-back proves ([`PowerDevice::read_back_basis`]).
+    pub basis: Option<String>,
 }
 
 #[derive(Clone)]
@@ -69,6 +71,7 @@ impl TestDevice {
             identity: "guid-a".into(),
             pill: None,
             pills: Vec::new(),
+            basis: None,
         })))
     }
 
@@ -151,6 +154,10 @@ impl PowerDevice for TestDevice {
             }
         }
         Ok(())
+    }
+
+    fn read_back_basis(&self, _port: Option<&str>) -> Option<String> {
+        self.state().basis.clone()
     }
 
     fn proof(&self) -> FenceProof {

@@ -1055,3 +1055,57 @@ async fn on_fail_skip_of_the_only_level_fails_and_says_why_never_fenced() {
     let op = run(&r.engine, req("n1", Action::Off)).await;
     assert!(op.fenced(), "{op:?}");
 }
+
+/// A driver that says how it read back (a relay line without a sense line) has that named in
+/// the confirmed attempt and in the outcome's summary, which history keeps.
+#[tokio::test(start_paused = true)]
+async fn a_device_that_says_how_it_read_back_is_named_in_the_outcome() {
+    let note = "relay output read back, no sense line";
+    let d = TestDevice::new(PowerState::On).with(|s| s.basis = Some(note.into()));
+    let r = rig(vec![target("n1", &[&["relays:n1"]])], &[("relays", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert!(op.fenced(), "{op:?}");
+    let Some(Outcome::Succeeded { summary, .. }) = &op.outcome else {
+        panic!("{op:?}")
+    };
+    assert!(
+        summary.contains(&format!("(level 1; relays:n1: {note})")),
+        "{summary}"
+    );
+    assert!(
+        matches!(&op.attempts[0].result, StepResult::Confirmed { basis: Some(b), .. } if b == note),
+        "{:?}",
+        op.attempts
+    );
+    let h = r.engine.history(&HistoryQuery::default()).unwrap();
+    assert_eq!(h[0].outcome, op.outcome);
+    // Devices that say nothing keep the plain summary.
+    let plain = TestDevice::new(PowerState::On);
+    let r = rig(vec![target("n2", &[&["bmc"]])], &[("bmc", &plain)]);
+    let op = run(&r.engine, req("n2", Action::Off)).await;
+    let Some(Outcome::Succeeded { summary, .. }) = &op.outcome else {
+        panic!("{op:?}")
+    };
+    assert!(summary.ends_with("(level 1)"), "{summary}");
+}
+
+/// A device that can never read its state back (a relay button without a sense line) is NOT
+/// fenced, and the failure gives its reason rather than calling it stuck or lying.
+#[tokio::test(start_paused = true)]
+async fn a_device_that_cannot_read_back_is_not_fenced_and_says_why() {
+    let why = "power button without a sense line: a press cannot be read back";
+    let d = TestDevice::new(PowerState::Unknown).with(|s| {
+        s.stuck = true;
+        s.basis = Some(why.into());
+    });
+    let r = rig(vec![target("n1", &[&["relays:n1"]])], &[("relays", &d)]);
+    let op = run(&r.engine, req("n1", Action::Off)).await;
+    assert!(!op.fenced(), "{op:?}");
+    let StepResult::Failed { code, message } = &op.attempts[0].result else {
+        panic!("{:?}", op.attempts)
+    };
+    assert_eq!(code, "not_confirmed");
+    assert!(message.contains(why), "{message}");
+    assert!(!message.contains("lying"), "{message}");
+    assert_eq!(d.state().commands, vec![PowerCommand::Off]);
+}

@@ -109,6 +109,12 @@ async fn cut_without_sense_with_flag_confirms_from_output_and_says_so() {
     let (state, basis) = b.dev.read_back(None).await.unwrap();
     assert_eq!(state, PowerState::Off);
     assert_eq!(basis.to_string(), "relay output read back, no sense line");
+    // What the engine records with the confirmed step.
+    assert_eq!(
+        b.dev.read_back_basis(None).as_deref(),
+        Some("relay output read back, no sense line")
+    );
+    assert_eq!(b.dev.read_back_basis(Some("no-such-line")), None);
     let w = b.dev.warnings();
     assert_eq!(w.len(), 1);
     assert!(
@@ -235,9 +241,9 @@ async fn sense_read_error_claims_nothing() {
         ]),
     );
     let e = b.dev.power(None, PowerCommand::Off).await.unwrap_err();
-    assert_eq!(e.code(), "protocol");
+    assert_eq!(e.code(), "hardware");
     assert!(err_text(&e).contains("nothing is claimed"), "{e}");
-    assert_eq!(b.dev.status(None).await.unwrap_err().code(), "protocol");
+    assert_eq!(b.dev.status(None).await.unwrap_err().code(), "hardware");
     b.done();
 }
 
@@ -245,7 +251,7 @@ async fn sense_read_error_claims_nothing() {
 async fn output_read_error_with_flag_claims_nothing() {
     let cfg = test_cfg(Mode::PowerCut, false, true, Polarity::ActiveHigh);
     let b = Bench::new(cfg, &[T::get_state(State::High).with_error(io_err())], None);
-    assert_eq!(b.dev.status(None).await.unwrap_err().code(), "protocol");
+    assert_eq!(b.dev.status(None).await.unwrap_err().code(), "hardware");
     b.done();
 }
 
@@ -256,7 +262,7 @@ async fn pin_write_error_fails_without_waiting() {
         let b = Bench::new(cfg, &[T::set(State::High).with_error(io_err())], Some(&[]));
         let t0 = Instant::now();
         let e = b.dev.power(None, PowerCommand::Off).await.unwrap_err();
-        assert_eq!(e.code(), "protocol");
+        assert_eq!(e.code(), "hardware");
         assert!(
             err_text(&e).contains("writing output test line 1 failed"),
             "{e}"
@@ -390,10 +396,19 @@ fn relay_errors_map_to_device_errors() {
         consumer: "gpioset".into(),
     };
     let d = DeviceError::from(busy);
-    assert_eq!(d.code(), "unreachable");
+    assert_eq!(d.code(), "hardware");
     let t = d.to_string();
     assert!(
-        t.contains("/dev/gpiochip0") && t.contains("17") && t.contains("`gpioset`"),
+        t.contains("/dev/gpiochip0 line 17") && t.contains("`gpioset`"),
         "{t}"
     );
+    // Local hardware: no hint about networks.
+    assert!(!t.contains("network"), "{t}");
+    let read = DeviceError::from(RelayError::PinRead {
+        line: "n1".into(),
+        pin: "/dev/gpiochip0 line 3".into(),
+        detail: "EIO".into(),
+    });
+    assert_eq!(read.code(), "hardware");
+    assert!(!read.to_string().contains("malformed"), "{read}");
 }
