@@ -209,6 +209,7 @@ mod tests {
                             polls: 1,
                             identity: None,
                             pill: None,
+                            basis: None,
                         }
                     } else {
                         StepResult::Failed {
