@@ -27,7 +27,9 @@ set -euo pipefail
 #                    nothing is started)
 #   bsdutils      -> script (a pseudo-terminal for fence_node's terminal output)
 #   openssl       -> openssl (certificates for sushy-emulator)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl)
+#   chromium, chromium-driver -> headless Chromium and ChromeDriver (fenced/tests/status_page.rs)
+#   prometheus    -> promtool (checks and unit-tests packaging/prometheus/palisade.rules.yml)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl chromium chromium-driver prometheus)
 
 missing=()
 for p in "${packages[@]}"; do
