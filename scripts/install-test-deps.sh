@@ -34,7 +34,8 @@ set -euo pipefail
 #                    scripts/build-debs.sh
 #   gpiod         -> gpioset, gpioinfo (libgpiod's tools: in the relay VM test, another process
 #                    holding a GPIO line, and the lines' holders)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod)
+#   chromium, chromium-driver -> headless Chromium and ChromeDriver (fenced/tests/status_page.rs)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver)
 
 missing=()
 for p in "${packages[@]}"; do

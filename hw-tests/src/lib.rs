@@ -21,10 +21,12 @@
 //!   unless the developer allowed skips (`PALISADE_ALLOW_SKIP`); every skip is logged.
 //! - [`node`]: lab nodes (network namespace + cgroup v2 group + optional mount namespace)
 //!   that a simulated BMC really powers off, with nftables partitions and a lab network.
+//! - [`browser`]: headless Chromium driven through ChromeDriver (WebDriver), for page tests.
 //! - [`drill`]: the failover drill: a stateful workload on a shared disk, a reference
 //!   controller, and the checker that shows whether two copies ever wrote at once.
 
 pub mod bins;
+pub mod browser;
 pub mod daemon;
 #[cfg(feature = "cli")]
 pub mod demo;

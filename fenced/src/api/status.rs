@@ -83,7 +83,10 @@ pub(super) async fn page() -> Response {
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ),
-            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
             (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
             // The page is static, but a cached copy outliving an upgrade would talk to a newer
             // API with an older script.
@@ -113,7 +116,9 @@ mod tests {
     #[test]
     fn the_page_loads_nothing_from_elsewhere() {
         let p = build();
-        for needle in ["http://", "https://", "//cdn", "src=", "<link", "@import", "url("] {
+        for needle in [
+            "http://", "https://", "//cdn", "src=", "<link", "@import", "url(",
+        ] {
             assert!(
                 !p.html.contains(needle),
                 "the page must be self-contained, found {needle:?}"

@@ -247,6 +247,9 @@ mod tests {
         );
         assert!(text.contains("le=\"0.5\"} 0\n") && text.contains("le=\"1\"} 1\n"));
         assert!(text.contains("le=\"+Inf\"} 1\n"), "{text}");
-        assert!(t.inner().following.is_empty(), "finished operations are forgotten");
+        assert!(
+            t.inner().following.is_empty(),
+            "finished operations are forgotten"
+        );
     }
 }

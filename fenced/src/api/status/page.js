@@ -83,6 +83,7 @@
       S.ledger = null;
       render();
       $("auth").hidden = false;
+      $("data").hidden = true;
       $("auth-error").textContent = e.message;
       setConn("refused", e.message);
     } else {
@@ -134,6 +135,7 @@
     for (const op of history) mergeOp(op);
     for (const t of targets) if (t.last_operation) mergeOp(t.last_operation);
     $("auth").hidden = true;
+    $("data").hidden = false;
     $("forget").hidden = !S.token;
     trim();
     render();
@@ -341,6 +343,10 @@
     location.reload();
   });
   $("ledger-verify").addEventListener("click", verifyLedger);
+  // Verification reads every record (one signature each), so it is repeated only now and then.
+  setInterval(() => {
+    if ($("auth").hidden) verifyLedger();
+  }, 600000);
   // Health has no events: re-read devices and targets now and then.
   setInterval(() => {
     if ($("auth").hidden) {
