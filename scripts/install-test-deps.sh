@@ -149,7 +149,8 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   nsenter:util-linux losetup:mount mount:mount nft:nftables ip:iproute2 snmpget:snmp \
   snmpset:snmp snmpwalk:snmp snmpbulkwalk:snmp /usr/sbin/snmpd:snmpd \
   qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
-  systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3; do
+  systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3 \
+  mmdebstrap:mmdebstrap lintian:lintian dpkg-shlibdeps:dpkg-dev; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
