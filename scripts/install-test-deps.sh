@@ -183,7 +183,8 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   qemu-system-x86_64:qemu-system-x86 cpio:cpio /bin/busybox:busybox-static \
   systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3 \
   aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user \
-  /usr/bin/gpioset:gpiod /usr/bin/gpioinfo:gpiod; do
+  /usr/bin/gpioset:gpiod /usr/bin/gpioinfo:gpiod /usr/bin/chromium:chromium \
+  /usr/bin/chromedriver:chromium-driver mmdebstrap:mmdebstrap lintian:lintian dpkg-shlibdeps:dpkg-dev; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done

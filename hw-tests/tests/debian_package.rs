@@ -135,7 +135,11 @@ fn packages_install_upgrade_and_purge_in_a_clean_bookworm() {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "lintian:\n{report}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "lintian:\n{report}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let tar = bookworm_tarball();
     let root = Root(work.path().join("root"));
@@ -158,10 +162,19 @@ fn packages_install_upgrade_and_purge_in_a_clean_bookworm() {
     let check = root.out("fenced check-config /etc/palisade/fenced.toml");
     assert!(check.contains(": valid"), "{check}");
     let user = root.out("getent passwd palisade; getent group palisade");
-    assert!(user.contains("/var/lib/palisade:/usr/sbin/nologin"), "{user}");
+    assert!(
+        user.contains("/var/lib/palisade:/usr/sbin/nologin"),
+        "{user}"
+    );
     let dirs = root.out("stat -c '%n %a %U %G' /var/lib/palisade /run/palisade");
-    assert!(dirs.contains("/var/lib/palisade 700 palisade palisade"), "{dirs}");
-    assert!(dirs.contains("/run/palisade 750 palisade palisade"), "{dirs}");
+    assert!(
+        dirs.contains("/var/lib/palisade 700 palisade palisade"),
+        "{dirs}"
+    );
+    assert!(
+        dirs.contains("/run/palisade 750 palisade palisade"),
+        "{dirs}"
+    );
     // Enabled (starts at boot, inert until targets are configured); the watcher is not.
     root.sh("test -L /etc/systemd/system/multi-user.target.wants/fenced.service");
     root.sh("test ! -e /etc/systemd/system/multi-user.target.wants/palisade-sbd.service");
@@ -176,7 +189,10 @@ fn packages_install_upgrade_and_purge_in_a_clean_bookworm() {
         root.sh(&format!("test -x {f} || test -f {f}"));
     }
     let meta = root.out("/usr/sbin/fence_palisade -o metadata");
-    assert!(meta.contains("<resource-agent name=\"fence_palisade\""), "{meta}");
+    assert!(
+        meta.contains("<resource-agent name=\"fence_palisade\""),
+        "{meta}"
+    );
     // The units, as systemd reads them (no systemd runs: analyze reads the files).
     let verify = root.sh(
         "systemd-analyze verify /lib/systemd/system/fenced.service /lib/systemd/system/palisade-sbd.service 2>&1",
@@ -192,7 +208,9 @@ fn packages_install_upgrade_and_purge_in_a_clean_bookworm() {
     root.sh("echo ledger > /var/lib/palisade/history.redb; chown palisade: /var/lib/palisade/history.redb");
 
     root.sh("apt-get install -y -q --no-download /tmp/debs/v2/*.deb");
-    let versions = root.out("dpkg-query -W -f '${Package} ${Version}\\n' fenced fence-node fence-palisade palisade-sbd");
+    let versions = root.out(
+        "dpkg-query -W -f '${Package} ${Version}\\n' fenced fence-node fence-palisade palisade-sbd",
+    );
     for p in PACKAGES {
         assert!(versions.contains(&format!("{p} {version2}")), "{versions}");
     }
@@ -215,7 +233,9 @@ fn packages_install_upgrade_and_purge_in_a_clean_bookworm() {
     for line in left.lines() {
         // dpkg forgets a purged package ("un", or not listed at all).
         assert!(
-            line.split_whitespace().nth(1).is_some_and(|s| s.starts_with("un")),
+            line.split_whitespace()
+                .nth(1)
+                .is_some_and(|s| s.starts_with("un")),
             "left after purge: {left}"
         );
     }
