@@ -62,9 +62,9 @@ fi
 # arm64 fence controllers (issue 18): the daemons cross-build for aarch64, and the pure crates'
 # unit tests run on arm64 under qemu user mode (.cargo/config.toml sets the linker and the
 # runner). A dev build: a fat-LTO release cross-build costs many minutes on 2 cores, and what
-# this gates is that the code builds and the tests pass on arm64 (scripts/arm64-figures.sh
-# builds release binaries for sizes). ARM64=0 skips it.
-if [ "${ARM64:-1}" != 0 ]; then
+# this gates is that the code builds and the tests pass on arm64. Opt-in (ARM64=1) until its cost on 2 cores is measured
+# from a fresh clone: the drivers' tests under qemu-aarch64 have not yet run once.
+if [ "${ARM64:-0}" != 0 ]; then
   echo "== arm64: cross-build fenced and watchdog, unit tests under qemu-aarch64"
   cargo build --locked --target aarch64-unknown-linux-gnu -p fenced -p watchdog --bins
   cargo test --locked --target aarch64-unknown-linux-gnu -p drivers -p watchdog -p boards --lib
