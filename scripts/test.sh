@@ -26,9 +26,6 @@ export PALISADE_SKIP_LOG="$target_dir/palisade-skips.log"
 mkdir -p "$target_dir"
 : >"$PALISADE_SKIP_LOG"
 
-echo "== Debian packages (scripts/build-debs.sh; installed and purged in bookworm by hw-tests' debian_package)"
-bash scripts/build-debs.sh
-
 echo "== tests"
 tests_rc=0
 cargo nextest run --workspace --locked --no-fail-fast --profile ci || tests_rc=$?

@@ -107,6 +107,7 @@ fn build_debs(out: &Path, version: Option<&str>) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "not yet run once end to end (release build + mmdebstrap root): issue 19 is open; run with --ignored"]
 fn packages_install_upgrade_and_purge_in_a_clean_bookworm() {
     for (c, by) in [
         ("mmdebstrap", "Debian package mmdebstrap"),
