@@ -170,7 +170,10 @@ struct SessionSlot {
 }
 
 /// Slots by (service, account); a slot lives as long as a device uses it.
-static SLOTS: LazyLock<std::sync::Mutex<HashMap<(String, String), Weak<SessionSlot>>>> =
+type SlotMap = HashMap<(String, String), Weak<SessionSlot>>;
+
+/// Every live slot of this process.
+static SLOTS: LazyLock<std::sync::Mutex<SlotMap>> =
     LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
 
 impl SessionSlot {

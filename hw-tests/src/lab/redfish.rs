@@ -1485,7 +1485,7 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
             "ResetType is required",
         );
     };
-    if !shared.reset_types.iter().any(|t| *t == rt) {
+    if !shared.reset_types.contains(&rt) {
         return error(
             StatusCode::BAD_REQUEST,
             "ActionParameterValueNotInList",
