@@ -4,6 +4,12 @@
 //! the session are kept between calls. A session is deleted (`DELETE` on its URI) after
 //! `idle_close` without calls, by [`RedfishDevice::close`], and on drop (best effort): BMCs
 //! have few session slots, and a fencer that leaks them locks itself out of the BMC.
+//!
+//! Devices of one process that reach the same service with the same account, password and
+//! TLS settings (several systems behind one BMC, or one chassis manager for many blades)
+//! share one session: iDRAC refuses a ninth session with 503 (RAC0218,
+//! bb-Ricardo/check_redfish#89), so one session per target would fail a mass fence on a
+//! BMC that serves many targets.
 
 use super::error::RedfishError;
 use super::model::{
@@ -16,8 +22,10 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -116,7 +124,7 @@ pub fn power_state_of(value: Option<&str>) -> PowerState {
 }
 
 enum Auth {
-    Session { token: Secret, uri: Option<String> },
+    Session { token: Secret },
     Basic,
 }
 
@@ -131,34 +139,136 @@ struct System {
 #[derive(Default)]
 struct State {
     root: Option<ServiceRoot>,
+    /// This device's copy of the authentication (for a session: the shared slot's, as of
+    /// `generation`).
     auth: Option<Auth>,
+    /// The slot generation the copied session belongs to.
+    generation: u64,
     system: Option<System>,
-    last_used: Option<Instant>,
-    idle_closer: bool,
+}
+
+/// The session a slot holds: its token, its URI, and the generation that names it.
+struct SlotSession {
+    token: Secret,
+    uri: Option<String>,
+    generation: u64,
+}
+
+/// One Redfish session shared by the devices of this process that reach the same service
+/// with the same account, password and TLS settings.
+struct SessionSlot {
+    base_url: String,
+    password: Secret,
+    tls: String,
+    client: reqwest::Client,
+    session: std::sync::Mutex<Option<SlotSession>>,
+    /// Held while logging in, so that devices of one BMC open one session, not one each.
+    login: Mutex<()>,
+    next_generation: AtomicU64,
+    last_used: std::sync::Mutex<Option<Instant>>,
+    idle_closer: AtomicBool,
+}
+
+/// Slots by (service, account); a slot lives as long as a device uses it.
+type SlotMap = HashMap<(String, String), Weak<SessionSlot>>;
+
+/// Every live slot of this process.
+static SLOTS: LazyLock<std::sync::Mutex<SlotMap>> =
+    LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
+
+impl SessionSlot {
+    fn lock_session(&self) -> std::sync::MutexGuard<'_, Option<SlotSession>> {
+        self.session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn touch(&self) {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        self.last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|t| t.elapsed())
+    }
+
+    /// The slot for this configuration: an existing one when every setting that decides
+    /// whether a token may be used matches, else a new one (registered when the key is free).
+    fn for_config(cfg: &RedfishConfig, client: &reqwest::Client) -> Arc<SessionSlot> {
+        let key = (cfg.base_url.clone(), cfg.username.clone());
+        let tls = format!("{:?}", cfg.tls);
+        let mut slots = SLOTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.retain(|_, w| w.strong_count() > 0);
+        if let Some(existing) = slots.get(&key).and_then(Weak::upgrade) {
+            // A device with another password or TLS setting must not ride on a session it
+            // could not have opened itself: its own configuration error has to show.
+            if existing.password.expose() == cfg.password.expose() && existing.tls == tls {
+                return existing;
+            }
+            return Arc::new(SessionSlot::new(cfg, client, tls));
+        }
+        let slot = Arc::new(SessionSlot::new(cfg, client, tls));
+        slots.insert(key, Arc::downgrade(&slot));
+        slot
+    }
+
+    fn new(cfg: &RedfishConfig, client: &reqwest::Client, tls: String) -> SessionSlot {
+        SessionSlot {
+            base_url: cfg.base_url.clone(),
+            password: cfg.password.clone(),
+            tls,
+            client: client.clone(),
+            session: std::sync::Mutex::new(None),
+            login: Mutex::new(()),
+            next_generation: AtomicU64::new(1),
+            last_used: std::sync::Mutex::new(None),
+            idle_closer: AtomicBool::new(false),
+        }
+    }
+
+    /// Forgets the session of `generation` (the service rejected it); a newer one stays.
+    fn invalidate(&self, generation: u64) {
+        let mut s = self.lock_session();
+        if s.as_ref().is_some_and(|x| x.generation == generation) {
+            *s = None;
+        }
+    }
+
+    /// Takes the session out, for deletion.
+    fn take(&self) -> Option<SlotSession> {
+        self.lock_session().take()
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if let Some(SlotSession {
+            token,
+            uri: Some(uri),
+            ..
+        }) = self.take()
+        {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                if let Ok(url) = join(&self.base_url, &uri) {
+                    rt.spawn(delete_session(self.client.clone(), url, token));
+                }
+            }
+        }
+    }
 }
 
 struct Inner {
     cfg: RedfishConfig,
     client: reqwest::Client,
     state: Mutex<State>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(Auth::Session {
-            token,
-            uri: Some(uri),
-        }) = self.state.get_mut().auth.take()
-        {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let client = self.client.clone();
-                let url = join(&self.cfg.base_url, &uri);
-                if let Ok(url) = url {
-                    rt.spawn(delete_session(client, url, token));
-                }
-            }
-        }
-    }
+    slot: Arc<SessionSlot>,
 }
 
 /// A ComputerSystem behind a Redfish service, as a [`PowerDevice`].
@@ -281,11 +391,13 @@ impl RedfishDevice {
             service: cfg.base_url.clone(),
             reason: chain(&e),
         })?;
+        let slot = SessionSlot::for_config(&cfg, &client);
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 client,
                 state: Mutex::new(State::default()),
+                slot,
             }),
         })
     }
@@ -295,14 +407,20 @@ impl RedfishDevice {
         &self.inner.cfg
     }
 
-    /// Deletes the session now (best effort) and forgets the discovered system.
+    /// Forgets the discovered system and the session; deletes the session now (best effort)
+    /// unless other devices of this process share it (the last one deletes it).
     pub async fn close(&self) {
         let mut st = self.inner.state.lock().await;
         st.system = None;
-        if let Some(Auth::Session {
+        st.auth = None;
+        if Arc::strong_count(&self.inner.slot) > 1 {
+            return;
+        }
+        if let Some(SlotSession {
             token,
             uri: Some(uri),
-        }) = st.auth.take()
+            ..
+        }) = self.inner.slot.take()
         {
             if let Ok(url) = join(&self.inner.cfg.base_url, &uri) {
                 delete_session(self.inner.client.clone(), url, token).await;
@@ -455,6 +573,7 @@ impl RedfishDevice {
         }
         tracing::info!(address = %self.addr(), "Redfish session rejected (expired?); logging in again once");
         st.auth = None;
+        self.inner.slot.invalidate(st.generation);
         self.login(st).await?;
         self.raw(st, method, path, body, what, true).await
     }
@@ -507,6 +626,17 @@ impl RedfishDevice {
                 "the service root has no Links.Sessions (no SessionService); set auth = \"basic\" or \"session_or_basic\" for this device",
             ));
         };
+        // One login at a time per slot; a device that waited finds the session another
+        // device opened meanwhile.
+        let slot = self.inner.slot.clone();
+        let _login = slot.login.lock().await;
+        if let Some(s) = slot.lock_session().as_ref() {
+            st.auth = Some(Auth::Session {
+                token: s.token.clone(),
+            });
+            st.generation = s.generation;
+            return Ok(());
+        }
         let pw = Zeroizing::new(String::from_utf8_lossy(cfg.password.expose()).into_owned());
         let body = Zeroizing::new(
             serde_json::to_vec(&SessionRequest {
@@ -538,10 +668,15 @@ impl RedfishDevice {
                     .map(|l| l.odata_id)
             });
             tracing::debug!(address = %self.addr(), "Redfish session opened");
-            st.auth = Some(Auth::Session {
-                token: Secret::new(token.into_bytes()),
+            let token = Secret::new(token.into_bytes());
+            let generation = slot.next_generation.fetch_add(1, Ordering::Relaxed);
+            *slot.lock_session() = Some(SlotSession {
+                token: token.clone(),
                 uri,
+                generation,
             });
+            st.auth = Some(Auth::Session { token });
+            st.generation = generation;
             return Ok(());
         }
         let no_sessions = matches!(
@@ -765,6 +900,7 @@ impl RedfishDevice {
         let deadline = Instant::now() + total;
         let mut guard = self.inner.state.lock().await;
         let st = &mut *guard;
+        self.inner.slot.touch();
         let res = match tokio::time::timeout_at(deadline, f(self, st, deadline)).await {
             Ok(r) => r,
             Err(_) => Err(RedfishError::Timeout {
@@ -773,7 +909,7 @@ impl RedfishDevice {
                 timeout_ms: millis(total),
             }),
         };
-        st.last_used = Some(Instant::now());
+        self.inner.slot.touch();
         match &res {
             Ok(_) => self.spawn_idle_closer(st),
             Err(e) if e.is_refusal() => self.spawn_idle_closer(st),
@@ -786,32 +922,39 @@ impl RedfishDevice {
         res
     }
 
+    /// Deletes the shared session once no device of the slot used it for `idle_close`.
     fn spawn_idle_closer(&self, st: &mut State) {
-        if st.idle_closer || !matches!(st.auth, Some(Auth::Session { .. })) {
+        let slot = &self.inner.slot;
+        if !matches!(st.auth, Some(Auth::Session { .. }))
+            || slot.idle_closer.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            slot.idle_closer.store(false, Ordering::Release);
             return;
         };
-        st.idle_closer = true;
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let weak: Weak<SessionSlot> = Arc::downgrade(slot);
         let idle = self.inner.cfg.idle_close;
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(idle).await;
-                let Some(inner) = weak.upgrade() else { return };
-                let mut st = inner.state.lock().await;
-                if st.last_used.is_some_and(|t| t.elapsed() < idle) {
+                let Some(slot) = weak.upgrade() else { return };
+                if slot.idle_for().is_some_and(|t| t < idle) {
                     continue;
                 }
-                st.idle_closer = false;
-                if let Some(Auth::Session {
+                // No login runs while the session is taken out; devices holding a copy get
+                // 401 on their next call and log in again.
+                let _login = slot.login.lock().await;
+                slot.idle_closer.store(false, Ordering::Release);
+                if let Some(SlotSession {
                     token,
                     uri: Some(uri),
-                }) = st.auth.take()
+                    ..
+                }) = slot.take()
                 {
-                    if let Ok(url) = join(&inner.cfg.base_url, &uri) {
-                        delete_session(inner.client.clone(), url, token).await;
+                    if let Ok(url) = join(&slot.base_url, &uri) {
+                        delete_session(slot.client.clone(), url, token).await;
                     }
                 }
                 return;
@@ -865,6 +1008,32 @@ impl PowerDevice for RedfishDevice {
                 match r.status {
                     StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
                     StatusCode::ACCEPTED => d.follow_task(st, &r, deadline, &command_text).await,
+                    // iDRAC answers 409 ("Server is already powered OFF/ON",
+                    // dell/dellemc-openmanage-ansible-modules#132) and iLO 400
+                    // (InvalidOperationForSystemState, goldyfruit/ansible-ilo#1) to a reset
+                    // into the state the system is in or moving to. Read the state: if it is
+                    // there or on its way, the command is moot, and the engine's read-back
+                    // still decides; anything else stays the refusal it is.
+                    StatusCode::CONFLICT | StatusCode::BAD_REQUEST => {
+                        let cs: ComputerSystem = d
+                            .get(st, &sys.uri, "reading the system after a refused reset")
+                            .await?;
+                        let state = power_state_of(cs.power_state.as_deref());
+                        let moot = match command {
+                            PowerCommand::Off => {
+                                matches!(state, PowerState::Off | PowerState::PoweringOff)
+                            }
+                            PowerCommand::On => {
+                                matches!(state, PowerState::On | PowerState::PoweringOn)
+                            }
+                        };
+                        if moot {
+                            tracing::info!(address = %d.addr(), status = %r.status, %state, "Redfish {command_text} refused because the system is already {state}; the read-back decides");
+                            Ok(())
+                        } else {
+                            Err(d.refused(&r, &command_text))
+                        }
+                    }
                     _ => Err(d.refused(&r, &command_text)),
                 }
             })
