@@ -119,8 +119,8 @@ pub enum LedgerEntry {
 pub enum Write {
     /// An operation's snapshot (and its ledger record), then `also` (its audit record).
     Operation {
-        /// The operation as it is now.
-        operation: Operation,
+        /// The operation as it is now (boxed: an operation is large, a list of events small).
+        operation: Box<Operation>,
         /// Ledger entries appended after it.
         also: Vec<LedgerEntry>,
     },
@@ -635,7 +635,7 @@ impl History {
                     tx,
                     head,
                     &LedgerEntry::Operation {
-                        operation: operation.clone(),
+                        operation: (**operation).clone(),
                     },
                 )?;
                 also.iter().try_for_each(|e| self.append_in(tx, head, e))

@@ -55,7 +55,11 @@ fn main() -> ExitCode {
                 opts.count = n.parse().unwrap_or(1000)
             }
             ("--delays", Some(d)) => {
-                match d.split(',').map(str::parse).collect::<Result<Vec<u64>, _>>() {
+                match d
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<u64>, _>>()
+                {
                     Ok(v) => opts.delays = v,
                     Err(e) => {
                         eprintln!("mass_fence: --delays {d}: {e}\n{USAGE}");
@@ -75,8 +79,10 @@ fn main() -> ExitCode {
         }
     }
     if opts.fenced.is_empty() {
-        opts.fenced
-            .push(("fenced".into(), hw_tests::bins::target_dir().join("release/fenced")));
+        opts.fenced.push((
+            "fenced".into(),
+            hw_tests::bins::target_dir().join("release/fenced"),
+        ));
     }
     // One thread: the children get SIGTERM when the thread that started them dies.
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -242,7 +248,12 @@ async fn round(
         let body = json!({"target": name, "action": action, "reason": "mass_fence bench"});
         async move {
             let accepted = client
-                .call("POST", "/v1/fence", Some(&body), Some(Duration::from_secs(120)))
+                .call(
+                    "POST",
+                    "/v1/fence",
+                    Some(&body),
+                    Some(Duration::from_secs(120)),
+                )
                 .await;
             let answered = t0.elapsed();
             let id = match accepted {
@@ -316,6 +327,7 @@ where
 }
 
 /// One line for a phase.
+#[allow(clippy::too_many_arguments)]
 fn line(
     label: &str,
     delay: u64,
@@ -357,7 +369,7 @@ fn line(
         hwm_kib
     );
     let mut top: Vec<_> = reasons.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (r, c) in top.into_iter().take(3) {
         let _ = write!(s, "\n           {c} x {r}");
     }
@@ -437,11 +449,23 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
     let (c0, _) = cpu_and_hwm(pid);
     let (out, answered, ended) = round(&client, &names, "off", true).await;
     let (c1, hwm) = cpu_and_hwm(pid);
-    lines.push(line(label, delay, "cold", &out, answered, ended, c1 - c0, hwm));
+    lines.push(line(
+        label,
+        delay,
+        "cold",
+        &out,
+        answered,
+        ended,
+        c1 - c0,
+        hwm,
+    ));
 
     // Power back on (not measured), then let the start-up checks finish.
     let (out, _, ended) = round(&client, &names, "on", true).await;
-    let on_ok = out.iter().filter(|o| matches!(o, Outcome::Succeeded)).count();
+    let on_ok = out
+        .iter()
+        .filter(|o| matches!(o, Outcome::Succeeded))
+        .count();
     let checked = wait_checked(&client).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = writeln!(
@@ -455,14 +479,30 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
     let (c0, _) = cpu_and_hwm(pid);
     let (out, answered, ended) = round(&client, &names, "off", true).await;
     let (c1, hwm) = cpu_and_hwm(pid);
-    lines.push(line(label, delay, "warm", &out, answered, ended, c1 - c0, hwm));
+    lines.push(line(
+        label,
+        delay,
+        "warm",
+        &out,
+        answered,
+        ended,
+        c1 - c0,
+        hwm,
+    ));
 
     // Refused by the per-target limit.
     let (c0, _) = cpu_and_hwm(pid);
     let (out, answered, ended) = round(&client, &names, "off", false).await;
     let (c1, hwm) = cpu_and_hwm(pid);
     lines.push(line(
-        label, delay, "refused", &out, answered, ended, c1 - c0, hwm,
+        label,
+        delay,
+        "refused",
+        &out,
+        answered,
+        ended,
+        c1 - c0,
+        hwm,
     ));
     fenced.stop(Duration::from_secs(10)).await;
 
@@ -479,7 +519,16 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
     let (c0, _) = cpu_and_hwm(pid);
     let (out, answered, ended) = round(&client, &names, "off", false).await;
     let (c1, hwm) = cpu_and_hwm(pid);
-    lines.push(line(label, delay, "accept", &out, answered, ended, c1 - c0, hwm));
+    lines.push(line(
+        label,
+        delay,
+        "accept",
+        &out,
+        answered,
+        ended,
+        c1 - c0,
+        hwm,
+    ));
     fenced.stop(Duration::from_secs(1)).await;
     drop(lab);
     Ok(lines)

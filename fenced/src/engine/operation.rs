@@ -39,7 +39,7 @@ async fn record(inner: &Inner, op: &Operation) -> Result<(), crate::history::His
     inner
         .journal
         .write(Write::Operation {
-            operation: op.clone(),
+            operation: Box::new(op.clone()),
             also: Vec::new(),
         })
         .await

@@ -251,7 +251,7 @@ impl Engine {
         let written = inner
             .journal
             .write(Write::Operation {
-                operation: op.clone(),
+                operation: Box::new(op.clone()),
                 also: vec![audit],
             })
             .await;
