@@ -5,7 +5,6 @@ use crate::api::tls::TlsReloader;
 use crate::api::{bind_unix, Api};
 use crate::config::Config;
 use crate::history::History;
-use crate::model::HealthState;
 use crate::{Clock, Engine};
 use std::future::Future;
 use std::sync::Arc;
@@ -84,6 +83,8 @@ fn release_free_heap() {
 
 /// How often every device is health-checked.
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+/// Scheduled health checks running at once (each is a session set-up and a few packets).
+pub const MONITOR_CONCURRENCY: usize = 4;
 
 /// A running daemon.
 pub struct Daemon {
@@ -190,24 +191,26 @@ impl Daemon {
                     )
                 })
                 .collect();
+            // A few checks at a time: a fleet's checks are spread out, and fencing (which
+            // waits for no permit) always finds the runtime free.
+            let permits = tokio::sync::Semaphore::new(MONITOR_CONCURRENCY);
             async move {
                 let start = tokio::time::Instant::now();
                 let mut due: Vec<tokio::time::Instant> = vec![start; intervals.len()];
                 loop {
                     let now = tokio::time::Instant::now();
-                    let checks = intervals.iter().zip(due.iter_mut()).filter(|(_, d)| **d <= now).map(
-                        |((name, every), d)| {
+                    let checks = intervals
+                        .iter()
+                        .zip(due.iter_mut())
+                        .filter(|(_, d)| **d <= now)
+                        .map(|((name, every), d)| {
                             *d = now + *every;
                             let engine = engine.clone();
+                            let permits = &permits;
                             async move {
-                                if let Ok(s) = engine.monitor_device(name).await {
-                                    if s.health == HealthState::Unhealthy {
-                                        tracing::warn!(device = %s.name, "device unhealthy: {}", s.error.unwrap_or_default());
-                                    }
-                                }
+                                engine.scheduled_check(name, permits).await;
                             }
-                        },
-                    );
+                        });
                     futures_util::future::join_all(checks.collect::<Vec<_>>()).await;
                     release_free_heap();
                     let next = due.iter().min().copied().unwrap_or(now + MONITOR_INTERVAL);

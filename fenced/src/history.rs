@@ -114,6 +114,20 @@ pub enum LedgerEntry {
     },
 }
 
+/// One write of [`History::commit_batch`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// An operation's snapshot (and its ledger record), then `also` (its audit record).
+    Operation {
+        /// The operation as it is now (boxed: an operation is large, a list of events small).
+        operation: Box<Operation>,
+        /// Ledger entries appended after it.
+        also: Vec<LedgerEntry>,
+    },
+    /// Non-operation ledger entries (refusals, audit records).
+    Events(Vec<LedgerEntry>),
+}
+
 /// A ledger record: the entry, its sequence number and the chain hashes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerRecord {
@@ -422,7 +436,8 @@ impl History {
         Ok(v)
     }
 
-    fn store_err(&self, e: impl std::fmt::Display) -> HistoryError {
+    /// A store error on this file.
+    pub(crate) fn store_err(&self, e: impl std::fmt::Display) -> HistoryError {
         HistoryError::Store {
             path: self.path.clone(),
             detail: e.to_string(),
@@ -587,6 +602,48 @@ impl History {
         *self.head.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Commits several writes in one durable transaction (one fsync for all: under a mass
+    /// fence, hundreds of requests share each commit). Each write gets its own result: if the
+    /// shared transaction fails, every write is tried again in a transaction of its own, so
+    /// one bad write cannot fail the others, and a write reported `Ok` is stored.
+    pub fn commit_batch(&self, writes: &[Write]) -> Vec<Result<(), HistoryError>> {
+        if writes.len() > 1 {
+            let together =
+                self.appending(|tx, head| writes.iter().try_for_each(|w| self.apply(tx, head, w)));
+            if together.is_ok() {
+                return writes.iter().map(|_| Ok(())).collect();
+            }
+        }
+        writes
+            .iter()
+            .map(|w| self.appending(|tx, head| self.apply(tx, head, w)))
+            .collect()
+    }
+
+    /// One write inside `tx`.
+    fn apply(
+        &self,
+        tx: &redb::WriteTransaction,
+        head: &mut Head,
+        w: &Write,
+    ) -> Result<(), HistoryError> {
+        match w {
+            Write::Operation { operation, also } => {
+                let json = serde_json::to_vec(operation).map_err(|e| self.store_err(e))?;
+                self.write_operation(tx, operation, &json)?;
+                self.append_in(
+                    tx,
+                    head,
+                    &LedgerEntry::Operation {
+                        operation: (**operation).clone(),
+                    },
+                )?;
+                also.iter().try_for_each(|e| self.append_in(tx, head, e))
+            }
+            Write::Events(entries) => self.append_events_in(tx, head, entries),
+        }
+    }
+
     /// Appends a non-operation entry (pause switch, refusal, audit) to the ledger.
     pub fn append_event(&self, entry: LedgerEntry) -> Result<(), HistoryError> {
         self.append_events(std::slice::from_ref(&entry))
@@ -595,19 +652,26 @@ impl History {
     /// Appends non-operation entries to the ledger in one durable transaction (the pause
     /// switch and its audit record: one fsync, not two).
     pub fn append_events(&self, entries: &[LedgerEntry]) -> Result<(), HistoryError> {
-        self.appending(|tx, head| {
-            for entry in entries {
-                if let LedgerEntry::Pause { status } = entry {
-                    let json = serde_json::to_vec(status).map_err(|e| self.store_err(e))?;
-                    tx.open_table(META)
-                        .map_err(|e| self.store_err(e))?
-                        .insert("pause", json.as_slice())
-                        .map_err(|e| self.store_err(e))?;
-                }
-                self.append_in(tx, head, entry)?;
+        self.appending(|tx, head| self.append_events_in(tx, head, entries))
+    }
+
+    fn append_events_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        head: &mut Head,
+        entries: &[LedgerEntry],
+    ) -> Result<(), HistoryError> {
+        for entry in entries {
+            if let LedgerEntry::Pause { status } = entry {
+                let json = serde_json::to_vec(status).map_err(|e| self.store_err(e))?;
+                tx.open_table(META)
+                    .map_err(|e| self.store_err(e))?
+                    .insert("pause", json.as_slice())
+                    .map_err(|e| self.store_err(e))?;
             }
-            Ok(())
-        })
+            self.append_in(tx, head, entry)?;
+        }
+        Ok(())
     }
 
     /// Appends one record after `head` inside `tx` and moves `head` to it (in memory only

@@ -448,7 +448,7 @@ async fn fence(
     ApiJson(req): ApiJson<FenceRequest>,
 ) -> Result<(StatusCode, Json<FenceAccepted>), ApiError> {
     let (target, action) = (req.target.clone(), req.action);
-    let accepted = s.engine.fence(req, &requester(&auth))?;
+    let accepted = s.engine.fence(req, &requester(&auth)).await?;
     tracing::info!(caller = %auth.caller.identity, %target, %action, op = accepted.id, joined = accepted.joined, "fence request accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

@@ -3,7 +3,7 @@
 
 use super::{Engine, Requester};
 use crate::error::EngineError;
-use crate::history::{HistoryError, LedgerEntry, LedgerRecord, LedgerReport};
+use crate::history::{HistoryError, LedgerEntry, LedgerRecord, LedgerReport, Write};
 
 /// What checking the whole ledger found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,27 @@ impl Engine {
     /// the request it describes has already been decided and recorded on its own.
     pub(super) fn audit(&self, by: &Requester, what: &str, why: &str, outcome: &str) {
         self.append_audit(&by.caller.identity, &by.source, what, why, outcome);
+    }
+
+    /// Like [`Engine::audit`], through the group commit (a refused or joined fence request
+    /// shares its durable write with the others in flight). `also` goes first in the same
+    /// commit (the refusal record of a rate-limited request).
+    pub(super) async fn audit_batched(
+        &self,
+        by: &Requester,
+        what: &str,
+        why: &str,
+        outcome: &str,
+        also: Option<LedgerEntry>,
+    ) {
+        let mut entries: Vec<LedgerEntry> = also.into_iter().collect();
+        entries.push(self.audit_entry(by, what, why, outcome));
+        if let Err(e) = self.inner.journal.write(Write::Events(entries)).await {
+            tracing::error!(
+                "cannot write the audit record ({what} by {}): {e}",
+                by.caller.identity
+            );
+        }
     }
 
     /// The audit record of a request, to be written with the record the request made (one

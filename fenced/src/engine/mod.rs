@@ -13,6 +13,7 @@
 //! [`Clock`], which follows tokio's clock and therefore pauses with it.
 
 pub mod audit;
+mod journal;
 mod limits;
 mod monitor;
 mod operation;
@@ -123,7 +124,12 @@ pub struct Metrics {
 pub(crate) struct Inner {
     config: Arc<Config>,
     devices: BTreeMap<String, DeviceSlot>,
-    history: History,
+    /// Per device, the targets whose levels use it and the identity each pins for it (if
+    /// any), built once from the config: a health check looks up its own device's entries
+    /// instead of walking every target (which made a check cost the size of the fleet).
+    uses: HashMap<String, Vec<(String, Option<String>)>>,
+    history: Arc<History>,
+    journal: Arc<journal::Journal>,
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     clock: Clock,
@@ -191,6 +197,19 @@ impl Engine {
                 )
             })
             .collect();
+        let mut uses: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
+        for t in config.targets.values() {
+            let mut seen = std::collections::BTreeSet::new();
+            for e in t.levels.iter().flatten() {
+                if seen.insert(e.device.as_str()) {
+                    uses.entry(e.device.clone())
+                        .or_default()
+                        .push((t.name.clone(), t.identities.get(&e.device).cloned()));
+                }
+            }
+        }
+        let history = Arc::new(history);
+        let journal = journal::Journal::new(history.clone());
         let (events, _) = broadcast::channel(256);
         let limiter = Limiter::new(config.limits.clone());
         let metrics = Metrics {
@@ -201,7 +220,9 @@ impl Engine {
             inner: Arc::new(Inner {
                 config,
                 devices,
+                uses,
                 history,
+                journal,
                 state: Mutex::new(State {
                     in_flight: HashMap::new(),
                     request_ids,

@@ -37,23 +37,16 @@ pub(super) fn set_health(
     outlets: Option<Vec<crate::model::OutletSummary>>,
 ) {
     let now = inner.clock.now_ms();
-    let mut st = inner.state();
-    // A check that did not list outlets (an identity check during an operation) keeps the
-    // last listing.
-    let outlets = outlets.unwrap_or_else(|| {
-        st.device_status
-            .get(device)
-            .map(|d| d.outlets.clone())
-            .unwrap_or_default()
-    });
     let (health, identity, error) = match result {
         Ok(id) => {
             // The device is unhealthy if any target that pins an identity for it disagrees.
-            let mismatch = inner.config.targets.values().find_map(|t| {
-                t.identities
-                    .get(device)
-                    .filter(|want| **want != id.value.trim().to_ascii_lowercase())
-                    .map(|want| (t.name.clone(), want.clone()))
+            let got = id.value.trim().to_ascii_lowercase();
+            let mismatch = inner.uses.get(device).and_then(|uses| {
+                uses.iter().find_map(|(t, want)| {
+                    want.as_ref()
+                        .filter(|want| **want != got)
+                        .map(|want| (t.clone(), want.clone()))
+                })
             });
             match mismatch {
                 Some((t, want)) => (
@@ -69,23 +62,49 @@ pub(super) fn set_health(
         }
         Err(e) => (HealthState::Unhealthy, None, Some(e.to_string())),
     };
-    st.device_status.insert(
-        device.to_string(),
-        DeviceStatus {
-            health,
-            identity,
-            error,
-            checked_ms: Some(now),
-            outlets,
-        },
-    );
+    let mut st = inner.state();
+    match st.device_status.get_mut(device) {
+        Some(d) => {
+            // A check that did not list outlets (an identity check during an operation)
+            // keeps the last listing.
+            if let Some(o) = outlets {
+                d.outlets = o;
+            }
+            d.health = health;
+            d.identity = identity;
+            d.error = error;
+            d.checked_ms = Some(now);
+        }
+        None => {
+            st.device_status.insert(
+                device.to_string(),
+                DeviceStatus {
+                    health,
+                    identity,
+                    error,
+                    checked_ms: Some(now),
+                    outlets: outlets.unwrap_or_default(),
+                },
+            );
+        }
+    }
 }
 
 /// Runs a device's health check and stores the result.
 pub(super) async fn check_device(inner: &Inner, name: &str) {
-    let Some(slot) = inner.devices.get(name) else {
-        return;
-    };
+    if let Some((r, outlets)) = run_check(inner, name).await {
+        set_health(inner, name, r, Some(outlets));
+    }
+}
+
+type CheckResult = (
+    Result<DeviceIdentity, CheckFailure>,
+    Vec<crate::model::OutletSummary>,
+);
+
+/// A device's health check (identity, and a PDU's outlets); `None` for an unknown device.
+async fn run_check(inner: &Inner, name: &str) -> Option<CheckResult> {
+    let slot = inner.devices.get(name)?;
     let limit = Duration::from_secs(10);
     let r = match tokio::time::timeout(limit, slot.device.health()).await {
         Err(_) => Err(CheckFailure::Timeout {
@@ -112,8 +131,11 @@ pub(super) async fn check_device(inner: &Inner, name: &str) {
     } else {
         Vec::new()
     };
-    set_health(inner, name, r, Some(outlets));
+    Some((r, outlets))
 }
+
+/// How often a scheduled check looks again whether fence operations are still in flight.
+const DEFER_POLL: Duration = Duration::from_millis(50);
 
 /// Reads every level device's power state now.
 pub(super) async fn live_power(inner: &Inner, t: &TargetConfig) -> Vec<LivePower> {
@@ -179,7 +201,12 @@ impl Engine {
                     name: name.clone(),
                     kind: slot.kind.clone(),
                     address: slot.address.clone(),
-                    targets: self.inner.config.targets_of(name),
+                    targets: self
+                        .inner
+                        .uses
+                        .get(name)
+                        .map(|u| u.iter().map(|(t, _)| t.clone()).collect())
+                        .unwrap_or_default(),
                     health: ds.map_or(HealthState::Unknown, |d| d.health.clone()),
                     identity: ds.and_then(|d| d.identity.clone()),
                     error: ds.and_then(|d| d.error.clone()),
@@ -205,6 +232,51 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownDevice {
                 device: name.to_string(),
             })
+    }
+
+    /// A scheduled (periodic or start-up) health check of `name`. Fencing comes first: the
+    /// check waits for a permit of `permits` (a few checks at a time, so a thousand devices
+    /// due at once do not take the only runtime thread) and while any fence operation is in
+    /// flight. A failed check is not stored when fencing ran during it: the daemon was busy,
+    /// so a timeout may be ours, not the device's, and a healthy BMC must not be marked
+    /// unhealthy for it; it is checked again at its next turn. Returns the stored state,
+    /// `None` if the result was not stored.
+    pub async fn scheduled_check(
+        &self,
+        name: &str,
+        permits: &tokio::sync::Semaphore,
+    ) -> Option<HealthState> {
+        let _permit = permits.acquire().await.ok()?;
+        while self.in_flight() > 0 {
+            tokio::time::sleep(DEFER_POLL).await;
+        }
+        let started_id = self.inner.state().next_id;
+        let (r, outlets) = run_check(&self.inner, name).await?;
+        let fencing_ran = {
+            let st = self.inner.state();
+            st.next_id != started_id || !st.in_flight.is_empty()
+        };
+        if r.is_err() && fencing_ran {
+            tracing::debug!(
+                device = name,
+                "health check failed while fencing ran; not stored, checked again at its next turn"
+            );
+            return None;
+        }
+        let healthy = r.is_ok();
+        set_health(&self.inner, name, r, Some(outlets));
+        let st = self.inner.state();
+        let stored = st.device_status.get(name).map(|d| d.health.clone());
+        if !healthy {
+            if let Some(d) = st.device_status.get(name) {
+                tracing::warn!(
+                    device = name,
+                    "device unhealthy: {}",
+                    d.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        stored
     }
 
     /// Checks every device (used at start-up and by the periodic monitor).

@@ -6,6 +6,7 @@ use super::monitor::unhealthy_skip;
 use super::step::{step, StepPlan};
 use super::Inner;
 use crate::config::{LevelEntry, TargetConfig, Timing};
+use crate::history::Write;
 use crate::model::*;
 use drivers::{FenceProof, PillKind, PowerCommand};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -33,10 +34,21 @@ fn publish(inner: &Inner, tx: &watch::Sender<Operation>, op: &Operation) {
     });
 }
 
+/// Writes the operation's snapshot through the group commit.
+async fn record(inner: &Inner, op: &Operation) -> Result<(), crate::history::HistoryError> {
+    inner
+        .journal
+        .write(Write::Operation {
+            operation: Box::new(op.clone()),
+            also: Vec::new(),
+        })
+        .await
+}
+
 /// Persists and publishes. A history write failure after the operation started cannot undo
 /// what devices did; it is logged, and the final outcome is still attempted.
-fn save(inner: &Inner, tx: &watch::Sender<Operation>, op: &Operation) {
-    if let Err(e) = inner.history.record(op) {
+async fn save(inner: &Inner, tx: &watch::Sender<Operation>, op: &Operation) {
+    if let Err(e) = record(inner, op).await {
         tracing::error!(op = op.id, target = %op.target, error = %e, "cannot write operation to history");
     }
     publish(inner, tx, op);
@@ -61,7 +73,7 @@ pub(super) async fn run_operation(
         if let Some((n, level)) = first_level(&inner, &target) {
             op.pending = pending_steps(&inner, &op, n, level, first_phase(op.action), now);
         }
-        save(&inner, &tx, &op);
+        save(&inner, &tx, &op).await;
     }
     tracing::info!(op = op.id, target = %op.target, action = %op.action, "operation started");
 
@@ -82,6 +94,11 @@ pub(super) async fn run_operation(
     }
     op.outcome = Some(outcome);
     op.pending.clear();
+    // Recorded before the target is released, so a joined waiter never sees "not in flight"
+    // without the outcome being in history.
+    if let Err(e) = record(&inner, &op).await {
+        tracing::error!(op = op.id, error = %e, "cannot write operation outcome to history");
+    }
     {
         let mut st = inner.state();
         let result = if op.state == OpState::Succeeded {
@@ -97,11 +114,6 @@ pub(super) async fn run_operation(
             .duration_ms_sum
             .entry(op.action.to_string())
             .or_default() += op.elapsed_ms().unwrap_or(0);
-        // Record before releasing the target, so a joined waiter never sees "not in flight"
-        // without the outcome being in history.
-        if let Err(e) = inner.history.record(&op) {
-            tracing::error!(op = op.id, error = %e, "cannot write operation outcome to history");
-        }
         st.in_flight.remove(&op.target);
     }
     publish(&inner, &tx, &op);
@@ -365,7 +377,7 @@ async fn run_level(
     };
     if !same(&op.pending, &pending) {
         op.pending = pending;
-        if let Err(e) = inner.history.record(op) {
+        if let Err(e) = record(inner, op).await {
             // Sending commands that history cannot show would make a later crash silent about
             // them: this level is not tried.
             tracing::error!(op = op.id, target = %op.target, error = %e, "cannot record the level's steps; not sending its commands");
@@ -452,7 +464,7 @@ async fn run_level(
             publish(inner, tx, op);
         } else {
             // Written as each device finishes, so a crash loses no finished attempt.
-            save(inner, tx, op);
+            save(inner, tx, op).await;
         }
     }
     LevelResult {

@@ -6,7 +6,7 @@
 use super::Requester;
 use super::{operation, Engine, InFlight};
 use crate::error::EngineError;
-use crate::history::LedgerEntry;
+use crate::history::{LedgerEntry, Write};
 use crate::model::*;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -16,15 +16,37 @@ impl Engine {
     /// (or the same recent `request_id`), refuses a conflicting one, otherwise records a new
     /// operation in history and starts it. Returns before any device is touched. Audited, and
     /// a refusal is counted.
-    pub fn fence(&self, req: FenceRequest, by: &Requester) -> Result<FenceAccepted, EngineError> {
+    pub async fn fence(
+        &self,
+        req: FenceRequest,
+        by: &Requester,
+    ) -> Result<FenceAccepted, EngineError> {
         let what = format!("fence {} {}", req.target, req.action);
         let why = req.reason.clone();
-        let result = self.accept(req, by, &what);
+        let (target, action) = (req.target.clone(), req.action);
+        let result = self.accept(req, by, &what).await;
         match &result {
             // A new operation's audit record was written with the operation's first record.
             Ok(a) if !a.joined => {}
-            Ok(a) => self.audit(by, &what, &why, &format!("joined operation {}", a.id)),
-            Err(e) => self.audit(by, &what, &why, &refused(e)),
+            Ok(a) => {
+                self.audit_batched(by, &what, &why, &format!("joined operation {}", a.id), None)
+                    .await
+            }
+            Err(e) => {
+                // A limit's refusal is a safety decision: its own record, in the same commit.
+                let also = match e {
+                    EngineError::RateLimited { limit } => Some(LedgerEntry::Refused {
+                        at_ms: self.inner.clock.now_ms(),
+                        by: by.caller.identity.clone(),
+                        target,
+                        action,
+                        code: "rate_limited".into(),
+                        detail: limit.to_string(),
+                    }),
+                    _ => None,
+                };
+                self.audit_batched(by, &what, &why, &refused(e), also).await
+            }
         }
         self.tally(result)
     }
@@ -63,7 +85,7 @@ impl Engine {
         self.tally(result)
     }
 
-    fn accept(
+    async fn accept(
         &self,
         req: FenceRequest,
         by: &Requester,
@@ -90,121 +112,135 @@ impl Engine {
         // Read before the state lock is taken: the skip rule reads device health under it.
         let first_level = operation::first_level(inner, &target);
         let now = inner.clock.now_ms();
-        let mut st = inner.state();
+        // The state lock is held in this block only: nothing in it waits.
+        let (mut op, tx, previous, delay, id) = {
+            let mut st = inner.state();
 
-        if let Some(rid) = &req.request_id {
-            if let Some(&id) = st.request_ids.get(rid) {
-                let op = match st.in_flight.get(&req.target) {
-                    Some(f) if f.id == id => Some(f.tx.borrow().clone()),
-                    _ => inner.history.get(id)?,
-                };
-                if let Some(op) = op {
-                    if op.target != req.target || op.action != req.action {
-                        return Err(EngineError::RequestIdMismatch {
-                            request_id: rid.clone(),
-                            id,
-                            target: op.target,
-                            action: op.action,
+            if let Some(rid) = &req.request_id {
+                if let Some(&id) = st.request_ids.get(rid) {
+                    let op = match st.in_flight.get(&req.target) {
+                        Some(f) if f.id == id => Some(f.tx.borrow().clone()),
+                        _ => inner.history.get(id)?,
+                    };
+                    if let Some(op) = op {
+                        if op.target != req.target || op.action != req.action {
+                            return Err(EngineError::RequestIdMismatch {
+                                request_id: rid.clone(),
+                                id,
+                                target: op.target,
+                                action: op.action,
+                            });
+                        }
+                        let newest = st.latest.get(&req.target).copied() == Some(id);
+                        let recent = op.finished_ms.is_none_or(|f| {
+                            now.saturating_sub(f)
+                                <= inner.config.limits.request_id_window.as_millis() as u64
                         });
+                        // Only the newest operation on the target may be returned: if the node was
+                        // powered on (or anything else ran) since, an old "fenced" would be a lie.
+                        if newest && recent {
+                            return Ok(FenceAccepted {
+                                id,
+                                state: op.state,
+                                joined: true,
+                            });
+                        }
                     }
-                    let newest = st.latest.get(&req.target).copied() == Some(id);
-                    let recent = op.finished_ms.is_none_or(|f| {
-                        now.saturating_sub(f)
-                            <= inner.config.limits.request_id_window.as_millis() as u64
+                }
+            }
+
+            if let Some(f) = st.in_flight.get(&req.target) {
+                if f.action == req.action {
+                    let state = f.tx.borrow().state;
+                    let id = f.id;
+                    if let Some(rid) = &req.request_id {
+                        st.request_ids.insert(rid.clone(), id);
+                    }
+                    return Ok(FenceAccepted {
+                        id,
+                        state,
+                        joined: true,
                     });
-                    // Only the newest operation on the target may be returned: if the node was
-                    // powered on (or anything else ran) since, an old "fenced" would be a lie.
-                    if newest && recent {
-                        return Ok(FenceAccepted {
-                            id,
-                            state: op.state,
-                            joined: true,
-                        });
-                    }
                 }
-            }
-        }
-
-        if let Some(f) = st.in_flight.get(&req.target) {
-            if f.action == req.action {
-                let state = f.tx.borrow().state;
-                let id = f.id;
-                if let Some(rid) = &req.request_id {
-                    st.request_ids.insert(rid.clone(), id);
-                }
-                return Ok(FenceAccepted {
-                    id,
-                    state,
-                    joined: true,
-                });
-            }
-            return Err(EngineError::Conflict {
-                target: req.target.clone(),
-                running_id: f.id,
-                running_action: f.action,
-                requested: req.action,
-            });
-        }
-
-        if st.pause.paused {
-            return Err(EngineError::Paused {
-                by: st.pause.by.clone().unwrap_or_default(),
-                reason: st.pause.reason.clone().unwrap_or_default(),
-            });
-        }
-        if req.action.fences() {
-            if let Err(limit) = st.limiter.check(&req.target, tokio::time::Instant::now()) {
-                drop(st);
-                let _ = inner.history.append_event(LedgerEntry::Refused {
-                    at_ms: now,
-                    by: caller.identity.clone(),
+                return Err(EngineError::Conflict {
                     target: req.target.clone(),
-                    action: req.action,
-                    code: "rate_limited".into(),
-                    detail: limit.to_string(),
+                    running_id: f.id,
+                    running_action: f.action,
+                    requested: req.action,
                 });
-                return Err(EngineError::RateLimited { limit });
             }
-        }
 
-        let delay = operation::fence_race_delay(&target.timing);
-        let id = st.next_id;
-        let mut op = Operation {
-            id,
-            target: req.target.clone(),
-            action: req.action,
-            reason: req.reason.clone(),
-            requested_by: caller.clone(),
-            request_id: req.request_id.clone(),
-            state: if delay.is_zero() {
-                OpState::Running
-            } else {
-                OpState::Delayed
-            },
-            created_ms: now,
-            // Without a delay the operation starts now: one durable write less (each costs
-            // an fsync, ~4 ms on a VM disk).
-            started_ms: delay.is_zero().then_some(now),
-            finished_ms: None,
-            delay_ms: delay.as_millis() as u64,
-            attempts: Vec::new(),
-            pending: Vec::new(),
-            outcome: None,
-        };
-        // Without a delay the first level's commands follow at once: they are recorded with
-        // the operation itself (one durable write, not two).
-        if delay.is_zero() {
-            if let Some((n, level)) = first_level {
-                op.pending = operation::pending_steps(
-                    inner,
-                    &op,
-                    n,
-                    level,
-                    operation::first_phase(op.action),
-                    now,
-                );
+            if st.pause.paused {
+                return Err(EngineError::Paused {
+                    by: st.pause.by.clone().unwrap_or_default(),
+                    reason: st.pause.reason.clone().unwrap_or_default(),
+                });
             }
-        }
+            if req.action.fences() {
+                if let Err(limit) = st.limiter.check(&req.target, tokio::time::Instant::now()) {
+                    return Err(EngineError::RateLimited { limit });
+                }
+            }
+
+            let delay = operation::fence_race_delay(&target.timing);
+            let id = st.next_id;
+            let mut op = Operation {
+                id,
+                target: req.target.clone(),
+                action: req.action,
+                reason: req.reason.clone(),
+                requested_by: caller.clone(),
+                request_id: req.request_id.clone(),
+                state: if delay.is_zero() {
+                    OpState::Running
+                } else {
+                    OpState::Delayed
+                },
+                created_ms: now,
+                // Without a delay the operation starts now: one durable write less (each costs
+                // an fsync, ~4 ms on a VM disk).
+                started_ms: delay.is_zero().then_some(now),
+                finished_ms: None,
+                delay_ms: delay.as_millis() as u64,
+                attempts: Vec::new(),
+                pending: Vec::new(),
+                outcome: None,
+            };
+            // Without a delay the first level's commands follow at once: they are recorded with
+            // the operation itself (one durable write, not two).
+            if delay.is_zero() {
+                if let Some((n, level)) = first_level {
+                    op.pending = operation::pending_steps(
+                        inner,
+                        &op,
+                        n,
+                        level,
+                        operation::first_phase(op.action),
+                        now,
+                    );
+                }
+            }
+            // The target is taken (and the id and the limit's count spent) before the write, so
+            // requests arriving while it commits join this operation or are refused as usual.
+            st.next_id += 1;
+            if req.action.fences() {
+                st.limiter.record(&req.target, tokio::time::Instant::now());
+            }
+            let (tx, _rx) = watch::channel(op.clone());
+            st.in_flight.insert(
+                req.target.clone(),
+                InFlight {
+                    id,
+                    action: req.action,
+                    tx: tx.clone(),
+                },
+            );
+            let previous = st.latest.insert(req.target.clone(), id);
+            if let Some(rid) = &req.request_id {
+                st.request_ids.insert(rid.clone(), id);
+            }
+            (op, tx, previous, delay, id)
+        };
         // Durability first: the operation exists in history before anything else happens.
         let audit = self.audit_entry(
             by,
@@ -212,25 +248,44 @@ impl Engine {
             &req.reason,
             &format!("accepted as operation {id}"),
         );
-        inner.history.record_with(&op, &[audit])?;
-        st.next_id += 1;
-        if req.action.fences() {
-            st.limiter.record(&req.target, tokio::time::Instant::now());
+        let written = inner
+            .journal
+            .write(Write::Operation {
+                operation: Box::new(op.clone()),
+                also: vec![audit],
+            })
+            .await;
+        if let Err(e) = written {
+            let mut st = inner.state();
+            if st.in_flight.get(&req.target).is_some_and(|f| f.id == id) {
+                st.in_flight.remove(&req.target);
+            }
+            if st.latest.get(&req.target) == Some(&id) {
+                match previous {
+                    Some(p) => st.latest.insert(req.target.clone(), p),
+                    None => st.latest.remove(&req.target),
+                };
+            }
+            if let Some(rid) = &req.request_id {
+                if st.request_ids.get(rid) == Some(&id) {
+                    st.request_ids.remove(rid);
+                }
+            }
+            drop(st);
+            // Whoever joined meanwhile learns it failed; nothing was sent.
+            op.state = OpState::Failed;
+            op.finished_ms = Some(inner.clock.now_ms());
+            op.pending.clear();
+            op.outcome = Some(Outcome::Failed {
+                code: "history_failed".into(),
+                message: format!(
+                    "{} NOT fenced: the operation could not be recorded in history ({e}); no device was touched",
+                    op.target
+                ),
+            });
+            tx.send_replace(op);
+            return Err(e.into());
         }
-        let (tx, _rx) = watch::channel(op.clone());
-        st.in_flight.insert(
-            req.target.clone(),
-            InFlight {
-                id,
-                action: req.action,
-                tx: tx.clone(),
-            },
-        );
-        st.latest.insert(req.target.clone(), id);
-        if let Some(rid) = &req.request_id {
-            st.request_ids.insert(rid.clone(), id);
-        }
-        drop(st);
         let _ = inner.events.send(Event::Operation {
             operation: Box::new(op.clone()),
         });

@@ -131,7 +131,8 @@ pub(super) async fn step(
     let mut interval = Duration::ZERO;
     let mut polls = 0u32;
     let sent = Instant::now();
-    let mut last: Result<PowerState, DeviceError> = Ok(PowerState::Unknown);
+    // What the last read that came back said (none yet).
+    let mut last: Option<Result<PowerState, DeviceError>> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -163,11 +164,25 @@ pub(super) async fn step(
             }
             // A dropped packet or a BMC busy switching is not yet a failure: keep reading
             // until the deadline, and report the last thing seen.
-            Ok(r) => last = r,
+            Ok(r) => last = Some(r),
         }
     }
     match last {
-        Ok(s) => {
+        // The deadline passed before any read could start: the device was never asked, so
+        // nothing is known about it (the daemon had no time: overloaded or starved).
+        None if polls == 0 => failed(
+            "timeout",
+            format!(
+                "device accepted power {command}, but the power state was never read: the attempt deadline ({budget} ms) passed before the first read (fenced overloaded?); the target is NOT confirmed {expect}"
+            ),
+        ),
+        None => failed(
+            "timeout",
+            format!(
+                "device accepted power {command}, but none of the {polls} power reads answered before the attempt deadline ({budget} ms); check the device's network; the target is NOT confirmed {expect}"
+            ),
+        ),
+        Some(Ok(s)) => {
             // A device that says how it reads back (a relay button without a sense line can
             // never confirm) is named by that, not taken for a stuck or lying one.
             let why = match dev.read_back_basis(port) {
@@ -181,7 +196,7 @@ pub(super) async fn step(
                 ),
             )
         }
-        Err(err) => failed(err.code(), format!("power {command} sent, then: {err}")),
+        Some(Err(err)) => failed(err.code(), format!("power {command} sent, then: {err}")),
     }
 }
 

@@ -131,7 +131,7 @@ fn req(target: &str, action: Action) -> FenceRequest {
 }
 
 async fn run(e: &Engine, r: FenceRequest) -> Operation {
-    let a = e.fence(r, &by()).unwrap();
+    let a = e.fence(r, &by()).await.unwrap();
     e.wait_operation(a.id, Duration::from_secs(3600))
         .await
         .unwrap()
@@ -396,11 +396,15 @@ async fn wrong_identity_is_never_used_to_fence() {
 async fn same_request_joins_and_conflicting_one_is_refused() {
     let d = TestDevice::new(PowerState::On).with(|s| s.switch_delay = Duration::from_secs(2));
     let r = rig(vec![target("n1", &[&["bmc"]])], &[("bmc", &d)]);
-    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
-    let b = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
+    let a = r.engine.fence(req("n1", Action::Off), &by()).await.unwrap();
+    let b = r.engine.fence(req("n1", Action::Off), &by()).await.unwrap();
     assert_eq!(a.id, b.id);
     assert!(b.joined && !a.joined);
-    let c = r.engine.fence(req("n1", Action::On), &by()).unwrap_err();
+    let c = r
+        .engine
+        .fence(req("n1", Action::On), &by())
+        .await
+        .unwrap_err();
     assert_eq!(c.code(), "conflict");
     assert_eq!(crate::api::status_of(&c).as_u16(), 409);
     let op = r
@@ -425,14 +429,14 @@ async fn reused_request_id_never_returns_old_success_after_power_on() {
     let first = run(&r.engine, off.clone()).await;
     assert!(first.fenced());
     // Retrying the same request id returns the same operation: nothing is sent again.
-    let again = r.engine.fence(off.clone(), &by()).unwrap();
+    let again = r.engine.fence(off.clone(), &by()).await.unwrap();
     assert_eq!((again.id, again.joined), (first.id, true));
     assert_eq!(d.state().commands.len(), 1);
     // The node is powered back on; the same request id must now start a new fence.
     let on = run(&r.engine, req("n1", Action::On)).await;
     assert_eq!(on.state, OpState::Succeeded);
     assert_eq!(d.true_power(), PowerState::On);
-    let third = r.engine.fence(off.clone(), &by()).unwrap();
+    let third = r.engine.fence(off.clone(), &by()).await.unwrap();
     assert_ne!(third.id, first.id);
     assert!(!third.joined);
     let op = r
@@ -446,7 +450,7 @@ async fn reused_request_id_never_returns_old_success_after_power_on() {
     let mut other = off.clone();
     other.action = Action::On;
     assert_eq!(
-        r.engine.fence(other, &by()).unwrap_err().code(),
+        r.engine.fence(other, &by()).await.unwrap_err().code(),
         "request_id_mismatch"
     );
 }
@@ -462,7 +466,7 @@ async fn request_id_expires_after_the_window() {
     off.request_id = Some("k".into());
     let first = run(&r.engine, off.clone()).await;
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let second = r.engine.fence(off, &by()).unwrap();
+    let second = r.engine.fence(off, &by()).await.unwrap();
     assert_ne!(second.id, first.id);
 }
 
@@ -484,6 +488,7 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
     let e = r
         .engine
         .fence(req("n0", Action::Reboot), &by())
+        .await
         .unwrap_err();
     assert_eq!(e.code(), "rate_limited");
     assert!(
@@ -491,7 +496,11 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
         "{e}"
     );
     run(&r.engine, req("n1", Action::Off)).await;
-    let e = r.engine.fence(req("n2", Action::Off), &by()).unwrap_err();
+    let e = r
+        .engine
+        .fence(req("n2", Action::Off), &by())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("max_operations = 2"), "{e}");
     assert!(devs[2].state().commands.is_empty());
     // Unfencing is not fencing: it is not counted against the limits.
@@ -504,7 +513,11 @@ async fn blast_radius_limits_and_pause_refuse_with_clear_errors() {
     assert!(run(&r.engine, req("n2", Action::Off)).await.fenced());
 
     r.engine.set_paused(true, "maintenance", &by()).unwrap();
-    let e = r.engine.fence(req("n3", Action::Off), &by()).unwrap_err();
+    let e = r
+        .engine
+        .fence(req("n3", Action::Off), &by())
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.code(), crate::api::status_of(&e).as_u16()),
         ("paused", 409)
@@ -545,6 +558,7 @@ async fn pause_survives_a_restart() {
     assert_eq!(
         r.engine
             .fence(req("n1", Action::Off), &by())
+            .await
             .unwrap_err()
             .code(),
         "paused"
@@ -558,7 +572,7 @@ async fn fence_race_delay_is_applied_before_any_device_is_touched() {
     t.timing.delay = Duration::from_secs(5);
     t.timing.random_delay = Duration::from_secs(3);
     let r = rig(vec![t], &[("bmc", &d)]);
-    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
+    let a = r.engine.fence(req("n1", Action::Off), &by()).await.unwrap();
     assert_eq!(a.state, OpState::Delayed);
     tokio::time::sleep(Duration::from_millis(4900)).await;
     assert!(d.state().commands.is_empty() && d.state().status_reads == 0);
@@ -662,7 +676,7 @@ async fn every_command_is_in_history_before_it_is_sent() {
     let mut t = target("n1", &[&["bmc"], &["pdu:4"]]);
     t.timing.attempt_timeout = Duration::from_secs(5);
     let r = rig(vec![t], &[("bmc", &bmc), ("pdu", &pdu)]);
-    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
+    let a = r.engine.fence(req("n1", Action::Off), &by()).await.unwrap();
     let stored = |id| r.engine.inner.history.get(id).unwrap().unwrap();
     // Recorded with the operation itself, before any device was touched: no extra write.
     let first = stored(a.id);
@@ -792,7 +806,7 @@ async fn poison_pill_is_confirmed_only_after_msgwait() {
     let mut t = target("n1", &[&["sbd"]]);
     t.timing.attempt_timeout = Duration::from_secs(15);
     let r = rig(vec![t], &[("sbd", &d)]);
-    let a = r.engine.fence(req("n1", Action::Off), &by()).unwrap();
+    let a = r.engine.fence(req("n1", Action::Off), &by()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(9_990)).await;
     let op = r.engine.operation(a.id).unwrap();
     assert_eq!(
