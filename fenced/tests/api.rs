@@ -326,7 +326,7 @@ fn metrics_are_prometheus_text() {
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert!(help.contains(name), "TYPE before HELP for {name}");
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             assert!(typed.insert(name.to_string(), kind.to_string()).is_none());
         } else {
             let (series, value) = line.rsplit_once(' ').unwrap();
@@ -339,7 +339,15 @@ fn metrics_are_prometheus_text() {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
                 "{line}"
             );
-            assert!(typed.contains_key(name), "sample before its TYPE: {line}");
+            // A histogram's samples are its family name plus _bucket, _sum or _count.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(name);
+            assert!(typed.contains_key(family), "sample before its TYPE: {line}");
             if let Some(labels) = series.strip_prefix(name) {
                 if !labels.is_empty() {
                     assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
