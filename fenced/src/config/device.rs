@@ -344,6 +344,32 @@ impl DeviceCx<'_> {
         value.as_ref().ok_or_else(|| self.missing(field, message))
     }
 
+    /// The required `model` of a vendor-model kind, looked up by name; an absent or unknown
+    /// one is refused at its line with the models the kind knows.
+    pub(crate) fn model<M>(
+        &self,
+        value: &Option<Spanned<String>>,
+        kind: &str,
+        names: &str,
+        by_name: impl Fn(&str) -> Option<M>,
+    ) -> Result<M, ConfigError> {
+        let model = self.required(
+            value,
+            "model",
+            &format!("{kind} device needs `model`, one of: {names}"),
+        )?;
+        by_name(model.get_ref()).ok_or_else(|| {
+            self.at(
+                model,
+                "model",
+                format!(
+                    "unknown model `{}`; expected one of: {names}",
+                    model.get_ref()
+                ),
+            )
+        })
+    }
+
     /// A `_ms` setting within `lo..=hi`, or `default`.
     pub(crate) fn millis(
         &self,

@@ -76,22 +76,12 @@ impl KindTable for SerialPduTable {
     const SECRETS: &'static [&'static str] = &["password"];
 
     fn resolve(self, cx: &DeviceCx<'_>) -> Result<SerialPduConfig, ConfigError> {
-        let names = drivers::serial_pdu::model::names();
-        let model = cx.required(
+        let model = cx.model(
             &self.model,
-            "model",
-            &format!("a serial-pdu device needs `model`, one of: {names}"),
+            "a serial-pdu",
+            &drivers::serial_pdu::model::names(),
+            drivers::serial_pdu::model::by_name,
         )?;
-        let model = drivers::serial_pdu::model::by_name(model.get_ref()).ok_or_else(|| {
-            cx.at(
-                model,
-                "model",
-                format!(
-                    "unknown model `{}`; expected one of: {names}",
-                    model.get_ref()
-                ),
-            )
-        })?;
         let endpoint = match (&self.port, &self.address) {
             (Some(_), Some(a)) => {
                 return Err(cx.at(

@@ -58,22 +58,12 @@ impl KindTable for SnmpPduTable {
                 ),
             )
         })?;
-        let names = drivers::pdu::model::names();
-        let model = cx.required(
+        let model = cx.model(
             &self.model,
-            "model",
-            &format!("an snmp-pdu device needs `model`, one of: {names}"),
+            "an snmp-pdu",
+            &drivers::pdu::model::names(),
+            drivers::pdu::model::by_name,
         )?;
-        let model = drivers::pdu::model::by_name(model.get_ref()).ok_or_else(|| {
-            cx.at(
-                model,
-                "model",
-                format!(
-                    "unknown model `{}`; expected one of: {names}",
-                    model.get_ref()
-                ),
-            )
-        })?;
         let security = self.security(cx)?;
         Ok(PduConfig {
             client: ClientConfig {
