@@ -762,3 +762,111 @@ fn request_heads_up_to_64_kib_are_accepted_and_larger_ones_get_431() {
     // Well under twice the limit: what a buffer-size check between reads let through.
     assert_eq!(status_for_head_of(&h, 100 * 1024), 431);
 }
+
+#[test]
+fn a_batch_judges_each_entry_as_a_single_request_would() {
+    let h = Harness::start();
+    // node1: ok; nosuch: unknown; node3 off then on: the second conflicts with the first;
+    // node1 again with the same action: joins the first entry's operation.
+    let body = r#"{"requests":[
+        {"target":"node1","action":"off","reason":"batch","request_id":"b-1"},
+        {"target":"nosuch","action":"off","reason":"batch","request_id":"b-2"},
+        {"target":"node3","action":"off","reason":"batch"},
+        {"target":"node3","action":"on","reason":"batch"},
+        {"target":"node1","action":"off","reason":"batch again","request_id":"b-5"}
+    ]}"#;
+    let (code, v) = h.json("POST", "/v1/fence/batch", Some(body));
+    assert_eq!(code, 200, "{v}");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 5, "{v}");
+    let targets: Vec<&str> = r.iter().map(|e| e["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["node1", "nosuch", "node3", "node3", "node1"]);
+
+    assert_eq!(r[0]["status"], 202, "{v}");
+    assert_eq!(r[0]["accepted"]["joined"], false, "{v}");
+    assert_eq!(r[0]["request_id"], "b-1");
+    assert!(r[0]["error"].is_null(), "{v}");
+
+    assert_eq!(r[1]["status"], 404, "{v}");
+    assert_eq!(r[1]["error"]["code"], "unknown_target", "{v}");
+    assert!(r[1]["accepted"].is_null(), "{v}");
+
+    assert_eq!(r[2]["status"], 202, "{v}");
+    assert_eq!(r[2]["accepted"]["joined"], false, "{v}");
+    assert_eq!(r[3]["status"], 409, "{v}");
+    assert_eq!(r[3]["error"]["code"], "conflict", "{v}");
+    assert!(
+        r[3]["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("wait for operation"),
+        "{v}"
+    );
+
+    assert_eq!(r[4]["status"], 202, "{v}");
+    assert_eq!(r[4]["accepted"]["joined"], true, "{v}");
+    assert_eq!(r[4]["accepted"]["id"], r[0]["accepted"]["id"], "{v}");
+
+    // Each accepted entry is an operation of its own, followed like a single request's.
+    let n1 = r[0]["accepted"]["id"].as_u64().unwrap();
+    let n3 = r[2]["accepted"]["id"].as_u64().unwrap();
+    assert_ne!(n1, n3);
+    for id in [n1, n3] {
+        let (_, op) = h.json("GET", &format!("/v1/operations/{id}?wait=20"), None);
+        assert_eq!(op["state"], "succeeded", "{op}");
+        assert_eq!(op["outcome"]["confirmation"]["method"], "power_read_back");
+    }
+    let (_, op) = h.json("GET", &format!("/v1/operations/{n1}"), None);
+    assert_eq!(op["request_id"], "b-1", "{op}");
+    // Nothing ran on node3 but the off: the conflicting `on` started nothing.
+    let (_, hist) = h.json("GET", "/v1/history?target=node3", None);
+    assert_eq!(hist.as_array().unwrap().len(), 1, "{hist}");
+    let (_, t) = h.json("GET", "/v1/targets/node3?live=true", None);
+    assert_eq!(t["live"][0]["state"], "off", "{t}");
+
+    // Request ids are per entry: the join's id now names node1's operation too.
+    let (code, again) = h.json(
+        "POST",
+        "/v1/fence",
+        Some(r#"{"target":"node1","action":"off","reason":"t","request_id":"b-5"}"#),
+    );
+    assert_eq!(code, 202, "{again}");
+    assert_eq!(again["id"], n1, "{again}");
+    assert_eq!(again["joined"], true);
+
+    // Every entry was audited as a request of its own, refusals included.
+    let (_, ledger) = h.json("GET", "/v1/ledger?limit=1000", None);
+    let audits: Vec<&Value> = ledger
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rec| rec["entry"]["kind"] == "audit")
+        .collect();
+    let outcomes = |what: &str| -> Vec<String> {
+        audits
+            .iter()
+            .filter(|a| a["entry"]["what"] == what)
+            .map(|a| a["entry"]["outcome"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(outcomes("fence nosuch off").len(), 1, "{ledger}");
+    assert!(outcomes("fence node3 on")[0].starts_with("refused: conflict"));
+    assert_eq!(outcomes("fence node1 off").len(), 3, "{ledger}");
+
+    // The batch itself must be 1..=MAX_BATCH entries and well-formed.
+    let (code, body) = h.curl("POST", "/v1/fence/batch", Some(r#"{"requests":[]}"#));
+    assert_error(code, &body, 400, "bad_request");
+    let many = format!(
+        r#"{{"requests":[{}]}}"#,
+        vec![r#"{"target":"node1","action":"off"}"#; fenced::api::MAX_BATCH + 1].join(",")
+    );
+    let (code, body) = h.curl("POST", "/v1/fence/batch", Some(&many));
+    let err = assert_error(code, &body, 400, "bad_request");
+    assert!(err["message"].as_str().unwrap().contains("1 to 1000"), "{err}");
+    let (code, body) = h.curl(
+        "POST",
+        "/v1/fence/batch",
+        Some(r#"{"requests":[{"target":"node1","action":"explode"}]}"#),
+    );
+    assert_error(code, &body, 400, "bad_request");
+}

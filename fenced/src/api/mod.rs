@@ -36,7 +36,10 @@ use std::time::Instant;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-pub use body::{ErrorBody, ErrorDetail, LedgerVerification, ReasonBody};
+pub use body::{
+    ErrorBody, ErrorDetail, FenceBatchAnswer, FenceBatchRequest, FenceBatchResult,
+    LedgerVerification, ReasonBody, MAX_BATCH, MAX_BATCH_BODY_BYTES,
+};
 
 /// Largest request body accepted; every body the API takes is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -1,7 +1,9 @@
 //! The route table and its handlers.
 
 use super::{
-    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, LedgerVerification, ReasonBody,
+    status_of, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ErrorDetail,
+    FenceBatchAnswer, FenceBatchRequest, FenceBatchResult, LedgerVerification, ReasonBody,
+    MAX_BATCH,
 };
 use crate::api::auth::Authenticated;
 use crate::config::Role;
@@ -66,6 +68,8 @@ pub struct QueryParam {
 pub enum Handler {
     /// `POST /v1/fence`.
     Fence,
+    /// `POST /v1/fence/batch`.
+    FenceBatch,
     /// `GET /v1/operations/{id}`.
     Operation,
     /// `GET /v1/history`.
@@ -172,6 +176,18 @@ pub const ROUTES: &[RouteSpec] = &[
         request: Some(schema::<FenceRequest>),
         status: 202,
         response: Body::Json(schema::<FenceAccepted>),
+        query: &[],
+    },
+    RouteSpec {
+        method: Method::Post,
+        path: "/v1/fence/batch",
+        role: Some(Role::Fence),
+        summary: "Request many actions at once (1 to 1000 entries): one operation per entry, each judged as `POST /v1/fence` would (joins, conflicts, limits, request ids) and answered with its own status, in order; answers before any device is touched.",
+        operation_id: "fenceBatch",
+        handler: Handler::FenceBatch,
+        request: Some(schema::<FenceBatchRequest>),
+        status: 200,
+        response: Body::Json(schema::<FenceBatchAnswer>),
         query: &[],
     },
     RouteSpec {
@@ -411,6 +427,10 @@ pub(super) fn method_router(spec: &RouteSpec) -> MethodRouter<AppState> {
     }
     match spec.handler {
         Handler::Fence => m!(fence),
+        // Its body holds up to MAX_BATCH entries: more than the default body limit.
+        Handler::FenceBatch => m!(fence_batch).layer(axum::extract::DefaultBodyLimit::max(
+            super::MAX_BATCH_BODY_BYTES,
+        )),
         Handler::Operation => m!(operation),
         Handler::History => m!(history),
         Handler::Events => m!(events),
@@ -451,6 +471,57 @@ async fn fence(
     let accepted = s.engine.fence(req, &requester(&auth)).await?;
     tracing::info!(caller = %auth.caller.identity, %target, %action, op = accepted.id, joined = accepted.joined, "fence request accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+async fn fence_batch(
+    State(s): State<AppState>,
+    Extension(auth): Auth,
+    ApiJson(batch): ApiJson<FenceBatchRequest>,
+) -> Result<Json<FenceBatchAnswer>, ApiError> {
+    let n = batch.requests.len();
+    if n == 0 || n > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "a batch carries 1 to {MAX_BATCH} requests, found {n}; split it into several batches"
+        )));
+    }
+    let heads: Vec<(String, Action, Option<String>)> = batch
+        .requests
+        .iter()
+        .map(|r| (r.target.clone(), r.action, r.request_id.clone()))
+        .collect();
+    let answers = s
+        .engine
+        .fence_batch(batch.requests, &requester(&auth))
+        .await;
+    let results: Vec<FenceBatchResult> = heads
+        .into_iter()
+        .zip(answers)
+        .map(|((target, action, request_id), r)| match r {
+            Ok(accepted) => FenceBatchResult {
+                target,
+                action,
+                request_id,
+                status: StatusCode::ACCEPTED.as_u16(),
+                accepted: Some(accepted),
+                error: None,
+            },
+            Err(e) => FenceBatchResult {
+                target,
+                action,
+                request_id,
+                status: status_of(&e).as_u16(),
+                accepted: None,
+                error: Some(ErrorDetail {
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                    hint: e.hint(),
+                }),
+            },
+        })
+        .collect();
+    let accepted = results.iter().filter(|r| r.accepted.is_some()).count();
+    tracing::info!(caller = %auth.caller.identity, requests = n, accepted, refused = n - accepted, "fence batch answered");
+    Ok(Json(FenceBatchAnswer { results }))
 }
 
 #[derive(Deserialize)]

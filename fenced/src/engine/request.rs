@@ -51,6 +51,24 @@ impl Engine {
         self.tally(result)
     }
 
+    /// Accepts many fence requests at once: each entry is exactly one [`Engine::fence`] call
+    /// (its own operation or join, its own refusal, audit record and limit count), and the
+    /// answers come back in the order asked.
+    ///
+    /// Every entry takes (or joins, or is refused) its target before any entry awaits its
+    /// durable write: `join_all` polls the calls in order and each one reserves its target
+    /// without waiting. So a target named twice in one batch starts one operation, and the
+    /// later entry joins it (same action) or is refused as a conflict (other action), never
+    /// a second operation racing the first. All the entries' writes go to history in one
+    /// group commit.
+    pub async fn fence_batch(
+        &self,
+        reqs: Vec<FenceRequest>,
+        by: &Requester,
+    ) -> Vec<Result<FenceAccepted, EngineError>> {
+        futures_util::future::join_all(reqs.into_iter().map(|r| self.fence(r, by))).await
+    }
+
     /// Records an operator's manual confirmation that `target` is off. It is a succeeded `off`
     /// operation whose confirmation names the operator and the reason. Refused while an
     /// operation on the target is in flight (its outcome must not be overwritten). Audited,
