@@ -870,3 +870,67 @@ fn a_batch_judges_each_entry_as_a_single_request_would() {
     );
     assert_error(code, &body, 400, "bad_request");
 }
+
+#[test]
+fn fence_node_fences_many_targets_in_one_batch() {
+    let h = Harness::start();
+    let list = h.dir.path().join("rack.txt");
+    std::fs::write(&list, "# rack 7\nnode3\n\n  node4  \n").unwrap();
+    let o = h.fence_node(&[
+        "off",
+        "node1",
+        "--targets-from",
+        list.to_str().unwrap(),
+        "--reason",
+        "rack 7 lost its network",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    for node in ["node1", "node3", "node4"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_else(|| panic!("no line for {node}: {out}"));
+        assert!(line.contains("FENCED") && line.contains("power read back"), "{line}");
+    }
+    assert!(out.contains("all 3 targets confirmed fenced"), "{out}");
+
+    // One that never confirms and one unknown: exit 1, and the table says which.
+    let o = h.fence_node(&["off", "node1", "node2", "nosuch"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let line = |node: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no line for {node}: {out}"))
+            .to_string()
+    };
+    assert!(line("node1").contains(" FENCED "), "{out}");
+    assert!(line("node2").contains("NOT FENCED"), "{out}");
+    assert!(line("nosuch").contains("REFUSED"), "{out}");
+    assert!(line("nosuch").contains("unknown_target"), "{out}");
+    assert!(out.contains("2 of 3 targets NOT confirmed fenced"), "{out}");
+
+    // --json: one result per target with its operation.
+    let o = h.fence_node(&["--json", "off", "node1", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["results"][0]["confirmed"], true, "{v}");
+    assert_eq!(v["results"][0]["operation"]["state"], "succeeded", "{v}");
+    assert_eq!(v["results"][1]["status"], 404, "{v}");
+    assert_eq!(v["results"][1]["confirmed"], false, "{v}");
+
+    // A bad line in the file is a usage error that names the file and line.
+    std::fs::write(&list, "node1\nnode3 node4\n").unwrap();
+    let o = h.fence_node(&["off", "--targets-from", list.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{}:2: expected one target name", list.display())),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&list, "# nothing\n").unwrap();
+    let o = h.fence_node(&["off", "--targets-from", list.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no target to fence"), "{}", stderr(&o));
+}

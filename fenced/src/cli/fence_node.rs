@@ -30,10 +30,13 @@ Examples:
   fence_node off node1 --timeout 60            # give up (and say NOT FENCED) after 60 s
   fence_node off node1 --no-wait               # return at once; follow with `fence_node status node1`
   fence_node --json off node1                  # the operation as JSON on stdout
+  fence_node off node1 node2 node3             # one batch: a line per target, then a summary
+  fence_node off --targets-from rack7.txt      # the targets named in a file, one per line
 
 Exit status 0 means the node is confirmed off: its power read back as off, a poison pill was
 written and msgwait elapsed, or an operator confirmed it. Anything else (1, 3, 4): treat the
-node as NOT fenced.";
+node as NOT fenced. With several targets, 0 means every one of them is confirmed off; 1 means
+at least one is not (the table says which: treat those as NOT fenced).";
 
 /// Help text shown after the options.
 const REBOOT_HELP: &str = "\
@@ -128,12 +131,19 @@ pub struct Cli {
 /// The options of `off`, `reboot` and `on`.
 #[derive(Args)]
 pub struct FenceArgs {
-    /// The target node, as named in the daemon's configuration.
-    pub node: String,
+    /// The target node(s), as named in the daemon's configuration. More than one (or
+    /// --targets-from) sends one batch request: one operation per target.
+    #[arg(value_name = "NODE", required_unless_present = "targets_from")]
+    pub nodes: Vec<String>,
+    /// Also fence the targets named in FILE: one per line; blank lines and lines starting with
+    /// `#` are skipped (`-` reads standard input).
+    #[arg(long, value_name = "FILE")]
+    pub targets_from: Option<std::path::PathBuf>,
     /// Why (recorded in history).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// Idempotency key: repeating a request with the same id returns the same operation.
+    /// Idempotency key: repeating a request with the same id returns the same operation
+    /// (with several targets, each gets ID:TARGET).
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
     /// Give up after this many seconds (also the operation's deadline on the daemon).

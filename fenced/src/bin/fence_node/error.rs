@@ -25,6 +25,28 @@ pub enum CliError {
     /// `confirm` without `--yes` and without a terminal to ask on.
     #[error("confirm: refusing to record a manual confirmation without asking; there is no terminal to ask on, so pass --yes if you are sure")]
     NoTerminal,
+    /// `--targets-from` and the command line named no target at all.
+    #[error("no target to fence: name one or more targets, or a --targets-from file that lists them (one per line)")]
+    NoTargets,
+    /// The `--targets-from` file cannot be read.
+    #[error("--targets-from {path}: {source}; check the path and its permissions")]
+    TargetsFile {
+        /// The file.
+        path: String,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of the `--targets-from` file is not a target name.
+    #[error("{path}:{line}: expected one target name per line (no spaces), found {found:?}")]
+    TargetsLine {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What the line holds.
+        found: String,
+    },
     /// The async runtime could not be started (out of memory or file descriptors).
     #[error(
         "cannot start the async runtime: {0}; check the process limits (ulimit -n) and free memory"
@@ -43,7 +65,10 @@ impl CliError {
             | CliError::Ca(_)
             | CliError::TokenFile(_)
             | CliError::Since(_)
-            | CliError::NoTerminal => Exit::Usage,
+            | CliError::NoTerminal
+            | CliError::NoTargets
+            | CliError::TargetsFile { .. }
+            | CliError::TargetsLine { .. } => Exit::Usage,
             CliError::Runtime(_) => Exit::Unreachable,
             CliError::Client(ClientError::Api { status, error, .. }) => {
                 // A paused daemon answers 503 but refuses by policy: nothing is broken.

@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-/// Runs one fencing verb.
+/// Runs one fencing verb: one request for one target, a batch for several.
 pub async fn run(ui: &Ui, action: Action, a: FenceArgs) -> Result<Exit, CliError> {
     let reason = a.reason.clone().unwrap_or_else(|| {
         format!(
@@ -21,6 +21,19 @@ pub async fn run(ui: &Ui, action: Action, a: FenceArgs) -> Result<Exit, CliError
             std::env::var("USER").unwrap_or_else(|_| "unknown user".into())
         )
     });
+    let mut nodes = a.nodes.clone();
+    if let Some(f) = &a.targets_from {
+        nodes.extend(crate::batch::read_targets(f)?);
+    }
+    match nodes.as_slice() {
+        [] => Err(CliError::NoTargets),
+        [node] if a.targets_from.is_none() => single(ui, action, single_args(&a, node), reason).await,
+        _ => crate::batch::run(ui, action, &a, nodes, reason).await,
+    }
+}
+
+/// One target: `POST /v1/fence`, then follow the operation.
+async fn single(ui: &Ui, action: Action, a: Single, reason: String) -> Result<Exit, CliError> {
     let req = FenceRequest {
         target: a.node.clone(),
         action,
@@ -61,6 +74,23 @@ pub async fn run(ui: &Ui, action: Action, a: FenceArgs) -> Result<Exit, CliError
         );
     }
     wait(ui, &a.node, action, accepted.id, a.timeout).await
+}
+
+/// The options of a single-target request.
+struct Single {
+    node: String,
+    request_id: Option<String>,
+    timeout: Option<u64>,
+    no_wait: bool,
+}
+
+fn single_args(a: &FenceArgs, node: &str) -> Single {
+    Single {
+        node: node.to_string(),
+        request_id: a.request_id.clone(),
+        timeout: a.timeout,
+        no_wait: a.no_wait,
+    }
 }
 
 /// Follows operation `id` until it ends (or our own limit passes), showing progress on a
@@ -147,13 +177,14 @@ fn progress_line(op: &Operation) -> String {
     }
 }
 
-fn secs(op: &Operation) -> String {
+/// ` in 1.23 s`, or nothing while the operation has not finished.
+pub fn secs(op: &Operation) -> String {
     op.elapsed_ms()
         .map_or_else(String::new, |ms| format!(" in {:.2} s", ms as f64 / 1000.0))
 }
 
 /// How the outcome was confirmed, in words.
-fn how(c: &Confirmation) -> String {
+pub fn how(c: &Confirmation) -> String {
     match c {
         Confirmation::PowerReadBack {
             level,

@@ -5,6 +5,7 @@
 //! dispatch; each verb runs in a file of its own, and what several verbs print is in
 //! [`output`].
 
+mod batch;
 mod confirm;
 mod devices;
 mod error;
