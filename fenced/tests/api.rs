@@ -862,7 +862,10 @@ fn a_batch_judges_each_entry_as_a_single_request_would() {
     );
     let (code, body) = h.curl("POST", "/v1/fence/batch", Some(&many));
     let err = assert_error(code, &body, 400, "bad_request");
-    assert!(err["message"].as_str().unwrap().contains("1 to 1000"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("1 to 1000"),
+        "{err}"
+    );
     let (code, body) = h.curl(
         "POST",
         "/v1/fence/batch",
@@ -891,7 +894,10 @@ fn fence_node_fences_many_targets_in_one_batch() {
             .lines()
             .find(|l| l.starts_with(node))
             .unwrap_or_else(|| panic!("no line for {node}: {out}"));
-        assert!(line.contains("FENCED") && line.contains("power read back"), "{line}");
+        assert!(
+            line.contains("FENCED") && line.contains("power read back"),
+            "{line}"
+        );
     }
     assert!(out.contains("all 3 targets confirmed fenced"), "{out}");
 

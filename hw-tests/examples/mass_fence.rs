@@ -18,26 +18,30 @@
 //!
 //! `target/release/examples/mass_fence --count 1000 --delays 0,200 [--fenced LABEL=PATH]...`
 //!
-//! Several `--fenced` give several binaries in the same run (before/after figures).
+//! Several `--fenced` give several binaries in the same run (before/after figures). `--batch`
+//! sends each round as one `POST /v1/fence/batch` (chunks of at most 1000 entries) instead of
+//! a request per target; CPU per request is then per entry.
 
-use fenced::client::{Client, ClientError, Endpoint};
+use fenced::client::{Client, Endpoint};
 use hw_tests::daemon::FencedProcess;
-use serde_json::{json, Value};
+use hw_tests::mass::{self, Fleet, Outcome, Round, Send};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write as _};
-use std::os::unix::process::CommandExt;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mass_fence [--count N] [--delays MS,MS...] [--fenced LABEL=PATH]... [--lab PATH] [--keep DIR]";
+const USAGE: &str = "usage: mass_fence [--count N] [--delays MS,MS...] [--fenced LABEL=PATH]... [--lab PATH] [--batch]";
 
 struct Opts {
     count: usize,
     delays: Vec<u64>,
     fenced: Vec<(String, PathBuf)>,
     lab: PathBuf,
+    /// One `POST /v1/fence/batch` per round instead of a request per target.
+    send: Send,
 }
 
 fn main() -> ExitCode {
@@ -46,9 +50,14 @@ fn main() -> ExitCode {
         delays: vec![0, 200],
         fenced: Vec::new(),
         lab: hw_tests::bins::target_dir().join("release/palisade-lab"),
+        send: Send::Each,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--batch" {
+            opts.send = Send::Batch;
+            continue;
+        }
         let v = args.next();
         match (a.as_str(), v) {
             ("--count", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
@@ -119,90 +128,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A `palisade-lab ipmi` child, killed on drop.
-struct LabProcess {
-    child: Child,
-    /// (name, address, guid) per BMC.
-    bmcs: Vec<(String, String, String)>,
-}
-
-impl Drop for LabProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_lab(lab: &Path, count: usize, delay: u64, pw: &Path) -> Result<LabProcess, String> {
-    let mut cmd = Command::new(lab);
-    cmd.args(["ipmi", "--count", &count.to_string(), "--user", "admin"])
-        .arg("--password-file")
-        .arg(pw)
-        .args(["--power-delay-ms", &delay.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no parent memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", lab.display()))?;
-    let out = child.stdout.take().ok_or("no stdout from palisade-lab")?;
-    let mut lab = LabProcess {
-        child,
-        bmcs: Vec::new(),
-    };
-    for line in BufReader::new(out).lines() {
-        let line = line.map_err(|e| format!("reading palisade-lab's ready lines: {e}"))?;
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if let ["ipmi", name, addr, guid] = f.as_slice() {
-            let guid = guid.trim_start_matches("guid=").to_string();
-            lab.bmcs.push((name.to_string(), addr.to_string(), guid));
-        }
-        if lab.bmcs.len() == count {
-            return Ok(lab);
-        }
-    }
-    Err(format!(
-        "palisade-lab printed {} of {count} ready lines and stopped",
-        lab.bmcs.len()
-    ))
-}
-
-fn write_config(dir: &Path, lab: &LabProcess, pw: &Path, delay_s: f64) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "[daemon]\nsocket = {:?}\nhistory = {:?}\nnode_name = \"bench\"\n",
-        dir.join("fenced.sock"),
-        dir.join("history.redb")
-    );
-    let _ = writeln!(s, "[api]\nmax_connections = 8192\n");
-    // Two fencing operations per target (cold and warm); the third round is refused.
-    let _ = writeln!(
-        s,
-        "[limits]\nwindow_s = 3600\nmax_operations = 100000\nmax_operations_per_target = 2\n"
-    );
-    let _ = writeln!(
-        s,
-        "[defaults]\nattempt_timeout_s = 10\ntotal_timeout_s = 30\ndelay_s = {delay_s}\n"
-    );
-    for (name, addr, guid) in &lab.bmcs {
-        let _ = writeln!(
-            s,
-            "[devices.bmc-{name}]\nkind = \"ipmi\"\naddress = \"{addr}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = \"auto\"\ntimeout_ms = 500\n\n[targets.{name}]\nlevels = [[\"bmc-{name}\"]]\nidentities = {{ bmc-{name} = \"{guid}\" }}\n"
-        );
-    }
-    s
-}
-
 /// fenced's utime+stime in seconds, and its VmHWM in KiB.
 fn cpu_and_hwm(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -225,134 +150,22 @@ fn cpu_and_hwm(pid: u32) -> (f64, u64) {
     (ticks as f64 / hz, hwm)
 }
 
-/// What one request came to.
-enum Outcome {
-    Succeeded,
-    Failed(String),
-    Refused(String),
-    /// Accepted; not waited for.
-    Accepted,
-}
-
-/// Sends `action` for every target at once and (with `wait`) long-polls each until it ends.
-/// Returns the outcomes, the time until every request was answered, and until the last ended.
-async fn round(
-    client: &Client,
-    names: &[String],
-    action: &str,
-    wait: bool,
-) -> (Vec<Outcome>, Duration, Duration) {
-    let t0 = Instant::now();
-    let tasks = names.iter().map(|name| {
-        let client = client.clone();
-        let body = json!({"target": name, "action": action, "reason": "mass_fence bench"});
-        async move {
-            let accepted = client
-                .call(
-                    "POST",
-                    "/v1/fence",
-                    Some(&body),
-                    Some(Duration::from_secs(120)),
-                )
-                .await;
-            let answered = t0.elapsed();
-            let id = match accepted {
-                Ok(v) => v.get("id").and_then(Value::as_u64),
-                Err(ClientError::Api { error, .. }) => {
-                    return (Outcome::Refused(error.code), answered, answered)
-                }
-                Err(e) => return (Outcome::Refused(e.to_string()), answered, answered),
-            };
-            let Some(id) = id else {
-                return (
-                    Outcome::Refused("no id in the answer".into()),
-                    answered,
-                    answered,
-                );
-            };
-            if !wait {
-                return (Outcome::Accepted, answered, answered);
-            }
-            loop {
-                let r = client
-                    .call(
-                        "GET",
-                        &format!("/v1/operations/{id}?wait=60"),
-                        None,
-                        Some(Duration::from_secs(90)),
-                    )
-                    .await;
-                match r {
-                    Ok(op) => match op.get("state").and_then(Value::as_str) {
-                        Some("succeeded") => return (Outcome::Succeeded, answered, t0.elapsed()),
-                        Some("failed") => {
-                            let msg = op
-                                .pointer("/outcome/message")
-                                .and_then(Value::as_str)
-                                .unwrap_or("no message")
-                                .to_string();
-                            return (Outcome::Failed(msg), answered, t0.elapsed());
-                        }
-                        _ => continue,
-                    },
-                    Err(e) => return (Outcome::Failed(e.to_string()), answered, t0.elapsed()),
-                }
-            }
-        }
-    });
-    let results = futures_join(tasks.collect()).await;
-    let answered = results.iter().map(|r| r.1).max().unwrap_or_default();
-    let ended = results.iter().map(|r| r.2).max().unwrap_or_default();
-    (results.into_iter().map(|r| r.0).collect(), answered, ended)
-}
-
-/// Runs every future to completion concurrently on this thread.
-async fn futures_join<F: std::future::Future + 'static>(futs: Vec<F>) -> Vec<F::Output>
-where
-    F::Output: 'static,
-{
-    let local = tokio::task::LocalSet::new();
-    let handles: Vec<_> = futs.into_iter().map(|f| local.spawn_local(f)).collect();
-    local
-        .run_until(async move {
-            let mut out = Vec::with_capacity(handles.len());
-            for h in handles {
-                if let Ok(v) = h.await {
-                    out.push(v);
-                }
-            }
-            out
-        })
-        .await
-}
-
 /// One line for a phase.
-#[allow(clippy::too_many_arguments)]
-fn line(
-    label: &str,
-    delay: u64,
-    phase: &str,
-    outcomes: &[Outcome],
-    answered: Duration,
-    ended: Duration,
-    cpu_s: f64,
-    hwm_kib: u64,
-) -> String {
-    let n = outcomes.len().max(1);
+fn line(label: &str, delay: u64, phase: &str, r: &Round, cpu_s: f64, hwm_kib: u64) -> String {
+    let n = r.outcomes.len().max(1);
     let mut ok = 0;
     let mut accepted = 0;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut failed = 0;
     let mut refused = 0;
-    for o in outcomes {
+    for o in &r.outcomes {
         match o {
-            Outcome::Succeeded => ok += 1,
+            Outcome::Succeeded { .. } => ok += 1,
             Outcome::Accepted => accepted += 1,
             Outcome::Failed(m) => {
                 failed += 1;
-                // The message names the target first: keep what follows it.
-                let short = m.split_once(": ").map_or(m.as_str(), |(_, r)| r);
-                let short: String = short.chars().take(110).collect();
+                // Without the target, level and device: counts per reason.
+                let short: String = mass::reason_of(m).chars().take(110).collect();
                 *reasons.entry(short).or_default() += 1;
             }
             Outcome::Refused(c) => {
@@ -363,15 +176,15 @@ fn line(
     }
     let mut s = format!(
         "{label:>8} delay={delay:>3}ms {phase:<8} ok={ok} accepted={accepted} failed={failed} refused={refused} answered={:.2}s all_ended={:.2}s cpu/req={:.3}ms peak_rss={}KiB",
-        answered.as_secs_f64(),
-        ended.as_secs_f64(),
+        r.answered.as_secs_f64(),
+        r.ended.as_secs_f64(),
         cpu_s * 1000.0 / n as f64,
         hwm_kib
     );
     let mut top: Vec<_> = reasons.into_iter().collect();
     top.sort_by_key(|r| std::cmp::Reverse(r.1));
-    for (r, c) in top.into_iter().take(3) {
-        let _ = write!(s, "\n           {c} x {r}");
+    for (reason, c) in top.into_iter().take(5) {
+        let _ = write!(s, "\n           {c} x {reason}");
     }
     s
 }
@@ -432,14 +245,16 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| e.to_string())?;
     }
-    let lab = start_lab(&opts.lab, opts.count, delay, &pw)?;
-    let names: Vec<String> = lab.bmcs.iter().map(|b| b.0.clone()).collect();
+    let lab = Fleet::start(&opts.lab, opts.count, delay, &pw).map_err(|e| e.to_string())?;
+    let names = lab.names();
+    let send = opts.send;
     let socket = dir.path().join("fenced.sock");
     let client = Client::new(Endpoint::Unix(socket.clone()), Duration::from_secs(60));
     let mut lines = Vec::new();
 
     let config = dir.path().join("fenced.toml");
-    std::fs::write(&config, write_config(dir.path(), &lab, &pw, 0.0)).map_err(|e| e.to_string())?;
+    std::fs::write(&config, mass::config(dir.path(), &lab, &pw, 0.0, 2))
+        .map_err(|e| e.to_string())?;
     let mut fenced = FencedProcess::spawn(bin, &config, &socket, &dir.path().join("fenced.log"))
         .map_err(|e| e.to_string())?;
     wait_healthz(&client, &mut fenced).await?;
@@ -447,69 +262,43 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
 
     // Cold: at once after /healthz, start-up checks still under way.
     let (c0, _) = cpu_and_hwm(pid);
-    let (out, answered, ended) = round(&client, &names, "off", true).await;
+    let r = mass::round(&client, &names, "off", true, send).await;
     let (c1, hwm) = cpu_and_hwm(pid);
-    lines.push(line(
-        label,
-        delay,
-        "cold",
-        &out,
-        answered,
-        ended,
-        c1 - c0,
-        hwm,
-    ));
+    lines.push(line(label, delay, "cold", &r, c1 - c0, hwm));
 
     // Power back on (not measured), then let the start-up checks finish.
-    let (out, _, ended) = round(&client, &names, "on", true).await;
-    let on_ok = out
+    let on = mass::round(&client, &names, "on", true, send).await;
+    let on_ok = on
+        .outcomes
         .iter()
-        .filter(|o| matches!(o, Outcome::Succeeded))
+        .filter(|o| matches!(o, Outcome::Succeeded { .. }))
         .count();
     let checked = wait_checked(&client).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = writeln!(
         lines.last_mut().unwrap_or(&mut String::new()),
         "\n           (then {on_ok} powered on in {:.2}s; start-up checks done {:.2}s later)",
-        ended.as_secs_f64(),
+        on.ended.as_secs_f64(),
         checked.as_secs_f64()
     );
 
     // Warm.
     let (c0, _) = cpu_and_hwm(pid);
-    let (out, answered, ended) = round(&client, &names, "off", true).await;
+    let r = mass::round(&client, &names, "off", true, send).await;
     let (c1, hwm) = cpu_and_hwm(pid);
-    lines.push(line(
-        label,
-        delay,
-        "warm",
-        &out,
-        answered,
-        ended,
-        c1 - c0,
-        hwm,
-    ));
+    lines.push(line(label, delay, "warm", &r, c1 - c0, hwm));
 
     // Refused by the per-target limit.
     let (c0, _) = cpu_and_hwm(pid);
-    let (out, answered, ended) = round(&client, &names, "off", false).await;
+    let r = mass::round(&client, &names, "off", false, send).await;
     let (c1, hwm) = cpu_and_hwm(pid);
-    lines.push(line(
-        label,
-        delay,
-        "refused",
-        &out,
-        answered,
-        ended,
-        c1 - c0,
-        hwm,
-    ));
+    lines.push(line(label, delay, "refused", &r, c1 - c0, hwm));
     fenced.stop(Duration::from_secs(10)).await;
 
     // Accepted, up to the first device step: a fresh history, every target behind a 30 s
     // fence-race delay.
     let _ = std::fs::remove_file(dir.path().join("history.redb"));
-    std::fs::write(&config, write_config(dir.path(), &lab, &pw, 30.0))
+    std::fs::write(&config, mass::config(dir.path(), &lab, &pw, 30.0, 2))
         .map_err(|e| e.to_string())?;
     let mut fenced = FencedProcess::spawn(bin, &config, &socket, &dir.path().join("fenced2.log"))
         .map_err(|e| e.to_string())?;
@@ -517,18 +306,9 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
     wait_checked(&client).await;
     let pid = fenced.id();
     let (c0, _) = cpu_and_hwm(pid);
-    let (out, answered, ended) = round(&client, &names, "off", false).await;
+    let r = mass::round(&client, &names, "off", false, send).await;
     let (c1, hwm) = cpu_and_hwm(pid);
-    lines.push(line(
-        label,
-        delay,
-        "accept",
-        &out,
-        answered,
-        ended,
-        c1 - c0,
-        hwm,
-    ));
+    lines.push(line(label, delay, "accept", &r, c1 - c0, hwm));
     fenced.stop(Duration::from_secs(1)).await;
     drop(lab);
     Ok(lines)

@@ -22,6 +22,7 @@
 //! - [`node`]: lab nodes (network namespace + cgroup v2 group + optional mount namespace)
 //!   that a simulated BMC really powers off, with nftables partitions and a lab network.
 //! - [`browser`]: headless Chromium driven through ChromeDriver (WebDriver), for page tests.
+//! - [`mass`]: mass fencing: a `palisade-lab ipmi` fleet, its `fenced` config, rounds of requests.
 //! - [`drill`]: the failover drill: a stateful workload on a shared disk, a reference
 //!   controller, and the checker that shows whether two copies ever wrote at once.
 
@@ -36,6 +37,7 @@ pub mod faultydisk;
 pub mod gpiosim;
 pub mod lab;
 pub mod loopdev;
+pub mod mass;
 pub mod node;
 pub mod peers;
 pub mod require;

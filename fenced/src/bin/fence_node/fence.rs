@@ -27,7 +27,9 @@ pub async fn run(ui: &Ui, action: Action, a: FenceArgs) -> Result<Exit, CliError
     }
     match nodes.as_slice() {
         [] => Err(CliError::NoTargets),
-        [node] if a.targets_from.is_none() => single(ui, action, single_args(&a, node), reason).await,
+        [node] if a.targets_from.is_none() => {
+            single(ui, action, single_args(&a, node), reason).await
+        }
         _ => crate::batch::run(ui, action, &a, nodes, reason).await,
     }
 }
