@@ -13,6 +13,7 @@ pub mod relay;
 pub mod sbd;
 pub mod secret;
 pub mod serial_pdu;
+pub mod stdio;
 
 pub use power::{
     DeviceError, FenceProof, Identity, Outlet, PillKind, PillReport, PowerCommand, PowerDevice,

@@ -236,12 +236,12 @@ async fn run_in(opts: &DemoOptions, bins: &Binaries, dir: &Path) -> Result<(), D
     );
     write_private(&config_path, text.as_bytes())?;
 
-    println!(
+    drivers::outln!(
         "Palisade demo: {} simulated nodes whose BMCs speak IPMI v2.0 RMCP+ and one whose BMC speaks Redfish over HTTPS, on loopback\n",
         opts.nodes
     );
     for b in lab.bmcs() {
-        println!(
+        drivers::outln!(
             "  {:<7} BMC {:<21} system GUID {}",
             b.name(),
             b.addr().to_string(),
@@ -249,7 +249,7 @@ async fn run_in(opts: &DemoOptions, bins: &Binaries, dir: &Path) -> Result<(), D
         );
     }
     for b in rlab.bmcs() {
-        println!(
+        drivers::outln!(
             "  {:<7} BMC {:<21} system UUID {} (Redfish, CA {})",
             redfish_target(opts.nodes),
             b.url(),
@@ -258,7 +258,7 @@ async fn run_in(opts: &DemoOptions, bins: &Binaries, dir: &Path) -> Result<(), D
         );
     }
     for p in plab.pdus() {
-        println!(
+        drivers::outln!(
             "  {:<7} PDU {:<21} serial {} (SNMP v2c, outlets 1-2 feed node1's power supplies: node1's second level)",
             "pdu",
             p.addr().to_string(),
@@ -269,7 +269,7 @@ async fn run_in(opts: &DemoOptions, bins: &Binaries, dir: &Path) -> Result<(), D
     // The real daemon on the generated config, started from this (the runtime's) thread so
     // that it gets SIGTERM if the demo dies.
     let mut daemon = FencedProcess::spawn(&bins.fenced, &config_path, &socket, &log)?;
-    println!(
+    drivers::outln!(
         "\n{} run --config {}   (pid {})",
         shown(&bins.fenced),
         shown(&config_path),
@@ -282,7 +282,7 @@ async fn run_in(opts: &DemoOptions, bins: &Binaries, dir: &Path) -> Result<(), D
     plab.shutdown().await;
     outcome?;
     if let Some(status) = stopped.filter(|s| !s.success()) {
-        println!("fenced stopped with {status}; its log: {}", log.display());
+        drivers::outln!("fenced stopped with {status}; its log: {}", log.display());
     }
     Ok(())
 }
@@ -300,8 +300,8 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).map_err(DemoError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DemoError::Signal)?;
     daemon.wait_ready_async(START_LIMIT).await?;
-    println!("fenced serves the API on {}", socket.display());
-    println!(
+    drivers::outln!("fenced serves the API on {}", socket.display());
+    drivers::outln!(
         "  log     {}\n  history {}\n",
         daemon.log_path().display(),
         history.display()
@@ -312,17 +312,19 @@ async fn serve(
     }
 
     let fence_node = shown(&bins.fence_node);
-    println!("\nfenced keeps running until Ctrl-C. From another terminal, in this directory:");
-    println!(
+    drivers::outln!(
+        "\nfenced keeps running until Ctrl-C. From another terminal, in this directory:"
+    );
+    drivers::outln!(
         "  export PALISADE_SOCKET={}",
         shell_word(&socket.display().to_string())
     );
-    println!("  {fence_node} status");
-    println!("  {fence_node} off node2 --reason \"trying Palisade\"");
-    println!("  {fence_node} on node1 --reason \"unfence\"");
-    println!("  {fence_node} history");
-    println!("  {fence_node} devices --check");
-    println!();
+    drivers::outln!("  {fence_node} status");
+    drivers::outln!("  {fence_node} off node2 --reason \"trying Palisade\"");
+    drivers::outln!("  {fence_node} on node1 --reason \"unfence\"");
+    drivers::outln!("  {fence_node} history");
+    drivers::outln!("  {fence_node} devices --check");
+    drivers::outln!();
 
     // Until a signal, or until the daemon exits on its own (which the demo reports).
     let mut check = tokio::time::interval(Duration::from_millis(200));
@@ -340,7 +342,7 @@ async fn serve(
             }
         }
     }
-    println!("stopping fenced and the simulators");
+    drivers::outln!("stopping fenced and the simulators");
     Ok(())
 }
 
@@ -472,7 +474,7 @@ async fn first_fence(socket: &Path) -> Result<(), DemoError> {
         Duration::from_secs(60),
     );
     let body = serde_json::json!({"target": "node1", "action": "off", "reason": "palisade-lab demo: first fence"});
-    println!("Fencing node1 through the API: POST /v1/fence {body}");
+    drivers::outln!("Fencing node1 through the API: POST /v1/fence {body}");
     let (accepted, _) = client
         .call_as::<FenceAccepted>("POST", "/v1/fence", Some(&body), None)
         .await?;
@@ -484,7 +486,7 @@ async fn first_fence(socket: &Path) -> Result<(), DemoError> {
             None,
         )
         .await?;
-    print!("{}", describe(&op));
+    drivers::out!("{}", describe(&op));
     Ok(())
 }
 

@@ -71,7 +71,7 @@ impl SystemdNotify {
 impl watcher::Notify for SystemdNotify {
     fn notify(&mut self, line: &str) {
         if let Some(status) = line.strip_prefix("STATUS=") {
-            eprintln!("palisade-sbd: {status}");
+            drivers::errln!("palisade-sbd: {status}");
         }
         if let Some((s, a)) = &self.sock {
             let _ = s.send_to_addr(line.as_bytes(), a);

@@ -52,7 +52,7 @@ const SYSRQ_TRIGGER: &str = "/proc/sysrq-trigger";
 
 impl SelfFence for RebootSink {
     fn self_fence(&mut self, action: SelfFenceAction, reason: &str) {
-        eprintln!("palisade-sbd: SELF-FENCING ({action:?}): {reason}");
+        drivers::errln!("palisade-sbd: SELF-FENCING ({action:?}): {reason}");
         // Writing the trigger file works whatever kernel.sysrq says (that only gates the
         // keyboard); it is absent when the kernel lacks CONFIG_MAGIC_SYSRQ.
         if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(SYSRQ_TRIGGER) {
@@ -65,7 +65,7 @@ impl SelfFence for RebootSink {
         // SAFETY: reboot(2) takes no pointers; it either does not return or fails (EPERM
         // without CAP_SYS_BOOT), and the caller then stops feeding the hardware watchdog.
         let rc = unsafe { libc::reboot(cmd) };
-        eprintln!(
+        drivers::errln!(
             "palisade-sbd: reboot(2) failed ({}): the hardware watchdog will reset the node",
             if rc < 0 {
                 std::io::Error::last_os_error().to_string()

@@ -140,7 +140,7 @@ fn set(o: &mut Opts, name: &str, value: String, strict: bool) -> Result<(), Opti
         // Verbosity and debug files change nothing here; accepted so generic callers work.
         "verbose" | "debug" | "debug_file" | "delay" => {}
         other if strict => return Err(OptionsError::Unknown(other.to_string())),
-        other => eprintln!("fence_palisade: ignoring unknown option `{other}`"),
+        other => drivers::errln!("fence_palisade: ignoring unknown option `{other}`"),
     }
     Ok(())
 }
@@ -249,7 +249,7 @@ fn main() -> ExitCode {
         match options_from_stdin() {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("fence_palisade: {e}");
+                drivers::errln!("fence_palisade: {e}");
                 return ExitCode::from(EC_GENERIC_ERROR);
             }
         }
@@ -257,35 +257,35 @@ fn main() -> ExitCode {
         match parse_args(&args) {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("fence_palisade: {e}\n{USAGE}");
+                drivers::errln!("fence_palisade: {e}\n{USAGE}");
                 return ExitCode::from(EC_GENERIC_ERROR);
             }
         }
     };
     if opts.help {
-        println!("{USAGE}");
+        drivers::outln!("{USAGE}");
         return ExitCode::from(EC_OK);
     }
     if opts.version {
-        println!("fence_palisade {}", env!("CARGO_PKG_VERSION"));
+        drivers::outln!("fence_palisade {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::from(EC_OK);
     }
     let action = opts.action.clone().unwrap_or_else(|| "reboot".into());
     if !ACTIONS.contains(&action.as_str()) {
-        eprintln!(
+        drivers::errln!(
             "fence_palisade: unknown action `{action}`; expected one of: {}",
             ACTIONS.join(", ")
         );
         return ExitCode::from(EC_GENERIC_ERROR);
     }
     if action == "metadata" {
-        print!("{}", metadata());
+        drivers::out!("{}", metadata());
         return ExitCode::from(EC_OK);
     }
     let client = match client(&opts) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fence_palisade: {e}");
+            drivers::errln!("fence_palisade: {e}");
             return ExitCode::from(EC_GENERIC_ERROR);
         }
     };
@@ -298,14 +298,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("fence_palisade: cannot start the async runtime: {e}");
+            drivers::errln!("fence_palisade: cannot start the async runtime: {e}");
             return ExitCode::from(EC_GENERIC_ERROR);
         }
     };
     let code = rt
         .block_on(run(&client, &action, &opts))
         .unwrap_or_else(|e| {
-            eprintln!("Failed: {e}");
+            drivers::errln!("Failed: {e}");
             EC_GENERIC_ERROR
         });
     ExitCode::from(code)
@@ -394,7 +394,7 @@ async fn run(c: &Client, action: &str, o: &Opts) -> Result<u8, RunError> {
                 c.call_as("GET", "/v1/targets", None, None).await?;
             for t in targets {
                 if action == "list" {
-                    println!("{},{}", t.name, t.name);
+                    drivers::outln!("{},{}", t.name, t.name);
                 } else {
                     let path = format!("/v1/targets/{}?live=true", encode(&t.name));
                     let (d, _): (TargetSummary, Value) =
@@ -404,7 +404,7 @@ async fn run(c: &Client, action: &str, o: &Opts) -> Result<u8, RunError> {
                         Ok(false) => "OFF",
                         Err(_) => "UNKNOWN",
                     };
-                    println!("{},{},{s}", t.name, t.name);
+                    drivers::outln!("{},{},{s}", t.name, t.name);
                 }
             }
             Ok(EC_OK)
@@ -415,15 +415,15 @@ async fn run(c: &Client, action: &str, o: &Opts) -> Result<u8, RunError> {
             let (d, _): (TargetSummary, Value) = c.call_as("GET", &path, None, None).await?;
             match power_of(&d) {
                 Ok(true) => {
-                    println!("Status: ON");
+                    drivers::outln!("Status: ON");
                     Ok(EC_OK)
                 }
                 Ok(false) => {
-                    println!("Status: OFF");
+                    drivers::outln!("Status: OFF");
                     Ok(EC_STATUS_OFF)
                 }
                 Err(e) => {
-                    eprintln!("Failed: Unable to obtain correct plug status: {e}");
+                    drivers::errln!("Failed: Unable to obtain correct plug status: {e}");
                     Ok(EC_GENERIC_ERROR)
                 }
             }
@@ -467,7 +467,7 @@ async fn fence(c: &Client, action: &str, o: &Opts, act: Action) -> Result<u8, Ru
             return Ok(report(action, &target, &op));
         }
         if started.elapsed() >= limit {
-            eprintln!(
+            drivers::errln!(
                 "Failed: operation {} for {target} is still {} after {} s: NOT confirmed",
                 op.id,
                 op.state,
@@ -487,29 +487,29 @@ fn report(action: &str, target: &str, op: &Operation) -> u8 {
             ..
         }) => {
             match action {
-                "off" => println!("Success: Powered OFF"),
-                "on" => println!("Success: Powered ON"),
+                "off" => drivers::outln!("Success: Powered OFF"),
+                "on" => drivers::outln!("Success: Powered ON"),
                 _ => {
                     if *powered_on == Some(false) {
                         // Fenced (off was confirmed) but did not come back: still a successful
                         // fence, as the agent API counts a reboot.
-                        eprintln!("fence_palisade: {target} was fenced but did not power back on: {summary}");
+                        drivers::errln!("fence_palisade: {target} was fenced but did not power back on: {summary}");
                     }
-                    println!("Success: Rebooted");
+                    drivers::outln!("Success: Rebooted");
                 }
             }
-            eprintln!("fence_palisade: {target}: {summary} (operation {})", op.id);
+            drivers::errln!("fence_palisade: {target}: {summary} (operation {})", op.id);
             EC_OK
         }
         Some(Outcome::Failed { code, message }) => {
-            eprintln!(
+            drivers::errln!(
                 "Failed: {target} {action} NOT confirmed ({code}): {message} (operation {})",
                 op.id
             );
             EC_GENERIC_ERROR
         }
         None => {
-            eprintln!("Failed: operation {} ended without an outcome", op.id);
+            drivers::errln!("Failed: operation {} ended without an outcome", op.id);
             EC_GENERIC_ERROR
         }
     }

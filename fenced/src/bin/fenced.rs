@@ -83,22 +83,22 @@ fn token(verb: TokenVerb) -> ExitCode {
             };
             let file = tokens_file(&config)?;
             let t = fenced::api::tokens::create(&file, &name, role)?;
-            eprintln!(
+            drivers::errln!(
                 "token `{name}` ({}) created in {}; it is shown once, store it in a file readable only by its user (mode 0600):",
                 role.as_str(),
                 file.display()
             );
-            println!("{}", t.as_str());
+            drivers::outln!("{}", t.as_str());
             Ok(())
         })(),
         TokenVerb::List { config } => (|| -> Result<(), CommandError> {
             let file = tokens_file(&config)?;
             let entries = fenced::api::tokens::read_file(&file)?;
             if entries.is_empty() {
-                println!("no tokens in {}", file.display());
+                drivers::outln!("no tokens in {}", file.display());
             }
             for e in entries {
-                println!(
+                drivers::outln!(
                     "{}\t{}\tcreated {} ms",
                     e.name,
                     e.role.as_str(),
@@ -110,7 +110,7 @@ fn token(verb: TokenVerb) -> ExitCode {
         TokenVerb::Revoke { config, name } => (|| -> Result<(), CommandError> {
             let file = tokens_file(&config)?;
             if fenced::api::tokens::revoke(&file, &name)? {
-                println!("token `{name}` revoked");
+                drivers::outln!("token `{name}` revoked");
                 Ok(())
             } else {
                 Err(CommandError::NoSuchToken {
@@ -123,7 +123,7 @@ fn token(verb: TokenVerb) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fenced token: {e}");
+            drivers::errln!("fenced token: {e}");
             ExitCode::FAILURE
         }
     }
@@ -166,7 +166,7 @@ fn verify_ledger(file: &Path, public_key: Option<&Path>) -> ExitCode {
     })();
     match r {
         Ok(rep) => {
-            println!(
+            drivers::outln!(
                 "{}: ledger intact: {} records ({} signed, {} unsigned from before signing), head {} {}",
                 file.display(),
                 rep.records,
@@ -176,14 +176,14 @@ fn verify_ledger(file: &Path, public_key: Option<&Path>) -> ExitCode {
                 rep.head_hash
             );
             match (&rep.public_key, public_key) {
-                (Some(k), Some(_)) => println!("signatures checked with the given public key {k}"),
-                (Some(k), None) => println!("signatures checked with the key recorded in the file ({k}); give --public-key with a copy kept off the node to rule out a rewritten file"),
-                (None, _) => println!("no signatures to check"),
+                (Some(k), Some(_)) => drivers::outln!("signatures checked with the given public key {k}"),
+                (Some(k), None) => drivers::outln!("signatures checked with the key recorded in the file ({k}); give --public-key with a copy kept off the node to rule out a rewritten file"),
+                (None, _) => drivers::outln!("no signatures to check"),
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{}: ledger NOT intact: {e}", file.display());
+            drivers::errln!("{}: ledger NOT intact: {e}", file.display());
             ExitCode::FAILURE
         }
     }
@@ -276,7 +276,7 @@ fn check_config(file: &Path) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            drivers::errln!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -286,7 +286,7 @@ fn check_config(file: &Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fenced check-config: cannot write the summary: {e}");
+            drivers::errln!("fenced check-config: cannot write the summary: {e}");
             ExitCode::FAILURE
         }
     }

@@ -254,7 +254,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("palisade-lab: {msg}");
+    drivers::errln!("palisade-lab: {msg}");
     ExitCode::from(code)
 }
 
@@ -545,7 +545,7 @@ fn serve<L: Served, E: std::fmt::Display>(
             let _ = out.flush();
         }
         let signal = wait_for_signal().await;
-        eprintln!("palisade-lab: {signal}, stopping");
+        drivers::errln!("palisade-lab: {signal}, stopping");
         lab.stop().await;
         ExitCode::SUCCESS
     })

@@ -62,7 +62,7 @@ fn write(device: PathBuf, node: String, interval: Duration) -> Result<(), String
         .read_log()
         .map_err(|e| format!("cannot read the log on {}: {e}", device.display()))?;
     let (mut at, mut seq) = log_end(&log);
-    eprintln!("palisade-workload: {node} continues the log at sector {at}, seq {seq}");
+    drivers::errln!("palisade-workload: {node} continues the log at sector {at}, seq {seq}");
     loop {
         // The log is shared: before each append, step over whatever another writer appended
         // since ours (as two database instances that both believe they own one journal).
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("palisade-workload: {e}\n{USAGE}");
+            drivers::errln!("palisade-workload: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("palisade-workload: {e}");
+            drivers::errln!("palisade-workload: {e}");
             ExitCode::FAILURE
         }
     }

@@ -114,7 +114,7 @@ pub async fn run(
             }
         }
         if progress {
-            eprint!("\r\x1b[K");
+            drivers::err!("\r\x1b[K");
         }
     }
 
@@ -207,10 +207,10 @@ pub async fn run(
     };
     if ui.json {
         print_json(&serde_json::json!({ "results": json_rows }));
-        eprintln!("{summary}");
+        drivers::errln!("{summary}");
     } else {
         table(&["TARGET", "OPERATION", "RESULT", "DETAIL"], &rows);
-        println!("{summary}");
+        drivers::outln!("{summary}");
     }
     Ok(if a.no_wait || confirmed == n {
         Exit::Ok

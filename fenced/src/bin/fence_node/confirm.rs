@@ -16,14 +16,14 @@ pub async fn run(ui: &Ui, a: ConfirmArgs) -> Result<Exit, CliError> {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::NoTerminal);
         }
-        eprint!("Record that {node} is powered OFF, confirmed by you by hand?\nIf it is in fact running, its workloads may run twice and corrupt data. [y/N] ");
+        drivers::err!("Record that {node} is powered OFF, confirmed by you by hand?\nIf it is in fact running, its workloads may run twice and corrupt data. [y/N] ");
         // The prompt may not show if stderr is gone; the answer is still read from stdin.
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         if std::io::stdin().read_line(&mut answer).is_err()
             || !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
         {
-            eprintln!("not confirmed");
+            drivers::errln!("not confirmed");
             return Ok(Exit::Failed);
         }
     }
@@ -33,9 +33,10 @@ pub async fn run(ui: &Ui, a: ConfirmArgs) -> Result<Exit, CliError> {
     if ui.json {
         print_json(&raw);
     } else {
-        println!(
+        drivers::outln!(
             "{node} recorded as FENCED by manual confirmation (operation {}, by {})",
-            op.id, op.requested_by.identity
+            op.id,
+            op.requested_by.identity
         );
     }
     Ok(Exit::Ok)

@@ -75,11 +75,11 @@ fn print_devices(devices: &[DeviceSummary]) {
     );
     for d in devices {
         for w in &d.warnings {
-            println!("WARNING: device {}: {w}", d.name);
+            drivers::outln!("WARNING: device {}: {w}", d.name);
         }
     }
     for d in devices.iter().filter(|d| !d.outlets.is_empty()) {
-        println!("\n{} outlets:", d.name);
+        drivers::outln!("\n{} outlets:", d.name);
         let rows: Vec<[String; 3]> = d
             .outlets
             .iter()

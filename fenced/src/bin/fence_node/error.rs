@@ -106,10 +106,10 @@ pub fn report(e: &CliError, json: bool) -> Exit {
     }
     match e {
         CliError::Client(ClientError::Api { error, .. }) => {
-            eprintln!("fence_node: refused: {}", error.message);
-            eprintln!("  hint: {}", error.hint);
+            drivers::errln!("fence_node: refused: {}", error.message);
+            drivers::errln!("  hint: {}", error.hint);
         }
-        _ => eprintln!("fence_node: {e}"),
+        _ => drivers::errln!("fence_node: {e}"),
     }
     e.exit()
 }

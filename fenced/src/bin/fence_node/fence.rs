@@ -54,7 +54,7 @@ async fn single(ui: &Ui, action: Action, a: Single, reason: String) -> Result<Ex
         if ui.json {
             print_json(&raw);
         } else {
-            println!(
+            drivers::outln!(
                 "{} {action}: operation {} {} ({}); follow it with `fence_node status {}`",
                 a.node,
                 accepted.id,
@@ -70,9 +70,10 @@ async fn single(ui: &Ui, action: Action, a: Single, reason: String) -> Result<Ex
         return Ok(Exit::Ok);
     }
     if accepted.joined && !ui.json {
-        eprintln!(
+        drivers::errln!(
             "{}: joined operation {} already in flight for {action}",
-            a.node, accepted.id
+            a.node,
+            accepted.id
         );
     }
     wait(ui, &a.node, action, accepted.id, a.timeout).await
@@ -142,7 +143,7 @@ async fn wait(
         }
         if op.state.is_terminal() || started.elapsed() >= limit {
             if shown {
-                eprint!("\r\x1b[K");
+                drivers::err!("\r\x1b[K");
             }
             if ui.json {
                 print_json(&raw);
@@ -262,9 +263,9 @@ fn final_line(node: &str, action: Action, op: &Operation, json: bool) -> Exit {
         ),
     };
     if json {
-        eprintln!("{line}");
+        drivers::errln!("{line}");
     } else {
-        println!("{line}");
+        drivers::outln!("{line}");
     }
     code
 }

@@ -76,18 +76,18 @@ pub async fn verify_ledger(ui: &Ui) -> Result<Exit, CliError> {
     match (&v.report, v.ok) {
         (Some(r), true) => {
             if !ui.json {
-                println!(
+                drivers::outln!(
                     "ledger intact: {} records ({} signed, {} unsigned from before signing), head {} {}",
                     r.records, r.signed, r.unsigned, r.head_seq, r.head_hash
                 );
                 if let Some(k) = &r.public_key {
-                    println!("signed by {k}");
+                    drivers::outln!("signed by {k}");
                 }
             }
             Ok(Exit::Ok)
         }
         _ => {
-            eprintln!(
+            drivers::errln!(
                 "fence_node: ledger NOT intact: first bad record {}: {}",
                 v.first_bad_seq.unwrap_or(0),
                 v.detail.unwrap_or_default()

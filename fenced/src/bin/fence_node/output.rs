@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// Prints an API answer as indented JSON on stdout (`--json`).
 pub fn print_json(v: &Value) {
-    println!(
+    drivers::outln!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
@@ -34,10 +34,10 @@ pub fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
                 s.push_str(&format!("{c:<w$}  ", w = width[i]));
             }
         }
-        println!("{}", s.trim_end());
+        drivers::outln!("{}", s.trim_end());
     };
     if rows.is_empty() {
-        println!("(none)");
+        drivers::outln!("(none)");
         return;
     }
     line(header.to_vec());

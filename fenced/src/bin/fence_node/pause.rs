@@ -15,9 +15,9 @@ pub async fn run(ui: &Ui, paused: bool, reason: &str) -> Result<Exit, CliError> 
     if ui.json {
         print_json(&raw);
     } else if st.paused {
-        println!("fencing PAUSED: new operations are refused until `fence_node resume`");
+        drivers::outln!("fencing PAUSED: new operations are refused until `fence_node resume`");
     } else {
-        println!("fencing resumed");
+        drivers::outln!("fencing resumed");
     }
     Ok(Exit::Ok)
 }

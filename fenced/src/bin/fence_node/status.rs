@@ -23,28 +23,31 @@ async fn one(ui: &Ui, node: &str, live: bool) -> Result<Exit, CliError> {
         print_json(&raw);
         return Ok(Exit::Ok);
     }
-    println!("{}", t.name);
+    drivers::outln!("{}", t.name);
     for (i, level) in t.levels.iter().enumerate() {
-        println!("  level {}: {}", i + 1, level_names(level));
+        drivers::outln!("  level {}: {}", i + 1, level_names(level));
     }
     if t.delay_s > 0.0 || t.random_delay_s > 0.0 {
-        println!(
+        drivers::outln!(
             "  fence-race delay: {} s + up to {} s random",
-            t.delay_s, t.random_delay_s
+            t.delay_s,
+            t.random_delay_s
         );
     }
     if let Some(id) = t.in_flight {
-        println!("  in flight: operation {id}");
+        drivers::outln!("  in flight: operation {id}");
     }
     match &t.last_operation {
-        Some(op) => println!("  last: {}", op_line(op)),
-        None => println!("  last: never fenced"),
+        Some(op) => drivers::outln!("  last: {}", op_line(op)),
+        None => drivers::outln!("  last: never fenced"),
     }
     for p in t.live.iter().flatten() {
         let port = p.port.as_ref().map_or(String::new(), |p| format!(":{p}"));
         match (&p.state, &p.error) {
-            (Some(s), _) => println!("  power now: {s} (level {}, {}{port})", p.level, p.device),
-            (None, e) => println!(
+            (Some(s), _) => {
+                drivers::outln!("  power now: {s} (level {}, {}{port})", p.level, p.device)
+            }
+            (None, e) => drivers::outln!(
                 "  power now: UNKNOWN (level {}, {}{port}): {}",
                 p.level,
                 p.device,
@@ -65,7 +68,7 @@ async fn all(ui: &Ui) -> Result<Exit, CliError> {
         return Ok(Exit::Ok);
     }
     if pause.paused {
-        println!(
+        drivers::outln!(
             "fencing is PAUSED (by {}: {})",
             pause.by.unwrap_or_default(),
             pause.reason.unwrap_or_default()
