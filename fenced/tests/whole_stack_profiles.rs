@@ -366,3 +366,189 @@ fn every_profile_is_tested() {
     let table: Vec<&str> = REDFISH_PROFILES.iter().map(|p| p.name).collect();
     assert_eq!(table, TESTED, "add the new profile to per_profile!");
 }
+
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The status reads the engine made after the command (the step results' `polls`).
+fn polls_of(op: &Value) -> u64 {
+    let mut polls = Vec::new();
+    values_of(op, "polls", &mut polls);
+    polls.iter().filter_map(|p| p.as_u64()).sum()
+}
+
+/// Waits until every system of `bmc` reads `on` in the lab.
+fn settle(bmc: &RedfishBmcHandle, on: bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while bmc.power() != on {
+        assert!(Instant::now() < until, "power never {on}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// fence_redfish -o off with its options on stdin and the lab's CA trusted; its wall time.
+fn fence_redfish_off(b: &Bench) -> Duration {
+    use std::io::Write;
+    let bmc = b.lab.bmc("node1").unwrap();
+    let t = Instant::now();
+    let mut child = Command::new("fence_redfish")
+        .env("REQUESTS_CA_BUNDLE", b.lab.ca_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!(
+                "ip=127.0.0.1\nipport={}\nusername=admin\npassword={PASSWORD}\naction=off\n",
+                bmc.addr().port()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!bmc.power(), "fence_redfish said off while on");
+    took
+}
+
+/// The figures per Redfish profile (scripts/profile-figures.sh prints them; medians of 5):
+/// time to confirmed off through fenced and through fence_redfish, the status reads the
+/// engine made during the transition, and the cost of arriving mid-transition (the vendor's
+/// 409/400, read back).
+#[test]
+#[ignore = "figures: run by scripts/profile-figures.sh"]
+fn figures_redfish_per_profile() {
+    if !hw_tests::require::needs_command("fence_redfish", "Debian package fence-agents") {
+        return;
+    }
+    const RUNS: usize = 5;
+    for p in REDFISH_PROFILES {
+        let b = bench(Opts {
+            total_timeout_s: 20,
+            ..Opts::new(p.name)
+        });
+        let bmc = b.lab.bmc("node1").unwrap();
+        let (mut ours, mut polls, mut mid, mut mid_polls, mut refusals, mut agent) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..RUNS {
+            bmc.set_power(true);
+            let t = Instant::now();
+            let op = fenced_ok(&b, "off", "node1");
+            ours.push(t.elapsed());
+            polls.push(polls_of(&op));
+
+            // Arriving while another client's power-off is under way.
+            bmc.set_power(true);
+            let mut cfg = RedfishConfig::new(bmc.url(), "admin", Secret::new(PASSWORD.into()));
+            cfg.tls = TlsVerify::CaFile(b.lab.ca_path().to_path_buf());
+            b.rt.block_on(async {
+                let other = RedfishDevice::new(cfg).unwrap();
+                other.power(None, PowerCommand::Off).await.unwrap();
+                other.close().await;
+            });
+            let before = faults_applied(bmc, "same-state-refused");
+            let t = Instant::now();
+            let op = fenced_ok(&b, "off", "node1");
+            mid.push(t.elapsed());
+            mid_polls.push(polls_of(&op));
+            refusals.push(faults_applied(bmc, "same-state-refused") - before);
+            settle(bmc, false);
+
+            bmc.set_power(true);
+            agent.push(fence_redfish_off(&b));
+        }
+        eprintln!(
+            "FIGURE redfish {}: transition {:?}; to confirmed off: fenced {:?} ({} status reads), fence_redfish {:?}; arriving mid-transition: fenced {:?} ({} reads, {} refusal(s) {} read back)",
+            p.name,
+            p.transition,
+            median(ours),
+            median(polls),
+            median(agent),
+            median(mid),
+            median(mid_polls),
+            median(refusals),
+            p.same_state_status.map_or("none".to_string(), |s| s.to_string()),
+        );
+    }
+}
+
+/// The figures per IPMI profile: time to confirmed off through fenced (our IPMI driver) and
+/// through fence_ipmilan (defaults, as Pacemaker runs it: power_wait 2 s), and the status
+/// reads the engine made while the chassis status lagged.
+#[test]
+#[ignore = "figures: run by scripts/profile-figures.sh"]
+fn figures_ipmi_per_profile() {
+    use hw_tests::lab::profile::IPMI_PROFILES;
+    use hw_tests::lab::{BackgroundLab, LabSpec};
+    if !hw_tests::require::needs_command("/usr/sbin/fence_ipmilan", "Debian package fence-agents") {
+        return;
+    }
+    const RUNS: usize = 5;
+    for p in IPMI_PROFILES {
+        let lab = BackgroundLab::start(
+            LabSpec::new(1, "admin", Secret::new(PASSWORD.into())).with_profile(p),
+        )
+        .unwrap();
+        let bmc = lab.bmcs()[0].clone();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let cfg = format!(
+            "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 10\ntotal_timeout_s = 20\n\n[devices.bmc-node1]\nkind = \"ipmi\"\naddress = \"{}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = {}\n\n[targets.node1]\nlevels = [[\"bmc-node1\"]]\nidentities = {{ bmc-node1 = \"{}\" }}\n",
+            dir.join("fenced.sock"),
+            dir.join("history.redb"),
+            bmc.addr(),
+            p.suites[0],
+            bmc.guid_text(),
+        );
+        let config = dir.join("fenced.toml");
+        std::fs::write(&config, cfg).unwrap();
+        let fenced = Fenced::start(dir, &config);
+        let (mut ours, mut polls, mut agent) = (vec![], vec![], vec![]);
+        let port = bmc.port().to_string();
+        let suite = p.suites[0].to_string();
+        for _ in 0..RUNS {
+            bmc.set_power(true);
+            let t = Instant::now();
+            let out = fenced.fence_node(&["off", "node1", "--reason", "figure"]);
+            ours.push(t.elapsed());
+            assert_eq!(out.status.code(), Some(0), "{}: {}", p.name, text(&out));
+            assert!(!bmc.power());
+            let h = fenced.json(&["history", "node1"]);
+            polls.push(polls_of(&h[0]));
+
+            bmc.set_power(true);
+            let t = Instant::now();
+            let out = Command::new("/usr/sbin/fence_ipmilan")
+                .args(["--lanplus", "-a", "127.0.0.1", "-u", &port, "-l", "admin"])
+                .args(["-p", PASSWORD, "-C", &suite, "-o", "off"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            agent.push(t.elapsed());
+            assert!(out.status.success(), "{}: {}", p.name, text(&out));
+            assert!(!bmc.power());
+        }
+        eprintln!(
+            "FIGURE ipmi {}: transition {:?}, status lag {:?}, suites {:?}, {} sessions; to confirmed off: fenced {:?} ({} status reads), fence_ipmilan {:?}",
+            p.name,
+            p.transition,
+            p.status_lag,
+            p.suites,
+            p.max_sessions,
+            median(ours),
+            median(polls),
+            median(agent),
+        );
+    }
+}
