@@ -504,7 +504,7 @@ fn figures_ipmi_per_profile() {
         std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
         std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let cfg = format!(
-            "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 10\ntotal_timeout_s = 20\n\n[devices.bmc-node1]\nkind = \"ipmi\"\naddress = \"{}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = {}\n\n[targets.node1]\nlevels = [[\"bmc-node1\"]]\nidentities = {{ bmc-node1 = \"{}\" }}\n",
+            "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 10\ntotal_timeout_s = 20\n\n[limits]\nmax_operations = 200\nmax_operations_per_target = 50\n\n[devices.bmc-node1]\nkind = \"ipmi\"\naddress = \"{}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = {}\n\n[targets.node1]\nlevels = [[\"bmc-node1\"]]\nidentities = {{ bmc-node1 = \"{}\" }}\n",
             dir.join("fenced.sock"),
             dir.join("history.redb"),
             bmc.addr(),
