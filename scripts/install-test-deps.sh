@@ -36,6 +36,8 @@ set -euo pipefail
 #                    holding a GPIO line, and the lines' holders)
 #   chromium, chromium-driver -> headless Chromium and ChromeDriver (fenced/tests/status_page.rs)
 packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver)
+# redfishtool (DMTF's CLI) -> hw-tests/tests/profile_peers.rs lists and resets the lab's profiles
+packages+=(redfishtool)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -79,6 +81,20 @@ if ! command -v sushy-emulator >/dev/null || \
     pip_flags+=(--break-system-packages)
   fi
   python3 -m pip install "${pip_flags[@]}" sushy-tools==2.2.0 redfish-protocol-validator
+fi
+
+# sushy (PyPI, the Redfish library Ironic uses): hw-tests/tests/profile_peers.rs drives the
+# lab's vendor profiles with it (hw-tests/peers/sushy/sushy_off_on.py). Pinned: checked with 5.14.0.
+if [[ "$(python3 -m pip show sushy 2>/dev/null | sed -n 's/^Version: //p')" != "5.14.0" ]]; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to install sushy (run with sudo)" >&2
+    exit 1
+  fi
+  sushy_flags=(--quiet --disable-pip-version-check)
+  if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
+    sushy_flags+=(--break-system-packages)
+  fi
+  python3 -m pip install "${sushy_flags[@]}" sushy==5.14.0
 fi
 
 # schemathesis: fenced/tests/security.rs runs it against a live fenced through its served
@@ -192,6 +208,8 @@ for c in sushy-emulator:sushy-tools rf_protocol_validator:redfish-protocol-valid
   need "${c%%:*}" "PyPI ${c#*:}" executable "${c%%:*}"
 done
 need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import openapi_spec_validator"
+need redfishtool "Debian package redfishtool" executable redfishtool
+need sushy "PyPI sushy 5.14.0" python3 -c "import sushy"
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng
 need aarch64-target "rustup target add aarch64-unknown-linux-gnu" \

@@ -271,3 +271,73 @@ fn redfish_prints_url_and_ca_lines_answers_curl_with_the_ca_and_stops_on_sigterm
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Each subcommand's `--help` names every vendor profile of `hw_tests::lab::profile` with its
+/// summary (taken from the tables, so a new profile is checked without editing this test),
+/// the profile knobs, and every fault knob, each of which must parse.
+#[test]
+fn help_lists_every_profile_and_knob() {
+    use hw_tests::lab::profile::{IPMI_PROFILES, REDFISH_PROFILES};
+    use hw_tests::lab::{FaultKnob, FAULT_KNOBS_HELP};
+    let help = |sub: &str| {
+        let r = run(LAB, &[sub, "--help"], Duration::from_secs(10));
+        assert!(r.ok(), "{sub}: {r:?}");
+        r.stdout
+    };
+    let (ipmi, redfish) = (help("ipmi"), help("redfish"));
+    for p in REDFISH_PROFILES {
+        assert!(
+            redfish.contains(&format!("  {:<11} {}", p.name, p.summary)),
+            "redfish --help lacks profile {}:\n{redfish}",
+            p.name
+        );
+    }
+    for p in IPMI_PROFILES {
+        assert!(
+            ipmi.contains(&format!("  {:<11} {}", p.name, p.summary)),
+            "ipmi --help lacks profile {}:\n{ipmi}",
+            p.name
+        );
+    }
+    for flag in [
+        "--profile",
+        "--max-sessions",
+        "--reset-types",
+        "--power-delay-ms",
+    ] {
+        assert!(redfish.contains(flag), "redfish --help lacks {flag}");
+    }
+    for flag in ["--profile", "--max-sessions", "--power-delay-ms"] {
+        assert!(ipmi.contains(flag), "ipmi --help lacks {flag}");
+    }
+    // Every knob the list names (the rows with an example or an `a / b` pair; the knob is
+    // the first word, `=VALUE` cut) parses, and both subcommands print the list.
+    let knobs: Vec<&str> = FAULT_KNOBS_HELP
+        .lines()
+        .filter(|l| l.starts_with("  ") && (l.contains("--fault ") || l.contains(" / ")))
+        .filter_map(|l| l.trim().split("   ").next())
+        .flat_map(|head| head.split(" / "))
+        .filter_map(|w| w.split_whitespace().next())
+        .map(|w| w.split('=').next().unwrap_or(w))
+        .filter(|w| !w.is_empty())
+        .collect();
+    assert!(knobs.len() >= 10, "{knobs:?}");
+    for k in &knobs {
+        let given = match *k {
+            "latency" => "latency=5".to_string(),
+            "drop" => "drop=0.1".to_string(),
+            k => k.to_string(),
+        };
+        given
+            .parse::<FaultKnob>()
+            .unwrap_or_else(|e| panic!("--help lists `{k}`, which does not parse: {e}"));
+        for (sub, text) in [("ipmi", &ipmi), ("redfish", &redfish)] {
+            assert!(text.contains(k), "{sub} --help lacks knob {k}");
+        }
+    }
+    // The top level names every subcommand.
+    let top = run(LAB, &["--help"], Duration::from_secs(10));
+    for sub in ["demo", "ipmi", "redfish", "snmp-pdu"] {
+        assert!(top.stdout.contains(sub), "palisade-lab --help lacks {sub}");
+    }
+}

@@ -204,7 +204,8 @@ struct RedfishArgs {
 
 fn after_help_ipmi() -> String {
     format!(
-        "{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  ipmi node1 127.0.0.1:6230 guid=5a1e1ab0-0000-4000-8000-000000000001\n\nExample:\n  palisade-lab ipmi --count 2 --base-port 6230 --user admin --password-file pw --fault node2:stuck\n  ipmitool -I lanplus -H 127.0.0.1 -p 6230 -U admin -f pw -C 17 chassis power status"
+        "{}\n{FAULT_KNOBS_HELP}\n\nEach BMC prints one line on stdout once it listens:\n  ipmi node1 127.0.0.1:6230 guid=5a1e1ab0-0000-4000-8000-000000000001\n\nExample:\n  palisade-lab ipmi --count 2 --base-port 6230 --user admin --password-file pw --fault node2:stuck\n  ipmitool -I lanplus -H 127.0.0.1 -p 6230 -U admin -f pw -C 17 chassis power status\n  palisade-lab ipmi --profile ilo --user admin --password-file pw --max-sessions 2",
+        hw_tests::lab::profile::profiles_help(false)
     )
 }
 
@@ -223,9 +224,10 @@ struct IpmiArgs {
     /// File holding the user's password (one line; a trailing newline is ignored).
     #[arg(long, value_name = "FILE")]
     password_file: PathBuf,
-    /// Delay between a chassis control command and the power change, in milliseconds.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    power_delay_ms: u64,
+    /// Delay between a chassis control command and the power change, in milliseconds
+    /// (default: the profile's transition time, 0 for palisade).
+    #[arg(long, value_name = "MS")]
+    power_delay_ms: Option<u64>,
     /// A fault knob, `[NODE:]KNOB[=VALUE]` (repeatable; see the list below).
     #[arg(long = "fault", value_name = "KNOB")]
     faults: Vec<FaultKnob>,
@@ -241,6 +243,12 @@ struct IpmiArgs {
     /// Seed of the BMCs' random number generators (drop decisions, garbage).
     #[arg(long, default_value_t = 0x5a1e_1ab0)]
     seed: u64,
+    /// Vendor profile: session limit, cipher suites, status lag (see the list below).
+    #[arg(long, default_value = "palisade", value_name = "NAME")]
+    profile: String,
+    /// Most sessions at once per BMC (default: the profile's).
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -379,9 +387,32 @@ fn run_ipmi(args: IpmiArgs) -> ExitCode {
             "the password is longer than the 20 bytes IPMI 2.0 allows; use a shorter one",
         );
     }
-    let mut spec = LabSpec::new(args.count, args.user.clone(), password);
+    let Some(profile) = hw_tests::lab::profile::ipmi_profile(&args.profile) else {
+        return fail(
+            2,
+            format!(
+                "unknown --profile `{}`; expected one of: {}",
+                args.profile,
+                hw_tests::lab::profile::IPMI_PROFILES
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    };
+    if args.max_sessions == Some(0) {
+        return fail(
+            2,
+            "--max-sessions must be at least 1 (an IPMI BMC with no session slot cannot be used)",
+        );
+    }
+    let mut spec = LabSpec::new(args.count, args.user.clone(), password).with_profile(profile);
+    spec.max_sessions = args.max_sessions;
     spec.base_port = args.base_port;
-    spec.power_delay = Duration::from_millis(args.power_delay_ms);
+    if let Some(ms) = args.power_delay_ms {
+        spec.power_delay = Duration::from_millis(ms);
+    }
     spec.power_on = !args.power_off;
     spec.guid_prefix = args.guid_prefix.clone();
     spec.session_timeout = Duration::from_secs(args.session_timeout);

@@ -9,7 +9,7 @@
 //! - ASF presence ping (DSP0136 §3.2.4), outside any session.
 //! - Outside a session (IPMI 1.5 or 2.0 framing, session id 0, no authentication): Get Channel
 //!   Authentication Capabilities (§22.13) and Get Channel Cipher Suites (§22.15, suites 3
-//!   and 17). Other commands outside a session are discarded silently:
+//!   and 17, or those of the vendor profile: iLO and XCC offer only 17). Other commands outside a session are discarded silently:
 //!   only session-setup commands are sessionless, and a BMC does not answer the rest.
 //! - Open Session (§13.17/§13.18, suites 3 and 17 only), RAKP 1–4 (§13.20–§13.23).
 //! - In a session (integrity checked, then decrypted; §13.28.4): Get Device ID (§20.1), Get
@@ -18,6 +18,7 @@
 //!   (§28.2), Chassis Control (§28.3); anything else gets completion code C1h.
 
 use super::node::{NodeRefusal, PowerAction};
+use super::profile::IpmiProfile;
 use super::{BmcHandle, EventKind, Faults, LabUser, Shared};
 use drivers::ipmi::crypto::{
     constant_time_eq, rakp2_auth_code, rakp3_auth_code, rakp4_integrity_check, CipherSuite,
@@ -47,8 +48,9 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-/// Most sessions a BMC holds at once (real BMCs have 4–32 slots); more is refused with RMCP+
-/// status 01h, "insufficient resources to create a session" (§13.24).
+/// Most sessions a BMC of the lab's own profile holds at once (real BMCs have 4–32 slots,
+/// see the vendor profiles); more is refused with RMCP+ status 01h, "insufficient resources
+/// to create a session" (§13.24).
 pub const MAX_SESSIONS: usize = 32;
 /// The LAN channel number the BMC reports (channel 0Eh in a request means "this one", §6.3).
 pub const LAN_CHANNEL: u8 = 1;
@@ -114,6 +116,10 @@ pub struct BmcConfig {
     pub seed: u64,
     /// Power hook.
     pub power_hook: Option<super::node::PowerHook>,
+    /// The vendor profile: cipher suites offered, chassis status lag.
+    pub profile: &'static IpmiProfile,
+    /// Most sessions at once (the profile's unless overridden).
+    pub max_sessions: usize,
 }
 
 impl BmcConfig {
@@ -131,6 +137,8 @@ impl BmcConfig {
             faults: Faults::default(),
             seed: lab.seed,
             power_hook: None,
+            profile: lab.profile,
+            max_sessions: lab.profile.max_sessions,
         }
     }
 }
@@ -216,6 +224,15 @@ pub struct BmcState {
     crash_epoch: u64,
     /// Set when a chassis control was done through IPMI (Get Chassis Status reports it).
     last_power_by_ipmi: bool,
+    /// The cipher suites offered and accepted (the profile's).
+    suites: &'static [u8],
+    /// Most sessions at once.
+    max_sessions: usize,
+    /// How long Get Chassis Status trails a power change (the profile's).
+    status_lag: Duration,
+    /// Until when Get Chassis Status still reports the power from before the last chassis
+    /// control, and what it was.
+    stale: Option<(Instant, bool)>,
 }
 
 impl BmcState {
@@ -230,6 +247,10 @@ impl BmcState {
             rng: StdRng::seed_from_u64(cfg.seed),
             crash_epoch: 0,
             last_power_by_ipmi: false,
+            suites: cfg.profile.suites,
+            max_sessions: cfg.max_sessions,
+            status_lag: cfg.profile.status_lag,
+            stale: None,
         }
     }
 
@@ -276,6 +297,9 @@ pub fn handle(st: &mut BmcState, datagram: &[u8], now: Instant) -> Option<Vec<u8
     st.shared
         .sessions
         .store(st.sessions.len(), std::sync::atomic::Ordering::Relaxed);
+    st.shared
+        .sessions_peak
+        .fetch_max(st.sessions.len(), std::sync::atomic::Ordering::Relaxed);
     reply
 }
 
@@ -426,9 +450,12 @@ fn auth_capabilities() -> ChannelAuthCapabilities {
 
 /// The cipher suite records (§22.15.1, Table 22-19): start 0xC0, suite id, then the
 /// authentication (tag 00b), integrity (01b) and confidentiality (10b) algorithm numbers.
-fn cipher_suite_records() -> Vec<u8> {
+fn cipher_suite_records(offered: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    for s in [CipherSuite::SUITE_3, CipherSuite::SUITE_17] {
+    for s in [CipherSuite::SUITE_3, CipherSuite::SUITE_17]
+        .into_iter()
+        .filter(|s| offered.contains(&s.id))
+    {
         v.extend_from_slice(&[
             0xC0,
             s.id,
@@ -442,12 +469,12 @@ fn cipher_suite_records() -> Vec<u8> {
 
 /// Get Channel Cipher Suites (§22.15): the record list in 16-byte chunks by index; a chunk
 /// shorter than 16 bytes ends the list.
-fn cipher_suites(req: &GetChannelCipherSuites) -> (u8, Vec<u8>) {
+fn cipher_suites(req: &GetChannelCipherSuites, offered: &[u8]) -> (u8, Vec<u8>) {
     if req.payload_type != 0 {
         return (cc::INVALID_DATA_FIELD, Vec::new());
     }
     let all = if req.list_by_suite {
-        cipher_suite_records()
+        cipher_suite_records(offered)
     } else {
         // "List supported algorithms": the algorithm bytes once each.
         vec![0x01, 0x03, 0x41, 0x44, 0x81]
@@ -473,7 +500,7 @@ fn presession(st: &mut BmcState, payload: &[u8], v15: bool) -> Option<Vec<u8>> {
     let (code, data) = match (req.net_fn, req.cmd) {
         (NETFN_APP, 0x38) => (cc::OK, auth_capabilities().encode()),
         (NETFN_APP, 0x54) => match GetChannelCipherSuites::decode(&req.data) {
-            Ok(r) => cipher_suites(&r),
+            Ok(r) => cipher_suites(&r, st.suites),
             Err(_) => (cc::REQUEST_DATA_LENGTH_INVALID, Vec::new()),
         },
         _ => {
@@ -525,7 +552,7 @@ fn setup_reply(pt: PayloadType, payload: Vec<u8>) -> Option<Vec<u8>> {
 /// status for that algorithm (04h, 05h, 10h); known algorithms in a combination that is not
 /// an enabled suite, which includes suite 0's "none, none, none", get 11h "no cipher suite
 /// match with proposed security algorithms".
-fn choose_suite(a: &Algorithms) -> Result<CipherSuite, u8> {
+fn choose_suite(a: &Algorithms, offered: &[u8]) -> Result<CipherSuite, u8> {
     use drivers::ipmi::crypto::{AuthAlgorithm, ConfidentialityAlgorithm, IntegrityAlgorithm};
     if AuthAlgorithm::from_byte(a.auth).is_none() {
         return Err(status::INVALID_AUTH_ALGORITHM);
@@ -538,6 +565,7 @@ fn choose_suite(a: &Algorithms) -> Result<CipherSuite, u8> {
     }
     [CipherSuite::SUITE_3, CipherSuite::SUITE_17]
         .into_iter()
+        .filter(|s| offered.contains(&s.id))
         .find(|s| {
             s.auth.to_byte() == a.auth
                 && s.integrity.to_byte() == a.integrity
@@ -586,7 +614,7 @@ fn open_session(st: &mut BmcState, payload: &[u8], now: Instant) -> Option<Vec<u
             .encode(),
         )
     };
-    let suite = match choose_suite(&req.algorithms) {
+    let suite = match choose_suite(&req.algorithms, st.suites) {
         Ok(s) => s,
         Err(code) => return refuse(st, code),
     };
@@ -597,7 +625,7 @@ fn open_session(st: &mut BmcState, payload: &[u8], now: Instant) -> Option<Vec<u
     if req.console_session_id == 0 {
         return refuse(st, status::INVALID_SESSION_ID);
     }
-    if st.sessions.len() >= MAX_SESSIONS {
+    if st.sessions.len() >= st.max_sessions {
         return refuse(st, status::INSUFFICIENT_RESOURCES);
     }
     let max_privilege = if req.max_privilege == 0 {
@@ -900,7 +928,7 @@ fn in_session(
             ),
             (NETFN_APP, 0x38) => (cc::OK, auth_capabilities().encode()),
             (NETFN_APP, 0x54) => match GetChannelCipherSuites::decode(&req.data) {
-                Ok(r) => cipher_suites(&r),
+                Ok(r) => cipher_suites(&r, st.suites),
                 Err(_) => (cc::REQUEST_DATA_LENGTH_INVALID, Vec::new()),
             },
             (NETFN_APP, 0x3B) => match SetSessionPrivilegeLevel::decode(&req.data) {
@@ -944,7 +972,7 @@ fn in_session(
                 }
                 Ok(_) => (cc::INVALID_SESSION_ID, Vec::new()),
             },
-            (NETFN_CHASSIS, 0x01) => (cc::OK, chassis_status(st).encode()),
+            (NETFN_CHASSIS, 0x01) => (cc::OK, chassis_status(st, now).encode()),
             (NETFN_CHASSIS, 0x02) => match ChassisControl::decode(&req.data) {
                 Err(_) => (cc::REQUEST_DATA_LENGTH_INVALID, Vec::new()),
                 Ok(c) => (chassis(st, c.control, now, faults), Vec::new()),
@@ -1010,8 +1038,20 @@ fn device_id() -> DeviceId {
 /// Get Chassis Status (§28.2, Table 28-3): byte 1 bit 0 power on, bits 6:5 restore policy
 /// 01b "restore power to the state it was in"; byte 2 bit 4 "last power-on state was entered
 /// through an IPMI command".
-fn chassis_status(st: &mut BmcState) -> ChassisStatus {
-    let on = st.shared.with_node(|n| n.is_on());
+fn chassis_status(st: &mut BmcState, now: Instant) -> ChassisStatus {
+    let mut on = st.shared.with_node(|n| n.is_on());
+    match st.stale {
+        // A profile whose status trails the change (see profile.rs) still reports the state
+        // from before the command.
+        Some((until, was)) if now < until => {
+            if was != on {
+                st.shared.record(EventKind::FaultApplied("status-lag"));
+            }
+            on = was;
+        }
+        Some(_) => st.stale = None,
+        None => {}
+    }
     ChassisStatus {
         power_state: u8::from(on) | 0x20,
         last_power_event: if st.last_power_by_ipmi { 0x10 } else { 0 },
@@ -1053,6 +1093,10 @@ fn chassis(st: &mut BmcState, control: u8, now: Instant, faults: &Faults) -> u8 
     };
     match result {
         Ok(()) => {
+            if !st.status_lag.is_zero() {
+                let delay = st.shared.with_node(|n| n.delay());
+                st.stale = Some((now + delay + st.status_lag, on));
+            }
             st.last_power_by_ipmi = true;
             st.shared.settle(now);
             st.shared.wake.notify_one();

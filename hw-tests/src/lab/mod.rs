@@ -412,9 +412,20 @@ pub struct LabSpec {
     pub seed: u64,
     /// Hook called on every node's power change.
     pub power_hook: Option<PowerHook>,
+    /// The vendor profile (session limit, cipher suites, status lag).
+    pub profile: &'static profile::IpmiProfile,
+    /// Overrides the profile's session limit.
+    pub max_sessions: Option<usize>,
 }
 
 impl LabSpec {
+    /// Takes a vendor profile, its transition time as the power delay included.
+    pub fn with_profile(mut self, profile: &'static profile::IpmiProfile) -> Self {
+        self.profile = profile;
+        self.power_delay = profile.transition;
+        self
+    }
+
     /// `count` BMCs on free ports with one administrator `user`, power on, no delay, no faults.
     pub fn new(count: usize, user: impl Into<String>, password: Secret) -> Self {
         Self {
@@ -432,6 +443,8 @@ impl LabSpec {
             guid_prefix: DEFAULT_GUID_PREFIX.into(),
             seed: 0x5a1e_1ab0,
             power_hook: None,
+            profile: &profile::IPMI_PROFILES[0],
+            max_sessions: None,
         }
     }
 }
@@ -490,6 +503,8 @@ pub(crate) struct Shared {
     crash_epoch: AtomicU64,
     /// How many sessions the BMC holds, as of the last datagram it handled.
     sessions: std::sync::atomic::AtomicUsize,
+    /// The most sessions it ever held at once.
+    sessions_peak: std::sync::atomic::AtomicUsize,
     /// Wakes the serving task when a handle changed something it schedules around.
     wake: Notify,
 }
@@ -507,6 +522,7 @@ impl Shared {
             hook: Mutex::new(cfg.power_hook.clone()),
             crash_epoch: AtomicU64::new(0),
             sessions: std::sync::atomic::AtomicUsize::new(0),
+            sessions_peak: std::sync::atomic::AtomicUsize::new(0),
             wake: Notify::new(),
         }
     }
@@ -674,6 +690,12 @@ impl BmcHandle {
         self.shared.sessions.load(Ordering::Relaxed)
     }
 
+    /// The most sessions the BMC ever held at once (a session-limit test checks that a
+    /// client never went past the limit).
+    pub fn sessions_peak(&self) -> usize {
+        self.shared.sessions_peak.load(Ordering::Relaxed)
+    }
+
     /// How many events were recorded since start (repeats included).
     pub fn event_total(&self) -> u64 {
         lock(&self.shared.events).total()
@@ -800,6 +822,8 @@ impl Lab {
                 faults: spec.faults,
                 seed: spec.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 power_hook: spec.power_hook.clone(),
+                profile: spec.profile,
+                max_sessions: spec.max_sessions.unwrap_or(spec.profile.max_sessions),
             };
             let state = BmcState::new(cfg);
             lab.bmcs.push(state.handle());

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -155,6 +155,9 @@ struct System {
     node: Node,
     /// The state a reset asked for that has not taken effect (for `PoweringOff`/`PoweringOn`).
     target: Option<bool>,
+    /// The transition never ends: `target` stays set and the power never changes (a lying
+    /// BMC stuck in `PoweringOff`, see [`RedfishBmcHandle::set_endless_transition`]).
+    pinned: bool,
 }
 
 struct Session {
@@ -191,6 +194,12 @@ struct Shared {
     max_sessions: usize,
     /// Boot override per system (BootSourceOverrideEnabled, BootSourceOverrideTarget).
     boot: Mutex<Vec<(String, String)>>,
+    /// Resets start a transition that never ends ([`RedfishBmcHandle::set_endless_transition`]).
+    endless_transition: AtomicBool,
+    /// Every reset is refused as "already there" ([`RedfishBmcHandle::set_false_same_state`]).
+    false_same_state: AtomicBool,
+    /// The most sessions ever open at once (what a session-limit test checks).
+    sessions_peak: AtomicUsize,
 }
 
 impl Shared {
@@ -207,7 +216,7 @@ impl Shared {
                 for e in s.node.settle(now) {
                     fired.push((node_name(&self.name, k), e));
                 }
-                if !s.node.is_changing() {
+                if !s.node.is_changing() && !s.pinned {
                     s.target = None;
                 }
             }
@@ -297,6 +306,7 @@ impl RedfishBmcHandle {
         let mut fired = Vec::new();
         for (k, s) in lock(&self.shared.systems).iter_mut().enumerate() {
             s.target = None;
+            s.pinned = false;
             if let Some(e) = s.node.force(on) {
                 fired.push((node_name(&self.shared.name, k), e));
             }
@@ -346,6 +356,35 @@ impl RedfishBmcHandle {
     /// How many sessions are open.
     pub fn session_count(&self) -> usize {
         lock(&self.shared.sessions).len()
+    }
+
+    /// The most sessions that were ever open at once on this BMC (a session-limit test
+    /// checks that a client never went past the limit, not only that it saw no 503).
+    pub fn sessions_peak(&self) -> usize {
+        self.shared.sessions_peak.load(Ordering::Relaxed)
+    }
+
+    /// A lying BMC stuck in a transition: every later reset is acknowledged and `PowerState`
+    /// then reads `PoweringOff` (or `PoweringOn`) forever while the power never changes, as
+    /// tools that took OpenBMC's `PoweringOff` for off would be fooled by
+    /// (xcat2/xcat-core#3808). `false` ends the lie; [`Self::set_power`] clears stuck systems.
+    pub fn set_endless_transition(&self, on: bool) {
+        self.shared.endless_transition.store(on, Ordering::Relaxed);
+        if !on {
+            for s in lock(&self.shared.systems).iter_mut() {
+                if s.pinned {
+                    s.pinned = false;
+                    s.target = None;
+                }
+            }
+        }
+    }
+
+    /// A lying BMC that refuses every reset with the profile's same-state answer (409 or
+    /// 400; 409 on profiles that accept same-state resets) while the system is elsewhere:
+    /// "already powered off" from a server that is on. Only the read-back can tell.
+    pub fn set_false_same_state(&self, on: bool) {
+        self.shared.false_same_state.store(on, Ordering::Relaxed);
     }
 
     /// The recent events, oldest first.
@@ -464,6 +503,7 @@ impl RedfishLab {
                     uuid: system_uuid(&spec.guid_prefix, i, k).map_err(LabError::Spec)?,
                     node: Node::new(spec.power_on, spec.power_delay),
                     target: None,
+                    pinned: false,
                 });
             }
             let shared = Arc::new(Shared {
@@ -494,6 +534,9 @@ impl RedfishLab {
                 }),
                 max_sessions: spec.max_sessions.unwrap_or(spec.profile.max_sessions),
                 boot: Mutex::new(vec![("Disabled".into(), "None".into()); spec.systems]),
+                endless_transition: AtomicBool::new(false),
+                false_same_state: AtomicBool::new(false),
+                sessions_peak: AtomicUsize::new(0),
             });
             lab.bmcs.push(RedfishBmcHandle {
                 shared: shared.clone(),
@@ -1222,6 +1265,9 @@ async fn create_session(shared: &Shared, req: Request<Incoming>) -> Reply {
                 last_used: Instant::now(),
             },
         );
+        shared
+            .sessions_peak
+            .fetch_max(sessions.len(), Ordering::Relaxed);
     }
     shared.record(EventKind::SessionOpened {
         session_id: id as u32,
@@ -1509,6 +1555,20 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
         "PowerCycle" => Some(PowerAction::Cycle),
         _ => None,
     };
+    if action.is_some() && shared.false_same_state.load(Ordering::Relaxed) {
+        shared.record(EventKind::FaultApplied("false-same-state"));
+        let status = shared.profile.same_state_status.unwrap_or(409);
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT);
+        let message = match shared.profile.same_state_message {
+            "" => "Base.1.8.ActionNotSupported",
+            m => m,
+        };
+        return vendor_error(
+            code,
+            message,
+            &format!("ResetType {rt}: the system is already in or moving to that power state"),
+        );
+    }
     if let (Some(status), Some(a)) = (shared.profile.same_state_status, action) {
         let refuse = lock(&shared.systems)
             .get(k)
@@ -1525,6 +1585,17 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
     }
     if faults.stuck {
         shared.record(EventKind::FaultApplied("stuck"));
+    } else if let (Some(a), true) = (action, shared.endless_transition.load(Ordering::Relaxed)) {
+        let to = match a {
+            PowerAction::Up => Some(true),
+            PowerAction::Down | PowerAction::SoftShutdown => Some(false),
+            _ => None,
+        };
+        if let (Some(to), Some(s)) = (to, lock(&shared.systems).get_mut(k)) {
+            shared.record(EventKind::FaultApplied("endless-transition"));
+            s.target = Some(to);
+            s.pinned = true;
+        }
     } else if faults.power_on_fails && action == Some(PowerAction::Up) {
         shared.record(EventKind::FaultApplied("power-on-fails"));
     } else if let Some(a) = action {
