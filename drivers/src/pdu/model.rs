@@ -277,7 +277,8 @@ pub fn oid(s: &str) -> Oid {
 }
 
 impl Model {
-    fn at(&self, column: &str, outlet: u32) -> Oid {
+    /// The OID of `outlet`'s row in `column` (one of this model's columns).
+    pub fn at_column(&self, column: &str, outlet: u32) -> Oid {
         let mut idx = self.index_prefix.to_vec();
         idx.push(outlet);
         oid(column).child(&idx)
@@ -285,31 +286,26 @@ impl Model {
 
     /// The state OID of `outlet`.
     pub fn state_oid(&self, outlet: u32) -> Oid {
-        self.at(self.state, outlet)
+        self.at_column(self.state, outlet)
     }
 
     /// The control OID of `outlet` that takes the off command.
     pub fn control_oid(&self, outlet: u32) -> Oid {
-        self.at(self.control, outlet)
+        self.at_column(self.control, outlet)
     }
 
     /// The control OID and value that switch `outlet` on (`on`) or off, immediately.
     pub fn command(&self, outlet: u32, on: bool) -> (Oid, i64) {
         match (on, self.control_on) {
-            (true, Some(column)) => (self.at(column, outlet), self.command_on),
-            (true, None) => (self.at(self.control, outlet), self.command_on),
-            (false, _) => (self.at(self.control, outlet), self.command_off),
+            (true, Some(column)) => (self.at_column(column, outlet), self.command_on),
+            (true, None) => (self.at_column(self.control, outlet), self.command_on),
+            (false, _) => (self.at_column(self.control, outlet), self.command_off),
         }
-    }
-
-    /// Every control column: the off (or only) one, then the separate on one, if any.
-    pub fn control_columns(&self) -> Vec<&'static str> {
-        std::iter::once(self.control).chain(self.control_on).collect()
     }
 
     /// The name OID of `outlet`.
     pub fn name_oid(&self, outlet: u32) -> Oid {
-        self.at(self.names, outlet)
+        self.at_column(self.names, outlet)
     }
 
     /// The outlet number of a name-column OID, if it is one of this model's rows.
