@@ -68,6 +68,8 @@ pub struct PduProfile {
     pub switch_delay: Duration,
     /// Control values accepted as delayed commands.
     pub delayed: &'static [DelayedCommand],
+    /// The control value that cancels a pending command (APC cancelPendingCommand(7)).
+    pub cancel: Option<i64>,
     /// The control columns take seconds until the command acts (0 immediate, -1 cancels,
     /// reads -1 when nothing is pending): Eaton's outletControl{Off,On}Cmd.
     pub seconds_commands: bool,
@@ -87,6 +89,7 @@ pub const PALISADE_PDU: PduProfile = PduProfile {
     model: "apc-rpdu",
     switch_delay: Duration::ZERO,
     delayed: &[],
+    cancel: None,
     seconds_commands: false,
     command_pending: None,
     read_community: "public",
@@ -112,6 +115,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
             DelayedCommand { value: 4, on: true, after: Duration::from_secs(3) },
             DelayedCommand { value: 5, on: false, after: Duration::from_secs(3) },
         ],
+        cancel: Some(7),
         seconds_commands: false,
         command_pending: Some("1.3.6.1.4.1.318.1.1.12.3.5.1.1.5"),
         read_community: "public",
@@ -127,6 +131,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         model: "tripplite-lx",
         switch_delay: Duration::from_millis(300),
         delayed: &[],
+        cancel: None,
         seconds_commands: false,
         command_pending: None,
         read_community: "public",
@@ -145,6 +150,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         model: "eaton-epdu",
         switch_delay: Duration::from_secs(1),
         delayed: &[],
+        cancel: None,
         seconds_commands: true,
         command_pending: None,
         read_community: "public",
@@ -159,6 +165,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         model: "raritan-px2",
         switch_delay: Duration::from_millis(500),
         delayed: &[],
+        cancel: None,
         seconds_commands: false,
         command_pending: None,
         read_community: "public",
@@ -167,17 +174,15 @@ pub const PDU_PROFILES: &[PduProfile] = &[
     // Server Technology Sentry3 CDU (Sentry3-MIB outletControlAction: none(0), on(1),
     // off(2), reboot(3); outletStatus offWait(2)/onWait(3) while a command waits). Factory
     // communities public (get) and private (set) (Sentry3 CDU user guide, "SNMP"). The wait:
-    // 1 s, assumed. `--model sentry4` serves Sentry4-MIB instead (st4OutletControlAction,
-    // queueOn(4)/queueOff(5) act after the same wait).
+    // 1 s, assumed. `--model sentry4` serves Sentry4-MIB's st4OutletControlAction instead
+    // (its queueOn(4)/queueOff(5) are not served: a fencer never queues).
     PduProfile {
         name: "servertech",
         summary: "Server Technology Sentry3 (Sentry3-MIB outletControlAction): offWait/onWait for 1 s, public/private",
         model: "sentry3",
         switch_delay: Duration::from_secs(1),
-        delayed: &[
-            DelayedCommand { value: 4, on: true, after: Duration::from_secs(1) },
-            DelayedCommand { value: 5, on: false, after: Duration::from_secs(1) },
-        ],
+        delayed: &[],
+        cancel: None,
         seconds_commands: false,
         command_pending: None,
         read_community: "public",
@@ -713,6 +718,9 @@ impl Agent {
         }
         if c == m.command_off && off_col {
             return Some(Command::Switch { on: false, after: None });
+        }
+        if p.cancel == Some(c) {
+            return Some(Command::Cancel);
         }
         p.delayed.iter().find(|d| d.value == c).map(|d| Command::Switch {
             on: d.on,
