@@ -321,6 +321,13 @@ impl PduDevice {
         match v {
             Value::Integer(x) if *x == m.state_on => Ok(PowerState::On),
             Value::Integer(x) if *x == m.state_off => Ok(PowerState::Off),
+            // A pending command is not a change: the engine keeps polling (and times out).
+            Value::Integer(x) if m.state_pending.is_some_and(|(off, _)| *x == off) => {
+                Ok(PowerState::PoweringOff)
+            }
+            Value::Integer(x) if m.state_pending.is_some_and(|(_, on)| *x == on) => {
+                Ok(PowerState::PoweringOn)
+            }
             Value::Integer(_) => Ok(PowerState::Unknown),
             Value::NoSuchInstance | Value::NoSuchObject => Err(DeviceError::NoSuchPort {
                 port: n.to_string(),
@@ -372,11 +379,7 @@ impl PowerDevice for PduDevice {
                 .await?;
             self.check_name(n, &want, v.first().unwrap_or(&Value::Null))?;
         }
-        let value = match command {
-            PowerCommand::Off => m.command_off,
-            PowerCommand::On => m.command_on,
-        };
-        let oid = m.control_oid(n);
+        let (oid, value) = m.command(n, matches!(command, PowerCommand::On));
         let o2 = oid.clone();
         let pdu = self
             .with_client(&mut st, move |c| {

@@ -4,8 +4,16 @@
 //!
 //! Written from the vendors' MIBs (APC PowerNet-MIB: sPDUOutletCtl, rPDUOutletControl /
 //! rPDUOutletStatus, rPDU2OutletSwitchedControl / rPDU2OutletSwitchedStatus; Tripp Lite
-//! TRIPPLITE-PRODUCTS) and checked against the families ClusterLabs `fence_apc_snmp`
-//! drives, so a PDU that agent fences is one this driver fences.
+//! TRIPPLITE-PRODUCTS; Eaton EATON-EPDU-MIB outletControlTable; Raritan PDU2-MIB
+//! outletSwitchControlTable; Server Technology Sentry3-MIB outletTable and Sentry4-MIB
+//! st4OutletControlTable) and checked against the families ClusterLabs `fence_apc_snmp`
+//! drives, so a PDU that agent fences is one this driver fences. The OIDs of the MIB-backed
+//! rows were checked by `snmptranslate -On` against the vendors' published MIB texts
+//! (hw-tests/figures/pdu-profiles.md says which texts and how).
+//!
+//! Only the immediate commands are ever sent: a fencer must not leave an outlet switching
+//! "later" (APC delayedOff, Eaton's off-after-N-seconds, Sentry4 queueOff), and whatever the
+//! command, fencing is confirmed only by reading the state column back.
 
 use super::ber::Oid;
 
@@ -20,12 +28,16 @@ pub struct Model {
     pub sys_object_id: Option<&'static str>,
     /// Outlet state column (read).
     pub state: &'static str,
-    /// Outlet control column (written).
+    /// Outlet control column (written); the one for off when `control_on` is set.
     pub control: &'static str,
+    /// A separate column for switching on (Eaton's outletControlOnCmd beside
+    /// outletControlOffCmd); `None`: `control` takes both commands.
+    pub control_on: Option<&'static str>,
     /// Outlet name column (read by `list`, and to check a named outlet).
     pub names: &'static str,
     /// Sub-identifiers between a column and the outlet number (Tripp Lite's tables are
-    /// indexed by device then outlet: `.1.N`).
+    /// indexed by device then outlet: `.1.N`; Sentry's by tower/unit and infeed/cord:
+    /// `.1.1.N`; Eaton's by daisy-chain position, 0 for the first unit: `.0.N`).
     pub index_prefix: &'static [u32],
     /// State value meaning on.
     pub state_on: i64,
@@ -35,6 +47,10 @@ pub struct Model {
     pub command_on: i64,
     /// Control value that switches off immediately.
     pub command_off: i64,
+    /// State values (going off, going on) that mean a command is accepted but not carried
+    /// out yet (Eaton pendingOff/pendingOn, Sentry3 offWait/onWait). The driver reads them,
+    /// like any value but `state_on`/`state_off`, as unknown: never as off.
+    pub state_pending: Option<(i64, i64)>,
     /// Full OID of the serial number, if the family has one; otherwise sysName identifies.
     pub serial: Option<&'static str>,
 }
@@ -48,6 +64,7 @@ pub const MODELS: &[Model] = &[
         state: "1.3.6.1.4.1.318.1.1.12.3.5.1.1.4",
         control: "1.3.6.1.4.1.318.1.1.12.3.3.1.1.4",
         names: "1.3.6.1.4.1.318.1.1.12.3.5.1.1.2",
+        control_on: None,
         index_prefix: &[],
         // rPDUOutletStatusOutletState: outletStatusOn(1), outletStatusOff(2);
         // rPDUOutletControlOutletCommand: immediateOn(1), immediateOff(2).
@@ -55,6 +72,7 @@ pub const MODELS: &[Model] = &[
         state_off: 2,
         command_on: 1,
         command_off: 2,
+        state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.12.1.6.0"),
     },
     Model {
@@ -64,6 +82,7 @@ pub const MODELS: &[Model] = &[
         state: "1.3.6.1.4.1.318.1.1.26.9.2.3.1.5",
         control: "1.3.6.1.4.1.318.1.1.26.9.2.4.1.5",
         names: "1.3.6.1.4.1.318.1.1.26.9.2.3.1.3",
+        control_on: None,
         index_prefix: &[],
         // rPDU2OutletSwitchedStatusState: off(1), on(2) — the reverse of rPDU's order;
         // rPDU2OutletSwitchedControlCommand: immediateOn(1), immediateOff(2).
@@ -71,6 +90,7 @@ pub const MODELS: &[Model] = &[
         state_off: 1,
         command_on: 1,
         command_off: 2,
+        state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.26.2.1.9.1"),
     },
     Model {
@@ -80,12 +100,14 @@ pub const MODELS: &[Model] = &[
         state: "1.3.6.1.4.1.318.1.1.4.4.2.1.3",
         control: "1.3.6.1.4.1.318.1.1.4.4.2.1.3",
         names: "1.3.6.1.4.1.318.1.1.4.4.2.1.4",
+        control_on: None,
         index_prefix: &[],
         // sPDUOutletCtl: outletOn(1), outletOff(2), outletReboot(3), outletUnknown(4), ...
         state_on: 1,
         state_off: 2,
         command_on: 1,
         command_off: 2,
+        state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.4.1.5.0"),
     },
     Model {
@@ -95,11 +117,13 @@ pub const MODELS: &[Model] = &[
         state: "1.3.6.1.4.1.318.1.1.4.4.2.1.3",
         control: "1.3.6.1.4.1.318.1.1.12.3.3.1.1.4",
         names: "1.3.6.1.4.1.318.1.1.4.4.2.1.4",
+        control_on: None,
         index_prefix: &[],
         state_on: 1,
         state_off: 2,
         command_on: 1,
         command_off: 2,
+        state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.4.1.5.0"),
     },
     Model {
@@ -109,13 +133,124 @@ pub const MODELS: &[Model] = &[
         state: "1.3.6.1.4.1.850.10.2.3.5.1.2",
         control: "1.3.6.1.4.1.850.10.2.3.5.1.4",
         names: "1.3.6.1.4.1.850.10.2.3.5.1.5",
+        control_on: None,
         index_prefix: &[1],
         // tlpPduOutletState: off(1), on(2); tlpPduOutletCommand: turnOff(1), turnOn(2).
         state_on: 2,
         state_off: 1,
         command_on: 2,
         command_off: 1,
+        state_pending: None,
         serial: None,
+    },
+    Model {
+        name: "tripplite-lx",
+        description: "Tripp Lite switched PDU with the LX platform (TRIPPLITE-PRODUCTS tlpPduOutletTable under tlpPdu 850.1.1.3.2)",
+        // fence_tripplite_snmp picks its TrippliteLXPDU class by this sysObjectID.
+        sys_object_id: Some("1.3.6.1.4.1.850.1.1.1"),
+        // tlpPduOutletState, tlpPduOutletCommand, tlpPduOutletName; INDEX { tlpDeviceIndex,
+        // tlpPduOutletIndex }.
+        state: "1.3.6.1.4.1.850.1.1.3.2.3.3.1.1.4",
+        control: "1.3.6.1.4.1.850.1.1.3.2.3.3.1.1.6",
+        control_on: None,
+        names: "1.3.6.1.4.1.850.1.1.3.2.3.3.1.1.2",
+        index_prefix: &[1],
+        // tlpPduOutletState: unknown(0), off(1), on(2);
+        // tlpPduOutletCommand: idle(0), turnOff(1), turnOn(2), cycle(3).
+        state_on: 2,
+        state_off: 1,
+        command_on: 2,
+        command_off: 1,
+        state_pending: None,
+        serial: None,
+    },
+    Model {
+        name: "eaton-epdu",
+        description: "Eaton ePDU G2/G3 switched (EATON-EPDU-MIB outletControlTable, eatonEpdu 534.6.6.7)",
+        sys_object_id: Some("1.3.6.1.4.1.534.6.6.7"),
+        // outletControlStatus, outletControlOffCmd, outletControlOnCmd, outletName
+        // (outletConfigurationTable); INDEX { strappingIndex, outletIndex }, strappingIndex
+        // 0 being the first (or only) unit of a daisy chain.
+        state: "1.3.6.1.4.1.534.6.6.7.6.6.1.2",
+        control: "1.3.6.1.4.1.534.6.6.7.6.6.1.3",
+        control_on: Some("1.3.6.1.4.1.534.6.6.7.6.6.1.4"),
+        names: "1.3.6.1.4.1.534.6.6.7.6.1.1.3",
+        index_prefix: &[0],
+        // outletControlStatus: off(0), on(1), pendingOff(2), pendingOn(3).
+        // outletControl{Off,On}Cmd: Integer32 (-1..99999), seconds until the command is
+        // carried out: 0 is immediate, -1 cancels; it reads -1 when nothing is pending.
+        state_on: 1,
+        state_off: 0,
+        command_on: 0,
+        command_off: 0,
+        state_pending: Some((2, 3)),
+        // serialNumber.0 (unitTable, INDEX { unitIndex }, 0 for the first unit).
+        serial: Some("1.3.6.1.4.1.534.6.6.7.1.2.1.4.0"),
+    },
+    Model {
+        name: "raritan-px2",
+        description: "Raritan PX2/PX3 (PDU2-MIB outletSwitchControlTable, pdu2 13742.6)",
+        sys_object_id: Some("1.3.6.1.4.1.13742.6"),
+        // outletSwitchingState, switchingOperation, outletName (outletConfigurationTable);
+        // INDEX { pduId, outletId }, pduId 1 for a stand-alone PDU.
+        state: "1.3.6.1.4.1.13742.6.4.1.2.1.3",
+        control: "1.3.6.1.4.1.13742.6.4.1.2.1.2",
+        control_on: None,
+        names: "1.3.6.1.4.1.13742.6.3.5.3.1.3",
+        index_prefix: &[1],
+        // outletSwitchingState is a SensorStateEnumeration: on(7), off(8);
+        // switchingOperation: off(0), on(1), cycle(2).
+        state_on: 7,
+        state_off: 8,
+        command_on: 1,
+        command_off: 0,
+        state_pending: None,
+        // pduSerialNumber.1.
+        serial: Some("1.3.6.1.4.1.13742.6.3.2.1.1.4.1"),
+    },
+    Model {
+        name: "sentry3",
+        description: "Server Technology Sentry CDU, 3rd generation (Sentry3-MIB outletTable, sentry3 1718.3)",
+        sys_object_id: Some("1.3.6.1.4.1.1718.3"),
+        // outletStatus, outletControlAction, outletName; INDEX { towerIndex, infeedIndex,
+        // outletIndex }: tower A, infeed A is .1.1.
+        state: "1.3.6.1.4.1.1718.3.2.3.1.5",
+        control: "1.3.6.1.4.1.1718.3.2.3.1.11",
+        control_on: None,
+        names: "1.3.6.1.4.1.1718.3.2.3.1.3",
+        index_prefix: &[1, 1],
+        // outletStatus: off(0), on(1), offWait(2), onWait(3), offError(4), onError(5),
+        // noComm(6), reading(7), offFuse(8), onFuse(9);
+        // outletControlAction: none(0), on(1), off(2), reboot(3).
+        state_on: 1,
+        state_off: 0,
+        command_on: 1,
+        command_off: 2,
+        state_pending: Some((2, 3)),
+        // systemNICSerialNumber.0.
+        serial: Some("1.3.6.1.4.1.1718.3.1.2.0"),
+    },
+    Model {
+        name: "sentry4",
+        description: "Server Technology Sentry/PRO2, 4th generation (Sentry4-MIB st4OutletControlTable, sentry4 1718.4)",
+        sys_object_id: Some("1.3.6.1.4.1.1718.4"),
+        // st4OutletState (st4OutletStatusTable), st4OutletControlAction,
+        // st4OutletName; INDEX { st4UnitIndex, st4InputCordIndex, st4OutletIndex }.
+        state: "1.3.6.1.4.1.1718.4.1.8.3.1.1",
+        control: "1.3.6.1.4.1.1718.4.1.8.5.1.2",
+        control_on: None,
+        names: "1.3.6.1.4.1.1718.4.1.8.2.1.3",
+        index_prefix: &[1, 1],
+        // st4OutletState: unknown(0), on(1), off(2);
+        // st4OutletControlAction: none(0), on(1), off(2), reboot(3), queueOn(4),
+        // queueOff(5), queueReboot(6).
+        state_on: 1,
+        state_off: 2,
+        command_on: 1,
+        command_off: 2,
+        state_pending: None,
+        // st4SystemNICSerialNumber.0.
+        serial: Some("1.3.6.1.4.1.1718.4.1.1.1.5.0"),
     },
 ];
 
@@ -142,7 +277,8 @@ pub fn oid(s: &str) -> Oid {
 }
 
 impl Model {
-    fn at(&self, column: &str, outlet: u32) -> Oid {
+    /// The OID of `outlet`'s row in `column` (one of this model's columns).
+    pub fn at_column(&self, column: &str, outlet: u32) -> Oid {
         let mut idx = self.index_prefix.to_vec();
         idx.push(outlet);
         oid(column).child(&idx)
@@ -150,17 +286,26 @@ impl Model {
 
     /// The state OID of `outlet`.
     pub fn state_oid(&self, outlet: u32) -> Oid {
-        self.at(self.state, outlet)
+        self.at_column(self.state, outlet)
     }
 
-    /// The control OID of `outlet`.
+    /// The control OID of `outlet` that takes the off command.
     pub fn control_oid(&self, outlet: u32) -> Oid {
-        self.at(self.control, outlet)
+        self.at_column(self.control, outlet)
+    }
+
+    /// The control OID and value that switch `outlet` on (`on`) or off, immediately.
+    pub fn command(&self, outlet: u32, on: bool) -> (Oid, i64) {
+        match (on, self.control_on) {
+            (true, Some(column)) => (self.at_column(column, outlet), self.command_on),
+            (true, None) => (self.at_column(self.control, outlet), self.command_on),
+            (false, _) => (self.at_column(self.control, outlet), self.command_off),
+        }
     }
 
     /// The name OID of `outlet`.
     pub fn name_oid(&self, outlet: u32) -> Oid {
-        self.at(self.names, outlet)
+        self.at_column(self.names, outlet)
     }
 
     /// The outlet number of a name-column OID, if it is one of this model's rows.
@@ -179,17 +324,35 @@ mod tests {
     #[test]
     fn every_model_parses_and_indexes() {
         for m in MODELS {
-            for col in [m.state, m.control, m.names] {
+            for col in [m.state, m.control, m.names]
+                .into_iter()
+                .chain(m.control_on)
+            {
                 assert!(col.parse::<Oid>().is_ok(), "{}: {col}", m.name);
             }
             assert_ne!(m.state_on, m.state_off);
-            assert_ne!(m.command_on, m.command_off);
+            if let Some((off, on)) = m.state_pending {
+                for v in [off, on] {
+                    assert!(v != m.state_on && v != m.state_off, "{}", m.name);
+                }
+            }
+            // On and off must differ by value or by column.
+            assert_ne!(m.command(7, true), m.command(7, false), "{}", m.name);
             assert_eq!(m.outlet_of_name_oid(&m.name_oid(7)), Some(7));
             assert_eq!(m.outlet_of_name_oid(&m.state_oid(7)), None);
         }
         assert_eq!(
             by_name("tripplite").unwrap().state_oid(3).to_string(),
             "1.3.6.1.4.1.850.10.2.3.5.1.2.1.3"
+        );
+        let eaton = by_name("eaton-epdu").unwrap();
+        assert_eq!(
+            eaton.command(4, true).0.to_string(),
+            "1.3.6.1.4.1.534.6.6.7.6.6.1.4.0.4"
+        );
+        assert_eq!(
+            by_name("sentry3").unwrap().state_oid(2).to_string(),
+            "1.3.6.1.4.1.1718.3.2.3.1.5.1.1.2"
         );
     }
 }

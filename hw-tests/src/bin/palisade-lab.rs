@@ -50,7 +50,7 @@ enum Command {
     #[command(after_help = after_help_redfish())]
     Redfish(RedfishArgs),
     /// Serve simulated switched PDUs over SNMP v1/v2c/v3 on 127.0.0.1, one UDP port each.
-    #[command(name = "snmp-pdu", after_help = after_help_snmp())]
+    #[command(name = "snmp-pdu", visible_alias = "snmp", after_help = after_help_snmp())]
     SnmpPdu(SnmpPduArgs),
 }
 
@@ -99,7 +99,8 @@ fn run_demo(args: DemoArgs) -> ExitCode {
 
 fn after_help_snmp() -> String {
     format!(
-        "{FAULT_KNOBS_HELP}\n\nEach PDU prints one line on stdout once it listens:\n  snmp-pdu pdu1 127.0.0.1:1610\n\nModels: {}\n\nExample:\n  palisade-lab snmp-pdu --count 2 --base-port 1610 --outlets 8 --model apc-rpdu --names db1-psu1,db1-psu2 --fault pdu2:stuck\n  snmpget -v2c -c private 127.0.0.1:1610 1.3.6.1.4.1.318.1.1.12.3.5.1.1.4.1\n  fence_apc_snmp --ip 127.0.0.1 --ipport 1610 --community private -d 2c --plug 1 -o status",
+        "{FAULT_KNOBS_HELP}\n\nEach PDU prints one line on stdout once it listens:\n  snmp-pdu pdu1 127.0.0.1:1610\n\nProfiles:\n{}\n\nModels: {}\n\nExample:\n  palisade-lab snmp-pdu --count 2 --base-port 1610 --outlets 8 --model apc-rpdu --names db1-psu1,db1-psu2 --fault pdu2:stuck\n  snmpget -v2c -c private 127.0.0.1:1610 1.3.6.1.4.1.318.1.1.12.3.5.1.1.4.1\n  fence_apc_snmp --ip 127.0.0.1 --ipport 1610 --community private -d 2c --plug 1 -o status",
+        hw_tests::lab::snmp::pdu_profiles_help(),
         drivers::pdu::model::names()
     )
 }
@@ -116,12 +117,20 @@ struct SnmpPduArgs {
     /// Outlets per PDU.
     #[arg(long, default_value_t = 8, value_name = "K")]
     outlets: usize,
-    /// Vendor model (OID table), e.g. apc-rpdu, apc-rpdu2, apc-masterswitch.
-    #[arg(long, default_value = "apc-rpdu", value_name = "M")]
-    model: String,
-    /// Read-write community for v1 and v2c.
-    #[arg(long, default_value = "private", value_name = "C")]
-    community: String,
+    /// Vendor profile: model, switch delay, delayed commands, factory communities (see the
+    /// list below).
+    #[arg(long, default_value = "palisade", value_name = "NAME")]
+    profile: String,
+    /// Vendor model (OID table), e.g. apc-rpdu, eaton-epdu, sentry3 (default: the profile's).
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
+    /// Read-write community for v1 and v2c (default: the profile's, private for palisade).
+    #[arg(long, value_name = "C")]
+    community: Option<String>,
+    /// Read-only community: gets work, sets are refused with noAccess (default: the
+    /// profile's; none for palisade).
+    #[arg(long, value_name = "C")]
+    read_community: Option<String>,
     /// Outlet names, comma-separated, outlet 1 first (others are outletK).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     names: Vec<String>,
@@ -135,9 +144,10 @@ struct SnmpPduArgs {
     /// File holding the v3 user's privacy (AES-128) password.
     #[arg(long, value_name = "F", requires = "auth_password_file")]
     priv_password_file: Option<PathBuf>,
-    /// Delay between a set and the outlet's change, in milliseconds.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    power_delay_ms: u64,
+    /// Delay between a set and the outlet's change, in milliseconds (default: the
+    /// profile's switch delay, 0 for palisade).
+    #[arg(long, value_name = "MS")]
+    power_delay_ms: Option<u64>,
     /// Start with every outlet off.
     #[arg(long)]
     power_off: bool,
@@ -425,12 +435,26 @@ fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
     if args.count == 0 || args.outlets == 0 {
         return fail(2, "--count and --outlets must be at least 1");
     }
-    let Some(model) = drivers::pdu::model::by_name(&args.model) else {
+    let Some(profile) = hw_tests::lab::snmp::pdu_profile(&args.profile) else {
         return fail(
             2,
             format!(
-                "unknown --model `{}`; expected one of: {}",
-                args.model,
+                "unknown --profile `{}`; expected one of: {}",
+                args.profile,
+                hw_tests::lab::snmp::PDU_PROFILES
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    };
+    let model_name = args.model.as_deref().unwrap_or(profile.model);
+    let Some(model) = drivers::pdu::model::by_name(model_name) else {
+        return fail(
+            2,
+            format!(
+                "unknown --model `{model_name}`; expected one of: {}",
                 drivers::pdu::model::names()
             ),
         );
@@ -452,11 +476,23 @@ fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
             }
         }
     }
-    let mut spec = PduLabSpec::new(args.count, args.outlets, model);
+    let mut spec = PduLabSpec::with_profile(args.count, args.outlets, profile);
+    spec.model = model;
     spec.base_port = args.base_port;
     spec.names = args.names.clone();
-    spec.community = Some(Secret::new(args.community.clone().into_bytes()));
-    spec.power_delay = Duration::from_millis(args.power_delay_ms);
+    if let Some(c) = &args.community {
+        spec.community = Some(Secret::new(c.clone().into_bytes()));
+    }
+    if profile.name == "palisade" {
+        // The lab's own profile keeps its historical single read-write community.
+        spec.read_community = None;
+    }
+    if let Some(c) = &args.read_community {
+        spec.read_community = Some(Secret::new(c.clone().into_bytes()));
+    }
+    if let Some(ms) = args.power_delay_ms {
+        spec.power_delay = Duration::from_millis(ms);
+    }
     spec.power_on = !args.power_off;
     if let Some(name) = &args.v3_user {
         let auth = match args

@@ -38,6 +38,172 @@ pub const SNMP_IN_BAD_COMMUNITY_NAMES: &str = "1.3.6.1.2.1.11.4.0";
 /// How far a v3 request's engine time may be from ours (RFC 3414 §3.2.7).
 const TIME_WINDOW: i64 = 150;
 
+/// A control value that the PDU accepts as "switch later": the outlet changes `after` the
+/// command was acknowledged (APC delayedOn/delayedOff, Sentry4 queueOn/queueOff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelayedCommand {
+    /// The control value.
+    pub value: i64,
+    /// Whether it switches on.
+    pub on: bool,
+    /// How long after the acknowledgement the outlet changes.
+    pub after: Duration,
+}
+
+/// How a PDU family behaves in the lab (`palisade-lab snmp-pdu --profile NAME`): its MIB
+/// (a [`Model`] of the driver's table) and the quirks a fencer meets. Values no public source
+/// gave are marked "assumed": they make the profile exercise a code path, they are not a
+/// claim about the vendor. Every quirk can also be set by hand (`--power-delay-ms`,
+/// `--model`, `--community`, `--read-community`, the fault knobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PduProfile {
+    /// `--profile` name.
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub summary: &'static str,
+    /// The driver model (OID table) it serves, `--model` for `fenced`'s `snmp-pdu` device.
+    pub model: &'static str,
+    /// How long an acknowledged immediate command takes to change the outlet; meanwhile
+    /// the state column reads the old state, or the model's pending value.
+    pub switch_delay: Duration,
+    /// Control values accepted as delayed commands.
+    pub delayed: &'static [DelayedCommand],
+    /// The control value that cancels a pending command (APC cancelPendingCommand(7)).
+    pub cancel: Option<i64>,
+    /// The control columns take seconds until the command acts (0 immediate, -1 cancels,
+    /// reads -1 when nothing is pending): Eaton's outletControl{Off,On}Cmd.
+    pub seconds_commands: bool,
+    /// A column reading commandPending(1) / noCommandPending(2) per outlet (APC
+    /// rPDUOutletStatusCommandPending).
+    pub command_pending: Option<&'static str>,
+    /// The factory read-only community.
+    pub read_community: &'static str,
+    /// The factory read-write community.
+    pub write_community: &'static str,
+}
+
+/// The lab's own behaviour: the model you pick, no delays, one read-write community.
+pub const PALISADE_PDU: PduProfile = PduProfile {
+    name: "palisade",
+    summary: "the lab's own: any --model, immediate switching, community private (default)",
+    model: "apc-rpdu",
+    switch_delay: Duration::ZERO,
+    delayed: &[],
+    cancel: None,
+    seconds_commands: false,
+    command_pending: None,
+    read_community: "public",
+    write_community: "private",
+};
+
+/// Every PDU profile, `palisade` first.
+pub const PDU_PROFILES: &[PduProfile] = &[
+    PALISADE_PDU,
+    // APC Switched Rack PDU, AOS (PowerNet-MIB rPDUOutletControlOutletCommand): immediateOn(1),
+    // immediateOff(2), immediateReboot(3), delayedOn(4), delayedOff(5), delayedReboot(6),
+    // cancelPendingCommand(7); delayed commands wait rPDUOutletConfigPowerOnTime /
+    // PowerOffTime (PowerNet-MIB .318.1.1.12.3.4.1.1.4/.5, seconds; 0 and 1-7200 allowed).
+    // rPDUOutletStatusCommandPending (.318.1.1.12.3.5.1.1.5) says whether one is pending.
+    // Factory communities public (read) and private (write), SNMPv1 on and SNMPv3 off (APC
+    // Rack PDU User's Guide, "SNMP" section). Off/on times: assumed 3 s; switch delay 0.
+    PduProfile {
+        name: "apc",
+        summary: "APC rPDU (PowerNet-MIB rPDUOutletControl): delayedOff(5)/delayedOn(4) wait 3 s, commandPending column, public/private",
+        model: "apc-rpdu",
+        switch_delay: Duration::ZERO,
+        delayed: &[
+            DelayedCommand { value: 4, on: true, after: Duration::from_secs(3) },
+            DelayedCommand { value: 5, on: false, after: Duration::from_secs(3) },
+        ],
+        cancel: Some(7),
+        seconds_commands: false,
+        command_pending: Some("1.3.6.1.4.1.318.1.1.12.3.5.1.1.5"),
+        read_community: "public",
+        write_community: "private",
+    },
+    // Tripp Lite LX platform (TRIPPLITE-PRODUCTS tlpPduOutletCommand: idle(0), turnOff(1),
+    // turnOn(2), cycle(3)); fence_tripplite_snmp's TrippliteLXPDU class. Factory communities
+    // public (read) and tripplite (write) (Tripp Lite PowerAlert / SNMPWEBCARD manual).
+    // The outlet relays switch after the acknowledgement: 300 ms, assumed.
+    PduProfile {
+        name: "tripplite",
+        summary: "Tripp Lite LX (TRIPPLITE-PRODUCTS tlpPduOutlet): switches 300 ms after the ack, public/tripplite",
+        model: "tripplite-lx",
+        switch_delay: Duration::from_millis(300),
+        delayed: &[],
+        cancel: None,
+        seconds_commands: false,
+        command_pending: None,
+        read_community: "public",
+        write_community: "tripplite",
+    },
+    // Eaton ePDU G2/G3 (EATON-EPDU-MIB outletControlOffCmd/OnCmd, Integer32 -1..99999:
+    // "0-n: time in seconds until the outlet command is issued, -1: cancel a pending
+    // command; when read, returns -1 if no command is pending, or the current downcount");
+    // outletControlStatus reads pendingOff(2)/pendingOn(3) meanwhile. An immediate command is
+    // also shown pending for 1 s here (assumed: the relay sequencing the MIB's
+    // outletControlSequenceDelay describes). Communities public/private, assumed (the G3
+    // ships with SNMP v1 off and v3 users to be set up).
+    PduProfile {
+        name: "eaton",
+        summary: "Eaton ePDU G3 (EATON-EPDU-MIB outletControl{Off,On}Cmd in seconds): pendingOff for 1 s, -1 cancels, public/private",
+        model: "eaton-epdu",
+        switch_delay: Duration::from_secs(1),
+        delayed: &[],
+        cancel: None,
+        seconds_commands: true,
+        command_pending: None,
+        read_community: "public",
+        write_community: "private",
+    },
+    // Raritan PX2/PX3 (PDU2-MIB switchingOperation: off(0), on(1), cycle(2);
+    // outletSwitchingState: on(7), off(8)). The state follows the relay: 500 ms, assumed.
+    // Communities public/private, assumed (PX2 ships with SNMP v1/v2c disabled).
+    PduProfile {
+        name: "raritan",
+        summary: "Raritan PX2/PX3 (PDU2-MIB switchingOperation): state on(7)/off(8) lags 500 ms, public/private",
+        model: "raritan-px2",
+        switch_delay: Duration::from_millis(500),
+        delayed: &[],
+        cancel: None,
+        seconds_commands: false,
+        command_pending: None,
+        read_community: "public",
+        write_community: "private",
+    },
+    // Server Technology Sentry3 CDU (Sentry3-MIB outletControlAction: none(0), on(1),
+    // off(2), reboot(3); outletStatus offWait(2)/onWait(3) while a command waits). Factory
+    // communities public (get) and private (set) (Sentry3 CDU user guide, "SNMP"). The wait:
+    // 1 s, assumed. `--model sentry4` serves Sentry4-MIB's st4OutletControlAction instead
+    // (its queueOn(4)/queueOff(5) are not served: a fencer never queues).
+    PduProfile {
+        name: "servertech",
+        summary: "Server Technology Sentry3 (Sentry3-MIB outletControlAction): offWait/onWait for 1 s, public/private",
+        model: "sentry3",
+        switch_delay: Duration::from_secs(1),
+        delayed: &[],
+        cancel: None,
+        seconds_commands: false,
+        command_pending: None,
+        read_community: "public",
+        write_community: "private",
+    },
+];
+
+/// The PDU profile named `name`.
+pub fn pdu_profile(name: &str) -> Option<&'static PduProfile> {
+    PDU_PROFILES.iter().find(|p| p.name == name)
+}
+
+/// The PDU profiles for `--help`, one per line.
+pub fn pdu_profiles_help() -> String {
+    PDU_PROFILES
+        .iter()
+        .map(|p| format!("  {:<11} {} (model {})", p.name, p.summary, p.model))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A v3 user of the simulated PDUs (SHA-1 authentication; AES-128 privacy when a privacy
 /// password is given).
 #[derive(Clone)]
@@ -77,6 +243,11 @@ pub struct PduLabSpec {
     pub model: &'static Model,
     /// The read-write community (v1 and v2c); `None` serves no community at all.
     pub community: Option<Secret>,
+    /// A read-only community: gets work, a set is refused with noAccess (v2c) or
+    /// noSuchName (v1), as RFC 3584 §4.1 maps it.
+    pub read_community: Option<Secret>,
+    /// The vendor behaviour (delays, delayed commands).
+    pub profile: &'static PduProfile,
     /// A v3 user, if v3 is served.
     pub user: Option<PduUser>,
     /// Delay between a set and the outlet's change.
@@ -99,12 +270,26 @@ impl PduLabSpec {
             names: Vec::new(),
             model,
             community: Some(Secret::new(b"private".to_vec())),
+            read_community: None,
+            profile: &PALISADE_PDU,
             user: None,
             power_delay: Duration::ZERO,
             power_on: true,
             faults: Faults::default(),
             seed: 0x5a1e_1ab0,
         }
+    }
+
+    /// `count` PDUs of `outlets` outlets each, as `profile`'s vendor ships them: its model,
+    /// switch delay and factory communities.
+    pub fn with_profile(count: usize, outlets: usize, profile: &'static PduProfile) -> Self {
+        let model = model::by_name(profile.model).unwrap_or(&model::MODELS[0]);
+        let mut spec = Self::new(count, outlets, model);
+        spec.profile = profile;
+        spec.power_delay = profile.switch_delay;
+        spec.community = Some(Secret::new(profile.write_community.as_bytes().to_vec()));
+        spec.read_community = Some(Secret::new(profile.read_community.as_bytes().to_vec()));
+        spec
     }
 }
 
@@ -114,6 +299,8 @@ struct OutletSim {
     name: String,
     node: Node,
     stuck: bool,
+    /// The direction of the change scheduled, while one is (for pending state values).
+    going_on: Option<bool>,
 }
 
 /// State a PDU shares between its task and its handles.
@@ -322,6 +509,7 @@ impl PduLab {
                         .unwrap_or_else(|| format!("outlet{k}")),
                     node: Node::new(spec.power_on, spec.power_delay),
                     stuck: false,
+                    going_on: None,
                 })
                 .collect();
             let shared = Arc::new(Shared {
@@ -365,11 +553,22 @@ impl PduLab {
     }
 }
 
+/// A decoded outlet command.
+#[derive(Debug, Clone, Copy)]
+enum Command {
+    /// Switch on or off, now (after the PDU's switch delay) or `after` this long.
+    Switch { on: bool, after: Option<Duration> },
+    /// Cancel whatever is pending.
+    Cancel,
+}
+
 /// The agent's per-PDU request handler state.
 struct Agent {
     shared: Arc<Shared>,
     model: &'static Model,
+    profile: &'static PduProfile,
     community: Option<Secret>,
+    read_community: Option<Secret>,
     user: Option<PduUser>,
     auth_key: Option<LocalKey>,
     priv_key: Option<LocalKey>,
@@ -392,7 +591,9 @@ impl Agent {
         Agent {
             shared,
             model: spec.model,
+            profile: spec.profile,
             community: spec.community.clone(),
+            read_community: spec.read_community.clone(),
             user: spec.user.clone(),
             auth_key,
             priv_key,
@@ -444,30 +645,92 @@ impl Agent {
         mib.entry(model::oid(SNMP_IN_BAD_COMMUNITY_NAMES))
             .or_insert(Value::Counter32(0));
         let mut outlets = lock(&self.shared.outlets);
+        let p = self.profile;
         for (k, o) in outlets.iter_mut().enumerate() {
             let n = u32::try_from(k + 1).unwrap_or(u32::MAX);
             o.node.settle(now);
+            if !o.node.is_changing() {
+                o.going_on = None;
+            }
             let on = o.node.is_on();
             mib.insert(
                 m.name_oid(n),
                 Value::OctetString(o.name.clone().into_bytes()),
             );
-            mib.insert(
-                m.state_oid(n),
-                Value::Integer(if on { m.state_on } else { m.state_off }),
-            );
-            // A control column reads back the command matching the present state.
-            mib.entry(m.control_oid(n)).or_insert(Value::Integer(if on {
-                m.command_on
+            // While a command waits, families with a pending value show it (Eaton
+            // pendingOff, Sentry3 offWait); the others show the old state.
+            let state = match (o.going_on, m.state_pending) {
+                (Some(false), Some((off, _))) => off,
+                (Some(true), Some((_, on))) => on,
+                _ if on => m.state_on,
+                _ => m.state_off,
+            };
+            mib.insert(m.state_oid(n), Value::Integer(state));
+            if let Some(col) = p.command_pending {
+                // outletStatusCommandPending(1), outletStatusNoCommandPending(2).
+                let pending = if o.going_on.is_some() { 1 } else { 2 };
+                mib.insert(
+                    model::oid(col).child(&[n]),
+                    Value::Integer(pending),
+                );
+            }
+            if p.seconds_commands {
+                // Eaton: the countdown of a pending command in seconds, -1 if none.
+                let left = o
+                    .node
+                    .next_change()
+                    .map(|at| i64::try_from(at.saturating_duration_since(now).as_secs()).unwrap_or(0));
+                for (col, dir) in [(m.control, false), (m.control_on.unwrap_or(m.control), true)] {
+                    let v = match (o.going_on, left) {
+                        (Some(d), Some(s)) if d == dir => s,
+                        _ => -1,
+                    };
+                    mib.insert(m.at_column(col, n), Value::Integer(v));
+                }
             } else {
-                m.command_off
-            }));
+                // A control column reads back the command matching the present state.
+                let (oid, value) = m.command(n, on);
+                mib.insert(oid, Value::Integer(value));
+            }
         }
         mib
     }
 
-    /// Answers one PDU (after authentication). `v1` selects v1 error conventions.
-    fn answer(&mut self, pdu: &Pdu, v1: bool) -> Pdu {
+    /// What a control value written to an outlet's on column (`on_col`) and/or off column
+    /// asks for; `None` for a value the MIB does not allow there.
+    fn decode_command(&self, c: i64, on_col: bool, off_col: bool) -> Option<Command> {
+        let (m, p) = (self.model, self.profile);
+        if p.seconds_commands {
+            // One column per direction; the value is a delay in seconds (EATON-EPDU-MIB).
+            let on = on_col && !off_col;
+            return match c {
+                -1 => Some(Command::Cancel),
+                0 => Some(Command::Switch { on, after: None }),
+                1..=99_999 => Some(Command::Switch {
+                    on,
+                    after: Some(Duration::from_secs(c.unsigned_abs())),
+                }),
+                _ => None,
+            };
+        }
+        if c == m.command_on && on_col {
+            return Some(Command::Switch { on: true, after: None });
+        }
+        if c == m.command_off && off_col {
+            return Some(Command::Switch { on: false, after: None });
+        }
+        if p.cancel == Some(c) {
+            return Some(Command::Cancel);
+        }
+        p.delayed.iter().find(|d| d.value == c).map(|d| Command::Switch {
+            on: d.on,
+            after: Some(d.after),
+        })
+    }
+
+    /// Answers one PDU (after authentication). `v1` selects v1 error conventions; a
+    /// `read_only` community may not set.
+    fn answer(&mut self, pdu: &Pdu, v1: bool, read_only: bool) -> Pdu {
         let mut reply = Pdu {
             kind: PduType::Response,
             request_id: pdu.request_id,
@@ -554,17 +817,35 @@ impl Agent {
                     return fail(reply, error_status::GEN_ERR, 0);
                 }
                 // Check every binding first: a set applies all or nothing (RFC 3416 §4.2.5).
+                if read_only {
+                    // RFC 3584 §4.1: a read-only community's set is noAccess (v1: noSuchName).
+                    let status = if v1 {
+                        error_status::NO_SUCH_NAME
+                    } else {
+                        error_status::NO_ACCESS
+                    };
+                    return fail(reply, status, 0);
+                }
                 let mut actions = Vec::new();
                 for (i, (oid, value)) in pdu.varbinds.iter().enumerate() {
                     let m = self.model;
                     let count = lock(&self.shared.outlets).len();
-                    let outlet = (1..=count).find(|n| m.control_oid(*n as u32) == *oid);
+                    let control = (1..=count).find_map(|n| {
+                        let n32 = n as u32;
+                        let (on_oid, _) = m.command(n32, true);
+                        let (off_oid, _) = m.command(n32, false);
+                        (on_oid == *oid || off_oid == *oid).then_some((n, on_oid == *oid, off_oid == *oid))
+                    });
                     let named = (1..=count).find(|n| m.name_oid(*n as u32) == *oid);
-                    match (outlet, named, value) {
-                        (Some(n), _, Value::Integer(c))
-                            if *c == m.command_on || *c == m.command_off =>
-                        {
-                            actions.push((n, Some(*c == m.command_on), None));
+                    let command = match (control, value) {
+                        (Some((_, on_col, off_col)), Value::Integer(c)) => {
+                            self.decode_command(*c, on_col, off_col)
+                        }
+                        _ => None,
+                    };
+                    match (control, named, value) {
+                        (Some((n, _, _)), _, _) if command.is_some() => {
+                            actions.push((n, command, None));
                         }
                         (Some(_), _, _) => {
                             return fail(
@@ -605,6 +886,10 @@ impl Agent {
                         .varbinds
                         .iter()
                         .map(|(o, v)| match v {
+                            // Eaton's columns take the same value for on and off: answer -1.
+                            Value::Integer(_) if m.command_on == m.command_off => {
+                                (o.clone(), Value::Integer(-1))
+                            }
                             Value::Integer(c) if *c == m.command_off => {
                                 (o.clone(), Value::Integer(m.command_on))
                             }
@@ -625,14 +910,21 @@ impl Agent {
                         o.name = name;
                     }
                     match power {
+                        Some(Command::Cancel) => {
+                            let on = o.node.is_on();
+                            o.node.force(on);
+                            o.going_on = None;
+                        }
                         Some(_) if faults.stuck || o.stuck => {
                             self.shared.record(EventKind::FaultApplied("stuck"));
                         }
-                        Some(true) if faults.power_on_fails => {
+                        Some(Command::Switch { on: true, .. }) if faults.power_on_fails => {
                             self.shared
                                 .record(EventKind::FaultApplied("power-on-fails"));
                         }
-                        Some(on) => {
+                        Some(Command::Switch { on, after }) => {
+                            let base = o.node.delay();
+                            o.node.set_delay(after.unwrap_or(base));
                             let _ = o.node.request(
                                 if on {
                                     PowerAction::Up
@@ -641,6 +933,10 @@ impl Agent {
                                 },
                                 now,
                             );
+                            o.node.set_delay(base);
+                            if o.node.is_changing() {
+                                o.going_on = Some(on);
+                            }
                         }
                         None => {}
                     }
@@ -668,11 +964,15 @@ impl Agent {
                 community,
                 pdu,
             } => {
-                let ok = self
+                let rw = self
                     .community
                     .as_ref()
                     .is_some_and(|c| c.expose() == community.as_slice());
-                if !ok {
+                let ro = self
+                    .read_community
+                    .as_ref()
+                    .is_some_and(|c| c.expose() == community.as_slice());
+                if !rw && !ro {
                     self.shared.count(SNMP_IN_BAD_COMMUNITY_NAMES);
                     self.shared.record(EventKind::Discarded("bad community"));
                     return None;
@@ -685,7 +985,7 @@ impl Agent {
                 if matches!(pdu.kind, PduType::Response | PduType::Report) {
                     return None;
                 }
-                let reply = self.answer(&pdu, version == Version::V1);
+                let reply = self.answer(&pdu, version == Version::V1, !rw);
                 self.record_command(&pdu, &reply);
                 Some(encode_community(version, &community, &reply))
             }
@@ -825,7 +1125,7 @@ impl Agent {
         if matches!(scoped.pdu.kind, PduType::Response | PduType::Report) {
             return None;
         }
-        let reply_pdu = self.answer(&scoped.pdu, false);
+        let reply_pdu = self.answer(&scoped.pdu, false, false);
         self.record_command(&scoped.pdu, &reply_pdu);
         let reply_scoped = ScopedPdu {
             context_engine_id: self.shared.engine_id.clone(),
