@@ -965,7 +965,11 @@ struct Console {
     /// The last byte ended a line with CR: a following LF or NUL belongs to the same end
     /// (CR LF from most programs, CR NUL from telnet's NVT).
     after_cr: bool,
-    /// A TCP console: logging out hangs up.
+    /// The last byte ended a line (of any kind).
+    after_eol: bool,
+    /// A TCP (telnet) console: logging out hangs up, and a run of line ends counts as one,
+    /// since a telnet client run from a program's pty sends Enter as `\n\n` (the pty turns
+    /// the program's CR LF into two LFs, as fence_wti's `/S\r\n` arrives).
     hangs_up: bool,
 }
 
@@ -976,6 +980,7 @@ impl Console {
             state: State::LoggedOut,
             line: Vec::new(),
             after_cr: false,
+            after_eol: false,
             hangs_up,
         }
     }
@@ -1056,8 +1061,13 @@ impl Console {
     /// One input byte.
     fn feed(&mut self, b: u8) -> Vec<Out> {
         let after_cr = std::mem::replace(&mut self.after_cr, b == b'\r');
+        let after_eol = std::mem::replace(&mut self.after_eol, b == b'\r' || b == b'\n');
         match b {
-            b'\n' | 0 if after_cr => Vec::new(),
+            b'\n' | 0 if after_cr => {
+                self.after_eol = true;
+                Vec::new()
+            }
+            b'\r' | b'\n' if after_eol && self.hangs_up => Vec::new(),
             b'\r' | b'\n' => {
                 let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
                 let mut out = Vec::new();
