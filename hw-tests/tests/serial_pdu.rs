@@ -89,17 +89,33 @@ async fn off_on_status(m: &'static Model) {
     let locks = tempfile::tempdir().unwrap();
     for (how, dev) in both(m, &lab, locks.path()) {
         let ctx = format!("{} over {how}", m.name);
-        assert_eq!(dev.status(Some("2")).await.unwrap(), PowerState::On, "{ctx}");
+        assert_eq!(
+            dev.status(Some("2")).await.unwrap(),
+            PowerState::On,
+            "{ctx}"
+        );
         dev.power(Some("2"), PowerCommand::Off).await.unwrap();
         assert_eq!(pdu.outlet_on(2), Some(false), "{ctx}");
-        assert_eq!(dev.status(Some("2")).await.unwrap(), PowerState::Off, "{ctx}");
+        assert_eq!(
+            dev.status(Some("2")).await.unwrap(),
+            PowerState::Off,
+            "{ctx}"
+        );
         // By name too, and the neighbours untouched.
-        assert_eq!(dev.status(Some("db2")).await.unwrap(), PowerState::Off, "{ctx}");
+        assert_eq!(
+            dev.status(Some("db2")).await.unwrap(),
+            PowerState::Off,
+            "{ctx}"
+        );
         for n in [1, 3, 4] {
             assert_eq!(pdu.outlet_on(n), Some(true), "{ctx}: outlet {n}");
         }
         dev.power(Some("db2"), PowerCommand::On).await.unwrap();
-        assert_eq!(dev.status(Some("2")).await.unwrap(), PowerState::On, "{ctx}");
+        assert_eq!(
+            dev.status(Some("2")).await.unwrap(),
+            PowerState::On,
+            "{ctx}"
+        );
         let outlets = dev.list().await.unwrap();
         assert_eq!(outlets.len(), 4, "{ctx}: {outlets:?}");
         assert_eq!(outlets[0].name.as_deref(), Some("db1"), "{ctx}");
@@ -146,9 +162,17 @@ async fn garbage_in_the_middle_of_a_status_reply_is_resynchronised_never_misread
             pdu.set_outlet(2, true);
             // One noisy reply (noise inside every state word): the driver reads once more.
             pdu.garbage_replies(1);
-            assert_eq!(dev.status(Some("1")).await.unwrap(), PowerState::Off, "{ctx}");
+            assert_eq!(
+                dev.status(Some("1")).await.unwrap(),
+                PowerState::Off,
+                "{ctx}"
+            );
             pdu.garbage_replies(1);
-            assert_eq!(dev.status(Some("2")).await.unwrap(), PowerState::On, "{ctx}");
+            assert_eq!(
+                dev.status(Some("2")).await.unwrap(),
+                PowerState::On,
+                "{ctx}"
+            );
             // A line that stays noisy: a failure that says so, never a state.
             pdu.set_fault(Fault::Garbage(true));
             for outlet in ["1", "2"] {
@@ -164,7 +188,11 @@ async fn garbage_in_the_middle_of_a_status_reply_is_resynchronised_never_misread
                 }
             }
             pdu.set_fault(Fault::Garbage(false));
-            assert_eq!(dev.status(Some("1")).await.unwrap(), PowerState::Off, "{ctx}");
+            assert_eq!(
+                dev.status(Some("1")).await.unwrap(),
+                PowerState::Off,
+                "{ctx}"
+            );
         }
     }
 }
@@ -180,7 +208,11 @@ async fn a_stuck_outlet_acknowledges_off_and_reads_back_on() {
             let ctx = format!("{} over {how}", m.name);
             // The PDU says yes; only the read-back tells the truth.
             dev.power(Some("1"), PowerCommand::Off).await.unwrap();
-            assert_eq!(dev.status(Some("1")).await.unwrap(), PowerState::On, "{ctx}");
+            assert_eq!(
+                dev.status(Some("1")).await.unwrap(),
+                PowerState::On,
+                "{ctx}"
+            );
             assert_eq!(pdu.outlet_on(1), Some(true), "{ctx}");
         }
     }
@@ -210,7 +242,11 @@ async fn a_silent_console_is_a_timeout_not_a_state() {
     // Back: the next call resynchronises and reads the truth.
     pdu.set_fault(Fault::Silent(false));
     for (how, dev) in &devs {
-        assert_eq!(dev.status(Some("1")).await.unwrap(), PowerState::On, "{how}");
+        assert_eq!(
+            dev.status(Some("1")).await.unwrap(),
+            PowerState::On,
+            "{how}"
+        );
     }
 }
 
@@ -224,12 +260,20 @@ async fn echo_off_and_a_slow_line_still_switch_and_read_back() {
             let ctx = format!("{} over {how}", m.name);
             pdu.set_fault(Fault::EchoOff(true));
             dev.power(Some("1"), PowerCommand::Off).await.unwrap();
-            assert_eq!(dev.status(Some("1")).await.unwrap(), PowerState::Off, "{ctx}");
+            assert_eq!(
+                dev.status(Some("1")).await.unwrap(),
+                PowerState::Off,
+                "{ctx}"
+            );
             pdu.set_fault(Fault::EchoOff(false));
             // 1 ms a byte: a status screen trickles for most of a second.
             pdu.set_fault(Fault::SlowLine(1));
             dev.power(Some("1"), PowerCommand::On).await.unwrap();
-            assert_eq!(dev.status(Some("1")).await.unwrap(), PowerState::On, "{ctx}");
+            assert_eq!(
+                dev.status(Some("1")).await.unwrap(),
+                PowerState::On,
+                "{ctx}"
+            );
             pdu.set_fault(Fault::SlowLine(0));
         }
     }
@@ -287,7 +331,11 @@ async fn a_port_held_by_another_process_is_refused_naming_the_holder() {
         e.contains(&format!("process {pid}")) && e.contains(&tty.display().to_string()),
         "{e}"
     );
-    assert_eq!(pdu.received(), Vec::<String>::new(), "nothing sent to a held port");
+    assert_eq!(
+        pdu.received(),
+        Vec::<String>::new(),
+        "nothing sent to a held port"
+    );
     // The holder dies without removing its lock file: the stale file is replaced.
     drop(holder);
     assert_eq!(dev.status(Some("1")).await.unwrap(), PowerState::On);

@@ -239,11 +239,14 @@ impl FromStr for FaultKnob {
             "power-state-missing" => flag(Fault::PowerStateMissing)?,
             "echo-off" => flag(Fault::EchoOff)?,
             "slow-line" => {
-                let v = value
-                    .ok_or_else(|| err("slow-line needs milliseconds per byte: slow-line=5".into()))?;
-                Fault::SlowLine(v.parse::<u64>().map_err(|_| {
-                    err(format!("slow-line must be whole milliseconds, not `{v}`"))
-                })?)
+                let v = value.ok_or_else(|| {
+                    err("slow-line needs milliseconds per byte: slow-line=5".into())
+                })?;
+                Fault::SlowLine(
+                    v.parse::<u64>().map_err(|_| {
+                        err(format!("slow-line must be whole milliseconds, not `{v}`"))
+                    })?,
+                )
             }
             other => return Err(err(format!("unknown knob `{other}`"))),
         };

@@ -181,7 +181,10 @@ impl Shared {
             .iter_mut()
             .flat_map(|o| {
                 let name = o.name.clone();
-                o.node.settle(now).into_iter().map(move |e| (name.clone(), e))
+                o.node
+                    .settle(now)
+                    .into_iter()
+                    .map(move |e| (name.clone(), e))
             })
             .collect();
         if events.is_empty() {
@@ -366,7 +369,8 @@ impl SerialPduHandle {
     /// Sets one fault knob for the whole PDU.
     pub fn set_fault(&self, fault: Fault) {
         lock(&self.shared.faults).apply(fault);
-        self.shared.record(EventKind::FaultSet(format!("{fault:?}")));
+        self.shared
+            .record(EventKind::FaultSet(format!("{fault:?}")));
     }
 
     /// The current knobs.
@@ -616,11 +620,7 @@ impl AsyncRead for Pty {
             let r = guard.try_io(|fd| {
                 // SAFETY: the buffer is valid for `len` bytes; fd is the open master.
                 let n = unsafe {
-                    libc::read(
-                        fd.as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                    )
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
                 };
                 if n < 0 {
                     Err(std::io::Error::last_os_error())
@@ -682,11 +682,13 @@ impl AsyncWrite for Pty {
 async fn serve_pty(mut pty: Pty, shared: Arc<Shared>) {
     let mut console = Console::new(shared.clone(), false);
     if let Err(e) = run_console(&mut pty, &mut console, false).await {
-        shared.record(EventKind::Discarded(if e.kind() == std::io::ErrorKind::Other {
-            "pty error"
-        } else {
-            "pty closed"
-        }));
+        shared.record(EventKind::Discarded(
+            if e.kind() == std::io::ErrorKind::Other {
+                "pty error"
+            } else {
+                "pty closed"
+            },
+        ));
     }
 }
 
@@ -1223,7 +1225,10 @@ impl Console {
                 }
             }
             "/x" => self.logout("\r\n\r\nDisconnecting ...\r\n"),
-            _ => vec![Self::reply(format!("\r\nInvalid Command\r\n{}", self.prompt()))],
+            _ => vec![Self::reply(format!(
+                "\r\nInvalid Command\r\n{}",
+                self.prompt()
+            ))],
         }
     }
 
@@ -1237,7 +1242,11 @@ impl Console {
         s.push_str("Plug | Name             | Status | Boot Delay | Default |\r\n");
         s.push_str("-----+------------------+--------+------------+---------+\r\n");
         for (n, name, on, changing) in self.shared.states() {
-            let st = format!("{}{}", if on { "ON" } else { "OFF" }, if changing { " *" } else { "" });
+            let st = format!(
+                "{}{}",
+                if on { "ON" } else { "OFF" },
+                if changing { " *" } else { "" }
+            );
             s.push_str(&format!(
                 " {n:<3} | {name:<16} | {st:^6} |  0.5 Secs  |   ON    |\r\n"
             ));
@@ -1252,9 +1261,7 @@ impl Console {
         match verb {
             "" => vec![Self::reply(self.prompt())],
             "olstatus" | "olon" | "oloff" => {
-                let Some(outlets) = (!arg.is_empty())
-                    .then(|| self.shared.select(arg))
-                    .flatten()
+                let Some(outlets) = (!arg.is_empty()).then(|| self.shared.select(arg)).flatten()
                 else {
                     return vec![Self::reply(format!(
                         "E102: Parameter Error\r\n{}",
@@ -1266,7 +1273,10 @@ impl Console {
                     let mut s = String::from("E000: Success\r\n");
                     for i in outlets {
                         if let Some((n, name, on, _)) = states.get(i) {
-                            s.push_str(&format!(" {n}: {name}: {}\r\n", if *on { "On" } else { "Off" }));
+                            s.push_str(&format!(
+                                " {n}: {name}: {}\r\n",
+                                if *on { "On" } else { "Off" }
+                            ));
                         }
                     }
                     s.push_str(&self.prompt());
@@ -1297,9 +1307,7 @@ impl Console {
             }],
             "on" | "off" => {
                 let on = verb == "on";
-                let Some(outlets) = (!arg.is_empty())
-                    .then(|| self.shared.select(arg))
-                    .flatten()
+                let Some(outlets) = (!arg.is_empty()).then(|| self.shared.select(arg)).flatten()
                 else {
                     return vec![Self::reply(format!("\r\nInput error\r\n{}", self.prompt()))];
                 };
