@@ -235,3 +235,99 @@ fn a_line_full_of_noise_is_not_fenced_and_never_reads_off() {
     b.fenced_ok("off", "db3");
     assert_eq!(b.a().outlet_on(3), Some(false));
 }
+
+fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Figures for the note, medians of 5: request to confirmed off through `fence_node` ->
+/// `fenced` -> our driver, over the simulated WTI console's pty and its TCP form, against
+/// ClusterLabs `fence_wti -o off` (telnet) on the same console's TCP form. Each is a whole
+/// process run (`fence_node` or `fence_wti`), and each ends in a status read-back showing the
+/// outlet off. Run: `cargo nextest run -p fenced --test whole_stack_serial --run-ignored all
+/// figures --no-capture`.
+#[test]
+#[ignore = "figures for reports, ~30 s"]
+fn figures_off_to_confirmed_ours_vs_fence_wti() {
+    if !(hw_tests::require::needs_command("/usr/sbin/fence_wti", "Debian package fence-agents")
+        && hw_tests::require::needs_command("telnet", "Debian package telnet"))
+    {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut spec = SerialLabSpec::new(1, 4, model::by_name("wti").unwrap());
+    spec.password = Some(Secret::new(PASSWORD.into()));
+    let lab = rt.block_on(SerialLab::start(spec)).unwrap();
+    let pdu = lab.pdus()[0].clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pw = dir.join("console.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let locks = dir.join("lock");
+    std::fs::create_dir(&locks).unwrap();
+    let cfg = format!(
+        "[daemon]\nsocket = {sock:?}\nhistory = {hist:?}\n\n[defaults]\nattempt_timeout_s = 5\ntotal_timeout_s = 10\n\n\
+         [limits]\nmax_operations = 200\nmax_operations_per_target = 50\n\n\
+         [devices.pdu-pty]\nkind = \"serial-pdu\"\nmodel = \"wti\"\nport = {pty:?}\nlock_dir = {locks:?}\npassword_file = {pw:?}\n\n\
+         [devices.pdu-tcp]\nkind = \"serial-pdu\"\nmodel = \"wti\"\naddress = \"{tcp}\"\npassword_file = {pw:?}\n\n\
+         [targets.node-pty]\nlevels = [[\"pdu-pty:1\"]]\n\n\
+         [targets.node-tcp]\nlevels = [[\"pdu-tcp:2\"]]\n",
+        sock = dir.join("fenced.sock"),
+        hist = dir.join("history.redb"),
+        pty = pdu.pty().unwrap(),
+        tcp = pdu.tcp().unwrap(),
+    );
+    let config = dir.join("fenced.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let fenced = Fenced::start(dir, &config);
+    let port = pdu.tcp().unwrap().port().to_string();
+    // Once with replies at loopback speed, once at about 9600 baud (8N1 carries 960 bytes a
+    // second: 1 ms a byte), a serial console's usual rate.
+    for (line, byte_ms) in [("loopback", 0), ("9600 baud", 1)] {
+        pdu.set_fault(Fault::SlowLine(byte_ms));
+        let (mut pty, mut tcp, mut wti) = (vec![], vec![], vec![]);
+        for _ in 0..5 {
+            for n in 1..=3 {
+                pdu.set_outlet(n, true);
+            }
+            for (node, times, outlet) in [("node-pty", &mut pty, 1), ("node-tcp", &mut tcp, 2)] {
+                let t = std::time::Instant::now();
+                let out = fenced.fence_node(&["off", node, "--reason", "figure"]);
+                times.push(t.elapsed());
+                assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+                assert_eq!(pdu.outlet_on(outlet), Some(false));
+            }
+            let t = std::time::Instant::now();
+            let out = std::process::Command::new("/usr/sbin/fence_wti")
+                .args([
+                    "--ip",
+                    "127.0.0.1",
+                    "--ipport",
+                    &port,
+                    "--plug",
+                    "3",
+                    "-o",
+                    "off",
+                ])
+                .arg("--password-script")
+                .arg(format!("cat {}", pw.display()))
+                .output()
+                .unwrap();
+            wti.push(t.elapsed());
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            assert_eq!(pdu.outlet_on(3), Some(false));
+        }
+        eprintln!(
+            "FIGURE serial PDU (simulated WTI console, {line}), off to confirmed, median of 5: fence_node -> fenced over the pty {:?}, over TCP {:?}; fence_wti -o off (telnet) {:?}; all runs: pty {pty:?}, tcp {tcp:?}, fence_wti {wti:?}",
+            median(pty.clone()),
+            median(tcp.clone()),
+            median(wti.clone()),
+        );
+    }
+}
