@@ -233,7 +233,12 @@ impl Session {
         if !self.dirty && self.last_used.elapsed() < IDLE_RESYNC {
             return Ok(());
         }
-        self.drain().await?;
+        // A fresh link that talks first has nothing stale on it: what has arrived is the
+        // login question, which draining would throw away (then the wake line end below
+        // would be taken as an empty user name).
+        if !self.talks_first {
+            self.drain().await?;
+        }
         let until = Instant::now() + self.timeouts.reply;
         let mut progress = LoginProgress::default();
         let mut buf = Vec::new();

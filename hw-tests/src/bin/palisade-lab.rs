@@ -17,10 +17,16 @@
 //! `palisade-lab snmp-pdu --count N --base-port P --outlets K --model M [--community C]
 //! [--v3-user U --auth-password-file F --priv-password-file F] [--fault KNOB]...` serves
 //! switched PDUs over SNMP and prints `snmp-pdu NAME 127.0.0.1:PORT` per PDU once it listens.
+//!
+//! `palisade-lab serial-pdu --count N --outlets K --model M [--user U] [--password-file F]
+//! [--no-pty | --no-tcp] [--fault KNOB]...` serves serial-console PDUs on pseudo-terminals and
+//! telnet-style TCP ports and prints `serial-pdu NAME MODEL pty=/dev/pts/N tcp=127.0.0.1:PORT`
+//! per PDU once it serves.
 
 use clap::{Args, Parser, Subcommand};
 use drivers::Secret;
 use hw_tests::lab::redfish::{RedfishLab, RedfishLabSpec};
+use hw_tests::lab::serial::{SerialLab, SerialLabSpec};
 use hw_tests::lab::snmp::{PduLab, PduLabSpec, PduUser};
 use hw_tests::lab::{FaultKnob, Lab, LabSpec, DEFAULT_GUID_PREFIX, FAULT_KNOBS_HELP};
 use std::io::Write;
@@ -52,6 +58,9 @@ enum Command {
     /// Serve simulated switched PDUs over SNMP v1/v2c/v3 on 127.0.0.1, one UDP port each.
     #[command(name = "snmp-pdu", visible_alias = "snmp", after_help = after_help_snmp())]
     SnmpPdu(SnmpPduArgs),
+    /// Serve simulated serial-console PDUs on pseudo-terminals and telnet-style TCP ports.
+    #[command(name = "serial-pdu", after_help = after_help_serial())]
+    SerialPdu(SerialPduArgs),
 }
 
 /// Options of `palisade-lab demo`.
@@ -268,6 +277,7 @@ fn main() -> ExitCode {
         Command::Ipmi(args) => run_ipmi(args),
         Command::Redfish(args) => run_redfish(args),
         Command::SnmpPdu(args) => run_snmp_pdu(args),
+        Command::SerialPdu(args) => run_serial_pdu(args),
     }
 }
 
@@ -632,5 +642,111 @@ async fn wait_for_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+fn after_help_serial() -> String {
+    format!(
+        "{FAULT_KNOBS_HELP}\n\nEach PDU prints one line on stdout once it serves:\n  serial-pdu pdu1 wti-nps pty=/dev/pts/5 tcp=127.0.0.1:2301\n\nModels: {}\n\nExample:\n  palisade-lab serial-pdu --model wti --outlets 8 --base-port 2301 --password-file pw --fault pdu1:slow-line=2\n  fence_wti --ip 127.0.0.1 --ipport 2301 --password-file pw --plug 1 -o status\n  picocom -b 9600 /dev/pts/5",
+        drivers::serial_pdu::model::names()
+    )
+}
+
+/// Options of `palisade-lab serial-pdu`.
+#[derive(Debug, Args)]
+struct SerialPduArgs {
+    /// Number of PDUs, named pdu1..pduN.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Outlets per PDU (1 to 48).
+    #[arg(long, default_value_t = 8, value_name = "K")]
+    outlets: usize,
+    /// Console model: wti (wti-nps), apc (apc-ap79xx), baytech (baytech-rpc).
+    #[arg(long, default_value = "wti-nps", value_name = "M")]
+    model: String,
+    /// Outlet names, comma-separated, outlet 1 first (others are outletK).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    names: Vec<String>,
+    /// The user name the console asks for (needs --password-file).
+    #[arg(long, value_name = "U", requires = "password_file")]
+    user: Option<String>,
+    /// File holding the console's password; without it the console asks none.
+    #[arg(long, value_name = "F")]
+    password_file: Option<PathBuf>,
+    /// TCP port of pdu1; pduK listens on PORT+K-1. 0 picks free ports.
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    base_port: u16,
+    /// Serve no pseudo-terminals (TCP only).
+    #[arg(long, conflicts_with = "no_tcp")]
+    no_pty: bool,
+    /// Serve no TCP ports (pseudo-terminals only).
+    #[arg(long)]
+    no_tcp: bool,
+    /// Delay between a switching command and the outlet's change, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    power_delay_ms: u64,
+    /// Start with every outlet off.
+    #[arg(long)]
+    power_off: bool,
+    /// A fault knob, `[PDU:]KNOB[=VALUE]` (repeatable; see the list below).
+    #[arg(long = "fault", value_name = "KNOB")]
+    faults: Vec<FaultKnob>,
+}
+
+fn run_serial_pdu(args: SerialPduArgs) -> ExitCode {
+    if args.count == 0 || args.outlets == 0 {
+        return fail(2, "--count and --outlets must be at least 1");
+    }
+    let Some(model) = drivers::serial_pdu::model::by_name(&args.model) else {
+        return fail(
+            2,
+            format!(
+                "unknown --model `{}`; expected one of: {}",
+                args.model,
+                drivers::serial_pdu::model::names()
+            ),
+        );
+    };
+    for knob in &args.faults {
+        if let Some(node) = &knob.node {
+            let known = node
+                .strip_prefix("pdu")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| (1..=args.count).contains(&n));
+            if !known {
+                return fail(
+                    2,
+                    format!(
+                        "--fault names `{node}`, but the PDUs are pdu1..pdu{}; use one of those or leave the PDU out to apply the knob to all",
+                        args.count
+                    ),
+                );
+            }
+        }
+    }
+    let mut spec = SerialLabSpec::new(args.count, args.outlets, model);
+    spec.names = args.names.clone();
+    spec.username = args.user.clone();
+    spec.password = match args.password_file.as_deref().map(read_password).transpose() {
+        Ok(p) => p,
+        Err(e) => return fail(1, e),
+    };
+    spec.base_port = args.base_port;
+    spec.pty = !args.no_pty;
+    spec.tcp = !args.no_tcp;
+    spec.power_delay = Duration::from_millis(args.power_delay_ms);
+    spec.power_on = !args.power_off;
+    serve(&args.faults, SerialLab::start(spec))
+}
+
+impl Served for SerialLab {
+    fn apply(&self, knob: &FaultKnob) -> bool {
+        SerialLab::apply(self, knob)
+    }
+    fn ready_lines(&self) -> Vec<String> {
+        self.pdus().iter().map(|p| p.ready_line()).collect()
+    }
+    fn stop(self) -> impl std::future::Future<Output = ()> {
+        self.shutdown()
     }
 }

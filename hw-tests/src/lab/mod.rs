@@ -15,6 +15,7 @@ pub mod ipmi;
 pub mod node;
 pub mod profile;
 pub mod redfish;
+pub mod serial;
 pub mod snmp;
 
 use drivers::Secret;
@@ -71,6 +72,10 @@ pub struct Faults {
     pub power_state_null: bool,
     /// Redfish: `PowerState` is missing.
     pub power_state_missing: bool,
+    /// Serial PDUs: the console does not echo what is typed.
+    pub echo_off: bool,
+    /// Serial PDUs: delay after each byte sent, in milliseconds (a slow line).
+    pub byte_delay_ms: u64,
 }
 
 /// One fault knob set to a value; [`BmcHandle::set_fault`] applies it.
@@ -104,6 +109,10 @@ pub enum Fault {
     PowerStateNull(bool),
     /// Redfish: leave `PowerState` out, or send it again.
     PowerStateMissing(bool),
+    /// Serial PDUs: stop echoing input, or echo again.
+    EchoOff(bool),
+    /// Serial PDUs: delay each byte sent by this many milliseconds (0 = none).
+    SlowLine(u64),
 }
 
 impl Faults {
@@ -124,6 +133,8 @@ impl Faults {
             Fault::Silent(b) => self.silent = b,
             Fault::PowerStateNull(b) => self.power_state_null = b,
             Fault::PowerStateMissing(b) => self.power_state_missing = b,
+            Fault::EchoOff(b) => self.echo_off = b,
+            Fault::SlowLine(ms) => self.byte_delay_ms = ms,
         }
     }
 }
@@ -148,6 +159,10 @@ Redfish only:
   reset-connection  accept each connection, reset it at once   --fault reset-connection
   silent          accept connections, never answer             --fault silent
   power-state-null / power-state-missing   PowerState null or absent
+Serial PDUs: garbage = noise inside every state word of a reply; silent = read, never
+  answer; stuck, power-on-fails, refuse-auth, latency as above; and
+  echo-off        the console does not echo what is typed      --fault echo-off
+  slow-line=MS    MS milliseconds after every byte sent        --fault pdu1:slow-line=5
 Switch knobs also take =on or =off (e.g. --fault node1:stuck=off).";
 
 /// A knob as written on a command line: `[NODE:]KNOB[=VALUE]`.
@@ -222,6 +237,17 @@ impl FromStr for FaultKnob {
             "silent" => flag(Fault::Silent)?,
             "power-state-null" => flag(Fault::PowerStateNull)?,
             "power-state-missing" => flag(Fault::PowerStateMissing)?,
+            "echo-off" => flag(Fault::EchoOff)?,
+            "slow-line" => {
+                let v = value.ok_or_else(|| {
+                    err("slow-line needs milliseconds per byte: slow-line=5".into())
+                })?;
+                Fault::SlowLine(
+                    v.parse::<u64>().map_err(|_| {
+                        err(format!("slow-line must be whole milliseconds, not `{v}`"))
+                    })?,
+                )
+            }
             other => return Err(err(format!("unknown knob `{other}`"))),
         };
         Ok(FaultKnob { node, fault })
