@@ -5,6 +5,10 @@
 //!
 //! `scripts/install-test-deps.sh` installs qemu, busybox-static and cpio and unpacks the
 //! kernel under [`KERNEL_ROOT`]; a test fails when something is missing ([`require`]).
+//!
+//! The same harness boots an arm64 guest ([`Arch::Aarch64`]: qemu's `virt` machine, Debian's
+//! arm64 kernel and busybox under [`KERNEL_ROOT_ARM64`]) for the arm64 figures; the `_arch`
+//! variants take the architecture, the plain ones are the amd64 guest.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -17,6 +21,84 @@ use std::time::{Duration, Instant};
 pub const KERNEL_ROOT: &str = "/var/cache/palisade/vm-kernel";
 const QEMU: &str = "qemu-system-x86_64";
 const BUSYBOX: &str = "/bin/busybox";
+/// Where install-test-deps.sh unpacks Debian's arm64 kernel package and arm64 busybox-static
+/// (`boot/`, `lib/modules/`, `busybox/bin/busybox`).
+pub const KERNEL_ROOT_ARM64: &str = "/var/cache/palisade/vm-kernel-arm64";
+/// The arm64 glibc (Debian `libc6-arm64-cross`): where an arm64 program's libraries are found.
+const ARM64_SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+/// The guest's architecture: which qemu, machine, kernel, busybox and console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// amd64: `qemu-system-x86_64 -machine q35`, console on the 16550 (`ttyS0`).
+    X86_64,
+    /// arm64: `qemu-system-aarch64 -machine virt` with a Cortex-A72 (the Raspberry Pi 4's
+    /// core), console on the PL011 (`ttyAMA0`).
+    Aarch64,
+}
+
+impl Arch {
+    fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => QEMU,
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    fn qemu_package(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "Debian package qemu-system-x86",
+            Arch::Aarch64 => "Debian package qemu-system-arm",
+        }
+    }
+
+    fn machine(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &["-machine", "q35"],
+            // The `virt` machine has no default CPU of its own (qemu's is a Cortex-A15, 32-bit).
+            Arch::Aarch64 => &["-machine", "virt", "-cpu", "cortex-a72"],
+        }
+    }
+
+    fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+
+    fn kernel_root(self) -> &'static str {
+        match self {
+            Arch::X86_64 => KERNEL_ROOT,
+            Arch::Aarch64 => KERNEL_ROOT_ARM64,
+        }
+    }
+
+    fn busybox(self) -> PathBuf {
+        match self {
+            Arch::X86_64 => PathBuf::from(BUSYBOX),
+            Arch::Aarch64 => Path::new(KERNEL_ROOT_ARM64).join("busybox/bin/busybox"),
+        }
+    }
+
+    /// The kernel modules the guest shell's virtio port needs (relative to the module tree's
+    /// `kernel/`), for [`Initramfs::add_modules`]: Debian's arm64 kernel has the virtio core
+    /// built in, the amd64 one has it as modules.
+    pub fn shell_modules(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &SHELL_MODULES,
+            Arch::Aarch64 => &SHELL_MODULES[2..],
+        }
+    }
+
+    /// Rust's name for the target (`x86_64`, `aarch64`), as in target triples.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
 
 /// Why a VM could not be prepared or started.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +133,15 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Finds the kernel under [`KERNEL_ROOT`].
+    /// Finds the amd64 kernel under [`KERNEL_ROOT`].
     pub fn find() -> Result<Kernel, VmError> {
-        let root = Path::new(KERNEL_ROOT);
+        Kernel::find_arch(Arch::X86_64)
+    }
+
+    /// Finds the kernel for `arch` ([`KERNEL_ROOT`] or [`KERNEL_ROOT_ARM64`]).
+    pub fn find_arch(arch: Arch) -> Result<Kernel, VmError> {
+        let root = Path::new(arch.kernel_root());
+        let root_name = arch.kernel_root();
         let image = std::fs::read_dir(root.join("boot"))
             .ok()
             .and_then(|rd| {
@@ -62,7 +150,7 @@ impl Kernel {
                         .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
                 })
             })
-            .ok_or_else(|| VmError::Missing(format!("no kernel under {KERNEL_ROOT}/boot")))?;
+            .ok_or_else(|| VmError::Missing(format!("no kernel under {root_name}/boot")))?;
         let version = image
             .file_name()
             .map(|n| {
@@ -96,18 +184,60 @@ pub fn require() -> bool {
         )
 }
 
+/// [`require`] for a guest of `arch`: for arm64 also qemu-system-aarch64, the unpacked arm64
+/// kernel and busybox, and the arm64 glibc the cross-built programs load.
+pub fn require_arch(arch: Arch) -> bool {
+    use crate::require::{needs, needs_command};
+    if arch == Arch::X86_64 {
+        return require();
+    }
+    needs_command(arch.qemu(), arch.qemu_package())
+        && needs_command("cpio", "Debian package cpio")
+        && needs(
+            "busybox-arm64",
+            "Debian's arm64 busybox-static, unpacked by scripts/install-test-deps.sh",
+            if arch.busybox().is_file() {
+                Ok(())
+            } else {
+                Err(format!("{} is missing", arch.busybox().display()))
+            },
+        )
+        && needs(
+            "vm-kernel-arm64",
+            "Debian's arm64 linux-image-6.1 package, unpacked by scripts/install-test-deps.sh",
+            Kernel::find_arch(arch)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        )
+        && needs(
+            "arm64-libc",
+            "Debian package libc6-arm64-cross",
+            if Path::new(ARM64_SYSROOT).join("lib/libc.so.6").is_file() {
+                Ok(())
+            } else {
+                Err(format!("{ARM64_SYSROOT}/lib/libc.so.6 is missing"))
+            },
+        )
+}
+
 /// An initramfs being assembled in a temporary directory.
 #[derive(Debug)]
 pub struct Initramfs {
     dir: tempfile::TempDir,
+    arch: Arch,
 }
 
 impl Initramfs {
-    /// An initramfs with busybox (`/bin/busybox`, applets installed by `/init`).
+    /// An amd64 initramfs with busybox (`/bin/busybox`, applets installed by `/init`).
     pub fn new() -> Result<Initramfs, VmError> {
+        Initramfs::new_arch(Arch::X86_64)
+    }
+
+    /// An initramfs for `arch` with that architecture's busybox at `/bin/busybox`.
+    pub fn new_arch(arch: Arch) -> Result<Initramfs, VmError> {
         let dir = tempfile::tempdir().map_err(step("temporary directory"))?;
-        let me = Initramfs { dir };
-        me.add_file(Path::new(BUSYBOX), "bin/busybox", 0o755)?;
+        let me = Initramfs { dir, arch };
+        me.add_file(&arch.busybox(), "bin/busybox", 0o755)?;
         for d in ["dev", "proc", "sys", "tmp", "lib/modules"] {
             std::fs::create_dir_all(me.root().join(d)).map_err(step("mkdir"))?;
         }
@@ -144,8 +274,12 @@ impl Initramfs {
     }
 
     /// Copies a dynamically linked program and the shared libraries `ldd` names, at the
-    /// same paths, so it runs in the VM as on the host.
+    /// same paths, so it runs in the VM as on the host. For an arm64 initramfs the program is
+    /// a cross-built one: see [`Initramfs::add_arm64_program`].
     pub fn add_program(&self, src: &Path, dst: &str) -> Result<(), VmError> {
+        if self.arch == Arch::Aarch64 {
+            return self.add_arm64_program(src, dst);
+        }
         self.add_file(src, dst, 0o755)?;
         // A debug build carries tens of MiB of debug info the initramfs has no room for.
         let _ = Command::new("strip")
@@ -162,6 +296,61 @@ impl Initramfs {
                 .filter(|s| s.starts_with('/'));
             if let Some(lib) = lib {
                 self.add_file(Path::new(lib), lib.trim_start_matches('/'), 0o755)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a cross-built arm64 program and the libraries it needs from the arm64 glibc
+    /// (`/usr/aarch64-linux-gnu/lib`, Debian `libc6-arm64-cross`) to `/lib`, where the
+    /// program's interpreter (`/lib/ld-linux-aarch64.so.1`) and its default search path find
+    /// them. The host's `ldd` cannot run an arm64 program, so the libraries are the ELF's
+    /// `DT_NEEDED` entries (read with `aarch64-linux-gnu-readelf`), followed transitively.
+    pub fn add_arm64_program(&self, src: &Path, dst: &str) -> Result<(), VmError> {
+        self.add_file(src, dst, 0o755)?;
+        let _ = Command::new("aarch64-linux-gnu-strip")
+            .arg("--strip-debug")
+            .arg(self.root().join(dst))
+            .status();
+        let lib = Path::new(ARM64_SYSROOT).join("lib");
+        let mut todo: Vec<PathBuf> = vec![src.to_path_buf(), lib.join("ld-linux-aarch64.so.1")];
+        let mut done: Vec<String> = Vec::new();
+        while let Some(elf) = todo.pop() {
+            let out = Command::new("aarch64-linux-gnu-readelf")
+                .arg("-d")
+                .arg(&elf)
+                .output()
+                .map_err(|e| {
+                    VmError::Missing(format!(
+                        "aarch64-linux-gnu-readelf ({e}): Debian package binutils-aarch64-linux-gnu"
+                    ))
+                })?;
+            // " 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]"
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            for name in text
+                .lines()
+                .filter(|l| l.contains("(NEEDED)"))
+                .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+                .map(str::to_string)
+                .chain(
+                    (elf == lib.join("ld-linux-aarch64.so.1"))
+                        .then(|| "ld-linux-aarch64.so.1".to_string()),
+                )
+            {
+                if done.contains(&name) {
+                    continue;
+                }
+                let from = lib.join(&name);
+                if !from.exists() {
+                    return Err(VmError::Missing(format!(
+                        "{} needs {name}, not in {}: install the Debian arm64 cross package that has it",
+                        elf.display(),
+                        lib.display()
+                    )));
+                }
+                self.add_file(&from, &format!("lib/{name}"), 0o755)?;
+                todo.push(from);
+                done.push(name);
             }
         }
         Ok(())
@@ -244,24 +433,31 @@ impl Vm {
     /// Boots the VM (`-no-reboot`: a reset, by the guest or the watchdog, stops qemu after
     /// its events were sent, so nothing runs twice).
     pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
-        Vm::launch(cfg, false)
+        Vm::launch(cfg, false, Arch::X86_64)
+    }
+
+    /// [`Vm::start_with_shell`] for a guest of `arch` (its kernel and initramfs must be of
+    /// that architecture: [`Kernel::find_arch`], [`Initramfs::new_arch`]). On arm64 the
+    /// watchdog, if any, is the same PCI i6300esb on the `virt` machine's PCIe bus (Debian's
+    /// arm64 kernel builds `i6300esb.ko` too).
+    pub fn start_with_shell_arch(cfg: &VmConfig, arch: Arch) -> Result<Vm, VmError> {
+        Vm::launch(cfg, true, arch)
     }
 
     /// Boots the VM with a virtio serial port (the guest's `/dev/vport0p1`) on a Unix socket,
     /// for a guest shell the test drives with [`Vm::shell`]: the initramfs carries
     /// [`SHELL_MODULES`] and its `/init` runs [`SHELL_INIT`].
     pub fn start_with_shell(cfg: &VmConfig) -> Result<Vm, VmError> {
-        Vm::launch(cfg, true)
+        Vm::launch(cfg, true, Arch::X86_64)
     }
 
-    fn launch(cfg: &VmConfig, shell: bool) -> Result<Vm, VmError> {
+    fn launch(cfg: &VmConfig, shell: bool, arch: Arch) -> Result<Vm, VmError> {
         let dir = tempfile::tempdir().map_err(step("temporary directory"))?;
         let console = dir.path().join("console.log");
         let qmp = dir.path().join("qmp.sock");
-        let mut args: Vec<String> = vec![
-            QEMU.into(),
-            "-machine".into(),
-            "q35".into(),
+        let mut args: Vec<String> = vec![arch.qemu().into()];
+        args.extend(arch.machine().iter().map(|a| a.to_string()));
+        args.extend::<Vec<String>>(vec![
             "-m".into(),
             "256".into(),
             "-display".into(),
@@ -278,8 +474,8 @@ impl Vm {
             "-initrd".into(),
             cfg.initrd.display().to_string(),
             "-append".into(),
-            format!("console=ttyS0 panic=-1 {}", cfg.append),
-        ];
+            format!("console={} panic=-1 {}", arch.console(), cfg.append),
+        ]);
         // Software emulation only: /dev/kvm exists on these machines but a guest started
         // with -enable-kvm never printed a line (nested virtualisation); TCG boots in ~3 s.
         for d in &cfg.disks {

@@ -155,8 +155,21 @@ impl std::fmt::Debug for Disk {
 }
 
 // From <linux/fs.h>: BLKSSZGET = _IO(0x12, 104) (an int), BLKGETSIZE64 = _IOR(0x12, 114, size_t).
-const BLKSSZGET: u64 = 0x1268;
-const BLKGETSIZE64: u64 = 0x8008_1272;
+// The ioctl encoding is per architecture (asm-generic on x86-64 and arm64; powerpc, mips and
+// sparc put the direction bits elsewhere), so BLKSSZGET comes from libc's per-arch table and
+// BLKGETSIZE64, which libc lacks, is only defined where the asm-generic encoding holds.
+const BLKSSZGET: libc::Ioctl = libc::BLKSSZGET;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("BLKGETSIZE64: add this architecture's ioctl encoding (asm-generic covers x86-64 and arm64)");
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const BLKGETSIZE64: u64 = asm_generic_ior(0x12, 114, std::mem::size_of::<libc::size_t>() as u64);
+
+/// `_IOR(type, nr, size)` in the asm-generic encoding: read direction (2) in bits 30-31, the
+/// argument's size in bits 16-29, the type in bits 8-15, the number in bits 0-7.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const fn asm_generic_ior(ty: u64, nr: u64, size: u64) -> u64 {
+    (2 << 30) | (size << 16) | (ty << 8) | nr
+}
 
 struct Opened {
     file: File,
@@ -541,4 +554,17 @@ impl BlockDevice for MemDisk {
 /// A deadline `timeout` from now.
 pub fn deadline_in(timeout: Duration) -> Instant {
     Instant::now() + timeout
+}
+
+#[cfg(test)]
+mod ioctl_tests {
+    use super::*;
+
+    #[test]
+    fn block_ioctl_numbers_are_the_kernels_on_this_architecture() {
+        // <linux/fs.h> as the kernel headers expand it on x86-64 and arm64 (size_t is 8 bytes
+        // on both); this test runs on arm64 under qemu-aarch64 in scripts/test.sh.
+        assert_eq!(BLKSSZGET as u64, 0x1268);
+        assert_eq!(BLKGETSIZE64, 0x8008_1272);
+    }
 }
