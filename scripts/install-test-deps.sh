@@ -35,7 +35,9 @@ set -euo pipefail
 #   gpiod         -> gpioset, gpioinfo (libgpiod's tools: in the relay VM test, another process
 #                    holding a GPIO line, and the lines' holders)
 #   chromium, chromium-driver -> headless Chromium and ChromeDriver (fenced/tests/status_page.rs)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver)
+#   prometheus    -> promtool (checks and unit-tests packaging/prometheus/palisade.rules.yml in
+#                    fenced/tests/metrics_scrape.rs; Debian ships promtool only in this package)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver prometheus)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -184,7 +186,8 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   systemd-analyze:systemd script:bsdutils openssl:openssl python3:python3 \
   aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user \
   /usr/bin/gpioset:gpiod /usr/bin/gpioinfo:gpiod /usr/bin/chromium:chromium \
-  /usr/bin/chromedriver:chromium-driver mmdebstrap:mmdebstrap lintian:lintian dpkg-shlibdeps:dpkg-dev; do
+  /usr/bin/chromedriver:chromium-driver mmdebstrap:mmdebstrap lintian:lintian dpkg-shlibdeps:dpkg-dev \
+  promtool:prometheus; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
