@@ -11,12 +11,16 @@
 # maintainer scripts are written in the shape dh_installsystemd/dh_installsysusers generate.
 #
 # Package names use '-' where the binaries use '_' (Debian package names cannot hold '_').
-# PALISADE_DEB_VERSION overrides the version (the upgrade test builds a second one).
+# PALISADE_DEB_VERSION overrides the version (the upgrade test builds an older one).
+# PALISADE_DEB_PROFILE picks the cargo profile (default `deb`: see Cargo.toml).
+# PALISADE_DEB_ARCHES limits the architectures ("amd64", "arm64" or "amd64 arm64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=${1:-target/debian}
 version=${PALISADE_DEB_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
+profile=${PALISADE_DEB_PROFILE:-deb}
+target_dir=${CARGO_TARGET_DIR:-target}
 deb=packaging/debian
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -26,11 +30,15 @@ docs=$(mktemp -d)
 trap 'rm -rf "$docs" "${stage:-}"' EXIT
 cargo run --quiet --locked -p packaging --bin palisade-docs -- "$docs" >/dev/null
 
-arches=(amd64)
-if command -v aarch64-linux-gnu-gcc >/dev/null && rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
-  arches+=(arm64)
+if [[ -n ${PALISADE_DEB_ARCHES:-} ]]; then
+  read -ra arches <<<"$PALISADE_DEB_ARCHES"
 else
-  echo "build-debs: arm64 skipped (needs gcc-aarch64-linux-gnu and rustup target aarch64-unknown-linux-gnu)"
+  arches=(amd64)
+  if command -v aarch64-linux-gnu-gcc >/dev/null && rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+    arches+=(arm64)
+  else
+    echo "build-debs: arm64 skipped (needs gcc-aarch64-linux-gnu and rustup target aarch64-unknown-linux-gnu)"
+  fi
 fi
 
 # install_file SRC DEST MODE: DEST is relative to the package root.
@@ -40,23 +48,25 @@ install_file() { install -D -m "$3" "$1" "$stage/$2"; }
 rules=packaging/prometheus/palisade.rules.yml
 
 for arch in "${arches[@]}"; do
+  # The cross linker and C compiler (ring) for arm64 come from .cargo/config.toml.
+  # shlib_dirs: where dpkg-shlibdeps finds the target's libraries (Debian's cross libc).
   case $arch in
-    amd64) triple=x86_64-unknown-linux-gnu ;;
-    arm64)
-      triple=aarch64-unknown-linux-gnu
-      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-      export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-      ;;
+    amd64) triple=x86_64-unknown-linux-gnu shlib_dirs=() ;;
+    arm64) triple=aarch64-unknown-linux-gnu shlib_dirs=(-l/usr/aarch64-linux-gnu/lib) ;;
+    *) echo "build-debs: unknown architecture $arch (amd64 or arm64)" >&2; exit 2 ;;
   esac
-  # The host's own target builds into target/release (shared with every other release build).
+  # The host's own target builds into target/PROFILE, where the workspace's other builds of
+  # that profile go.
   target_args=(--target "$triple")
-  bin=target/$triple/release
+  bin=$target_dir/$triple/$profile
   if [[ $triple == "$(rustc -vV | sed -n 's/^host: //p')" ]]; then
     target_args=()
-    bin=target/release
+    bin=$target_dir/$profile
   fi
-  cargo build --release --locked "${target_args[@]}" -p fenced -p watchdog \
+  t0=$SECONDS
+  cargo build --profile "$profile" --locked "${target_args[@]}" -p fenced -p watchdog \
     --bin fenced --bin fence_node --bin fence_palisade --bin palisade-sbd
+  echo "build-debs: $arch binaries ($profile profile) ready in $((SECONDS - t0)) s"
 
   for pkg in fenced fence-node fence-palisade palisade-sbd; do
     stage=$(mktemp -d)
@@ -110,8 +120,21 @@ for arch in "${arches[@]}"; do
     shl=$(mktemp -d)
     mkdir -p "$shl/debian"
     printf 'Source: palisade\n\nPackage: %s\nArchitecture: any\n' "$pkg" >"$shl/debian/control"
-    shlibs=$(cd "$shl" && dpkg-shlibdeps -O -x"$pkg" "$stage"/usr/sbin/* 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+    # A cross build's libraries belong to Debian's *-arm64-cross packages on this host; on
+    # the target they are the plain packages (libc6, libgcc-s1), so the suffix goes.
+    # Its one expected warning (the binaries are not under debian/PACKAGE) is dropped.
+    if ! shlibs=$(cd "$shl" && DEB_HOST_ARCH=$arch dpkg-shlibdeps -O -x"$pkg" "${shlib_dirs[@]}" "$stage"/usr/sbin/* 2>"$shl/stderr"); then
+      cat "$shl/stderr" >&2
+      echo "build-debs: dpkg-shlibdeps failed for $pkg ($arch); for arm64 it needs libc6-dev-arm64-cross" >&2
+      exit 1
+    fi
+    grep -v "binaries to analyze should already be installed in their package's directory" "$shl/stderr" >&2 || true
+    shlibs=$(sed -n "s/^shlibs:Depends=//; T; s/-$arch-cross//g; p" <<<"$shlibs")
     rm -rf "$shl"
+    if [[ $shlibs != *libc6* ]]; then
+      echo "build-debs: dpkg-shlibdeps found no libc6 dependency for $pkg ($arch): '$shlibs'" >&2
+      exit 1
+    fi
 
     mkdir -p "$stage/DEBIAN"
     for f in conffiles postinst prerm postrm; do
@@ -120,7 +143,7 @@ for arch in "${arches[@]}"; do
     (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
     size=$(du -k -s --exclude=DEBIAN "$stage" | cut -f1)
     sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@INSTALLED_SIZE@/$size/" \
-      -e "s/@SHLIBS@/${shlibs:-libc6}/" "$deb/$pkg/control" >"$stage/DEBIAN/control"
+      -e "s/@SHLIBS@/$shlibs/" "$deb/$pkg/control" >"$stage/DEBIAN/control"
     find "$stage" -type d -exec chmod 0755 {} +
     dpkg-deb --root-owner-group -Zxz --build "$stage" "$out/${pkg}_${version}_${arch}.deb" >/dev/null
     rm -rf "$stage"

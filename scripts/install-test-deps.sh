@@ -37,7 +37,9 @@ set -euo pipefail
 #   chromium, chromium-driver -> headless Chromium and ChromeDriver (fenced/tests/status_page.rs)
 #   telnet        -> fence_wti's telnet path (hw-tests/tests/serial_pdu_peers.rs: fence_wti
 #                    fences an outlet of the simulated WTI console's TCP form)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver telnet)
+#   prometheus    -> promtool (checks and unit-tests packaging/prometheus/palisade.rules.yml in
+#                    fenced/tests/metrics_scrape.rs; Debian ships promtool only in this package)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver telnet prometheus)
 # redfishtool (DMTF's CLI) -> hw-tests/tests/profile_peers.rs lists and resets the lab's profiles
 packages+=(redfishtool)
 
@@ -203,7 +205,7 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user \
   /usr/bin/gpioset:gpiod /usr/bin/gpioinfo:gpiod /usr/bin/chromium:chromium \
   /usr/bin/chromedriver:chromium-driver mmdebstrap:mmdebstrap lintian:lintian dpkg-shlibdeps:dpkg-dev \
-  /usr/sbin/fence_wti:fence-agents /usr/bin/telnet:telnet; do
+  /usr/sbin/fence_wti:fence-agents /usr/bin/telnet:telnet promtool:prometheus; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
