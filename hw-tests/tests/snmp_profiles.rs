@@ -228,8 +228,7 @@ fn net_snmp_walks_gets_and_sets_each_profile_by_its_vendor_mib_oids() {
         let o = run("snmpset", &["-v2c", "-c", rw, &addr, &off, "i", m.off]);
         assert!(o.status.success(), "{}: {}", m.profile, out(&o));
         let seen = wait_state(&addr, ro, &state, m.state_off);
-        if let Some((pending_off, _)) =
-            drivers::pdu::model::by_name(p.model).unwrap().state_pending
+        if let Some((pending_off, _)) = drivers::pdu::model::by_name(p.model).unwrap().state_pending
         {
             assert!(
                 seen.contains(&pending_off.to_string()),
@@ -295,7 +294,11 @@ fn delayed_commands_wait_and_can_be_cancelled_as_the_mibs_say() {
     assert!(o.status.success(), "{}", out(&o));
     assert_eq!(get(&a, "public", "1.3.6.1.4.1.318.1.1.12.3.5.1.1.5.3"), "2");
     std::thread::sleep(Duration::from_millis(3200));
-    assert_eq!(apc.outlet_on(3), Some(true), "the cancelled delayedOff never acted");
+    assert_eq!(
+        apc.outlet_on(3),
+        Some(true),
+        "the cancelled delayedOff never acted"
+    );
     // Eaton: off after 30 s reads pendingOff(2) and the countdown; -1 cancels.
     let eaton = &labs.lab("eaton").pdus()[0];
     let e = eaton.addr().to_string();
@@ -422,7 +425,10 @@ fn clusterlabs_fence_agents_against_their_profiles() {
             "-d",
             "2c",
         ];
-        let o = run(agent, &[&base[..], &["--plug", "db2-psu1", "-o", "off"]].concat());
+        let o = run(
+            agent,
+            &[&base[..], &["--plug", "db2-psu1", "-o", "off"]].concat(),
+        );
         assert!(
             o.status.success() && out(&o).contains("Powered OFF"),
             "{agent}: {}",

@@ -669,18 +669,17 @@ impl Agent {
             if let Some(col) = p.command_pending {
                 // outletStatusCommandPending(1), outletStatusNoCommandPending(2).
                 let pending = if o.going_on.is_some() { 1 } else { 2 };
-                mib.insert(
-                    model::oid(col).child(&[n]),
-                    Value::Integer(pending),
-                );
+                mib.insert(model::oid(col).child(&[n]), Value::Integer(pending));
             }
             if p.seconds_commands {
                 // Eaton: the countdown of a pending command in seconds, -1 if none.
-                let left = o
-                    .node
-                    .next_change()
-                    .map(|at| i64::try_from(at.saturating_duration_since(now).as_secs()).unwrap_or(0));
-                for (col, dir) in [(m.control, false), (m.control_on.unwrap_or(m.control), true)] {
+                let left = o.node.next_change().map(|at| {
+                    i64::try_from(at.saturating_duration_since(now).as_secs()).unwrap_or(0)
+                });
+                for (col, dir) in [
+                    (m.control, false),
+                    (m.control_on.unwrap_or(m.control), true),
+                ] {
                     let v = match (o.going_on, left) {
                         (Some(d), Some(s)) if d == dir => s,
                         _ => -1,
@@ -714,18 +713,27 @@ impl Agent {
             };
         }
         if c == m.command_on && on_col {
-            return Some(Command::Switch { on: true, after: None });
+            return Some(Command::Switch {
+                on: true,
+                after: None,
+            });
         }
         if c == m.command_off && off_col {
-            return Some(Command::Switch { on: false, after: None });
+            return Some(Command::Switch {
+                on: false,
+                after: None,
+            });
         }
         if p.cancel == Some(c) {
             return Some(Command::Cancel);
         }
-        p.delayed.iter().find(|d| d.value == c).map(|d| Command::Switch {
-            on: d.on,
-            after: Some(d.after),
-        })
+        p.delayed
+            .iter()
+            .find(|d| d.value == c)
+            .map(|d| Command::Switch {
+                on: d.on,
+                after: Some(d.after),
+            })
     }
 
     /// Answers one PDU (after authentication). `v1` selects v1 error conventions; a
@@ -834,7 +842,11 @@ impl Agent {
                         let n32 = n as u32;
                         let (on_oid, _) = m.command(n32, true);
                         let (off_oid, _) = m.command(n32, false);
-                        (on_oid == *oid || off_oid == *oid).then_some((n, on_oid == *oid, off_oid == *oid))
+                        (on_oid == *oid || off_oid == *oid).then_some((
+                            n,
+                            on_oid == *oid,
+                            off_oid == *oid,
+                        ))
                     });
                     let named = (1..=count).find(|n| m.name_oid(*n as u32) == *oid);
                     let command = match (control, value) {
