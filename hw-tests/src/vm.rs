@@ -205,9 +205,7 @@ pub fn require_arch(arch: Arch) -> bool {
         && needs(
             "vm-kernel-arm64",
             "Debian's arm64 linux-image-6.1 package, unpacked by scripts/install-test-deps.sh",
-            Kernel::find_arch(arch)
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            Kernel::find_arch(arch).map(drop).map_err(|e| e.to_string()),
         )
         && needs(
             "arm64-libc",

@@ -101,7 +101,10 @@ fn release_daemons_footprint_in_a_vm() {
     fs.add_program(&sbd, "bin/palisade-sbd").unwrap();
     fs.add_modules(&kernel, arch.shell_modules()).unwrap();
     // Debian's amd64 kernel has the watchdog core as a module, the arm64 one builds it in.
-    let mut modules = vec!["drivers/block/virtio_blk.ko", "drivers/watchdog/i6300esb.ko"];
+    let mut modules = vec![
+        "drivers/block/virtio_blk.ko",
+        "drivers/watchdog/i6300esb.ko",
+    ];
     if kernel
         .modules
         .join("kernel/drivers/watchdog/watchdog.ko")

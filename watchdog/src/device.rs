@@ -70,7 +70,9 @@ pub trait WatchdogDevice {
 // That is the encoding on x86-64 and arm64; powerpc, mips and sparc place the direction bits
 // differently, so other architectures must not build with these numbers.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("watchdog ioctls: add this architecture's ioctl encoding (asm-generic covers x86-64 and arm64)");
+compile_error!(
+    "watchdog ioctls: add this architecture's ioctl encoding (asm-generic covers x86-64 and arm64)"
+);
 const fn ioc(dir: u64, nr: u64, size: u64) -> u64 {
     (dir << 30) | (size << 16) | ((b'W' as u64) << 8) | nr
 }

@@ -160,7 +160,9 @@ impl std::fmt::Debug for Disk {
 // BLKGETSIZE64, which libc lacks, is only defined where the asm-generic encoding holds.
 const BLKSSZGET: libc::Ioctl = libc::BLKSSZGET;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("BLKGETSIZE64: add this architecture's ioctl encoding (asm-generic covers x86-64 and arm64)");
+compile_error!(
+    "BLKGETSIZE64: add this architecture's ioctl encoding (asm-generic covers x86-64 and arm64)"
+);
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BLKGETSIZE64: u64 = asm_generic_ior(0x12, 114, std::mem::size_of::<libc::size_t>() as u64);
 
