@@ -566,7 +566,7 @@ mod ioctl_tests {
     fn block_ioctl_numbers_are_the_kernels_on_this_architecture() {
         // <linux/fs.h> as the kernel headers expand it on x86-64 and arm64 (size_t is 8 bytes
         // on both); this test runs on arm64 under qemu-aarch64 in scripts/test.sh.
-        assert_eq!(BLKSSZGET as u64, 0x1268);
+        assert_eq!(BLKSSZGET, 0x1268);
         assert_eq!(BLKGETSIZE64, 0x8008_1272);
     }
 }
