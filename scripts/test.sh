@@ -62,7 +62,7 @@ fi
 # cross-build costs many minutes on 2 cores (scripts/arm64-figures.sh does that), and what this
 # gates is that the code builds and the tests pass on arm64. On by default; ARM64=0 skips it.
 # Cost from cold (no arm64 artifacts), measured on 2 cores shared with five other builds: bins
-# 9 m 22 s, test binaries 5 m 29 s, tests 42 s wall; 8.2 min of CPU in all (docs/arm64.md).
+# 9 m 22 s, test binaries 5 m 29 s, tests 42 s wall; 8.2 min of CPU in all.
 if [ "${ARM64:-1}" != 0 ]; then
   echo "== arm64: cross-build the daemons, unit tests under qemu-aarch64"
   cargo build --locked --target aarch64-unknown-linux-gnu -p fenced -p watchdog --bins
