@@ -326,6 +326,7 @@ fn help_lists_every_profile_and_knob() {
         let given = match *k {
             "latency" => "latency=5".to_string(),
             "drop" => "drop=0.1".to_string(),
+            "slow-line" => "slow-line=5".to_string(),
             k => k.to_string(),
         };
         given
