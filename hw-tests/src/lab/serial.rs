@@ -1408,7 +1408,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&out).ends_with("NPS> "), "{out:?}");
         // fence_wti's lowercase form.
         type_in(&mut c, "/off 2,y\r\n");
-        assert_eq!(s.states()[1].2, false);
+        assert!(!s.states()[1].2);
         let out = type_in(&mut c, "/S\r\n");
         let r = parse_status(&WTI_NPS, &out);
         assert_eq!(r.state_of("1"), Ok(PowerState::On));
