@@ -432,3 +432,50 @@ fn fenced_run_refuses_a_line_the_board_does_not_have_before_serving() {
         "fenced must not serve"
     );
 }
+
+/// A serial-pdu config on `board` with its console on `port`.
+fn serial_board_config(dir: &Path, board: &str, port: &str) -> PathBuf {
+    let p = dir.join("serial.toml");
+    let d = dir.display();
+    std::fs::write(
+        &p,
+        format!(
+            "board = \"{board}\"\n[daemon]\nsocket = \"{d}/fenced.sock\"\nhistory = \"{d}/history.redb\"\nledger_key = \"{d}/ledger.key\"\n\n[devices.pdu-a]\nkind = \"serial-pdu\"\nmodel = \"wti\"\nport = \"{port}\"\nbaud = 9600\n\n[targets.node1]\nlevels = [[\"pdu-a:1\"]]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn check_config_refuses_a_serial_port_the_board_does_not_have_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The Pi 4's own UART and a USB adapter are fine.
+    for port in ["/dev/ttyAMA0", "/dev/ttyUSB0"] {
+        let o = check(&serial_board_config(dir.path(), "raspberry-pi-4", port));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{port}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // An x86 server's COM2 is not on a Pi 4: refused at the `port` line, naming port and board.
+    let cfg = serial_board_config(dir.path(), "raspberry-pi-4", "/dev/ttyS1");
+    let o = check(&cfg);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let line = line_of(&cfg, "port = ");
+    assert!(
+        err.contains(&format!(
+            "{}:{line}: devices.pdu-a.port: serial-pdu port: board `raspberry-pi-4` has no serial port /dev/ttyS1",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("/dev/ttyAMA0"),
+        "the board's ports are listed: {err}"
+    );
+}

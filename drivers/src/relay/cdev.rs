@@ -191,8 +191,9 @@ impl InputPin for CdevPin {
 mod tests {
     use super::*;
 
-    /// Without GPIO hardware (no /dev/gpiochip*, no gpio-sim here) only the refusal path can
-    /// run: a chip that does not exist is an error naming the chip and the line.
+    /// On the host (no GPIO chip; the host kernel has no gpio-sim) only the refusal path runs
+    /// here: a chip that does not exist is an error naming the chip and the line. Real lines
+    /// are driven in a VM with an out-of-tree gpio-sim (hw-tests/tests/relay_vm.rs).
     #[test]
     fn a_missing_chip_names_chip_and_line() {
         let chip = Path::new("/dev/gpiochip-palisade-missing");

@@ -407,8 +407,6 @@ impl DeviceCx<'_> {
     /// Checks that serial port `port` (the setting `field` of a device of kind `kind`) is one
     /// of the configured board's; without `board = "..."` any port passes. Every kind that
     /// talks over a serial port calls this from its `resolve`.
-    // The serial-pdu kind (issue 18) is the first caller; it lands from another branch.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn serial_port_on_board(
         &self,
         kind: &str,

@@ -192,6 +192,9 @@ impl SerialPduTable {
                 ),
             ));
         }
+        // A port the configured board does not have is refused here, at its line, rather
+        // than at the first fence (when the open fails and the node is not fenced).
+        cx.serial_port_on_board("serial-pdu", p, "port")?;
         let baud = match &self.baud {
             None => 9600,
             Some(b) if BAUDS.contains(b.get_ref()) => u32::try_from(*b.get_ref()).unwrap_or(9600),
