@@ -59,7 +59,7 @@ fi
 # arm64 fence controllers (issue 18): the daemons' binaries cross-build for aarch64, and the unit
 # tests of drivers, watchdog, boards and fenced's library run on arm64 under qemu user mode
 # (.cargo/config.toml sets the linker and the runner). A dev build: a fat-LTO release
-# cross-build costs many minutes on 2 cores (scripts/arm64-figures.sh does that), and what this
+# cross-build costs many minutes on 2 cores, and what this
 # gates is that the code builds and the tests pass on arm64. On by default; ARM64=0 skips it.
 # Cost from cold (no arm64 artifacts), measured on 2 cores shared with five other builds: bins
 # 9 m 22 s, test binaries 5 m 29 s, tests 42 s wall; 8.2 min of CPU in all.
