@@ -358,7 +358,21 @@ async fn a_port_held_by_another_process_is_refused_naming_the_holder() {
             .spawn()
             .unwrap(),
     );
-    // flock takes the lock right after it starts.
+    // Wait until flock really holds the lock: a device opened before that would take the
+    // lock itself and keep it (the race a loaded CI machine showed).
+    for _ in 0..250 {
+        let free = std::process::Command::new("flock")
+            .args(["--nonblock", "--exclusive"])
+            .arg(&tty)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success();
+        if !free {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let dev = device(&WTI_NPS, serial_endpoint(pdu, locks.path()));
     let mut last = String::new();
     for _ in 0..50 {
