@@ -352,7 +352,8 @@ async fn a_port_held_by_another_process_is_refused_naming_the_holder() {
     }
     let holder = Child(
         std::process::Command::new("flock")
-            .arg("--exclusive")
+            // --no-fork: flock execs sleep itself, so killing the child leaves nothing behind.
+            .args(["--exclusive", "--no-fork"])
             .arg(&tty)
             .args(["sleep", "60"])
             .spawn()
