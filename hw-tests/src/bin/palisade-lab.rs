@@ -286,6 +286,23 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Checks that every `--fault NODE:` names one of the PDUs pdu1..pduCOUNT (SNMP and serial labs
+/// name their PDUs the same way).
+fn pdu_fault_nodes_known(faults: &[FaultKnob], count: usize) -> Result<(), String> {
+    for node in faults.iter().filter_map(|k| k.node.as_ref()) {
+        let known = node
+            .strip_prefix("pdu")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| (1..=count).contains(&n));
+        if !known {
+            return Err(format!(
+                "--fault names `{node}`, but the PDUs are pdu1..pdu{count}; use one of those or leave the PDU out to apply the knob to all"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that every knob names one of node1..node`count`.
 fn check_knobs(faults: &[FaultKnob], count: usize) -> Result<(), String> {
     for knob in faults {
@@ -469,22 +486,8 @@ fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
             ),
         );
     };
-    for knob in &args.faults {
-        if let Some(node) = &knob.node {
-            let known = node
-                .strip_prefix("pdu")
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|n| (1..=args.count).contains(&n));
-            if !known {
-                return fail(
-                    2,
-                    format!(
-                        "--fault names `{node}`, but the PDUs are pdu1..pdu{}; use one of those or leave the PDU out to apply the knob to all",
-                        args.count
-                    ),
-                );
-            }
-        }
+    if let Err(msg) = pdu_fault_nodes_known(&args.faults, args.count) {
+        return fail(2, msg);
     }
     let mut spec = PduLabSpec::with_profile(args.count, args.outlets, profile);
     spec.model = model;
@@ -707,22 +710,8 @@ fn run_serial_pdu(args: SerialPduArgs) -> ExitCode {
             ),
         );
     };
-    for knob in &args.faults {
-        if let Some(node) = &knob.node {
-            let known = node
-                .strip_prefix("pdu")
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|n| (1..=args.count).contains(&n));
-            if !known {
-                return fail(
-                    2,
-                    format!(
-                        "--fault names `{node}`, but the PDUs are pdu1..pdu{}; use one of those or leave the PDU out to apply the knob to all",
-                        args.count
-                    ),
-                );
-            }
-        }
+    if let Err(msg) = pdu_fault_nodes_known(&args.faults, args.count) {
+        return fail(2, msg);
     }
     let mut spec = SerialLabSpec::new(args.count, args.outlets, model);
     spec.names = args.names.clone();
