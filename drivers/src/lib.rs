@@ -14,6 +14,7 @@ pub mod sbd;
 pub mod secret;
 pub mod serial_pdu;
 pub mod stdio;
+pub mod witness;
 
 pub use power::{
     DeviceError, FenceProof, Identity, Outlet, PillKind, PillReport, PowerCommand, PowerDevice,
