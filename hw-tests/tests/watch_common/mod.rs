@@ -95,6 +95,7 @@ pub fn start(disks: &[(PathBuf, Option<Arc<Throttle>>)], name: &str) -> Running 
         rules: Vec::new(),
         stop: Arc::clone(&stop),
         clock: watchdog::clock::system(),
+        heartbeat: true,
     };
     let (d2, mut r2) = (dog.clone(), rec.clone());
     let handle = std::thread::spawn(move || watch(cfg, || Ok(d2), &mut r2, &mut |_: &str| {}));
