@@ -243,7 +243,7 @@ fn a_disk_failing_or_hanging_mid_observation_gives_no_evidence() {
         &[&dev],
     ));
     // A record that no longer advances (written by a watcher that then stopped).
-    let w = start(&paths(&[dev.clone()]), "n1");
+    let w = start(&paths(std::slice::from_ref(&dev)), "n1");
     assert!(w.dog.fed_more(3, LONG));
     drop(w);
     for fault in [Fault::Error, Fault::Hang] {
@@ -281,7 +281,7 @@ fn figures_heartbeat_cost_and_time_to_silent() {
             .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
             .unwrap_or_default()
     };
-    let w = start(&paths(&[dev.clone()]), "n1");
+    let w = start(&paths(std::slice::from_ref(&dev)), "n1");
     assert!(w.dog.fed_more(3, LONG));
     let wit = DiskHeartbeatWitness::new(DiskHeartbeatConfig::new(&dev, "n1")).unwrap();
     let count = |dev: &Path| {
