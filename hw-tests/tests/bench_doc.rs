@@ -41,9 +41,9 @@ fn examples(doc: &str) -> Vec<Example> {
                 expected: Vec::new(),
             });
         } else {
-            let ex = out
-                .last_mut()
-                .unwrap_or_else(|| panic!("docs/bench.md:{}: output block before any example", i + 1));
+            let ex = out.last_mut().unwrap_or_else(|| {
+                panic!("docs/bench.md:{}: output block before any example", i + 1)
+            });
             assert!(
                 ex.expected.is_empty(),
                 "docs/bench.md:{}: two output blocks for one example",
@@ -77,7 +77,11 @@ fn line_matches(pattern: &str, line: &str) -> bool {
 
 fn run_example(ex: &Example, bin_dir: &Path) {
     let dir = tempfile::tempdir().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut child = Command::new("bash")
         .args(["-eu", "-o", "pipefail", "-c", &ex.script])
         .current_dir(dir.path())
@@ -193,7 +197,10 @@ fn every_example_of_the_bench_doc_runs_and_prints_what_the_doc_shows() {
 #[test]
 fn wildcard_lines_match_as_the_doc_says() {
     assert!(line_matches("a...c", "abbbc"));
-    assert!(line_matches("\"PowerState\":...\"On\"", "\"PowerState\": \"On\""));
+    assert!(line_matches(
+        "\"PowerState\":...\"On\"",
+        "\"PowerState\": \"On\""
+    ));
     assert!(!line_matches("a...c", "abbbd"));
     assert!(line_matches("exact", "exact"));
     assert!(!line_matches("exact", "exactly"));

@@ -712,7 +712,9 @@ fn control_lines() -> tokio::sync::mpsc::Receiver<String> {
             }
         });
     if let Err(e) = spawned {
-        drivers::errln!("palisade-lab: no control channel on stdin ({e}); faults only from --fault");
+        drivers::errln!(
+            "palisade-lab: no control channel on stdin ({e}); faults only from --fault"
+        );
     }
     rx
 }
