@@ -19,7 +19,7 @@ use hw_tests::require;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use watch_common::{pill, sbd_disks, start, wait_slot};
+use watch_common::{pill, sbd_disks, start, wait_slot, SbdWatcher};
 use watchdog::Outcome;
 
 const SBD: &str = "/usr/sbin/sbd";
@@ -175,7 +175,7 @@ fn sbd_dump_list_message_and_its_watcher_work_beside_our_heartbeats() {
     assert!(w.dog.fed_more(3, LONG));
     wait_slot(&v, "ours", LONG);
     // sbd's own watcher on the same disk, in the next slot.
-    let theirs = SbdWatcher::start(dev, "theirs");
+    let theirs = SbdWatcher::start(&[dev], "theirs");
     wait_slot(&v, "theirs", LONG);
     let dump = ok(&run(SBD, &["dump"], &[dev]));
     assert!(dump.contains("Number of slots    : 255"), "{dump}");
@@ -327,61 +327,4 @@ fn figures_heartbeat_cost_and_time_to_silent() {
         times[2],
         drivers::witness::disk::DEFAULT_SETTLE.as_millis()
     );
-}
-
-/// Debian's sbd watcher, started only the safe way (shared/PEERS.md), killed on drop.
-struct SbdWatcher {
-    pid: i32,
-    _dir: tempfile::TempDir,
-}
-
-impl SbdWatcher {
-    fn start(dev: &Path, node: &str) -> SbdWatcher {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("sbd.pid");
-        let st = Command::new(SBD)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("SBD_PACEMAKER", "no")
-            .env("SBD_SYNC_RESOURCE_STARTUP", "no")
-            .arg("-d")
-            .arg(dev)
-            .args(["-n", node, "-w", "/dev/null", "-Z", "-Z", "-p"])
-            .arg(&pidfile)
-            .arg("watch")
-            .status()
-            .unwrap();
-        assert!(st.success(), "sbd watch failed to start");
-        let t = Instant::now();
-        let pid = loop {
-            if let Some(p) = std::fs::read_to_string(&pidfile)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                break p;
-            }
-            assert!(t.elapsed() < LONG, "sbd wrote no pidfile");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        SbdWatcher { pid, _dir: dir }
-    }
-
-    fn alive(&self) -> bool {
-        // SAFETY: signal 0 only probes the pid.
-        let exists = unsafe { libc::kill(self.pid, 0) == 0 };
-        exists
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .map(|s| s.contains(") Z "))
-                .unwrap_or(true)
-    }
-}
-
-impl Drop for SbdWatcher {
-    fn drop(&mut self) {
-        // SAFETY: signalling the process group of the sbd we started.
-        unsafe {
-            libc::kill(-self.pid, libc::SIGKILL);
-            libc::kill(self.pid, libc::SIGKILL);
-        }
-    }
 }

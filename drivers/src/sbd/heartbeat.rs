@@ -510,16 +510,7 @@ mod tests {
     }
 
     fn header() -> Header {
-        Header {
-            slots: 255,
-            sector_size: SectorSize::S512,
-            timeout_watchdog: 5,
-            timeout_allocate: 2,
-            timeout_loop: 1,
-            timeout_msgwait: 10,
-            minor_version: 1,
-            uuid: [7; 16],
-        }
+        Header::for_tests([7; 16])
     }
 
     #[test]

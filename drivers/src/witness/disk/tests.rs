@@ -9,16 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const UUID: [u8; 16] = [7; 16];
 
 fn header() -> Header {
-    Header {
-        slots: 255,
-        sector_size: SectorSize::S512,
-        timeout_watchdog: 5,
-        timeout_allocate: 2,
-        timeout_loop: 1,
-        timeout_msgwait: 10,
-        minor_version: 1,
-        uuid: UUID,
-    }
+    Header::for_tests(UUID)
 }
 
 fn far() -> std::time::Instant {
