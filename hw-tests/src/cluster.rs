@@ -419,11 +419,30 @@ impl ClusterNode {
 
     /// Kills everything on the node; its processes are reaped when this returns.
     fn off(&self) -> Result<Transition, ClusterError> {
+        let init = self.node.holder_pid();
         let t = self.node.power_off()?;
         // Dead already: dropping only reaps them.
         lock(&self.corosync).take();
         for d in lock(&self.daemons).iter_mut() {
             d.running.take();
+        }
+        // The PID namespace's init finishes exiting once the others are reaped (just now):
+        // wait for that too, so no process of the node is left when this returns.
+        if let Some(pid) = init {
+            let until = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+            }) {
+                if Instant::now() > until {
+                    return Err(ClusterError::Timeout {
+                        what: format!("the init of {}'s PID namespace exiting", self.name()),
+                        waited: Duration::from_secs(10),
+                        last: format!("pid {pid} still runs"),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         Ok(t)
     }

@@ -286,7 +286,15 @@ impl LabNode {
         power.on = false;
         self.cgroup.kill()?;
         if let Some(mut holder) = power.holder.take() {
-            let _ = holder.child.wait();
+            // The init of a PID namespace finishes exiting only once every other process of
+            // the namespace is reaped, and those are reaped by their own owners (each
+            // `NodeProcess`): waiting here could wait for ever, so a thread reaps it. Nothing
+            // of the node runs any more (the group is empty).
+            if !matches!(holder.child.try_wait(), Ok(Some(_))) {
+                std::thread::spawn(move || {
+                    let _ = holder.child.wait();
+                });
+            }
         }
         Ok(if was_on {
             Transition::Changed
