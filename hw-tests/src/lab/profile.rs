@@ -2,8 +2,9 @@
 //! tables the Redfish and IPMI labs read (`palisade-lab redfish --profile idrac`).
 //!
 //! Each row says where the behaviour was reported. The sources are public issue trackers,
-//! cited by repository and number; a value no public source gave is marked "assumed" and is
-//! there so the profile exercises the code path, not as a claim about the vendor. Every
+//! cited by repository and number, and vendor and project documents, cited by title; a value
+//! no public source gave says "no public source found" and why it was chosen: it is there so
+//! the profile exercises the code path, not as a claim about the vendor. Every
 //! behaviour can also be forced on any profile with a knob, so a test never depends on a
 //! vendor being exactly like its row.
 
@@ -105,7 +106,8 @@ pub const REDFISH_PROFILES: &[RedfishProfile] = &[
             "PushPowerButton",
             "Nmi",
         ],
-        // Assumed: no public figure; a forced off of a PowerEdge takes about a second.
+        // No public source found for how long iDRAC reports the old state after a ForceOff;
+        // chosen: 1 s, long enough that a fencer must poll at least once.
         transition: Duration::from_millis(1000),
         // "Server is already powered ON." answered 409, MessageId IDRAC.*.PSU501
         // (dell/dellemc-openmanage-ansible-modules#132); ForceOff of a server already off
@@ -141,14 +143,18 @@ pub const REDFISH_PROFILES: &[RedfishProfile] = &[
             "PushPowerButton",
             "GracefulRestart",
         ],
-        // Assumed: no public figure.
+        // No public source found for iLO's transition time; chosen: 1.5 s, between iDRAC's
+        // and OpenBMC's rows, so the profiles poll different numbers of times.
         transition: Duration::from_millis(1500),
         // 400 with iLO.*.InvalidOperationForSystemState when power is off
         // (goldyfruit/ansible-ilo#1, HewlettPackard/python-redfish-utility#72); a fencer
         // that took that 400 as a failure left hosts stuck in Fencing (apache/cloudstack#12921).
         same_state_status: Some(400),
         same_state_message: "iLO.2.15.InvalidOperationForSystemState",
-        // Assumed: no public figure found; a handful, as on iDRAC.
+        // iLO "accepts a limited number of sessions" and reaching it blocks management until
+        // sessions time out (HPE, "Managing iLO sessions with Redfish", developer.hpe.com,
+        // 2018, updated 2024), but no public source found gives the number; chosen: 8, as
+        // the idrac row, and 503 as iDRAC answers.
         max_sessions: 8,
         session_limit_status: 503,
         early_completed_task: false,
@@ -183,8 +189,9 @@ pub const REDFISH_PROFILES: &[RedfishProfile] = &[
         transition: Duration::from_millis(3000),
         same_state_status: None,
         same_state_message: "",
-        // Assumed: bmcweb's limit is larger; 4 exercises a small limit
-        // (openbmc/openbmc-test-automation#2045 tests the threshold).
+        // bmcweb has a session threshold that its test suite exercises
+        // (openbmc/openbmc-test-automation#2045, #2046), but no public source found gives
+        // the number; chosen: 4, a small limit, so mass-fencing tests meet it.
         max_sessions: 4,
         session_limit_status: 503,
         early_completed_task: false,
@@ -210,17 +217,20 @@ pub const REDFISH_PROFILES: &[RedfishProfile] = &[
             "Nmi",
             "ForceOn",
         ],
-        // Assumed: no public figure.
+        // No public source found for the X12's transition time; chosen: 2 s.
         transition: Duration::from_millis(2000),
         same_state_status: None,
         same_state_message: "",
-        // Assumed: a handful.
+        // No public source found for the Redfish session limit (the only Supermicro figure
+        // found, GraphicalConsole MaxConcurrentSessions 4 on a P9DSU BMC in
+        // xcat2/xcat-core#5969, counts KVM sessions); chosen: 4, a small limit.
         max_sessions: 4,
         session_limit_status: 503,
         // Success reported before the operation completes: "power on/off commands are open
         // loop" (chaos/powerman#33), "Redfish returns success ... before it actually
         // completes" (ibm-openbmc/dev#3595), a reset task "Completed" at once
-        // (device-management-toolkit/console#1051). Assumed for Supermicro specifically.
+        // (device-management-toolkit/console#1051). No public source found that names
+        // Supermicro for it; chosen for this profile so one profile exercises the quirk.
         early_completed_task: true,
     },
     // Lenovo XClarity Controller.
@@ -244,12 +254,15 @@ pub const REDFISH_PROFILES: &[RedfishProfile] = &[
             "ForceOff",
             "ForceRestart",
         ],
-        // Assumed: no public figure.
+        // No public source found for the XCC's transition time; chosen: 2 s.
         transition: Duration::from_millis(2000),
-        // Assumed (as iLO's, from the same standard message registry): no public XCC report.
+        // No public source found for what the XCC answers to a reset into the current state
+        // (lenovo/python-redfish-lenovo#308 shows its errors use the standard Base
+        // registry); chosen: 400 with a Base MessageId, so one profile refuses with a
+        // standard rather than a vendor message.
         same_state_status: Some(400),
         same_state_message: "Base.1.8.ActionNotSupported",
-        // Assumed: a handful.
+        // No public source found for the XCC's session limit; chosen: 4, a small limit.
         max_sessions: 4,
         session_limit_status: 503,
         early_completed_task: false,
@@ -291,9 +304,11 @@ pub const IPMI_PROFILES: &[IpmiProfile] = &[
     IpmiProfile {
         name: "idrac",
         summary: "Dell iDRAC: 5 sessions, suites 3 and 17, chassis status lags a power command",
-        // Assumed: iDRAC's IPMI-over-LAN allows a handful of sessions.
+        // No public source found for iDRAC's IPMI-over-LAN session count; chosen: 5, so
+        // one profile sits near the 4-5 sessions operators report for small BMCs.
         max_sessions: 5,
         suites: &[3, 17],
+        // No public source found for the time; chosen: 1 s, as the Redfish idrac row.
         transition: Duration::from_millis(1000),
         // Dell answers "Command not supported in present state" to an off when already off
         // (bmc-toolbox/bmclib#417); status that trails the change is what made
@@ -303,29 +318,36 @@ pub const IPMI_PROFILES: &[IpmiProfile] = &[
     IpmiProfile {
         name: "ilo",
         summary: "HPE iLO 5: only cipher suite 17 (3 disabled), 4 sessions",
-        // Assumed: a handful.
+        // No public source found for iLO's IPMI session count; chosen: 4, a small limit.
         max_sessions: 4,
         // Vendors dropping suite 3 (chu11/freeipmi-mirror#82; Intel disabled it and
         // recommends 17, xcat2/xcat-core#6002; ipmitool/ipmitool#29).
         suites: &[17],
+        // No public source found for the time; chosen: 1.5 s, as the Redfish ilo row.
         transition: Duration::from_millis(1500),
         status_lag: Duration::ZERO,
     },
     IpmiProfile {
         name: "openbmc",
         summary: "OpenBMC ipmid: the state follows seconds after the command, status lags",
-        // Assumed.
+        // phosphor-net-ipmid allows 15 sessions per LAN channel (maxSessionCountPerChannel
+        // in openbmc/phosphor-net-ipmid session.hpp) and refuses more with "insufficient
+        // resources for session" (openbmc/openbmc#1241).
         max_sessions: 15,
         suites: &[3, 17],
         // Power state still 0 minutes after a power-on (openbmc/openbmc#804); chassis state
-        // out of step with the host's (openbmc/openbmc#1933).
+        // out of step with the host's (openbmc/openbmc#1933). Those report minutes; no
+        // public source found for a typical figure; chosen: 3 s and 1.5 s, so tests stay
+        // short.
         transition: Duration::from_millis(3000),
         status_lag: Duration::from_millis(1500),
     },
     IpmiProfile {
         name: "supermicro",
         summary: "Supermicro: 4 sessions, suites 3 and 17",
-        // Assumed.
+        // No public source found for Supermicro's IPMI session count, transition or lag;
+        // chosen: 4 sessions, 2 s (as the Redfish row) and a 0.5 s lag, so one profile
+        // has a lag shorter than its transition.
         max_sessions: 4,
         suites: &[3, 17],
         transition: Duration::from_millis(2000),
@@ -334,11 +356,12 @@ pub const IPMI_PROFILES: &[IpmiProfile] = &[
     IpmiProfile {
         name: "xcc",
         summary: "Lenovo XCC: only cipher suite 17, 4 sessions",
-        // Assumed.
+        // No public source found for the XCC's IPMI session count; chosen: 4.
         max_sessions: 4,
         // Suite 17 by default on recent firmware, as Intel's (xcat2/xcat-core#6002 names
         // Lenovo's pyghmi gaining HMAC-SHA256 for it).
         suites: &[17],
+        // No public source found for the time; chosen: 2 s, as the Redfish xcc row.
         transition: Duration::from_millis(2000),
         status_lag: Duration::ZERO,
     },

@@ -69,8 +69,8 @@ pub struct QueueCommands {
 
 /// How a PDU family behaves in the lab (`palisade-lab snmp-pdu --profile NAME`): its MIB
 /// (a [`Model`] of the driver's table) and the quirks a fencer meets. Values no public source
-/// gave are marked "assumed": they make the profile exercise a code path, they are not a
-/// claim about the vendor. Every quirk can also be set by hand (`--power-delay-ms`,
+/// gave say "no public source found" and why they were chosen: they make the profile
+/// exercise a code path, they are not a claim about the vendor. Every quirk can also be set by hand (`--power-delay-ms`,
 /// `--model`, `--community`, `--read-community`, the fault knobs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PduProfile {
@@ -99,7 +99,31 @@ pub struct PduProfile {
     pub read_community: &'static str,
     /// The factory read-write community.
     pub write_community: &'static str,
+    /// The vendor's SNMPv3 protocols and what the lab serves by default.
+    pub v3: V3Defaults,
 }
+
+/// A PDU family's SNMPv3 protocols (`palisade-lab snmp --profile P --v3-user U`).
+///
+/// Privacy is always AES-128 (usmAesCfb128Protocol), the only privacy protocol Palisade's
+/// driver speaks; DES is not served (broken, RFC 3826 §1 names its weakness). Authentication
+/// is SHA-1 or SHA-256 (RFC 7860); MD5 is not served either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V3Defaults {
+    /// What the vendor documents, for `--help` and docs/bench.md.
+    pub vendor: &'static str,
+    /// The authentication protocol served when `--v3-auth` is not given: the strongest the
+    /// vendor documents that the driver speaks. `None`: the vendor documents only MD5
+    /// authentication and DES privacy, which Palisade does not implement, so serving v3 for
+    /// this profile needs an explicit `--v3-auth`.
+    pub auth: Option<AuthProtocol>,
+}
+
+/// The lab's own v3: SHA-1 and AES-128, what the driver uses when `auth_protocol` is unset.
+const V3_LAB: V3Defaults = V3Defaults {
+    vendor: "the lab's own: SHA-1 or SHA-256, AES-128",
+    auth: Some(AuthProtocol::Sha1),
+};
 
 /// The lab's own behaviour: the model you pick, no delays, one read-write community.
 pub const PALISADE_PDU: PduProfile = PduProfile {
@@ -114,6 +138,7 @@ pub const PALISADE_PDU: PduProfile = PduProfile {
     queue: None,
     read_community: "public",
     write_community: "private",
+    v3: V3_LAB,
 };
 
 /// Every PDU profile, `palisade` first.
@@ -125,7 +150,11 @@ pub const PDU_PROFILES: &[PduProfile] = &[
     // PowerOffTime (PowerNet-MIB .318.1.1.12.3.4.1.1.4/.5, seconds; 0 and 1-7200 allowed).
     // rPDUOutletStatusCommandPending (.318.1.1.12.3.5.1.1.5) says whether one is pending.
     // Factory communities public (read) and private (write), SNMPv1 on and SNMPv3 off (APC
-    // Rack PDU User's Guide, "SNMP" section). Off/on times: assumed 3 s; switch delay 0.
+    // Rack PDU User's Guide, "SNMP" section). SNMPv3: "SHA or MD5 authentication and AES or
+    // DES encryption" (APC Network Management Card 2 and 3 User's Guides, "SNMPv3"), so
+    // SHA-1 and AES-128 here. Delayed-command times: the MIB allows 0-7200 s but no public
+    // source found for the factory value; chosen: 3 s, so a test sees commandPending
+    // without waiting long. Switch delay 0: no public source found for a relay time.
     PduProfile {
         name: "apc",
         summary: "APC rPDU (PowerNet-MIB rPDUOutletControl): delayedOff(5)/delayedOn(4) wait 3 s, commandPending column, public/private",
@@ -141,11 +170,18 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         queue: None,
         read_community: "public",
         write_community: "private",
+        v3: V3Defaults {
+            vendor: "SHA or MD5 authentication, AES or DES privacy (APC NMC2/NMC3 User's Guide)",
+            auth: Some(AuthProtocol::Sha1),
+        },
     },
     // Tripp Lite LX platform (TRIPPLITE-PRODUCTS tlpPduOutletCommand: idle(0), turnOff(1),
     // turnOn(2), cycle(3)); fence_tripplite_snmp's TrippliteLXPDU class. Factory communities
     // public (read) and tripplite (write) (Tripp Lite PowerAlert / SNMPWEBCARD manual).
-    // The outlet relays switch after the acknowledgement: 300 ms, assumed.
+    // The outlet relays switch after the acknowledgement: no public source found for how
+    // long; chosen: 300 ms, shorter than the others, so one profile has a brief window.
+    // SNMPv3: no public source found for the LX platform's protocols; chosen: SHA-1 and
+    // AES-128, the strongest pair APC documents.
     PduProfile {
         name: "tripplite",
         summary: "Tripp Lite LX (TRIPPLITE-PRODUCTS tlpPduOutlet): switches 300 ms after the ack, public/tripplite",
@@ -158,14 +194,21 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         queue: None,
         read_community: "public",
         write_community: "tripplite",
+        v3: V3Defaults {
+            vendor: "no public source found (SHA-1/AES-128 chosen)",
+            auth: Some(AuthProtocol::Sha1),
+        },
     },
     // Eaton ePDU G2/G3 (EATON-EPDU-MIB outletControlOffCmd/OnCmd, Integer32 -1..99999:
     // "0-n: time in seconds until the outlet command is issued, -1: cancel a pending
     // command; when read, returns -1 if no command is pending, or the current downcount");
     // outletControlStatus reads pendingOff(2)/pendingOn(3) meanwhile. An immediate command is
-    // also shown pending for 1 s here (assumed: the relay sequencing the MIB's
-    // outletControlSequenceDelay describes). Communities public/private, assumed (the G3
-    // ships with SNMP v1 off and v3 users to be set up).
+    // also shown pending for 1 s here: no public source found for the relay time; chosen
+    // as the sequencing the MIB's outletControlSequenceDelay describes. Communities: no
+    // public source found for the G3's factory values (its Operations Manual has SNMP v1
+    // off and v3 read-only and read-write users to set up, with noAuthNoPriv, authNoPriv or
+    // authPriv); chosen: public/private. SNMPv3 protocols: no public source found; chosen:
+    // SHA-1 and AES-128.
     PduProfile {
         name: "eaton",
         summary: "Eaton ePDU G3 (EATON-EPDU-MIB outletControl{Off,On}Cmd in seconds): pendingOff for 1 s, -1 cancels, public/private",
@@ -178,10 +221,16 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         queue: None,
         read_community: "public",
         write_community: "private",
+        v3: V3Defaults {
+            vendor: "no public source found for the protocols (SHA-1/AES-128 chosen)",
+            auth: Some(AuthProtocol::Sha1),
+        },
     },
     // Raritan PX2/PX3 (PDU2-MIB switchingOperation: off(0), on(1), cycle(2);
-    // outletSwitchingState: on(7), off(8)). The state follows the relay: 500 ms, assumed.
-    // Communities public/private, assumed (PX2 ships with SNMP v1/v2c disabled).
+    // outletSwitchingState: on(7), off(8)). The state follows the relay: no public source
+    // found for how long; chosen: 500 ms. Communities: no public source found (the PX2
+    // ships with SNMP v1/v2c disabled); chosen: public/private. SNMPv3 protocols: no public
+    // source found; chosen: SHA-1 and AES-128.
     PduProfile {
         name: "raritan",
         summary: "Raritan PX2/PX3 (PDU2-MIB switchingOperation): state on(7)/off(8) lags 500 ms, public/private",
@@ -194,14 +243,23 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         queue: None,
         read_community: "public",
         write_community: "private",
+        v3: V3Defaults {
+            vendor: "no public source found (SHA-1/AES-128 chosen)",
+            auth: Some(AuthProtocol::Sha1),
+        },
     },
     // Server Technology Sentry3 CDU (Sentry3-MIB outletControlAction: none(0), on(1),
     // off(2), reboot(3); outletStatus offWait(2)/onWait(3) while a command waits). Factory
-    // communities public (get) and private (set) (Sentry3 CDU user guide, "SNMP"). The wait:
-    // 1 s, assumed. The `sentry4` profile serves Sentry4-MIB.
+    // communities: the Sentry3-firmware PT22 Installation and Operations Manual ("About
+    // SNMP Versions") sets GET to public and leaves SET blank; a blank community cannot
+    // switch anything, so private is served for SET. The wait: no public source found;
+    // chosen: 1 s. SNMPv3: that manual says "Authentication types are None and MD5.
+    // Encryption types are None and DES", neither of which Palisade implements: v3 is
+    // served for this profile only with an explicit --v3-auth. The `sentry4` profile
+    // serves Sentry4-MIB.
     PduProfile {
         name: "servertech",
-        summary: "Server Technology Sentry3 (Sentry3-MIB outletControlAction): offWait/onWait for 1 s, public/private",
+        summary: "Server Technology Sentry3 (Sentry3-MIB outletControlAction): offWait/onWait for 1 s, public/private; v3 only MD5/DES",
         model: "sentry3",
         switch_delay: Duration::from_secs(1),
         delayed: &[],
@@ -211,6 +269,10 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         queue: None,
         read_community: "public",
         write_community: "private",
+        v3: V3Defaults {
+            vendor: "MD5 authentication and DES privacy only (Server Technology PT22 manual); not served by default",
+            auth: None,
+        },
     },
     // Server Technology PRO1/PRO2 (Sentry4-MIB, revision 2023-03-10, as compiled in
     // DotZero24/pysnmp-mibs pysnmp_mibs/Sentry4-MIB.py): st4OutletState (.1718.4.1.8.3.1.1)
@@ -218,8 +280,9 @@ pub const PDU_PROFILES: &[PduProfile] = &[
     // DeviceStatus normal(0)...; st4OutletControlAction (.8.5.1.2) none(0), on(1), off(2),
     // reboot(3), queueOn(4), queueOff(5), queueReboot(6); st4OutletQueueControl (.8.6.1)
     // clear(0), commit(1). The PRO2 user guide's outlet table: "Outlet state in transition -
-    // re-query of outlet status required". Transition 1 s and communities public/private:
-    // assumed.
+    // re-query of outlet status required". Transition: no public source found; chosen:
+    // 1 s, as Sentry3. Communities: no public source found; chosen: public/private.
+    // SNMPv3 protocols: no public source found; chosen: SHA-1 and AES-128.
     PduProfile {
         name: "sentry4",
         summary: "Server Technology PRO2 (Sentry4-MIB st4OutletControlAction): queueOn(4)/queueOff(5) wait for st4OutletQueueControl commit(1), 1 s switch, public/private",
@@ -238,6 +301,10 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         }),
         read_community: "public",
         write_community: "private",
+        v3: V3Defaults {
+            vendor: "no public source found (SHA-1/AES-128 chosen)",
+            auth: Some(AuthProtocol::Sha1),
+        },
     },
 ];
 
@@ -703,7 +770,8 @@ impl Agent {
         let mut outlets = lock(&self.shared.outlets);
         let p = self.profile;
         if let Some(q) = p.queue {
-            // What st4OutletQueueControl reads is not in the MIB text: clear(0), assumed.
+            // What st4OutletQueueControl reads is not in the MIB text and no public source
+            // found says; chosen: clear(0), the value that leaves nothing to carry out.
             mib.insert(model::oid(q.control).child(&[0]), Value::Integer(q.clear));
         }
         for (k, o) in outlets.iter_mut().enumerate() {
