@@ -15,7 +15,8 @@
 //! written for them, fences node1 through the API and prints the `fence_node` commands to try.
 //!
 //! `palisade-lab snmp-pdu --count N --base-port P --outlets K --model M [--community C]
-//! [--v3-user U --auth-password-file F --priv-password-file F] [--fault KNOB]...` serves
+//! [--v3-user U --auth-password-file F --priv-password-file F --v3-auth sha|sha256]
+//! [--fault KNOB]...` serves
 //! switched PDUs over SNMP and prints `snmp-pdu NAME 127.0.0.1:PORT` per PDU once it listens.
 //!
 //! `palisade-lab serial-pdu --count N --outlets K --model M [--user U] [--password-file F]
@@ -114,6 +115,25 @@ fn after_help_snmp() -> String {
     )
 }
 
+/// `--v3-auth`: the USM authentication protocols the driver speaks.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum V3Auth {
+    /// usmHMACSHAAuthProtocol (HMAC-SHA-1-96, RFC 3414).
+    #[value(name = "sha", alias = "sha1")]
+    Sha,
+    /// usmHMAC192SHA256AuthProtocol (RFC 7860).
+    #[value(name = "sha256", alias = "sha-256")]
+    Sha256,
+}
+
+/// `--v3-priv`: the USM privacy protocols the driver speaks.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum V3Priv {
+    /// usmAesCfb128Protocol (RFC 3826).
+    #[value(name = "aes", alias = "aes128")]
+    Aes,
+}
+
 /// Options of `palisade-lab snmp-pdu`.
 #[derive(Debug, Args)]
 struct SnmpPduArgs {
@@ -143,7 +163,8 @@ struct SnmpPduArgs {
     /// Outlet names, comma-separated, outlet 1 first (others are outletK).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     names: Vec<String>,
-    /// Serve SNMPv3 for this user (SHA authentication).
+    /// Serve SNMPv3 for this user (the profile's authentication protocol, or --v3-auth;
+    /// AES-128 privacy).
     #[arg(long, value_name = "U")]
     v3_user: Option<String>,
     /// File holding the v3 user's authentication password (authNoPriv, or authPriv with
@@ -153,6 +174,14 @@ struct SnmpPduArgs {
     /// File holding the v3 user's privacy (AES-128) password.
     #[arg(long, value_name = "F", requires = "auth_password_file")]
     priv_password_file: Option<PathBuf>,
+    /// The v3 user's authentication protocol (default: the profile's, SHA-1 for most). MD5
+    /// is not offered: it is broken and Palisade's driver does not speak it.
+    #[arg(long, value_enum, value_name = "PROTO", requires = "auth_password_file")]
+    v3_auth: Option<V3Auth>,
+    /// The v3 user's privacy protocol. Only AES-128 (RFC 3826): DES is broken and is not
+    /// offered.
+    #[arg(long, value_enum, value_name = "PROTO", requires = "priv_password_file")]
+    v3_priv: Option<V3Priv>,
     /// Delay between a set and the outlet's change, in milliseconds (default: the
     /// profile's switch delay, 0 for palisade).
     #[arg(long, value_name = "MS")]
@@ -526,11 +555,31 @@ fn run_snmp_pdu(args: SnmpPduArgs) -> ExitCode {
             Ok(p) => p,
             Err(e) => return fail(1, e),
         };
+        // AES-128 is the only privacy protocol the lab (and the driver) speaks; `--v3-priv`
+        // lets a script say so, and refuses anything else at parse time.
+        match args.v3_priv {
+            Some(V3Priv::Aes) | None => {}
+        }
+        let auth_protocol = match (args.v3_auth, profile.v3.auth) {
+            (Some(V3Auth::Sha), _) => drivers::pdu::AuthProtocol::Sha1,
+            (Some(V3Auth::Sha256), _) => drivers::pdu::AuthProtocol::Sha256,
+            (None, Some(p)) => p,
+            (None, None) if auth.is_none() => drivers::pdu::AuthProtocol::Sha1,
+            (None, None) => {
+                return fail(
+                    2,
+                    format!(
+                        "profile `{}` documents SNMPv3 with {}; Palisade implements neither (both broken): pass --v3-auth sha or --v3-auth sha256 to serve v3 for this profile anyway",
+                        profile.name, profile.v3.vendor
+                    ),
+                )
+            }
+        };
         spec.user = Some(PduUser {
             name: name.clone(),
             auth,
             privacy,
-            auth_protocol: drivers::pdu::AuthProtocol::Sha1,
+            auth_protocol,
         });
     }
     serve(&args.faults, PduLab::start(spec))

@@ -317,13 +317,18 @@ pub fn pdu_profile(name: &str) -> Option<&'static PduProfile> {
 pub fn pdu_profiles_help() -> String {
     PDU_PROFILES
         .iter()
-        .map(|p| format!("  {:<11} {} (model {})", p.name, p.summary, p.model))
+        .map(|p| {
+            format!(
+                "  {:<11} {} (model {})\n  {:<11} SNMPv3: {}",
+                p.name, p.summary, p.model, "", p.v3.vendor
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// A v3 user of the simulated PDUs (SHA-1 authentication; AES-128 privacy when a privacy
-/// password is given).
+/// A v3 user of the simulated PDUs (SHA-1 or SHA-256 authentication; AES-128 privacy when a
+/// privacy password is given).
 #[derive(Clone)]
 pub struct PduUser {
     /// msgUserName.
