@@ -342,3 +342,125 @@ fn help_lists_every_profile_and_knob() {
         assert!(top.stdout.contains(sub), "palisade-lab --help lacks {sub}");
     }
 }
+
+/// `snmp-pdu --v3-auth`/`--v3-priv`: only what the driver speaks parses (no MD5, no DES), a
+/// profile whose vendor documents only MD5/DES (servertech) needs an explicit `--v3-auth`
+/// and says why, and `--help` gives each profile's SNMPv3 protocols.
+#[test]
+fn snmp_v3_knobs_refuse_md5_and_des_and_say_what_a_profile_lacks() {
+    use hw_tests::lab::snmp::PDU_PROFILES;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "authpass1");
+    let v3 = |extra: &[&str]| {
+        let mut args = vec![
+            "snmp-pdu",
+            "--v3-user",
+            "fencer",
+            "--auth-password-file",
+            &pw,
+        ];
+        args.extend_from_slice(extra);
+        run(LAB, &args, Duration::from_secs(10))
+    };
+    let r = v3(&["--v3-auth", "md5"]);
+    assert_eq!(r.code(), Some(2), "{r:?}");
+    assert!(r.stderr.contains("sha256"), "{}", r.stderr);
+    let r = v3(&["--priv-password-file", &pw, "--v3-priv", "des"]);
+    assert_eq!(r.code(), Some(2), "{r:?}");
+    assert!(r.stderr.contains("aes"), "{}", r.stderr);
+    let r = v3(&["--profile", "servertech"]);
+    assert_eq!(r.code(), Some(2), "{r:?}");
+    assert!(
+        r.stderr.contains("MD5") && r.stderr.contains("--v3-auth sha256"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty());
+    let help = run(LAB, &["snmp-pdu", "--help"], Duration::from_secs(10));
+    assert!(help.ok(), "{help:?}");
+    for flag in ["--v3-auth", "--v3-priv"] {
+        assert!(help.stdout.contains(flag), "snmp-pdu --help lacks {flag}");
+    }
+    for p in PDU_PROFILES {
+        assert!(
+            help.stdout
+                .contains(&format!("  {:<11} {}", p.name, p.summary))
+                && help.stdout.contains(&format!("SNMPv3: {}", p.v3.vendor)),
+            "snmp-pdu --help lacks profile {}:\n{}",
+            p.name,
+            help.stdout
+        );
+    }
+}
+
+/// A `--v3-auth sha256` PDU started from the command line answers net-snmp's SHA-256
+/// `snmpget` on the port of its ready line.
+#[test]
+fn snmp_v3_sha256_from_the_command_line_answers_net_snmp() {
+    if !hw_tests::require::needs(
+        "snmpget",
+        "Debian package snmp",
+        hw_tests::require::command("snmpget"),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "authpass1");
+    let mut child = Command::new(LAB)
+        .args([
+            "snmp-pdu",
+            "--profile",
+            "raritan",
+            "--outlets",
+            "2",
+            "--v3-user",
+            "fencer",
+            "--auth-password-file",
+            &pw,
+            "--priv-password-file",
+            &pw,
+            "--v3-auth",
+            "sha256",
+            "--v3-priv",
+            "aes",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = ChildGuard(Some(child));
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .expect("ready line")
+        .to_string();
+    // PDU2-MIB outletSwitchingState.1.1: on(7).
+    let r = run(
+        "snmpget",
+        &[
+            "-v3",
+            "-l",
+            "authPriv",
+            "-u",
+            "fencer",
+            "-a",
+            "SHA-256",
+            "-A",
+            "authpass1",
+            "-x",
+            "AES",
+            "-X",
+            "authpass1",
+            "-Oqv",
+            &addr,
+            "1.3.6.1.4.1.13742.6.4.1.2.1.3.1.1",
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.stdout.trim(), "7");
+}

@@ -17,9 +17,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use hw_tests::daemon::FencedProcess;
 use drivers::pdu::AuthProtocol;
 use drivers::Secret;
+use hw_tests::daemon::FencedProcess;
 use hw_tests::lab::snmp::{pdu_profile, PduLab, PduLabSpec, PduProfile, PduUser, PDU_PROFILES};
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -638,7 +638,11 @@ fn net_snmp_v3_reaches_each_profile_with_its_vendor_default_and_with_sha256() {
         assert_eq!(pdu.outlet_on(2), Some(true), "{}", m.profile);
         let o = run(
             "snmpset",
-            &[&v3_args(AuthProtocol::Sha256)[..], &[&addr, &off, "i", m.off]].concat(),
+            &[
+                &v3_args(AuthProtocol::Sha256)[..],
+                &[&addr, &off, "i", m.off],
+            ]
+            .concat(),
         );
         assert!(o.status.success(), "{}: {}", m.profile, out(&o));
         if let Some(q) = p.queue {
@@ -647,7 +651,11 @@ fn net_snmp_v3_reaches_each_profile_with_its_vendor_default_and_with_sha256() {
             let c = q.commit.to_string();
             let o = run(
                 "snmpset",
-                &[&v3_args(AuthProtocol::Sha256)[..], &[&addr, &commit, "i", &c]].concat(),
+                &[
+                    &v3_args(AuthProtocol::Sha256)[..],
+                    &[&addr, &commit, "i", &c],
+                ]
+                .concat(),
             );
             assert!(o.status.success(), "{}: {}", m.profile, out(&o));
         }

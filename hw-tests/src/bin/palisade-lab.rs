@@ -176,11 +176,21 @@ struct SnmpPduArgs {
     priv_password_file: Option<PathBuf>,
     /// The v3 user's authentication protocol (default: the profile's, SHA-1 for most). MD5
     /// is not offered: it is broken and Palisade's driver does not speak it.
-    #[arg(long, value_enum, value_name = "PROTO", requires = "auth_password_file")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "PROTO",
+        requires = "auth_password_file"
+    )]
     v3_auth: Option<V3Auth>,
     /// The v3 user's privacy protocol. Only AES-128 (RFC 3826): DES is broken and is not
     /// offered.
-    #[arg(long, value_enum, value_name = "PROTO", requires = "priv_password_file")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "PROTO",
+        requires = "priv_password_file"
+    )]
     v3_priv: Option<V3Priv>,
     /// Delay between a set and the outlet's change, in milliseconds (default: the
     /// profile's switch delay, 0 for palisade).
