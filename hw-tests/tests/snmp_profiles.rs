@@ -559,14 +559,21 @@ fn sentry4_queued_actions_wait_for_the_commit_and_clear_discards_them() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(get(&addr, "public", state), "1");
     assert_eq!(pdu.outlet_on(3), Some(true));
-    // commit(1) carries it out, after the profile's switch delay.
+    // st4OutletControlState (beside the action, OutletControlState): on(11), and a queued
+    // action does not make it pending.
+    let control_state = "1.3.6.1.4.1.1718.4.1.8.5.1.1.1.1.3";
+    assert_eq!(get(&addr, "public", control_state), "11");
+    // commit(1) carries it out, after the profile's switch delay; meanwhile the control
+    // state reads pendOff(9), then off(10).
     let o = run(
         "snmpset",
         &["-v2c", "-c", "private", &addr, queue, "i", "1"],
     );
     assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(get(&addr, "public", control_state), "9");
     wait_state(&addr, "public", state, "2");
     assert_eq!(pdu.outlet_on(3), Some(false));
+    assert_eq!(get(&addr, "public", control_state), "10");
     // queueOn(4) then clear(0): the queue is emptied and the outlet stays off.
     let o = run(
         "snmpset",

@@ -67,6 +67,23 @@ pub struct QueueCommands {
     pub clear: i64,
 }
 
+/// The values of a control-state column (Sentry4-MIB st4OutletControlState, .8.5.1.1, in
+/// st4OutletControlTable beside st4OutletControlAction; OutletControlState notSet(0) ...
+/// pendOn(8), pendOff(9), off(10), on(11), reboot(12) ... eventShutdown(19)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlState {
+    /// The column's OID (the model's index prefix and the outlet follow).
+    pub column: &'static str,
+    /// The outlet is on.
+    pub on: i64,
+    /// The outlet is off.
+    pub off: i64,
+    /// An on was acknowledged and has not happened yet.
+    pub pend_on: i64,
+    /// An off was acknowledged and has not happened yet.
+    pub pend_off: i64,
+}
+
 /// How a PDU family behaves in the lab (`palisade-lab snmp-pdu --profile NAME`): its MIB
 /// (a [`Model`] of the driver's table) and the quirks a fencer meets. Values no public source
 /// gave say "no public source found" and why they were chosen: they make the profile
@@ -93,6 +110,9 @@ pub struct PduProfile {
     /// A column reading commandPending(1) / noCommandPending(2) per outlet (APC
     /// rPDUOutletStatusCommandPending).
     pub command_pending: Option<&'static str>,
+    /// A column beside the control action reading the outlet's control state, with
+    /// pending values while a command waits (Sentry4-MIB st4OutletControlState).
+    pub control_state: Option<ControlState>,
     /// Queued actions (Sentry4-MIB queueOn/queueOff), carried out only on a commit.
     pub queue: Option<QueueCommands>,
     /// The factory read-only community.
@@ -135,6 +155,7 @@ pub const PALISADE_PDU: PduProfile = PduProfile {
     cancel: None,
     seconds_commands: false,
     command_pending: None,
+    control_state: None,
     queue: None,
     read_community: "public",
     write_community: "private",
@@ -167,6 +188,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: Some(7),
         seconds_commands: false,
         command_pending: Some("1.3.6.1.4.1.318.1.1.12.3.5.1.1.5"),
+        control_state: None,
         queue: None,
         read_community: "public",
         write_community: "private",
@@ -191,6 +213,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: false,
         command_pending: None,
+        control_state: None,
         queue: None,
         read_community: "public",
         write_community: "tripplite",
@@ -218,6 +241,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: true,
         command_pending: None,
+        control_state: None,
         queue: None,
         read_community: "public",
         write_community: "private",
@@ -240,6 +264,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: false,
         command_pending: None,
+        control_state: None,
         queue: None,
         read_community: "public",
         write_community: "private",
@@ -266,6 +291,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: false,
         command_pending: None,
+        control_state: None,
         queue: None,
         read_community: "public",
         write_community: "private",
@@ -292,6 +318,17 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: false,
         command_pending: None,
+        // st4OutletControlState reads pendOff(9)/pendOn(8) while an acknowledged action
+        // has not switched yet, off(10)/on(11) otherwise. A queued (not committed) action
+        // is not a pending one: no public source found says what it reads then; chosen:
+        // the present state, so only a commit makes it pending.
+        control_state: Some(ControlState {
+            column: "1.3.6.1.4.1.1718.4.1.8.5.1.1",
+            on: 11,
+            off: 10,
+            pend_on: 8,
+            pend_off: 9,
+        }),
         queue: Some(QueueCommands {
             on: 4,
             off: 5,
@@ -803,6 +840,15 @@ impl Agent {
                 // outletStatusCommandPending(1), outletStatusNoCommandPending(2).
                 let pending = if o.going_on.is_some() { 1 } else { 2 };
                 mib.insert(model::oid(col).child(&[n]), Value::Integer(pending));
+            }
+            if let Some(c) = p.control_state {
+                let v = match o.going_on {
+                    Some(true) => c.pend_on,
+                    Some(false) => c.pend_off,
+                    None if on => c.on,
+                    None => c.off,
+                };
+                mib.insert(m.at_column(c.column, n), Value::Integer(v));
             }
             if p.seconds_commands {
                 // Eaton: the countdown of a pending command in seconds, -1 if none.
