@@ -16,3 +16,22 @@ for t in figures_redfish_per_profile figures_ipmi_per_profile; do
     exit 1
   }
 done
+# DMTF Redfish-Protocol-Validator (PyPI redfish-protocol-validator) against every Redfish
+# profile: one FIGURE line with its PASS/WARN/FAIL summary per profile (about 25 s each).
+# The lab CA is given both as --ca-bundle and as REQUESTS_CA_BUNDLE: the validator's extra
+# sessions (no-auth, TLS probes) verify against requests' default bundle.
+cargo build --manifest-path "$root/Cargo.toml" -p hw-tests --bin palisade-lab >/dev/null 2>&1
+L=$root/target/debug/palisade-lab
+d=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$d"' EXIT
+printf 'secret\n' > "$d/pw"; chmod 600 "$d/pw"
+for p in $("$L" redfish --help | awk '/^Profiles/ {on=1; next} on && /^  [a-z]/ {print $1} on && /^$/ {exit}'); do
+  "$L" redfish --profile "$p" --user admin --password-file "$d/pw" > "$d/$p.out" &
+  lab=$!
+  timeout 20 sh -c "until [ -s '$d/$p.out' ]; do sleep 0.1; done"
+  read -r _ _ url ca < "$d/$p.out"
+  mkdir -p "$d/$p"
+  summary=$(REQUESTS_CA_BUNDLE=$ca rf_protocol_validator -r "$url" -u admin -p secret \
+    --ca-bundle "$ca" --report-type tsv --report-dir "$d/$p" 2>&1 | grep '^Summary' || echo "no summary")
+  echo "FIGURE Redfish-Protocol-Validator profile $p: $summary"
+  kill "$lab"; wait "$lab" 2>/dev/null || true
+done
