@@ -43,6 +43,8 @@ set -euo pipefail
 packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver telnet prometheus qemu-system-arm)
 # redfishtool (DMTF's CLI) -> hw-tests/tests/profile_peers.rs lists and resets the lab's profiles
 packages+=(redfishtool)
+# corosync -> hw-tests/tests/cluster_lab.rs (the cluster lab); the client libraries -> fenced's cluster membership (issue 16)
+packages+=(corosync libcpg-dev libquorum-dev libvotequorum-dev libcmap-dev libcfg-dev libcorosync-common-dev)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -246,6 +248,10 @@ for c in sushy-emulator:sushy-tools rf_protocol_validator:redfish-protocol-valid
 done
 need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import openapi_spec_validator"
 need redfishtool "Debian package redfishtool" executable redfishtool
+for c in /usr/sbin/corosync /usr/sbin/corosync-quorumtool /usr/sbin/corosync-cfgtool; do
+  need "${c##*/}" "Debian package corosync" executable "$c"
+done
+need libcpg-dev "Debian package libcpg-dev" test -e /usr/include/corosync/cpg.h
 need sushy "PyPI sushy 5.14.0" python3 -c "import sushy"
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng
