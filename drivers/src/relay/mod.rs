@@ -157,9 +157,7 @@ impl From<RelayError> for DeviceError {
             },
             RelayError::BlindPowerOn { .. }
             | RelayError::Unconfirmable { .. }
-            | RelayError::Config { .. } => {
-                DeviceError::Policy { detail }
-            }
+            | RelayError::Config { .. } => DeviceError::Policy { detail },
         }
     }
 }
