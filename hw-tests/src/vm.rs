@@ -734,14 +734,24 @@ pub const SHELL_MODULES: [&str; 6] = [
     "drivers/char/virtio_console.ko",
 ];
 
-/// `/init` lines that start the shell [`Vm::shell`] talks to: they load [`SHELL_MODULES`]
-/// (a module already loaded only prints an error) and feed the port to busybox's `sh`
-/// through a pipe, so it is not interactive (no prompt, no echo). The port is opened once:
-/// the kernel lets a port be open only once, and a read while the host is not connected
-/// is an end of file, hence `cat` in a loop.
+/// `/init` lines that start the shell [`Vm::shell`] talks to (`/sys` and `/dev` mounted
+/// first): they load [`SHELL_MODULES`] (a module already loaded only prints an error), find
+/// the port by its name and feed it to busybox's `sh` through a pipe, so it is not
+/// interactive (no prompt, no echo). The port is found by name, not as `/dev/vport0p1`: its
+/// number is the virtio device's index, and qemu's arm64 `virt` machine has a virtio NIC
+/// first (the port is `vport1p1` there; waiting for `vport0p1` hung the arm64 guest
+/// silently). After 30 s without the port it says so on the console and keeps looking. The
+/// port is opened once: the kernel lets a port be open only once, and a read while the host
+/// is not connected is an end of file, hence `cat` in a loop.
 pub const SHELL_INIT: &str = "for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console; do insmod /lib/modules/$m.ko 2>/dev/null; done\n\
-while [ ! -c /dev/vport0p1 ]; do sleep 0.05; done\n\
-exec 3<>/dev/vport0p1\n\
+port=; i=0\n\
+while [ -z \"$port\" ]; do\n\
+  for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = palisade.shell ] && [ -c /dev/${p##*/} ] && port=/dev/${p##*/}; done\n\
+  i=$((i+1)); [ $i -eq 600 ] && echo \"PALISADE-NO-SHELL-PORT: no virtio port named palisade.shell after 30 s; ports: $(ls /sys/class/virtio-ports 2>&1)\"\n\
+  [ -z \"$port\" ] && sleep 0.05\n\
+done\n\
+echo \"PALISADE-SHELL-PORT $port\"\n\
+exec 3<>$port\n\
 (while :; do cat <&3; sleep 0.1; done | sh >&3 2>&3) &\n";
 
 /// A shell in the guest over a virtio serial port: commands in, output and status out.

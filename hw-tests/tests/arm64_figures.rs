@@ -126,7 +126,12 @@ fn release_daemons_footprint_in_a_vm() {
     let cfg = VmConfig {
         kernel: kernel.image.clone(),
         initrd,
-        append: "quiet".into(),
+        // Not `quiet`: a guest that stops early must say where on the console, which every
+        // failure quotes. arm64: the PL011 from the first instruction (`earlycon`).
+        append: match arch {
+            Arch::Aarch64 => "earlycon=pl011,0x9000000".into(),
+            Arch::X86_64 => String::new(),
+        },
         disks: vec![disk],
         // Never fires while the watcher feeds it; the VM is killed on drop either way.
         watchdog_action: Some("poweroff".into()),
