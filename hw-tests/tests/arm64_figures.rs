@@ -41,6 +41,9 @@ fn bin(var: &str) -> PathBuf {
     })
 }
 
+/// The guest's `/init`. The disk and watchdog modules load after [`vm::SHELL_INIT`], which
+/// loads the virtio core first (Debian's amd64 kernel has it as modules: `virtio_blk` before
+/// it fails with unknown symbols).
 fn init(arch: Arch) -> String {
     format!(
         "#!/bin/busybox sh\n\
@@ -49,8 +52,8 @@ mount -t proc proc /proc\n\
 mount -t sysfs sys /sys\n\
 mount -t devtmpfs dev /dev\n\
 mkdir -p /run/palisade /var/lib/palisade /tmp\n\
-for m in watchdog virtio_blk i6300esb; do insmod /lib/modules/$m.ko 2>/dev/null; done\n\
 {}\
+for m in watchdog virtio_blk i6300esb; do insmod /lib/modules/$m.ko 2>/dev/null; done\n\
 echo PALISADE-BOOTED {}\n\
 while true; do sleep 60; done\n",
         vm::SHELL_INIT,
