@@ -106,6 +106,16 @@ pub enum VmError {
     /// Something the harness needs is not installed.
     #[error("{0}; run scripts/install-test-deps.sh")]
     Missing(String),
+    /// The guest did not get somewhere in time (boot, its shell, a command's answer).
+    #[error("{what}: no answer within {within:?}; {console}")]
+    GuestTimeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        within: Duration,
+        /// The end of the guest's serial console ([`console_tail`]), which says how far it got.
+        console: String,
+    },
     /// A step failed.
     #[error("{what}: {detail}")]
     Step {
@@ -121,6 +131,31 @@ fn step(what: &str) -> impl Fn(std::io::Error) -> VmError + '_ {
         what: what.into(),
         detail: e.to_string(),
     }
+}
+
+/// How many console lines an error carries: enough for a panic's first lines or the last
+/// driver that probed, short enough to read in a test failure.
+const CONSOLE_TAIL_LINES: usize = 25;
+
+/// The last lines of the serial console in the file `console`, said as the end of an error:
+/// "the guest's console ends with: ..." or, if it is empty, that the guest printed nothing
+/// (no kernel line at all: wrong image format, machine or console device).
+pub fn console_tail(console: &Path) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return format!(
+            "the guest printed nothing on its console ({}): check the kernel image's format, the machine and `console=` (drop `quiet`, add `earlycon`)",
+            console.display()
+        );
+    }
+    let from = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+    format!(
+        "the guest's console ends with ({} of {} lines):\n{}",
+        lines.len() - from,
+        lines.len(),
+        lines[from..].join("\n")
+    )
 }
 
 /// The unpacked kernel: its image and its module tree.
@@ -566,6 +601,21 @@ impl Vm {
         String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
     }
 
+    /// The end of the console, as [`console_tail`] says it (for failure messages).
+    pub fn console_tail(&self) -> String {
+        console_tail(&self.console)
+    }
+
+    /// [`Vm::wait_console`] as a result: the error says what the guest printed last.
+    pub fn expect_console(&self, needle: &str, within: Duration) -> Result<Instant, VmError> {
+        self.wait_console(needle, within)
+            .ok_or_else(|| VmError::GuestTimeout {
+                what: format!("waiting for `{needle}` on the guest console"),
+                within,
+                console: self.console_tail(),
+            })
+    }
+
     /// Waits until the console contains `needle`; the time it was first seen, or `None`.
     pub fn wait_console(&self, needle: &str, within: Duration) -> Option<Instant> {
         let t = Instant::now();
@@ -621,10 +671,29 @@ impl Vm {
     }
 
     /// Connects to the guest shell of a VM started with [`Vm::start_with_shell`], waiting up
-    /// to `within` for the guest to answer.
+    /// to `within` for the guest to answer. Every wait is bounded by `within`: a guest that
+    /// never starts its shell (or prints nothing at all) fails with the end of its console.
     pub fn shell(&self, within: Duration) -> Result<Shell, VmError> {
-        let stream = UnixStream::connect(self.dir.path().join("shell.sock"))
-            .map_err(step("shell socket"))?;
+        let deadline = Instant::now() + within;
+        let sock = self.dir.path().join("shell.sock");
+        let timed_out = || VmError::GuestTimeout {
+            what: "waiting for the guest shell".into(),
+            within,
+            console: self.console_tail(),
+        };
+        // qemu creates the socket as it starts; it may not be there for the first few ms.
+        let stream = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(VmError::Step {
+                        what: format!("connecting to the guest shell socket {}", sock.display()),
+                        detail: format!("{e}; {}", self.console_tail()),
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         stream
             .set_read_timeout(Some(Duration::from_millis(50)))
             .map_err(step("shell socket"))?;
@@ -632,14 +701,22 @@ impl Vm {
             stream,
             buf: Vec::new(),
             seq: 0,
+            console: self.console.clone(),
         };
         // The guest may not have started its shell yet: what is sent before is lost, so ask
-        // until one answer comes back.
-        let t = Instant::now();
+        // until one answer comes back. Each probe is bounded by what is left of `within`,
+        // its write too: while the guest has not opened its port, qemu stops reading the
+        // socket, and an unbounded write would block once the socket buffer is full (a
+        // silent guest once held a test for 40 minutes that way).
         loop {
-            match sh.run("true", Duration::from_millis(500)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            match sh.run("true", left.min(Duration::from_millis(500))) {
                 Ok(_) => return Ok(sh),
-                Err(e) if t.elapsed() > within => return Err(e),
+                // qemu is gone (the guest panicked, -no-reboot): waiting longer is pointless.
+                Err(e @ VmError::Step { .. }) => return Err(e),
                 Err(_) => {}
             }
         }
@@ -657,14 +734,24 @@ pub const SHELL_MODULES: [&str; 6] = [
     "drivers/char/virtio_console.ko",
 ];
 
-/// `/init` lines that start the shell [`Vm::shell`] talks to: they load [`SHELL_MODULES`]
-/// (a module already loaded only prints an error) and feed the port to busybox's `sh`
-/// through a pipe, so it is not interactive (no prompt, no echo). The port is opened once:
-/// the kernel lets a port be open only once, and a read while the host is not connected
-/// is an end of file, hence `cat` in a loop.
+/// `/init` lines that start the shell [`Vm::shell`] talks to (`/sys` and `/dev` mounted
+/// first): they load [`SHELL_MODULES`] (a module already loaded only prints an error), find
+/// the port by its name and feed it to busybox's `sh` through a pipe, so it is not
+/// interactive (no prompt, no echo). The port is found by name, not as `/dev/vport0p1`: its
+/// number is the virtio device's index, and qemu's arm64 `virt` machine has a virtio NIC
+/// first (the port is `vport1p1` there; waiting for `vport0p1` hung the arm64 guest
+/// silently). After 30 s without the port it says so on the console and keeps looking. The
+/// port is opened once: the kernel lets a port be open only once, and a read while the host
+/// is not connected is an end of file, hence `cat` in a loop.
 pub const SHELL_INIT: &str = "for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console; do insmod /lib/modules/$m.ko 2>/dev/null; done\n\
-while [ ! -c /dev/vport0p1 ]; do sleep 0.05; done\n\
-exec 3<>/dev/vport0p1\n\
+port=; i=0\n\
+while [ -z \"$port\" ]; do\n\
+  for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = palisade.shell ] && [ -c /dev/${p##*/} ] && port=/dev/${p##*/}; done\n\
+  i=$((i+1)); [ $i -eq 600 ] && echo \"PALISADE-NO-SHELL-PORT: no virtio port named palisade.shell after 30 s; ports: $(ls /sys/class/virtio-ports 2>&1)\"\n\
+  [ -z \"$port\" ] && sleep 0.05\n\
+done\n\
+echo \"PALISADE-SHELL-PORT $port\"\n\
+exec 3<>$port\n\
 (while :; do cat <&3; sleep 0.1; done | sh >&3 2>&3) &\n";
 
 /// A shell in the guest over a virtio serial port: commands in, output and status out.
@@ -673,6 +760,8 @@ pub struct Shell {
     stream: UnixStream,
     buf: Vec<u8>,
     seq: u64,
+    /// The VM's console log, whose end every error carries.
+    console: PathBuf,
 }
 
 impl Shell {
@@ -684,10 +773,37 @@ impl Shell {
         let marker = format!("@@palisade-done {} rc=", self.seq);
         // The status is printed on a line of its own, after a newline, whatever cmd printed.
         let line = format!("{cmd}\nprintf '\\n{marker}%d@@\\n' $?\n");
-        self.stream
-            .write_all(line.as_bytes())
-            .map_err(step("writing to the guest shell"))?;
         let t = Instant::now();
+        let timed_out = |so_far: &[u8]| VmError::GuestTimeout {
+            what: format!(
+                "guest shell: `{cmd}` (output so far: {:?})",
+                String::from_utf8_lossy(so_far)
+            ),
+            within,
+            console: console_tail(&self.console),
+        };
+        // Bounded like the read: a guest that stopped reading its port leaves qemu not
+        // reading the socket, and a write into a full socket would otherwise block forever.
+        self.stream
+            .set_write_timeout(Some(within.max(Duration::from_millis(1))))
+            .map_err(step("shell socket"))?;
+        match self.stream.write_all(line.as_bytes()) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out(&self.buf))
+            }
+            Err(e) => {
+                return Err(VmError::Step {
+                    what: format!("writing `{cmd}` to the guest shell"),
+                    detail: format!("{e}; {}", console_tail(&self.console)),
+                })
+            }
+        }
         let mut chunk = [0u8; 4096];
         loop {
             let text = String::from_utf8_lossy(&self.buf).into_owned();
@@ -701,16 +817,16 @@ impl Shell {
                 }
             }
             if t.elapsed() > within {
-                return Err(VmError::Step {
-                    what: format!("guest shell: `{cmd}`"),
-                    detail: format!("no answer within {within:?}; output so far: {text}"),
-                });
+                return Err(timed_out(&self.buf));
             }
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     return Err(VmError::Step {
                         what: format!("guest shell: `{cmd}`"),
-                        detail: "qemu closed the shell socket".into(),
+                        detail: format!(
+                            "qemu closed the shell socket (it exited?); {}",
+                            console_tail(&self.console)
+                        ),
                     })
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
@@ -722,7 +838,7 @@ impl Shell {
                 Err(e) => {
                     return Err(VmError::Step {
                         what: format!("guest shell: `{cmd}`"),
-                        detail: e.to_string(),
+                        detail: format!("{e}; {}", console_tail(&self.console)),
                     })
                 }
             }
@@ -746,5 +862,118 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// The hang that held the arm64 figure test for 40 minutes: a guest that stops reading
+    /// its port leaves the socket unread, and a write into it blocked with no deadline. Here
+    /// the far end of a socket pair is never read; the command is larger than any socket
+    /// buffer, so the write must give up at `within`, not block.
+    #[test]
+    fn a_write_nobody_reads_fails_at_its_deadline_with_the_console() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        std::fs::write(
+            &console,
+            "[    0.0] Booting Linux\nlast line the guest printed\n",
+        )
+        .unwrap();
+        let mut sh = Shell {
+            stream: ours,
+            buf: Vec::new(),
+            seq: 0,
+            console,
+        };
+        let t = Instant::now();
+        let big = format!("echo {}", "x".repeat(16 << 20));
+        let e = sh.run(&big, Duration::from_millis(500)).unwrap_err();
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(5), "write blocked for {took:?}");
+        let text = e.to_string();
+        assert!(matches!(e, VmError::GuestTimeout { .. }), "{text:.300}");
+        assert!(text.contains("last line the guest printed"), "{text:.300}");
+    }
+
+    /// A console with nothing on it says so, and what to check.
+    #[test]
+    fn an_empty_console_is_named_as_printing_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        std::fs::write(&console, "\n\n").unwrap();
+        let t = console_tail(&console);
+        assert!(
+            t.contains("printed nothing") && t.contains("earlycon"),
+            "{t}"
+        );
+        let long: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&console, long).unwrap();
+        let t = console_tail(&console);
+        assert!(
+            t.contains("25 of 100 lines") && t.ends_with("line 99"),
+            "{t}"
+        );
+        assert!(!t.contains("line 74\n"), "{t}");
+    }
+
+    /// A real guest that boots but never starts its shell: `shell` fails at its deadline,
+    /// and the error carries what the guest printed last. About 10 s under TCG.
+    #[test]
+    fn a_guest_without_a_shell_fails_at_the_deadline_naming_its_last_line() {
+        if !require() {
+            return;
+        }
+        let kernel = Kernel::find().unwrap();
+        let fs = Initramfs::new().unwrap();
+        fs.add_text(
+            "init",
+            "#!/bin/busybox sh\n/bin/busybox echo PALISADE-NO-SHELL-ON-PURPOSE\nwhile :; do /bin/busybox sleep 60; done\n",
+            0o755,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let initrd = dir.path().join("initrd.cpio");
+        fs.build(&initrd).unwrap();
+        let vm = Vm::start_with_shell(&VmConfig {
+            kernel: kernel.image,
+            initrd,
+            append: "quiet".into(),
+            disks: vec![],
+            watchdog_action: None,
+            shell_prefix: String::new(),
+        })
+        .unwrap();
+        vm.expect_console("PALISADE-NO-SHELL-ON-PURPOSE", Duration::from_secs(60))
+            .unwrap();
+        let within = Duration::from_secs(3);
+        let t = Instant::now();
+        let e = vm.shell(within).unwrap_err();
+        let took = t.elapsed();
+        assert!(
+            took < within + Duration::from_secs(3),
+            "shell() took {took:?}"
+        );
+        let text = e.to_string();
+        assert!(matches!(e, VmError::GuestTimeout { .. }), "{text}");
+        assert!(
+            text.contains("waiting for the guest shell")
+                && text.contains("PALISADE-NO-SHELL-ON-PURPOSE"),
+            "{text}"
+        );
+        // A needle that never comes fails the same way.
+        let e = vm
+            .expect_console("NEVER-PRINTED", Duration::from_millis(200))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("PALISADE-NO-SHELL-ON-PURPOSE"),
+            "{e}"
+        );
     }
 }

@@ -41,6 +41,9 @@ fn bin(var: &str) -> PathBuf {
     })
 }
 
+/// The guest's `/init`. The disk and watchdog modules load after [`vm::SHELL_INIT`], which
+/// loads the virtio core first (Debian's amd64 kernel has it as modules: `virtio_blk` before
+/// it fails with unknown symbols).
 fn init(arch: Arch) -> String {
     format!(
         "#!/bin/busybox sh\n\
@@ -49,8 +52,8 @@ mount -t proc proc /proc\n\
 mount -t sysfs sys /sys\n\
 mount -t devtmpfs dev /dev\n\
 mkdir -p /run/palisade /var/lib/palisade /tmp\n\
-for m in watchdog virtio_blk i6300esb; do insmod /lib/modules/$m.ko 2>/dev/null; done\n\
 {}\
+for m in watchdog virtio_blk i6300esb; do insmod /lib/modules/$m.ko 2>/dev/null; done\n\
 echo PALISADE-BOOTED {}\n\
 while true; do sleep 60; done\n",
         vm::SHELL_INIT,
@@ -126,7 +129,12 @@ fn release_daemons_footprint_in_a_vm() {
     let cfg = VmConfig {
         kernel: kernel.image.clone(),
         initrd,
-        append: "quiet".into(),
+        // Not `quiet`: a guest that stops early must say where on the console, which every
+        // failure quotes. arm64: the PL011 from the first instruction (`earlycon`).
+        append: match arch {
+            Arch::Aarch64 => "earlycon=pl011,0x9000000".into(),
+            Arch::X86_64 => String::new(),
+        },
         disks: vec![disk],
         // Never fires while the watcher feeds it; the VM is killed on drop either way.
         watchdog_action: Some("poweroff".into()),

@@ -312,6 +312,17 @@ where
         let line = self.line(port)?;
         let mut st = line.state.lock().await;
         Self::switch(&line.cfg, &mut st, command).await?;
+        // The switch is done (the node most likely loses power, and an operator can confirm
+        // it), but no read of this line can ever prove it: say so now. Returning Ok would
+        // leave the engine reading `unknown` until the attempt deadline, then retrying.
+        if let Basis::NotReadable(why) = line.cfg.basis() {
+            return Err(RelayError::Unconfirmable {
+                line: line.cfg.name.clone(),
+                command,
+                why,
+            }
+            .into());
+        }
         Ok(())
     }
 

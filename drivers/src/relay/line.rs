@@ -104,13 +104,21 @@ pub enum Unreadable {
 
 impl fmt::Display for Basis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Basis::SenseLine => f.write_str("sense line read back after the settle time"),
+            Basis::RelayOutputNoSense => f.write_str("relay output read back, no sense line"),
+            Basis::NotReadable(why) => why.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Basis::SenseLine => "sense line read back after the settle time",
-            Basis::RelayOutputNoSense => "relay output read back, no sense line",
-            Basis::NotReadable(Unreadable::ButtonWithoutSense) => {
+            Unreadable::ButtonWithoutSense => {
                 "power button without a sense line: a press cannot be read back, so this line never confirms a state; wire a sense line (power-good or power LED) or have an operator confirm"
             }
-            Basis::NotReadable(Unreadable::CutWithoutSenseNotOptedIn) => {
+            Unreadable::CutWithoutSenseNotOptedIn => {
                 "power-cut relay without a sense line: only the relay's own output could be read back, which does not catch a welded contact, and `confirm_off_by_relay_output_without_sense` is not set; wire a sense line, set that flag for this line, or have an operator confirm"
             }
         })

@@ -102,6 +102,18 @@ pub enum RelayError {
         /// The line's name.
         line: String,
     },
+    /// The line was switched, but nothing can ever read it back (a button without a sense
+    /// line, a power-cut relay without sense and without the opt-in): the call fails at once
+    /// with the reason, instead of the engine reading `unknown` until the attempt deadline.
+    #[error("relay line {line}: power {command} was switched, but it can never be confirmed: {why}. The node is NOT confirmed {command}")]
+    Unconfirmable {
+        /// The line's name.
+        line: String,
+        /// What was switched.
+        command: PowerCommand,
+        /// Why this line cannot be read back, and what would let it confirm.
+        why: line::Unreadable,
+    },
     /// The configuration of a line is inconsistent.
     #[error("relay line `{line}`: {detail}")]
     Config {
@@ -143,9 +155,9 @@ impl From<RelayError> for DeviceError {
                 command: format!("power {command}"),
                 detail,
             },
-            RelayError::BlindPowerOn { .. } | RelayError::Config { .. } => {
-                DeviceError::Policy { detail }
-            }
+            RelayError::BlindPowerOn { .. }
+            | RelayError::Unconfirmable { .. }
+            | RelayError::Config { .. } => DeviceError::Policy { detail },
         }
     }
 }

@@ -408,6 +408,8 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod relay_tests;
+#[cfg(test)]
 pub(crate) mod testdev;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -185,7 +185,16 @@ async fn button_without_sense_never_confirms() {
             ],
             None,
         );
-        b.dev.power(None, PowerCommand::Off).await.unwrap();
+        // The long press happens (the mock checks it), then the call fails at once with
+        // the reason: nothing could ever confirm it, so no read-back loop is started.
+        let e = b.dev.power(None, PowerCommand::Off).await.unwrap_err();
+        assert_eq!(e.code(), "policy", "{e}");
+        let text = err_text(&e);
+        assert!(
+            text.contains("power button without a sense line")
+                && text.contains("NOT confirmed off"),
+            "{text}"
+        );
         let (state, basis) = b.dev.read_back(None).await.unwrap();
         assert_eq!(state, PowerState::Unknown);
         assert_eq!(basis, Basis::NotReadable(Unreadable::ButtonWithoutSense));
@@ -203,7 +212,17 @@ async fn cut_without_sense_and_without_flag_never_confirms() {
     let cfg = test_cfg(Mode::PowerCut, false, false, Polarity::ActiveHigh);
     // No read of the output at status time: the mock would fail on one.
     let b = Bench::new(cfg, &[T::set(State::High), T::get_state(State::High)], None);
-    b.dev.power(None, PowerCommand::Off).await.unwrap();
+    // The relay cuts (the mock checks the write), and the call says at once why that proves
+    // nothing, rather than leaving the engine to read `unknown` until its deadline.
+    let e = b.dev.power(None, PowerCommand::Off).await.unwrap_err();
+    assert_eq!(e.code(), "policy", "{e}");
+    let text = err_text(&e);
+    assert!(
+        text.contains("can never be confirmed")
+            && text.contains("confirm_off_by_relay_output_without_sense` is not set")
+            && text.contains("NOT confirmed off"),
+        "{text}"
+    );
     assert_eq!(b.dev.status(None).await.unwrap(), PowerState::Unknown);
     assert!(b.dev.warnings()[0].contains("confirm_off_by_relay_output_without_sense"));
     b.done();
