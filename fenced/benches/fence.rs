@@ -391,6 +391,7 @@ fn history_commit() -> Duration {
             delay_ms: 0,
             attempts: vec![],
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         };
         let t = Instant::now();

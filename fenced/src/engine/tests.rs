@@ -650,6 +650,7 @@ async fn crash_mid_operation_is_recorded_as_interrupted_failure() {
             delay_ms: 0,
             attempts: vec![],
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         };
         h.record(&op).unwrap();
