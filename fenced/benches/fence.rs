@@ -111,6 +111,8 @@ fn engine_overhead(rt: &tokio::runtime::Runtime) -> (Duration, Duration) {
                 delay: Duration::ZERO,
                 random_delay: Duration::ZERO,
             },
+            confirm: Default::default(),
+            witnesses: Vec::new(),
         },
     );
     rt.block_on(async {

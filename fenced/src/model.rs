@@ -350,14 +350,36 @@ pub struct WitnessReport {
     pub kind: String,
     /// What it watched (addresses, disk slot, outlet).
     pub watched: String,
-    /// `silent`, `alive` or `no_evidence`.
-    pub verdict: String,
+    /// What it concluded.
+    pub verdict: WitnessVerdict,
     /// When the observation started.
     pub started_ms: Millis,
     /// When it ended.
     pub finished_ms: Millis,
     /// What it saw, oldest first.
     pub evidence: Vec<WitnessEvidence>,
+}
+
+/// What one witness concluded (only `silent` from every witness lets the device's "off" stand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WitnessVerdict {
+    /// No sign of life for its whole settle time: no objection.
+    Silent,
+    /// A sign of life after the device reported off: a veto.
+    Alive,
+    /// It could not observe (error, timeout): never taken as off.
+    NoEvidence,
+}
+
+impl From<drivers::witness::Verdict> for WitnessVerdict {
+    fn from(v: drivers::witness::Verdict) -> Self {
+        match v {
+            drivers::witness::Verdict::Silent => WitnessVerdict::Silent,
+            drivers::witness::Verdict::Alive => WitnessVerdict::Alive,
+            drivers::witness::Verdict::NoEvidence => WitnessVerdict::NoEvidence,
+        }
+    }
 }
 
 /// One thing a witness saw, with when.

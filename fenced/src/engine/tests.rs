@@ -39,6 +39,8 @@ pub(crate) fn target(name: &str, levels: &[&[&str]]) -> TargetConfig {
             delay: Duration::ZERO,
             random_delay: Duration::ZERO,
         },
+        confirm: Default::default(),
+        witnesses: Vec::new(),
     }
 }
 
@@ -70,6 +72,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
             request_id_window: Duration::from_secs(300),
         },
         devices: Default::default(),
+        witnesses: Default::default(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
         board: None,
     }
