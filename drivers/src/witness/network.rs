@@ -62,7 +62,9 @@ impl NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetworkWitnessError {
     /// No address to watch.
-    #[error("network witness: no addresses; give the node's IP:port pairs, e.g. [\"10.0.0.12:5405\"]")]
+    #[error(
+        "network witness: no addresses; give the node's IP:port pairs, e.g. [\"10.0.0.12:5405\"]"
+    )]
     NoAddresses,
     /// A duration is zero.
     #[error("network witness: {0} is zero; give it a positive duration")]
@@ -305,7 +307,11 @@ mod tests {
     /// connection) is filled and never accepted, and Linux drops further SYNs while the queue is
     /// full (`tcp_abort_on_overflow` 0, the default): a connect gets no reply at all, as from
     /// a node that is off. The returned streams keep the queue full.
-    async fn silent_port() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>, SocketAddr) {
+    async fn silent_port() -> (
+        tokio::net::TcpListener,
+        Vec<tokio::net::TcpStream>,
+        SocketAddr,
+    ) {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
         let l = sock.listen(0).unwrap();
@@ -355,8 +361,8 @@ mod tests {
         let (_l, _held, silent) = silent_port().await;
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let o = fast(vec![silent, l.local_addr().unwrap()])
-        .observe(Instant::now() + Duration::from_secs(5))
-        .await;
+            .observe(Instant::now() + Duration::from_secs(5))
+            .await;
         assert_eq!(o.verdict, Verdict::Alive, "{o:?}");
     }
 

@@ -325,17 +325,29 @@ fn confirm(
     let mut names = Vec::new();
     for w in list.map(|l| l.get_ref().as_slice()).unwrap_or_default() {
         let Some(cfg) = all.get(w.get_ref()) else {
-            return Err(ctx.at(w, &field, format!(
-                "witness `{}` is not defined; expected one of: {}",
-                w.get_ref(),
-                all.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(ctx.at(
+                w,
+                &field,
+                format!(
+                    "witness `{}` is not defined; expected one of: {}",
+                    w.get_ref(),
+                    all.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         };
         if names.contains(w.get_ref()) {
-            return Err(ctx.at(w, &field, format!("witness `{}` is listed twice", w.get_ref())));
+            return Err(ctx.at(
+                w,
+                &field,
+                format!("witness `{}` is listed twice", w.get_ref()),
+            ));
         }
         if let Err(e) = cfg.kind.build(name) {
-            return Err(ctx.at(w, &field, format!("witness `{}` cannot watch `{name}`: {e}", w.get_ref())));
+            return Err(ctx.at(
+                w,
+                &field,
+                format!("witness `{}` cannot watch `{name}`: {e}", w.get_ref()),
+            ));
         }
         let settle = cfg.kind.settle();
         if timing.attempt_timeout <= settle {

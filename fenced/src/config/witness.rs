@@ -203,8 +203,7 @@ impl WitnessCx<'_> {
             return Err(self.wrong_type(&v, field, "an integer number of milliseconds"));
         };
         let n = Spanned::new(v.span(), n);
-        self.ctx
-            .millis(&Some(n), &self.field(field), 0, (lo, hi))
+        self.ctx.millis(&Some(n), &self.field(field), 0, (lo, hi))
     }
 
     /// A `_s` setting within `lo..=hi` seconds, or `default`.
@@ -297,4 +296,133 @@ pub(super) fn resolve(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::super::{Config, Confirm};
+    use super::WitnessKind;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const BASE: &str = r#"
+[devices.bmc1]
+kind = "ipmi"
+address = "127.0.0.1:6230"
+username = "admin"
+password_env = "PW"
+
+[witnesses.n1-net]
+kind = "network"
+addresses = ["10.0.0.12:5405", "[fd00::12]:22"]
+settle_s = 2
+
+[witnesses.sbd-hb]
+kind = "disk-heartbeat"
+disk = "/dev/disk/by-id/shared-1"
+
+[targets.node1]
+levels = [["bmc1"]]
+confirm = "device+witness"
+witnesses = ["n1-net", "sbd-hb"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, super::ConfigError> {
+        Config::parse(Path::new("/etc/palisade/fenced.toml"), text, &|n| {
+            (n == "PW").then(|| b"pw".to_vec())
+        })
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn witnesses_resolve_and_targets_name_them() {
+        let c = parse(BASE).unwrap();
+        let t = &c.targets["node1"];
+        assert_eq!(t.confirm, Confirm::DeviceAndWitness);
+        assert_eq!(t.witnesses, vec!["n1-net", "sbd-hb"]);
+        let WitnessKind::Network(n) = &c.witnesses["n1-net"].kind else {
+            panic!()
+        };
+        assert_eq!(n.0.addresses.len(), 2);
+        assert_eq!(n.0.settle, Duration::from_secs(2));
+        let WitnessKind::DiskHeartbeat(d) = &c.witnesses["sbd-hb"].kind else {
+            panic!()
+        };
+        assert_eq!(d.settle, drivers::witness::disk::DEFAULT_SETTLE);
+        // The disk witness watches the target's own slot.
+        assert!(c.witnesses["sbd-hb"]
+            .kind
+            .build("node1")
+            .unwrap()
+            .describe()
+            .contains("node node1"));
+        // Without `confirm` a target is as before.
+        let plain = BASE
+            .replace("confirm = \"device+witness\"\n", "")
+            .replace("witnesses = [\"n1-net\", \"sbd-hb\"]\n", "");
+        let c = parse(&plain).unwrap();
+        assert_eq!(c.targets["node1"].confirm, Confirm::Device);
+        assert!(c.targets["node1"].witnesses.is_empty());
+    }
+
+    #[test]
+    fn bad_witness_input_names_file_line_and_what_was_expected() {
+        let cases = [
+            (
+                BASE.replace("kind = \"network\"", "kind = \"ping\""),
+                ":9: witnesses.n1-net.kind: unknown witness kind \"ping\"; expected one of: network, disk-heartbeat",
+            ),
+            (
+                BASE.replace("settle_s = 2", "settle_s = 2\nports = [1]"),
+                ":12: witnesses.n1-net.ports: unknown setting `ports` for a network witness; expected one of: kind, addresses, settle_s, probe_timeout_ms, interval_ms",
+            ),
+            (
+                BASE.replace("\"10.0.0.12:5405\"", "\"node1:5405\""),
+                ":10: witnesses.n1-net.addresses: `node1:5405` is not IP:port",
+            ),
+            (
+                BASE.replace("settle_s = 2", "settle_s = 0"),
+                ":11: witnesses.n1-net.settle_s: expected more than 0 and at most 600 seconds, found 0",
+            ),
+            (
+                BASE.replace("settle_s = 2", "settle_s = \"2\""),
+                ":11: witnesses.n1-net.settle_s: expected a number of seconds, found a string",
+            ),
+            (
+                BASE.replace("confirm = \"device+witness\"", "confirm = \"witness\""),
+                ":19: targets.node1.confirm: expected \"device\" (the device's read-back alone) or \"device+witness\"",
+            ),
+            (
+                BASE.replace("confirm = \"device+witness\"", "confirm = \"device\""),
+                ":20: targets.node1.witnesses: witnesses are listed but confirm is \"device\"",
+            ),
+            (
+                BASE.replace("witnesses = [\"n1-net\", \"sbd-hb\"]\n", ""),
+                ":17: targets.node1.witnesses: confirm = \"device+witness\" needs `witnesses = [\"NAME\", ...]`",
+            ),
+            (
+                BASE.replace("[\"n1-net\", \"sbd-hb\"]", "[\"n1-nett\"]"),
+                ":20: targets.node1.witnesses: witness `n1-nett` is not defined; expected one of: n1-net, sbd-hb",
+            ),
+            (
+                BASE.replace("settle_s = 2", "settle_s = 30"),
+                ":20: targets.node1.witnesses: witness `n1-net` watches for 30 s after the device reads back off, within the same attempt, but attempt_timeout_s is 20 s",
+            ),
+            (
+                BASE.replace("disk = \"/dev/disk/by-id/shared-1\"", "node = \"x\""),
+                ":13: witnesses.sbd-hb.disk: a disk-heartbeat witness needs `disk = ",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(
+                e.starts_with(&format!("/etc/palisade/fenced.toml{want}")),
+                "expected {want}\n     got {e}"
+            );
+        }
+    }
 }

@@ -43,7 +43,8 @@ impl DiskHeartbeatSettings {
 }
 
 impl WitnessKindSettings for DiskHeartbeatSettings {
-    const KEYS: &'static [&'static str] = &["disk", "node", "uuid", "settle_s", "poll_ms", "timeout_ms"];
+    const KEYS: &'static [&'static str] =
+        &["disk", "node", "uuid", "settle_s", "poll_ms", "timeout_ms"];
 
     fn resolve(cx: &mut WitnessCx<'_>) -> Result<Self, ConfigError> {
         let Some(disk) = cx.path("disk")? else {
@@ -55,9 +56,15 @@ impl WitnessKindSettings for DiskHeartbeatSettings {
         let node = cx.string("node")?.map(|n| n.into_inner());
         let uuid = match cx.string("uuid")? {
             None => None,
-            Some(u) => Some(drivers::sbd::format::parse_uuid(u.get_ref()).ok_or_else(|| {
-                cx.at(&u, "uuid", "expected a UUID like 3f2c9d1e-...-..., as `palisade-sbd dump` prints it")
-            })?),
+            Some(u) => Some(
+                drivers::sbd::format::parse_uuid(u.get_ref()).ok_or_else(|| {
+                    cx.at(
+                        &u,
+                        "uuid",
+                        "expected a UUID like 3f2c9d1e-...-..., as `palisade-sbd dump` prints it",
+                    )
+                })?,
+            ),
         };
         let settle = cx.seconds("settle_s", disk::DEFAULT_SETTLE, (0.0, 600.0))?;
         let poll = cx.millis("poll_ms", disk::DEFAULT_POLL, (10, 60_000))?;

@@ -14,7 +14,8 @@ use std::time::Duration;
 pub struct NetworkSettings(pub NetworkConfig);
 
 impl WitnessKindSettings for NetworkSettings {
-    const KEYS: &'static [&'static str] = &["addresses", "settle_s", "probe_timeout_ms", "interval_ms"];
+    const KEYS: &'static [&'static str] =
+        &["addresses", "settle_s", "probe_timeout_ms", "interval_ms"];
 
     fn resolve(cx: &mut WitnessCx<'_>) -> Result<Self, ConfigError> {
         let want = "a network witness needs `addresses = [\"10.0.0.12:5405\", ...]`: IP:port pairs of the node (IP addresses, not names: a DNS failure would leave the witness without evidence)";
@@ -32,14 +33,19 @@ impl WitnessKindSettings for NetworkSettings {
                     return Err(cx.at(
                         &list,
                         "addresses",
-                        format!("`{a}` is not IP:port (e.g. 10.0.0.12:5405 or [fd00::12]:22); {want}"),
+                        format!(
+                            "`{a}` is not IP:port (e.g. 10.0.0.12:5405 or [fd00::12]:22); {want}"
+                        ),
                     ))
                 }
             }
         }
         let settle = cx.seconds("settle_s", network::DEFAULT_SETTLE, (0.0, 600.0))?;
-        let probe_timeout =
-            cx.millis("probe_timeout_ms", network::DEFAULT_PROBE_TIMEOUT, (10, 60_000))?;
+        let probe_timeout = cx.millis(
+            "probe_timeout_ms",
+            network::DEFAULT_PROBE_TIMEOUT,
+            (10, 60_000),
+        )?;
         let interval = cx.millis("interval_ms", network::DEFAULT_INTERVAL, (10, 60_000))?;
         Ok(NetworkSettings(NetworkConfig {
             addresses,

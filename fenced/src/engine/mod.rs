@@ -148,7 +148,10 @@ impl drivers::witness::Witness for Unbuilt {
             verdict: drivers::witness::Verdict::NoEvidence,
             evidence: vec![drivers::witness::Evidence {
                 at: SystemTime::now(),
-                detail: format!("the witness could not be built: {}; fix its configuration", self.why),
+                detail: format!(
+                    "the witness could not be built: {}; fix its configuration",
+                    self.why
+                ),
             }],
         }
     }

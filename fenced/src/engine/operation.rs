@@ -152,6 +152,8 @@ async fn drive(
     deadline: Instant,
 ) -> Outcome {
     let mut level_failures = Vec::new();
+    // Levels whose "off" a witness refused: named in a later level's success.
+    let mut vetoes: Vec<String> = Vec::new();
     let first_phase = first_phase(op.action);
     for (i, level) in target.levels.iter().enumerate() {
         let n = i as u32 + 1;
@@ -174,13 +176,36 @@ async fn drive(
         let mut witnessed = String::new();
         if op.action.fences() && target.confirm == Confirm::DeviceAndWitness {
             let verdict = corroborate(inner, target, op, n, &names, r.deadline).await;
-            save(inner, tx, op).await;
+            if verdict.is_ok() {
+                save(inner, tx, op).await;
+            }
             match verdict {
                 Ok(words) => witnessed = format!("; {words}"),
                 Err(why) => {
+                    // The devices' read-backs are not a confirmation any more: the record says
+                    // so, with the evidence, so no reader of history takes them for one.
+                    let code = if why.contains("still alive") {
+                        "witness_alive"
+                    } else {
+                        "witness_no_evidence"
+                    };
+                    for a in op.attempts.iter_mut().filter(|a| a.level == n) {
+                        if matches!(a.result, StepResult::Confirmed { .. }) && a.phase == Phase::Off
+                        {
+                            a.result = StepResult::Failed {
+                                code: code.into(),
+                                message: why.clone(),
+                            };
+                        }
+                    }
+                    save(inner, tx, op).await;
+                    vetoes.push(format!("level {n}: {why}"));
                     level_failures.push(format!("level {n}: {why}"));
                     continue;
                 }
+            }
+            if !vetoes.is_empty() {
+                witnessed.push_str(&format!(" (after {})", vetoes.join(" | ")));
             }
         }
         if let (Some(_), Action::On) = (r.pill_msgwait_ms, op.action) {
