@@ -111,6 +111,8 @@ fn engine_overhead(rt: &tokio::runtime::Runtime) -> (Duration, Duration) {
                 delay: Duration::ZERO,
                 random_delay: Duration::ZERO,
             },
+            confirm: Default::default(),
+            witnesses: Vec::new(),
         },
     );
     rt.block_on(async {
@@ -391,6 +393,7 @@ fn history_commit() -> Duration {
             delay_ms: 0,
             attempts: vec![],
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         };
         let t = Instant::now();

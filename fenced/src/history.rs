@@ -1039,6 +1039,7 @@ mod tests {
             delay_ms: 0,
             attempts: vec![],
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         }
     }
@@ -1398,6 +1399,7 @@ mod figures {
             delay_ms: 0,
             attempts: vec![],
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         }
     }

@@ -331,8 +331,64 @@ pub struct Operation {
     /// operation has finished). Absent in history written before fenced recorded them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingStep>,
+    /// What each witness observed after a level's devices read back off (targets with
+    /// `confirm = "device+witness"`). Absent in history written before witnesses existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<WitnessReport>,
     /// How it ended, once it has.
     pub outcome: Option<Outcome>,
+}
+
+/// One witness's observation of the target after one level's devices read back off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WitnessReport {
+    /// The level whose "off" was being corroborated.
+    pub level: u32,
+    /// The witness's configured name.
+    pub witness: String,
+    /// Its kind (`network`, `disk-heartbeat`, `power-path`).
+    pub kind: String,
+    /// What it watched (addresses, disk slot, outlet).
+    pub watched: String,
+    /// What it concluded.
+    pub verdict: WitnessVerdict,
+    /// When the observation started.
+    pub started_ms: Millis,
+    /// When it ended.
+    pub finished_ms: Millis,
+    /// What it saw, oldest first.
+    pub evidence: Vec<WitnessEvidence>,
+}
+
+/// What one witness concluded (only `silent` from every witness lets the device's "off" stand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WitnessVerdict {
+    /// No sign of life for its whole settle time: no objection.
+    Silent,
+    /// A sign of life after the device reported off: a veto.
+    Alive,
+    /// It could not observe (error, timeout): never taken as off.
+    NoEvidence,
+}
+
+impl From<drivers::witness::Verdict> for WitnessVerdict {
+    fn from(v: drivers::witness::Verdict) -> Self {
+        match v {
+            drivers::witness::Verdict::Silent => WitnessVerdict::Silent,
+            drivers::witness::Verdict::Alive => WitnessVerdict::Alive,
+            drivers::witness::Verdict::NoEvidence => WitnessVerdict::NoEvidence,
+        }
+    }
+}
+
+/// One thing a witness saw, with when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WitnessEvidence {
+    /// When it was seen (Unix ms).
+    pub at_ms: Millis,
+    /// What was seen.
+    pub detail: String,
 }
 
 impl Operation {

@@ -142,6 +142,7 @@ fn run_records_operations_interrupted_by_a_crash() {
             delay_ms: 0,
             attempts: vec![],
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         })
         .unwrap();

@@ -10,6 +10,7 @@
 //! which is never taken as silence.
 
 pub mod disk;
+pub mod network;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

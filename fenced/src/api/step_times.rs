@@ -220,6 +220,7 @@ mod tests {
                 })
                 .collect(),
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         }
     }

@@ -333,6 +333,12 @@ fn describe_config(file: &Path, config: &Config, out: &mut impl Write) -> std::i
             d.address()
         )?;
     }
+    if !config.witnesses.is_empty() {
+        writeln!(out, "witnesses ({}):", config.witnesses.len())?;
+        for (name, w) in &config.witnesses {
+            writeln!(out, "  {name}: {} ({})", w.kind.name(), w.kind.describe())?;
+        }
+    }
     writeln!(out, "targets ({}):", config.targets.len())?;
     for (name, t) in &config.targets {
         writeln!(
@@ -358,6 +364,14 @@ fn describe_config(file: &Path, config: &Config, out: &mut impl Write) -> std::i
                 })
                 .collect();
             writeln!(out, "    level {}: {}", i + 1, devs.join(" + "))?;
+        }
+        if !t.witnesses.is_empty() {
+            writeln!(
+                out,
+                "    confirm {}: every level's off must be corroborated by {}",
+                t.confirm,
+                t.witnesses.join(" + ")
+            )?;
         }
     }
     Ok(())

@@ -30,13 +30,19 @@ mod serial_pdu;
 mod snmp_pdu;
 mod table;
 mod targets;
+mod witness;
+mod witness_disk;
+mod witness_network;
 
 pub use api::{ApiConfig, ApiSecurity, CertMatch, ClientCertRule, Role, TlsConfig};
 pub use device::{DeviceConfig, DeviceKind, DeviceSelection};
 pub use relay::{RelayLine, RelaySettings};
 pub use sbd::SbdSettings;
 pub use secret::{check_secret_file_mode, SecretFileError};
-pub use targets::{LevelEntry, TargetConfig, Timing};
+pub use targets::{Confirm, LevelEntry, TargetConfig, Timing};
+pub use witness::{WitnessConfig, WitnessKind};
+pub use witness_disk::DiskHeartbeatSettings;
+pub use witness_network::NetworkSettings;
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -94,6 +100,8 @@ struct RawConfig {
     #[serde(default)]
     devices: BTreeMap<String, Spanned<device::RawCommon>>,
     #[serde(default)]
+    witnesses: BTreeMap<String, Spanned<witness::RawWitness>>,
+    #[serde(default)]
     targets: BTreeMap<String, Spanned<targets::RawTarget>>,
 }
 
@@ -128,6 +136,8 @@ pub struct Config {
     pub limits: Limits,
     /// Devices by name.
     pub devices: BTreeMap<String, DeviceConfig>,
+    /// Witnesses by name (`[witnesses.NAME]`), used by targets with `confirm = "device+witness"`.
+    pub witnesses: BTreeMap<String, WitnessConfig>,
     /// Targets by name.
     pub targets: BTreeMap<String, TargetConfig>,
     /// The board (and HAT) this fence controller is, when the file names one: every relay
@@ -386,7 +396,8 @@ impl Config {
                 },
             );
         }
-        let targets = targets::resolve(&ctx, raw.targets, &raw.defaults, &devices)?;
+        let witnesses = witness::resolve(&ctx, raw.witnesses)?;
+        let targets = targets::resolve(&ctx, raw.targets, &raw.defaults, &devices, &witnesses)?;
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -394,6 +405,7 @@ impl Config {
             api,
             limits,
             devices,
+            witnesses,
             targets,
             board,
         })

@@ -1,7 +1,7 @@
 //! `[targets.NAME]`: each target's levels of devices, the identity each device must report
 //! for it, and its timing, with `[defaults]` for the timing a target does not set.
 
-use super::{ConfigError, Ctx, DeviceConfig};
+use super::{ConfigError, Ctx, DeviceConfig, WitnessConfig};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
@@ -24,6 +24,8 @@ pub(super) struct RawTarget {
     levels: Spanned<Vec<Vec<Spanned<String>>>>,
     #[serde(default)]
     identities: BTreeMap<String, Spanned<String>>,
+    confirm: Option<Spanned<String>>,
+    witnesses: Option<Spanned<Vec<Spanned<String>>>>,
     attempt_timeout_s: Option<Spanned<f64>>,
     total_timeout_s: Option<Spanned<f64>>,
     delay_s: Option<Spanned<f64>>,
@@ -52,6 +54,25 @@ pub struct LevelEntry {
     pub port: Option<String>,
 }
 
+/// What must agree before a target counts as off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Confirm {
+    /// `"device"`: the device's read-back (or a poison pill waited out) alone.
+    #[default]
+    Device,
+    /// `"device+witness"`: the device's read-back AND every witness of the target silent.
+    DeviceAndWitness,
+}
+
+impl std::fmt::Display for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Confirm::Device => "device",
+            Confirm::DeviceAndWitness => "device+witness",
+        })
+    }
+}
+
 /// A configured target.
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
@@ -63,6 +84,10 @@ pub struct TargetConfig {
     pub identities: BTreeMap<String, String>,
     /// Timing.
     pub timing: Timing,
+    /// What must agree before the target counts as off.
+    pub confirm: Confirm,
+    /// The witnesses (`[witnesses.NAME]`) that must all be silent under `device+witness`.
+    pub witnesses: Vec<String>,
 }
 
 /// The longest any timing setting may be: a day.
@@ -223,6 +248,7 @@ pub(super) fn resolve(
     raw: BTreeMap<String, Spanned<RawTarget>>,
     defaults: &RawTiming,
     devices: &BTreeMap<String, DeviceConfig>,
+    witnesses: &BTreeMap<String, WitnessConfig>,
 ) -> Result<BTreeMap<String, TargetConfig>, ConfigError> {
     check_defaults(ctx, defaults)?;
     let mut targets = BTreeMap::new();
@@ -243,7 +269,8 @@ pub(super) fn resolve(
             }
             identities.insert(dev.clone(), id.get_ref().trim().to_ascii_lowercase());
         }
-        let timing = timing(ctx, &name, &t, defaults, header)?;
+        let timing = timing(ctx, &name, &t, defaults, header.clone())?;
+        let (confirm, witnesses) = confirm(ctx, &name, &t, witnesses, &timing, header)?;
         targets.insert(
             name.clone(),
             TargetConfig {
@@ -251,10 +278,89 @@ pub(super) fn resolve(
                 levels,
                 identities,
                 timing,
+                confirm,
+                witnesses,
             },
         );
     }
     Ok(targets)
+}
+
+/// `confirm` and `witnesses`: `device+witness` needs at least one witness, each defined, each
+/// able to watch this target, and an attempt timeout longer than its settle time (the witness
+/// starts watching when the device read back off, within the same attempt).
+fn confirm(
+    ctx: &Ctx,
+    name: &str,
+    t: &RawTarget,
+    all: &BTreeMap<String, WitnessConfig>,
+    timing: &Timing,
+    header: Range<usize>,
+) -> Result<(Confirm, Vec<String>), ConfigError> {
+    let confirm = match &t.confirm {
+        None => Confirm::Device,
+        Some(c) => match c.get_ref().as_str() {
+            "device" => Confirm::Device,
+            "device+witness" => Confirm::DeviceAndWitness,
+            other => return Err(ctx.at(c, &format!("targets.{name}.confirm"), format!(
+                "expected \"device\" (the device's read-back alone) or \"device+witness\" (the device's read-back and every witness in `witnesses` silent), found `{other}`"
+            ))),
+        },
+    };
+    let field = format!("targets.{name}.witnesses");
+    let list = t.witnesses.as_ref();
+    match (confirm, list) {
+        (Confirm::Device, None) => return Ok((confirm, Vec::new())),
+        (Confirm::Device, Some(l)) => {
+            return Err(ctx.at(l, &field, "witnesses are listed but confirm is \"device\", so none would be asked: set confirm = \"device+witness\" or remove `witnesses`"))
+        }
+        (Confirm::DeviceAndWitness, None) => {
+            return Err(ctx.err(Some(header), &field, "confirm = \"device+witness\" needs `witnesses = [\"NAME\", ...]` naming one or more [witnesses.NAME] tables"))
+        }
+        (Confirm::DeviceAndWitness, Some(l)) if l.get_ref().is_empty() => {
+            return Err(ctx.at(l, &field, "confirm = \"device+witness\" needs one or more witnesses here"))
+        }
+        _ => {}
+    }
+    let mut names = Vec::new();
+    for w in list.map(|l| l.get_ref().as_slice()).unwrap_or_default() {
+        let Some(cfg) = all.get(w.get_ref()) else {
+            return Err(ctx.at(
+                w,
+                &field,
+                format!(
+                    "witness `{}` is not defined; expected one of: {}",
+                    w.get_ref(),
+                    all.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        if names.contains(w.get_ref()) {
+            return Err(ctx.at(
+                w,
+                &field,
+                format!("witness `{}` is listed twice", w.get_ref()),
+            ));
+        }
+        if let Err(e) = cfg.kind.build(name) {
+            return Err(ctx.at(
+                w,
+                &field,
+                format!("witness `{}` cannot watch `{name}`: {e}", w.get_ref()),
+            ));
+        }
+        let settle = cfg.kind.settle();
+        if timing.attempt_timeout <= settle {
+            return Err(ctx.at(w, &field, format!(
+                "witness `{}` watches for {} s after the device reads back off, within the same attempt, but attempt_timeout_s is {} s: expected attempt_timeout_s above the settle time (plus the device's own read-back time)",
+                w.get_ref(),
+                settle.as_secs_f64(),
+                timing.attempt_timeout.as_secs_f64()
+            )));
+        }
+        names.push(w.get_ref().clone());
+    }
+    Ok((confirm, names))
 }
 
 fn levels(

@@ -13,6 +13,7 @@
 //! [`Clock`], which follows tokio's clock and therefore pauses with it.
 
 pub mod audit;
+mod corroborate;
 mod journal;
 mod limits;
 mod monitor;
@@ -78,6 +79,84 @@ pub struct DeviceSlot {
     pub address: String,
 }
 
+/// A witness of one target as the engine holds it.
+#[derive(Clone)]
+pub struct WitnessSlot {
+    /// The configured name (`[witnesses.NAME]`).
+    pub name: String,
+    /// The witness.
+    pub witness: Arc<dyn drivers::witness::Witness>,
+}
+
+/// Per target, its witnesses in the order its `witnesses` lists them.
+pub type WitnessSlots = BTreeMap<String, Vec<WitnessSlot>>;
+
+/// Builds every target's witnesses from the configuration. The configuration already built each
+/// one when it was checked; one that fails now anyway is held as a witness that gives no
+/// evidence, with the reason, so its target can never be confirmed off without it.
+pub fn build_witnesses(config: &Config) -> WitnessSlots {
+    config
+        .targets
+        .values()
+        .filter(|t| !t.witnesses.is_empty())
+        .map(|t| {
+            let slots = t
+                .witnesses
+                .iter()
+                .map(|name| {
+                    let witness = match config.witnesses.get(name) {
+                        Some(w) => w.kind.build(&t.name).unwrap_or_else(|e| {
+                            Arc::new(Unbuilt {
+                                kind: w.kind.name(),
+                                why: e,
+                            })
+                        }),
+                        None => Arc::new(Unbuilt {
+                            kind: "unknown",
+                            why: format!("witness `{name}` is not configured"),
+                        }),
+                    };
+                    WitnessSlot {
+                        name: name.clone(),
+                        witness,
+                    }
+                })
+                .collect();
+            (t.name.clone(), slots)
+        })
+        .collect()
+}
+
+/// A witness that could not be built: it only ever says why it has no evidence.
+struct Unbuilt {
+    kind: &'static str,
+    why: String,
+}
+
+#[async_trait::async_trait]
+impl drivers::witness::Witness for Unbuilt {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn describe(&self) -> String {
+        format!("not built: {}", self.why)
+    }
+
+    async fn observe(&self, _deadline: tokio::time::Instant) -> drivers::witness::Observation {
+        drivers::witness::Observation {
+            verdict: drivers::witness::Verdict::NoEvidence,
+            evidence: vec![drivers::witness::Evidence {
+                at: SystemTime::now(),
+                detail: format!(
+                    "the witness could not be built: {}; fix its configuration",
+                    self.why
+                ),
+            }],
+        }
+    }
+}
+
 struct DeviceStatus {
     health: HealthState,
     identity: Option<DeviceIdentity>,
@@ -123,11 +202,49 @@ pub struct Metrics {
     pub duration_ms_sum: BTreeMap<String, u64>,
     /// Operations recorded as interrupted at start-up.
     pub interrupted_at_startup: u32,
+    /// Time from a device's step start to its confirmed off, by device.
+    pub device_confirm_ms: BTreeMap<String, Histogram>,
+    /// Time from a witness's start to its `silent`, by (witness, kind).
+    pub witness_confirm_ms: BTreeMap<(String, String), Histogram>,
+    /// Witness observations by (witness, kind, verdict).
+    pub witness_verdicts: BTreeMap<(String, String, String), u64>,
+    /// Levels whose device read back off while a witness saw the node alive, by device.
+    pub lying_devices: BTreeMap<String, u64>,
+}
+
+/// Upper bounds (ms) of [`Histogram`]'s buckets: from a fast BMC's read-back to a slow PDU's,
+/// and past the default 3 s settle of the witnesses.
+pub const CONFIRM_BUCKETS_MS: [u64; 12] = [
+    10, 50, 100, 250, 500, 1_000, 2_500, 3_500, 5_000, 10_000, 20_000, 60_000,
+];
+
+/// A fixed-bucket histogram of durations in ms (Prometheus-style: cumulative when exported).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`CONFIRM_BUCKETS_MS`] (not cumulative).
+    pub buckets: [u64; CONFIRM_BUCKETS_MS.len()],
+    /// All observations.
+    pub count: u64,
+    /// Their sum, ms.
+    pub sum_ms: u64,
+}
+
+impl Histogram {
+    /// Counts one duration.
+    pub fn push(&mut self, ms: u64) {
+        if let Some(i) = CONFIRM_BUCKETS_MS.iter().position(|b| ms <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_ms += ms;
+    }
 }
 
 pub(crate) struct Inner {
     config: Arc<Config>,
     devices: BTreeMap<String, DeviceSlot>,
+    /// Per target, its witnesses (targets with `confirm = "device+witness"`).
+    witnesses: WitnessSlots,
     /// Per device, the targets whose levels use it and the identity each pins for it (if
     /// any), built once from the config: a health check looks up its own device's entries
     /// instead of walking every target (which made a check cost the size of the fleet).
@@ -160,6 +277,20 @@ impl Engine {
     pub fn new(
         config: Arc<Config>,
         devices: BTreeMap<String, DeviceSlot>,
+        history: History,
+        interrupted: u32,
+        clock: Clock,
+    ) -> Result<Engine, EngineError> {
+        let witnesses = build_witnesses(&config);
+        Self::with_witnesses(config, devices, witnesses, history, interrupted, clock)
+    }
+
+    /// [`Engine::new`] with the witnesses given instead of built from the configuration
+    /// (tests hand in scripted ones).
+    pub fn with_witnesses(
+        config: Arc<Config>,
+        devices: BTreeMap<String, DeviceSlot>,
+        witnesses: WitnessSlots,
         history: History,
         interrupted: u32,
         clock: Clock,
@@ -224,6 +355,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 config,
                 devices,
+                witnesses,
                 uses,
                 history,
                 journal,

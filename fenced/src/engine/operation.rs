@@ -2,10 +2,11 @@
 //! stepped together, see [`super::step`]), the outcome from what the devices confirmed, and the
 //! durable record of each step before its command can go out.
 
+use super::corroborate::corroborate;
 use super::monitor::unhealthy_skip;
 use super::step::{step, StepPlan};
 use super::Inner;
-use crate::config::{LevelEntry, TargetConfig, Timing};
+use crate::config::{Confirm, LevelEntry, TargetConfig, Timing};
 use crate::history::Write;
 use crate::model::*;
 use drivers::{FenceProof, PillKind, PowerCommand};
@@ -128,6 +129,8 @@ struct LevelResult {
     pill_msgwait_ms: Option<u64>,
     /// `entry: basis` for each confirmed device whose driver said how it read back.
     bases: Vec<String>,
+    /// The attempt's deadline: witnesses watch under what is left of it.
+    deadline: Instant,
 }
 
 /// `level N`, followed by how each device read back when its driver said so, for summaries
@@ -149,6 +152,8 @@ async fn drive(
     deadline: Instant,
 ) -> Outcome {
     let mut level_failures = Vec::new();
+    // Levels whose "off" a witness refused: named in a later level's success.
+    let mut vetoes: Vec<String> = Vec::new();
     let first_phase = first_phase(op.action);
     for (i, level) in target.levels.iter().enumerate() {
         let n = i as u32 + 1;
@@ -167,6 +172,42 @@ async fn drive(
         }
         let devices: Vec<String> = level.iter().map(entry_name).collect();
         let names = devices.join(", ");
+        // Corroboration: the level's "off" stands only if every witness saw silence.
+        let mut witnessed = String::new();
+        if op.action.fences() && target.confirm == Confirm::DeviceAndWitness {
+            let verdict = corroborate(inner, target, op, n, &names, r.deadline).await;
+            if verdict.is_ok() {
+                save(inner, tx, op).await;
+            }
+            match verdict {
+                Ok(words) => witnessed = format!("; {words}"),
+                Err(why) => {
+                    // The devices' read-backs are not a confirmation any more: the record says
+                    // so, with the evidence, so no reader of history takes them for one.
+                    let code = if why.contains("still alive") {
+                        "witness_alive"
+                    } else {
+                        "witness_no_evidence"
+                    };
+                    for a in op.attempts.iter_mut().filter(|a| a.level == n) {
+                        if matches!(a.result, StepResult::Confirmed { .. }) && a.phase == Phase::Off
+                        {
+                            a.result = StepResult::Failed {
+                                code: code.into(),
+                                message: why.clone(),
+                            };
+                        }
+                    }
+                    save(inner, tx, op).await;
+                    vetoes.push(format!("level {n}: {why}"));
+                    level_failures.push(format!("level {n}: {why}"));
+                    continue;
+                }
+            }
+            if !vetoes.is_empty() {
+                witnessed.push_str(&format!(" (after {})", vetoes.join(" | ")));
+            }
+        }
         if let (Some(_), Action::On) = (r.pill_msgwait_ms, op.action) {
             return Outcome::Succeeded {
                 summary: format!(
@@ -188,12 +229,12 @@ async fn drive(
                 // A reset pill makes the node restart itself; nothing here can see it return.
                 powered_on: None,
                 summary: format!(
-                    "{} fenced: poison pill ({verb}) written to its slot on a majority of disks via {names} (level {n}), read back, and msgwait ({msgwait_ms} ms) elapsed",
+                    "{} fenced: poison pill ({verb}) written to its slot on a majority of disks via {names} (level {n}), read back, and msgwait ({msgwait_ms} ms) elapsed{witnessed}",
                     op.target
                 ),
             };
         }
-        let lv = level_words(n, &r.bases);
+        let lv = format!("{}{witnessed}", level_words(n, &r.bases));
         let confirmation = Confirmation::PowerReadBack {
             level: n,
             devices,
@@ -390,6 +431,7 @@ async fn run_level(
                 )],
                 pill_msgwait_ms: None,
                 bases: Vec::new(),
+                deadline: attempt_deadline,
             };
         }
         publish(inner, tx, op);
@@ -405,10 +447,11 @@ async fn run_level(
         .collect();
     // When the operation ends with this level, its final record follows at once and holds the
     // last attempt too: that attempt is not written twice (each write is an fsync).
+    // Not so when witnesses still have to watch: the attempt is written before they start.
     let ends_if_ok = matches!(
         (op.action, phase),
         (Action::Off, Phase::Off) | (Action::On, Phase::On)
-    );
+    ) && !(op.action.fences() && target.confirm == Confirm::DeviceAndWitness);
     let ends_anyway = op.action == Action::Reboot && phase == Phase::On;
     let mut ok = true;
     let mut already = true;
@@ -422,12 +465,20 @@ async fn run_level(
             StepResult::Confirmed { .. } => "confirmed".to_string(),
             StepResult::Failed { code, .. } => code.clone(),
         };
-        *inner
-            .state()
-            .metrics
-            .steps
-            .entry((e.device.clone(), code))
-            .or_default() += 1;
+        {
+            let mut st = inner.state();
+            *st.metrics
+                .steps
+                .entry((e.device.clone(), code))
+                .or_default() += 1;
+            if let (StepResult::Confirmed { .. }, Phase::Off) = (&result, phase) {
+                st.metrics
+                    .device_confirm_ms
+                    .entry(e.device.clone())
+                    .or_default()
+                    .push(inner.clock.now_ms().saturating_sub(started));
+            }
+        }
         match &result {
             StepResult::Confirmed {
                 already: a,
@@ -473,5 +524,6 @@ async fn run_level(
         failures,
         pill_msgwait_ms,
         bases,
+        deadline: attempt_deadline,
     }
 }

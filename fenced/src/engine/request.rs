@@ -234,6 +234,7 @@ impl Engine {
                 delay_ms: delay.as_millis() as u64,
                 attempts: Vec::new(),
                 pending: Vec::new(),
+                witnesses: Vec::new(),
                 outcome: None,
             };
             // Without a delay the first level's commands follow at once: they are recorded with
@@ -416,6 +417,7 @@ impl Engine {
             delay_ms: 0,
             attempts: Vec::new(),
             pending: Vec::new(),
+            witnesses: Vec::new(),
             outcome: Some(Outcome::Succeeded {
                 confirmation: Confirmation::Manual {
                     by: caller.identity.clone(),

@@ -29,6 +29,8 @@ pub struct State {
     pub power: PowerState,
     /// Commands are acknowledged and ignored (a lying BMC).
     pub stuck: bool,
+    /// Status always answers `off`, whatever the power is (a BMC reporting a cached state).
+    pub lies: bool,
     /// `on` is acknowledged and ignored.
     pub on_fails: bool,
     /// Time a power change takes.
@@ -61,6 +63,7 @@ impl TestDevice {
         TestDevice(Arc::new(Mutex::new(State {
             power,
             stuck: false,
+            lies: false,
             on_fails: false,
             switch_delay: Duration::ZERO,
             pending: None,
@@ -129,6 +132,7 @@ impl PowerDevice for TestDevice {
         settle(&mut s);
         s.status_reads += 1;
         let shown = match s.pending {
+            _ if s.lies => PowerState::Off,
             Some((_, PowerState::Off)) => PowerState::PoweringOff,
             Some((_, _)) => PowerState::PoweringOn,
             None => s.power,
@@ -144,7 +148,7 @@ impl PowerDevice for TestDevice {
         let mut s = self.state();
         settle(&mut s);
         s.commands.push(command);
-        let ignore = s.stuck || (command == PowerCommand::On && s.on_fails);
+        let ignore = s.stuck || s.lies || (command == PowerCommand::On && s.on_fails);
         if !ignore {
             let to = command.expected_state();
             if s.switch_delay.is_zero() {
@@ -195,5 +199,98 @@ impl PowerDevice for TestDevice {
             value: self.state().identity.clone(),
             description: "test device".into(),
         })
+    }
+}
+
+/// What a [`TestWitness`] does when asked.
+#[derive(Clone)]
+pub enum Watch {
+    /// Watches the node behind these devices: it runs while every one of them really has
+    /// power (a BMC's host power and the PDU outlet feeding it); alive at once if it runs,
+    /// silent after `settle` otherwise.
+    Node(Vec<TestDevice>, Duration),
+    /// Cannot observe (the reason), after a delay.
+    Blind(String, Duration),
+    /// Never returns (a witness that breaks its deadline).
+    Hang,
+}
+
+/// An in-process witness for the engine's tests.
+pub struct TestWitness {
+    /// Its behaviour.
+    pub watch: Watch,
+    /// Observations started.
+    pub calls: std::sync::atomic::AtomicU32,
+}
+
+impl TestWitness {
+    pub fn new(watch: Watch) -> Arc<Self> {
+        Arc::new(TestWitness {
+            watch,
+            calls: Default::default(),
+        })
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn seen(detail: String) -> drivers::witness::Evidence {
+    drivers::witness::Evidence {
+        at: std::time::SystemTime::now(),
+        detail,
+    }
+}
+
+#[async_trait]
+impl drivers::witness::Witness for TestWitness {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn describe(&self) -> String {
+        "the simulated node".into()
+    }
+
+    async fn observe(&self, deadline: tokio::time::Instant) -> drivers::witness::Observation {
+        use drivers::witness::{Observation, Verdict};
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match &self.watch {
+            Watch::Node(devs, settle) => {
+                let runs = || devs.iter().all(|d| d.true_power() == PowerState::On);
+                if runs() {
+                    return Observation {
+                        verdict: Verdict::Alive,
+                        evidence: vec![seen("10.0.0.12:5405 still answers".into())],
+                    };
+                }
+                let until = tokio::time::Instant::now() + *settle;
+                if until > deadline {
+                    tokio::time::sleep_until(deadline).await;
+                    return Observation {
+                        verdict: Verdict::NoEvidence,
+                        evidence: vec![seen("deadline before settle".into())],
+                    };
+                }
+                tokio::time::sleep_until(until).await;
+                Observation {
+                    verdict: if runs() {
+                        Verdict::Alive
+                    } else {
+                        Verdict::Silent
+                    },
+                    evidence: vec![seen(format!("node checked over {} ms", settle.as_millis()))],
+                }
+            }
+            Watch::Blind(why, after) => {
+                tokio::time::sleep(*after).await;
+                Observation {
+                    verdict: Verdict::NoEvidence,
+                    evidence: vec![seen(why.clone())],
+                }
+            }
+            Watch::Hang => std::future::pending().await,
+        }
     }
 }

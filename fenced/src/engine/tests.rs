@@ -39,6 +39,8 @@ pub(crate) fn target(name: &str, levels: &[&[&str]]) -> TargetConfig {
             delay: Duration::ZERO,
             random_delay: Duration::ZERO,
         },
+        confirm: Default::default(),
+        witnesses: Vec::new(),
     }
 }
 
@@ -70,6 +72,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
             request_id_window: Duration::from_secs(300),
         },
         devices: Default::default(),
+        witnesses: Default::default(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
         board: None,
     }
@@ -650,6 +653,7 @@ async fn crash_mid_operation_is_recorded_as_interrupted_failure() {
             delay_ms: 0,
             attempts: vec![],
             pending: vec![],
+            witnesses: Vec::new(),
             outcome: None,
         };
         h.record(&op).unwrap();
@@ -746,6 +750,7 @@ async fn crash_after_a_command_was_recorded_says_it_may_have_been_sent() {
                 command: "power off".into(),
                 since_ms: 1_765_000_000_123,
             }],
+            witnesses: Vec::new(),
             outcome: None,
         };
         h.record(&op).unwrap();
@@ -1122,4 +1127,285 @@ async fn a_device_that_cannot_read_back_is_not_fenced_and_says_why() {
     assert!(message.contains(why), "{message}");
     assert!(!message.contains("lying"), "{message}");
     assert_eq!(d.state().commands, vec![PowerCommand::Off]);
+}
+
+// ---- Corroboration (confirm = "device+witness") ----
+
+mod witnesses {
+    use super::super::testdev::{TestWitness, Watch};
+    use super::*;
+    use crate::config::Confirm;
+
+    fn witnessed(mut t: TargetConfig, names: &[&str]) -> TargetConfig {
+        t.confirm = Confirm::DeviceAndWitness;
+        t.witnesses = names.iter().map(|n| n.to_string()).collect();
+        t
+    }
+
+    fn rig_w(
+        targets: Vec<TargetConfig>,
+        devs: &[(&str, &TestDevice)],
+        witnesses: &[(&str, &str, Arc<TestWitness>)],
+    ) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(targets, dir.path());
+        let (history, _) = History::open(&cfg.daemon.history, 0).unwrap();
+        let devices = devs
+            .iter()
+            .map(|(n, d)| {
+                (
+                    n.to_string(),
+                    DeviceSlot {
+                        device: Arc::new((*d).clone()),
+                        kind: "test".into(),
+                        address: "in-process".into(),
+                    },
+                )
+            })
+            .collect();
+        let mut slots = WitnessSlots::new();
+        for (t, name, w) in witnesses {
+            slots.entry(t.to_string()).or_default().push(WitnessSlot {
+                name: name.to_string(),
+                witness: w.clone(),
+            });
+        }
+        let engine =
+            Engine::with_witnesses(Arc::new(cfg), devices, slots, history, 0, Clock::system())
+                .unwrap();
+        Rig { engine, _dir: dir }
+    }
+
+    fn summary(op: &Operation) -> &str {
+        match &op.outcome {
+            Some(Outcome::Succeeded { summary, .. }) => summary,
+            other => panic!("expected success, got {other:?}"),
+        }
+    }
+
+    fn message(op: &Operation) -> &str {
+        match &op.outcome {
+            Some(Outcome::Failed { message, .. }) => message,
+            other => panic!("expected failure, got {other:?}"),
+        }
+    }
+
+    const SETTLE: Duration = Duration::from_secs(3);
+
+    #[tokio::test(start_paused = true)]
+    async fn all_witnesses_silent_confirms_off_and_records_their_observations() {
+        let bmc = TestDevice::new(PowerState::On);
+        let net = TestWitness::new(Watch::Node(vec![bmc.clone()], SETTLE));
+        let disk = TestWitness::new(Watch::Node(vec![bmc.clone()], Duration::from_secs(1)));
+        let r = rig_w(
+            vec![witnessed(target("n1", &[&["bmc"]]), &["net", "disk"])],
+            &[("bmc", &bmc)],
+            &[("n1", "net", net.clone()), ("n1", "disk", disk.clone())],
+        );
+        let t0 = tokio::time::Instant::now();
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(op.fenced(), "{op:?}");
+        assert!(
+            summary(&op).contains("witnesses silent: net (test), disk (test)"),
+            "{}",
+            summary(&op)
+        );
+        // Both watched at once: the longer settle, not the sum.
+        let took = t0.elapsed();
+        assert!(
+            took >= SETTLE && took < SETTLE + Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert_eq!(op.witnesses.len(), 2);
+        for w in &op.witnesses {
+            assert_eq!(w.verdict, WitnessVerdict::Silent, "{w:?}");
+            assert_eq!(w.level, 1);
+            assert!(
+                w.finished_ms >= w.started_ms && !w.evidence.is_empty(),
+                "{w:?}"
+            );
+        }
+        // The record in history holds them too.
+        let h = r.engine.history(&HistoryQuery::default()).unwrap();
+        assert_eq!(h[0].witnesses, op.witnesses);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_witness_that_sees_the_node_alive_fails_the_level_with_the_evidence_and_the_next_level_fences(
+    ) {
+        // The BMC lies: it acknowledges off and reports off while the node keeps running.
+        let bmc = TestDevice::new(PowerState::On).with(|s| s.lies = true);
+        let pdu = TestDevice::new(PowerState::On);
+        let net = TestWitness::new(Watch::Node(vec![bmc.clone(), pdu.clone()], SETTLE));
+        let r = rig_w(
+            vec![witnessed(target("n1", &[&["bmc"], &["pdu"]]), &["net"])],
+            &[("bmc", &bmc), ("pdu", &pdu)],
+            &[("n1", "net", net.clone())],
+        );
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(op.fenced(), "{op:?}");
+        assert!(matches!(
+            op.outcome,
+            Some(Outcome::Succeeded {
+                confirmation: Confirmation::PowerReadBack { level: 2, .. },
+                ..
+            })
+        ));
+        assert_eq!(pdu.true_power(), PowerState::Off);
+        assert_eq!(bmc.true_power(), PowerState::On, "the BMC never switched");
+        let s = summary(&op);
+        assert!(
+            s.contains("after level 1: bmc read back off, but n1 is still alive: witness net (test): 10.0.0.12:5405 still answers"),
+            "{s}"
+        );
+        // Level 1's attempt is no confirmation in the record: it failed with the evidence.
+        let a1 = op.attempts.iter().find(|a| a.level == 1).unwrap();
+        match &a1.result {
+            StepResult::Failed { code, message } => {
+                assert_eq!(code, "witness_alive");
+                assert!(
+                    message.contains("10.0.0.12:5405 still answers"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let verdicts: Vec<_> = op.witnesses.iter().map(|w| (w.level, w.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            vec![(1, WitnessVerdict::Alive), (2, WitnessVerdict::Silent)]
+        );
+        let m = r.engine.metrics();
+        assert_eq!(m.lying_devices.get("bmc"), Some(&1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_veto_with_no_further_level_is_not_fenced() {
+        let bmc = TestDevice::new(PowerState::On).with(|s| s.lies = true);
+        let net = TestWitness::new(Watch::Node(vec![bmc.clone()], SETTLE));
+        let r = rig_w(
+            vec![witnessed(target("n1", &[&["bmc"]]), &["net"])],
+            &[("bmc", &bmc)],
+            &[("n1", "net", net)],
+        );
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(!op.fenced(), "{op:?}");
+        assert_eq!(failed_code(&op), "all_levels_failed");
+        assert!(
+            message(&op)
+                .contains("n1 NOT fenced: level 1: bmc read back off, but n1 is still alive"),
+            "{}",
+            message(&op)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_witness_without_evidence_is_never_off() {
+        let bmc = TestDevice::new(PowerState::On);
+        let net = TestWitness::new(Watch::Node(vec![bmc.clone()], SETTLE));
+        let blind = TestWitness::new(Watch::Blind(
+            "cannot read /dev/sdb: I/O error".into(),
+            Duration::from_millis(50),
+        ));
+        let r = rig_w(
+            vec![witnessed(target("n1", &[&["bmc"]]), &["net", "disk"])],
+            &[("bmc", &bmc)],
+            &[("n1", "net", net), ("n1", "disk", blind)],
+        );
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(!op.fenced(), "{op:?}");
+        assert_eq!(
+            bmc.true_power(),
+            PowerState::Off,
+            "the device did switch off"
+        );
+        let m = message(&op);
+        assert!(
+            m.contains("witness disk (test) gave no evidence: cannot read /dev/sdb: I/O error"),
+            "{m}"
+        );
+        let a = &op.attempts[0];
+        assert!(
+            matches!(&a.result, StepResult::Failed { code, .. } if code == "witness_no_evidence"),
+            "{a:?}"
+        );
+        let v: Vec<_> = op.witnesses.iter().map(|w| w.verdict).collect();
+        assert_eq!(v, vec![WitnessVerdict::Silent, WitnessVerdict::NoEvidence]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_witness_that_hangs_past_the_attempt_deadline_is_not_off() {
+        let bmc = TestDevice::new(PowerState::On);
+        let hang = TestWitness::new(Watch::Hang);
+        let r = rig_w(
+            vec![witnessed(target("n1", &[&["bmc"]]), &["stuck"])],
+            &[("bmc", &bmc)],
+            &[("n1", "stuck", hang)],
+        );
+        let t0 = tokio::time::Instant::now();
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(!op.fenced(), "{op:?}");
+        // Bounded by the attempt deadline (5 s in these targets), not the total timeout.
+        assert!(t0.elapsed() <= Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(
+            message(&op).contains(
+                "witness stuck (test) gave no evidence: did not answer within the attempt deadline"
+            ),
+            "{}",
+            message(&op)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn policy_device_is_unchanged_and_believes_a_lying_device() {
+        // The demonstration of why the policy exists: with `device` the lying BMC is believed.
+        let bmc = TestDevice::new(PowerState::On).with(|s| s.lies = true);
+        let net = TestWitness::new(Watch::Node(vec![bmc.clone()], SETTLE));
+        let mut t = target("n1", &[&["bmc"]]);
+        t.witnesses = vec![];
+        let r = rig_w(vec![t], &[("bmc", &bmc)], &[("n1", "net", net.clone())]);
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(op.fenced(), "policy device trusts the read-back: {op:?}");
+        assert_eq!(bmc.true_power(), PowerState::On, "yet the node still runs");
+        assert_eq!(net.calls(), 0, "no witness is asked under policy device");
+        assert!(op.witnesses.is_empty());
+        // It even answered "off" before any command: "already off", nothing sent.
+        assert_eq!(
+            summary(&op),
+            "n1 was already off: power read back as off from bmc (level 1); no command sent"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reboot_is_corroborated_before_power_comes_back() {
+        let bmc = TestDevice::new(PowerState::On);
+        let net = TestWitness::new(Watch::Node(vec![bmc.clone()], SETTLE));
+        let r = rig_w(
+            vec![witnessed(target("n1", &[&["bmc"]]), &["net"])],
+            &[("bmc", &bmc)],
+            &[("n1", "net", net.clone())],
+        );
+        let op = run(&r.engine, req("n1", Action::Reboot)).await;
+        assert!(op.fenced(), "{op:?}");
+        assert_eq!(
+            bmc.state().commands,
+            vec![PowerCommand::Off, PowerCommand::On]
+        );
+        assert_eq!(net.calls(), 1);
+        assert_eq!(op.witnesses[0].verdict, WitnessVerdict::Silent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unfencing_asks_no_witness() {
+        let bmc = TestDevice::new(PowerState::Off);
+        let net = TestWitness::new(Watch::Node(vec![bmc.clone()], SETTLE));
+        let r = rig_w(
+            vec![witnessed(target("n1", &[&["bmc"]]), &["net"])],
+            &[("bmc", &bmc)],
+            &[("n1", "net", net.clone())],
+        );
+        let op = run(&r.engine, req("n1", Action::On)).await;
+        assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+        assert_eq!(net.calls(), 0);
+    }
 }

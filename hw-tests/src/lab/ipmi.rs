@@ -233,6 +233,9 @@ pub struct BmcState {
     /// Until when Get Chassis Status still reports the power from before the last chassis
     /// control, and what it was.
     stale: Option<(Instant, bool)>,
+    /// Under the `lies` fault: the power state last asked for, which Get Chassis Status
+    /// reports instead of the node's.
+    claimed: Option<bool>,
 }
 
 impl BmcState {
@@ -251,6 +254,7 @@ impl BmcState {
             max_sessions: cfg.max_sessions,
             status_lag: cfg.profile.status_lag,
             stale: None,
+            claimed: None,
         }
     }
 
@@ -972,7 +976,7 @@ fn in_session(
                 }
                 Ok(_) => (cc::INVALID_SESSION_ID, Vec::new()),
             },
-            (NETFN_CHASSIS, 0x01) => (cc::OK, chassis_status(st, now).encode()),
+            (NETFN_CHASSIS, 0x01) => (cc::OK, chassis_status(st, now, faults).encode()),
             (NETFN_CHASSIS, 0x02) => match ChassisControl::decode(&req.data) {
                 Err(_) => (cc::REQUEST_DATA_LENGTH_INVALID, Vec::new()),
                 Ok(c) => (chassis(st, c.control, now, faults), Vec::new()),
@@ -1038,8 +1042,14 @@ fn device_id() -> DeviceId {
 /// Get Chassis Status (§28.2, Table 28-3): byte 1 bit 0 power on, bits 6:5 restore policy
 /// 01b "restore power to the state it was in"; byte 2 bit 4 "last power-on state was entered
 /// through an IPMI command".
-fn chassis_status(st: &mut BmcState, now: Instant) -> ChassisStatus {
+fn chassis_status(st: &mut BmcState, now: Instant, faults: &Faults) -> ChassisStatus {
     let mut on = st.shared.with_node(|n| n.is_on());
+    if let (true, Some(claimed)) = (faults.lies, st.claimed) {
+        if claimed != on {
+            st.shared.record(EventKind::FaultApplied("lies"));
+        }
+        on = claimed;
+    }
     match st.stale {
         // A profile whose status trails the change (see profile.rs) still reports the state
         // from before the command.
@@ -1079,6 +1089,15 @@ fn chassis(st: &mut BmcState, control: u8, now: Instant, faults: &Faults) -> u8 
     }
     if faults.stuck {
         st.shared.record(EventKind::FaultApplied("stuck"));
+        return cc::OK;
+    }
+    if faults.lies {
+        // Acknowledged, not carried out; the status reports what was asked for from now on.
+        st.shared.record(EventKind::FaultApplied("lies"));
+        st.claimed = match action {
+            PowerAction::Up | PowerAction::Cycle | PowerAction::HardReset => Some(true),
+            PowerAction::Down | PowerAction::SoftShutdown => Some(false),
+        };
         return cc::OK;
     }
     let result = if faults.power_on_fails && action == PowerAction::Up {

@@ -76,6 +76,10 @@ pub struct Faults {
     pub echo_off: bool,
     /// Serial PDUs: delay after each byte sent, in milliseconds (a slow line).
     pub byte_delay_ms: u64,
+    /// IPMI and Redfish: power commands are acknowledged and not carried out, and the power
+    /// state reported is the one last asked for (a BMC answering from a cached state): it
+    /// reports off while the node keeps running.
+    pub lies: bool,
 }
 
 /// One fault knob set to a value; [`BmcHandle::set_fault`] applies it.
@@ -113,6 +117,8 @@ pub enum Fault {
     EchoOff(bool),
     /// Serial PDUs: delay each byte sent by this many milliseconds (0 = none).
     SlowLine(u64),
+    /// IPMI and Redfish: report the power last asked for without changing it, or behave again.
+    Lies(bool),
 }
 
 impl Faults {
@@ -135,6 +141,7 @@ impl Faults {
             Fault::PowerStateMissing(b) => self.power_state_missing = b,
             Fault::EchoOff(b) => self.echo_off = b,
             Fault::SlowLine(ms) => self.byte_delay_ms = ms,
+            Fault::Lies(b) => self.lies = b,
         }
     }
 }
@@ -149,6 +156,8 @@ Fault knobs (`--fault [NODE:]KNOB`, repeatable; without NODE: every BMC):
   power-on-fails  acknowledge power on, stay off               --fault power-on-fails
   garbage         random, truncated or corrupted replies       --fault garbage
   crash           answer nothing at all (a dead BMC)           --fault node3:crash
+  lies            IPMI/Redfish: acknowledge power changes, make none, and report the
+                  state asked for (off while the node runs)    --fault node1:lies
 SNMP PDUs: crash = no reply at all (timeout); refuse-auth = every request treated as a
   wrong community (dropped) or wrong v3 digest (usmStatsWrongDigests report); stuck,
   power-on-fails, garbage, latency, drop as above; server-error = sets answer genErr.
@@ -238,6 +247,7 @@ impl FromStr for FaultKnob {
             "power-state-null" => flag(Fault::PowerStateNull)?,
             "power-state-missing" => flag(Fault::PowerStateMissing)?,
             "echo-off" => flag(Fault::EchoOff)?,
+            "lies" => flag(Fault::Lies)?,
             "slow-line" => {
                 let v = value.ok_or_else(|| {
                     err("slow-line needs milliseconds per byte: slow-line=5".into())

@@ -158,6 +158,9 @@ struct System {
     /// The transition never ends: `target` stays set and the power never changes (a lying
     /// BMC stuck in `PoweringOff`, see [`RedfishBmcHandle::set_endless_transition`]).
     pinned: bool,
+    /// Under the `lies` fault: the power state last asked for, which `PowerState` reports
+    /// instead of the node's.
+    claimed: Option<bool>,
 }
 
 struct Session {
@@ -504,6 +507,7 @@ impl RedfishLab {
                     node: Node::new(spec.power_on, spec.power_delay),
                     target: None,
                     pinned: false,
+                    claimed: None,
                 });
             }
             let shared = Arc::new(Shared {
@@ -1329,7 +1333,19 @@ fn system_json(shared: &Shared, id: &str, faults: Faults) -> Option<Value> {
     let systems = lock(&shared.systems);
     let k = systems.iter().position(|s| s.id == id)?;
     let s = systems.get(k)?;
-    let state = power_state(s);
+    let state = match (faults.lies, s.claimed) {
+        (true, Some(claimed)) => {
+            if claimed != s.node.is_on() {
+                shared.record(EventKind::FaultApplied("lies"));
+            }
+            if claimed {
+                "On"
+            } else {
+                "Off"
+            }
+        }
+        _ => power_state(s),
+    };
     let (enabled, target) = lock(&shared.boot).get(k).cloned().unwrap_or_default();
     let p = shared.profile;
     let mut v = json!({
@@ -1585,6 +1601,12 @@ async fn reset(shared: &Shared, id: &str, req: Request<Incoming>, faults: Faults
     }
     if faults.stuck {
         shared.record(EventKind::FaultApplied("stuck"));
+    } else if let (true, Some(a)) = (faults.lies, action) {
+        // Acknowledged, not carried out; `PowerState` reports what was asked for from now on.
+        shared.record(EventKind::FaultApplied("lies"));
+        if let Some(s) = lock(&shared.systems).get_mut(k) {
+            s.claimed = Some(!matches!(a, PowerAction::Down | PowerAction::SoftShutdown));
+        }
     } else if let (Some(a), true) = (action, shared.endless_transition.load(Ordering::Relaxed)) {
         let to = match a {
             PowerAction::Up => Some(true),

@@ -7,7 +7,7 @@ use crate::{Exit, FenceArgs, Ui};
 use fenced::client::ClientError;
 use fenced::model::{
     Action, Confirmation, FenceAccepted, FenceRequest, OpState, Operation, Outcome, Phase,
-    StepResult,
+    StepResult, WitnessVerdict,
 };
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
@@ -172,12 +172,49 @@ fn progress_line(op: &Operation) -> String {
                 StepResult::Failed { code, .. } => format!("failed ({code})"),
             };
             format!(
-                "{s}, last step: level {} {} {phase} {result}",
-                a.level, a.device
+                "{s}, last step: level {} {} {phase} {result}{}",
+                a.level,
+                a.device,
+                witness_words(op, Some(a.level))
             )
         }
         (s, None) => s.to_string(),
     }
+}
+
+/// `; witnesses: net (network) silent, hb (disk-heartbeat) alive at level 1`, for the
+/// witnesses of `level` (all levels when `None`), or nothing when none watched.
+pub fn witness_words(op: &Operation, level: Option<u32>) -> String {
+    let mut levels: Vec<u32> = op
+        .witnesses
+        .iter()
+        .map(|w| w.level)
+        .filter(|l| level.is_none_or(|x| x == *l))
+        .collect();
+    levels.dedup();
+    if levels.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = levels
+        .iter()
+        .map(|l| {
+            let ws: Vec<String> = op
+                .witnesses
+                .iter()
+                .filter(|w| w.level == *l)
+                .map(|w| {
+                    let v = match w.verdict {
+                        WitnessVerdict::Silent => "silent",
+                        WitnessVerdict::Alive => "ALIVE",
+                        WitnessVerdict::NoEvidence => "no evidence",
+                    };
+                    format!("{} ({}) {v}", w.witness, w.kind)
+                })
+                .collect();
+            format!("{} at level {l}", ws.join(", "))
+        })
+        .collect();
+    format!("; witnesses: {}", parts.join("; "))
 }
 
 /// ` in 1.23 s`, or nothing while the operation has not finished.
@@ -229,7 +266,7 @@ fn final_line(node: &str, action: Action, op: &Operation, json: bool) -> Exit {
             summary,
             ..
         }) => {
-            let how = how(confirmation);
+            let how = format!("{}{}", how(confirmation), witness_words(op, None));
             let line = match (action, powered_on) {
                 (Action::On, _) => format!("{node} POWERED ON: {how}{}", secs(op)),
                 (Action::Reboot, Some(false)) => format!(
