@@ -62,6 +62,8 @@ for arch in "${arches[@]}"; do
     depends=$(dpkg-deb --field "$deb" Depends)
     # dpkg-shlibdeps' answer carries versions; a bare "libc6" (or none) means it failed.
     [[ $depends == *"libc6 (>= "* ]] || fail "$deb: Depends '$depends' lacks a versioned libc6"
+    # An architecture qualifier (libc6:arm64) is the cross build's shlibs leaking through.
+    [[ $depends != *:* ]] || fail "$deb: Depends '$depends' carries an architecture qualifier"
     dpkg-deb --field "$deb" Installed-Size >/dev/null
 
     contents=$(dpkg-deb --contents "$deb" | awk '{ print $6 }')
