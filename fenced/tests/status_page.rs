@@ -350,4 +350,23 @@ fn the_page_follows_fences_live_with_outcomes_reasons_and_device_health() {
         sorted.iter().all(|m| *m >= -50),
         "the page cannot show an operation before it exists: {ms:?}"
     );
+
+    // Pause state, live from the event stream: the banner appears with who and why, and goes.
+    let out = b
+        .fenced
+        .fence_node(&["pause", "--reason", "page test maintenance"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let banner = browser
+        .wait_for("#pause", WAIT, |v| v["hidden"] == false)
+        .unwrap();
+    let btext = banner["text"].as_str().unwrap();
+    assert!(btext.contains("PAUSED"), "{btext}");
+    assert!(btext.contains("page test maintenance"), "{btext}");
+    let out = b
+        .fenced
+        .fence_node(&["resume", "--reason", "page test maintenance"]);
+    assert!(out.status.success(), "{}", text(&out));
+    browser
+        .wait_for("#pause", WAIT, |v| v["hidden"] == true)
+        .unwrap();
 }
