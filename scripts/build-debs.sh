@@ -12,14 +12,15 @@
 #
 # Package names use '-' where the binaries use '_' (Debian package names cannot hold '_').
 # PALISADE_DEB_VERSION overrides the version (the upgrade test builds an older one).
-# PALISADE_DEB_PROFILE picks the cargo profile (default `deb`: see Cargo.toml).
+# PALISADE_DEB_PROFILE picks the cargo profile (default `release`, fat LTO, what is shipped;
+# Cargo.toml's [profile.deb] comment says why and what thin LTO would cost).
 # PALISADE_DEB_ARCHES limits the architectures ("amd64", "arm64" or "amd64 arm64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=${1:-target/debian}
 version=${PALISADE_DEB_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
-profile=${PALISADE_DEB_PROFILE:-deb}
+profile=${PALISADE_DEB_PROFILE:-release}
 target_dir=${CARGO_TARGET_DIR:-target}
 deb=packaging/debian
 mkdir -p "$out"

@@ -26,11 +26,10 @@ export PALISADE_SKIP_LOG="$target_dir/palisade-skips.log"
 mkdir -p "$target_dir"
 : >"$PALISADE_SKIP_LOG"
 
-# The Debian packages, built once with the shipped profile ([profile.deb]) so the package test
-# (hw-tests/tests/debian_package.rs) only installs, upgrades and purges them. amd64 only: the
-# arm64 packages are another full cross build of that profile, over CI's budget
-# (scripts/check-debs.sh checks them by hand). Cost: see the report of issue 19 / the
-# commit that added this step.
+# The Debian packages, built once with the shipped profile (release, fat LTO: Cargo.toml says
+# why) so the package test (hw-tests/tests/debian_package.rs) only installs, upgrades and
+# purges them. amd64 only: the arm64 packages are another full cross build of that profile,
+# over CI's budget (scripts/check-debs.sh checks them by hand; its header says how).
 echo "== Debian packages (amd64, deb profile)"
 export PALISADE_DEB_DIR="$target_dir/debian"
 rm -f "$PALISADE_DEB_DIR"/*.deb
