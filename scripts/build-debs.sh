@@ -12,14 +12,15 @@
 #
 # Package names use '-' where the binaries use '_' (Debian package names cannot hold '_').
 # PALISADE_DEB_VERSION overrides the version (the upgrade test builds an older one).
-# PALISADE_DEB_PROFILE picks the cargo profile (default `deb`: see Cargo.toml).
+# PALISADE_DEB_PROFILE picks the cargo profile (default `release`, fat LTO, what is shipped;
+# Cargo.toml's [profile.deb] comment says why and what thin LTO would cost).
 # PALISADE_DEB_ARCHES limits the architectures ("amd64", "arm64" or "amd64 arm64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=${1:-target/debian}
 version=${PALISADE_DEB_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
-profile=${PALISADE_DEB_PROFILE:-deb}
+profile=${PALISADE_DEB_PROFILE:-release}
 target_dir=${CARGO_TARGET_DIR:-target}
 deb=packaging/debian
 mkdir -p "$out"
@@ -122,6 +123,10 @@ for arch in "${arches[@]}"; do
     printf 'Source: palisade\n\nPackage: %s\nArchitecture: any\n' "$pkg" >"$shl/debian/control"
     # A cross build's libraries belong to Debian's *-arm64-cross packages on this host; on
     # the target they are the plain packages (libc6, libgcc-s1), so the suffix goes.
+    # The cross libc ships only a shlibs file (no symbols file), which names "libc6:arm64
+    # (>= 2.36)": the qualifier goes too (it is the package's own architecture), and the
+    # version is the cross libc's whole-library minimum (bookworm's own glibc), not the newest
+    # symbol used, as the amd64 build's symbols file gives.
     # Its one expected warning (the binaries are not under debian/PACKAGE) is dropped.
     if ! shlibs=$(cd "$shl" && DEB_HOST_ARCH=$arch dpkg-shlibdeps -O -x"$pkg" "${shlib_dirs[@]}" "$stage"/usr/sbin/* 2>"$shl/stderr"); then
       cat "$shl/stderr" >&2
@@ -129,7 +134,7 @@ for arch in "${arches[@]}"; do
       exit 1
     fi
     grep -v "binaries to analyze should already be installed in their package's directory" "$shl/stderr" >&2 || true
-    shlibs=$(sed -n "s/^shlibs:Depends=//; T; s/-$arch-cross//g; p" <<<"$shlibs")
+    shlibs=$(sed -n "s/^shlibs:Depends=//; T; s/-$arch-cross//g; s/:$arch\([ ,]\|$\)/\1/g; p" <<<"$shlibs")
     rm -rf "$shl"
     if [[ $shlibs != *libc6* ]]; then
       echo "build-debs: dpkg-shlibdeps found no libc6 dependency for $pkg ($arch): '$shlibs'" >&2

@@ -26,6 +26,15 @@ export PALISADE_SKIP_LOG="$target_dir/palisade-skips.log"
 mkdir -p "$target_dir"
 : >"$PALISADE_SKIP_LOG"
 
+# The Debian packages, built once with the shipped profile (release, fat LTO: Cargo.toml says
+# why) so the package test (hw-tests/tests/debian_package.rs) only installs, upgrades and
+# purges them. amd64 only: the arm64 packages are another full cross build of that profile,
+# over CI's budget (scripts/check-debs.sh checks them by hand; its header says how).
+echo "== Debian packages (amd64, deb profile)"
+export PALISADE_DEB_DIR="$target_dir/debian"
+rm -f "$PALISADE_DEB_DIR"/*.deb
+PALISADE_DEB_ARCHES=amd64 bash scripts/build-debs.sh "$PALISADE_DEB_DIR"
+
 echo "== tests"
 tests_rc=0
 cargo nextest run --workspace --locked --no-fail-fast --profile ci || tests_rc=$?

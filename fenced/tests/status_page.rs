@@ -3,8 +3,10 @@
 //! lab BMCs (real RMCP+ over loopback). The page must refuse to show anything to a caller
 //! without the `read` role, show an operation while it runs and then its confirmed outcome,
 //! show a stuck BMC's fence as failed with its reason, and show device health and identity.
-//! Screenshots go to `target/status-page*.png`; the time from a fence's acceptance to the page
-//! showing it is printed (median of 5).
+//! Screenshots go to `target/status-page.png` (a fence in flight), `status-page-failed.png`
+//! (the stuck BMC's failure), `status-page-phone.png` and `status-page-refused.png`; the page's
+//! weight and the time from a fence's acceptance to the page showing it (median of 5) are
+//! printed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -234,6 +236,10 @@ fn the_page_follows_fences_live_with_outcomes_reasons_and_device_health() {
         running["text"].as_str().unwrap().contains("in progress"),
         "{running}"
     );
+    // The screenshot of a fence in flight (the BMC takes 800 ms to switch).
+    let shot = target_dir().join("status-page.png");
+    browser.screenshot(&shot).unwrap();
+    println!("screenshot (running): {}", shot.display());
     let done = finished_row(&browser, id);
     assert_eq!(attr(&done, "data-state"), "succeeded", "{done}");
     assert!(
@@ -281,9 +287,9 @@ fn the_page_follows_fences_live_with_outcomes_reasons_and_device_health() {
     );
     assert!(b.lab.bmc("node2").unwrap().power(), "still running");
 
-    let shot = target_dir().join("status-page.png");
+    let shot = target_dir().join("status-page-failed.png");
     browser.screenshot(&shot).unwrap();
-    println!("screenshot: {}", shot.display());
+    println!("screenshot (failed): {}", shot.display());
     // A phone's width: one column, tables as stacked rows.
     browser.resize(390, 1600).unwrap();
     let shot = target_dir().join("status-page-phone.png");
@@ -291,6 +297,31 @@ fn the_page_follows_fences_live_with_outcomes_reasons_and_device_health() {
     browser.screenshot(&shot).unwrap();
     println!("screenshot: {}", shot.display());
     browser.resize(1280, 1100).unwrap();
+
+    // The page's weight as the browser received it (one document: style and script inline),
+    // against the page as built.
+    let nav = browser
+        .run(
+            "const n = performance.getEntriesByType('navigation')[0]; \
+             return { body: n.decodedBodySize, transfer: n.transferSize };",
+            Value::Array(Vec::new()),
+        )
+        .unwrap();
+    let page = fenced::api::status::build();
+    assert_eq!(
+        nav["body"].as_u64(),
+        Some(page.html.len() as u64),
+        "the browser received the page as built: {nav}"
+    );
+    println!(
+        "status page weight: {} bytes in one document ({} of style, {} of script), {} bytes \
+         transferred with headers; budget {}",
+        page.html.len(),
+        fenced::api::status::CSS.len(),
+        fenced::api::status::JS.len(),
+        nav["transfer"],
+        fenced::api::status::SIZE_BUDGET
+    );
 
     // The figure: from a fence's acceptance (the operation's created_ms) to the page first
     // showing it (the page stamps each operation with Date.now() when it first renders it).
@@ -319,4 +350,23 @@ fn the_page_follows_fences_live_with_outcomes_reasons_and_device_health() {
         sorted.iter().all(|m| *m >= -50),
         "the page cannot show an operation before it exists: {ms:?}"
     );
+
+    // Pause state, live from the event stream: the banner appears with who and why, and goes.
+    let out = b
+        .fenced
+        .fence_node(&["pause", "--reason", "page test maintenance"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let banner = browser
+        .wait_for("#pause", WAIT, |v| v["hidden"] == false)
+        .unwrap();
+    let btext = banner["text"].as_str().unwrap();
+    assert!(btext.contains("PAUSED"), "{btext}");
+    assert!(btext.contains("page test maintenance"), "{btext}");
+    let out = b
+        .fenced
+        .fence_node(&["resume", "--reason", "page test maintenance"]);
+    assert!(out.status.success(), "{}", text(&out));
+    browser
+        .wait_for("#pause", WAIT, |v| v["hidden"] == true)
+        .unwrap();
 }
