@@ -1,10 +1,12 @@
 //! The cluster lab on a real kernel with a real Corosync 3: membership and quorum as
 //! `corosync-quorumtool` reports them inside each node, partitions with nftables in the
-//! nodes' own namespaces, power off killing the whole node, two-node votequorum, CPG, and
+//! nodes' own namespaces, power off killing the whole node, two-node votequorum, CPG (a member
+//! in each node, `corosync-cpgtool` agreeing, one total order), and
 //! nothing left behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use hw_tests::cluster::cpg::{CpgAddr, CpgEvent, CpgMember, CpgReason};
 use hw_tests::cluster::{ClusterLab, ClusterSpec, FORM_WAIT};
 use hw_tests::require;
 use std::process::Command;
@@ -179,4 +181,77 @@ fn nothing_is_left_after_drop() {
         !mounts.lines().any(|l| l.contains(" /etc/corosync ")),
         "a lab mount reached the host"
     );
+}
+
+#[test]
+fn cpg_members_on_every_node_share_one_group_and_one_order() {
+    if !have_corosync() {
+        return;
+    }
+    require::needs_command("corosync-cpgtool", "Debian package corosync");
+    let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_palisade-cpg"));
+    let lab = ClusterLab::new(3).unwrap();
+    let group = "palisade-check";
+    let mut members: Vec<CpgMember> = lab
+        .nodes()
+        .iter()
+        .map(|n| CpgMember::join_with(&lab, n.name(), group, &program).unwrap())
+        .collect();
+    let mut locals: Vec<CpgAddr> = members.iter().map(CpgMember::local).collect();
+    locals.sort_unstable();
+    for (m, n) in members.iter_mut().zip(lab.nodes()) {
+        assert_eq!(m.local().nodeid, n.id());
+        let seen = m.wait_members(&[1, 2, 3], WAIT).unwrap();
+        let mut seen_sorted = seen.clone();
+        seen_sorted.sort_unstable();
+        assert_eq!(seen_sorted, locals, "{}", n.name());
+    }
+    // Corosync's own tool, inside each node, lists the group with all three members (pids
+    // as each member's PID namespace numbers them).
+    for n in lab.nodes() {
+        let groups = lab.cpg_groups(n.name()).unwrap();
+        assert_eq!(groups.get(group), Some(&locals), "{}: {groups:?}", n.name());
+    }
+    // One multicast from each member: every member receives all three in the same order.
+    for (i, m) in members.iter_mut().enumerate() {
+        m.send(&format!("hello {i}")).unwrap();
+    }
+    let orders: Vec<Vec<(CpgAddr, String)>> = members
+        .iter_mut()
+        .map(|m| m.wait_delivered(3, WAIT).unwrap())
+        .collect();
+    assert!(orders.iter().all(|o| o == &orders[0]), "{orders:?}");
+    for (i, m) in members.iter().enumerate() {
+        assert!(
+            orders[0].contains(&(m.local(), format!("hello {i}"))),
+            "{orders:?}"
+        );
+    }
+    // A cut node's member is reported gone with its node; after the heal it is back.
+    lab.cut("node1").unwrap();
+    for m in &mut members[1..] {
+        m.wait_members(&[2, 3], WAIT).unwrap();
+        assert!(
+            m.events()
+                .contains(&CpgEvent::Left(locals[0], CpgReason::NodeDown)),
+            "{:?}",
+            m.events()
+        );
+    }
+    lab.heal_all().unwrap();
+    for m in &mut members {
+        m.wait_members(&[1, 2, 3], FORM_WAIT).unwrap();
+    }
+    // A clean leave is `leave` for the others, and the group shrinks in Corosync's view.
+    let gone = members.remove(2);
+    let gone_addr = gone.local();
+    gone.leave(WAIT).unwrap();
+    for m in &mut members {
+        m.wait_members(&[1, 2], WAIT).unwrap();
+        assert!(m
+            .events()
+            .contains(&CpgEvent::Left(gone_addr, CpgReason::Leave)));
+    }
+    let groups = lab.cpg_groups("node3").unwrap();
+    assert_eq!(groups.get(group).map(Vec::len), Some(2), "{groups:?}");
 }
