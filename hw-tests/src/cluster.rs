@@ -979,6 +979,22 @@ impl ClusterLab {
         ))
     }
 
+    /// The line `palisade-lab cluster` prints for `name` once it is up:
+    /// `cluster NAME nodeid=ID addr=ADDR corosync=PID enter=COMMAND` (the command, from
+    /// [`ClusterLab::enter_command`], is the rest of the line; `corosync=-` while it is off).
+    pub fn ready_line(&self, name: &str) -> Result<String, ClusterError> {
+        let node = self.node(name)?;
+        let pid = node
+            .corosync_pid()
+            .map_or_else(|| "-".to_string(), |p| p.to_string());
+        Ok(format!(
+            "cluster {name} nodeid={} addr={} corosync={pid} enter={}",
+            node.id,
+            node.node.addr(),
+            self.enter_command(name)?
+        ))
+    }
+
     /// A power hook for simulated BMCs (`BmcHandle::set_power_hook`): a BMC's power off of
     /// node X is [`ClusterLab::power_off`] of X; its power on boots X (without waiting for
     /// the membership, so the BMC answers at once). It holds the nodes weakly.

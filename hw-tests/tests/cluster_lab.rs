@@ -255,3 +255,223 @@ fn cpg_members_on_every_node_share_one_group_and_one_order() {
     let groups = lab.cpg_groups("node3").unwrap();
     assert_eq!(groups.get(group).map(Vec::len), Some(2), "{groups:?}");
 }
+
+/// `palisade-lab cluster` as a child, its stdout read line by line on a thread.
+struct LabCli {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LabCli {
+    fn start(nodes: usize) -> LabCli {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-lab"))
+            .args(["cluster", "--nodes", &nodes.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        LabCli { child, lines }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(FORM_WAIT)
+            .expect("a line from palisade-lab")
+    }
+
+    fn say(&mut self, cmd: &str) {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap(), "{cmd}").unwrap();
+    }
+
+    /// Waits for the exit (bounded) and returns whether it succeeded.
+    fn exit_ok(&mut self) -> bool {
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.success();
+            }
+            assert!(Instant::now() < until, "palisade-lab did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LabCli {
+    fn drop(&mut self) {
+        // SIGTERM (its clean-up path), then SIGKILL if it hangs; the next lab sweeps then.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let until = Instant::now() + WAIT;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One parsed `cluster NAME nodeid=ID addr=ADDR corosync=PID enter=COMMAND` line.
+#[derive(Debug)]
+struct Ready {
+    name: String,
+    nodeid: u32,
+    addr: String,
+    corosync: u32,
+    enter: String,
+}
+
+fn parse_ready(line: &str) -> Ready {
+    let (head, enter) = line.split_once(" enter=").expect(line);
+    let f: Vec<&str> = head.split(' ').collect();
+    assert_eq!(f.len(), 5, "{line}");
+    assert_eq!(f[0], "cluster", "{line}");
+    let val = |i: usize, k: &str| f[i].strip_prefix(k).expect(line).to_string();
+    Ready {
+        name: f[1].to_string(),
+        nodeid: val(2, "nodeid=").parse().unwrap(),
+        addr: val(3, "addr="),
+        corosync: val(4, "corosync=").parse().unwrap(),
+        enter: enter.to_string(),
+    }
+}
+
+/// What a `palisade-lab` process with this pid left: network namespaces and cgroups named
+/// after it, and processes in those cgroups' paths.
+fn leftovers_of(pid: u32) -> Vec<String> {
+    let tag = format!("plab-{pid}-");
+    let mut left = Vec::new();
+    for dir in ["/run/netns", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&tag) {
+                left.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    left
+}
+
+#[test]
+fn palisade_lab_cluster_prints_ready_lines_obeys_faults_and_quits_clean() {
+    if !have_corosync() {
+        return;
+    }
+    let mut cli = LabCli::start(3);
+    let ready: Vec<Ready> = (0..3).map(|_| parse_ready(&cli.line())).collect();
+    for (i, r) in ready.iter().enumerate() {
+        let id = i as u32 + 1;
+        assert_eq!(
+            (r.name.as_str(), r.nodeid),
+            (format!("node{id}").as_str(), id)
+        );
+        assert_eq!(r.addr, format!("10.77.0.{id}"));
+        assert!(!not_running(r.corosync), "{r:?}");
+        // The printed command enters the node: its shell reaches that node's Corosync.
+        let mut sh = Command::new("sh")
+            .args(["-c", &r.enter])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = sh.stdin.take().unwrap();
+            writeln!(stdin, "corosync-quorumtool -s; pgrep -x corosync").unwrap();
+        }
+        let out = sh.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Quorate:          Yes"), "{r:?}: {text}");
+        // Inside its PID namespace the node's Corosync has a small pid of its own.
+        let inner: u32 = text.lines().last().unwrap().trim().parse().unwrap();
+        assert!(inner < 100 && inner != r.corosync, "{text}");
+    }
+    cli.say("fault node1:cut");
+    assert_eq!(cli.line(), "applied node1:cut");
+    cli.say("status");
+    let status: Vec<String> = (0..3).map(|_| cli.line()).collect();
+    assert_eq!(
+        status,
+        [
+            "status node1 quorate=no members=1",
+            "status node2 quorate=yes members=2,3",
+            "status node3 quorate=yes members=2,3"
+        ]
+    );
+    cli.say("fault node1:heal");
+    assert_eq!(cli.line(), "applied node1:heal");
+    cli.say("fault node3:power-off");
+    assert_eq!(cli.line(), "applied node3:power-off");
+    assert!(not_running(ready[2].corosync));
+    cli.say("fault node3:power-on");
+    assert_eq!(cli.line(), "applied node3:power-on");
+    let again = parse_ready(&cli.line());
+    assert_eq!(again.name, "node3");
+    assert_ne!(again.corosync, ready[2].corosync);
+    cli.say("fault node7:cut");
+    assert!(cli.line().starts_with("error: node7:cut: "));
+    cli.say("quit");
+    assert!(cli.exit_ok());
+    let pid = cli.child.id();
+    assert!(not_running(again.corosync));
+    assert!(ready.iter().all(|r| not_running(r.corosync)));
+    assert_eq!(leftovers_of(pid), Vec::<String>::new());
+}
+
+#[test]
+fn palisade_lab_cluster_cleans_up_on_sigterm_and_at_end_of_stdin() {
+    if !have_corosync() {
+        return;
+    }
+    for how in ["SIGTERM", "end of stdin"] {
+        let mut cli = LabCli::start(2);
+        let ready: Vec<Ready> = (0..2).map(|_| parse_ready(&cli.line())).collect();
+        if how == "SIGTERM" {
+            unsafe { libc::kill(cli.child.id() as i32, libc::SIGTERM) };
+        } else {
+            cli.child.stdin.take();
+        }
+        assert!(cli.exit_ok(), "{how}");
+        assert!(ready.iter().all(|r| not_running(r.corosync)), "{how}");
+        assert_eq!(leftovers_of(cli.child.id()), Vec::<String>::new(), "{how}");
+    }
+}
+
+#[test]
+fn palisade_lab_help_lists_the_cluster_lab() {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade-lab"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cluster") && text.contains("Corosync"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade-lab"))
+        .args(["cluster", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "--nodes",
+        "--token-ms",
+        "enter=",
+        "fault NODE:cut",
+        "power-on",
+        "quit",
+    ] {
+        assert!(text.contains(want), "{want} missing: {text}");
+    }
+}
