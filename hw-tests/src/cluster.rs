@@ -241,6 +241,12 @@ pub fn corosync_conf(spec: &ClusterSpec, addrs: &[Ipv4Addr]) -> String {
          \ttwo_node: {}\n\
          \twait_for_all: {}\n\
          }}\n\
+         system {{\n\
+         \t# The host is shared: no real-time priority 99 for lab nodes (Debian's default\n\
+         \t# sched_rr: yes), and never leave the node's cgroup (power off is cgroup.kill).\n\
+         \tsched_rr: no\n\
+         \tmove_to_root_cgroup: no\n\
+         }}\n\
          logging {{\n\
          \t# The node's private /var/log/corosync; syslog would reach the host's.\n\
          \tto_logfile: yes\n\
@@ -1048,6 +1054,7 @@ mod tests {
         assert!(c.contains("ring0_addr: 10.77.0.2\n\t\tname: node2\n\t\tnodeid: 2"));
         assert!(c.contains("two_node: 1") && c.contains("wait_for_all: 1"));
         assert!(c.contains("token: 1000") && c.contains("transport: knet"));
+        assert!(c.contains("sched_rr: no") && c.contains("move_to_root_cgroup: no"));
         let c3 = corosync_conf(&ClusterSpec::new(3), &addrs);
         assert!(c3.contains("two_node: 0") && c3.contains("wait_for_all: 0"));
     }

@@ -475,3 +475,95 @@ fn palisade_lab_help_lists_the_cluster_lab() {
         assert!(text.contains(want), "{want} missing: {text}");
     }
 }
+
+/// Polls until every node of `names` reports exactly `members`; how long that took.
+fn time_until_members(lab: &ClusterLab, names: &[&str], members: &[u32]) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if names
+            .iter()
+            .all(|n| lab.status(n).is_ok_and(|st| st.members == members))
+        {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < FORM_WAIT, "{names:?} never saw {members:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A node's Corosync memory: (RSS from the lab, PSS from `smaps_rollup`), in KiB.
+fn memory_kib(n: &hw_tests::cluster::ClusterNode) -> (u64, u64) {
+    let pid = n.corosync_pid().unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let pss = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (n.corosync_rss_kib().unwrap(), pss)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The figures of hw-tests/figures/cluster.md (printed, never asserted):
+/// `cargo nextest run -p hw-tests --test cluster_lab --run-ignored only --no-capture figures`.
+#[test]
+#[ignore = "figures: run by hand (about a minute)"]
+fn figures_quorum_cut_heal_and_memory() {
+    if !have_corosync() {
+        return;
+    }
+    const ROUNDS: usize = 5;
+    let (mut whole, mut after_ipc) = (Vec::new(), Vec::new());
+    let mut rss = Vec::new();
+    for _ in 0..ROUNDS {
+        let t0 = Instant::now();
+        let lab = ClusterLab::start(ClusterSpec::new(3)).unwrap();
+        let booted = t0.elapsed();
+        let q = lab.wait_quorate_all(FORM_WAIT).unwrap();
+        whole.push(booted + q);
+        after_ipc.push(q);
+        rss = lab.nodes().iter().map(|n| memory_kib(n)).collect();
+    }
+    let lab = ClusterLab::new(3).unwrap();
+    let (mut cut, mut heal, mut off, mut on) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        lab.cut("node1").unwrap();
+        cut.push(time_until_members(&lab, &["node2", "node3"], &[2, 3]));
+        lab.wait_converged(FORM_WAIT).unwrap();
+        lab.heal_all().unwrap();
+        let t = Instant::now();
+        lab.wait_quorate_all(FORM_WAIT).unwrap();
+        heal.push(t.elapsed());
+        lab.power_off("node1").unwrap();
+        off.push(time_until_members(&lab, &["node2", "node3"], &[2, 3]));
+        let t = Instant::now();
+        lab.power_on("node1").unwrap();
+        lab.wait_quorate_all(FORM_WAIT).unwrap();
+        on.push(t.elapsed());
+    }
+    let steady: Vec<(u64, u64)> = lab.nodes().iter().map(|n| memory_kib(n)).collect();
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    let all = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
+    println!("| figure (3 nodes, token 1000 ms, median of {ROUNDS}) | median | runs |");
+    println!("|---|---|---|");
+    for (what, v) in [
+        (
+            "start to all quorate (namespaces, Corosync, membership)",
+            &whole,
+        ),
+        ("every Corosync answering IPC to all quorate", &after_ipc),
+        ("cut of node1 to node2+node3 on membership {2,3}", &cut),
+        ("heal to all three members, quorate", &heal),
+        ("power off of node1 to node2+node3 on {2,3}", &off),
+        ("power on of node1 to all three members, quorate", &on),
+    ] {
+        println!("| {what} | {} | {} |", ms(median(v.clone())), all(v));
+    }
+    println!("Corosync (RSS, PSS) after forming, KiB, node1..3: {rss:?}");
+    println!("Corosync (RSS, PSS) after {ROUNDS} cut/heal and power cycles, KiB: {steady:?}");
+}
