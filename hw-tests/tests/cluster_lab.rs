@@ -567,3 +567,55 @@ fn figures_quorum_cut_heal_and_memory() {
     println!("Corosync (RSS, PSS) after forming, KiB, node1..3: {rss:?}");
     println!("Corosync (RSS, PSS) after {ROUNDS} cut/heal and power cycles, KiB: {steady:?}");
 }
+
+/// Polls `node`'s `corosync-cpgtool` until `group` has members on exactly `nodeids`.
+fn wait_group(lab: &ClusterLab, node: &str, group: &str, nodeids: &[u32]) -> Vec<CpgAddr> {
+    let t0 = Instant::now();
+    loop {
+        let groups = lab.cpg_groups(node).unwrap();
+        let members = groups.get(group).cloned().unwrap_or_default();
+        let mut ids: Vec<u32> = members.iter().map(|a| a.nodeid).collect();
+        ids.dedup();
+        if ids == nodeids {
+            return members;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "{node}: {group} never on {nodeids:?}: {groups:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_registered_daemon_reaches_its_nodes_corosync_again_after_a_power_cycle() {
+    if !have_corosync() {
+        return;
+    }
+    let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_palisade-cpg"));
+    let lab = ClusterLab::new(3).unwrap();
+    // As fenced or Pacemaker would be: started by the lab after Corosync, no stdin.
+    lab.add_daemon(
+        "node2",
+        "member",
+        Box::new(move |n| {
+            n.spawn(
+                Command::new(&program)
+                    .args(["--hold", "lab-daemon"])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null()),
+            )
+        }),
+    )
+    .unwrap();
+    let before = wait_group(&lab, "node1", "lab-daemon", &[2]);
+    lab.power_off("node2").unwrap();
+    wait_group(&lab, "node1", "lab-daemon", &[]);
+    lab.power_on("node2").unwrap();
+    let after = wait_group(&lab, "node3", "lab-daemon", &[2]);
+    assert_eq!(after.len(), 1, "{after:?}");
+    // The restarted daemon is a new process, in the node's new PID namespace.
+    let host_pid = lab.daemon_pids("node2").unwrap()[0].1;
+    assert!(!not_running(host_pid));
+    eprintln!("daemon member before {before:?}, after the power cycle {after:?}");
+}

@@ -7,6 +7,8 @@
 //! Debian's `libcpg.so.4` at run time (no build-time link, so the bench builds without
 //! `libcpg-dev`), joins GROUP, prints one [`CpgEvent`] line per event on stdout and
 //! multicasts (agreed order) every line it reads on stdin; at end of stdin it leaves and exits 0.
+//! `palisade-cpg --hold GROUP` ignores stdin and stays a member until killed: a stand-in
+//! daemon for [`ClusterLab::add_daemon`](super::ClusterLab::add_daemon).
 //!
 //! [`CpgMember`] runs it on a lab node (sharing the node's namespaces, so it reaches that
 //! node's Corosync) and reads its lines back.
@@ -451,8 +453,10 @@ fn emit(out: &mut impl Write) -> Result<(), String> {
 }
 
 /// The member client's whole run (`palisade-cpg GROUP`): joins `group` through this node's
-/// Corosync, prints events on stdout, multicasts stdin's lines; leaves at end of stdin.
-pub fn serve_member(group: &str) -> Result<(), String> {
+/// Corosync, prints events on stdout, multicasts stdin's lines; leaves at end of stdin. With
+/// `hold` (`palisade-cpg --hold GROUP`, a daemon started with no stdin) it ignores stdin and
+/// stays a member until it is killed or Corosync goes away.
+pub fn serve_member(group: &str, hold: bool) -> Result<(), String> {
     if group.is_empty() || group.len() > CPG_MAX_NAME_LENGTH {
         return Err(format!(
             "group name must be 1 to {CPG_MAX_NAME_LENGTH} bytes, got {}",
@@ -506,8 +510,15 @@ pub fn serve_member(group: &str) -> Result<(), String> {
                     revents: 0,
                 },
             ];
-            // SAFETY: poll on two valid pollfd entries of a local array.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            // With `hold`, only Corosync's fd is watched (stdin may be /dev/null, always
+            // readable and at its end).
+            let (watch, count) = if hold {
+                (fds[1..].as_mut_ptr(), 1)
+            } else {
+                (fds.as_mut_ptr(), 2)
+            };
+            // SAFETY: poll on `count` valid pollfd entries of a local array.
+            let n = unsafe { libc::poll(watch, count, -1) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
