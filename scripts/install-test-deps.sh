@@ -248,10 +248,12 @@ for c in sushy-emulator:sushy-tools rf_protocol_validator:redfish-protocol-valid
 done
 need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import openapi_spec_validator"
 need redfishtool "Debian package redfishtool" executable redfishtool
-for c in /usr/sbin/corosync /usr/sbin/corosync-quorumtool /usr/sbin/corosync-cfgtool; do
+for c in /usr/sbin/corosync /usr/sbin/corosync-quorumtool /usr/sbin/corosync-cfgtool /usr/sbin/corosync-cpgtool; do
   need "${c##*/}" "Debian package corosync" executable "$c"
 done
 need libcpg-dev "Debian package libcpg-dev" test -e /usr/include/corosync/cpg.h
+# palisade-cpg (the cluster lab's CPG member) loads libcpg.so.4 at run time.
+need libcpg.so.4 "Debian package libcpg4" sh -c "ldconfig -p | grep -q 'libcpg\.so\.4 '"
 need sushy "PyPI sushy 5.14.0" python3 -c "import sushy"
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng

@@ -33,11 +33,66 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # A daemon on a node, and its Corosync IPC
+//!
+//! A process started with [`ClusterLab::spawn`], [`ClusterLab::run`] or from a
+//! [`ClusterLab::add_daemon`] start function (which gets the [`LabNode`]: call
+//! [`LabNode::spawn`]) enters the node's network, mount and PID namespaces and its cgroup
+//! before it executes, so libcpg, libquorum, libvotequorum and libcmap in it connect to
+//! *that node's* Corosync: libqb's IPC is an abstract Unix socket (scoped by the network
+//! namespace) plus ring buffers in the node's private `/dev/shm`. Nothing else is needed (no
+//! `nsenter`, no environment). A process on the host, or on another node, cannot reach it.
+//!
+//! The node sees the host's files except [`PRIVATE_DIRS`], which are empty at every power
+//! on: a daemon's per-node files (its config, socket, state) belong under the node's `/run`
+//! (write them through [`LabNode::root`] inside the start function, which runs again at
+//! every power on), shared read-only files (binaries, a common config) can stay on the host.
+//! A start function runs once Corosync answers its IPC, so a daemon may connect at once; its
+//! stdout and stderr are whatever the `Command` says (a file under the node's root, a pipe).
+//! [`cpg::CpgMember`] is a ready CPG client for checks, and [`ClusterLab::cpg_groups`] lists
+//! what Corosync itself sees (`corosync-cpgtool`).
+//!
+//! ```no_run
+//! use hw_tests::cluster::{cpg::CpgMember, ClusterLab};
+//! use hw_tests::node::NodeError;
+//! use std::process::{Command, Stdio};
+//! use std::time::Duration;
+//! # fn main() -> Result<(), hw_tests::cluster::ClusterError> {
+//! let lab = ClusterLab::new(3)?;
+//! // A daemon on node2, started now and again after Corosync at every power on of node2;
+//! // killed with the node (power off, drop of the lab).
+//! lab.add_daemon(
+//!     "node2",
+//!     "fenced",
+//!     Box::new(|node| {
+//!         let root = node.root().ok_or_else(|| NodeError::PoweredOff(node.name().into()))?;
+//!         std::fs::write(root.join("run/fenced.toml"), "# this node's config\n")
+//!             .map_err(|e| NodeError::Io { what: "write node2's config".into(), source: e })?;
+//!         node.spawn(
+//!             Command::new("/usr/local/bin/fenced")
+//!                 .args(["run", "--config", "/run/fenced.toml"])
+//!                 .stdin(Stdio::null()),
+//!         )
+//!     }),
+//! )?;
+//! // Any tool run on a node talks to that node's Corosync.
+//! let out = lab.run("node2", Command::new("corosync-quorumtool").arg("-s"), Duration::from_secs(5))?;
+//! assert!(out.status.success());
+//! // A CPG member on node3 sees the daemon's group once the daemon joined it.
+//! let mut member = CpgMember::join(&lab, "node3", "fenced")?;
+//! member.wait_members(&[2, 3], Duration::from_secs(10))?;
+//! assert!(lab.cpg_groups("node1")?.contains_key("fenced"));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cpg;
 
 use crate::lab::node::{PowerEvent, PowerHook};
 use crate::node::{LabNet, LabNode, NodeError, NodeProcess, NodeSpec, Transition};
 use rand::RngCore;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -185,6 +240,12 @@ pub fn corosync_conf(spec: &ClusterSpec, addrs: &[Ipv4Addr]) -> String {
          \tprovider: corosync_votequorum\n\
          \ttwo_node: {}\n\
          \twait_for_all: {}\n\
+         }}\n\
+         system {{\n\
+         \t# The host is shared: no real-time priority 99 for lab nodes (Debian's default\n\
+         \t# sched_rr: yes), and never leave the node's cgroup (power off is cgroup.kill).\n\
+         \tsched_rr: no\n\
+         \tmove_to_root_cgroup: no\n\
          }}\n\
          logging {{\n\
          \t# The node's private /var/log/corosync; syslog would reach the host's.\n\
@@ -499,6 +560,41 @@ impl ClusterNode {
         })
     }
 
+    /// The CPG groups this node's Corosync knows, with their members (`corosync-cpgtool -d ,`).
+    pub fn cpg_groups(&self) -> Result<BTreeMap<String, Vec<cpg::CpgAddr>>, ClusterError> {
+        let out = self.run(
+            Command::new("corosync-cpgtool").args(["-d", ","]),
+            TOOL_TIMEOUT,
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let parsed = if out.status.success() {
+            cpg::parse_cpgtool(&text)
+        } else {
+            Err(String::new())
+        };
+        parsed.map_err(|why| ClusterError::Tool {
+            node: self.name().to_string(),
+            what: "corosync-cpgtool -d ,".into(),
+            detail: format!(
+                "{} {why}: {} {}",
+                out.status,
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+
+    /// The resident memory of its Corosync in KiB (`VmRSS` of `/proc/PID/status`), while it runs.
+    pub fn corosync_rss_kib(&self) -> Option<u64> {
+        let pid = self.corosync_pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    }
+
     /// The node's Corosync log (its private `/var/log/corosync/corosync.log`).
     pub fn log(&self) -> String {
         self.node
@@ -633,6 +729,14 @@ impl ClusterLab {
     /// What `corosync-quorumtool -s` says on `name`.
     pub fn status(&self, name: &str) -> Result<QuorumStatus, ClusterError> {
         self.node(name)?.status()
+    }
+
+    /// The CPG groups `name`'s Corosync knows, with their members ([`ClusterNode::cpg_groups`]).
+    pub fn cpg_groups(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, Vec<cpg::CpgAddr>>, ClusterError> {
+        self.node(name)?.cpg_groups()
     }
 
     /// Starts `cmd` on `name` (its network, mount and PID namespaces, its cgroup).
@@ -881,6 +985,22 @@ impl ClusterLab {
         ))
     }
 
+    /// The line `palisade-lab cluster` prints for `name` once it is up:
+    /// `cluster NAME nodeid=ID addr=ADDR corosync=PID enter=COMMAND` (the command, from
+    /// [`ClusterLab::enter_command`], is the rest of the line; `corosync=-` while it is off).
+    pub fn ready_line(&self, name: &str) -> Result<String, ClusterError> {
+        let node = self.node(name)?;
+        let pid = node
+            .corosync_pid()
+            .map_or_else(|| "-".to_string(), |p| p.to_string());
+        Ok(format!(
+            "cluster {name} nodeid={} addr={} corosync={pid} enter={}",
+            node.id,
+            node.node.addr(),
+            self.enter_command(name)?
+        ))
+    }
+
     /// A power hook for simulated BMCs (`BmcHandle::set_power_hook`): a BMC's power off of
     /// node X is [`ClusterLab::power_off`] of X; its power on boots X (without waiting for
     /// the membership, so the BMC answers at once). It holds the nodes weakly.
@@ -934,6 +1054,7 @@ mod tests {
         assert!(c.contains("ring0_addr: 10.77.0.2\n\t\tname: node2\n\t\tnodeid: 2"));
         assert!(c.contains("two_node: 1") && c.contains("wait_for_all: 1"));
         assert!(c.contains("token: 1000") && c.contains("transport: knet"));
+        assert!(c.contains("sched_rr: no") && c.contains("move_to_root_cgroup: no"));
         let c3 = corosync_conf(&ClusterSpec::new(3), &addrs);
         assert!(c3.contains("two_node: 0") && c3.contains("wait_for_all: 0"));
     }

@@ -23,6 +23,13 @@
 //! [--no-pty | --no-tcp] [--fault KNOB]...` serves serial-console PDUs on pseudo-terminals and
 //! telnet-style TCP ports and prints `serial-pdu NAME MODEL pty=/dev/pts/N tcp=127.0.0.1:PORT`
 //! per PDU once it serves.
+//!
+//! `palisade-lab cluster --nodes 3 [--token-ms MS]` (root) keeps a cluster lab up: lab nodes
+//! (network, mount and PID namespaces, a cgroup each) running a real Corosync 3, and prints
+//! `cluster NAME nodeid=ID addr=ADDR corosync=PID enter=COMMAND` per node once all are members,
+//! quorate. It stops, removing every namespace, cgroup and process, on SIGINT, SIGTERM, `quit`
+//! or the end of stdin (unlike the device labs, which keep serving: a cluster lab left behind
+//! holds root resources).
 
 use clap::{Args, Parser, Subcommand};
 use drivers::Secret;
@@ -62,6 +69,10 @@ enum Command {
     /// Serve simulated serial-console PDUs on pseudo-terminals and telnet-style TCP ports.
     #[command(name = "serial-pdu", after_help = after_help_serial())]
     SerialPdu(SerialPduArgs),
+    /// Keep a cluster lab up (root): lab nodes in namespaces, each running a real Corosync 3
+    /// (knet, votequorum), with partitions and power off/on from stdin.
+    #[command(after_help = AFTER_HELP_CLUSTER)]
+    Cluster(ClusterArgs),
 }
 
 /// Options of `palisade-lab demo`.
@@ -317,6 +328,7 @@ fn main() -> ExitCode {
         Command::Redfish(args) => run_redfish(args),
         Command::SnmpPdu(args) => run_snmp_pdu(args),
         Command::SerialPdu(args) => run_serial_pdu(args),
+        Command::Cluster(args) => run_cluster(args),
     }
 }
 
@@ -884,5 +896,216 @@ impl Served for SerialLab {
     }
     fn stop(self) -> impl std::future::Future<Output = ()> {
         self.shutdown()
+    }
+}
+
+const AFTER_HELP_CLUSTER: &str = "Each node prints one line on stdout once every node is a member, quorate:
+  cluster node1 nodeid=1 addr=10.77.0.1 corosync=12345 enter=sh -c 'echo $$ > /sys/fs/cgroup/unified/plab-…/cgroup.procs && exec nsenter -t 12340 -n -m -p -- bash'
+The command after `enter=` opens a root shell inside the node (its namespaces and cgroup),
+where corosync-quorumtool, corosync-cpgtool and any Corosync client reach that node's Corosync.
+
+Commands on stdin, one per line (each answered with one line, `applied …` or `error: …`,
+once the memberships settled; power-on also prints the node's new `cluster` line):
+  fault NODE:cut        drop all of NODE's lab traffic (nftables in its namespace)
+  fault NODE:heal       remove NODE's rules and other nodes' rules against it
+  fault heal-all        remove every partition rule
+  fault NODE:power-off  kill everything on NODE (Corosync included)
+  fault NODE:power-on   boot NODE again and wait until it rejoined
+  status                one `status NODE quorate=yes|no members=1,2,3` line per running node
+  quit                  stop and clean up (as SIGINT, SIGTERM or the end of stdin)
+
+Example (stdin on a FIFO, so commands can come from another shell):
+  mkfifo ctl; palisade-lab cluster --nodes 3 < ctl & exec 3> ctl
+  echo 'fault node1:cut' >&3; echo status >&3; echo quit >&3";
+
+/// Options of `palisade-lab cluster`.
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Number of nodes, named node1..nodeN (node ids 1..N), 1 to 32.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    nodes: usize,
+    /// Totem token timeout in milliseconds (at least 300; Debian's default is 3000).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    token_ms: u32,
+}
+
+/// A cluster lab change asked on stdin.
+#[derive(Debug, PartialEq, Eq)]
+enum ClusterFault {
+    Cut(String),
+    Heal(String),
+    HealAll,
+    PowerOff(String),
+    PowerOn(String),
+}
+
+/// A line of the cluster lab's control channel.
+#[derive(Debug, PartialEq, Eq)]
+enum ClusterControl {
+    Fault(ClusterFault, String),
+    Status,
+    Quit,
+    Bad(String),
+    Nothing,
+}
+
+fn cluster_control(line: &str) -> ClusterControl {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return ClusterControl::Nothing;
+    }
+    let expected =
+        "expected `fault NODE:cut|heal|power-off|power-on`, `fault heal-all`, `status` or `quit`";
+    match line.split_once(char::is_whitespace) {
+        None if line == "quit" => ClusterControl::Quit,
+        None if line == "status" => ClusterControl::Status,
+        Some(("fault", what)) => {
+            let what = what.trim();
+            if what == "heal-all" {
+                return ClusterControl::Fault(ClusterFault::HealAll, what.to_string());
+            }
+            let Some((node, action)) = what.split_once(':') else {
+                return ClusterControl::Bad(format!("bad fault `{what}`; {expected}"));
+            };
+            let node = node.to_string();
+            let fault = match action {
+                "cut" => ClusterFault::Cut(node),
+                "heal" => ClusterFault::Heal(node),
+                "power-off" => ClusterFault::PowerOff(node),
+                "power-on" => ClusterFault::PowerOn(node),
+                _ => return ClusterControl::Bad(format!("unknown action `{action}`; {expected}")),
+            };
+            ClusterControl::Fault(fault, what.to_string())
+        }
+        _ => ClusterControl::Bad(format!("unknown command `{line}`; {expected}")),
+    }
+}
+
+/// Applies one fault and waits until the memberships match the lab's links and power.
+fn apply_cluster_fault(
+    lab: &hw_tests::cluster::ClusterLab,
+    fault: &ClusterFault,
+) -> Result<Option<String>, hw_tests::cluster::ClusterError> {
+    use hw_tests::cluster::FORM_WAIT;
+    match fault {
+        ClusterFault::Cut(n) => lab.cut(n)?,
+        ClusterFault::Heal(n) => lab.heal(n)?,
+        ClusterFault::HealAll => lab.heal_all()?,
+        ClusterFault::PowerOff(n) => {
+            lab.power_off(n)?;
+        }
+        ClusterFault::PowerOn(n) => {
+            lab.power_on(n)?;
+            lab.wait_converged(FORM_WAIT)?;
+            return lab.ready_line(n).map(Some);
+        }
+    }
+    lab.wait_converged(FORM_WAIT)?;
+    Ok(None)
+}
+
+fn run_cluster(args: ClusterArgs) -> ExitCode {
+    use hw_tests::cluster::{ClusterLab, ClusterSpec};
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers first: a signal that comes while the lab starts is seen right after, and
+        // the lab is still cleaned up.
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return fail(1, "cannot install the SIGTERM/SIGINT handlers; nothing was started");
+        };
+        let mut spec = ClusterSpec::new(args.nodes);
+        spec.token_ms = args.token_ms;
+        // The lab's calls block (tools inside the nodes, waits for memberships): this thread
+        // is the runtime's only one, and signals wait in their queue meanwhile.
+        let lab = match ClusterLab::with_spec(spec) {
+            Ok(lab) => lab,
+            Err(e) => return fail(1, e),
+        };
+        for n in lab.nodes() {
+            match lab.ready_line(n.name()) {
+                Ok(line) => say(&line),
+                Err(e) => return fail(1, e),
+            }
+        }
+        let mut control = control_lines();
+        let reason = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                line = control.recv() => match line.as_deref().map(cluster_control) {
+                    None => break "end of stdin",
+                    Some(ClusterControl::Quit) => break "quit on stdin",
+                    Some(ClusterControl::Fault(fault, text)) => match apply_cluster_fault(&lab, &fault) {
+                        Ok(extra) => {
+                            say(&format!("applied {text}"));
+                            if let Some(line) = extra {
+                                say(&line);
+                            }
+                        }
+                        Err(e) => say(&format!("error: {text}: {e}")),
+                    },
+                    Some(ClusterControl::Status) => {
+                        for n in lab.nodes().iter().filter(|n| n.corosync_pid().is_some()) {
+                            match n.status() {
+                                Ok(st) => say(&format!(
+                                    "status {} quorate={} members={}",
+                                    n.name(),
+                                    if st.quorate { "yes" } else { "no" },
+                                    st.members.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                                )),
+                                Err(e) => say(&format!("error: status of {}: {e}", n.name())),
+                            }
+                        }
+                    }
+                    Some(ClusterControl::Bad(msg)) => say(&format!("error: {msg}")),
+                    Some(ClusterControl::Nothing) => {}
+                },
+            }
+        };
+        drivers::errln!("palisade-lab: {reason}, stopping the cluster lab");
+        drop(lab);
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_control_lines() {
+        assert_eq!(cluster_control("quit"), ClusterControl::Quit);
+        assert_eq!(cluster_control(" status "), ClusterControl::Status);
+        assert_eq!(cluster_control("# note"), ClusterControl::Nothing);
+        assert_eq!(
+            cluster_control("fault node2:power-off"),
+            ClusterControl::Fault(
+                ClusterFault::PowerOff("node2".into()),
+                "node2:power-off".into()
+            )
+        );
+        assert_eq!(
+            cluster_control("fault heal-all"),
+            ClusterControl::Fault(ClusterFault::HealAll, "heal-all".into())
+        );
+        assert!(matches!(
+            cluster_control("fault node1:explode"),
+            ClusterControl::Bad(_)
+        ));
+        assert!(matches!(
+            cluster_control("fault node1"),
+            ClusterControl::Bad(_)
+        ));
+        assert!(matches!(cluster_control("reboot"), ClusterControl::Bad(_)));
     }
 }
