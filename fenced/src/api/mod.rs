@@ -112,6 +112,11 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         | EngineError::Paused { .. } => StatusCode::CONFLICT,
         EngineError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         EngineError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        EngineError::Cluster { code, .. } => match *code {
+            "conflict" | "request_id_mismatch" | "config_mismatch" => StatusCode::CONFLICT,
+            "unknown_target" => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        },
         EngineError::History { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

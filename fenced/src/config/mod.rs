@@ -20,6 +20,7 @@
 
 mod agent;
 mod api;
+mod cluster;
 mod device;
 mod ipmi;
 mod redfish;
@@ -32,6 +33,7 @@ mod table;
 mod targets;
 
 pub use api::{ApiConfig, ApiSecurity, CertMatch, ClientCertRule, Role, TlsConfig};
+pub use cluster::ClusterConfig;
 pub use device::{DeviceConfig, DeviceKind, DeviceSelection};
 pub use relay::{RelayLine, RelaySettings};
 pub use sbd::SbdSettings;
@@ -95,6 +97,7 @@ struct RawConfig {
     devices: BTreeMap<String, Spanned<device::RawCommon>>,
     #[serde(default)]
     targets: BTreeMap<String, Spanned<targets::RawTarget>>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +136,8 @@ pub struct Config {
     /// The board (and HAT) this fence controller is, when the file names one: every relay
     /// line, serial port and watchdog device was checked against it.
     pub board: Option<boards::Fitted>,
+    /// `[cluster]`: the fencer cluster this node joins; `None` runs alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Daemon paths and name.
@@ -387,6 +392,7 @@ impl Config {
             );
         }
         let targets = targets::resolve(&ctx, raw.targets, &raw.defaults, &devices)?;
+        let cluster = cluster::resolve(&ctx, raw.cluster, &daemon.node_name, &devices)?;
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -396,6 +402,7 @@ impl Config {
             devices,
             targets,
             board,
+            cluster,
         })
     }
 

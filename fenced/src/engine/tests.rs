@@ -72,6 +72,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
         devices: Default::default(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
         board: None,
+        cluster: None,
     }
 }
 
