@@ -126,12 +126,15 @@ pub struct ClusterInFlight {
     pub takeovers: u32,
 }
 
+/// A claim's delivered decision: the operation it started or joined (and whether it joined).
+type Decision = Result<(OpKey, bool), state::Refusal>;
+
 struct Runtime {
     member: Option<Member>,
     quorate: bool,
     lost: Option<String>,
     next_claim: u64,
-    decisions: HashMap<OpKey, oneshot::Sender<Result<(OpKey, bool), state::Refusal>>>,
+    decisions: HashMap<OpKey, oneshot::Sender<Decision>>,
     /// Engine ids of operations this member executes, by cluster operation.
     local_ids: HashMap<OpKey, u64>,
     /// Ids given to callers for operations executed elsewhere.
