@@ -37,11 +37,14 @@ set -euo pipefail
 #   chromium, chromium-driver -> headless Chromium and ChromeDriver (fenced/tests/status_page.rs)
 #   telnet        -> fence_wti's telnet path (hw-tests/tests/serial_pdu_peers.rs: fence_wti
 #                    fences an outlet of the simulated WTI console's TCP form)
+#   qemu-system-arm -> qemu-system-aarch64 (the arm64 figures VM; kernel and busybox below)
 #   prometheus    -> promtool (checks and unit-tests packaging/prometheus/palisade.rules.yml in
 #                    fenced/tests/metrics_scrape.rs; Debian ships promtool only in this package)
-packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver telnet prometheus)
+packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pacemaker-cli-utils libxml2-utils util-linux nftables iproute2 snmp snmpd qemu-system-x86 busybox-static cpio systemd bsdutils openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user mmdebstrap lintian dpkg-dev gpiod chromium chromium-driver telnet prometheus qemu-system-arm)
 # redfishtool (DMTF's CLI) -> hw-tests/tests/profile_peers.rs lists and resets the lab's profiles
 packages+=(redfishtool)
+# corosync -> hw-tests/tests/cluster_lab.rs (the cluster lab); the client libraries -> fenced's cluster membership (issue 16)
+packages+=(corosync libcpg-dev libquorum-dev libvotequorum-dev libcmap-dev libcfg-dev libcorosync-common-dev)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -139,6 +142,36 @@ if ! ls "$vm_kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
   rm -rf "$tmp"
 fi
 
+# The arm64 figures (scripts/arm64-figures.sh, hw-tests/tests/arm64_figures.rs) boot Debian's
+# arm64 6.1 kernel and arm64 busybox-static under qemu-system-aarch64, unpacked where
+# hw-tests/src/vm.rs looks for them. Fetched through a private apt state in $apt_arm64 that
+# knows only arm64, so the host's dpkg never gains a foreign architecture. The kernel is picked
+# as the amd64 one is: the highest linux-image-6.1.0-N-arm64-unsigned the archive offers.
+vm_kernel_arm64=${PALISADE_VM_KERNEL_ARM64:-/var/cache/palisade/vm-kernel-arm64}
+apt_arm64=${PALISADE_APT_ARM64:-/var/cache/palisade/apt-arm64}
+if ! ls "$vm_kernel_arm64"/boot/vmlinuz-* >/dev/null 2>&1 || [[ ! -x $vm_kernel_arm64/busybox/bin/busybox ]]; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to unpack the arm64 VM kernel (run with sudo)" >&2
+    exit 1
+  fi
+  aopt=(-o "Dir::State::Lists=$apt_arm64/lists" -o "Dir::Cache=$apt_arm64" -o "Dir::State::status=/dev/null"
+    -o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root) # the private folder is root's; apt's _apt user cannot write it
+  mkdir -p "$apt_arm64/lists/partial" "$apt_arm64/archives/partial" "$apt_arm64/dl"
+  apt-get "${aopt[@]}" update -qq
+  pkg=$(apt-cache "${aopt[@]}" search --names-only '^linux-image-6\.1\.0-[0-9]+-arm64-unsigned$' | cut -d' ' -f1 | sort -V | tail -1)
+  if [[ -z $pkg ]]; then
+    echo "install-test-deps: no linux-image-6.1.0-*-arm64-unsigned in the arm64 archive lists ($apt_arm64)" >&2
+    exit 1
+  fi
+  rm -f "$apt_arm64"/dl/*.deb
+  (cd "$apt_arm64/dl" && apt-get "${aopt[@]}" download -qq "$pkg:arm64" busybox-static:arm64)
+  rm -rf "$vm_kernel_arm64"
+  mkdir -p "$vm_kernel_arm64/busybox"
+  dpkg-deb -x "$apt_arm64"/dl/linux-image-*_arm64.deb "$vm_kernel_arm64"
+  dpkg-deb -x "$apt_arm64"/dl/busybox-static_*_arm64.deb "$vm_kernel_arm64/busybox"
+fi
+
 # The relay VM test builds Linux's gpio-sim out of tree for that kernel
 # (scripts/build-gpio-sim.sh): Debian's headers and sources of the very same upload as the
 # unpacked kernel (its changelog names it), so the module loads into it.
@@ -205,7 +238,8 @@ for c in ipmitool:ipmitool /usr/bin/ipmi_sim:openipmi /usr/sbin/fence_ipmilan:fe
   aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user \
   /usr/bin/gpioset:gpiod /usr/bin/gpioinfo:gpiod /usr/bin/chromium:chromium \
   /usr/bin/chromedriver:chromium-driver mmdebstrap:mmdebstrap lintian:lintian dpkg-shlibdeps:dpkg-dev \
-  /usr/sbin/fence_wti:fence-agents /usr/bin/telnet:telnet promtool:prometheus; do
+  /usr/sbin/fence_wti:fence-agents /usr/bin/telnet:telnet promtool:prometheus \
+  qemu-system-aarch64:qemu-system-arm aarch64-linux-gnu-readelf:binutils-aarch64-linux-gnu; do
   prog=${c%%:*}
   need "${prog##*/}" "Debian package ${c#*:}" executable "$prog"
 done
@@ -214,12 +248,20 @@ for c in sushy-emulator:sushy-tools rf_protocol_validator:redfish-protocol-valid
 done
 need openapi-spec-validator "PyPI openapi-spec-validator" python3 -c "import openapi_spec_validator"
 need redfishtool "Debian package redfishtool" executable redfishtool
+for c in /usr/sbin/corosync /usr/sbin/corosync-quorumtool /usr/sbin/corosync-cfgtool; do
+  need "${c##*/}" "Debian package corosync" executable "$c"
+done
+need libcpg-dev "Debian package libcpg-dev" test -e /usr/include/corosync/cpg.h
 need sushy "PyPI sushy 5.14.0" python3 -c "import sushy"
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng
 need aarch64-target "rustup target add aarch64-unknown-linux-gnu" \
   bash -c 'rustup target list --installed | grep -qx aarch64-unknown-linux-gnu'
 need vm-kernel "Debian linux-image-6.1, unpacked above into $vm_kernel" compgen -G "$vm_kernel/boot/vmlinuz-*"
+need vm-kernel-arm64 "Debian linux-image-6.1.0-*-arm64-unsigned, unpacked above into $vm_kernel_arm64" \
+  compgen -G "$vm_kernel_arm64/boot/vmlinuz-*"
+need busybox-arm64 "Debian arm64 busybox-static, unpacked above into $vm_kernel_arm64/busybox" \
+  bash -c "[ \"\$(od -An -tu2 -j18 -N2 '$vm_kernel_arm64/busybox/bin/busybox' | tr -d ' ')\" = 183 ]" # ELF e_machine: EM_AARCH64
 need linux-headers "Debian package linux-headers-$vm_release (= $vm_version)" test -f "/usr/src/linux-headers-$vm_release/Makefile"
 need linux-source "Debian package linux-source-$vm_series (= $vm_version)" test -f "/usr/src/linux-source-$vm_series.tar.xz"
 

@@ -333,6 +333,29 @@ pub struct History {
     /// failed write, after a test rewrote the ledger). Held for the whole of every appending
     /// transaction, which keeps "read head, append, commit, advance head" one step.
     head: std::sync::Mutex<Option<Head>>,
+    /// Commits made to fail on purpose, for the group commit's lie tests.
+    #[cfg(test)]
+    pub(crate) faults: std::sync::Mutex<InjectedFaults>,
+}
+
+/// Test-only fault seam: which commits fail on purpose (as a full disk or an I/O error would
+/// fail them), and how often the seam fired. Production builds have no such field.
+/// Picks the writes [`InjectedFaults::write`] fails.
+#[cfg(test)]
+pub(crate) type WritePick = Box<dyn Fn(&Write) -> bool + Send>;
+
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct InjectedFaults {
+    /// Fail this many transactions that hold more than one write (shared group commits); each
+    /// fails after all its writes were applied, so the whole transaction is thrown away.
+    pub batches: u32,
+    /// Fail every write this picks, in whatever transaction it is (its own or a shared one).
+    pub write: Option<WritePick>,
+    /// Shared transactions failed so far.
+    pub batches_failed: u32,
+    /// Writes failed so far by `write`.
+    pub writes_failed: u32,
 }
 
 impl History {
@@ -378,6 +401,8 @@ impl History {
             path: p,
             signer,
             head: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            faults: Default::default(),
         };
         h.init_tables()?;
         if signed {
@@ -404,6 +429,8 @@ impl History {
             path: p,
             signer: None,
             head: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            faults: Default::default(),
         })
     }
 
@@ -608,8 +635,12 @@ impl History {
     /// one bad write cannot fail the others, and a write reported `Ok` is stored.
     pub fn commit_batch(&self, writes: &[Write]) -> Vec<Result<(), HistoryError>> {
         if writes.len() > 1 {
-            let together =
-                self.appending(|tx, head| writes.iter().try_for_each(|w| self.apply(tx, head, w)));
+            let together = self.appending(|tx, head| {
+                writes.iter().try_for_each(|w| self.apply(tx, head, w))?;
+                #[cfg(test)]
+                self.injected_batch_fault(writes.len())?;
+                Ok(())
+            });
             if together.is_ok() {
                 return writes.iter().map(|_| Ok(())).collect();
             }
@@ -641,7 +672,35 @@ impl History {
                 also.iter().try_for_each(|e| self.append_in(tx, head, e))
             }
             Write::Events(entries) => self.append_events_in(tx, head, entries),
+        }?;
+        #[cfg(test)]
+        self.injected_write_fault(w)?;
+        Ok(())
+    }
+
+    /// The seam of [`InjectedFaults::batches`].
+    #[cfg(test)]
+    fn injected_batch_fault(&self, n: usize) -> Result<(), HistoryError> {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        if f.batches == 0 {
+            return Ok(());
         }
+        f.batches -= 1;
+        f.batches_failed += 1;
+        Err(self.store_err(format!(
+            "injected fault: the shared commit of {n} writes failed"
+        )))
+    }
+
+    /// The seam of [`InjectedFaults::write`].
+    #[cfg(test)]
+    fn injected_write_fault(&self, w: &Write) -> Result<(), HistoryError> {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        if !f.write.as_ref().is_some_and(|pick| pick(w)) {
+            return Ok(());
+        }
+        f.writes_failed += 1;
+        Err(self.store_err("injected fault: this write failed"))
     }
 
     /// Appends a non-operation entry (pause switch, refusal, audit) to the ledger.

@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::process::{text, Fenced};
+use common::process::{secret_file, text, Fenced};
 use drivers::Secret;
 use hw_tests::lab::{BackgroundLab, Fault, LabSpec};
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,10 +22,7 @@ fn fixture() -> PathBuf {
 }
 
 fn password_file(dir: &Path) -> PathBuf {
-    let pw = dir.join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    pw
+    secret_file(dir, "pw", PASSWORD)
 }
 
 fn write_config(dir: &Path, device: &str) -> PathBuf {

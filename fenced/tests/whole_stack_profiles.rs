@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::process::{text, Fenced};
+use common::process::{median, secret_file, text, Fenced};
 use drivers::redfish::{RedfishConfig, RedfishDevice, TlsVerify};
 use drivers::{PowerCommand, PowerDevice, Secret};
 use hw_tests::lab::profile::{redfish_profile, RedfishProfile, REDFISH_PROFILES};
@@ -89,10 +89,7 @@ fn bench(opts: Opts) -> Bench {
     let lab = rt.block_on(RedfishLab::start(spec)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pw = dir.join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    // fenced refuses password files that group or others can read.
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pw = secret_file(dir, "pw", PASSWORD);
     // The attempt outlasts the longest transition (OpenBMC's 3 s) with room for the polls.
     let mut cfg = format!(
         "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 6\ntotal_timeout_s = {}\n\n[limits]\nmax_operations = 200\nmax_operations_per_target = 50\n\n",
@@ -122,14 +119,6 @@ fn bench(opts: Opts) -> Bench {
         _tmp: tmp,
         fenced,
     }
-}
-
-fn last_op(b: &Bench, node: &str) -> Value {
-    let h = b.fenced.json(&["history", node]);
-    h.as_array()
-        .and_then(|a| a.first())
-        .cloned()
-        .unwrap_or_else(|| panic!("no history for {node}: {h}"))
 }
 
 /// Every value of `key` anywhere in `v` (the step results sit inside attempts and levels).
@@ -175,7 +164,7 @@ fn fenced_ok(b: &Bench, action: &str, node: &str) -> Value {
         "FENCED"
     };
     assert!(t.contains(said) && !t.contains("NOT "), "{t}");
-    let op = last_op(b, node);
+    let op = b.fenced.last_op(node);
     assert_eq!(
         op["outcome"]["confirmation"]["method"], "power_read_back",
         "{}: {op}",
@@ -271,7 +260,7 @@ fn lies_with_the_quirk_are_not_fenced(name: &'static str) {
         let s = text(&out);
         assert_eq!(out.status.code(), Some(1), "{name} {n}: {s}");
         assert!(s.contains("NOT FENCED"), "{name} {n}: {s}");
-        assert_eq!(last_op(&b, n)["state"], "failed", "{name} {n}");
+        assert_eq!(b.fenced.last_op(n)["state"], "failed", "{name} {n}");
         assert!(b.lab.bmc(n).unwrap().power(), "{name} {n} is still on");
         said.push(s);
     }
@@ -365,11 +354,6 @@ per_profile!(palisade, idrac, ilo, openbmc, supermicro, xcc);
 fn every_profile_is_tested() {
     let table: Vec<&str> = REDFISH_PROFILES.iter().map(|p| p.name).collect();
     assert_eq!(table, TESTED, "add the new profile to per_profile!");
-}
-
-fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// The status reads the engine made after the command (the step results' `polls`).
@@ -500,9 +484,7 @@ fn figures_ipmi_per_profile() {
         let bmc = lab.bmcs()[0].clone();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let pw = dir.join("pw");
-        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let pw = secret_file(dir, "pw", PASSWORD);
         let cfg = format!(
             "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 10\ntotal_timeout_s = 20\n\n[limits]\nmax_operations = 200\nmax_operations_per_target = 50\n\n[devices.bmc-node1]\nkind = \"ipmi\"\naddress = \"{}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = {}\n\n[targets.node1]\nlevels = [[\"bmc-node1\"]]\nidentities = {{ bmc-node1 = \"{}\" }}\n",
             dir.join("fenced.sock"),

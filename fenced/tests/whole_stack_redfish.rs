@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::process::{text, Fenced};
+use common::process::{secret_file, text, Fenced};
 use drivers::Secret;
 use hw_tests::lab::redfish::{RedfishLab, RedfishLabSpec};
 use hw_tests::lab::Fault;
-use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,10 +48,7 @@ fn bench(opts: Opts) -> Bench {
     let lab = rt.block_on(RedfishLab::start(spec)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pw = dir.join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    // fenced refuses password files that group or others can read.
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pw = secret_file(dir, "pw", PASSWORD);
     let mut cfg = format!(
         "[daemon]\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = {}\n\n[limits]\nmax_operations = 200\nmax_operations_per_target = 50\n\n",
         dir.join("fenced.sock"),
@@ -83,14 +79,6 @@ fn bench(opts: Opts) -> Bench {
     }
 }
 
-fn last_op(b: &Bench, node: &str) -> Value {
-    let h = b.fenced.json(&["history", node]);
-    h.as_array()
-        .and_then(|a| a.first())
-        .cloned()
-        .unwrap_or_else(|| panic!("no history for {node}: {h}"))
-}
-
 /// Fences `node`, expecting NOT FENCED within `within`, and returns the output text.
 fn not_fenced(b: &Bench, node: &str, within: Duration) -> String {
     let t = Instant::now();
@@ -100,7 +88,7 @@ fn not_fenced(b: &Bench, node: &str, within: Duration) -> String {
     assert_eq!(out.status.code(), Some(1), "{s}");
     assert!(s.contains("NOT FENCED"), "{s}");
     assert!(took < within, "took {took:?}: {s}");
-    assert_eq!(last_op(b, node)["state"], "failed");
+    assert_eq!(b.fenced.last_op(node)["state"], "failed");
     s
 }
 
@@ -120,7 +108,7 @@ fn honest_redfish_bmc_is_fenced_and_confirmed_by_read_back() {
         b.lab.bmc("node2").unwrap().power(),
         "the other node is untouched"
     );
-    let op = last_op(&b, "node1");
+    let op = b.fenced.last_op("node1");
     assert_eq!(op["outcome"]["confirmation"]["method"], "power_read_back");
     assert!(op["attempts"][0]["identity"]
         .as_str()

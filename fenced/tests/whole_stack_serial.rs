@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::process::{text, Fenced};
+use common::process::{median, secret_file, text, Fenced};
 use drivers::serial_pdu::model;
 use drivers::Secret;
 use hw_tests::lab::serial::{SerialLab, SerialLabSpec, SerialPduHandle};
@@ -51,9 +51,7 @@ fn bench() -> Bench {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pw = dir.join("console.pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pw = secret_file(dir, "console.pw", PASSWORD);
     let locks = dir.join("lock");
     std::fs::create_dir(&locks).unwrap();
     let cfg = format!(
@@ -88,37 +86,12 @@ impl Bench {
     fn b(&self) -> &SerialPduHandle {
         &self.apc.pdus()[0]
     }
-    fn last_op(&self, node: &str) -> Value {
-        let h = self.fenced.json(&["history", node]);
-        h.as_array()
-            .and_then(|a| a.first())
-            .cloned()
-            .unwrap_or_else(|| panic!("no history for {node}: {h}"))
-    }
-    fn fenced_ok(&self, action: &str, node: &str) -> String {
-        let out = self
-            .fenced
-            .fence_node(&[action, node, "--reason", "serial e2e"]);
-        let s = text(&out);
-        assert_eq!(out.status.code(), Some(0), "{s}\n{}", self.fenced.log());
-        s
-    }
-    fn not_fenced(&self, node: &str) -> String {
-        let out = self
-            .fenced
-            .fence_node(&["off", node, "--reason", "lie test"]);
-        let s = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{s}\n{}", self.fenced.log());
-        assert!(s.contains("NOT FENCED"), "{s}");
-        assert_eq!(self.last_op(node)["state"], "failed");
-        s
-    }
 }
 
 #[test]
 fn two_psus_on_a_serial_line_and_a_console_server_are_fenced_when_both_read_back_off() {
     let b = bench();
-    let s = b.fenced_ok("off", "db1");
+    let s = b.fenced.fenced_ok("off", "db1", "serial e2e");
     assert!(s.contains("FENCED") && !s.contains("NOT FENCED"), "{s}");
     assert_eq!(
         (b.a().outlet_on(1), b.b().outlet_on(1)),
@@ -128,7 +101,7 @@ fn two_psus_on_a_serial_line_and_a_console_server_are_fenced_when_both_read_back
         assert_eq!(b.a().outlet_on(n), Some(true), "outlet {n} untouched");
     }
     assert_eq!(b.b().outlet_on(2), Some(true));
-    let op = b.last_op("db1");
+    let op = b.fenced.last_op("db1");
     assert_eq!(
         op["outcome"]["confirmation"]["method"], "power_read_back",
         "{op}"
@@ -168,7 +141,7 @@ fn two_psus_on_a_serial_line_and_a_console_server_are_fenced_when_both_read_back
         "{:?}",
         b.b().received()
     );
-    b.fenced_ok("on", "db1");
+    b.fenced.fenced_ok("on", "db1", "serial e2e");
     assert_eq!(
         (b.a().outlet_on(1), b.b().outlet_on(1)),
         (Some(true), Some(true))
@@ -179,7 +152,7 @@ fn two_psus_on_a_serial_line_and_a_console_server_are_fenced_when_both_read_back
 fn an_outlet_that_acknowledges_off_and_stays_on_is_not_fenced() {
     let b = bench();
     b.a().set_outlet_stuck(3, true);
-    let s = b.not_fenced("db3");
+    let s = b.fenced.not_fenced("db3");
     assert!(s.contains("pdu-a:db3"), "{s}");
     assert_eq!(b.a().outlet_on(3), Some(true));
 }
@@ -188,14 +161,14 @@ fn an_outlet_that_acknowledges_off_and_stays_on_is_not_fenced() {
 fn one_of_two_outlets_failing_is_not_fenced_and_history_names_it() {
     let b = bench();
     b.b().set_outlet_stuck(1, true);
-    let s = b.not_fenced("db1");
+    let s = b.fenced.not_fenced("db1");
     assert!(s.contains("pdu-b:db1-psu2"), "{s}");
     assert_eq!(
         b.b().outlet_on(1),
         Some(true),
         "the stuck outlet still powers db1"
     );
-    let op = b.last_op("db1");
+    let op = b.fenced.last_op("db1");
     let failed: Vec<&Value> = op["attempts"]
         .as_array()
         .unwrap()
@@ -215,7 +188,7 @@ fn one_of_two_outlets_failing_is_not_fenced_and_history_names_it() {
 fn a_silent_console_is_not_fenced() {
     let b = bench();
     b.a().set_fault(Fault::Silent(true));
-    let s = b.not_fenced("db2");
+    let s = b.fenced.not_fenced("db2");
     assert!(s.contains("did not answer"), "{s}");
     assert_eq!(b.a().outlet_on(2), Some(true));
 }
@@ -226,19 +199,14 @@ fn a_line_full_of_noise_is_not_fenced_and_never_reads_off() {
     // Noise inside every state word of every reply: the switching command may well go
     // through, but no state is ever read from a damaged screen.
     b.a().set_fault(Fault::Garbage(true));
-    let s = b.not_fenced("db3");
+    let s = b.fenced.not_fenced("db3");
     assert!(s.contains("pdu-a:db3"), "{s}");
     b.b().set_fault(Fault::Garbage(true));
-    b.not_fenced("db4");
+    b.fenced.not_fenced("db4");
     // The noise clears: the same stack fences.
     b.a().set_fault(Fault::Garbage(false));
-    b.fenced_ok("off", "db3");
+    b.fenced.fenced_ok("off", "db3", "serial e2e");
     assert_eq!(b.a().outlet_on(3), Some(false));
-}
-
-fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// Figures for the note, medians of 5: request to confirmed off through `fence_node` ->
@@ -266,9 +234,7 @@ fn figures_off_to_confirmed_ours_vs_fence_wti() {
     let pdu = lab.pdus()[0].clone();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pw = dir.join("console.pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pw = secret_file(dir, "console.pw", PASSWORD);
     let locks = dir.join("lock");
     std::fs::create_dir(&locks).unwrap();
     let cfg = format!(

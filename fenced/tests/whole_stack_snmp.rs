@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::process::{text, Fenced};
+use common::process::{secret_file, text, Fenced};
 use drivers::pdu::model;
 use drivers::Secret;
 use hw_tests::lab::snmp::{PduLab, PduLabSpec, PduUser, SNMP_IN_BAD_COMMUNITY_NAMES};
@@ -24,13 +24,6 @@ struct Bench {
     _rt: tokio::runtime::Runtime,
     _tmp: tempfile::TempDir,
     fenced: Fenced,
-}
-
-fn secret_file(dir: &std::path::Path, name: &str, value: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{value}\n")).unwrap();
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    p
 }
 
 /// Two PDUs, four outlets each:
@@ -129,32 +122,6 @@ impl Bench {
     fn b(&self) -> &hw_tests::lab::snmp::PduHandle {
         &self.lab.pdus()[1]
     }
-    fn last_op(&self, node: &str) -> Value {
-        let h = self.fenced.json(&["history", node]);
-        h.as_array()
-            .and_then(|a| a.first())
-            .cloned()
-            .unwrap_or_else(|| panic!("no history for {node}: {h}"))
-    }
-    fn fenced_ok(&self, action: &str, node: &str) -> String {
-        let out = self
-            .fenced
-            .fence_node(&[action, node, "--reason", "snmp e2e"]);
-        let s = text(&out);
-        assert_eq!(out.status.code(), Some(0), "{s}\n{}", self.fenced.log());
-        s
-    }
-    /// Fences `node`, expecting NOT FENCED, and returns the output.
-    fn not_fenced(&self, node: &str) -> String {
-        let out = self
-            .fenced
-            .fence_node(&["off", node, "--reason", "lie test"]);
-        let s = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{s}");
-        assert!(s.contains("NOT FENCED"), "{s}");
-        assert_eq!(self.last_op(node)["state"], "failed");
-        s
-    }
 }
 
 fn all_on(p: &hw_tests::lab::snmp::PduHandle) -> bool {
@@ -164,7 +131,7 @@ fn all_on(p: &hw_tests::lab::snmp::PduHandle) -> bool {
 #[test]
 fn two_psus_on_two_pdus_are_fenced_only_when_both_read_back_off() {
     let b = bench(false, 100);
-    let s = b.fenced_ok("off", "db1");
+    let s = b.fenced.fenced_ok("off", "db1", "snmp e2e");
     assert!(s.contains("FENCED") && !s.contains("NOT FENCED"), "{s}");
     assert_eq!(
         (b.a().outlet_on(1), b.b().outlet_on(1)),
@@ -174,7 +141,7 @@ fn two_psus_on_two_pdus_are_fenced_only_when_both_read_back_off() {
         assert_eq!(b.a().outlet_on(n), Some(true), "other outlets untouched");
         assert_eq!(b.b().outlet_on(n), Some(true), "other outlets untouched");
     }
-    let op = b.last_op("db1");
+    let op = b.fenced.last_op("db1");
     assert_eq!(op["outcome"]["confirmation"]["method"], "power_read_back");
     let attempts = op["attempts"].as_array().unwrap();
     let ports: Vec<&str> = attempts
@@ -191,16 +158,16 @@ fn two_psus_on_two_pdus_are_fenced_only_when_both_read_back_off() {
             .all(|a| a["identity"].as_str().is_some_and(|i| i.contains("serial"))),
         "{op}"
     );
-    b.fenced_ok("on", "db1");
+    b.fenced.fenced_ok("on", "db1", "snmp e2e");
     assert!(all_on(b.a()) && all_on(b.b()));
 }
 
 #[test]
 fn reboot_of_two_outlets_of_one_pdu_turns_all_off_confirms_then_all_on() {
     let b = bench(false, 50);
-    b.fenced_ok("reboot", "db2");
+    b.fenced.fenced_ok("reboot", "db2", "snmp e2e");
     assert!(all_on(b.a()));
-    let op = b.last_op("db2");
+    let op = b.fenced.last_op("db2");
     let phases: Vec<(String, String)> = op["attempts"]
         .as_array()
         .unwrap()
@@ -222,14 +189,14 @@ fn reboot_of_two_outlets_of_one_pdu_turns_all_off_confirms_then_all_on() {
 fn one_stuck_psu_outlet_is_not_fenced_and_history_names_it() {
     let b = bench(false, 0);
     b.b().set_outlet_stuck(1, true);
-    let s = b.not_fenced("db1");
+    let s = b.fenced.not_fenced("db1");
     assert!(s.contains("pdu-b:db1-psu2"), "{s}");
     assert_eq!(
         b.b().outlet_on(1),
         Some(true),
         "the stuck outlet still powers the node"
     );
-    let op = b.last_op("db1");
+    let op = b.fenced.last_op("db1");
     let failed: Vec<&Value> = op["attempts"]
         .as_array()
         .unwrap()
@@ -245,7 +212,7 @@ fn one_stuck_psu_outlet_is_not_fenced_and_history_names_it() {
 fn a_pdu_that_stays_silent_is_not_fenced() {
     let b = bench(false, 0);
     b.a().set_fault(Fault::Crash(true));
-    let s = b.not_fenced("db3");
+    let s = b.fenced.not_fenced("db3");
     assert!(s.contains("did not answer"), "{s}");
 }
 
@@ -253,7 +220,7 @@ fn a_pdu_that_stays_silent_is_not_fenced() {
 fn malformed_replies_are_not_fenced() {
     let b = bench(true, 0);
     b.a().set_fault(Fault::Garbage(true));
-    b.not_fenced("db3");
+    b.fenced.not_fenced("db3");
     assert_eq!(b.a().outlet_on(4), Some(true));
 }
 
@@ -261,7 +228,7 @@ fn malformed_replies_are_not_fenced() {
 fn a_set_answered_with_an_error_is_not_fenced() {
     let b = bench(false, 0);
     b.a().set_fault(Fault::ServerError(true));
-    let s = b.not_fenced("db3");
+    let s = b.fenced.not_fenced("db3");
     assert!(s.contains("genErr"), "{s}");
     assert_eq!(b.a().outlet_on(4), Some(true));
 }
@@ -270,7 +237,7 @@ fn a_set_answered_with_an_error_is_not_fenced() {
 fn a_set_answered_with_another_value_is_not_fenced() {
     let b = bench(true, 0);
     b.b().set_answers_other_value(true);
-    let s = b.not_fenced("db1");
+    let s = b.fenced.not_fenced("db1");
     assert!(
         s.contains("pdu-b:db1-psu2") && s.contains("instead of"),
         "{s}"
@@ -281,7 +248,7 @@ fn a_set_answered_with_another_value_is_not_fenced() {
 #[test]
 fn wrong_community_is_not_fenced_and_the_agent_counts_it() {
     let b = bench(false, 0);
-    let s = b.not_fenced("db1-bad");
+    let s = b.fenced.not_fenced("db1-bad");
     assert!(s.contains("community"), "{s}");
     assert!(b.a().counter(SNMP_IN_BAD_COMMUNITY_NAMES) > 0);
     assert_eq!(b.a().outlet_on(1), Some(true));
@@ -290,14 +257,14 @@ fn wrong_community_is_not_fenced_and_the_agent_counts_it() {
 #[test]
 fn v3_auth_priv_fences_and_a_wrong_v3_password_is_refused() {
     let b = bench(true, 20);
-    b.fenced_ok("off", "db1");
+    b.fenced.fenced_ok("off", "db1", "snmp e2e");
     assert_eq!(
         (b.a().outlet_on(1), b.b().outlet_on(1)),
         (Some(false), Some(false))
     );
-    let s = b.not_fenced("db1-bad");
+    let s = b.fenced.not_fenced("db1-bad");
     assert!(s.contains("usmStatsWrongDigests"), "{s}");
-    b.fenced_ok("on", "db1");
+    b.fenced.fenced_ok("on", "db1", "snmp e2e");
     assert!(all_on(b.a()));
 }
 
@@ -305,12 +272,12 @@ fn v3_auth_priv_fences_and_a_wrong_v3_password_is_refused() {
 fn an_outlet_renamed_so_the_name_points_elsewhere_is_refused() {
     let b = bench(false, 0);
     // First use pins db3 to outlet 4.
-    b.fenced_ok("off", "db3");
-    b.fenced_ok("on", "db3");
+    b.fenced.fenced_ok("off", "db3", "snmp e2e");
+    b.fenced.fenced_ok("on", "db3", "snmp e2e");
     // Someone rewires: outlet 4 is now `spare`, and `db3` is on outlet 3 (db2's PSU).
     b.a().rename_outlet(4, "spare");
     b.a().rename_outlet(3, "db3");
-    let s = b.not_fenced("db3");
+    let s = b.fenced.not_fenced("db3");
     assert!(s.contains("moved from outlet 4 to outlet 3"), "{s}");
     assert_eq!(
         b.a().outlet_on(3),
@@ -320,7 +287,7 @@ fn an_outlet_renamed_so_the_name_points_elsewhere_is_refused() {
     assert_eq!(b.a().outlet_on(4), Some(true));
     // A number checked against a name refuses as soon as the name differs.
     b.b().rename_outlet(2, "something-else");
-    let s = b.not_fenced("db4");
+    let s = b.fenced.not_fenced("db4");
     assert!(s.contains("is named `something-else`, not `db4`"), "{s}");
     assert_eq!(b.b().outlet_on(2), Some(true));
 }

@@ -21,6 +21,8 @@
 //!   unless the developer allowed skips (`PALISADE_ALLOW_SKIP`); every skip is logged.
 //! - [`node`]: lab nodes (network namespace + cgroup v2 group + optional mount namespace)
 //!   that a simulated BMC really powers off, with nftables partitions and a lab network.
+//! - [`cluster`]: cluster lab nodes, each running a real Corosync (knet, votequorum), with
+//!   partitions, power off/on and a BMC power hook, for multi-node tests.
 //! - [`browser`]: headless Chromium driven through ChromeDriver (WebDriver), for page tests.
 //! - [`mass`]: mass fencing: a `palisade-lab ipmi` fleet, its `fenced` config, rounds of requests.
 //! - [`drill`]: the failover drill: a stateful workload on a shared disk, a reference
@@ -28,6 +30,7 @@
 
 pub mod bins;
 pub mod browser;
+pub mod cluster;
 pub mod daemon;
 #[cfg(feature = "cli")]
 pub mod demo;

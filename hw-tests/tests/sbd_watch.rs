@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use watch_common::{mailbox, pill, sbd_disks, start, wait_slot};
+use watch_common::{mailbox, pill, sbd_disks, start, wait_slot, SbdWatcher};
 use watchdog::{Outcome, SelfFenceAction};
 
 const SBD: &str = "/usr/sbin/sbd";
@@ -170,68 +170,6 @@ impl Drop for Lift {
     }
 }
 
-/// Debian's sbd watcher, started only the safe way (shared/PEERS.md), killed on drop.
-struct SbdWatcher {
-    pid: i32,
-    _dir: tempfile::TempDir,
-}
-
-impl SbdWatcher {
-    fn start(v: &[LoopDevice], node: &str) -> SbdWatcher {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("sbd.pid");
-        let mut cmd = Command::new(SBD);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("SBD_PACEMAKER", "no")
-            // sbd 1.5 refuses to start without Pacemaker unless told this explicitly.
-            .env("SBD_SYNC_RESOURCE_STARTUP", "no");
-        for d in v {
-            cmd.arg("-d").arg(d.path());
-        }
-        let st = cmd
-            .args(["-n", node, "-w", "/dev/null", "-Z", "-Z", "-p"])
-            .arg(&pidfile)
-            .arg("watch")
-            .status()
-            .unwrap();
-        assert!(st.success(), "sbd watch failed to start");
-        let t = Instant::now();
-        let pid = loop {
-            if let Some(p) = std::fs::read_to_string(&pidfile)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                break p;
-            }
-            assert!(t.elapsed() < LONG, "sbd wrote no pidfile");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        SbdWatcher { pid, _dir: dir }
-    }
-
-    fn alive(&self) -> bool {
-        // The daemon is not our child (it forked away): probe with signal 0.
-        // SAFETY: kill with signal 0 only checks the pid.
-        let exists = unsafe { libc::kill(self.pid, 0) == 0 };
-        exists
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .map(|s| s.contains(") Z "))
-                .unwrap_or(true)
-    }
-}
-
-impl Drop for SbdWatcher {
-    fn drop(&mut self) {
-        // sbd's inquisitor leads its own session (it daemonised): take the whole group.
-        // SAFETY: signalling a process group we started.
-        unsafe {
-            libc::kill(-self.pid, libc::SIGKILL);
-            libc::kill(self.pid, libc::SIGKILL);
-        }
-    }
-}
-
 fn sbd_ready() -> bool {
     require::needs_command(SBD, "Debian package sbd") && loopdev::require()
 }
@@ -269,7 +207,7 @@ fn our_message_is_obeyed_by_debian_sbds_watcher() {
         return;
     }
     let v = sbd_disks(3);
-    let s = SbdWatcher::start(&v, "theirs");
+    let s = SbdWatcher::start(&v.iter().map(|d| d.path()).collect::<Vec<_>>(), "theirs");
     let slot = wait_slot(&v, "theirs", LONG);
     std::thread::sleep(Duration::from_secs(1));
     assert!(s.alive(), "sbd watcher runs");

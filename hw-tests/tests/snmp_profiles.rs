@@ -108,6 +108,20 @@ const MIBS: &[Mib] = &[
         off: "2",
         on: "1",
     },
+    // Sentry4-MIB st4OutletState / st4OutletControlAction / st4OutletName, INDEX
+    // { st4UnitIndex, st4InputCordIndex, st4OutletIndex }.
+    Mib {
+        profile: "sentry4",
+        state: "1.3.6.1.4.1.1718.4.1.8.3.1.1",
+        off_column: "1.3.6.1.4.1.1718.4.1.8.5.1.2",
+        on_column: "1.3.6.1.4.1.1718.4.1.8.5.1.2",
+        names: "1.3.6.1.4.1.1718.4.1.8.2.1.3",
+        index: "1.1.",
+        state_off: "2",
+        state_on: "1",
+        off: "2",
+        on: "1",
+    },
 ];
 
 /// Labs on a runtime of their own, stopped on drop.
@@ -464,4 +478,64 @@ fn clusterlabs_fence_agents_against_their_profiles() {
     );
     assert!(!out(&o).contains("Success"), "{}", out(&o));
     assert_eq!(eaton.outlet_on(1), Some(true));
+}
+
+#[test]
+fn sentry4_queued_actions_wait_for_the_commit_and_clear_discards_them() {
+    if !needs("snmpget", "Debian package snmp") {
+        return;
+    }
+    let labs = Labs::start(&["sentry4"]);
+    let pdu = &labs.lab("sentry4").pdus()[0];
+    let addr = pdu.addr().to_string();
+    // st4OutletControlAction.1.1.3, st4OutletState.1.1.3, st4OutletQueueControl.0.
+    let control = "1.3.6.1.4.1.1718.4.1.8.5.1.2.1.1.3";
+    let state = "1.3.6.1.4.1.1718.4.1.8.3.1.1.1.1.3";
+    let queue = "1.3.6.1.4.1.1718.4.1.8.6.1.0";
+    // queueOff(5): acknowledged, nothing switches, however long one waits.
+    let o = run(
+        "snmpset",
+        &["-v2c", "-c", "private", &addr, control, "i", "5"],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(&addr, "public", state), "1");
+    assert_eq!(pdu.outlet_on(3), Some(true));
+    // commit(1) carries it out, after the profile's switch delay.
+    let o = run(
+        "snmpset",
+        &["-v2c", "-c", "private", &addr, queue, "i", "1"],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    wait_state(&addr, "public", state, "2");
+    assert_eq!(pdu.outlet_on(3), Some(false));
+    // queueOn(4) then clear(0): the queue is emptied and the outlet stays off.
+    let o = run(
+        "snmpset",
+        &["-v2c", "-c", "private", &addr, control, "i", "4"],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let o = run(
+        "snmpset",
+        &["-v2c", "-c", "private", &addr, queue, "i", "0"],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let o = run(
+        "snmpset",
+        &["-v2c", "-c", "private", &addr, queue, "i", "1"],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(&addr, "public", state), "2");
+    assert_eq!(pdu.outlet_on(3), Some(false));
+    // A value outside clear(0)/commit(1) is refused.
+    let o = run(
+        "snmpset",
+        &["-v2c", "-c", "private", &addr, queue, "i", "7"],
+    );
+    assert!(
+        !o.status.success() && out(&o).contains("wrongValue"),
+        "{}",
+        out(&o)
+    );
 }

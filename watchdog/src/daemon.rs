@@ -160,7 +160,7 @@ pub fn run(args: &[String], settings: &Settings, err: &mut dyn Write) -> i32 {
         }
     };
     match o.command.first().map(String::as_str) {
-        Some("watch") => run_watch(&o, &dev, err),
+        Some("watch") => run_watch(&o, settings, &dev, err),
         Some("query-watchdog") => query_watchdog(Path::new("/sys/class/watchdog"), err),
         Some("test-watchdog") => test_watchdog(&dev, o.timeout_watchdog, err),
         _ => 1,
@@ -190,7 +190,21 @@ pub fn resolve_watchdog(o: &mut Options, settings: &Settings) -> Result<PathBuf,
         .unwrap_or_else(|| PathBuf::from(DEFAULT_WATCHDOG)))
 }
 
-fn run_watch(o: &Options, dev: &Path, err: &mut dyn Write) -> i32 {
+/// Whether `watch` writes heartbeats: yes unless `--no-heartbeat` or
+/// `PALISADE_SBD_HEARTBEAT=no` (environment or sbd config file). Writing needs a heartbeat area
+/// on the disk as well, which only `palisade-sbd create` / `create-heartbeat` make, so a disk
+/// made by sbd is never written past sbd's sectors whatever this says.
+pub fn heartbeat_wanted(o: &Options, settings: &Settings) -> bool {
+    let off = settings.get("PALISADE_SBD_HEARTBEAT").is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "no" | "0" | "false" | "off"
+        )
+    });
+    !(o.no_heartbeat || off)
+}
+
+fn run_watch(o: &Options, settings: &Settings, dev: &Path, err: &mut dyn Write) -> i32 {
     let Some(name) = format::node_name(&local_name(o)) else {
         let _ = writeln!(
             err,
@@ -222,6 +236,7 @@ fn run_watch(o: &Options, dev: &Path, err: &mut dyn Write) -> i32 {
         rules: Vec::new(),
         stop: Arc::clone(&stop),
         clock: crate::clock::system(),
+        heartbeat: heartbeat_wanted(o, settings),
     };
     // The signal handler sets STOP; forward it to the watcher's flag.
     let fwd = Arc::clone(&stop);
@@ -419,6 +434,22 @@ mod tests {
         let e = resolved(&["--board", "toaster", "watch"], &[]).unwrap_err();
         assert!(e.contains("toaster") && e.contains("raspberry-pi-4"), "{e}");
         assert!(resolved(&["--board"], &[]).unwrap_err().contains("--board"));
+    }
+
+    #[test]
+    fn heartbeats_are_on_unless_the_flag_or_the_setting_says_no() {
+        let o = |a: &str| {
+            parse_args(&a.split_whitespace().map(String::from).collect::<Vec<_>>()).unwrap()
+        };
+        let none = Settings::from_pairs(&[]);
+        assert!(heartbeat_wanted(&o("watch"), &none));
+        assert!(!heartbeat_wanted(&o("--no-heartbeat watch"), &none));
+        for off in ["no", "NO", " 0", "false", "off"] {
+            let s = Settings::from_pairs(&[("PALISADE_SBD_HEARTBEAT", off)]);
+            assert!(!heartbeat_wanted(&o("watch"), &s), "{off}");
+        }
+        let s = Settings::from_pairs(&[("PALISADE_SBD_HEARTBEAT", "yes")]);
+        assert!(heartbeat_wanted(&o("watch"), &s));
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //!   see `drivers::sbd::pill`).
 
 use drivers::sbd::{
-    self, format, open_and_deliver, BlockDevice, Disk, DiskConfig, Header, Mailbox, Message,
-    NodeEntry, SbdError,
+    self, format, heartbeat, open_and_deliver, BlockDevice, Disk, DiskConfig, Header, Mailbox,
+    Message, NodeEntry, SbdError,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -42,6 +42,7 @@ Options:
 --board NAME\tBoard profile (boards/profiles: generic-x86, raspberry-pi-4, ...) giving the
 \t\twatchdog device and timeout range (watch, test-watchdog; or PALISADE_BOARD)
 --force\t\tcreate: accept msgwait < 2 x watchdog timeout (unsafe)
+--no-heartbeat\twatch: write no heartbeat (also PALISADE_SBD_HEARTBEAT=no)
 -h, --help\tThis help
 Commands:
 create\t\tinitialize N slots on <dev> - OVERWRITES DEVICE!
@@ -50,6 +51,10 @@ dump\t\tDump meta-data header from device.
 allocate <node>\tAllocate a slot for node (optional)
 message <node> (test|reset|off|crashdump|clear|exit)
 \t\tWrites the specified message to node's slot.
+create-heartbeat
+\t\tAdd (or reset) the Palisade heartbeat area on an SBD disk, e.g. one made by
+\t\tsbd: sectors after sbd's last mailbox; sbd's own sectors are not written.
+heartbeats\tList the heartbeat records (slot, node, counter, written at, boot id).
 
 Devices also come from SBD_DEVICE (';'-separated) in the environment or in
 /etc/sysconfig/sbd or /etc/default/sbd (PALISADE_SBD_CONFIG=FILE reads another file,
@@ -63,6 +68,14 @@ Safer than sbd:
 - message counts a disk only when the mailbox reads back identical, and fails unless more
   than half of the disks hold it. Like sbd, it then waits msgwait (except for exit) before
   returning 0, so fence_sbd's \"off\" means the target's watchdog has had time to fire.
+
+Heartbeats (for fenced's disk-heartbeat witness, which vetoes a power device's \"off\" while
+the node's watcher still writes): create also makes a heartbeat area after sbd's sectors
+(skipped with a warning on a disk too small for it: 384 KiB at 512-byte sectors, 3 MiB at
+4096). watch writes this node's record once per read of its slot (10 single-sector writes a
+second per disk) on every disk that has the area, unless --no-heartbeat or
+PALISADE_SBD_HEARTBEAT=no; a disk without the area is never written past sbd's sectors.
+The area is tied to the header's UUID: after `sbd create` run create-heartbeat again.
 
 Watcher and watchdog commands (run in the foreground, for systemd's Type=notify):
 watch		Watch the disks and feed the watchdog (-w DEV, SBD_WATCHDOG_DEV, the board
@@ -106,6 +119,8 @@ pub struct Options {
     pub board: Option<String>,
     /// `--force`.
     pub force: bool,
+    /// `--no-heartbeat`: `watch` writes no heartbeat even where the disk has the area.
+    pub no_heartbeat: bool,
     /// `-v` count.
     pub verbose: u32,
     /// `-h` / `--help`.
@@ -138,6 +153,11 @@ pub fn parse_args(args: &[String]) -> Result<Options, UsageError> {
         }
         if a == "--force" {
             o.force = true;
+            i += 1;
+            continue;
+        }
+        if a == "--no-heartbeat" {
+            o.no_heartbeat = true;
             i += 1;
             continue;
         }
@@ -381,6 +401,8 @@ fn run_inner(
         "list" => list(&ctx, out, err),
         "allocate" => allocate(&ctx, arg1.as_deref(), out, err)?,
         "message" => message(&ctx, arg1.as_deref(), arg2.as_deref(), err)?,
+        "create-heartbeat" => create_heartbeat(&ctx, out, err),
+        "heartbeats" => heartbeats(&ctx, out, err),
         "watch" | "query-watchdog" | "test-watchdog" => {
             return Err(UsageError::Invalid(format!(
                 "`{cmd}` runs in the palisade-sbd binary itself (watchdog::daemon), not through sbd_admin::run"
@@ -459,6 +481,23 @@ fn create(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32
             d.write(1, &zeros, Instant::now() + ctx.io)?;
             let hb = sbd::sector_with(&d, |b| h.encode(b))?;
             d.write(0, &hb, Instant::now() + ctx.io)?;
+            // The heartbeat area after the header: a crash before this leaves a valid SBD
+            // disk without heartbeats, which the watcher and the witness handle.
+            match heartbeat::write_area(&d, &h, ctx.io) {
+                Ok(_) => {
+                    let _ = writeln!(
+                        out,
+                        "Initializing the Palisade heartbeat area (sectors {}..{}) on device {}",
+                        heartbeat::area_sector(h.slots),
+                        heartbeat::sectors_needed(h.slots) - 1,
+                        d.fd()
+                    );
+                }
+                Err(e @ heartbeat::AreaError::TooSmall { .. }) => {
+                    let _ = writeln!(err, "palisade-sbd: warning: {}: {e}", path.display());
+                }
+                Err(e) => return Err(area_io(path, e)),
+            }
             Ok(())
         })();
         if let Err(e) = r {
@@ -711,6 +750,114 @@ fn message(
             Ok(1)
         }
     }
+}
+
+/// An area write's failure as the disk error it is (a disk too small for the area is
+/// handled before this; an encode failure cannot happen with a whole sector).
+fn area_io(path: &Path, e: heartbeat::AreaError) -> SbdError {
+    match e {
+        heartbeat::AreaError::Disk(d) => SbdError::Disk(d),
+        other => SbdError::Disk(sbd::DiskError::Io {
+            path: path.into(),
+            what: "writing the heartbeat area".into(),
+            reason: other.to_string(),
+        }),
+    }
+}
+
+/// `create-heartbeat`: writes a fresh heartbeat area (zeroed records, then the area header)
+/// on disks that already hold a valid SBD header. Only sectors after sbd's are written.
+fn create_heartbeat(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    for path in &ctx.o.devices {
+        let r = open(ctx, path)
+            .and_then(|d| Ok((sbd::read_header(&d, ctx.io)?, d)))
+            .map_err(|e| e.to_string())
+            .and_then(|(h, d)| {
+                heartbeat::write_area(&d, &h, ctx.io)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(h)
+            });
+        match r {
+            Ok(h) => {
+                let _ = writeln!(
+                    out,
+                    "Heartbeat area for {} slots written on {} (sectors {}..{}); restart the watchers to start writing",
+                    h.slots,
+                    path.display(),
+                    heartbeat::area_sector(h.slots),
+                    heartbeat::sectors_needed(h.slots) - 1
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(err, "palisade-sbd: {e}");
+                let _ = writeln!(err, "Failed to add a heartbeat area to {}", path.display());
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+/// `heartbeats`: every allocated slot's heartbeat record, one line each:
+/// `slot<TAB>node<TAB>counter<TAB>written (ms since the epoch)<TAB>boot id`, or `-` and the
+/// reason where a slot has no valid record.
+fn heartbeats(ctx: &Ctx<'_>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let mut rc = 0;
+    for path in &ctx.o.devices {
+        let r = open(ctx, path).and_then(|d| {
+            let h = sbd::read_header(&d, ctx.io)?;
+            let slots = sbd::read_slots(&d, &h, ctx.io)?;
+            Ok((d, h, slots))
+        });
+        let (d, h, slots) = match r {
+            Ok(v) => v,
+            Err(e) => {
+                explain(err, &e);
+                rc = 1;
+                continue;
+            }
+        };
+        let area = match heartbeat::read_area(&d, &h, Instant::now() + ctx.io) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = writeln!(err, "palisade-sbd: {}: {e}", path.display());
+                rc = 1;
+                continue;
+            }
+        };
+        for s in slots.iter().filter(|s| s.node.is_allocated()) {
+            let name = format::display_name(&s.node.name);
+            match heartbeat::read_record(&d, &area, s.slot, Instant::now() + ctx.io) {
+                Ok(Ok(r)) if format::same_node(&r.name, &s.node.name) => {
+                    let _ = writeln!(
+                        out,
+                        "{}\t{name}\t{}\t{}\t{}",
+                        s.slot,
+                        r.counter,
+                        r.written_ms,
+                        format::format_uuid(&r.boot_id)
+                    );
+                }
+                Ok(Ok(r)) => {
+                    let _ = writeln!(
+                        out,
+                        "{}\t{name}\t-\trecord names {}",
+                        s.slot,
+                        format::display_name(&r.name)
+                    );
+                }
+                Ok(Err(e)) => {
+                    let _ = writeln!(out, "{}\t{name}\t-\t{e}", s.slot);
+                }
+                Err(e) => {
+                    explain(err, &SbdError::Disk(e));
+                    rc = 1;
+                    break;
+                }
+            }
+        }
+    }
+    rc
 }
 
 /// Reads a slot's mailbox on one disk (tests and the watcher).

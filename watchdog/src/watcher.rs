@@ -4,7 +4,12 @@
 //! - One **servant** thread per disk (64 KiB stack). It opens the disk (O_DIRECT), finds or
 //!   allocates this node's slot, then every `poll` (100 ms by default, sbd sleeps 1 s) reads
 //!   the header and this node's node entry + mailbox with plain blocking reads on its own
-//!   thread, and reports what it saw. It clears a `test` message itself.
+//!   thread, and reports what it saw. It clears a `test` message itself. On a disk with a
+//!   Palisade heartbeat area (`drivers::sbd::heartbeat`) it then writes this node's heartbeat
+//!   record (one sector, the same thread, right after the report so a pill's reaction never
+//!   waits on it): the `disk-heartbeat` witness watches that counter to see that the node's
+//!   watcher still runs. It stops advancing when the watcher stops, self-fences or cannot
+//!   read its disk (no good read, no heartbeat).
 //! - The **inquisitor** (the calling thread) never touches a disk. It keeps, per disk, when the
 //!   last good read *started*. A servant stuck in the kernel simply stops reporting: its disk
 //!   ages out; nobody waits for it or joins it.
@@ -44,12 +49,13 @@
 use crate::clock::{self, Clock, RecvError};
 use crate::device::{WatchdogDevice, WatchdogError};
 use crate::self_fence::{SelfFence, SelfFenceAction};
+use drivers::sbd::heartbeat::{self, AreaError, AreaHeader, Record};
 use drivers::sbd::{
     self, format, BlockDevice, DiskError, FormatError, Header, Mailbox, Message, NodeName, SbdError,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Stack of a servant thread: it decodes a sector or two and formats a message, no more.
@@ -124,6 +130,53 @@ pub struct WatchConfig {
     pub stop: Arc<AtomicBool>,
     /// The watcher's time and threads ([`clock::system`] outside tests).
     pub clock: Arc<dyn Clock>,
+    /// Write this node's heartbeat on every disk that has a heartbeat area (`palisade-sbd
+    /// create` makes one; a disk without it is never written past sbd's sectors).
+    pub heartbeat: bool,
+}
+
+/// Who writes a heartbeat: a new boot or a new watcher start is a new writer, so a reader
+/// never mistakes a restarted counter for one going backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterIdentity {
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`); zero where it is unreadable.
+    pub boot_id: [u8; 16],
+    /// When this watcher started, ms since the Unix epoch.
+    pub started_ms: u64,
+}
+
+impl WriterIdentity {
+    /// This boot and now.
+    pub fn now() -> Self {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|s| format::parse_uuid(s.trim()))
+            .unwrap_or([0; 16]);
+        WriterIdentity {
+            boot_id,
+            started_ms: unix_ms(),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a servant does with heartbeats on its disk, as reported to the inquisitor.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HeartbeatState {
+    /// Not asked for (`--no-heartbeat`), or not yet known.
+    #[default]
+    Off,
+    /// The disk has no usable area (why, and how to add one).
+    NoArea(String),
+    /// The last heartbeat write succeeded with this counter.
+    Writing(u64),
+    /// The last heartbeat write failed.
+    Failed(String),
 }
 
 /// How the watcher ended.
@@ -233,6 +286,10 @@ pub enum ServantError {
     /// The watcher is stopping while the servant was setting up.
     #[error("the watcher is stopping")]
     Stopping,
+    /// The heartbeat writer could not be started (heartbeats stay off on this disk; the
+    /// disk still counts).
+    #[error("cannot start the heartbeat writer thread: {0}; check the process's thread limits")]
+    Heartbeat(String),
 }
 
 impl ServantError {
@@ -254,6 +311,8 @@ impl ServantError {
 struct Seen {
     header: Header,
     mailbox: Mailbox,
+    /// The heartbeat as of the servant's previous poll (written after each report).
+    heartbeat: HeartbeatState,
 }
 
 struct Report {
@@ -276,6 +335,18 @@ struct Servant {
     tx: clock::Sender<Report>,
     stop: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
+    /// `None`: heartbeats not asked for.
+    writer: Option<WriterIdentity>,
+}
+
+/// A servant's heartbeat on its disk.
+enum Beat {
+    /// Off, or the disk has no area (checked once per setup: the area is made offline).
+    Never(HeartbeatState),
+    /// Not checked yet (or the check failed with an I/O error: tried again next poll).
+    Unchecked,
+    /// Writing: the next record to write.
+    Active(AreaHeader, Record),
 }
 
 impl Servant {
@@ -371,20 +442,120 @@ impl Servant {
             // sbd acknowledges `test` by clearing the mailbox; the sender watches for that.
             self.clear_mailbox(dev, slot)?;
         }
-        Ok(Seen { header, mailbox })
+        Ok(Seen {
+            header,
+            mailbox,
+            heartbeat: HeartbeatState::Off,
+        })
+    }
+
+    /// Checks the heartbeat area once a setup succeeded; continues the node's counter from
+    /// its record if it has one (so the counter only grows across watcher restarts).
+    fn check_area(
+        &self,
+        dev: &dyn BlockDevice,
+        header: &Header,
+        slot: u8,
+        me: WriterIdentity,
+    ) -> Beat {
+        let area = match heartbeat::read_area(dev, header, self.far()) {
+            Ok(a) => a,
+            Err(AreaError::Disk(_)) => return Beat::Unchecked,
+            Err(e) => return Beat::Never(HeartbeatState::NoArea(e.to_string())),
+        };
+        let counter = match heartbeat::read_record(dev, &area, slot, self.far()) {
+            Ok(Ok(r)) if format::same_node(&r.name, &self.name) && r.disk_uuid == header.uuid => {
+                r.counter.saturating_add(1)
+            }
+            Ok(_) => 0,
+            Err(_) => return Beat::Unchecked,
+        };
+        Beat::Active(
+            area,
+            Record {
+                slot,
+                name: self.name.clone(),
+                disk_uuid: header.uuid,
+                boot_id: me.boot_id,
+                started_ms: me.started_ms,
+                counter,
+                written_ms: 0,
+            },
+        )
+    }
+
+    /// Hands the next record to the disk's heartbeat writer, starting the writer the first
+    /// time. A writer still busy with the previous record (a slow or stuck write) is skipped,
+    /// not waited for: the servant's reads, which the node's life depends on, never queue
+    /// behind a heartbeat.
+    fn hand_over(
+        &self,
+        dev: &Arc<dyn BlockDevice>,
+        area: &AreaHeader,
+        next: &mut Record,
+        writer: &mut Option<SharedBeat>,
+    ) -> Result<(), ServantError> {
+        if writer.is_none() {
+            let shared: SharedBeat = Arc::new(Mutex::new(BeatSlot::default()));
+            let w = BeatWriter {
+                dev: Arc::clone(dev),
+                slots: area.slots,
+                shared: Arc::clone(&shared),
+                stop: Arc::clone(&self.stop),
+                clock: Arc::clone(&self.clock),
+            };
+            self.clock
+                .spawn(
+                    format!("heartbeat-{}", self.idx),
+                    SERVANT_STACK,
+                    Box::new(move || w.run()),
+                )
+                .map_err(|e| ServantError::Heartbeat(e.to_string()))?;
+            *writer = Some(shared);
+        }
+        if let Some(shared) = writer {
+            let mut g = lock_beat(shared);
+            if g.next.is_none() {
+                g.next = Some(next.clone());
+                next.counter = next.counter.saturating_add(1);
+            }
+        }
+        self.clock.notify();
+        Ok(())
     }
 
     fn run(mut self) {
-        let mut state: Option<(Box<dyn BlockDevice>, Header, u8)> = None;
+        let mut state: Option<(Arc<dyn BlockDevice>, Header, u8)> = None;
+        let mut beat = match self.writer {
+            Some(_) => Beat::Unchecked,
+            None => Beat::Never(HeartbeatState::Off),
+        };
+        let mut writer: Option<SharedBeat> = None;
+        let mut done = WriterDone(self.clock.clone(), None);
         while !self.stop.load(Ordering::SeqCst) {
             let started = self.clock.now();
+            let last_beat = match (&writer, &beat) {
+                (Some(w), _) => lock_beat(w).last.clone(),
+                (None, Beat::Never(why)) => why.clone(),
+                (None, _) => HeartbeatState::Off,
+            };
             let result = match &state {
                 None => self.setup().map(|(dev, header, slot, mailbox)| {
-                    state = Some((dev, header, slot));
-                    Seen { header, mailbox }
+                    state = Some((Arc::from(dev), header, slot));
+                    Seen {
+                        header,
+                        mailbox,
+                        heartbeat: last_beat,
+                    }
                 }),
-                Some((dev, header, slot)) => self.poll(dev.as_ref(), header, *slot),
+                Some((dev, header, slot)) => self.poll(dev.as_ref(), header, *slot).map(|mut s| {
+                    s.heartbeat = last_beat;
+                    s
+                }),
             };
+            // A heartbeat says "this node's watcher just read its slot and would obey a
+            // pill": only after a good read that found no pill and no exit.
+            let beat_now = matches!(&result, Ok(s) if matches!(s.mailbox.cmd, Message::Clear | Message::Test | Message::Other(_)));
             let report = Report {
                 disk: self.idx,
                 started,
@@ -393,8 +564,93 @@ impl Servant {
             if self.tx.send(report).is_err() {
                 return; // the inquisitor is gone
             }
+            if let (true, Some((dev, header, slot)), Some(me)) = (beat_now, &state, self.writer) {
+                if matches!(beat, Beat::Unchecked) {
+                    beat = self.check_area(dev.as_ref(), header, *slot, me);
+                }
+                if let Beat::Active(area, next) = &mut beat {
+                    if let Err(e) = self.hand_over(dev, area, next, &mut writer) {
+                        beat = Beat::Never(HeartbeatState::Failed(e.to_string()));
+                    }
+                    done.1.clone_from(&writer);
+                }
+            }
             let spent = self.clock.now().saturating_duration_since(started);
             self.clock.sleep(self.poll.saturating_sub(spent));
+        }
+    }
+}
+
+/// What a servant and its disk's heartbeat writer share.
+#[derive(Debug, Default)]
+struct BeatSlot {
+    /// The record to write next; `Some` while the writer is busy with it.
+    next: Option<Record>,
+    /// How the last write went.
+    last: HeartbeatState,
+    /// The servant has ended: the writer ends too.
+    done: bool,
+}
+
+type SharedBeat = Arc<Mutex<BeatSlot>>;
+
+fn lock_beat(s: &SharedBeat) -> std::sync::MutexGuard<'_, BeatSlot> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Tells the heartbeat writer that its servant has ended (on every way out of `run`).
+struct WriterDone(Arc<dyn Clock>, Option<SharedBeat>);
+
+impl Drop for WriterDone {
+    fn drop(&mut self) {
+        if let Some(s) = &self.1 {
+            lock_beat(s).done = true;
+            self.0.notify();
+        }
+    }
+}
+
+/// One thread per disk that writes the records its servant hands over, one sector each, with
+/// the servant's thread-less disk handle: a write stuck in the kernel holds up only this
+/// thread, never the servant's reads.
+struct BeatWriter {
+    dev: Arc<dyn BlockDevice>,
+    slots: u8,
+    shared: SharedBeat,
+    stop: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
+}
+
+impl BeatWriter {
+    fn run(self) {
+        loop {
+            let (shared, stop) = (&self.shared, &self.stop);
+            self.clock.wait_until(None, &mut || {
+                let g = lock_beat(shared);
+                g.done || g.next.is_some() || stop.load(Ordering::SeqCst)
+            });
+            let next = {
+                let g = lock_beat(shared);
+                if g.done || stop.load(Ordering::SeqCst) {
+                    // Stopped, self-fenced or gone: whatever was handed over stays unwritten.
+                    return;
+                }
+                g.next.clone()
+            };
+            let Some(mut rec) = next else { continue };
+            rec.written_ms = unix_ms();
+            let sector = heartbeat::record_sector(self.slots, rec.slot);
+            let mut buf = vec![0u8; self.dev.sector_size().bytes()];
+            let state = match rec.encode(&mut buf) {
+                Err(e) => HeartbeatState::Failed(e.to_string()),
+                Ok(()) => match self.dev.write(sector, &buf, self.clock.now() + FAR) {
+                    Ok(()) => HeartbeatState::Writing(rec.counter),
+                    Err(e) => HeartbeatState::Failed(e.to_string()),
+                },
+            };
+            let mut g = lock_beat(shared);
+            g.last = state;
+            g.next = None;
         }
     }
 }
@@ -407,11 +663,39 @@ pub fn is_fresh(started: Instant, now: Instant, fresh: Duration) -> bool {
 }
 
 /// What the inquisitor knows about one disk.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct DiskState {
     last_good: Option<Instant>,
     last_error: Option<ServantError>,
     header: Option<Header>,
+    heartbeat: HeartbeatState,
+}
+
+impl Default for DiskState {
+    fn default() -> Self {
+        DiskState {
+            last_good: None,
+            last_error: None,
+            header: None,
+            heartbeat: HeartbeatState::Off,
+        }
+    }
+}
+
+/// A status line when a disk's heartbeat changes kind (starts, has no area, fails, recovers);
+/// `None` while it just keeps counting, so the log is not written every poll.
+fn heartbeat_change(before: &HeartbeatState, now: &HeartbeatState, disk: &str) -> Option<String> {
+    if std::mem::discriminant(before) == std::mem::discriminant(now)
+        && !matches!((before, now), (HeartbeatState::NoArea(a), HeartbeatState::NoArea(b)) | (HeartbeatState::Failed(a), HeartbeatState::Failed(b)) if a != b)
+    {
+        return None;
+    }
+    Some(match now {
+        HeartbeatState::Off => return None,
+        HeartbeatState::Writing(n) => format!("STATUS=heartbeat on {disk}: writing (counter {n})"),
+        HeartbeatState::NoArea(why) => format!("STATUS=heartbeat on {disk}: not written: {why}"),
+        HeartbeatState::Failed(why) => format!("STATUS=heartbeat on {disk}: write failed: {why}"),
+    })
 }
 
 fn pill_action(m: Message) -> Option<SelfFenceAction> {
@@ -455,6 +739,7 @@ pub fn watch<W: WatchdogDevice>(
     // Servants stop when this is set; the caller's `stop` stays the caller's.
     let servants_stop = Arc::new(AtomicBool::new(false));
     let _stop_servants = StopOnDrop(Arc::clone(&servants_stop));
+    let writer = WriterIdentity::now();
     for (idx, d) in cfg.disks.into_iter().enumerate() {
         let servant = Servant {
             idx,
@@ -464,6 +749,7 @@ pub fn watch<W: WatchdogDevice>(
             tx: tx.clone(),
             stop: Arc::clone(&servants_stop),
             clock: Arc::clone(&clock),
+            writer: cfg.heartbeat.then_some(writer),
         };
         clock
             .spawn(
@@ -575,6 +861,12 @@ pub fn watch<W: WatchdogDevice>(
         while let Some(r) = first.take().or_else(|| rx.try_recv()) {
             if let Ok(seen) = &r.result {
                 let disk = names.get(r.disk).cloned().unwrap_or_default();
+                if let Some(d) = disks.get_mut(r.disk) {
+                    if let Some(line) = heartbeat_change(&d.heartbeat, &seen.heartbeat, &disk) {
+                        notify.notify(&line);
+                    }
+                    d.heartbeat = seen.heartbeat.clone();
+                }
                 let from = format::display_name(&seen.mailbox.from);
                 if let Some(action) = pill_action(seen.mailbox.cmd) {
                     let reason =

@@ -192,6 +192,22 @@ impl Header {
         })
     }
 
+    /// A header with `sbd create`'s defaults (255 slots, 512-byte sectors, watchdog 5 s,
+    /// allocate 2 s, loop 1 s, msgwait 10 s) and the given UUID, for tests across the crate.
+    #[cfg(test)]
+    pub(crate) fn for_tests(uuid: [u8; 16]) -> Header {
+        Header {
+            slots: 255,
+            sector_size: SectorSize::S512,
+            timeout_watchdog: 5,
+            timeout_allocate: 2,
+            timeout_loop: 1,
+            timeout_msgwait: 10,
+            minor_version: 1,
+            uuid,
+        }
+    }
+
     /// The UUID as sbd prints it (`uuid_unparse_lower`), or `None` for a minor-version-0 disk.
     pub fn uuid_string(&self) -> Option<String> {
         (self.minor_version > 0).then(|| format_uuid(&self.uuid))

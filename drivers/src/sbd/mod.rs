@@ -4,6 +4,8 @@
 //! - [`format`]: pure encode/decode of the header, node entries and mailboxes.
 //! - [`disk`]: O_DIRECT block I/O with a deadline on every I/O ([`BlockDevice`], [`Disk`]).
 //! - this module: reading an SBD area (header, slot table) from one disk.
+//! - [`heartbeat`]: the Palisade heartbeat area after sbd's sectors (the disk-heartbeat
+//!   witness reads it, the watcher writes it).
 //! - [`pill`]: writing a message to a node's slot on a majority of disks and reading it back.
 //! - [`device`]: the disks as a fencing device (poison pill + msgwait) for the engine.
 //!
@@ -20,6 +22,7 @@
 pub mod device;
 pub mod disk;
 pub mod format;
+pub mod heartbeat;
 pub mod pill;
 
 pub use device::SbdDevice;
@@ -261,6 +264,7 @@ pub fn fuzz_decode(data: &[u8]) {
         assert!(m.encode(&mut buf).is_ok());
         assert_eq!(Mailbox::decode(&buf).ok(), Some(m));
     }
+    heartbeat::fuzz_decode(data);
     // The same bytes as the start of a disk: header, then the slot table.
     let disk = MemDisk::new("fuzz", SectorSize::S512, format::sectors_used(255));
     let len = data.len().min(512 * format::sectors_used(255) as usize);

@@ -294,16 +294,7 @@ mod tests {
 
     fn formatted(path: &str, uuid: u8, nodes: &[&str]) -> MemDisk {
         let d = MemDisk::new(path, SectorSize::S512, 600);
-        let h = Header {
-            slots: 255,
-            sector_size: SectorSize::S512,
-            timeout_watchdog: 5,
-            timeout_allocate: 2,
-            timeout_loop: 1,
-            timeout_msgwait: 10,
-            minor_version: 1,
-            uuid: [uuid; 16],
-        };
+        let h = Header::for_tests([uuid; 16]);
         let far = Instant::now() + T;
         d.write(0, &sector_with(&d, |b| h.encode(b)).unwrap(), far)
             .unwrap();

@@ -9,6 +9,8 @@
 //! *and* every witness observed silence; a witness that errs or times out gave no evidence,
 //! which is never taken as silence.
 
+pub mod disk;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;

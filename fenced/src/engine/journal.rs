@@ -92,3 +92,6 @@ impl Journal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -91,6 +91,10 @@ struct InFlight {
     id: u64,
     action: Action,
     tx: watch::Sender<Operation>,
+    /// Whether the operation's first record is in history: `None` while its write is queued,
+    /// then `Some(stored)`. A request that joins meanwhile waits for it, so it is never told
+    /// "joined" about an operation that history refused (and that therefore never ran).
+    recorded: watch::Receiver<Option<bool>>,
 }
 
 struct State {

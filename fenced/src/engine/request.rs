@@ -131,7 +131,7 @@ impl Engine {
         let first_level = operation::first_level(inner, &target);
         let now = inner.clock.now_ms();
         // The state lock is held in this block only: nothing in it waits.
-        let (mut op, tx, previous, delay, id) = {
+        let taken = 'take: {
             let mut st = inner.state();
 
             if let Some(rid) = &req.request_id {
@@ -157,11 +157,19 @@ impl Engine {
                         // Only the newest operation on the target may be returned: if the node was
                         // powered on (or anything else ran) since, an old "fenced" would be a lie.
                         if newest && recent {
-                            return Ok(FenceAccepted {
-                                id,
-                                state: op.state,
-                                joined: true,
-                            });
+                            let recorded = st
+                                .in_flight
+                                .get(&req.target)
+                                .filter(|f| f.id == id)
+                                .map(|f| f.recorded.clone());
+                            break 'take Taken::Joined(
+                                FenceAccepted {
+                                    id,
+                                    state: op.state,
+                                    joined: true,
+                                },
+                                recorded,
+                            );
                         }
                     }
                 }
@@ -171,14 +179,18 @@ impl Engine {
                 if f.action == req.action {
                     let state = f.tx.borrow().state;
                     let id = f.id;
+                    let recorded = f.recorded.clone();
                     if let Some(rid) = &req.request_id {
                         st.request_ids.insert(rid.clone(), id);
                     }
-                    return Ok(FenceAccepted {
-                        id,
-                        state,
-                        joined: true,
-                    });
+                    break 'take Taken::Joined(
+                        FenceAccepted {
+                            id,
+                            state,
+                            joined: true,
+                        },
+                        Some(recorded),
+                    );
                 }
                 return Err(EngineError::Conflict {
                     target: req.target.clone(),
@@ -245,19 +257,51 @@ impl Engine {
                 st.limiter.record(&req.target, tokio::time::Instant::now());
             }
             let (tx, _rx) = watch::channel(op.clone());
+            let (recorded_tx, recorded) = watch::channel(None);
             st.in_flight.insert(
                 req.target.clone(),
                 InFlight {
                     id,
                     action: req.action,
                     tx: tx.clone(),
+                    recorded,
                 },
             );
             let previous = st.latest.insert(req.target.clone(), id);
             if let Some(rid) = &req.request_id {
                 st.request_ids.insert(rid.clone(), id);
             }
-            (op, tx, previous, delay, id)
+            Taken::New {
+                op: Box::new(op),
+                tx,
+                recorded: recorded_tx,
+                previous,
+                delay,
+                id,
+            }
+        };
+        let (mut op, tx, recorded, previous, delay, id) = match taken {
+            Taken::Joined(accepted, None) => return Ok(accepted),
+            Taken::Joined(accepted, Some(mut first_write)) => {
+                // Decided (a join), but only true once the joined operation is in history.
+                return match first_write.wait_for(Option::is_some).await.map(|v| *v) {
+                    Ok(Some(true)) => Ok(accepted),
+                    _ => Err(EngineError::History {
+                        detail: format!(
+                            "{} NOT fenced: operation {}, which this request joined, could not be recorded in history, so it never ran; no device was touched",
+                            req.target, accepted.id
+                        ),
+                    }),
+                };
+            }
+            Taken::New {
+                op,
+                tx,
+                recorded,
+                previous,
+                delay,
+                id,
+            } => (*op, tx, recorded, previous, delay, id),
         };
         // Durability first: the operation exists in history before anything else happens.
         let audit = self.audit_entry(
@@ -290,20 +334,25 @@ impl Engine {
                 }
             }
             drop(st);
-            // Whoever joined meanwhile learns it failed; nothing was sent.
+            // Told after the rollback, so a joiner never finds the target still taken by an
+            // operation that will not run.
+            recorded.send_replace(Some(false));
+            // Whoever watches it learns it failed; nothing was sent.
             op.state = OpState::Failed;
             op.finished_ms = Some(inner.clock.now_ms());
             op.pending.clear();
+            let message = format!(
+                "{} NOT fenced: the operation could not be recorded in history ({e}); no device was touched",
+                op.target
+            );
             op.outcome = Some(Outcome::Failed {
                 code: "history_failed".into(),
-                message: format!(
-                    "{} NOT fenced: the operation could not be recorded in history ({e}); no device was touched",
-                    op.target
-                ),
+                message: message.clone(),
             });
             tx.send_replace(op);
-            return Err(e.into());
+            return Err(EngineError::History { detail: message });
         }
+        recorded.send_replace(Some(true));
         let _ = inner.events.send(Event::Operation {
             operation: Box::new(op.clone()),
         });
@@ -432,4 +481,20 @@ impl Engine {
 /// An audit record's outcome for a refused request.
 fn refused(e: &EngineError) -> String {
     format!("refused: {} ({e})", e.code())
+}
+
+/// What the state-locked part of [`Engine::accept`] decided.
+enum Taken {
+    /// The request joins this operation; if it is still in flight, the receiver says when its
+    /// first record is in history (`None`: it already is).
+    Joined(FenceAccepted, Option<watch::Receiver<Option<bool>>>),
+    /// A new operation, its target taken; its first record is still to be written.
+    New {
+        op: Box<Operation>,
+        tx: watch::Sender<Operation>,
+        recorded: watch::Sender<Option<bool>>,
+        previous: Option<u64>,
+        delay: Duration,
+        id: u64,
+    },
 }

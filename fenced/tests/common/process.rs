@@ -88,6 +88,35 @@ impl Fenced {
             .unwrap()
     }
 
+    /// The newest operation in `node`'s history (`fence_node history NODE --json`).
+    pub fn last_op(&self, node: &str) -> Value {
+        let h = self.json(&["history", node]);
+        h.as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .unwrap_or_else(|| panic!("no history for {node}: {h}"))
+    }
+
+    /// Runs `fence_node ACTION NODE --reason REASON`, asserts it exits 0 and says FENCED
+    /// (not NOT FENCED), and returns its output.
+    pub fn fenced_ok(&self, action: &str, node: &str, reason: &str) -> String {
+        let out = self.fence_node(&[action, node, "--reason", reason]);
+        let s = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{s}\n{}", self.log());
+        s
+    }
+
+    /// Runs `fence_node off NODE`, asserts it exits 1 saying NOT FENCED and that the newest
+    /// operation in history failed, and returns its output.
+    pub fn not_fenced(&self, node: &str) -> String {
+        let out = self.fence_node(&["off", node, "--reason", "lie test"]);
+        let s = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{s}\n{}", self.log());
+        assert!(s.contains("NOT FENCED"), "{s}");
+        assert_eq!(self.last_op(node)["state"], "failed");
+        s
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--json");
@@ -113,4 +142,19 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Writes `value` and a newline to `dir/name` with mode 0600 (fenced refuses secret files that
+/// group or others can read) and returns its path.
+pub fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    p
+}
+
+/// The median of figures (the upper one of an even count).
+pub fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
+    v.sort();
+    v[v.len() / 2]
 }

@@ -624,11 +624,99 @@ fn serve<L: Served, E: std::fmt::Display>(
             }
             let _ = out.flush();
         }
-        let signal = wait_for_signal().await;
-        drivers::errln!("palisade-lab: {signal}, stopping");
+        let mut control = control_lines();
+        let mut control_open = true;
+        // One signal future for the whole run: a handler installed once sees every signal.
+        let signal = wait_for_signal();
+        tokio::pin!(signal);
+        let reason = loop {
+            tokio::select! {
+                signal = &mut signal => break signal,
+                line = control.recv(), if control_open => match line.as_deref().map(control_command) {
+                    // End of stdin (a CI job started us with </dev/null): keep serving.
+                    None => control_open = false,
+                    Some(Control::Quit) => break "quit on stdin",
+                    Some(Control::Fault(knob, text)) => {
+                        let reply = if lab.apply(&knob) {
+                            format!("applied {text}")
+                        } else {
+                            format!("error: no device named in `{text}`; use a name from the ready lines")
+                        };
+                        say(&reply);
+                    }
+                    Some(Control::Bad(msg)) => say(&format!("error: {msg}")),
+                    Some(Control::Nothing) => {}
+                },
+            }
+        };
+        drivers::errln!("palisade-lab: {reason}, stopping");
         lab.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// One line on stdout, flushed at once: the control channel's answers are what a test waits
+/// for before it drives a client into the fault it just set.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// A command read on the control channel (stdin), one per line.
+enum Control {
+    /// `fault [NODE:]KNOB[=VALUE]`: set a knob while serving; the text as given.
+    Fault(FaultKnob, String),
+    /// `quit`: stop as on SIGTERM.
+    Quit,
+    /// A line that is not a command, and why.
+    Bad(String),
+    /// An empty line or a `#` comment.
+    Nothing,
+}
+
+fn control_command(line: &str) -> Control {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Control::Nothing;
+    }
+    match line.split_once(char::is_whitespace) {
+        Some(("fault", knob)) => match knob.trim().parse::<FaultKnob>() {
+            Ok(k) => Control::Fault(k, knob.trim().to_string()),
+            // The parse error lists every knob; one line is what a script can read back.
+            Err(e) => Control::Bad(format!(
+                "bad fault knob `{}`: {}; see --help for the knobs",
+                e.given, e.reason
+            )),
+        },
+        None if line == "quit" => Control::Quit,
+        _ => Control::Bad(format!(
+            "unknown command `{line}`; expected `fault [NODE:]KNOB[=VALUE]` or `quit`"
+        )),
+    }
+}
+
+/// Lines of stdin, read on a thread of their own (a blocking read must not stall the
+/// devices); the channel closes at end of input.
+fn control_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let spawned = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        drivers::errln!(
+            "palisade-lab: no control channel on stdin ({e}); faults only from --fault"
+        );
+    }
+    rx
 }
 
 /// Waits for SIGINT or SIGTERM and says which came.

@@ -50,6 +50,23 @@ pub struct DelayedCommand {
     pub after: Duration,
 }
 
+/// Sentry4-MIB's queued outlet actions: st4OutletControlAction queueOn(4)/queueOff(5) only
+/// mark the outlet; setting the scalar st4OutletQueueControl (.1718.4.1.8.6.1) to commit(1)
+/// carries out every queued action, clear(0) discards them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCommands {
+    /// The control value that queues an on.
+    pub on: i64,
+    /// The control value that queues an off.
+    pub off: i64,
+    /// The queue-control scalar's OID (without `.0`).
+    pub control: &'static str,
+    /// The queue-control value that carries out the queue.
+    pub commit: i64,
+    /// The queue-control value that empties the queue.
+    pub clear: i64,
+}
+
 /// How a PDU family behaves in the lab (`palisade-lab snmp-pdu --profile NAME`): its MIB
 /// (a [`Model`] of the driver's table) and the quirks a fencer meets. Values no public source
 /// gave are marked "assumed": they make the profile exercise a code path, they are not a
@@ -76,6 +93,8 @@ pub struct PduProfile {
     /// A column reading commandPending(1) / noCommandPending(2) per outlet (APC
     /// rPDUOutletStatusCommandPending).
     pub command_pending: Option<&'static str>,
+    /// Queued actions (Sentry4-MIB queueOn/queueOff), carried out only on a commit.
+    pub queue: Option<QueueCommands>,
     /// The factory read-only community.
     pub read_community: &'static str,
     /// The factory read-write community.
@@ -92,6 +111,7 @@ pub const PALISADE_PDU: PduProfile = PduProfile {
     cancel: None,
     seconds_commands: false,
     command_pending: None,
+    queue: None,
     read_community: "public",
     write_community: "private",
 };
@@ -118,6 +138,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: Some(7),
         seconds_commands: false,
         command_pending: Some("1.3.6.1.4.1.318.1.1.12.3.5.1.1.5"),
+        queue: None,
         read_community: "public",
         write_community: "private",
     },
@@ -134,6 +155,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: false,
         command_pending: None,
+        queue: None,
         read_community: "public",
         write_community: "tripplite",
     },
@@ -153,6 +175,7 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: true,
         command_pending: None,
+        queue: None,
         read_community: "public",
         write_community: "private",
     },
@@ -168,14 +191,14 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: false,
         command_pending: None,
+        queue: None,
         read_community: "public",
         write_community: "private",
     },
     // Server Technology Sentry3 CDU (Sentry3-MIB outletControlAction: none(0), on(1),
     // off(2), reboot(3); outletStatus offWait(2)/onWait(3) while a command waits). Factory
     // communities public (get) and private (set) (Sentry3 CDU user guide, "SNMP"). The wait:
-    // 1 s, assumed. `--model sentry4` serves Sentry4-MIB's st4OutletControlAction instead
-    // (its queueOn(4)/queueOff(5) are not served: a fencer never queues).
+    // 1 s, assumed. The `sentry4` profile serves Sentry4-MIB.
     PduProfile {
         name: "servertech",
         summary: "Server Technology Sentry3 (Sentry3-MIB outletControlAction): offWait/onWait for 1 s, public/private",
@@ -185,6 +208,34 @@ pub const PDU_PROFILES: &[PduProfile] = &[
         cancel: None,
         seconds_commands: false,
         command_pending: None,
+        queue: None,
+        read_community: "public",
+        write_community: "private",
+    },
+    // Server Technology PRO1/PRO2 (Sentry4-MIB, revision 2023-03-10, as compiled in
+    // DotZero24/pysnmp-mibs pysnmp_mibs/Sentry4-MIB.py): st4OutletState (.1718.4.1.8.3.1.1)
+    // DeviceState unknown(0)/on(1)/off(2), no pending value; st4OutletStatus (.8.3.1.2)
+    // DeviceStatus normal(0)...; st4OutletControlAction (.8.5.1.2) none(0), on(1), off(2),
+    // reboot(3), queueOn(4), queueOff(5), queueReboot(6); st4OutletQueueControl (.8.6.1)
+    // clear(0), commit(1). The PRO2 user guide's outlet table: "Outlet state in transition -
+    // re-query of outlet status required". Transition 1 s and communities public/private:
+    // assumed.
+    PduProfile {
+        name: "sentry4",
+        summary: "Server Technology PRO2 (Sentry4-MIB st4OutletControlAction): queueOn(4)/queueOff(5) wait for st4OutletQueueControl commit(1), 1 s switch, public/private",
+        model: "sentry4",
+        switch_delay: Duration::from_secs(1),
+        delayed: &[],
+        cancel: None,
+        seconds_commands: false,
+        command_pending: None,
+        queue: Some(QueueCommands {
+            on: 4,
+            off: 5,
+            control: "1.3.6.1.4.1.1718.4.1.8.6.1",
+            commit: 1,
+            clear: 0,
+        }),
         read_community: "public",
         write_community: "private",
     },
@@ -301,6 +352,8 @@ struct OutletSim {
     stuck: bool,
     /// The direction of the change scheduled, while one is (for pending state values).
     going_on: Option<bool>,
+    /// A queued action (Sentry4 queueOn/queueOff) waiting for a commit: on or off.
+    queued: Option<bool>,
 }
 
 /// State a PDU shares between its task and its handles.
@@ -510,6 +563,7 @@ impl PduLab {
                     node: Node::new(spec.power_on, spec.power_delay),
                     stuck: false,
                     going_on: None,
+                    queued: None,
                 })
                 .collect();
             let shared = Arc::new(Shared {
@@ -560,6 +614,8 @@ enum Command {
     Switch { on: bool, after: Option<Duration> },
     /// Cancel whatever is pending.
     Cancel,
+    /// Queue a switch until the queue is committed (Sentry4).
+    Queue { on: bool },
 }
 
 /// The agent's per-PDU request handler state.
@@ -646,6 +702,10 @@ impl Agent {
             .or_insert(Value::Counter32(0));
         let mut outlets = lock(&self.shared.outlets);
         let p = self.profile;
+        if let Some(q) = p.queue {
+            // What st4OutletQueueControl reads is not in the MIB text: clear(0), assumed.
+            mib.insert(model::oid(q.control).child(&[0]), Value::Integer(q.clear));
+        }
         for (k, o) in outlets.iter_mut().enumerate() {
             let n = u32::try_from(k + 1).unwrap_or(u32::MAX);
             o.node.settle(now);
@@ -726,6 +786,11 @@ impl Agent {
         }
         if p.cancel == Some(c) {
             return Some(Command::Cancel);
+        }
+        if let Some(q) = p.queue {
+            if c == q.on || c == q.off {
+                return Some(Command::Queue { on: c == q.on });
+            }
         }
         p.delayed
             .iter()
@@ -835,7 +900,30 @@ impl Agent {
                     return fail(reply, status, 0);
                 }
                 let mut actions = Vec::new();
+                // Some(true): commit the queue, Some(false): clear it (Sentry4).
+                let mut queue_op = None;
                 for (i, (oid, value)) in pdu.varbinds.iter().enumerate() {
+                    if let Some(q) = self.profile.queue {
+                        if *oid == model::oid(q.control).child(&[0]) {
+                            match value {
+                                Value::Integer(v) if *v == q.commit || *v == q.clear => {
+                                    queue_op = Some(*v == q.commit);
+                                    continue;
+                                }
+                                _ => {
+                                    return fail(
+                                        reply,
+                                        if v1 {
+                                            error_status::BAD_VALUE
+                                        } else {
+                                            error_status::WRONG_VALUE
+                                        },
+                                        i,
+                                    )
+                                }
+                            }
+                        }
+                    }
                     let m = self.model;
                     let count = lock(&self.shared.outlets).len();
                     let control = (1..=count).find_map(|n| {
@@ -914,7 +1002,24 @@ impl Agent {
                 let faults = *lock(&self.shared.faults);
                 let now = Instant::now();
                 let mut outlets = lock(&self.shared.outlets);
-                for (n, power, rename) in actions {
+                let mut switches: Vec<(usize, Option<Command>, Option<String>)> = actions;
+                match queue_op {
+                    Some(true) => {
+                        // The commit carries out every queued action as an immediate one.
+                        for (k, o) in outlets.iter_mut().enumerate() {
+                            if let Some(on) = o.queued.take() {
+                                switches.push((
+                                    k + 1,
+                                    Some(Command::Switch { on, after: None }),
+                                    None,
+                                ));
+                            }
+                        }
+                    }
+                    Some(false) => outlets.iter_mut().for_each(|o| o.queued = None),
+                    None => {}
+                }
+                for (n, power, rename) in switches {
                     let Some(o) = outlets.get_mut(n - 1) else {
                         continue;
                     };
@@ -922,6 +1027,7 @@ impl Agent {
                         o.name = name;
                     }
                     match power {
+                        Some(Command::Queue { on }) => o.queued = Some(on),
                         Some(Command::Cancel) => {
                             let on = o.node.is_on();
                             o.node.force(on);

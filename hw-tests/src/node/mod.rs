@@ -1,5 +1,5 @@
 //! Lab nodes: a network namespace plus a cgroup v2 group (plus, on request, a mount namespace
-//! with private directories), so a test can run a node's processes, cut its network, and
+//! with private directories and a PID namespace), so a test can run a node's processes, cut its network, and
 //! "power it off" for real.
 //!
 //! - [`LabNet`]: a lab network: a bridge in its own namespace (the switch, which also hosts
@@ -148,6 +148,10 @@ pub struct NodeSpec {
     /// all its processes, made anew at each power on), e.g. `/run` for a daemon's runtime
     /// files. Empty: the node shares the host's mounts.
     pub private_dirs: Vec<PathBuf>,
+    /// Whether the node's processes get a PID namespace of their own (made anew at each power
+    /// on, with its own `/proc`), so they see only each other, as on a real machine. It
+    /// implies a mount namespace (for that `/proc`) even without private directories.
+    pub pid_namespace: bool,
 }
 
 impl NodeSpec {
@@ -156,7 +160,13 @@ impl NodeSpec {
         NodeSpec {
             name: name.into(),
             private_dirs: Vec::new(),
+            pid_namespace: false,
         }
+    }
+
+    /// Whether the node needs its own mount namespace.
+    fn has_mount_namespace(&self) -> bool {
+        !self.private_dirs.is_empty() || self.pid_namespace
     }
 }
 
@@ -166,7 +176,17 @@ struct Power {
     on: bool,
     /// Holds the node's mount namespace open (a `sleep` in the node's group; killed with the
     /// rest at power off, which drops the private mounts as a real power cut drops tmpfs).
-    holder: Option<(Child, File)>,
+    holder: Option<Holder>,
+}
+
+/// The process holding a node's namespaces: with a PID namespace it is that namespace's
+/// init (pid 1), so its death at power off ends every process of the namespace.
+#[derive(Debug)]
+struct Holder {
+    child: Child,
+    mnt: File,
+    /// `/proc/PID/ns/pid` of the holder, entered (for children) before a spawn forks.
+    pid: Option<File>,
 }
 
 /// One lab node. Dropping it kills its processes and removes its cgroup and namespace.
@@ -223,7 +243,8 @@ impl LabNode {
         }
         let procs = self.cgroup.procs_file().clone();
         let net = self.netns.fd();
-        let mnt = power.holder.as_ref().map(|(_, f)| f.as_raw_fd());
+        let mnt = power.holder.as_ref().map(|h| h.mnt.as_raw_fd());
+        let pidns = power.holder.as_ref().and_then(|h| h.pid.as_ref());
         // SAFETY: the hook runs in the child between fork and exec and only makes system
         // calls (open, write, close, setns) on data prepared before the fork; it allocates
         // nothing and takes no lock.
@@ -241,7 +262,11 @@ impl LabNode {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
+        let child = match pidns {
+            None => cmd.spawn(),
+            Some(ns) => spawn_in_pid_namespace(cmd, ns),
+        }
+        .map_err(|e| {
             NodeError::io(
                 format!("start {:?} on {}", cmd.get_program(), self.spec.name),
                 e,
@@ -260,8 +285,16 @@ impl LabNode {
         let was_on = power.on;
         power.on = false;
         self.cgroup.kill()?;
-        if let Some((mut holder, _)) = power.holder.take() {
-            let _ = holder.wait();
+        if let Some(mut holder) = power.holder.take() {
+            // The init of a PID namespace finishes exiting only once every other process of
+            // the namespace is reaped, and those are reaped by their own owners (each
+            // `NodeProcess`): waiting here could wait for ever, so a thread reaps it. Nothing
+            // of the node runs any more (the group is empty).
+            if !matches!(holder.child.try_wait(), Ok(Some(_))) {
+                std::thread::spawn(move || {
+                    let _ = holder.child.wait();
+                });
+            }
         }
         Ok(if was_on {
             Transition::Changed
@@ -281,11 +314,29 @@ impl LabNode {
         Ok(Transition::Changed)
     }
 
-    /// Starts the process holding the node's mount namespace, if it has private directories.
-    fn start_mount_holder(&self) -> Result<Option<(Child, File)>, NodeError> {
-        if self.spec.private_dirs.is_empty() {
+    /// The node's file system as its processes see it (`/proc/HOLDER/root`): files written
+    /// below it land in the node's private directories. `None` without a mount namespace
+    /// (the node sees the host's files) or while the node is off.
+    pub fn root(&self) -> Option<PathBuf> {
+        lock(&self.power)
+            .holder
+            .as_ref()
+            .map(|h| PathBuf::from(format!("/proc/{}/root", h.child.id())))
+    }
+
+    /// The host pid of the process holding the node's namespaces (pid 1 of its PID namespace
+    /// if it has one): `nsenter -t PID -n -m [-p]` enters the node. `None` while it is off or
+    /// without a mount namespace.
+    pub fn holder_pid(&self) -> Option<u32> {
+        lock(&self.power).holder.as_ref().map(|h| h.child.id())
+    }
+
+    /// Starts the process holding the node's mount (and PID) namespace, if it has one.
+    fn start_mount_holder(&self) -> Result<Option<Holder>, NodeError> {
+        if !self.spec.has_mount_namespace() {
             return Ok(None);
         }
+        let pid_namespace = self.spec.pid_namespace;
         let dirs: Vec<CString> = self
             .spec
             .private_dirs
@@ -323,6 +374,24 @@ impl LabNode {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // The copies of other labs' `/run/netns` mounts would keep their namespaces
+                // alive as long as this node lives: detach them here (the node needs none).
+                libc::umount2(c"/run/netns".as_ptr(), libc::MNT_DETACH);
+                if pid_namespace {
+                    // This process is pid 1 of the new PID namespace: a /proc of that
+                    // namespace, so the node's tools see only the node's processes.
+                    let proc_ = c"proc";
+                    if libc::mount(
+                        proc_.as_ptr(),
+                        c"/proc".as_ptr(),
+                        proc_.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 let tmpfs = c"tmpfs";
                 for d in &dirs {
                     if libc::mount(
@@ -339,15 +408,33 @@ impl LabNode {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
+        let spawned = if pid_namespace {
+            spawn_as_pid_namespace_init(&mut cmd)
+        } else {
+            cmd.spawn()
+        };
+        let mut child = spawned
             .map_err(|e| NodeError::io(format!("make {}'s mount namespace", self.spec.name), e))?;
-        let ns = File::open(format!("/proc/{}/ns/mnt", child.id())).map_err(|e| {
-            let _ = child.kill();
-            let _ = child.wait();
-            NodeError::io(format!("open {}'s mount namespace", self.spec.name), e)
-        })?;
-        Ok(Some((child, ns)))
+        let open = |kind: &str| File::open(format!("/proc/{}/ns/{kind}", child.id()));
+        let files = open("mnt").and_then(|mnt| {
+            let pid = if pid_namespace {
+                Some(open("pid")?)
+            } else {
+                None
+            };
+            Ok((mnt, pid))
+        });
+        match files {
+            Ok((mnt, pid)) => Ok(Some(Holder { child, mnt, pid })),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(NodeError::io(
+                    format!("open {}'s namespaces", self.spec.name),
+                    e,
+                ))
+            }
+        }
     }
 
     /// Cuts the node off from the lab network (nftables rules in its own namespace drop all
@@ -454,6 +541,42 @@ impl Drop for NodeProcess {
             let _ = c.wait();
         }
     }
+}
+
+/// Forks `cmd` from a fresh thread that first made a new PID namespace for its children
+/// (`unshare(CLONE_NEWPID)` moves only the calling thread's children, and only that thread
+/// forks), so the child is pid 1 of a namespace of its own.
+fn spawn_as_pid_namespace_init(cmd: &mut Command) -> std::io::Result<Child> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare on this thread only; it affects the pid namespace of the
+            // children this thread forks, and the thread ends after the one spawn.
+            if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            cmd.spawn()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread panicked")))
+    })
+}
+
+/// Forks `cmd` from a fresh thread that entered the PID namespace `ns` for its children
+/// (setns in the child itself would move only the child's own children).
+fn spawn_in_pid_namespace(cmd: &mut Command, ns: &File) -> std::io::Result<Child> {
+    let fd = ns.as_raw_fd();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd, on this thread only, which ends after
+            // the one spawn.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWPID) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            cmd.spawn()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread panicked")))
+    })
 }
 
 /// Joins the cgroup whose `cgroup.procs` is `procs` (`0` means the writer itself). Runs after

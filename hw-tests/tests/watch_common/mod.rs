@@ -7,7 +7,7 @@
 
 use hw_tests::loopdev::LoopDevice;
 use hw_tests::throttle::Throttle;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +95,7 @@ pub fn start(disks: &[(PathBuf, Option<Arc<Throttle>>)], name: &str) -> Running 
         rules: Vec::new(),
         stop: Arc::clone(&stop),
         clock: watchdog::clock::system(),
+        heartbeat: true,
     };
     let (d2, mut r2) = (dog.clone(), rec.clone());
     let handle = std::thread::spawn(move || watch(cfg, || Ok(d2), &mut r2, &mut |_: &str| {}));
@@ -169,5 +170,72 @@ pub fn wait_slot(disks: &[LoopDevice], node: &str, within: Duration) -> u8 {
         }
         assert!(t.elapsed() < within, "{node} never got a slot");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Debian's sbd watcher, started only the safe way (shared/PEERS.md), killed on drop.
+pub struct SbdWatcher {
+    pid: i32,
+    _dir: tempfile::TempDir,
+}
+
+impl SbdWatcher {
+    /// Starts `sbd -d DEV... -n NODE -w /dev/null -Z -Z -p PIDFILE watch` and waits for its pidfile.
+    pub fn start(devices: &[&Path], node: &str) -> SbdWatcher {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("sbd.pid");
+        let mut cmd = Command::new("/usr/sbin/sbd");
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("SBD_PACEMAKER", "no")
+            // sbd 1.5 refuses to start without Pacemaker unless told this explicitly.
+            .env("SBD_SYNC_RESOURCE_STARTUP", "no");
+        for d in devices {
+            cmd.arg("-d").arg(d);
+        }
+        let st = cmd
+            .args(["-n", node, "-w", "/dev/null", "-Z", "-Z", "-p"])
+            .arg(&pidfile)
+            .arg("watch")
+            .status()
+            .unwrap();
+        assert!(st.success(), "sbd watch failed to start");
+        let t = Instant::now();
+        let pid = loop {
+            if let Some(p) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                break p;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "sbd wrote no pidfile"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        SbdWatcher { pid, _dir: dir }
+    }
+
+    /// Whether the watcher still runs (and is not a zombie).
+    pub fn alive(&self) -> bool {
+        // The daemon is not our child (it forked away): probe with signal 0.
+        // SAFETY: kill with signal 0 only checks the pid.
+        let exists = unsafe { libc::kill(self.pid, 0) == 0 };
+        exists
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    }
+}
+
+impl Drop for SbdWatcher {
+    fn drop(&mut self) {
+        // sbd's inquisitor leads its own session (it daemonised): take the whole group.
+        // SAFETY: signalling a process group we started.
+        unsafe {
+            libc::kill(-self.pid, libc::SIGKILL);
+            libc::kill(self.pid, libc::SIGKILL);
+        }
     }
 }

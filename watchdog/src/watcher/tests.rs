@@ -8,6 +8,7 @@
 
 use super::*;
 use crate::test_support::{Io, SimDisk, SoftWatchdog, TestClock};
+use drivers::sbd::heartbeat;
 use std::thread::JoinHandle;
 
 fn ms(n: u64) -> Duration {
@@ -35,7 +36,25 @@ impl SelfFence for Recorder {
 
 /// An SBD disk with watchdog 2 s, allocate 0 s, the given msgwait and nodes in slots 0, 1, ...
 fn sbd_disk(clock: &TestClock, msgwait: u32, nodes: &[&str]) -> SimDisk {
-    let d = SimDisk::new("sim", 600, clock.shared());
+    sbd_disk_sized(clock, 600, msgwait, nodes)
+}
+
+/// The header every simulated disk here has, with this msgwait.
+fn test_header(msgwait: u32) -> Header {
+    Header {
+        slots: 255,
+        sector_size: format::SectorSize::S512,
+        timeout_watchdog: 2,
+        timeout_allocate: 0,
+        timeout_loop: 1,
+        timeout_msgwait: msgwait,
+        minor_version: 1,
+        uuid: [7; 16],
+    }
+}
+
+fn sbd_disk_sized(clock: &TestClock, sectors: u64, msgwait: u32, nodes: &[&str]) -> SimDisk {
+    let d = SimDisk::new("sim", sectors, clock.shared());
     let h = Header {
         slots: 255,
         sector_size: format::SectorSize::S512,
@@ -82,6 +101,7 @@ fn config(clock: &TestClock, disks: &[SimDisk]) -> WatchConfig {
         rules: Vec::new(),
         stop: Arc::new(AtomicBool::new(false)),
         clock: clock.shared(),
+        heartbeat: true,
     }
 }
 
@@ -550,4 +570,211 @@ fn corrupted_header_stops_counting_at_once() {
     let (_, reason) = self_fenced(r);
     assert!(reason.contains("no SBD header"), "{reason}");
     assert_eq!(calls[0].2, 300, "not aged out: at the read that saw it");
+}
+
+/// An SBD disk (msgwait 4 s) with a heartbeat area, `nodes` in slots 0, 1, ...
+fn sbd_disk_with_area(clock: &TestClock, nodes: &[&str]) -> SimDisk {
+    let d = sbd_disk_sized(clock, heartbeat::sectors_needed(255), 4, nodes);
+    heartbeat::write_area(d.mem(), &test_header(4), FAR).unwrap();
+    d
+}
+
+/// The heartbeat record of `slot`, as a reader on another node sees it.
+fn record_of(d: &SimDisk, slot: u8) -> Result<Record, heartbeat::HeartbeatError> {
+    let area = heartbeat::read_area(d.mem(), &test_header(4), Instant::now() + FAR).unwrap();
+    heartbeat::read_record(d.mem(), &area, slot, Instant::now() + FAR).unwrap()
+}
+
+/// Like [`run`], keeping the status lines the watcher sends.
+fn run_noting(
+    clock: &TestClock,
+    cfg: WatchConfig,
+    dog: SoftWatchdog,
+) -> (Run, Arc<std::sync::Mutex<Vec<String>>>) {
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, l) = (clock.clone(), Arc::clone(&lines));
+    let h = clock
+        .spawn("inquisitor", move || {
+            let mut rec = Recorder {
+                clock: c,
+                calls: Vec::new(),
+            };
+            let mut note = |line: &str| l.lock().unwrap().push(line.to_string());
+            let r = watch(cfg, || Ok(dog), &mut rec, &mut note);
+            let ended = rec.clock.elapsed().as_millis() as u64;
+            (r, rec.calls, ended)
+        })
+        .unwrap();
+    (h, lines)
+}
+
+#[test]
+fn the_heartbeat_advances_once_per_good_read_and_stops_with_the_watcher() {
+    let clock = TestClock::new();
+    let d = sbd_disk_with_area(&clock, &["me"]);
+    let sbd_before = d.mem().snapshot()[..511 * 512].to_vec();
+    let cfg = config(&clock, std::slice::from_ref(&d));
+    let stop = Arc::clone(&cfg.stop);
+    let dog = SoftWatchdog::new(clock.shared());
+    let me = clock.enter();
+    let (h, lines) = run_noting(&clock, cfg, dog.clone());
+    clock.sleep_until(ms(1050));
+    // Reads at 0 (setup), 100, ..., 1000: eleven heartbeats, counters 0 to 10.
+    let r = record_of(&d, 0).unwrap();
+    assert_eq!(r.counter, 10);
+    assert_eq!((r.slot, &r.name[..], r.disk_uuid), (0, &b"me"[..], [7; 16]));
+    assert_eq!(r.boot_id, WriterIdentity::now().boot_id);
+    assert!(r.written_ms >= r.started_ms && r.started_ms > 0, "{r:?}");
+    stop.store(true, Ordering::SeqCst);
+    drop(me);
+    let (r2, calls) = finish(h);
+    assert_eq!(r2.unwrap(), Outcome::Stopped);
+    assert!(calls.is_empty());
+    let last = record_of(&d, 0).unwrap().counter;
+    assert!(last <= 11, "at most the read in flight at the stop: {last}");
+    let me = clock.enter();
+    clock.sleep_until(ms(3000));
+    drop(me);
+    assert_eq!(
+        record_of(&d, 0).unwrap().counter,
+        last,
+        "nothing after the stop"
+    );
+    assert_eq!(
+        &d.mem().snapshot()[..511 * 512],
+        &sbd_before[..],
+        "sbd's sectors untouched"
+    );
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("heartbeat on disk0: writing")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("heartbeat")).count(),
+        1,
+        "said once, not every poll: {lines:?}"
+    );
+}
+
+#[test]
+fn no_heartbeat_once_a_pill_is_read_or_the_reads_fail() {
+    // A pill read at 500: the beats of the reads at 0..400 only.
+    let clock = TestClock::new();
+    let d = sbd_disk_with_area(&clock, &["me"]);
+    let dog = SoftWatchdog::new(clock.shared());
+    let me = clock.enter();
+    let h = run(
+        &clock,
+        config(&clock, std::slice::from_ref(&d)),
+        dog.clone(),
+    );
+    clock.sleep_until(ms(450));
+    put(&d, 0, Message::Off);
+    drop(me);
+    let (r, _) = finish(h);
+    assert_eq!(self_fenced(r).0, SelfFenceAction::Off);
+    assert_eq!(record_of(&d, 0).unwrap().counter, 4);
+
+    // Reads failing from 550: the last beat is the read at 500's; the node self-fences at
+    // 1500 and nothing was written in between.
+    let clock = TestClock::new();
+    let d = sbd_disk_with_area(&clock, &["me"]);
+    d.from(clock.at(ms(550)), Io::Fail);
+    let dog = SoftWatchdog::new(clock.shared());
+    let (r, calls) = finish(run(&clock, config(&clock, std::slice::from_ref(&d)), dog));
+    self_fenced(r);
+    assert_eq!(calls[0].2, 1500);
+    assert_eq!(record_of(&d, 0).unwrap().counter, 5);
+}
+
+#[test]
+fn a_stuck_heartbeat_write_never_holds_up_the_reads() {
+    let clock = TestClock::new();
+    let d = sbd_disk_with_area(&clock, &["me"]);
+    // Writes to this node's record hang from 250 on; every other I/O is normal.
+    d.from_on_sector(
+        clock.at(ms(250)),
+        heartbeat::record_sector(255, 0),
+        Io::Hang,
+    );
+    let cfg = config(&clock, std::slice::from_ref(&d));
+    let stop = Arc::clone(&cfg.stop);
+    let dog = SoftWatchdog::new(clock.shared());
+    let me = clock.enter();
+    let h = run(&clock, cfg, dog.clone());
+    clock.sleep_until(ms(10_050));
+    stop.store(true, Ordering::SeqCst);
+    drop(me);
+    let (r, calls) = finish(h);
+    assert_eq!(r.unwrap(), Outcome::Stopped);
+    assert!(calls.is_empty(), "{calls:?}");
+    let feeds = feeds_ms(&clock, &dog);
+    assert!(feeds.windows(2).all(|w| w[1] - w[0] <= 100), "{feeds:?}");
+    assert!(feeds.last() >= Some(&10_000));
+    // Beats 0, 1, 2 (reads at 0, 100, 200) landed; the one handed over at 300 is stuck.
+    assert_eq!(record_of(&d, 0).unwrap().counter, 2);
+    d.release();
+}
+
+#[test]
+fn without_heartbeats_or_without_an_area_nothing_is_written_past_sbds_sectors() {
+    // Asked not to: the area stays as `create` left it.
+    let clock = TestClock::new();
+    let d = sbd_disk_with_area(&clock, &["me"]);
+    let mut cfg = config(&clock, std::slice::from_ref(&d));
+    cfg.heartbeat = false;
+    let stop = Arc::clone(&cfg.stop);
+    let me = clock.enter();
+    let h = run(&clock, cfg, SoftWatchdog::new(clock.shared()));
+    clock.sleep_until(ms(1050));
+    stop.store(true, Ordering::SeqCst);
+    drop(me);
+    assert_eq!(finish(h).0.unwrap(), Outcome::Stopped);
+    assert_eq!(record_of(&d, 0), Err(heartbeat::HeartbeatError::Blank));
+
+    // A disk made by sbd (no area, room for one): the watcher says why and writes nothing.
+    let clock = TestClock::new();
+    let d = sbd_disk_sized(&clock, heartbeat::sectors_needed(255), 4, &["me"]);
+    let cfg = config(&clock, std::slice::from_ref(&d));
+    let stop = Arc::clone(&cfg.stop);
+    let me = clock.enter();
+    let (h, lines) = run_noting(&clock, cfg, SoftWatchdog::new(clock.shared()));
+    clock.sleep_until(ms(1050));
+    stop.store(true, Ordering::SeqCst);
+    drop(me);
+    assert_eq!(finish(h).0.unwrap(), Outcome::Stopped);
+    assert!(d.mem().snapshot()[511 * 512..].iter().all(|b| *b == 0));
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("not written") && l.contains("create-heartbeat")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn the_counter_goes_on_from_the_record_after_a_restart() {
+    let clock = TestClock::new();
+    let d = sbd_disk_with_area(&clock, &["me"]);
+    for round in 0..2 {
+        let cfg = config(&clock, std::slice::from_ref(&d));
+        let stop = Arc::clone(&cfg.stop);
+        let me = clock.enter();
+        let h = run(&clock, cfg, SoftWatchdog::new(clock.shared()));
+        let before = clock.elapsed();
+        clock.sleep_until(before + ms(450));
+        stop.store(true, Ordering::SeqCst);
+        drop(me);
+        assert_eq!(finish(h).0.unwrap(), Outcome::Stopped);
+        let c = record_of(&d, 0).unwrap().counter;
+        // Five beats per round (reads at +0..+400), the second round going on from the first.
+        assert!(
+            (5 * round + 4..=5 * round + 5).contains(&c),
+            "round {round}: {c}"
+        );
+    }
 }
