@@ -5,8 +5,10 @@
 //! delivered, and runs on its own engine the operations the cluster gives it.
 //!
 //! Files: [`state`] (the agreement core, no I/O), [`wire`] (message encoding), `corosync`
-//! (the CPG and quorum binding, feature `corosync`: not written yet).
+//! (the CPG and quorum binding, feature `corosync`).
 
+#[cfg(feature = "corosync")]
+pub mod corosync;
 pub mod state;
 pub mod wire;
 
@@ -251,12 +253,13 @@ impl Cluster {
             (me, member.apply(d), quorate)
         };
         // Whenever anyone joins, everyone announces itself again (a joiner's view of the
-        // others is reset on every member) and says its quorum.
+        // others is reset on every member); after any change everyone says its quorum again
+        // (the state forgets every member's quorum when members leave).
         if let Delivered::Membership { joined, .. } = d {
             if !joined.is_empty() {
                 self.send(Message::Hello(self.shared.hello.clone()));
-                self.send(Message::Quorum { quorate });
             }
+            self.send(Message::Quorum { quorate });
         }
         for e in fx {
             match e {

@@ -279,6 +279,9 @@ pub struct MemberInfo {
     pub hello: Option<Hello>,
     /// Its last delivered quorum state.
     pub quorate: bool,
+    /// It said its quorum since the last change that reset it.
+    #[serde(default)]
+    pub quorum_known: bool,
     /// It holds the cluster's state (founder, or received a snapshot).
     pub synced: bool,
 }
@@ -477,15 +480,23 @@ impl ClusterState {
             .filter(|m| !now.contains(m))
             .copied()
             .collect();
-        let names: BTreeMap<MemberId, String> =
-            left.iter().map(|m| (*m, self.name_of(*m))).collect();
         self.members.retain(|m, _| now.contains(m));
         for m in members {
             self.members.entry(*m).or_insert(MemberInfo {
                 hello: None,
                 quorate: false,
+                quorum_known: false,
                 synced: false,
             });
+        }
+        // After members left, nobody's quorum is known until it says it again (every member
+        // re-announces after each change): a member cut off with the leavers must not have
+        // its claims judged on the quorum it had before the split.
+        if !left.is_empty() {
+            for i in self.members.values_mut() {
+                i.quorate = false;
+                i.quorum_known = false;
+            }
         }
         // A member listed as joining is new to the group, whatever it was before (a member
         // that restarts comes back with another pid; a node that returns after a partition
@@ -495,6 +506,7 @@ impl ClusterState {
                 i.synced = false;
                 i.hello = None;
                 i.quorate = false;
+                i.quorum_known = false;
             }
         }
         let synced: Vec<MemberId> = self
@@ -524,23 +536,50 @@ impl ClusterState {
                 });
             }
         }
-        // Executors that left: hand over, or record the operation failed; never lost.
+        fx.extend(self.reassign_orphans());
+        fx
+    }
+
+    /// Operations whose executor left: handed to the next member that reaches a device of
+    /// a level and is quorate (or allowed without quorum), or recorded failed when no member
+    /// can take them; never lost. A candidate whose quorum is not known yet (members just
+    /// left, it has not said) is waited for: it says so right after every change.
+    fn reassign_orphans(&mut self) -> Vec<Effect> {
+        let mut fx = Vec::new();
         let orphaned: Vec<OpKey> = self
             .active
             .values()
-            .filter(|k| self.ops.get(k).is_some_and(|o| !now.contains(&o.executor)))
+            .filter(|k| {
+                self.ops
+                    .get(k)
+                    .is_some_and(|o| !self.members.contains_key(&o.executor))
+            })
             .copied()
             .collect();
         for key in orphaned {
             let Some(op) = self.ops.get(&key) else {
                 continue;
             };
-            let gone = names
-                .get(&op.executor)
-                .cloned()
-                .unwrap_or_else(|| op.executor.to_string());
-            match self.choose_executor(&op.target, &op.levels, None) {
-                Some(next) if self.quorate_or_allowed(next) => {
+            let gone = op.executor_name.clone();
+            let candidates: Vec<MemberId> = op
+                .levels
+                .iter()
+                .flat_map(|l| {
+                    self.members
+                        .keys()
+                        .filter(|m| self.can_execute(**m, &op.target, l))
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let next = op.levels.iter().find_map(|l| {
+                self.members
+                    .keys()
+                    .find(|m| self.can_execute(**m, &op.target, l) && self.quorate_or_allowed(**m))
+                    .copied()
+            });
+            let why = match next {
+                Some(next) => {
                     let to = self.name_of(next);
                     if let Some(op) = self.ops.get_mut(&key) {
                         op.executor = next;
@@ -561,24 +600,33 @@ impl ClusterState {
                         executor: next,
                         takeover: true,
                     });
+                    continue;
                 }
-                other => {
-                    let why = match other {
-                        Some(next) => {
-                            format!("{} could take over but has no quorum", self.name_of(next))
-                        }
-                        None => "no remaining member reaches a device of its levels".into(),
-                    };
-                    let result = ExecResult::Failed {
-                        code: "executor_left".into(),
-                        message: format!(
-                            "{} NOT confirmed fenced: its executor {gone} left the cluster mid-operation and {why}; check the node's power by hand, then fence again or confirm with `fence_node confirm`",
-                            op.target
-                        ),
-                    };
-                    fx.extend(self.finish(key, OpPhase::Failed, result));
+                None if candidates.is_empty() => {
+                    "no remaining member reaches a device of its levels".to_string()
                 }
-            }
+                None if candidates
+                    .iter()
+                    .all(|c| self.members.get(c).is_some_and(|i| i.quorum_known)) =>
+                {
+                    let names: BTreeSet<String> =
+                        candidates.iter().map(|c| self.name_of(*c)).collect();
+                    format!(
+                        "the members that could take over ({}) have no quorum",
+                        names.into_iter().collect::<Vec<_>>().join(", ")
+                    )
+                }
+                // Some candidate has not said its quorum since the change: wait for it.
+                None => continue,
+            };
+            let result = ExecResult::Failed {
+                code: "executor_left".into(),
+                message: format!(
+                    "{} NOT confirmed fenced: its executor {gone} left the cluster mid-operation and {why}; check the node's power by hand, then fence again or confirm with `fence_node confirm`",
+                    op.target
+                ),
+            };
+            fx.extend(self.finish(key, OpPhase::Failed, result));
         }
         fx
     }
@@ -599,8 +647,9 @@ impl ClusterState {
             Message::Quorum { quorate } => {
                 if let Some(i) = self.members.get_mut(&from) {
                     i.quorate = *quorate;
+                    i.quorum_known = true;
                 }
-                Vec::new()
+                self.reassign_orphans()
             }
             Message::Claim(c) => self.claim(from, c),
             Message::Started { op, local_id } => {

@@ -127,9 +127,16 @@ impl Sim {
         self.members.remove(i % self.members.len());
         let ids = self.ids();
         self.deliver(Delivered::Membership {
-            members: ids,
+            members: ids.clone(),
             joined: Vec::new(),
         });
+        // As the runtime does: every member says its quorum again after a change.
+        for from in ids {
+            self.deliver(Delivered::Message {
+                from,
+                msg: Message::Quorum { quorate: true },
+            });
+        }
     }
 
     fn running(&self) -> Vec<ClusterOp> {
@@ -482,10 +489,22 @@ fn executor_leaving_hands_over_and_the_last_one_fails_the_operation() {
             proof: Proof::PowerReadBack { detail: "x".into() },
         },
     });
-    // c leaves before its outcome: b takes over, c's read-back no longer counts.
+    // c leaves before its outcome: once b says it is quorate (quorum is forgotten at every
+    // change that loses members), b takes over, and c's read-back no longer counts.
     let fx = s.apply(&Delivered::Membership {
         members: vec![a, b],
         joined: vec![],
+    });
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(s.ops[&key].executor, c);
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Quorum { quorate: true },
+    });
+    assert!(fx.is_empty(), "a is the target, b has not said: {fx:?}");
+    let fx = s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Quorum { quorate: true },
     });
     assert!(fx.contains(&Effect::Execute {
         op: key,
@@ -506,4 +525,76 @@ fn executor_leaving_hands_over_and_the_last_one_fails_the_operation() {
     });
     assert_eq!(fx, vec![Effect::Finished { op: key }]);
     assert_eq!(s.ops[&key].phase, OpPhase::Failed);
+}
+
+#[test]
+fn a_member_cut_off_neither_claims_nor_takes_over_on_its_old_quorum() {
+    let mut s = ClusterState::default();
+    let (a, b, c) = (m(1, 1), m(2, 2), m(3, 3));
+    s.apply(&Delivered::Membership {
+        members: vec![a, b, c],
+        joined: vec![a, b, c],
+    });
+    for (x, n) in [(a, "n1"), (b, "n2"), (c, "n3")] {
+        s.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Hello(hello(n, &["bmc-n3", "bmc-n2"])),
+        });
+        s.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Quorum { quorate: true },
+        });
+    }
+    // b executes a fence of n3; then a is cut off: its view is {a} alone.
+    let key = OpKey {
+        origin: b,
+        origin_op: 1,
+    };
+    s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Claim(Claim {
+            origin_op: 1,
+            target: "n3".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n3"),
+            reason: "t".into(),
+        }),
+    });
+    assert_eq!(s.ops[&key].executor, b);
+    let fx = s.apply(&Delivered::Membership {
+        members: vec![a],
+        joined: vec![],
+    });
+    assert!(fx.is_empty(), "nothing is taken over before a says its quorum: {fx:?}");
+    // A claim a sent before its quorum service spoke is refused, not judged on the old quorum.
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Claim(Claim {
+            origin_op: 2,
+            target: "n2".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n2"),
+            reason: "t".into(),
+        }),
+    });
+    assert!(
+        matches!(&fx[0], Effect::Decided { result: Err(Refusal::NoQuorum { .. }), .. }),
+        "{fx:?}"
+    );
+    // a says it has no quorum: the orphaned operation fails on a's side, nobody executes.
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Quorum { quorate: false },
+    });
+    assert_eq!(fx, vec![Effect::Finished { op: key }]);
+    assert_eq!(s.ops[&key].phase, OpPhase::Failed);
+    match &s.ops[&key].result {
+        Some(ExecResult::Failed { code, message }) => {
+            assert_eq!(code, "executor_left");
+            assert!(message.contains("have no quorum") && message.contains("n1"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
