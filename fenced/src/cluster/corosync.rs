@@ -191,8 +191,15 @@ impl Connection {
         let quorate = quorum::getquorate(&quorum).map_err(call("quorum_getquorate"))?;
         quorum::trackstart(&quorum, TrackFlags::Changes).map_err(call("quorum_trackstart"))?;
         let watch = |service, fd| {
-            AsyncFd::with_interest(Fd(fd), Interest::READABLE)
-                .map_err(|source| CorosyncError::Watch { service, source })
+            // SAFETY: the descriptor belongs to a handle that this connection drops only
+            // after the `AsyncFd` (field order), so it stays open and the same file while
+            // registered; `Fd` returns the same number every time.
+            unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) }.map_err(|e| {
+                CorosyncError::Watch {
+                    service,
+                    source: e.into(),
+                }
+            })
         };
         let cpg_fd = watch("cpg", cpg::fd_get(&cpg).map_err(call("cpg_fd_get"))?)?;
         let quorum_fd = watch(
@@ -271,7 +278,9 @@ impl Connection {
         out: &mut mpsc::UnboundedReceiver<Message>,
         to: &mpsc::UnboundedSender<Incoming>,
     ) -> Option<String> {
-        if to.send(Incoming::Joined(self.me)).is_err() || to.send(Incoming::Quorum(self.quorate)).is_err() {
+        if to.send(Incoming::Joined(self.me)).is_err()
+            || to.send(Incoming::Quorum(self.quorate)).is_err()
+        {
             return None;
         }
         loop {
@@ -327,7 +336,10 @@ pub async fn run(
                 let Some(why) = c.serve(&mut out, &to).await else {
                     return;
                 };
-                tracing::error!("cluster: {why}; reconnecting every {} s", RECONNECT.as_secs());
+                tracing::error!(
+                    "cluster: {why}; reconnecting every {} s",
+                    RECONNECT.as_secs()
+                );
                 if to.send(Incoming::Lost(why)).is_err() {
                     return;
                 }

@@ -128,6 +128,54 @@ pub struct ClusterInFlight {
     pub takeovers: u32,
 }
 
+/// `GET /v1/cluster`: this member's view and the shared history as delivered to it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct ClusterView {
+    /// The member's view; `None` when this fenced runs alone (no `[cluster]`).
+    pub status: Option<ClusterStatus>,
+    /// The shared history in delivery order (the same on every member that saw it all).
+    pub history: Vec<state::Record>,
+}
+
+/// The tasks of a running member: the transport and the runtime loop.
+pub struct ClusterTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl ClusterTasks {
+    /// Stops both (leaving the CPG group: the others see this member go).
+    pub fn abort(&self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for ClusterTasks {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Starts this member on Corosync: joins the `[cluster]` group and follows quorum. Must run
+/// inside a tokio runtime.
+#[cfg(feature = "corosync")]
+pub fn start(engine: Engine, cluster: ClusterConfig) -> Result<(Cluster, ClusterTasks), String> {
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let group = cluster.group.clone();
+    let member = Cluster::new(engine, cluster, out_tx);
+    let transport = tokio::spawn(corosync::run(group, out_rx, in_tx));
+    let runtime = tokio::spawn(member.clone().run(in_rx));
+    Ok((member, ClusterTasks(vec![transport, runtime])))
+}
+
+/// Without the `corosync` feature a `[cluster]` section cannot be honoured.
+#[cfg(not(feature = "corosync"))]
+pub fn start(_engine: Engine, _cluster: ClusterConfig) -> Result<(Cluster, ClusterTasks), String> {
+    Err("this fenced was built without the `corosync` feature, so it cannot join a fencer cluster; remove [cluster] from the config, or install a build with the feature (and Debian's libcpg/libquorum)".into())
+}
+
 /// A claim's delivered decision: the operation it started or joined (and whether it joined).
 type Decision = Result<(OpKey, bool), state::Refusal>;
 
@@ -622,6 +670,58 @@ impl Cluster {
             members,
             in_flight,
             lost: rt.lost.clone(),
+        }
+    }
+
+    /// An operator's manual confirmation that `target` is off, agreed cluster-wide (refused
+    /// while a cluster operation on it is in flight; not gated by quorum), then recorded in
+    /// this member's own signed history as the engine records any confirmation.
+    pub async fn confirm(
+        &self,
+        target: &str,
+        reason: &str,
+        by: &Requester,
+    ) -> Result<Operation, EngineError> {
+        {
+            let rx = {
+                let mut rt = self.shared.rt();
+                if rt.member.as_ref().is_none_or(|m| !m.synced) {
+                    return Err(cluster_err(
+                        "cluster_joining",
+                        format!("this member is not in the cluster yet ({}); retry in a moment, or check corosync on this node", rt.lost.clone().unwrap_or_else(|| "joining".into())),
+                    ));
+                }
+                let (tx, rx) = oneshot::channel();
+                rt.confirms.insert(target.to_string(), tx);
+                rx
+            };
+            self.send(Message::ManualConfirm {
+                target: target.to_string(),
+                by: by.caller.identity.clone(),
+                reason: reason.to_string(),
+            });
+            match tokio::time::timeout(DELIVERY_TIMEOUT, rx).await {
+                Ok(Ok(Ok(()))) => self.shared.engine.confirm(target, reason, by),
+                Ok(Ok(Err(op))) => Err(cluster_err(
+                    "conflict",
+                    format!("cluster operation {op} on {target} is in flight; wait for it to finish before confirming by hand"),
+                )),
+                Ok(Err(_)) | Err(_) => {
+                    self.shared.rt().confirms.remove(target);
+                    Err(cluster_err(
+                        "cluster_timeout",
+                        format!("the confirmation was not delivered back through Corosync within {} s; check `corosync-cfgtool -s`", DELIVERY_TIMEOUT.as_secs()),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// `GET /v1/cluster`.
+    pub fn cluster_view(&self) -> ClusterView {
+        ClusterView {
+            status: Some(self.status()),
+            history: self.log(),
         }
     }
 

@@ -23,7 +23,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// A CPG member: Corosync node id and the fenced process id (a restarted fenced is a new member).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct MemberId {
     /// Corosync node id.
     pub node: u32,
@@ -38,7 +50,19 @@ impl fmt::Display for MemberId {
 }
 
 /// A cluster operation's key: the member whose claim started it and that member's claim number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct OpKey {
     /// The member that sent the claim.
     pub origin: MemberId,
@@ -84,7 +108,7 @@ pub struct Claim {
 }
 
 /// How an executor confirmed the target's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Proof {
     /// A device read the power state back.
     PowerReadBack {
@@ -104,7 +128,7 @@ pub enum Proof {
 }
 
 /// What an executor reports at the end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ExecResult {
     /// Done; only counted after a [`Message::Confirmed`] from the same executor.
     Succeeded {
@@ -193,7 +217,9 @@ pub enum Delivered {
 }
 
 /// Why a claim was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 pub enum Refusal {
     /// Another operation with another action owns the target.
     #[error("target `{target}` already has cluster operation {running} ({action}) in flight, executed by {executor}; wait for it to finish, then retry")]
@@ -287,7 +313,7 @@ pub struct MemberInfo {
 }
 
 /// Where an operation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OpPhase {
     /// An executor is working on it.
     Running,
@@ -333,7 +359,7 @@ pub struct ClusterOp {
 }
 
 /// One line of the shared history, appended in delivery order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Record {
     /// An operation was accepted.
     Accepted {

@@ -566,7 +566,10 @@ fn a_member_cut_off_neither_claims_nor_takes_over_on_its_old_quorum() {
         members: vec![a],
         joined: vec![],
     });
-    assert!(fx.is_empty(), "nothing is taken over before a says its quorum: {fx:?}");
+    assert!(
+        fx.is_empty(),
+        "nothing is taken over before a says its quorum: {fx:?}"
+    );
     // A claim a sent before its quorum service spoke is refused, not judged on the old quorum.
     let fx = s.apply(&Delivered::Message {
         from: a,
@@ -580,7 +583,13 @@ fn a_member_cut_off_neither_claims_nor_takes_over_on_its_old_quorum() {
         }),
     });
     assert!(
-        matches!(&fx[0], Effect::Decided { result: Err(Refusal::NoQuorum { .. }), .. }),
+        matches!(
+            &fx[0],
+            Effect::Decided {
+                result: Err(Refusal::NoQuorum { .. }),
+                ..
+            }
+        ),
         "{fx:?}"
     );
     // a says it has no quorum: the orphaned operation fails on a's side, nobody executes.
@@ -593,7 +602,10 @@ fn a_member_cut_off_neither_claims_nor_takes_over_on_its_old_quorum() {
     match &s.ops[&key].result {
         Some(ExecResult::Failed { code, message }) => {
             assert_eq!(code, "executor_left");
-            assert!(message.contains("have no quorum") && message.contains("n1"), "{message}");
+            assert!(
+                message.contains("have no quorum") && message.contains("n1"),
+                "{message}"
+            );
         }
         other => panic!("{other:?}"),
     }
