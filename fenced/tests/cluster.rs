@@ -1,0 +1,350 @@
+//! The fencer cluster (issue 16) on a real Corosync 3: each lab node ([`ClusterLab`]) runs its
+//! own corosync and a real `fenced run` with `[cluster]` inside the node's namespaces (its
+//! CPG and quorum IPC live there); lab BMCs listen on the lab switch, and a BMC's power off
+//! kills its cluster node (corosync and fenced included). Outcomes are asserted from the
+//! BMCs' own event logs, not from fenced.
+//!
+//! `one_node_*` is the quick case (always run); `three_nodes_*` is the issue's test 1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::process::{secret_file, text};
+use drivers::Secret;
+use hw_tests::cluster::{ClusterLab, ClusterSpec};
+use hw_tests::lab::ipmi::{serve, BmcConfig, BmcState};
+use hw_tests::lab::node::PowerEvent;
+use hw_tests::lab::{BmcHandle, EventKind};
+use hw_tests::node::NodeProcess;
+use hw_tests::require;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "lab-password";
+/// The first BMC's UDP port on the lab switch.
+const BMC_PORT: u16 = 6230;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Whether the machine has what the cluster lab needs (else the test fails, or skips when
+/// allowed).
+fn have_corosync() -> bool {
+    require::needs_command("corosync", "Debian package corosync")
+        && require::needs_command("corosync-quorumtool", "Debian package corosync")
+        && require::needs_command("nft", "Debian package nftables")
+        && require::needs(
+            "root",
+            "running the tests as root (namespaces, cgroups, mounts)",
+            if unsafe { libc::geteuid() } == 0 {
+                Ok(())
+            } else {
+                Err("not root".into())
+            },
+        )
+}
+
+/// A cluster lab with lab BMCs on its switch and a `fenced` on every node.
+struct Bed {
+    // Field order is drop order: the daemons, then the lab (its nodes), then the BMCs.
+    fenced: Mutex<Vec<(String, NodeProcess)>>,
+    lab: ClusterLab,
+    bmcs: Vec<BmcHandle>,
+    rt: Option<tokio::runtime::Runtime>,
+    tmp: tempfile::TempDir,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.fenced.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Bed {
+    /// `nodes` cluster nodes and BMCs for `targets` (`node1`..): a BMC whose name is a
+    /// cluster node powers that node.
+    fn new(nodes: usize, targets: usize) -> Bed {
+        let lab = ClusterLab::with_spec(ClusterSpec::new(nodes)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hook = lab.power_hook();
+        let mut bmcs = Vec::new();
+        for i in 1..=targets {
+            let sock = lab.net().bind_udp(BMC_PORT + i as u16).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            let mut cfg = BmcConfig::new(
+                &format!("node{i}"),
+                "admin",
+                Secret::new(PASSWORD.as_bytes().to_vec()),
+            );
+            cfg.addr = sock.local_addr().unwrap();
+            cfg.guid[0] = i as u8;
+            cfg.power_hook = Some(hook.clone());
+            let st = BmcState::new(cfg);
+            bmcs.push(st.handle());
+            rt.block_on(async {
+                let s = tokio::net::UdpSocket::from_std(sock).unwrap();
+                tokio::spawn(serve(s, st));
+            });
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        Bed {
+            fenced: Mutex::new(Vec::new()),
+            lab,
+            bmcs,
+            rt: Some(rt),
+            tmp,
+        }
+    }
+
+    fn dir(&self, node: &str) -> PathBuf {
+        self.tmp.path().join(node)
+    }
+
+    fn socket(&self, node: &str) -> PathBuf {
+        self.dir(node).join("fenced.sock")
+    }
+
+    fn bmc(&self, name: &str) -> &BmcHandle {
+        self.bmcs.iter().find(|b| b.name() == name).unwrap()
+    }
+
+    /// Writes `node`'s config (every BMC a target, all reachable) and starts its fenced
+    /// inside the node; returns once it answers on its socket.
+    fn start_fenced(&self, node: &str, extra_cluster: &str) {
+        let dir = self.dir(node);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = secret_file(&dir, "pw", PASSWORD);
+        let mut cfg = format!(
+            "[daemon]\nnode_name = \"{node}\"\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n",
+            self.socket(node),
+            dir.join("history.redb")
+        );
+        let mut reaches = Vec::new();
+        for b in &self.bmcs {
+            cfg.push_str(&format!(
+                "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = 17\ntimeout_ms = 300\nretries = 2\n\n[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{guid}\" }}\n\n",
+                n = b.name(),
+                a = b.addr(),
+                guid = b.guid_text(),
+            ));
+            reaches.push(format!("\"bmc-{}\"", b.name()));
+        }
+        cfg.push_str(&format!(
+            "[cluster]\ngroup = \"palisade-test\"\nnode_name = \"{node}\"\nreaches = [{}]\n{extra_cluster}",
+            reaches.join(", ")
+        ));
+        let config = dir.join("fenced.toml");
+        std::fs::write(&config, cfg).unwrap();
+        let log = std::fs::File::create(dir.join("fenced.log")).unwrap();
+        let p = self
+            .lab
+            .spawn(
+                node,
+                Command::new(env!("CARGO_BIN_EXE_fenced"))
+                    .args(["run", "--config"])
+                    .arg(&config)
+                    .env("RUST_LOG", "info")
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log),
+            )
+            .unwrap();
+        self.fenced.lock().unwrap().push((node.to_string(), p));
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(self.socket(node)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "{node}'s fenced did not accept on its socket: {}",
+                self.log(node)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir(node).join("fenced.log")).unwrap_or_default()
+    }
+
+    fn fence_node(&self, node: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fence_node"))
+            .args(args)
+            .env("PALISADE_SOCKET", self.socket(node))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `GET path` on `node`'s API (curl over its Unix socket).
+    fn get(&self, node: &str, path: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--unix-socket"])
+            .arg(self.socket(node))
+            .arg(format!("http://fenced{path}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    }
+
+    /// Waits until `node`'s fenced holds the cluster's state with `members` members.
+    fn wait_joined(&self, node: &str, members: usize) -> Value {
+        let until = Instant::now() + WAIT;
+        loop {
+            let v = self.get(node, "/v1/cluster");
+            let st = &v["status"];
+            if st["joined"] == true
+                && st["quorate"] == true
+                && st["members"].as_array().map(Vec::len) == Some(members)
+                // Every member announced itself (names, not `node/pid`).
+                && st["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|m| !m.as_str().unwrap_or("/").contains('/'))
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < until,
+                "{node} did not join with {members} members: {v}\n{}",
+                self.log(node)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// How many times the BMC powered its node off, from its own event log.
+fn power_offs(b: &BmcHandle) -> u32 {
+    b.events()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Power(PowerEvent::Off)))
+        .map(|e| e.count)
+        .sum()
+}
+
+#[test]
+fn one_node_fences_through_the_agreed_path_and_refuses_without_quorum() {
+    if !have_corosync() {
+        return;
+    }
+    // node2 is a BMC only (no cluster node): node1 is its only possible executor.
+    let bed = Bed::new(1, 2);
+    bed.start_fenced("node1", "");
+    let v = bed.wait_joined("node1", 1);
+    assert_eq!(v["status"]["members"], serde_json::json!(["node1"]));
+    let started = Instant::now();
+    let out = bed.fence_node("node1", &["off", "node2", "--reason", "cluster test"]);
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}\n{}", bed.log("node1"));
+    eprintln!("agreed fence on one node took {:?}", started.elapsed());
+    assert!(!bed.bmc("node2").power(), "the BMC says node2 is still on");
+    assert_eq!(power_offs(bed.bmc("node2")), 1);
+    // The shared history says who agreed and who executed, with the read-back.
+    let h = bed.get("node1", "/v1/cluster")["history"].clone();
+    let h = h.as_array().unwrap();
+    assert!(
+        h.iter()
+            .any(|r| r["Accepted"]["target"] == "node2" && r["Accepted"]["executor"] == "node1"),
+        "{h:?}"
+    );
+    assert!(
+        h.iter().any(|r| r["Finished"]["phase"] == "Succeeded"
+            && r["Finished"]["proof"]["PowerReadBack"].is_object()),
+        "{h:?}"
+    );
+    // `fence_node status` and /metrics show the member and its quorum.
+    let st = text(&bed.fence_node("node1", &["status"]));
+    assert!(
+        st.contains("cluster `palisade-test` as node1: joined, quorate") && st.contains("members: node1"),
+        "{st}"
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(bed.socket("node1"))
+        .arg("http://fenced/metrics")
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        m.contains("palisade_cluster_members 1") && m.contains("palisade_cluster_quorate 1"),
+        "{m}"
+    );
+
+    // Corosync now expects two votes: this node alone has no quorum, and says why.
+    let r = bed
+        .lab
+        .run(
+            "node1",
+            Command::new("corosync-quorumtool").args(["-e", "2"]),
+            WAIT,
+        )
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let until = Instant::now() + WAIT;
+    while bed.get("node1", "/v1/cluster")["status"]["quorate"] != false {
+        assert!(Instant::now() < until, "fenced did not follow the quorum loss");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bed.bmc("node2").set_power(true);
+    let out = bed.fence_node("node1", &["off", "node2", "--reason", "no quorum"]);
+    let s = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{s}");
+    assert!(s.contains("no quorum"), "{s}");
+    assert!(bed.bmc("node2").power(), "fenced without quorum");
+    assert_eq!(power_offs(bed.bmc("node2")), 1, "a command reached the BMC");
+    let st = text(&bed.fence_node("node1", &["status"]));
+    assert!(st.contains("NO QUORUM"), "{st}");
+}
+
+#[test]
+fn three_nodes_a_fence_requested_on_b_runs_once_and_history_is_identical_on_b_and_c() {
+    if !have_corosync() {
+        return;
+    }
+    let bed = Bed::new(3, 3);
+    for n in ["node1", "node2", "node3"] {
+        bed.start_fenced(n, "");
+    }
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    let out = bed.fence_node("node2", &["off", "node1", "--reason", "cluster test 1"]);
+    let s = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{s}\n--- node2:\n{}\n--- node3:\n{}",
+        bed.log("node2"),
+        bed.log("node3")
+    );
+    // The BMC's own log: node1 was powered off exactly once, and it is off.
+    assert!(!bed.bmc("node1").power());
+    assert_eq!(power_offs(bed.bmc("node1")), 1);
+    for other in ["node2", "node3"] {
+        assert_eq!(power_offs(bed.bmc(other)), 0, "{other} was powered off");
+    }
+    // node1's power off killed its corosync and fenced: the others see two members.
+    bed.wait_joined("node2", 2);
+    bed.wait_joined("node3", 2);
+    let hb = bed.get("node2", "/v1/cluster")["history"].clone();
+    let hc = bed.get("node3", "/v1/cluster")["history"].clone();
+    assert_eq!(hb, hc, "histories differ");
+    let h = hb.as_array().unwrap();
+    let accepted: Vec<&Value> = h.iter().filter(|r| r["Accepted"].is_object()).collect();
+    assert_eq!(accepted.len(), 1, "{h:?}");
+    assert_eq!(accepted[0]["Accepted"]["target"], "node1");
+    assert_eq!(accepted[0]["Accepted"]["executor"], "node2");
+    assert!(
+        h.iter().any(|r| r["Finished"]["phase"] == "Succeeded"),
+        "{h:?}"
+    );
+}
