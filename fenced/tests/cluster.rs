@@ -69,7 +69,11 @@ impl Bed {
     /// `nodes` cluster nodes and BMCs for `targets` (`node1`..): a BMC whose name is a
     /// cluster node powers that node.
     fn new(nodes: usize, targets: usize) -> Bed {
-        let lab = ClusterLab::with_spec(ClusterSpec::new(nodes)).unwrap();
+        Bed::with_spec(ClusterSpec::new(nodes), targets)
+    }
+
+    fn with_spec(spec: ClusterSpec, targets: usize) -> Bed {
+        let lab = ClusterLab::with_spec(spec).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -236,24 +240,28 @@ fn one_node_fences_through_the_agreed_path_and_refuses_without_quorum() {
     if !have_corosync() {
         return;
     }
-    // node2 is a BMC only (no cluster node): node1 is its only possible executor.
-    let bed = Bed::new(1, 2);
+    // Two Corosync nodes without votequorum's two_node (so one alone is not quorate); only
+    // node1 runs fenced. node3 is a BMC only (no cluster node): node1 is its only executor.
+    let mut spec = ClusterSpec::new(2);
+    spec.two_node = false;
+    spec.wait_for_all = false;
+    let bed = Bed::with_spec(spec, 3);
     bed.start_fenced("node1", "");
     let v = bed.wait_joined("node1", 1);
     assert_eq!(v["status"]["members"], serde_json::json!(["node1"]));
     let started = Instant::now();
-    let out = bed.fence_node("node1", &["off", "node2", "--reason", "cluster test"]);
+    let out = bed.fence_node("node1", &["off", "node3", "--reason", "cluster test"]);
     let s = text(&out);
     assert_eq!(out.status.code(), Some(0), "{s}\n{}", bed.log("node1"));
     eprintln!("agreed fence on one node took {:?}", started.elapsed());
-    assert!(!bed.bmc("node2").power(), "the BMC says node2 is still on");
-    assert_eq!(power_offs(bed.bmc("node2")), 1);
+    assert!(!bed.bmc("node3").power(), "the BMC says node3 is still on");
+    assert_eq!(power_offs(bed.bmc("node3")), 1);
     // The shared history says who agreed and who executed, with the read-back.
     let h = bed.get("node1", "/v1/cluster")["history"].clone();
     let h = h.as_array().unwrap();
     assert!(
         h.iter()
-            .any(|r| r["Accepted"]["target"] == "node2" && r["Accepted"]["executor"] == "node1"),
+            .any(|r| r["Accepted"]["target"] == "node3" && r["Accepted"]["executor"] == "node1"),
         "{h:?}"
     );
     assert!(
@@ -279,28 +287,20 @@ fn one_node_fences_through_the_agreed_path_and_refuses_without_quorum() {
         "{m}"
     );
 
-    // Corosync now expects two votes: this node alone has no quorum, and says why.
-    let r = bed
-        .lab
-        .run(
-            "node1",
-            Command::new("corosync-quorumtool").args(["-e", "2"]),
-            WAIT,
-        )
-        .unwrap();
-    assert!(r.status.success(), "{}", text(&r));
+    // The other Corosync node goes: node1 alone (one vote of two) has no quorum.
+    bed.lab.power_off("node2").unwrap();
     let until = Instant::now() + WAIT;
     while bed.get("node1", "/v1/cluster")["status"]["quorate"] != false {
         assert!(Instant::now() < until, "fenced did not follow the quorum loss");
         std::thread::sleep(Duration::from_millis(50));
     }
-    bed.bmc("node2").set_power(true);
-    let out = bed.fence_node("node1", &["off", "node2", "--reason", "no quorum"]);
+    bed.bmc("node3").set_power(true);
+    let out = bed.fence_node("node1", &["off", "node3", "--reason", "no quorum"]);
     let s = text(&out);
     assert_ne!(out.status.code(), Some(0), "{s}");
     assert!(s.contains("no quorum"), "{s}");
-    assert!(bed.bmc("node2").power(), "fenced without quorum");
-    assert_eq!(power_offs(bed.bmc("node2")), 1, "a command reached the BMC");
+    assert!(bed.bmc("node3").power(), "fenced without quorum");
+    assert_eq!(power_offs(bed.bmc("node3")), 1, "a command reached the BMC");
     let st = text(&bed.fence_node("node1", &["status"]));
     assert!(st.contains("NO QUORUM"), "{st}");
 }
