@@ -253,7 +253,14 @@ impl Connection {
 
     /// Multicasts one message in the group (agreed order); waits out flow control.
     async fn send(&self, m: &Message) -> Result<(), String> {
-        let bytes = wire::encode(m);
+        let bytes = match wire::encode(m) {
+            Ok(b) => b,
+            // Nothing was sent; the connection is fine. The runtime's caller times out.
+            Err(e) => {
+                tracing::error!("cluster: {e}");
+                return Ok(());
+            }
+        };
         let mut tries = 0;
         loop {
             match cpg::mcast_joined(&self.cpg, cpg::Guarantee::TypeAgreed, &bytes) {

@@ -464,8 +464,10 @@ pub enum Effect {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// The group's members now.
+    #[serde(with = "pairs")]
     pub members: BTreeMap<MemberId, MemberInfo>,
     /// Operations by key (in flight and finished; finished ones stay for joins by request id).
+    #[serde(with = "pairs")]
     pub ops: BTreeMap<OpKey, ClusterOp>,
     /// The operation in flight per target.
     pub active: BTreeMap<String, OpKey>,
@@ -475,6 +477,29 @@ pub struct ClusterState {
     pub latest: BTreeMap<String, OpKey>,
     /// The shared history, in delivery order.
     pub log: Vec<Record>,
+}
+
+/// Maps keyed by a struct ([`MemberId`], [`OpKey`]) as a list of pairs: JSON object keys
+/// must be strings.
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// How many finished operations the state keeps (for request-id joins); older ones leave the

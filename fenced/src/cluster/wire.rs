@@ -16,18 +16,20 @@ pub enum WireError {
     /// Another version.
     #[error("cluster message version {0}, this fenced reads version {VERSION}; run the same Palisade version on every member")]
     Version(u8),
+    /// A message could not be encoded (a bug: every message type must serialise).
+    #[error("cannot encode a cluster message: {0}; this is a bug in fenced, please report it")]
+    Encode(String),
     /// Not a message of this version.
     #[error("malformed cluster message: {0}; run the same Palisade version on every member")]
     Malformed(String),
 }
 
 /// Encodes a message for `cpg_mcast_joined`.
-pub fn encode(m: &Message) -> Vec<u8> {
+pub fn encode(m: &Message) -> Result<Vec<u8>, WireError> {
     let mut out = vec![VERSION];
-    // Serialising these plain data types to a Vec cannot fail; keep the version byte alone
-    // (decoded as malformed) rather than panic if it ever did.
-    let _ = serde_json::to_writer(&mut out, m);
-    out
+    // A half-written message would reach every member as garbage: fail it here instead.
+    serde_json::to_writer(&mut out, m).map_err(|e| WireError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decodes a delivered payload.
@@ -57,7 +59,7 @@ mod tests {
             levels: vec![vec!["bmc".into()]],
             reason: "why".into(),
         });
-        assert_eq!(decode(&encode(&m)).unwrap(), m);
+        assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
         let s = Message::Started {
             op: OpKey {
                 origin: MemberId { node: 1, pid: 2 },
@@ -65,7 +67,23 @@ mod tests {
             },
             local_id: 9,
         };
-        assert_eq!(decode(&encode(&s)).unwrap(), s);
+        assert_eq!(decode(&encode(&s).unwrap()).unwrap(), s);
+        // A snapshot: maps keyed by members and operations survive (JSON keys are strings).
+        let a = MemberId { node: 1, pid: 2 };
+        let mut st = crate::cluster::state::ClusterState::default();
+        st.apply(&crate::cluster::state::Delivered::Membership {
+            members: vec![a],
+            joined: vec![a],
+        });
+        st.apply(&crate::cluster::state::Delivered::Message {
+            from: a,
+            msg: Message::Quorum { quorate: true },
+        });
+        let sync = Message::Sync {
+            for_members: vec![MemberId { node: 2, pid: 3 }],
+            snapshot: Box::new(st),
+        };
+        assert_eq!(decode(&encode(&sync).unwrap()).unwrap(), sync);
         assert!(matches!(decode(&[]), Err(WireError::Empty)));
         assert!(matches!(decode(&[2, b'{']), Err(WireError::Version(2))));
         assert!(matches!(decode(&[1, b'{']), Err(WireError::Malformed(_))));

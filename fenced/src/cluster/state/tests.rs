@@ -70,13 +70,18 @@ impl Sim {
                         sender,
                         for_members,
                         snapshot,
-                    } if sender == mem.me => sends.push(Delivered::Message {
-                        from: sender,
-                        msg: Message::Sync {
+                    } if sender == mem.me => {
+                        // Through the wire encoding, as CPG carries it.
+                        let msg = Message::Sync {
                             for_members,
                             snapshot,
-                        },
-                    }),
+                        };
+                        let msg = crate::cluster::wire::decode(
+                            &crate::cluster::wire::encode(&msg).unwrap(),
+                        )
+                        .unwrap();
+                        sends.push(Delivered::Message { from: sender, msg })
+                    }
                     Effect::Execute {
                         op,
                         executor,
