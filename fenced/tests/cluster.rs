@@ -16,12 +16,10 @@ use hw_tests::cluster::{ClusterLab, ClusterSpec};
 use hw_tests::lab::ipmi::{serve, BmcConfig, BmcState};
 use hw_tests::lab::node::PowerEvent;
 use hw_tests::lab::{BmcHandle, EventKind};
-use hw_tests::node::NodeProcess;
 use hw_tests::require;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "lab-password";
@@ -48,8 +46,7 @@ fn have_corosync() -> bool {
 
 /// A cluster lab with lab BMCs on its switch and a `fenced` on every node.
 struct Bed {
-    // Field order is drop order: the daemons, then the lab (its nodes), then the BMCs.
-    fenced: Mutex<Vec<(String, NodeProcess)>>,
+    // Field order is drop order: the lab (its nodes and their daemons), then the BMCs.
     lab: ClusterLab,
     bmcs: Vec<BmcHandle>,
     rt: Option<tokio::runtime::Runtime>,
@@ -58,7 +55,6 @@ struct Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        self.fenced.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
@@ -107,7 +103,6 @@ impl Bed {
         }
         let tmp = tempfile::tempdir().unwrap();
         Bed {
-            fenced: Mutex::new(Vec::new()),
             lab,
             bmcs,
             rt: Some(rt),
@@ -154,21 +149,33 @@ impl Bed {
         ));
         let config = dir.join("fenced.toml");
         std::fs::write(&config, cfg).unwrap();
-        let log = std::fs::File::create(dir.join("fenced.log")).unwrap();
-        let p = self
-            .lab
-            .spawn(
+        let log_path = dir.join("fenced.log");
+        // Registered with the lab, so a node powered back on starts its fenced again.
+        self.lab
+            .add_daemon(
                 node,
-                Command::new(env!("CARGO_BIN_EXE_fenced"))
-                    .args(["run", "--config"])
-                    .arg(&config)
-                    .env("RUST_LOG", "info")
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log),
+                "fenced",
+                Box::new(move |n| {
+                    let log = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log_path)
+                        .map_err(|e| hw_tests::node::NodeError::Spec(e.to_string()))?;
+                    let err = log
+                        .try_clone()
+                        .map_err(|e| hw_tests::node::NodeError::Spec(e.to_string()))?;
+                    n.spawn(
+                        Command::new(env!("CARGO_BIN_EXE_fenced"))
+                            .args(["run", "--config"])
+                            .arg(&config)
+                            .env("RUST_LOG", "info")
+                            .stdin(Stdio::null())
+                            .stdout(log)
+                            .stderr(err),
+                    )
+                }),
             )
             .unwrap();
-        self.fenced.lock().unwrap().push((node.to_string(), p));
         let until = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(self.socket(node)).is_err() {
             assert!(
@@ -278,7 +285,8 @@ fn one_node_fences_through_the_agreed_path_and_refuses_without_quorum() {
     // `fence_node status` and /metrics show the member and its quorum.
     let st = text(&bed.fence_node("node1", &["status"]));
     assert!(
-        st.contains("cluster `palisade-test` as node1: joined, quorate") && st.contains("members: node1"),
+        st.contains("cluster `palisade-test` as node1: joined, quorate")
+            && st.contains("members: node1"),
         "{st}"
     );
     let out = Command::new("curl")
@@ -297,7 +305,10 @@ fn one_node_fences_through_the_agreed_path_and_refuses_without_quorum() {
     bed.lab.power_off("node2").unwrap();
     let until = Instant::now() + WAIT;
     while bed.get("node1", "/v1/cluster")["status"]["quorate"] != false {
-        assert!(Instant::now() < until, "fenced did not follow the quorum loss");
+        assert!(
+            Instant::now() < until,
+            "fenced did not follow the quorum loss"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     bed.bmc("node3").set_power(true);
@@ -354,4 +365,15 @@ fn three_nodes_a_fence_requested_on_b_runs_once_and_history_is_identical_on_b_an
         h.iter().any(|r| r["Finished"]["phase"] == "Succeeded"),
         "{h:?}"
     );
+    // node1 powered back on (through its BMC): its corosync and fenced start, it rejoins,
+    // and the snapshot it is handed gives it the same history.
+    bed.bmc("node1").set_power(true);
+    bed.lab
+        .wait_quorate_all(hw_tests::cluster::FORM_WAIT)
+        .unwrap();
+    bed.wait_joined("node1", 3);
+    let ha = bed.get("node1", "/v1/cluster")["history"].clone();
+    assert_eq!(ha, hb, "node1's history after it rejoined");
+    assert_eq!(bed.get("node2", "/v1/cluster")["history"], hb);
+    assert_eq!(power_offs(bed.bmc("node1")), 1);
 }

@@ -151,7 +151,8 @@ impl AsRawFd for Fd {
     }
 }
 
-/// One connection to this node's Corosync, joined to the group.
+/// One connection to this node's Corosync; in the group while this node is quorate (or its
+/// config allows fencing without quorum).
 pub struct Connection {
     // Field order is drop order: the watchers, then the handles (finalized on drop), then the
     // sink their callbacks write to.
@@ -162,13 +163,20 @@ pub struct Connection {
     group: String,
     me: MemberId,
     quorate: bool,
+    /// Leave the group without quorum (`allow_without_quorum = false`).
+    follow_quorum: bool,
+    /// Joined to the group now.
+    in_group: bool,
+    /// The runtime was told why this member is out of the group.
+    told_out: bool,
     sink: Box<Sink>,
 }
 
 impl Connection {
-    /// Connects to CPG and the quorum service, starts tracking quorum and joins `group`.
+    /// Connects to CPG and the quorum service and starts tracking quorum; [`Connection::serve`]
+    /// joins `group` once this node is quorate (at once when `follow_quorum` is false).
     /// Must be called inside a tokio runtime.
-    pub fn open(group: &str) -> Result<Connection, CorosyncError> {
+    pub fn open(group: &str, follow_quorum: bool) -> Result<Connection, CorosyncError> {
         let sink = Box::new(Sink::default());
         let ctx = std::ptr::from_ref::<Sink>(&sink) as u64;
         let cpg_model = cpg::ModelData::ModelV1(cpg::Model1Data {
@@ -206,7 +214,6 @@ impl Connection {
             "quorum",
             quorum::fd_get(&quorum).map_err(call("quorum_fd_get"))?,
         )?;
-        cpg::join(&cpg, group).map_err(call("cpg_join"))?;
         Ok(Connection {
             cpg_fd,
             quorum_fd,
@@ -215,6 +222,9 @@ impl Connection {
             group: group.to_string(),
             me: member(node, std::process::id()),
             quorate,
+            follow_quorum,
+            in_group: false,
+            told_out: false,
             sink,
         })
     }
@@ -251,8 +261,42 @@ impl Connection {
         Ok(())
     }
 
+    /// Joins or leaves the group as quorum says. A member without quorum is out of the
+    /// group, so the quorate side never merges with a state it did not see: it comes back as
+    /// a new member and is handed the group's state. Leaving also hands what it executed to
+    /// the quorate side, which reads the target back itself.
+    fn follow(&mut self, to: &mpsc::UnboundedSender<Incoming>) -> Result<(), String> {
+        let want = self.quorate || !self.follow_quorum;
+        let stopping = |_| "fenced is stopping".to_string();
+        if want && !self.in_group {
+            to.send(Incoming::Joined(self.me)).map_err(stopping)?;
+            cpg::join(&self.cpg, &self.group)
+                .map_err(|e| format!("cpg_join of group `{}` failed: {e}", self.group))?;
+            tracing::info!(group = %self.group, member = %self.me, "cluster: joined the CPG group");
+            self.in_group = true;
+            self.told_out = false;
+        } else if !want && (self.in_group || !self.told_out) {
+            if self.in_group {
+                cpg::leave(&self.cpg, &self.group)
+                    .map_err(|e| format!("cpg_leave of group `{}` failed: {e}", self.group))?;
+                self.in_group = false;
+            }
+            let why = format!("this node has no quorum: out of the CPG group `{}` until quorum returns (new operations are refused in a partition without quorum; heal it, or after checking a node is off confirm it by hand)", self.group);
+            tracing::warn!("cluster: {why}");
+            to.send(Incoming::Lost(why)).map_err(stopping)?;
+            self.told_out = true;
+        }
+        Ok(())
+    }
+
     /// Multicasts one message in the group (agreed order); waits out flow control.
     async fn send(&self, m: &Message) -> Result<(), String> {
+        if !self.in_group {
+            // The runtime refuses requests while out of the group; its late notes (an
+            // outcome of an operation the group has handed over) have no group to go to.
+            tracing::debug!("cluster: not in the group, dropping a message");
+            return Ok(());
+        }
         let bytes = match wire::encode(m) {
             Ok(b) => b,
             // Nothing was sent; the connection is fine. The runtime's caller times out.
@@ -285,10 +329,11 @@ impl Connection {
         out: &mut mpsc::UnboundedReceiver<Message>,
         to: &mpsc::UnboundedSender<Incoming>,
     ) -> Option<String> {
-        if to.send(Incoming::Joined(self.me)).is_err()
-            || to.send(Incoming::Quorum(self.quorate)).is_err()
-        {
+        if to.send(Incoming::Quorum(self.quorate)).is_err() {
             return None;
+        }
+        if let Err(why) = self.follow(to) {
+            return Some(why);
         }
         loop {
             let r = tokio::select! {
@@ -322,6 +367,9 @@ impl Connection {
             if let Err(why) = r {
                 return Some(format!("lost corosync: {why}"));
             }
+            if let Err(why) = self.follow(to) {
+                return Some(why);
+            }
         }
     }
 }
@@ -331,14 +379,15 @@ impl Connection {
 /// no connection are dropped (the runtime refuses new requests then).
 pub async fn run(
     group: String,
+    follow_quorum: bool,
     mut out: mpsc::UnboundedReceiver<Message>,
     to: mpsc::UnboundedSender<Incoming>,
 ) {
     let mut last_error: Option<String> = None;
     loop {
-        match Connection::open(&group) {
+        match Connection::open(&group, follow_quorum) {
             Ok(mut c) => {
-                tracing::info!(group = %group, member = %c.me(), quorate = c.quorate, "cluster: joined the CPG group");
+                tracing::info!(group = %group, member = %c.me(), quorate = c.quorate, "cluster: connected to corosync");
                 last_error = None;
                 let Some(why) = c.serve(&mut out, &to).await else {
                     return;

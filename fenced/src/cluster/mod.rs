@@ -164,8 +164,9 @@ pub fn start(engine: Engine, cluster: ClusterConfig) -> Result<(Cluster, Cluster
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let group = cluster.group.clone();
+    let follow_quorum = !cluster.allow_without_quorum;
     let member = Cluster::new(engine, cluster, out_tx);
-    let transport = tokio::spawn(corosync::run(group, out_rx, in_tx));
+    let transport = tokio::spawn(corosync::run(group, follow_quorum, out_rx, in_tx));
     let runtime = tokio::spawn(member.clone().run(in_rx));
     Ok((member, ClusterTasks(vec![transport, runtime])))
 }
@@ -685,6 +686,13 @@ impl Cluster {
         {
             let rx = {
                 let mut rt = self.shared.rt();
+                if rt.lost.is_some() && !rt.quorate {
+                    // Out of the group for want of quorum: an operator's confirmation stays
+                    // possible (audited in this member's signed history), as Pacemaker allows.
+                    drop(rt);
+                    tracing::warn!(%target, "manual confirmation without quorum: recorded on this member only; the other members learn of it only from this node's history");
+                    return self.shared.engine.confirm(target, reason, by);
+                }
                 if rt.member.as_ref().is_none_or(|m| !m.synced) {
                     return Err(cluster_err(
                         "cluster_joining",
