@@ -140,7 +140,7 @@ impl Bed {
         std::fs::create_dir_all(&dir).unwrap();
         let pw = secret_file(&dir, "pw", PASSWORD);
         let mut cfg = format!(
-            "[daemon]\nnode_name = \"{node}\"\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n",
+            "[daemon]\nnode_name = \"{node}\"\nsocket = {:?}\nhistory = {:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n# The figures fence one target 20 times.\n[limits]\nmax_operations = 100\nmax_operations_per_target = 100\n\n",
             self.socket(instance),
             dir.join("history.redb")
         );
