@@ -792,6 +792,16 @@ async fn openapi() -> Response {
         .into_response()
 }
 
+async fn cluster(State(s): State<AppState>) -> Json<crate::cluster::ClusterView> {
+    Json(match &s.cluster {
+        Some(c) => c.cluster_view(),
+        None => crate::cluster::ClusterView {
+            status: None,
+            history: Vec::new(),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,14 +829,4 @@ mod tests {
             ]
         );
     }
-}
-
-async fn cluster(State(s): State<AppState>) -> Json<crate::cluster::ClusterView> {
-    Json(match &s.cluster {
-        Some(c) => c.cluster_view(),
-        None => crate::cluster::ClusterView {
-            status: None,
-            history: Vec::new(),
-        },
-    })
 }
