@@ -4,7 +4,9 @@
 //! kills its cluster node (corosync and fenced included). Outcomes are asserted from the
 //! BMCs' own event logs, not from fenced.
 //!
-//! `one_node_*` is the quick case (always run); `three_nodes_*` is the test 1.
+//! `one_node_*` is the quick case; `three_nodes_*` is the test 1, `partition_*` its
+//! test 3, `a_member_that_reaches_no_device_*` forwarding and a lying BMC; each takes 5 to
+//! 12 s. `figures_*` (ignored) prints the note's figures.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -155,9 +157,14 @@ impl Bed {
             reaches.push(format!("\"bmc-{}\"", b.name()));
         }
         if let Some(extra) = cluster {
+            // Every BMC is reachable unless the caller says which.
+            let reaches = if extra.contains("reaches") {
+                String::new()
+            } else {
+                format!("reaches = [{}]\n", reaches.join(", "))
+            };
             cfg.push_str(&format!(
-                "[cluster]\ngroup = \"palisade-test\"\nnode_name = \"{node}\"\nreaches = [{}]\n{extra}",
-                reaches.join(", ")
+                "[cluster]\ngroup = \"palisade-test\"\nnode_name = \"{node}\"\n{reaches}{extra}"
             ));
         }
         let bin = bin.to_string();
@@ -456,6 +463,56 @@ fn partition_the_minority_refuses_the_majority_fences_it_and_histories_converge(
             .any(|r| r["Finished"]["phase"] == "Succeeded"),
         "{:?}",
         h[1]
+    );
+}
+
+#[test]
+fn a_member_that_reaches_no_device_forwards_and_a_lying_bmc_is_not_reported_fenced() {
+    if !have_corosync() {
+        return;
+    }
+    // node1 reaches no BMC: node2 executes what node1 is asked; node3 is a BMC only.
+    let bed = Bed::new(2, 3);
+    bed.start_fenced("node1", "reaches = []\n");
+    bed.start_fenced("node2", "");
+    bed.wait_joined("node1", 2);
+    bed.wait_joined("node2", 2);
+    let out = bed.fence_node("node1", &["off", "node3", "--reason", "forwarded"]);
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}\n{}", bed.log("node2"));
+    assert_eq!(power_offs(bed.bmc("node3")), 1);
+    let h = bed.get("node1", "/v1/cluster")["history"].clone();
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["Accepted"]["executor"] == "node2"),
+        "{h}"
+    );
+    // node1's own engine never touched a device: it has no operation of its own.
+    let own = bed.fence_node("node1", &["history", "node3", "--json"]);
+    let own: Value = serde_json::from_slice(&own.stdout).unwrap();
+    assert_eq!(own.as_array().map(Vec::len), Some(0), "{own}");
+
+    // The BMC acknowledges and ignores the power off: the answer on node1 is NOT FENCED
+    // with the executor's reason, never a success.
+    bed.bmc("node3").set_power(true);
+    bed.bmc("node3")
+        .set_fault(hw_tests::lab::Fault::Stuck(true));
+    let out = bed.fence_node("node1", &["off", "node3", "--reason", "lying bmc"]);
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}\n{}", bed.log("node2"));
+    assert!(s.contains("NOT FENCED"), "{s}");
+    assert!(bed.bmc("node3").power(), "the lab says node3 is on");
+    let st = bed.get("node1", "/v1/cluster");
+    let last = st["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["Finished"]["phase"], "Failed", "{st}");
+    // Either member's `fence_node status` lists both members.
+    let out = bed.fence_node("node2", &["status"]);
+    assert!(
+        text(&out).contains("members: node1, node2"),
+        "{}",
+        text(&out)
     );
 }
 
