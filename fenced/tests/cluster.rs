@@ -516,6 +516,81 @@ fn a_member_that_reaches_no_device_forwards_and_a_lying_bmc_is_not_reported_fenc
     );
 }
 
+#[test]
+fn the_executor_killed_mid_operation_is_taken_over_with_a_read_back_of_its_own() {
+    if !have_corosync() {
+        return;
+    }
+    // node4 is a BMC only, slow to change power, so node1 is mid-operation when killed.
+    let bed = Bed::new(3, 4);
+    for n in ["node1", "node2", "node3"] {
+        bed.start_fenced(n, "");
+    }
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    bed.bmc("node4").set_power_delay(Duration::from_secs(2));
+    let out = bed.fence_node(
+        "node1",
+        &["off", "node4", "--reason", "executor dies", "--no-wait"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let until = Instant::now() + WAIT;
+    while bed.get("node2", "/v1/cluster")["status"]["in_flight"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(Instant::now() < until, "no operation in flight on node2");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = bed
+        .lab
+        .daemon_pids("node1")
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "node1")
+        .unwrap()
+        .1;
+    // SAFETY: kill(2) of the lab's own child (the lab reaps it on drop).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // node2 (the lowest member that reaches node4's BMC) takes over and finishes it.
+    let until = Instant::now() + WAIT;
+    let h = loop {
+        let h = bed.get("node2", "/v1/cluster")["history"].clone();
+        if h.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["Finished"].is_object())
+        {
+            break h;
+        }
+        assert!(
+            Instant::now() < until,
+            "not finished: {h}\n{}",
+            bed.log("node2")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let h = h.as_array().unwrap();
+    assert!(
+        h.iter()
+            .any(|r| r["TookOver"]["from"] == "node1" && r["TookOver"]["to"] == "node2"),
+        "{h:?}"
+    );
+    let fin = h.iter().find(|r| r["Finished"].is_object()).unwrap();
+    assert_eq!(fin["Finished"]["phase"], "Succeeded", "{fin}");
+    assert!(
+        fin["Finished"]["proof"]["PowerReadBack"].is_object(),
+        "{fin}"
+    );
+    // The success is backed by the BMC: node4 is off.
+    assert!(!bed.bmc("node4").power());
+    assert_eq!(
+        bed.get("node3", "/v1/cluster")["history"],
+        bed.get("node2", "/v1/cluster")["history"]
+    );
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     st.lines()

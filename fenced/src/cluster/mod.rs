@@ -811,21 +811,37 @@ fn remote_operation(id: u64, op: &ClusterOp, caller: Caller, created: Millis) ->
     ) {
         (OpPhase::Running, _, _) => None,
         (OpPhase::Succeeded, _, Some(o @ Outcome::Succeeded { .. })) => Some(o),
+        // The executor sent no record (a takeover confirmed by its read-back alone): the
+        // confirmation is the kind its proof says, with the proof's words as the device.
         (OpPhase::Succeeded, Some(ExecResult::Succeeded { summary }), _) => {
-            let detail = match &op.proof {
-                Some(Proof::PowerReadBack { detail })
-                | Some(Proof::PoisonPill { detail })
-                | Some(Proof::SlotCleared { detail }) => detail.clone(),
-                None => String::new(),
-            };
-            Some(Outcome::Succeeded {
-                confirmation: Confirmation::PowerReadBack {
+            let confirmation = match &op.proof {
+                Some(Proof::PowerReadBack { detail }) => Some(Confirmation::PowerReadBack {
                     level: 0,
-                    devices: vec![detail],
+                    devices: vec![detail.clone()],
                     already: false,
+                }),
+                Some(Proof::PoisonPill { detail }) => Some(Confirmation::PoisonPill {
+                    level: 0,
+                    devices: vec![detail.clone()],
+                    msgwait_ms: 0,
+                }),
+                Some(Proof::SlotCleared { detail }) => Some(Confirmation::SlotCleared {
+                    level: 0,
+                    devices: vec![detail.clone()],
+                }),
+                None => None,
+            };
+            Some(match confirmation {
+                Some(confirmation) => Outcome::Succeeded {
+                    confirmation,
+                    powered_on: None,
+                    summary: summary.clone(),
                 },
-                powered_on: None,
-                summary: summary.clone(),
+                // The state never lets this happen (no proof, no success); say so if it did.
+                None => Outcome::Failed {
+                    code: "no_read_back".into(),
+                    message: format!("{} NOT confirmed fenced: the cluster recorded a success without a read-back; check the node's power by hand", op.target),
+                },
             })
         }
         (_, Some(ExecResult::Failed { code, message }), _) => Some(Outcome::Failed {
