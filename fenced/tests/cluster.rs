@@ -132,12 +132,21 @@ impl Bed {
             node,
             Some(extra_cluster),
             env!("CARGO_BIN_EXE_fenced"),
+            "",
         );
     }
 
     /// A fenced called `instance` (its directory, socket and lab daemon name) on `node`,
-    /// with `[cluster]` (plus `cluster` lines) or, for `None`, alone as without a cluster.
-    fn start_instance(&self, node: &str, instance: &str, cluster: Option<&str>, bin: &str) {
+    /// with `[cluster]` (plus `cluster` lines) or, for `None`, alone as without a cluster;
+    /// `target_lines` go into every target's table.
+    fn start_instance(
+        &self,
+        node: &str,
+        instance: &str,
+        cluster: Option<&str>,
+        bin: &str,
+        target_lines: &str,
+    ) {
         let dir = self.dir(instance);
         std::fs::create_dir_all(&dir).unwrap();
         let pw = secret_file(&dir, "pw", PASSWORD);
@@ -149,7 +158,7 @@ impl Bed {
         let mut reaches = Vec::new();
         for b in &self.bmcs {
             cfg.push_str(&format!(
-                "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = 17\ntimeout_ms = 300\nretries = 2\n\n[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{guid}\" }}\n\n",
+                "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = 17\ntimeout_ms = 300\nretries = 2\n\n[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{guid}\" }}\n{target_lines}\n",
                 n = b.name(),
                 a = b.addr(),
                 guid = b.guid_text(),
@@ -591,6 +600,30 @@ fn the_executor_killed_mid_operation_is_taken_over_with_a_read_back_of_its_own()
     );
 }
 
+#[test]
+fn a_target_defined_differently_on_two_members_is_refused_naming_them() {
+    if !have_corosync() {
+        return;
+    }
+    let bed = Bed::new(2, 3);
+    let bin = env!("CARGO_BIN_EXE_fenced");
+    bed.start_fenced("node1", "");
+    // node2 waits 1 s before fencing any target; node1 does not.
+    bed.start_instance("node2", "node2", Some(""), bin, "delay_s = 1\n");
+    bed.wait_joined("node1", 2);
+    bed.wait_joined("node2", 2);
+    let out = bed.fence_node("node1", &["off", "node3", "--reason", "mismatch"]);
+    let s = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{s}");
+    assert!(
+        s.contains("define target `node3` differently")
+            && s.contains("node1")
+            && s.contains("node2"),
+        "{s}"
+    );
+    assert_eq!(power_offs(bed.bmc("node3")), 0);
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     st.lines()
@@ -615,10 +648,10 @@ fn figures_cluster_latency_and_memory() {
     let bin = env!("CARGO_BIN_EXE_fenced");
     bed.start_fenced("node1", "");
     bed.start_fenced("node2", "");
-    bed.start_instance("node1", "alone", None, bin);
+    bed.start_instance("node1", "alone", None, bin, "");
     let no_feature = std::env::var("PALISADE_FENCED_NO_COROSYNC").ok();
     if let Some(b) = &no_feature {
-        bed.start_instance("node1", "nofeature", None, b);
+        bed.start_instance("node1", "nofeature", None, b, "");
     }
     bed.wait_joined("node1", 2);
     bed.wait_joined("node2", 2);
