@@ -132,20 +132,20 @@ impl Bed {
             node,
             Some(extra_cluster),
             env!("CARGO_BIN_EXE_fenced"),
-            "",
+            &[],
         );
     }
 
     /// A fenced called `instance` (its directory, socket and lab daemon name) on `node`,
     /// with `[cluster]` (plus `cluster` lines) or, for `None`, alone as without a cluster;
-    /// `target_lines` go into every target's table.
+    /// `target_lines` are `(target, lines)`: lines for that target's table.
     fn start_instance(
         &self,
         node: &str,
         instance: &str,
         cluster: Option<&str>,
         bin: &str,
-        target_lines: &str,
+        target_lines: &[(&str, &str)],
     ) {
         let dir = self.dir(instance);
         std::fs::create_dir_all(&dir).unwrap();
@@ -157,6 +157,11 @@ impl Bed {
         );
         let mut reaches = Vec::new();
         for b in &self.bmcs {
+            let target_lines: String = target_lines
+                .iter()
+                .filter(|(t, _)| *t == b.name())
+                .map(|(_, l)| *l)
+                .collect();
             cfg.push_str(&format!(
                 "[devices.bmc-{n}]\nkind = \"ipmi\"\naddress = \"{a}\"\nusername = \"admin\"\npassword_file = {pw:?}\ncipher_suite = 17\ntimeout_ms = 300\nretries = 2\n\n[targets.{n}]\nlevels = [[\"bmc-{n}\"]]\nidentities = {{ bmc-{n} = \"{guid}\" }}\n{target_lines}\n",
                 n = b.name(),
@@ -609,7 +614,13 @@ fn a_target_defined_differently_on_two_members_is_refused_naming_them() {
     let bin = env!("CARGO_BIN_EXE_fenced");
     bed.start_fenced("node1", "");
     // node2 waits 1 s before fencing any target; node1 does not.
-    bed.start_instance("node2", "node2", Some(""), bin, "delay_s = 1\n");
+    bed.start_instance(
+        "node2",
+        "node2",
+        Some(""),
+        bin,
+        &[("node3", "delay_s = 1\n")],
+    );
     bed.wait_joined("node1", 2);
     bed.wait_joined("node2", 2);
     let out = bed.fence_node("node1", &["off", "node3", "--reason", "mismatch"]);
@@ -622,6 +633,54 @@ fn a_target_defined_differently_on_two_members_is_refused_naming_them() {
         "{s}"
     );
     assert_eq!(power_offs(bed.bmc("node3")), 0);
+}
+
+#[test]
+fn two_node_split_both_quorate_the_fence_race_is_won_by_the_undelayed_side() {
+    if !have_corosync() {
+        return;
+    }
+    // votequorum two_node + wait_for_all: after a split each node alone stays quorate, so
+    // both fence; a delay on one target (the same on both members: configs must agree)
+    // decides the race, as Pacemaker's pcmk_delay_base does.
+    let bed = Bed::with_spec(ClusterSpec::new(2), 2);
+    let bin = env!("CARGO_BIN_EXE_fenced");
+    let delay: &[(&str, &str)] = &[("node1", "delay_s = 3\n")];
+    bed.start_instance("node1", "node1", Some(""), bin, delay);
+    bed.start_instance("node2", "node2", Some(""), bin, delay);
+    bed.wait_joined("node1", 2);
+    bed.wait_joined("node2", 2);
+    bed.lab.partition(&[&["node1"], &["node2"]]).unwrap();
+    bed.lab.wait_converged(WAIT).unwrap();
+    bed.wait_joined("node1", 1);
+    bed.wait_joined("node2", 1);
+    let fence = |on: &'static str, target: &'static str| {
+        let (sock, bin) = (bed.socket(on), env!("CARGO_BIN_EXE_fence_node"));
+        std::thread::spawn(move || {
+            Command::new(bin)
+                .args(["off", target, "--reason", "split brain"])
+                .env("PALISADE_SOCKET", sock)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let a = fence("node1", "node2");
+    let b = fence("node2", "node1");
+    let a = a.join().unwrap();
+    let _ = b.join().unwrap(); // node2 dies with its request in flight
+    assert_eq!(
+        a.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&a),
+        bed.log("node1")
+    );
+    assert_eq!(power_offs(bed.bmc("node2")), 1);
+    // node2 was dead before its delayed fence of node1 came due.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(power_offs(bed.bmc("node1")), 0, "both nodes were fenced");
+    assert!(bed.bmc("node1").power());
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -648,10 +707,10 @@ fn figures_cluster_latency_and_memory() {
     let bin = env!("CARGO_BIN_EXE_fenced");
     bed.start_fenced("node1", "");
     bed.start_fenced("node2", "");
-    bed.start_instance("node1", "alone", None, bin, "");
+    bed.start_instance("node1", "alone", None, bin, &[]);
     let no_feature = std::env::var("PALISADE_FENCED_NO_COROSYNC").ok();
     if let Some(b) = &no_feature {
-        bed.start_instance("node1", "nofeature", None, b, "");
+        bed.start_instance("node1", "nofeature", None, b, &[]);
     }
     bed.wait_joined("node1", 2);
     bed.wait_joined("node2", 2);
