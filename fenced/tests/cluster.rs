@@ -445,7 +445,13 @@ fn partition_the_minority_refuses_the_majority_fences_it_and_histories_converge(
     assert_ne!(out.status.code(), Some(0), "{s}");
     assert!(s.contains("no quorum"), "{s}");
     assert_eq!(power_offs(bed.bmc("node2")), 0);
-    // The majority fences the minority.
+    // An operator's manual confirmation stays possible there (recorded on node1 only).
+    let out = bed.fence_node(
+        "node1",
+        &["confirm", "node2", "--reason", "checked by hand", "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The majority fences the minority, and an operator confirms it cluster-wide.
     let out = bed.fence_node("node3", &["off", "node1", "--reason", "majority"]);
     assert_eq!(
         out.status.code(),
@@ -455,6 +461,23 @@ fn partition_the_minority_refuses_the_majority_fences_it_and_histories_converge(
         bed.log("node3")
     );
     assert_eq!(power_offs(bed.bmc("node1")), 1);
+    let out = bed.fence_node(
+        "node2",
+        &["confirm", "node1", "--reason", "saw it dark", "--yes"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        bed.log("node2")
+    );
+    let h = bed.get("node3", "/v1/cluster")["history"].clone();
+    assert!(
+        h.as_array().unwrap().iter().any(|r| r["ManualConfirm"]["target"] == "node1"
+            && r["ManualConfirm"]["on"] == "node2"),
+        "{h}"
+    );
     // Healed and powered back on, node1 rejoins and is handed the same history.
     bed.lab.heal_all().unwrap();
     bed.bmc("node1").set_power(true);
