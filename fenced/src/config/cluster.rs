@@ -98,3 +98,58 @@ pub(super) fn resolve(
         allow_without_quorum: raw.allow_without_quorum,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[daemon]
+node_name = "node1"
+
+[devices.bmc2]
+kind = "ipmi"
+address = "127.0.0.1:6230"
+username = "admin"
+password_env = "PW"
+cipher_suite = 17
+
+[targets.node2]
+levels = [["bmc2"]]
+"#;
+
+    fn parse(extra: &str) -> Result<Config, super::ConfigError> {
+        let text = format!("{BASE}{extra}");
+        Config::parse(Path::new("/etc/palisade/fenced.toml"), &text, &|n: &str| {
+            (n == "PW").then(|| b"pw".to_vec())
+        })
+    }
+
+    #[test]
+    fn absent_means_alone_and_defaults_come_from_the_daemon() {
+        assert_eq!(parse("").unwrap().cluster, None);
+        let c = parse("[cluster]\nreaches = [\"bmc2\"]\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.group, "palisade");
+        assert_eq!(c.node_name, "node1");
+        assert!(c.reaches.contains("bmc2") && !c.allow_without_quorum);
+    }
+
+    #[test]
+    fn bad_values_name_the_line_and_what_was_expected() {
+        let e = parse("[cluster]\nreaches = [\"bmc9\"]\n").unwrap_err().to_string();
+        assert!(e.contains("cluster.reaches") && e.contains("bmc9") && e.contains("fenced.toml:15:"), "{e}");
+        let e = parse("[cluster]\nnode_name = \" \"\n").unwrap_err().to_string();
+        assert!(e.contains("cluster.node_name") && e.contains("nodelist"), "{e}");
+        let long = "g".repeat(128);
+        let e = parse(&format!("[cluster]\ngroup = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.group") && e.contains("127"), "{e}");
+        let e = parse("[cluster]\nquorum = false\n").unwrap_err().to_string();
+        assert!(e.contains("quorum"), "{e}");
+    }
+}
