@@ -58,6 +58,9 @@ pub enum DaemonError {
         /// Its error.
         detail: String,
     },
+    /// `[cluster]` could not be started.
+    #[error("[cluster]: {0}")]
+    Cluster(String),
     /// A signal handler could not be installed.
     #[error("cannot handle {signal}: {source}")]
     Signal {
@@ -95,6 +98,8 @@ pub struct Daemon {
     tcp_task: Option<JoinHandle<std::io::Result<()>>>,
     monitor: JoinHandle<()>,
     tls: Option<Arc<TlsReloader>>,
+    /// The fencer cluster member's tasks (`[cluster]`).
+    cluster: Option<crate::cluster::ClusterTasks>,
 }
 
 impl Daemon {
@@ -167,7 +172,16 @@ impl Daemon {
             None => None,
         };
 
-        let api = Api::new(engine.clone());
+        let (member, cluster) = match &config.cluster {
+            Some(c) => {
+                tracing::info!(group = %c.group, node = %c.node_name, reaches = c.reaches.len(), allow_without_quorum = c.allow_without_quorum, "joining the fencer cluster on Corosync");
+                let (m, t) = crate::cluster::start(engine.clone(), c.clone())
+                    .map_err(DaemonError::Cluster)?;
+                (Some(m), Some(t))
+            }
+            None => (None, None),
+        };
+        let api = Api::in_cluster(engine.clone(), member);
         let unix_task = tokio::spawn({
             let api = api.clone();
             async move { api.serve_unix(listener).await }
@@ -226,6 +240,7 @@ impl Daemon {
             tcp_task,
             monitor,
             tls,
+            cluster,
         })
     }
 
@@ -272,6 +287,10 @@ impl Daemon {
         tracing::info!("stopping: answering open requests, accepting no new ones");
         self.monitor.abort();
         self.api.shutdown();
+        if let Some(c) = &self.cluster {
+            // Leaves the CPG group: the others hand over what this member executed.
+            c.abort();
+        }
         let mut result = Ok(());
         match self.unix_task.await {
             Ok(Ok(())) => {}

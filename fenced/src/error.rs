@@ -68,6 +68,14 @@ pub enum EngineError {
         /// What is wrong.
         detail: String,
     },
+    /// The fencer cluster refused the request or could not agree on it (`[cluster]`).
+    #[error("{detail}")]
+    Cluster {
+        /// A stable code (`no_quorum`, `conflict`, `no_executor`, `config_mismatch`, ...).
+        code: &'static str,
+        /// What happened and what to do (the cluster's refusals say both).
+        detail: String,
+    },
     /// The durable history could not be written or read; nothing was done.
     #[error("history store failed: {detail}")]
     History {
@@ -89,6 +97,7 @@ impl EngineError {
             EngineError::RateLimited { .. } => "rate_limited",
             EngineError::BadRequest { .. } => "bad_request",
             EngineError::History { .. } => "history_failed",
+            EngineError::Cluster { code, .. } => code,
         }
     }
 
@@ -113,6 +122,7 @@ impl EngineError {
             }
             EngineError::RateLimited { .. } => "check why so many fences are requested (a broken controller?); the limits are in the [limits] section of the config".into(),
             EngineError::BadRequest { .. } => "fix the request; see /v1/openapi.json".into(),
+            EngineError::Cluster { .. } => "see `fence_node status` for the cluster's members and quorum".into(),
             EngineError::History { .. } => "check the disk holding the history file (space, permissions, errors in the kernel log); no device was touched".into(),
         }
     }

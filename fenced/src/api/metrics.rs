@@ -164,6 +164,42 @@ pub fn render(engine: &Engine, api_refused: &BTreeMap<String, u64>) -> String {
 
 /// Appends the API's security counters: failed authentications, sources refused for failing
 /// too often, and connections refused by the listeners' bounds.
+/// The fencer cluster's gauges (`[cluster]` only): members, quorum, operations in flight.
+pub(crate) fn render_cluster(out: &mut String, st: &crate::cluster::ClusterStatus) {
+    let mut p = Page(std::mem::take(out));
+    p.family(
+        "palisade_cluster_members",
+        "gauge",
+        "Members of the fencer cluster's CPG group as this member sees them.",
+    );
+    p.sample("palisade_cluster_members", &[], st.members.len());
+    p.family(
+        "palisade_cluster_quorate",
+        "gauge",
+        "1 when this node is quorate (votequorum), else 0: new operations are refused without quorum.",
+    );
+    p.sample("palisade_cluster_quorate", &[], u8::from(st.quorate));
+    p.family(
+        "palisade_cluster_joined",
+        "gauge",
+        "1 when this member holds the cluster's state and can take requests.",
+    );
+    p.sample("palisade_cluster_joined", &[], u8::from(st.joined));
+    p.family(
+        "palisade_cluster_in_flight",
+        "gauge",
+        "Cluster operations in flight, by executor.",
+    );
+    let mut by: BTreeMap<&str, u32> = BTreeMap::new();
+    for op in &st.in_flight {
+        *by.entry(op.executor.as_str()).or_default() += 1;
+    }
+    for (executor, n) in by {
+        p.sample("palisade_cluster_in_flight", &[("executor", executor)], n);
+    }
+    *out = p.0;
+}
+
 pub(crate) fn render_security(out: &mut String, s: &super::ApiState) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut p = Page(std::mem::take(out));

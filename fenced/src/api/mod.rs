@@ -112,6 +112,11 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         | EngineError::Paused { .. } => StatusCode::CONFLICT,
         EngineError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         EngineError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        EngineError::Cluster { code, .. } => match *code {
+            "conflict" | "request_id_mismatch" | "config_mismatch" => StatusCode::CONFLICT,
+            "unknown_target" => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        },
         EngineError::History { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -216,6 +221,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 /// Shared by every handler.
 pub(crate) struct ApiState {
     pub(crate) engine: Engine,
+    /// The fencer cluster this daemon is a member of (`[cluster]`): fence requests and
+    /// confirmations go through it; `None` runs alone.
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
     shutdown: watch::Sender<bool>,
     /// Requests refused by the API layer itself (forbidden, malformed, ...), by code.
     refused: Mutex<BTreeMap<String, u64>>,
@@ -262,6 +270,12 @@ pub struct Api {
 impl Api {
     /// The API for `engine`, with access rules from the engine's configuration.
     pub fn new(engine: Engine) -> Api {
+        Api::in_cluster(engine, None)
+    }
+
+    /// The API for `engine` as a member of `cluster` (when given): requests are agreed
+    /// cluster-wide before any engine acts.
+    pub fn in_cluster(engine: Engine, cluster: Option<crate::cluster::Cluster>) -> Api {
         let (shutdown, _) = watch::channel(false);
         let sec = &engine.config().api.security;
         let tokens = sec.tokens_file.clone().map(tokens::TokenStore::new);
@@ -270,6 +284,7 @@ impl Api {
         Api {
             state: Arc::new(ApiState {
                 engine,
+                cluster,
                 shutdown,
                 refused: Mutex::new(BTreeMap::new()),
                 tokens,

@@ -104,6 +104,8 @@ pub enum Handler {
     LedgerVerify,
     /// `GET /status`.
     Status,
+    /// `GET /v1/cluster`.
+    Cluster,
 }
 
 /// One route: the router and the OpenAPI generator both read these.
@@ -413,6 +415,18 @@ pub const ROUTES: &[RouteSpec] = &[
         response: Body::Html,
         query: &[],
     },
+    RouteSpec {
+        method: Method::Get,
+        path: "/v1/cluster",
+        role: Some(Role::Read),
+        summary: "The fencer cluster as this member sees it (`[cluster]`): members, quorum, operations in flight with their executors, and the shared history in delivery order; `status` is null when fenced runs alone.",
+        operation_id: "cluster",
+        handler: Handler::Cluster,
+        request: None,
+        status: 200,
+        response: Body::Json(schema::<crate::cluster::ClusterView>),
+        query: &[],
+    },
 ];
 
 /// The axum method router for one route.
@@ -448,6 +462,7 @@ pub(super) fn method_router(spec: &RouteSpec) -> MethodRouter<AppState> {
         Handler::Ledger => m!(ledger),
         Handler::LedgerVerify => m!(ledger_verify),
         Handler::Status => m!(super::status::page),
+        Handler::Cluster => m!(cluster),
     }
 }
 
@@ -468,7 +483,10 @@ async fn fence(
     ApiJson(req): ApiJson<FenceRequest>,
 ) -> Result<(StatusCode, Json<FenceAccepted>), ApiError> {
     let (target, action) = (req.target.clone(), req.action);
-    let accepted = s.engine.fence(req, &requester(&auth)).await?;
+    let accepted = match &s.cluster {
+        Some(c) => c.fence(req, &requester(&auth)).await?,
+        None => s.engine.fence(req, &requester(&auth)).await?,
+    };
     tracing::info!(caller = %auth.caller.identity, %target, %action, op = accepted.id, joined = accepted.joined, "fence request accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -489,10 +507,15 @@ async fn fence_batch(
         .iter()
         .map(|r| (r.target.clone(), r.action, r.request_id.clone()))
         .collect();
-    let answers = s
-        .engine
-        .fence_batch(batch.requests, &requester(&auth))
-        .await;
+    let by = requester(&auth);
+    let answers = match &s.cluster {
+        // Each entry agreed cluster-wide, as `POST /v1/fence` would be.
+        Some(c) => {
+            futures_util::future::join_all(batch.requests.into_iter().map(|r| c.fence(r, &by)))
+                .await
+        }
+        None => s.engine.fence_batch(batch.requests, &by).await,
+    };
     let results: Vec<FenceBatchResult> = heads
         .into_iter()
         .zip(answers)
@@ -543,6 +566,12 @@ async fn operation(
             )))
         }
     };
+    // Ids this member gave out for operations another member executes.
+    if let Some(c) = &s.cluster {
+        if let Some(r) = c.operation(id, Duration::from_secs_f64(wait)).await {
+            return Ok(Json(r?));
+        }
+    }
     if wait == 0.0 {
         return Ok(Json(s.engine.operation(id)?));
     }
@@ -652,7 +681,10 @@ async fn confirm(
     ApiPath(t): ApiPath<String>,
     ApiJson(body): ApiJson<ReasonBody>,
 ) -> Result<Json<Operation>, ApiError> {
-    let op = s.engine.confirm(&t, &body.reason, &requester(&auth))?;
+    let op = match &s.cluster {
+        Some(c) => c.confirm(&t, &body.reason, &requester(&auth)).await?,
+        None => s.engine.confirm(&t, &body.reason, &requester(&auth))?,
+    };
     tracing::warn!(caller = %auth.caller.identity, target = %t, op = op.id, reason = %body.reason, "manual confirmation recorded");
     Ok(Json(op))
 }
@@ -714,6 +746,9 @@ async fn health(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let mut text = super::metrics::render(&s.engine, &s.api_refused());
     super::metrics::render_security(&mut text, &s);
+    if let Some(c) = &s.cluster {
+        super::metrics::render_cluster(&mut text, &c.status());
+    }
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }
 
@@ -755,6 +790,16 @@ async fn openapi() -> Response {
         super::openapi::CHECKED_IN,
     )
         .into_response()
+}
+
+async fn cluster(State(s): State<AppState>) -> Json<crate::cluster::ClusterView> {
+    Json(match &s.cluster {
+        Some(c) => c.cluster_view(),
+        None => crate::cluster::ClusterView {
+            status: None,
+            history: Vec::new(),
+        },
+    })
 }
 
 #[cfg(test)]

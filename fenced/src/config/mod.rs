@@ -20,6 +20,7 @@
 
 mod agent;
 mod api;
+mod cluster;
 mod device;
 mod ipmi;
 mod redfish;
@@ -35,6 +36,7 @@ mod witness_disk;
 mod witness_network;
 
 pub use api::{ApiConfig, ApiSecurity, CertMatch, ClientCertRule, Role, TlsConfig};
+pub use cluster::ClusterConfig;
 pub use device::{DeviceConfig, DeviceKind, DeviceSelection};
 pub use relay::{RelayLine, RelaySettings};
 pub use sbd::SbdSettings;
@@ -103,6 +105,7 @@ struct RawConfig {
     witnesses: BTreeMap<String, Spanned<witness::RawWitness>>,
     #[serde(default)]
     targets: BTreeMap<String, Spanned<targets::RawTarget>>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +146,8 @@ pub struct Config {
     /// The board (and HAT) this fence controller is, when the file names one: every relay
     /// line, serial port and watchdog device was checked against it.
     pub board: Option<boards::Fitted>,
+    /// `[cluster]`: the fencer cluster this node joins; `None` runs alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Daemon paths and name.
@@ -398,6 +403,7 @@ impl Config {
         }
         let witnesses = witness::resolve(&ctx, raw.witnesses)?;
         let targets = targets::resolve(&ctx, raw.targets, &raw.defaults, &devices, &witnesses)?;
+        let cluster = cluster::resolve(&ctx, raw.cluster, &daemon.node_name, &devices)?;
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -408,6 +414,7 @@ impl Config {
             witnesses,
             targets,
             board,
+            cluster,
         })
     }
 

@@ -75,6 +75,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>, dir: &std::path::Path) -> Confi
         witnesses: Default::default(),
         targets: targets.into_iter().map(|t| (t.name.clone(), t)).collect(),
         board: None,
+        cluster: None,
     }
 }
 

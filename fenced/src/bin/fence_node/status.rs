@@ -4,7 +4,8 @@
 use crate::error::CliError;
 use crate::output::{level_names, op_line, print_json, table};
 use crate::{Exit, StatusArgs, Ui};
-use fenced::client::encode;
+use fenced::client::{encode, ClientError};
+use fenced::cluster::ClusterView;
 use fenced::model::{PauseStatus, TargetSummary};
 use serde_json::Value;
 
@@ -87,5 +88,54 @@ async fn all(ui: &Ui) -> Result<Exit, CliError> {
         })
         .collect();
     table(&["TARGET", "LEVELS", "LAST OPERATION"], &rows);
+    cluster(ui).await?;
     Ok(Exit::Ok)
+}
+
+/// The fencer cluster's members, quorum and executors, when the daemon is a member (a daemon
+/// without `[cluster]`, or older than the route, prints nothing).
+async fn cluster(ui: &Ui) -> Result<(), CliError> {
+    let view: ClusterView = match ui.client.call_as("GET", "/v1/cluster", None, None).await {
+        Ok((v, _)) => v,
+        Err(ClientError::Api { status: 404, .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(st) = view.status else {
+        return Ok(());
+    };
+    drivers::outln!(
+        "cluster `{}` as {}: {}, {}{}",
+        st.group,
+        st.node_name,
+        if st.joined { "joined" } else { "NOT JOINED" },
+        if st.quorate {
+            "quorate"
+        } else {
+            "NO QUORUM (new operations refused)"
+        },
+        if st.allow_without_quorum {
+            " (allow_without_quorum: DANGEROUS)"
+        } else {
+            ""
+        }
+    );
+    if let Some(why) = &st.lost {
+        drivers::outln!("  lost: {why}");
+    }
+    drivers::outln!("  members: {}", st.members.join(", "));
+    for op in &st.in_flight {
+        let over = if op.takeovers > 0 {
+            format!(" (taken over {} times)", op.takeovers)
+        } else {
+            String::new()
+        };
+        drivers::outln!(
+            "  in flight: {} {} ({}), executed by {}{over}",
+            op.target,
+            op.action,
+            op.op,
+            op.executor
+        );
+    }
+    Ok(())
 }

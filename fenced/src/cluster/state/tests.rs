@@ -1,0 +1,617 @@
+//! The agreement core against random delivered sequences: a simulated CPG group (members
+//! join, leave, lose quorum, claim, execute, lie) drives every member's [`Member`] with the
+//! same total order, and the properties are checked on what they derive.
+
+use super::*;
+use proptest::prelude::*;
+
+const TARGETS: [&str; 3] = ["n1", "n2", "n3"];
+
+fn hello(name: &str, reaches: &[&str]) -> Hello {
+    Hello {
+        name: name.into(),
+        reaches: reaches.iter().map(|s| s.to_string()).collect(),
+        digests: TARGETS
+            .iter()
+            .map(|t| (t.to_string(), "d0".to_string()))
+            .collect(),
+        allow_without_quorum: false,
+    }
+}
+
+fn levels(target: &str) -> Vec<Vec<String>> {
+    vec![vec![format!("bmc-{target}")], vec!["pdu".into()]]
+}
+
+fn m(node: u32, pid: u32) -> MemberId {
+    MemberId { node, pid }
+}
+
+/// A simulated group: the delivered sequence so far, every member's side, and what the test
+/// needs to check the properties.
+struct Sim {
+    members: Vec<Member>,
+    delivered: Vec<Delivered>,
+    next_pid: u32,
+    next_op: u64,
+    /// Every `Execute` any member derived, with the delivery index.
+    executes: Vec<(usize, OpKey, MemberId, bool)>,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim {
+            members: Vec::new(),
+            delivered: Vec::new(),
+            next_pid: 100,
+            next_op: 1,
+            executes: Vec::new(),
+        }
+    }
+
+    fn ids(&self) -> Vec<MemberId> {
+        self.members.iter().map(|m| m.me).collect()
+    }
+
+    /// The member holding the state with the lowest id (the test's reference view).
+    fn reference(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.synced)
+    }
+
+    /// Delivers `d` to every member, then multicasts what the effects ask for (a snapshot).
+    fn deliver(&mut self, d: Delivered) {
+        let idx = self.delivered.len();
+        self.delivered.push(d.clone());
+        let mut sends = Vec::new();
+        for mem in &mut self.members {
+            for e in mem.apply(&d) {
+                match e {
+                    Effect::SendSync {
+                        sender,
+                        for_members,
+                        snapshot,
+                    } if sender == mem.me => {
+                        // Through the wire encoding, as CPG carries it.
+                        let msg = Message::Sync {
+                            for_members,
+                            snapshot,
+                        };
+                        let msg = crate::cluster::wire::decode(
+                            &crate::cluster::wire::encode(&msg).unwrap(),
+                        )
+                        .unwrap();
+                        sends.push(Delivered::Message { from: sender, msg })
+                    }
+                    Effect::Execute {
+                        op,
+                        executor,
+                        takeover,
+                    } if executor == mem.me => {
+                        self.executes.push((idx, op, executor, takeover));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for s in sends {
+            self.deliver(s);
+        }
+    }
+
+    fn join(&mut self, node: u32) {
+        let id = m(node, self.next_pid);
+        self.next_pid += 1;
+        self.members.push(Member::new(id));
+        self.members.sort_by_key(|x| x.me);
+        let ids = self.ids();
+        self.deliver(Delivered::Membership {
+            members: ids,
+            joined: vec![id],
+        });
+        let name = format!("n{node}");
+        let reaches: Vec<String> = TARGETS
+            .iter()
+            .filter(|t| **t != name)
+            .map(|t| format!("bmc-{t}"))
+            .collect();
+        let r: Vec<&str> = reaches.iter().map(String::as_str).collect();
+        self.deliver(Delivered::Message {
+            from: id,
+            msg: Message::Hello(hello(&name, &r)),
+        });
+        self.deliver(Delivered::Message {
+            from: id,
+            msg: Message::Quorum { quorate: true },
+        });
+    }
+
+    fn leave(&mut self, i: usize) {
+        if self.members.len() <= 1 {
+            return;
+        }
+        self.members.remove(i % self.members.len());
+        let ids = self.ids();
+        self.deliver(Delivered::Membership {
+            members: ids.clone(),
+            joined: Vec::new(),
+        });
+        // As the runtime does: every member says its quorum again after a change.
+        for from in ids {
+            self.deliver(Delivered::Message {
+                from,
+                msg: Message::Quorum { quorate: true },
+            });
+        }
+    }
+
+    fn running(&self) -> Vec<ClusterOp> {
+        self.reference()
+            .map(|r| {
+                r.state
+                    .active
+                    .values()
+                    .filter_map(|k| r.state.ops.get(k).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One step chosen by `c`.
+    fn step(&mut self, c: (u8, u8, u8)) {
+        let (kind, a, b) = c;
+        let n = self.members.len().max(1);
+        match kind % 10 {
+            0 => self.join(u32::from(a % 4) + 1),
+            1 => self.leave(usize::from(a)),
+            2 => {
+                let from = self.members[usize::from(a) % n].me;
+                self.deliver(Delivered::Message {
+                    from,
+                    msg: Message::Quorum {
+                        quorate: b % 3 != 0,
+                    },
+                });
+            }
+            3..=5 => {
+                let from = self.members[usize::from(a) % n].me;
+                let target = TARGETS[usize::from(b) % 3];
+                let action = if b % 2 == 0 { Action::Off } else { Action::On };
+                let op = self.next_op;
+                self.next_op += 1;
+                self.deliver(Delivered::Message {
+                    from,
+                    msg: Message::Claim(Claim {
+                        origin_op: op,
+                        target: target.into(),
+                        action,
+                        request_id: (b % 5 == 0).then(|| format!("r{}", a % 3)),
+                        levels: levels(target),
+                        reason: "test".into(),
+                    }),
+                });
+            }
+            _ => {
+                let ops = self.running();
+                if ops.is_empty() {
+                    return;
+                }
+                let op = &ops[usize::from(a) % ops.len()];
+                // Mostly the executor speaks; sometimes another member (it must be ignored).
+                let from = if b % 7 == 0 {
+                    self.members[usize::from(b) % n].me
+                } else {
+                    op.executor
+                };
+                let msg = match kind % 10 {
+                    6 => Message::Started {
+                        op: op.key,
+                        local_id: u64::from(b),
+                    },
+                    7 => Message::Confirmed {
+                        op: op.key,
+                        proof: Proof::PowerReadBack {
+                            detail: "bmc read back".into(),
+                        },
+                    },
+                    8 => Message::Outcome {
+                        op: op.key,
+                        result: ExecResult::Succeeded {
+                            summary: "done".into(),
+                        },
+                        record: None,
+                    },
+                    _ => Message::Outcome {
+                        op: op.key,
+                        result: ExecResult::Failed {
+                            code: "x".into(),
+                            message: "device error".into(),
+                        },
+                        record: None,
+                    },
+                };
+                self.deliver(Delivered::Message { from, msg });
+            }
+        }
+    }
+}
+
+fn run(steps: &[(u8, u8, u8)]) -> Sim {
+    let mut sim = Sim::new();
+    sim.join(1);
+    sim.join(2);
+    for s in steps {
+        sim.step(*s);
+    }
+    sim
+}
+
+fn steps() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
+    proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 0..120)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every member holding the state (founders and members that joined later and adopted a
+    /// snapshot) derives the same state from the same delivered sequence.
+    #[test]
+    fn members_agree(s in steps()) {
+        let sim = run(&s);
+        let synced: Vec<&Member> = sim.members.iter().filter(|m| m.synced).collect();
+        prop_assert!(!synced.is_empty());
+        for w in synced.windows(2) {
+            prop_assert_eq!(&w[0].state, &w[1].state, "{} and {} differ", w[0].me, w[1].me);
+        }
+        // And the state replayed from the whole sequence by one that founded the group.
+        let mut replay = ClusterState::default();
+        for d in &sim.delivered {
+            let _ = replay.apply(d);
+        }
+        prop_assert_eq!(&replay, &synced[0].state);
+    }
+
+    /// Conflicting claims in any interleaving: while an operation with one action owns a
+    /// target (from its acceptance to its finish), no operation with another action on that
+    /// target is ever executed, by any member.
+    #[test]
+    fn no_conflicting_execution(s in steps()) {
+        let sim = run(&s);
+        let mut replay = ClusterState::default();
+        // op -> (target, action, accepted at, finished at)
+        let mut spans: BTreeMap<OpKey, (String, Action, usize, usize)> = BTreeMap::new();
+        for (i, d) in sim.delivered.iter().enumerate() {
+            for e in replay.apply(d) {
+                match e {
+                    Effect::Execute { op, .. } => {
+                        if let Some(o) = replay.ops.get(&op) {
+                            spans.entry(op).or_insert((o.target.clone(), o.action, i, usize::MAX));
+                        }
+                    }
+                    Effect::Finished { op } => {
+                        if let Some(s) = spans.get_mut(&op) {
+                            s.3 = i;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (idx, op, _, _) in &sim.executes {
+            let Some((t, a, _, _)) = spans.get(op) else { continue };
+            for (other, (t2, a2, from, to)) in &spans {
+                if other != op && t2 == t && a2 != a {
+                    prop_assert!(!(from < idx && idx < to),
+                        "{op} ({a}) executed at {idx} inside {other} ({a2}) on {t}, {from}..{to}");
+                }
+            }
+        }
+    }
+
+    /// A success is recorded only after its final executor delivered a read-back of its own,
+    /// after it took over; never the previous executor's, never none.
+    #[test]
+    fn success_needs_read_back_from_final_executor(s in steps()) {
+        let sim = run(&s);
+        let mut replay = ClusterState::default();
+        // op -> (executor, has it delivered a Confirmed since it became executor)
+        let mut conf: BTreeMap<OpKey, (MemberId, bool)> = BTreeMap::new();
+        for d in &sim.delivered {
+            if let Delivered::Message { from, msg: Message::Confirmed { op, .. } } = d {
+                if let Some(c) = conf.get_mut(op) {
+                    if c.0 == *from {
+                        c.1 = true;
+                    }
+                }
+            }
+            for e in replay.apply(d) {
+                if let Effect::Execute { op, executor, .. } = e {
+                    conf.insert(op, (executor, false));
+                }
+            }
+        }
+        for r in &replay.log {
+            if let Record::Finished { op, phase: OpPhase::Succeeded, proof, .. } = r {
+                prop_assert!(proof.is_some());
+                prop_assert!(conf.get(op).is_some_and(|c| c.1), "{op} succeeded without a read-back from its executor");
+            }
+        }
+    }
+}
+
+#[test]
+fn executor_is_never_the_target_and_none_means_refusal() {
+    let mut s = ClusterState::default();
+    let (a, b) = (m(1, 1), m(2, 2));
+    s.apply(&Delivered::Membership {
+        members: vec![a, b],
+        joined: vec![a, b],
+    });
+    s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Hello(hello("n1", &["bmc-n2"])),
+    });
+    s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Hello(hello("n2", &["bmc-n2"])),
+    });
+    for x in [a, b] {
+        s.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Quorum { quorate: true },
+        });
+    }
+    // n2 asks to fence itself: n1 reaches n2's BMC and executes.
+    let fx = s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Claim(Claim {
+            origin_op: 1,
+            target: "n2".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n2"),
+            reason: "t".into(),
+        }),
+    });
+    assert!(fx.contains(&Effect::Execute {
+        op: OpKey {
+            origin: b,
+            origin_op: 1
+        },
+        executor: a,
+        takeover: false
+    }));
+    // Nobody reaches n1's devices: refused, naming them.
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Claim(Claim {
+            origin_op: 2,
+            target: "n1".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n1"),
+            reason: "t".into(),
+        }),
+    });
+    match &fx[0] {
+        Effect::Decided {
+            result: Err(Refusal::NoExecutor { devices, .. }),
+            ..
+        } => assert_eq!(devices, "bmc-n1, pdu"),
+        other => panic!("expected a no-executor refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn no_quorum_refuses_and_config_mismatch_names_members() {
+    let mut s = ClusterState::default();
+    let (a, b) = (m(1, 1), m(2, 2));
+    s.apply(&Delivered::Membership {
+        members: vec![a, b],
+        joined: vec![a, b],
+    });
+    s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Hello(hello("n1", &["bmc-n3"])),
+    });
+    let claim = |n| {
+        Message::Claim(Claim {
+            origin_op: n,
+            target: "n3".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n3"),
+            reason: "t".into(),
+        })
+    };
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: claim(1),
+    });
+    assert!(
+        matches!(&fx[0], Effect::Decided { result: Err(Refusal::NoQuorum { member }), .. } if member == "n1")
+    );
+    s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Quorum { quorate: true },
+    });
+    let mut other = hello("n2", &[]);
+    other.digests.insert("n3".into(), "d1-different".into());
+    s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Hello(other),
+    });
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: claim(2),
+    });
+    match &fx[0] {
+        Effect::Decided {
+            result: Err(Refusal::ConfigMismatch { groups, .. }),
+            ..
+        } => assert_eq!(groups, "d0: n1; d1-different: n2"),
+        other => panic!("expected a config mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn executor_leaving_hands_over_and_the_last_one_fails_the_operation() {
+    let mut s = ClusterState::default();
+    let (a, b, c) = (m(1, 1), m(2, 2), m(3, 3));
+    s.apply(&Delivered::Membership {
+        members: vec![a, b, c],
+        joined: vec![a, b, c],
+    });
+    for (x, n) in [(a, "n1"), (b, "n2"), (c, "n3")] {
+        s.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Hello(hello(n, &["bmc-n1"])),
+        });
+        s.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Quorum { quorate: true },
+        });
+    }
+    let key = OpKey {
+        origin: c,
+        origin_op: 1,
+    };
+    s.apply(&Delivered::Message {
+        from: c,
+        msg: Message::Claim(Claim {
+            origin_op: 1,
+            target: "n1".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n1"),
+            reason: "t".into(),
+        }),
+    });
+    assert_eq!(s.ops[&key].executor, c);
+    s.apply(&Delivered::Message {
+        from: c,
+        msg: Message::Confirmed {
+            op: key,
+            proof: Proof::PowerReadBack { detail: "x".into() },
+        },
+    });
+    // c leaves before its outcome: once b says it is quorate (quorum is forgotten at every
+    // change that loses members), b takes over, and c's read-back no longer counts.
+    let fx = s.apply(&Delivered::Membership {
+        members: vec![a, b],
+        joined: vec![],
+    });
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(s.ops[&key].executor, c);
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Quorum { quorate: true },
+    });
+    assert!(fx.is_empty(), "a is the target, b has not said: {fx:?}");
+    let fx = s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Quorum { quorate: true },
+    });
+    assert!(fx.contains(&Effect::Execute {
+        op: key,
+        executor: b,
+        takeover: true
+    }));
+    assert_eq!(s.ops[&key].proof, None);
+    // A success without b's own read-back is recorded as a failure.
+    let fx = s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Outcome {
+            op: key,
+            result: ExecResult::Succeeded {
+                summary: "ok".into(),
+            },
+            record: None,
+        },
+    });
+    assert_eq!(fx, vec![Effect::Finished { op: key }]);
+    assert_eq!(s.ops[&key].phase, OpPhase::Failed);
+}
+
+#[test]
+fn a_member_cut_off_neither_claims_nor_takes_over_on_its_old_quorum() {
+    let mut s = ClusterState::default();
+    let (a, b, c) = (m(1, 1), m(2, 2), m(3, 3));
+    s.apply(&Delivered::Membership {
+        members: vec![a, b, c],
+        joined: vec![a, b, c],
+    });
+    for (x, n) in [(a, "n1"), (b, "n2"), (c, "n3")] {
+        s.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Hello(hello(n, &["bmc-n3", "bmc-n2"])),
+        });
+        s.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Quorum { quorate: true },
+        });
+    }
+    // b executes a fence of n3; then a is cut off: its view is {a} alone.
+    let key = OpKey {
+        origin: b,
+        origin_op: 1,
+    };
+    s.apply(&Delivered::Message {
+        from: b,
+        msg: Message::Claim(Claim {
+            origin_op: 1,
+            target: "n3".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n3"),
+            reason: "t".into(),
+        }),
+    });
+    assert_eq!(s.ops[&key].executor, b);
+    let fx = s.apply(&Delivered::Membership {
+        members: vec![a],
+        joined: vec![],
+    });
+    assert!(
+        fx.is_empty(),
+        "nothing is taken over before a says its quorum: {fx:?}"
+    );
+    // A claim a sent before its quorum service spoke is refused, not judged on the old quorum.
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Claim(Claim {
+            origin_op: 2,
+            target: "n2".into(),
+            action: Action::Off,
+            request_id: None,
+            levels: levels("n2"),
+            reason: "t".into(),
+        }),
+    });
+    assert!(
+        matches!(
+            &fx[0],
+            Effect::Decided {
+                result: Err(Refusal::NoQuorum { .. }),
+                ..
+            }
+        ),
+        "{fx:?}"
+    );
+    // a says it has no quorum: the orphaned operation fails on a's side, nobody executes.
+    let fx = s.apply(&Delivered::Message {
+        from: a,
+        msg: Message::Quorum { quorate: false },
+    });
+    assert_eq!(fx, vec![Effect::Finished { op: key }]);
+    assert_eq!(s.ops[&key].phase, OpPhase::Failed);
+    match &s.ops[&key].result {
+        Some(ExecResult::Failed { code, message }) => {
+            assert_eq!(code, "executor_left");
+            assert!(
+                message.contains("have no quorum") && message.contains("n1"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
