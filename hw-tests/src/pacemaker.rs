@@ -119,7 +119,9 @@ const RELAY_POLL: Duration = Duration::from_millis(100);
 impl UdpRelay {
     /// Binds a free port on the switch and forwards what arrives there to `to`.
     pub fn start(net: &LabNet, to: SocketAddr) -> Result<UdpRelay, PacemakerError> {
-        let front = net.bind_udp(0).map_err(setup("relay socket on the switch"))?;
+        let front = net
+            .bind_udp(0)
+            .map_err(setup("relay socket on the switch"))?;
         let addr = front.local_addr().map_err(setup("relay socket address"))?;
         front
             .set_read_timeout(Some(RELAY_POLL))
@@ -314,15 +316,16 @@ impl PacemakerCluster {
             .enable_all()
             .build()
             .map_err(setup("PDU runtime"))?;
-        let model = drivers::pdu::model::by_name("apc-rpdu").ok_or_else(|| {
-            PacemakerError::Setup {
+        let model =
+            drivers::pdu::model::by_name("apc-rpdu").ok_or_else(|| PacemakerError::Setup {
                 step: "PDU model".into(),
                 message: "no apc-rpdu model in drivers::pdu::model".into(),
-            }
-        })?;
+            })?;
         let mut pspec = PduLabSpec::new(1, nodes.max(8), model);
         pspec.community = Some(Secret::new(COMMUNITY.as_bytes().to_vec()));
-        let pdu = rt.block_on(PduLab::start(pspec)).map_err(setup("lab PDU"))?;
+        let pdu = rt
+            .block_on(PduLab::start(pspec))
+            .map_err(setup("lab PDU"))?;
         let pdu_handle = pdu
             .pdus()
             .first()
@@ -518,16 +521,11 @@ impl PacemakerCluster {
 
     /// The tail of `node`'s Pacemaker log (empty while the node is off).
     pub fn pacemaker_log(&self, node: &str, lines: usize) -> String {
-        let Some(root) = self
-            .lab
-            .node(node)
-            .ok()
-            .and_then(|n| n.lab_node().root())
-        else {
+        let Some(root) = self.lab.node(node).ok().and_then(|n| n.lab_node().root()) else {
             return String::new();
         };
-        let text =
-            std::fs::read_to_string(root.join("var/log/pacemaker/pacemaker.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(root.join("var/log/pacemaker/pacemaker.log"))
+            .unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -587,7 +585,10 @@ impl PacemakerCluster {
         stonith_enabled: bool,
     ) -> Result<(), PacemakerError> {
         for (name, value) in [
-            ("stonith-enabled", if stonith_enabled { "true" } else { "false" }),
+            (
+                "stonith-enabled",
+                if stonith_enabled { "true" } else { "false" },
+            ),
             ("stonith-action", "off"),
             ("stonith-timeout", "60s"),
             ("no-quorum-policy", "stop"),
@@ -617,13 +618,18 @@ impl PacemakerCluster {
             let t = n.name();
             let params = match device {
                 StonithDevice::Palisade => {
-                    vec![("pcmk_host_list", t.to_string()), ("socket", FENCED_SOCKET.to_string())]
+                    vec![
+                        ("pcmk_host_list", t.to_string()),
+                        ("socket", FENCED_SOCKET.to_string()),
+                    ]
                 }
                 StonithDevice::IpmiLan => {
-                    let addr = self.bmc_relay_addr(t).ok_or_else(|| PacemakerError::Setup {
-                        step: "fence_ipmilan device".into(),
-                        message: format!("no lab BMC for {t}"),
-                    })?;
+                    let addr = self
+                        .bmc_relay_addr(t)
+                        .ok_or_else(|| PacemakerError::Setup {
+                            step: "fence_ipmilan device".into(),
+                            message: format!("no lab BMC for {t}"),
+                        })?;
                     vec![
                         ("pcmk_host_list", t.to_string()),
                         // Always a lab address: never this machine's own BMC.
@@ -671,11 +677,27 @@ impl PacemakerCluster {
         );
         resources.push_str("</resources>");
         constraints.push_str("</constraints>");
-        self.tool(via, "cibadmin", &["--replace", "--scope", "resources", "--xml-text", &resources])?;
         self.tool(
             via,
             "cibadmin",
-            &["--replace", "--scope", "constraints", "--xml-text", &constraints],
+            &[
+                "--replace",
+                "--scope",
+                "resources",
+                "--xml-text",
+                &resources,
+            ],
+        )?;
+        self.tool(
+            via,
+            "cibadmin",
+            &[
+                "--replace",
+                "--scope",
+                "constraints",
+                "--xml-text",
+                &constraints,
+            ],
         )?;
         Ok(())
     }
@@ -713,7 +735,9 @@ impl PacemakerCluster {
             for pid in n.lab_node().pids() {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-                if args.first().is_some_and(|a| a.ends_with(b"palisade-workload"))
+                if args
+                    .first()
+                    .is_some_and(|a| a.ends_with(b"palisade-workload"))
                     && args.get(1).is_some_and(|a| *a == b"write")
                 {
                     at.push(n.name().to_string());
@@ -834,13 +858,21 @@ pub struct FenceEvent {
     pub delegate: Option<String>,
 }
 
-/// Parses `stonith_admin --history` (Pacemaker 2.1's text: `* off of node1 successful:
-/// delegate=node2, client=…`, or `failed`, or `pending`) (pure).
+/// Parses `stonith_admin --history` (Pacemaker 2.1.5's text: `turning off of node1
+/// successful: delegate=node2, client=…`, `rebooting of …`, `unfencing of …`, each
+/// `successful` or `failed`; pending operations are left out) (pure).
 pub fn parse_stonith_history(text: &str) -> Vec<FenceEvent> {
     text.lines()
         .filter_map(|l| {
-            let l = l.trim().strip_prefix("* ")?;
+            let l = l.trim();
+            let l = l.strip_prefix("* ").unwrap_or(l);
             let (action, rest) = l.split_once(" of ")?;
+            let action = match action {
+                "turning off" => "off",
+                "rebooting" => "reboot",
+                "unfencing" => "on",
+                other => other,
+            };
             let (target, rest) = rest.split_once(' ')?;
             let successful = rest.starts_with("successful");
             if !successful && !rest.starts_with("failed") {
@@ -882,7 +914,7 @@ mod tests {
             vec!["node3"]
         );
         assert!(parse_locate("resource writer is NOT running\n").is_empty());
-        let h = "* off of node1 successful: delegate=node2, client=pacemaker-controld.123, origin=node3, completed='2026-12-07 12:00:00Z'\n* off of node1 failed: delegate=node3, client=x, origin=node3, last-failed='…'\n";
+        let h = "turning off of node1 successful: delegate=node2, client=pacemaker-controld.47, origin=node1, completed='2026-12-07 12:47:51Z'\n* turning off of node1 failed: delegate=node3, client=x, origin=node3, last-failed='…'\n1 event found\n";
         let ev = parse_stonith_history(h);
         assert_eq!(ev.len(), 2);
         assert_eq!(
