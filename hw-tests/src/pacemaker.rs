@@ -279,6 +279,16 @@ pub enum StonithDevice {
     IpmiLan,
 }
 
+/// What runs the writer, as a Pacemaker resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterKind {
+    /// `ocf:heartbeat:anything` running `palisade-workload write` as a plain process.
+    Anything,
+    /// `ocf:heartbeat:lxc`: an LXC 5 container (a busybox-static root file system made here)
+    /// whose init is the writer.
+    Lxc,
+}
+
 /// A three-node (or n-node) Pacemaker cluster on the cluster lab, with its lab BMCs, PDU,
 /// relays, per-node `fenced`, and the shared volume. Dropping it kills every node (and so
 /// every process of the cluster), stops the devices, detaches the loop device and removes
@@ -295,6 +305,9 @@ pub struct PacemakerCluster {
     rt: tokio::runtime::Runtime,
     disk: LoopDevice,
     dir: tempfile::TempDir,
+    /// The LXC container's name: unique per cluster, as LXC's cgroup v1 groups live at the
+    /// root of each hierarchy, shared by every test on the machine.
+    container: String,
 }
 
 impl PacemakerCluster {
@@ -391,6 +404,8 @@ impl PacemakerCluster {
         )
         .map_err(setup("writer script"))?;
         set_mode(&writer, 0o755)?;
+        let container = container_name();
+        make_container(d, &container, &bins.workload, disk.path())?;
 
         for n in lab.nodes() {
             let name = n.name().to_string();
@@ -446,6 +461,7 @@ impl PacemakerCluster {
             rt,
             disk,
             dir,
+            container,
         };
         let names: Vec<String> = c.lab.nodes().iter().map(|n| n.name().to_string()).collect();
         c.wait_online(&names, Duration::from_secs(90))?;
@@ -480,6 +496,11 @@ impl PacemakerCluster {
     /// The shared volume (a loop device every node sees).
     pub fn volume(&self) -> &Path {
         self.disk.path()
+    }
+
+    /// The LXC container's name.
+    pub fn container(&self) -> &str {
+        &self.container
     }
 
     /// The test's files (fenced logs, config).
@@ -583,6 +604,7 @@ impl PacemakerCluster {
         via: &str,
         device: StonithDevice,
         stonith_enabled: bool,
+        writer_kind: WriterKind,
     ) -> Result<(), PacemakerError> {
         for (name, value) in [
             (
@@ -666,14 +688,39 @@ impl PacemakerCluster {
                 "<rsc_location id=\"fence-{t}-not-self\" rsc=\"fence-{t}\" node=\"{t}\" score=\"-INFINITY\"/>"
             );
         }
-        let writer = self.dir.path().join("writer.sh");
+        let params: Vec<(&str, String)> = match writer_kind {
+            WriterKind::Anything => vec![(
+                "binfile",
+                self.dir.path().join("writer.sh").display().to_string(),
+            )],
+            WriterKind::Lxc => vec![
+                ("container", self.container.clone()),
+                (
+                    "config",
+                    self.dir.path().join("lxc.conf").display().to_string(),
+                ),
+                ("log", self.dir.path().join("lxc.log").display().to_string()),
+            ],
+        };
+        let agent = match writer_kind {
+            WriterKind::Anything => "anything",
+            WriterKind::Lxc => "lxc",
+        };
         let _ = write!(
             resources,
-            "<primitive id=\"{WRITER}\" class=\"ocf\" provider=\"heartbeat\" type=\"anything\"><instance_attributes id=\"{WRITER}-ia\">\
-             <nvpair id=\"{WRITER}-binfile\" name=\"binfile\" value=\"{}\"/></instance_attributes>\
-             <operations><op id=\"{WRITER}-monitor\" name=\"monitor\" interval=\"2s\" timeout=\"20s\"/>\
-             <op id=\"{WRITER}-stop\" name=\"stop\" interval=\"0\" timeout=\"20s\"/></operations></primitive>",
-            writer.display()
+            "<primitive id=\"{WRITER}\" class=\"ocf\" provider=\"heartbeat\" type=\"{agent}\"><instance_attributes id=\"{WRITER}-ia\">"
+        );
+        for (k, v) in params {
+            let _ = write!(
+                resources,
+                "<nvpair id=\"{WRITER}-{k}\" name=\"{k}\" value=\"{v}\"/>"
+            );
+        }
+        let _ = write!(
+            resources,
+            "</instance_attributes><operations><op id=\"{WRITER}-monitor\" name=\"monitor\" interval=\"2s\" timeout=\"20s\"/>\
+             <op id=\"{WRITER}-start\" name=\"start\" interval=\"0\" timeout=\"30s\"/>\
+             <op id=\"{WRITER}-stop\" name=\"stop\" interval=\"0\" timeout=\"20s\"/></operations></primitive>"
         );
         resources.push_str("</resources>");
         constraints.push_str("</constraints>");
@@ -728,11 +775,16 @@ impl PacemakerCluster {
     }
 
     /// The nodes on which a `palisade-workload write` process runs now (from each node's
-    /// cgroup, not from Pacemaker's view).
+    /// cgroup tree, containers included, not from Pacemaker's view).
     pub fn writer_processes(&self) -> Vec<String> {
+        self.writer_pids().into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Each `palisade-workload write` process now running: its node and host pid.
+    pub fn writer_pids(&self) -> Vec<(String, u32)> {
         let mut at = Vec::new();
         for n in self.lab.nodes() {
-            for pid in n.lab_node().pids() {
+            for pid in cgroup_tree_pids(n.lab_node().cgroup_path()) {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
                 if args
@@ -740,7 +792,7 @@ impl PacemakerCluster {
                     .is_some_and(|a| a.ends_with(b"palisade-workload"))
                     && args.get(1).is_some_and(|a| *a == b"write")
                 {
-                    at.push(n.name().to_string());
+                    at.push((n.name().to_string(), pid));
                 }
             }
         }
@@ -779,6 +831,154 @@ impl PacemakerCluster {
             })?;
         Ok(v.as_array().cloned().unwrap_or_default())
     }
+}
+
+impl Drop for PacemakerCluster {
+    fn drop(&mut self) {
+        // Every process first (containers included), then the cgroups LXC made: nested in
+        // each node's cgroup v2 group (which cannot be removed while they exist) and at the
+        // root of every cgroup v1 hierarchy (this machine's cgroups are hybrid).
+        for n in self.lab.nodes() {
+            let _ = n.lab_node().power_off();
+            remove_cgroup_children(n.lab_node().cgroup_path());
+        }
+        for dir in lxc_cgroups(&self.container) {
+            remove_cgroup_children(&dir);
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// A container name no other cluster on the machine uses.
+fn container_name() -> String {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "pw{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The cgroup directories LXC makes for `container` (`lxc.payload.NAME`,
+/// `lxc.monitor.NAME`, …) at the root of each mounted hierarchy, that exist now.
+pub fn lxc_cgroups(container: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for h in hier.flatten() {
+        let Ok(groups) = std::fs::read_dir(h.path()) else {
+            continue;
+        };
+        for g in groups.flatten() {
+            let name = g.file_name().to_string_lossy().to_string();
+            if name.starts_with("lxc.")
+                && (name.ends_with(&format!(".{container}"))
+                    || name.contains(&format!(".{container}-")))
+            {
+                out.push(g.path());
+            }
+        }
+    }
+    out
+}
+
+/// Removes every group below `dir`, deepest first (their processes must be dead).
+fn remove_cgroup_children(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_children(&e.path());
+            for _ in 0..100 {
+                if std::fs::remove_dir(e.path()).is_ok() || !e.path().exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Every process in the cgroup `dir` and the groups below it.
+fn cgroup_tree_pids(dir: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_tree_pids(&e.path()));
+            }
+        }
+    }
+    pids
+}
+
+/// Makes the writer's LXC container in `dir`: a busybox-static root file system
+/// (`rootfs/`), its init script and `lxc.conf`. The container shares the node's network
+/// (`lxc.net.0.type = none`: the writer needs none), sees the host's libraries and the
+/// workload binary read-only, the shared volume, and the node's `/run/palisade` (for the
+/// node's name, so one configuration serves every node).
+fn make_container(
+    dir: &Path,
+    name: &str,
+    workload: &Path,
+    volume: &Path,
+) -> Result<(), PacemakerError> {
+    let root = dir.join("rootfs");
+    for d in [
+        "bin", "dev", "proc", "sys", "run", "tmp", "lib", "lib64", "usr", "work",
+    ] {
+        std::fs::create_dir_all(root.join(d)).map_err(setup("container root file system"))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(setup(
+        "busybox-static into the container (Debian package busybox-static)",
+    ))?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(setup("container sh"))?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/cat")).map_err(setup("container cat"))?;
+    let exe = workload
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let bin_dir = workload.parent().unwrap_or(Path::new("/"));
+    std::fs::write(
+        root.join("init.sh"),
+        format!(
+            "#!/bin/sh
+exec /work/{exe} write --device {} --node \"$(cat /run/palisade/node)\" --interval-ms 5\n",
+            volume.display()
+        ),
+    )
+    .map_err(setup("container init"))?;
+    set_mode(&root.join("init.sh"), 0o755)?;
+    let vol = volume.display().to_string();
+    let conf = format!(
+        "# The drill's writer as an LXC container (hw-tests/src/pacemaker.rs).\n\
+         lxc.uts.name = {name}\n\
+         lxc.rootfs.path = dir:{root}\n\
+         lxc.net.0.type = none\n\
+         lxc.init.cmd = /init.sh\n\
+         lxc.mount.auto = proc:mixed sys:ro\n\
+         lxc.mount.entry = /lib lib none ro,bind 0 0\n\
+         lxc.mount.entry = /lib64 lib64 none ro,bind 0 0\n\
+         lxc.mount.entry = /usr usr none ro,bind 0 0\n\
+         lxc.mount.entry = {bins} work none ro,bind 0 0\n\
+         lxc.mount.entry = /run/palisade run/palisade none ro,bind,create=dir 0 0\n\
+         lxc.mount.entry = {vol} {vol_rel} none bind,create=file 0 0\n\
+         # Loop devices (major 7) for the shared volume.\n\
+         lxc.cgroup.devices.allow = b 7:* rwm\n\
+         lxc.apparmor.profile = unconfined\n",
+        root = root.display(),
+        bins = bin_dir.display(),
+        vol_rel = vol.trim_start_matches('/'),
+    );
+    std::fs::write(dir.join("lxc.conf"), conf).map_err(setup("lxc.conf"))?;
+    Ok(())
 }
 
 /// The command that starts Pacemaker on a node: its private state and log directories, the

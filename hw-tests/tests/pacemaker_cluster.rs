@@ -14,7 +14,9 @@
 
 use hw_tests::drill::mono_ns;
 use hw_tests::drill::volume::{check, Slot, Verdict, Volume};
-use hw_tests::pacemaker::{PacemakerBins, PacemakerCluster, StonithDevice};
+use hw_tests::pacemaker::{
+    lxc_cgroups, PacemakerBins, PacemakerCluster, StonithDevice, WriterKind,
+};
 use hw_tests::require;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -232,6 +234,7 @@ struct Leftovers {
     netns: Vec<String>,
     cgroups: Vec<PathBuf>,
     loopdev: PathBuf,
+    container: String,
 }
 
 fn leftovers(c: &PacemakerCluster) -> Leftovers {
@@ -240,6 +243,7 @@ fn leftovers(c: &PacemakerCluster) -> Leftovers {
         netns: vec![c.lab().net().switch_netns_name().to_string()],
         cgroups: Vec::new(),
         loopdev: c.volume().to_path_buf(),
+        container: c.container().to_string(),
     };
     for n in c.lab().nodes() {
         l.pids.extend(n.lab_node().pids());
@@ -255,6 +259,8 @@ fn assert_nothing_left(l: &Leftovers) {
         assert!(!Path::new("/run/netns").join(n).exists(), "{n}");
     }
     assert!(l.cgroups.iter().all(|c| !c.exists()), "{:?}", l.cgroups);
+    let lxc = lxc_cgroups(&l.container);
+    assert!(lxc.is_empty(), "LXC's cgroups survived: {lxc:?}");
     let name = l.loopdev.file_name().unwrap().to_string_lossy().to_string();
     let backing = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"));
     assert!(backing.is_err(), "{name} still attached: {backing:?}");
@@ -270,7 +276,8 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     let started = Instant::now();
     let c = PacemakerCluster::start(3, &bins()).unwrap();
     let formed = started.elapsed();
-    c.configure("node1", StonithDevice::Palisade, true).unwrap();
+    c.configure("node1", StonithDevice::Palisade, true, WriterKind::Lxc)
+        .unwrap();
     let f = failover(&c, FaultKind::PowerOff, true, Duration::from_secs(2));
     eprintln!(
         "power off of {}: writer on {:?} after {:?} (cluster formed in {formed:?}); {}",
@@ -283,6 +290,13 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     // The old node is off at its BMC: fencing really cut its power.
     assert!(!c.bmcs().bmc(&f.old).unwrap().power());
     assert_eq!(f.old_after_fault, 0);
+    // And the writer is a real LXC container: its process is in LXC's payload cgroup.
+    let (_, pid) = c.writer_pids()[0];
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cg.contains(&format!("lxc.payload.{}", c.container())),
+        "the writer is not in its container: {cg}"
+    );
     let l = leftovers(&c);
     drop(c);
     assert_nothing_left(&l);
