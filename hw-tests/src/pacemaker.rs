@@ -799,6 +799,26 @@ impl PacemakerCluster {
         at
     }
 
+    /// Freezes `node`'s cluster stack: SIGSTOP to its Corosync and every Pacemaker daemon
+    /// (`pacemakerd`, `pacemaker-*`), leaving the rest (fenced, the writer) running, as a
+    /// node whose cluster software hangs. Returns the pids stopped.
+    pub fn freeze_cluster_stack(&self, node: &str) -> Result<Vec<u32>, PacemakerError> {
+        let n = self.lab.node(node)?;
+        let mut stopped = Vec::new();
+        for pid in cgroup_tree_pids(n.lab_node().cgroup_path()) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let comm = comm.trim();
+            if comm == "corosync" || comm.starts_with("pacemaker") {
+                let raw = i32::try_from(pid).map_err(setup("pid"))?;
+                // SAFETY: kill(2) with a pid read from the node's own cgroup just now.
+                if unsafe { libc::kill(raw, libc::SIGSTOP) } == 0 {
+                    stopped.push(pid);
+                }
+            }
+        }
+        Ok(stopped)
+    }
+
     /// Pacemaker's fence history for `target` as `via` reports it (`stonith_admin --history`).
     pub fn pacemaker_fence_history(
         &self,
@@ -981,6 +1001,11 @@ exec /work/{exe} write --device {} --node \"$(cat /run/palisade/node)\" --interv
     Ok(())
 }
 
+/// The CIB each node boots with: empty but for `dc-deadtime`, which Pacemaker waits at start
+/// for a DC to show up (default 20 s; the lab's nodes boot together in a second). Every
+/// node has the same epoch 1, so a node that reboots takes the cluster's newer CIB.
+const BOOTSTRAP_CIB: &str = "<cib validate-with=\"pacemaker-3.9\" epoch=\"1\" num_updates=\"0\" admin_epoch=\"0\"><configuration><crm_config><cluster_property_set id=\"cib-bootstrap-options\"><nvpair id=\"cib-bootstrap-options-dc-deadtime\" name=\"dc-deadtime\" value=\"2s\"/></cluster_property_set></crm_config><nodes/><resources/><constraints/></configuration><status/></cib>";
+
 /// The command that starts Pacemaker on a node: its private state and log directories, the
 /// agents overlay, then `pacemakerd -f`.
 fn pacemakerd_command(agents: &Path) -> Command {
@@ -988,11 +1013,15 @@ fn pacemakerd_command(agents: &Path) -> Command {
         r#"set -e
 for d in /var/lib/pacemaker /var/log/pacemaker; do mount -t tmpfs -o mode=0770 tmpfs "$d"; done
 for d in cib pengine blackbox cores; do mkdir -p -m 0750 /var/lib/pacemaker/$d; done
+cat > /var/lib/pacemaker/cib/cib.xml <<'CIB'
+{bootstrap}
+CIB
 chown -R hacluster:haclient /var/lib/pacemaker /var/log/pacemaker
 mount -t overlay overlay -o lowerdir={agents}:/usr/sbin /usr/sbin
 exec pacemakerd -f
 "#,
-        agents = agents.display()
+        agents = agents.display(),
+        bootstrap = BOOTSTRAP_CIB,
     );
     let mut c = Command::new("sh");
     c.arg("-c")

@@ -89,8 +89,12 @@ struct Failover {
     verdict: Verdict,
     /// From the fault to the new node's first record.
     fault_to_new_write: Option<Duration>,
-    /// Records of the old node written after the fault.
+    /// Records of the old node written after the fault began (it keeps writing until it is
+    /// fenced unless the fault killed it).
     old_after_fault: usize,
+    /// Records of the old node timestamped after the fault call returned (for a power off:
+    /// after every process of the node was reaped; must be 0 then).
+    old_after_fault_returned: usize,
 }
 
 /// The fault injected into the active node.
@@ -100,6 +104,8 @@ enum FaultKind {
     PowerOff,
     /// (a) all its lab traffic dropped (nftables in its namespace); it keeps running.
     NetworkCut,
+    /// (b) its Corosync and Pacemaker daemons frozen (SIGSTOP); the writer keeps running.
+    Freeze,
 }
 
 /// Starts the cluster, configures it, waits for the writer, injects `fault` on the writer's
@@ -109,6 +115,7 @@ fn failover(
     fault: FaultKind,
     expect_new: bool,
     settle: Duration,
+    prepare: impl FnOnce(&str),
 ) -> Failover {
     let old = c.wait_writer("node1", Duration::from_secs(90)).unwrap();
     let dev = c.volume().to_path_buf();
@@ -118,13 +125,19 @@ fn failover(
         assert!(Instant::now() < until, "{old} never wrote");
         std::thread::sleep(Duration::from_millis(50));
     }
+    prepare(&old);
     let t_fault = mono_ns();
     match fault {
         FaultKind::PowerOff => {
             c.lab().power_off(&old).unwrap();
         }
         FaultKind::NetworkCut => c.lab().cut(&old).unwrap(),
+        FaultKind::Freeze => {
+            let stopped = c.freeze_cluster_stack(&old).unwrap();
+            assert!(stopped.len() >= 7, "froze only {stopped:?}");
+        }
     }
+    let t_fault_returned = mono_ns();
     let until = Instant::now()
         + if expect_new {
             Duration::from_secs(90)
@@ -156,6 +169,10 @@ fn failover(
         old_after_fault: recs
             .iter()
             .filter(|r| r.node == old && r.mono_ns > t_fault)
+            .count(),
+        old_after_fault_returned: recs
+            .iter()
+            .filter(|r| r.node == old && r.mono_ns > t_fault_returned)
             .count(),
         fault_to_new_write: first_new.map(|t| Duration::from_nanos(t.saturating_sub(t_fault))),
         old,
@@ -278,7 +295,13 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     let formed = started.elapsed();
     c.configure("node1", StonithDevice::Palisade, true, WriterKind::Lxc)
         .unwrap();
-    let f = failover(&c, FaultKind::PowerOff, true, Duration::from_secs(2));
+    let f = failover(
+        &c,
+        FaultKind::PowerOff,
+        true,
+        Duration::from_secs(2),
+        |_| {},
+    );
     eprintln!(
         "power off of {}: writer on {:?} after {:?} (cluster formed in {formed:?}); {}",
         f.old,
@@ -289,7 +312,7 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     assert_fenced_failover(&c, &f);
     // The old node is off at its BMC: fencing really cut its power.
     assert!(!c.bmcs().bmc(&f.old).unwrap().power());
-    assert_eq!(f.old_after_fault, 0);
+    assert_eq!(f.old_after_fault_returned, 0, "{} wrote after its power off", f.old);
     // And the writer is a real LXC container: its process is in LXC's payload cgroup.
     let (_, pid) = c.writer_pids()[0];
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -301,4 +324,194 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     drop(c);
     assert_nothing_left(&l);
     eprintln!("whole run {:?}", started.elapsed());
+}
+
+/// The long variants run only with `PALISADE_LONG=1` (each starts its own cluster, ~40 s).
+fn long() -> bool {
+    let on = std::env::var_os("PALISADE_LONG").is_some_and(|v| v == "1");
+    if !on {
+        eprintln!("long variant: set PALISADE_LONG=1 to run it");
+    }
+    on && have_pacemaker()
+}
+
+fn cluster(device: StonithDevice, stonith: bool, writer: WriterKind) -> PacemakerCluster {
+    let c = PacemakerCluster::start(3, &bins()).unwrap();
+    c.configure("node1", device, stonith, writer).unwrap();
+    c
+}
+
+/// `failover` plus the checks of a fenced failover and of an empty machine afterwards.
+fn fenced_case(c: PacemakerCluster, fault: FaultKind, prepare: impl FnOnce(&str)) -> Failover {
+    let f = failover(&c, fault, true, Duration::from_secs(2), prepare);
+    eprintln!(
+        "{fault:?} of {}: writer on {:?} after {:?}; {} records of {} after the fault; {}",
+        f.old,
+        f.new,
+        f.fault_to_new_write,
+        f.old_after_fault,
+        f.old,
+        f.verdict.summary()
+    );
+    assert_fenced_failover(&c, &f);
+    assert!(
+        !c.lab().node(&f.old).unwrap().lab_node().is_on(),
+        "{} still runs",
+        f.old
+    );
+    let l = leftovers(&c);
+    drop(c);
+    assert_nothing_left(&l);
+    f
+}
+
+/// (a) The active node's network is cut while its container keeps writing: the survivors
+/// fence it through fence_palisade (its BMC), then start the container.
+#[test]
+fn long_network_cut_of_the_active_node_fails_over_through_fence_palisade() {
+    if !long() {
+        return;
+    }
+    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
+    fenced_case(c, FaultKind::NetworkCut, |_| {});
+}
+
+/// (b) The active node's Corosync and Pacemaker freeze (SIGSTOP) while its container keeps
+/// writing: the survivors fence it, then start the container.
+#[test]
+fn long_frozen_cluster_stack_of_the_active_node_fails_over_through_fence_palisade() {
+    if !long() {
+        return;
+    }
+    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
+    fenced_case(c, FaultKind::Freeze, |_| {});
+}
+
+/// The same writer as a plain process (`ocf:heartbeat:anything`), power off.
+#[test]
+fn long_power_off_with_an_ocf_anything_writer() {
+    if !long() {
+        return;
+    }
+    let c = cluster(StonithDevice::Palisade, true, WriterKind::Anything);
+    fenced_case(c, FaultKind::PowerOff, |_| {});
+}
+
+/// The BMC of the cut node lies (acknowledges, never powers off): fenced's level 1 fails on
+/// read-back and level 2, the node's PDU outlet, fences it.
+#[test]
+fn long_stuck_bmc_the_pdu_outlet_fences() {
+    if !long() {
+        return;
+    }
+    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
+    let bmcs: Vec<_> = c.bmcs().bmcs().to_vec();
+    let pdu = c.pdu().unwrap().clone();
+    let f = fenced_case(c, FaultKind::NetworkCut, |old| {
+        bmcs.iter()
+            .find(|b| b.name() == old)
+            .unwrap()
+            .set_fault(hw_tests::lab::Fault::Stuck(true));
+    });
+    let i: usize = f.old.trim_start_matches("node").parse().unwrap();
+    assert_eq!(pdu.outlet_on(i), Some(false), "the outlet fenced {}", f.old);
+    assert!(
+        bmcs.iter().find(|b| b.name() == f.old).unwrap().power(),
+        "the stuck BMC still reads on"
+    );
+}
+
+/// Both levels fail (stuck BMC, stuck outlet): nothing can confirm the cut node off, so
+/// Pacemaker never starts the container elsewhere and nothing is written twice.
+#[test]
+fn long_both_levels_fail_the_container_stays_down() {
+    if !long() {
+        return;
+    }
+    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
+    let bmcs: Vec<_> = c.bmcs().bmcs().to_vec();
+    let pdu = c.pdu().unwrap().clone();
+    let f = failover(
+        &c,
+        FaultKind::NetworkCut,
+        false,
+        Duration::from_secs(25),
+        |old| {
+            bmcs.iter()
+                .find(|b| b.name() == old)
+                .unwrap()
+                .set_fault(hw_tests::lab::Fault::Stuck(true));
+            let i: usize = old.trim_start_matches("node").parse().unwrap();
+            pdu.set_outlet_stuck(i, true);
+        },
+    );
+    eprintln!("both levels failing: {}", f.verdict.summary());
+    assert_eq!(f.new, None, "{}", f.verdict.summary());
+    assert!(f.verdict.is_clean(), "{}", f.verdict.summary());
+    let survivors: Vec<String> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|n| *n != f.old)
+        .collect();
+    // Not running anywhere the survivors can see, and no process outside the old node.
+    assert!(
+        c.writer_location(&survivors[0]).unwrap().is_empty() || {
+            // Pacemaker may still list it on the lost node it cannot fence.
+            c.writer_location(&survivors[0]).unwrap() == vec![f.old.clone()]
+        }
+    );
+    assert!(
+        c.writer_processes().iter().all(|n| *n == f.old),
+        "{:?}",
+        c.writer_processes()
+    );
+    let pcmk = c.pacemaker_fence_history(&survivors[0], &f.old).unwrap();
+    assert!(pcmk.iter().all(|e| !e.successful), "{pcmk:?}");
+    assert!(
+        pcmk.iter().any(|e| !e.successful),
+        "no failed fencing recorded: {pcmk:?}"
+    );
+    for s in &survivors {
+        let h = c.fenced_history(s, &f.old, &fence_node_bin()).unwrap();
+        assert!(
+            h.iter().all(|o| o["state"] != "succeeded"),
+            "{s} says fenced: {h:?}"
+        );
+    }
+    let l = leftovers(&c);
+    drop(c);
+    assert_nothing_left(&l);
+}
+
+/// stonith-enabled=false: the cut node keeps writing while the survivors start the
+/// container: the log shows (and counts) the overlapping writes fencing prevents.
+#[test]
+fn long_without_stonith_a_cut_gives_overlapping_writes() {
+    if !long() {
+        return;
+    }
+    let c = cluster(StonithDevice::Palisade, false, WriterKind::Lxc);
+    let f = failover(
+        &c,
+        FaultKind::NetworkCut,
+        true,
+        Duration::from_secs(3),
+        |_| {},
+    );
+    eprintln!(
+        "without STONITH: {} records of {} after {:?} started writing; {}",
+        f.verdict.first_after_second.len(),
+        f.old,
+        f.new,
+        f.verdict.summary()
+    );
+    assert!(f.new.is_some(), "the survivors never started the container");
+    assert!(
+        !f.verdict.first_after_second.is_empty(),
+        "expected overlapping writes without fencing: {}",
+        f.verdict.summary()
+    );
+    let l = leftovers(&c);
+    drop(c);
+    assert_nothing_left(&l);
 }
