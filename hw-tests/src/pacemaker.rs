@@ -1083,13 +1083,15 @@ pub struct FenceEvent {
     pub target: String,
     /// Whether it succeeded.
     pub successful: bool,
+    /// Whether it is still running (neither succeeded nor failed yet).
+    pub pending: bool,
     /// The node that ran the device (`delegate=`), if named.
     pub delegate: Option<String>,
 }
 
 /// Parses `stonith_admin --history` (Pacemaker 2.1.5's text: `turning off of node1
 /// successful: delegate=node2, client=…`, `rebooting of …`, `unfencing of …`, each
-/// `successful` or `failed`; pending operations are left out) (pure).
+/// `successful`, `failed` or `pending`) (pure).
 pub fn parse_stonith_history(text: &str) -> Vec<FenceEvent> {
     text.lines()
         .filter_map(|l| {
@@ -1104,7 +1106,8 @@ pub fn parse_stonith_history(text: &str) -> Vec<FenceEvent> {
             };
             let (target, rest) = rest.split_once(' ')?;
             let successful = rest.starts_with("successful");
-            if !successful && !rest.starts_with("failed") {
+            let pending = rest.starts_with("pending");
+            if !successful && !pending && !rest.starts_with("failed") {
                 return None;
             }
             let delegate = rest
@@ -1114,6 +1117,7 @@ pub fn parse_stonith_history(text: &str) -> Vec<FenceEvent> {
                 action: action.to_string(),
                 target: target.to_string(),
                 successful,
+                pending,
                 delegate,
             })
         })
@@ -1152,9 +1156,14 @@ mod tests {
                 action: "off".into(),
                 target: "node1".into(),
                 successful: true,
+                pending: false,
                 delegate: Some("node2".into())
             }
         );
-        assert!(!ev[1].successful);
+        assert!(!ev[1].successful && !ev[1].pending);
+        let p = parse_stonith_history(
+            "turning off of node3 pending: client=pacemaker-controld.40, origin=node1\n",
+        );
+        assert!(p[0].pending && !p[0].successful);
     }
 }

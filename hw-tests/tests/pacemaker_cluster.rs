@@ -312,7 +312,11 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     assert_fenced_failover(&c, &f);
     // The old node is off at its BMC: fencing really cut its power.
     assert!(!c.bmcs().bmc(&f.old).unwrap().power());
-    assert_eq!(f.old_after_fault_returned, 0, "{} wrote after its power off", f.old);
+    assert_eq!(
+        f.old_after_fault_returned, 0,
+        "{} wrote after its power off",
+        f.old
+    );
     // And the writer is a real LXC container: its process is in LXC's payload cgroup.
     let (_, pid) = c.writer_pids()[0];
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
