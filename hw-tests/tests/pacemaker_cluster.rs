@@ -519,3 +519,98 @@ fn long_without_stonith_a_cut_gives_overlapping_writes() {
     drop(c);
     assert_nothing_left(&l);
 }
+
+/// Resident memory of every process of the cluster (all nodes' cgroup trees), MiB, in all
+/// and by program name.
+fn cluster_rss_mib(c: &PacemakerCluster) -> (f64, std::collections::BTreeMap<String, f64>) {
+    let mut kib = 0u64;
+    let mut by = std::collections::BTreeMap::new();
+    for n in c.lab().nodes() {
+        let mut stack = vec![n.lab_node().cgroup_path().to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+                    .unwrap_or_default();
+                let k = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let name = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Name:"))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_string();
+                kib += k;
+                *by.entry(name).or_insert(0.0) += k as f64 / 1024.0;
+            }
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+    }
+    (kib as f64 / 1024.0, by)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Figures for hw-tests/figures/pacemaker.md: from the power off of the active node to the
+/// container writing on the new node, with fence_palisade and with fence_ipmilan (its 2 s
+/// power_wait included, as Pacemaker runs it) against the same lab BMCs; the cluster's
+/// memory; the whole case's duration. `PALISADE_FIGURE_RUNS` runs per device (default 5).
+#[test]
+#[ignore = "figure; run with --ignored --nocapture"]
+fn figure_failover_palisade_vs_fence_ipmilan() {
+    if !have_pacemaker() {
+        return;
+    }
+    let runs: usize = std::env::var("PALISADE_FIGURE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    for device in [StonithDevice::Palisade, StonithDevice::IpmiLan] {
+        let (mut failover_s, mut rss, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let started = Instant::now();
+            let c = cluster(device, true, WriterKind::Lxc);
+            c.wait_writer("node1", Duration::from_secs(90)).unwrap();
+            let (total, by) = cluster_rss_mib(&c);
+            if rss.is_empty() {
+                println!("cluster RSS by program (MiB, 3 nodes): {by:.1?}");
+            }
+            rss.push(total);
+            let f = failover(
+                &c,
+                FaultKind::PowerOff,
+                true,
+                Duration::from_millis(500),
+                |_| {},
+            );
+            assert!(f.verdict.is_clean(), "{}", f.verdict.summary());
+            let survivor = if f.old == "node1" { "node2" } else { "node1" };
+            let h = c.pacemaker_fence_history(survivor, &f.old).unwrap();
+            assert_eq!(h.iter().filter(|e| e.successful).count(), 1, "{h:?}");
+            failover_s.push(f.fault_to_new_write.unwrap().as_secs_f64());
+            drop(c);
+            whole.push(started.elapsed().as_secs_f64());
+        }
+        println!(
+            "FIGURE pacemaker failover ({device:?}, LXC writer, power off): fault -> writing on the new node median {:.2} s of {runs} {:?}; cluster RSS median {:.0} MiB; whole case median {:.1} s",
+            median(&mut failover_s.clone()),
+            failover_s.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            median(&mut rss),
+            median(&mut whole),
+        );
+    }
+}
