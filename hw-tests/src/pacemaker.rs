@@ -153,7 +153,7 @@ fn relay_loop(front: UdpSocket, to: SocketAddr, stop: Arc<AtomicBool>) {
         let Ok((n, client)) = front.recv_from(&mut buf) else {
             continue;
         };
-        if !backs.contains_key(&client) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = backs.entry(client) {
             // Created on this thread, which lives in the host's network namespace: it
             // reaches the device's loopback address.
             let Ok(back) = UdpSocket::bind("127.0.0.1:0") else {
@@ -179,7 +179,7 @@ fn relay_loop(front: UdpSocket, to: SocketAddr, stop: Arc<AtomicBool>) {
             {
                 repliers.push(h);
             }
-            backs.insert(client, back);
+            slot.insert(back);
         }
         if let Some(back) = backs.get(&client) {
             let _ = back.send(&buf[..n]);
