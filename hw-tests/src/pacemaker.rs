@@ -819,14 +819,18 @@ impl PacemakerCluster {
         Ok(stopped)
     }
 
-    /// Pacemaker's fence history for `target` as `via` reports it (`stonith_admin --history`).
+    /// Pacemaker's fence history for `target` as `via` reports it (`stonith_admin --history '*'`).
     pub fn pacemaker_fence_history(
         &self,
         via: &str,
         target: &str,
     ) -> Result<Vec<FenceEvent>, PacemakerError> {
-        let out = self.tool(via, "stonith_admin", &["--history", target, "--verbose"])?;
-        Ok(parse_stonith_history(&out))
+        // The whole history (`'*'`), as an operator asks for it, then this target's part.
+        let out = self.tool(via, "stonith_admin", &["--history", "*", "--verbose"])?;
+        Ok(parse_stonith_history(&out)
+            .into_iter()
+            .filter(|e| e.target == target)
+            .collect())
     }
 
     /// The number of operations on `target` in `node`'s fenced history that succeeded, and
