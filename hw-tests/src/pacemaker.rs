@@ -318,6 +318,7 @@ impl PacemakerCluster {
         let dir = tempfile::tempdir().map_err(setup("temporary directory"))?;
         // Pacemaker's daemons (user hacluster) and the agents read files below it.
         set_mode(dir.path(), 0o755)?;
+        remove_leaked_lxc_cgroups();
         let disk = LoopDevice::new(16, None).map_err(setup("loop device"))?;
         let lab = ClusterLab::new(nodes)?;
         let hook = lab.power_hook();
@@ -906,6 +907,35 @@ pub fn lxc_cgroups(container: &str) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Removes the LXC cgroups a killed test process left (`lxc.*.pwPID-N` with PID gone): its
+/// nodes died with it, but cgroup directories outlive their processes.
+fn remove_leaked_lxc_cgroups() {
+    let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hier.flatten() {
+        let Ok(groups) = std::fs::read_dir(h.path()) else {
+            continue;
+        };
+        for g in groups.flatten() {
+            let name = g.file_name().to_string_lossy().to_string();
+            let Some(rest) = name
+                .strip_prefix("lxc.payload.pw")
+                .or_else(|| name.strip_prefix("lxc.monitor.pw"))
+            else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                remove_cgroup_children(&g.path());
+                let _ = std::fs::remove_dir(g.path());
+            }
+        }
+    }
 }
 
 /// Removes every group below `dir`, deepest first (their processes must be dead).
