@@ -45,6 +45,8 @@ packages=(ipmitool openipmi fence-agents curl procps sbd faketime pacemaker pace
 packages+=(redfishtool)
 # corosync -> hw-tests/tests/cluster_lab.rs (the cluster lab); the client libraries -> fenced's cluster membership (issue 16)
 packages+=(corosync libcpg-dev libquorum-dev libvotequorum-dev libcmap-dev libcfg-dev libcorosync-common-dev)
+# resource-agents (ocf:heartbeat:anything, lxc), lxc, busybox-static -> hw-tests/tests/pacemaker_cluster.rs (a whole Pacemaker cluster fails over a writer; issue 17)
+packages+=(resource-agents lxc)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -257,6 +259,10 @@ need libcpg.so.4 "Debian package libcpg4" sh -c "ldconfig -p | grep -q 'libcpg\.
 need sushy "PyPI sushy 5.14.0" python3 -c "import sushy"
 need libfaketime "Debian package faketime" test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 need metadata.rng "Debian package pacemaker" test -e /usr/share/cluster/relaxng/metadata.rng
+need pacemakerd "Debian package pacemaker" executable /usr/sbin/pacemakerd
+need ocf-anything "Debian package resource-agents" test -x /usr/lib/ocf/resource.d/heartbeat/anything
+need ocf-lxc "Debian package resource-agents" test -x /usr/lib/ocf/resource.d/heartbeat/lxc
+need lxc-start "Debian package lxc" executable /usr/bin/lxc-start
 need aarch64-target "rustup target add aarch64-unknown-linux-gnu" \
   bash -c 'rustup target list --installed | grep -qx aarch64-unknown-linux-gnu'
 need vm-kernel "Debian linux-image-6.1, unpacked above into $vm_kernel" compgen -G "$vm_kernel/boot/vmlinuz-*"

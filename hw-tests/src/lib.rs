@@ -27,6 +27,8 @@
 //! - [`mass`]: mass fencing: a `palisade-lab ipmi` fleet, its `fenced` config, rounds of requests.
 //! - [`drill`]: the failover drill: a stateful workload on a shared disk, a reference
 //!   controller, and the checker that shows whether two copies ever wrote at once.
+//! - [`pacemaker`]: a real Pacemaker 2.1 cluster on the cluster lab, with `fence_palisade`
+//!   (and the node's `fenced`) as its STONITH device, failing over a writer on a shared volume.
 
 pub mod bins;
 pub mod browser;
@@ -42,6 +44,7 @@ pub mod lab;
 pub mod loopdev;
 pub mod mass;
 pub mod node;
+pub mod pacemaker;
 pub mod peers;
 pub mod require;
 pub mod throttle;
