@@ -9,11 +9,16 @@
 //! by target and by creation time, for queries) and an append-only ledger in which every record
 //! holds the SHA-256 of the previous one, so removing or changing a record breaks the chain.
 //!
-//! Each record is also signed with the node's Ed25519 key (see [`signed_message`]): whoever can
-//! write the file can recompute hashes, but cannot sign without the key, so a rewritten chain is
-//! found by checking signatures against the node's public key (`fenced verify-ledger FILE
-//! --public-key FILE`). Records written before signing existed (no `sig`) stay readable and are
-//! reported as unsigned; an unsigned record after a signed one is a verification failure.
+//! Every record is also vouched for by the node's Ed25519 key (see [`signed_message`]): each
+//! durable commit signs its newest record, whose hash chains back through every record before
+//! it, so one signature per commit covers them all (a mass fence commits hundreds of records
+//! at once; a signature each cost ~20 µs of the runtime's CPU per record). Whoever can write the
+//! file can recompute hashes, but cannot sign without the key, so a rewritten chain is found by
+//! checking signatures against the node's public key (`fenced verify-ledger FILE --public-key
+//! FILE`): a changed record fails its own hash or the next signature. Records written before
+//! signing existed (no `sig`) stay readable; once the ledger holds a signature, records that no
+//! later signature vouches for (the newest commit's signature removed, records appended without
+//! the key) are a verification failure.
 //! What a chain cannot show alone is removal of the newest records: compare the reported head
 //! (`head_seq`, `head_hash`) with one kept elsewhere (the audit log of the controller).
 
@@ -139,8 +144,9 @@ pub struct LedgerRecord {
     pub entry: LedgerEntry,
     /// SHA-256 over `seq`, `prev_hash` and the entry's JSON.
     pub hash: String,
-    /// Ed25519 signature (hex) of [`signed_message`]`(seq, hash)`; absent on records written
-    /// before the ledger was signed.
+    /// Ed25519 signature (hex) of [`signed_message`]`(seq, hash)`, on the newest record of each
+    /// durable commit (it vouches for the commit's other records through the chain); absent on
+    /// the others and on records written before the ledger was signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
 }
@@ -159,10 +165,14 @@ pub fn signed_message(seq: u64, hash: &str) -> Vec<u8> {
 pub struct LedgerReport {
     /// Records checked.
     pub records: u64,
-    /// Of which signed (and the signature verified).
+    /// Of which vouched for by a verified signature: their own, or that of a later record
+    /// whose hash chains back to them (each durable commit signs its newest record only).
     pub signed: u64,
-    /// Of which unsigned (written before signing was enabled; all precede the signed ones).
+    /// Of which no signature vouches for (a ledger written without a signing key; once a
+    /// record is signed, unsigned records may only precede a signed one).
     pub unsigned: u64,
+    /// Signatures checked (one per durable commit of a signed ledger).
+    pub signatures: u64,
     /// Sequence number of the newest record (0 if the ledger is empty).
     pub head_seq: u64,
     /// Hash of the newest record; compare with a copy kept elsewhere to detect truncation.
@@ -321,6 +331,10 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 struct Head {
     seq: u64,
     hash: String,
+    /// The newest record appended in the open transaction, not stored yet: it is the one
+    /// that is signed (and then stored) when the transaction ends (see [`History::appending`]).
+    /// Always `None` outside a transaction.
+    tail: Option<LedgerRecord>,
 }
 
 /// The history store.
@@ -584,6 +598,9 @@ impl History {
                 None => self.stored_head(&tx)?,
             };
             f(&tx, &mut head)?;
+            if let Some(last) = head.tail.take() {
+                self.store_record(&tx, last, true)?;
+            }
             tx.commit().map_err(|e| self.store_err(e))?;
             Ok(head)
         })();
@@ -608,6 +625,7 @@ impl History {
             None => Ok(Head {
                 seq: 0,
                 hash: GENESIS.to_string(),
+                tail: None,
             }),
             Some((k, v)) => {
                 let rec: LedgerRecord =
@@ -618,6 +636,7 @@ impl History {
                 Ok(Head {
                     seq: k.value(),
                     hash: rec.hash,
+                    tail: None,
                 })
             }
         }
@@ -734,37 +753,53 @@ impl History {
     }
 
     /// Appends one record after `head` inside `tx` and moves `head` to it (in memory only
-    /// until [`History::appending`] commits).
+    /// until [`History::appending`] commits). The record is held as the transaction's tail;
+    /// the previous tail is stored unsigned: one signature per durable commit, on its newest
+    /// record, vouches for every record before it through the hash chain (an Ed25519
+    /// signature costs ~20 µs; a mass fence commits hundreds of records at once).
     fn append_in(
         &self,
         tx: &redb::WriteTransaction,
         head: &mut Head,
         entry: &LedgerEntry,
     ) -> Result<(), HistoryError> {
-        let mut ledger = tx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
         let seq = head.seq + 1;
         let prev_hash = head.hash.clone();
         let entry_json = serde_json::to_vec(entry).map_err(|e| self.store_err(e))?;
         let hash = chain_hash(seq, &prev_hash, &entry_json);
-        let sig = self
-            .signer
-            .as_ref()
-            .map(|k| hex::encode(k.sign(&signed_message(seq, &hash)).to_bytes()));
         let rec = LedgerRecord {
             seq,
             prev_hash,
             entry: entry.clone(),
-            hash,
-            sig,
+            hash: hash.clone(),
+            sig: None,
         };
+        if let Some(before) = head.tail.replace(rec) {
+            self.store_record(tx, before, false)?;
+        }
+        head.seq = seq;
+        head.hash = hash;
+        Ok(())
+    }
+
+    /// Stores a ledger record inside `tx`, signed first if `sign` and the ledger is signed.
+    fn store_record(
+        &self,
+        tx: &redb::WriteTransaction,
+        mut rec: LedgerRecord,
+        sign: bool,
+    ) -> Result<(), HistoryError> {
+        if sign {
+            rec.sig = self
+                .signer
+                .as_ref()
+                .map(|k| hex::encode(k.sign(&signed_message(rec.seq, &rec.hash)).to_bytes()));
+        }
         let bytes = serde_json::to_vec(&rec).map_err(|e| self.store_err(e))?;
-        ledger
-            .insert(seq, bytes.as_slice())
+        tx.open_table(LEDGER)
+            .map_err(|e| self.store_err(e))?
+            .insert(rec.seq, bytes.as_slice())
             .map_err(|e| self.store_err(e))?;
-        *head = Head {
-            seq,
-            hash: rec.hash,
-        };
         Ok(())
     }
 
@@ -902,7 +937,10 @@ impl History {
         };
         let key = key.copied().or(stored);
         let mut signed = 0u64;
-        let mut unsigned = 0u64;
+        let mut signatures = 0u64;
+        // Records since the last signature (not vouched for yet), and the first of them.
+        let mut waiting = 0u64;
+        let mut first_waiting = 0u64;
         let rx = self.db.begin_read().map_err(|e| self.store_err(e))?;
         let t = rx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
         let mut prev = GENESIS.to_string();
@@ -935,18 +973,19 @@ impl History {
                 });
             }
             match &rec.sig {
-                None if signed > 0 => {
-                    return Err(HistoryError::ChainBroken {
-                        seq,
-                        detail: "unsigned record after signed ones: its signature was removed or it was inserted".into(),
-                    })
+                None => {
+                    if waiting == 0 {
+                        first_waiting = seq;
+                    }
+                    waiting += 1;
                 }
-                None => unsigned += 1,
                 Some(sig) => {
                     let Some(k) = &key else {
                         return Err(HistoryError::ChainBroken {
                             seq,
-                            detail: "signed, but no public key is known to check it; give --public-key".into(),
+                            detail:
+                                "signed, but no public key is known to check it; give --public-key"
+                                    .into(),
                         });
                     };
                     let ok = hex::decode(sig)
@@ -954,24 +993,46 @@ impl History {
                         .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
                         .is_some_and(|s| k.verify(&signed_message(seq, &rec.hash), &s).is_ok());
                     if !ok {
+                        let vouched = if waiting > 0 {
+                            format!(
+                                " (or one of the unsigned records {first_waiting}..={} it vouches for, re-hashed)",
+                                seq - 1
+                            )
+                        } else {
+                            String::new()
+                        };
                         return Err(HistoryError::ChainBroken {
                             seq,
                             detail: format!(
-                                "signature does not verify with public key {}: the record was re-signed with another key or changed",
+                                "signature does not verify with public key {}: the record was re-signed with another key or changed{vouched}",
                                 hex::encode(k.as_bytes())
                             ),
                         });
                     }
-                    signed += 1;
+                    signatures += 1;
+                    signed += waiting + 1;
+                    waiting = 0;
                 }
             }
             prev = rec.hash;
             expected_seq += 1;
         }
+        // Every commit of a signed ledger ends with a signed record, so after the first
+        // signature nothing may stay unvouched for.
+        if signatures > 0 && waiting > 0 {
+            return Err(HistoryError::ChainBroken {
+                seq: first_waiting,
+                detail: format!(
+                    "records {first_waiting}..={} are signed by no later record: the newest commit's signature was removed, or they were appended without the key",
+                    expected_seq - 1
+                ),
+            });
+        }
         Ok(LedgerReport {
             records: expected_seq - 1,
             signed,
-            unsigned,
+            unsigned: waiting,
+            signatures,
             head_seq: expected_seq - 1,
             head_hash: prev,
             public_key: key.map(|k| hex::encode(k.as_bytes())),
@@ -1282,14 +1343,105 @@ mod tests {
         assert_eq!(seq, 3);
         assert!(detail.contains("re-signed with another key"), "{detail}");
 
-        // Signature stripped from a record after signed ones.
+        // Signature stripped from the newest record: nothing vouches for it any more.
+        let (_d, h) = signed(&key);
+        h.tamper_ledger(6, |r| r.sig = None);
+        let (seq, detail) = bad_seq(&h, &key);
+        assert_eq!(seq, 6);
+        assert!(detail.contains("signed by no later record"), "{detail}");
+
+        // Stripped from an older one: the next signature still vouches for it through the
+        // chain (as it does for the inner records of a commit), so nothing is lost.
         let (_d, h) = signed(&key);
         h.tamper_ledger(5, |r| r.sig = None);
-        assert_eq!(bad_seq(&h, &key).0, 5);
+        let r = h.verify(Some(&key.verifying_key())).unwrap();
+        assert_eq!(
+            (r.records, r.signed, r.unsigned, r.signatures),
+            (6, 6, 0, 5)
+        );
+    }
+
+    /// One signature per durable commit: the shared commit of a mass fence signs only its
+    /// newest record, and that signature still catches a change to any record it vouches for.
+    #[test]
+    fn a_commit_signs_its_newest_record_which_vouches_for_the_others() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let build = || {
+            let dir = tempfile::tempdir().unwrap();
+            let (h, _) = History::open_signed(&dir.path().join("h.redb"), 0, key.clone()).unwrap();
+            h.record(&op(1, "a", 100)).unwrap(); // record 1, a commit of its own
+            let writes: Vec<Write> = (2..=4)
+                .map(|i| Write::Operation {
+                    operation: Box::new(op(i, "b", i * 100)),
+                    also: vec![audit(i)],
+                })
+                .collect();
+            // Records 2..=7 in one commit: (operation, audit) x 3.
+            assert!(h.commit_batch(&writes).iter().all(Result::is_ok));
+            (dir, h)
+        };
+        let (_d, h) = build();
+        let sigs: Vec<bool> = h
+            .ledger(1, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.sig.is_some())
+            .collect();
+        assert_eq!(sigs, [true, false, false, false, false, false, true]);
+        let r = h.verify(Some(&key.verifying_key())).unwrap();
+        assert_eq!(
+            (r.records, r.signed, r.unsigned, r.signatures),
+            (7, 7, 0, 2)
+        );
+
+        // An inner record changed and the chain re-hashed up to the signed one (all that can
+        // be done without the key): the commit's signature no longer verifies.
+        let (_d, h) = build();
+        let mut prev = h.ledger(3, 1).unwrap()[0].prev_hash.clone();
+        for seq in 3..=7 {
+            let mut r = h.ledger(seq, 1).unwrap().remove(0);
+            if let LedgerEntry::Audit { outcome, .. } = &mut r.entry {
+                if seq == 3 {
+                    *outcome = "refused".into();
+                }
+            }
+            r.prev_hash = prev;
+            r.hash = chain_hash(seq, &r.prev_hash, &serde_json::to_vec(&r.entry).unwrap());
+            prev = r.hash.clone();
+            h.overwrite_ledger_record(&r).unwrap();
+        }
+        let (seq, detail) = bad_seq(&h, &key);
+        assert_eq!(seq, 7);
+        assert!(detail.contains("unsigned records 2..=6"), "{detail}");
+
+        // The commit's signature removed: its records are vouched for by nothing.
+        let (_d, h) = build();
+        h.tamper_ledger(7, |r| r.sig = None);
+        let (seq, detail) = bad_seq(&h, &key);
+        assert_eq!(seq, 2);
+        assert!(
+            detail.contains("records 2..=7 are signed by no later record"),
+            "{detail}"
+        );
+
+        // An unsigned record appended after the last commit (by someone without the key).
+        let (_d, h) = build();
+        let head = h.ledger(7, 1).unwrap().remove(0);
+        let entry = audit(99);
+        let hash = chain_hash(8, &head.hash, &serde_json::to_vec(&entry).unwrap());
+        h.overwrite_ledger_record(&LedgerRecord {
+            seq: 8,
+            prev_hash: head.hash,
+            entry,
+            hash,
+            sig: None,
+        })
+        .unwrap();
+        assert_eq!(bad_seq(&h, &key).0, 8);
     }
 
     #[test]
-    fn old_unsigned_records_stay_readable_and_precede_signed_ones() {
+    fn old_unsigned_records_stay_readable_and_the_first_signature_vouches_for_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.redb");
         {
@@ -1300,7 +1452,21 @@ mod tests {
         let (h, _) = History::open_signed(&path, 0, key.clone()).unwrap();
         h.record(&op(2, "a", 2)).unwrap();
         let r = h.verify(Some(&key.verifying_key())).unwrap();
-        assert_eq!((r.records, r.signed, r.unsigned), (2, 1, 1));
+        // Record 2's signature covers record 1 through the chain.
+        assert_eq!(
+            (r.records, r.signed, r.unsigned, r.signatures),
+            (2, 2, 0, 1)
+        );
+        // Without a signature anywhere, every record is reported unsigned.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (plain, _) = History::open(&dir2.path().join("p.redb"), 0).unwrap();
+        plain.record(&op(1, "a", 1)).unwrap();
+        plain.record(&op(2, "a", 2)).unwrap();
+        let r = plain.verify(None).unwrap();
+        assert_eq!(
+            (r.records, r.signed, r.unsigned, r.signatures),
+            (2, 0, 2, 0)
+        );
         // A record written by an older fenced (no `sig` field at all) decodes.
         let old = r#"{"seq":1,"prev_hash":"00","entry":{"kind":"pause","status":{"paused":false,"by":null,"reason":null,"since_ms":null}},"hash":"ab"}"#;
         let rec: LedgerRecord = serde_json::from_str(old).unwrap();

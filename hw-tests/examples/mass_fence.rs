@@ -7,7 +7,8 @@
 //! - `warm`: the same, once every device's start-up check has finished;
 //! - `refused`: N more requests that the per-target limit refuses (429);
 //! - `accept`: N requests on targets with a 30 s fence-race delay, so no device step runs: the
-//!   CPU of accepting a request up to its first device step.
+//!   CPU of accepting a request up to its first device step; and fenced's idle RSS (VmRSS of
+//!   that fresh daemon once its start-up checks are done, before the first request).
 //!
 //! Each line: how many succeeded / failed, the time to all confirmed (first request sent to
 //! last outcome read), fenced's CPU (utime+stime from /proc) over the phase divided by the
@@ -148,6 +149,16 @@ fn cpu_and_hwm(pid: u32) -> (f64, u64) {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     (ticks as f64 / hz, hwm)
+}
+
+/// fenced's resident set now (VmRSS), in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// One line for a phase.
@@ -305,10 +316,18 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
     wait_healthz(&client, &mut fenced).await?;
     wait_checked(&client).await;
     let pid = fenced.id();
+    // Idle: started, every device checked once, nothing requested yet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_kib(pid);
     let (c0, _) = cpu_and_hwm(pid);
     let r = mass::round(&client, &names, "off", false, send).await;
     let (c1, hwm) = cpu_and_hwm(pid);
     lines.push(line(label, delay, "accept", &r, c1 - c0, hwm));
+    let _ = write!(
+        lines.last_mut().unwrap_or(&mut String::new()),
+        "\n           (idle_rss={idle}KiB: a fresh daemon with {} targets, start-up checks done, before any request)",
+        names.len()
+    );
     fenced.stop(Duration::from_secs(1)).await;
     drop(lab);
     Ok(lines)

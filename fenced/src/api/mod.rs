@@ -147,13 +147,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn rejection(status: StatusCode, text: String, what: &str) -> ApiError {
+/// `limit` is the body limit of the route that rejected the request, so a 413 quotes the limit
+/// that was really applied (the batch route allows more than the others).
+fn rejection(status: StatusCode, text: String, what: &str, limit: usize) -> ApiError {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             status,
             "body_too_large",
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            "request bodies are small JSON objects; see /v1/openapi.json",
+            format!("request body is larger than this route's limit of {limit} bytes"),
+            if limit == MAX_BATCH_BODY_BYTES {
+                "send the targets in smaller batches; see /v1/openapi.json"
+            } else {
+                "request bodies are small JSON objects; see /v1/openapi.json"
+            },
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
             status,
@@ -176,16 +182,18 @@ fn rejection(status: StatusCode, text: String, what: &str) -> ApiError {
     }
 }
 
-/// A JSON body whose rejections are [`ApiError`]s.
-pub struct ApiJson<T>(pub T);
+/// A JSON body whose rejections are [`ApiError`]s. `LIMIT` is the body limit its route's
+/// `DefaultBodyLimit` layer applies (quoted by a 413): [`MAX_BODY_BYTES`] unless the route
+/// raises it.
+pub struct ApiJson<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiJson<T, LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(r) => Err(rejection(r.status(), r.body_text(), "JSON body")),
+            Err(r) => Err(rejection(r.status(), r.body_text(), "JSON body", LIMIT)),
         }
     }
 }
@@ -199,7 +207,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(r) => Err(rejection(r.status(), r.body_text(), "query string")),
+            Err(r) => Err(rejection(
+                r.status(),
+                r.body_text(),
+                "query string",
+                MAX_BODY_BYTES,
+            )),
         }
     }
 }
@@ -213,7 +226,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(r) => Err(rejection(r.status(), r.body_text(), "path")),
+            Err(r) => Err(rejection(r.status(), r.body_text(), "path", MAX_BODY_BYTES)),
         }
     }
 }

@@ -494,7 +494,7 @@ async fn fence(
 async fn fence_batch(
     State(s): State<AppState>,
     Extension(auth): Auth,
-    ApiJson(batch): ApiJson<FenceBatchRequest>,
+    ApiJson(batch): ApiJson<FenceBatchRequest, { super::MAX_BATCH_BODY_BYTES }>,
 ) -> Result<Json<FenceBatchAnswer>, ApiError> {
     let n = batch.requests.len();
     if n == 0 || n > MAX_BATCH {
