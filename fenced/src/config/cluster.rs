@@ -140,16 +140,28 @@ levels = [["bmc2"]]
 
     #[test]
     fn bad_values_name_the_line_and_what_was_expected() {
-        let e = parse("[cluster]\nreaches = [\"bmc9\"]\n").unwrap_err().to_string();
-        assert!(e.contains("cluster.reaches") && e.contains("bmc9") && e.contains("fenced.toml:15:"), "{e}");
-        let e = parse("[cluster]\nnode_name = \" \"\n").unwrap_err().to_string();
-        assert!(e.contains("cluster.node_name") && e.contains("nodelist"), "{e}");
+        let e = parse("[cluster]\nreaches = [\"bmc9\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster.reaches") && e.contains("bmc9") && e.contains("fenced.toml:15:"),
+            "{e}"
+        );
+        let e = parse("[cluster]\nnode_name = \" \"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster.node_name") && e.contains("nodelist"),
+            "{e}"
+        );
         let long = "g".repeat(128);
         let e = parse(&format!("[cluster]\ngroup = \"{long}\"\n"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("cluster.group") && e.contains("127"), "{e}");
-        let e = parse("[cluster]\nquorum = false\n").unwrap_err().to_string();
+        let e = parse("[cluster]\nquorum = false\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("quorum"), "{e}");
     }
 }
