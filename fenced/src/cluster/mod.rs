@@ -856,6 +856,10 @@ fn remote_operation(id: u64, op: &ClusterOp, caller: Caller, created: Millis) ->
             ),
         }),
     };
+    let (attempts, witnesses) = base
+        .as_ref()
+        .map(|b| (b.attempts.clone(), b.witnesses.clone()))
+        .unwrap_or_default();
     Operation {
         id,
         target: op.target.clone(),
@@ -872,7 +876,9 @@ fn remote_operation(id: u64, op: &ClusterOp, caller: Caller, created: Millis) ->
             None
         },
         delay_ms: base.as_ref().map_or(0, |b| b.delay_ms),
-        attempts: base.map(|b| b.attempts).unwrap_or_default(),
+        // The executor's witness reports travel with its attempts: the proof it read back.
+        attempts,
+        witnesses,
         pending: Vec::new(),
         outcome,
     }
