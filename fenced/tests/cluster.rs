@@ -590,7 +590,9 @@ fn the_executor_killed_mid_operation_is_taken_over_with_a_read_back_of_its_own()
         .1;
     // SAFETY: kill(2) of the lab's own child (the lab reaps it on drop).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    // node2 (the lowest member that reaches node4's BMC) takes over and finishes it.
+    // A survivor that reaches node4's BMC takes over and finishes it: the lowest one whose
+    // quorum is known again after node1 left (quorum is forgotten at every shrinking change,
+    // and which of node2 and node3 reports it first is a matter of timing), so either.
     let until = Instant::now() + WAIT;
     let h = loop {
         let h = bed.get("node2", "/v1/cluster")["history"].clone();
@@ -610,8 +612,8 @@ fn the_executor_killed_mid_operation_is_taken_over_with_a_read_back_of_its_own()
     };
     let h = h.as_array().unwrap();
     assert!(
-        h.iter()
-            .any(|r| r["TookOver"]["from"] == "node1" && r["TookOver"]["to"] == "node2"),
+        h.iter().any(|r| r["TookOver"]["from"] == "node1"
+            && (r["TookOver"]["to"] == "node2" || r["TookOver"]["to"] == "node3")),
         "{h:?}"
     );
     let fin = h.iter().find(|r| r["Finished"].is_object()).unwrap();

@@ -203,10 +203,20 @@ fn sbd_dump_list_message_and_its_watcher_work_beside_our_heartbeats() {
         &["-n", "debian", "message", "ours", "test"],
         &[dev],
     ));
-    assert!(
-        ok(&run(SBD, &["list"], &[dev])).contains("ours\tclear"),
-        "test cleared"
-    );
+    // Our watcher clears it at its next read of the slot (sbd's own watcher does the same),
+    // so wait for that rather than racing it.
+    let t = Instant::now();
+    loop {
+        let list = ok(&run(SBD, &["list"], &[dev]));
+        if list.contains("ours\tclear") {
+            break;
+        }
+        assert!(
+            t.elapsed() < LONG,
+            "our watcher never cleared sbd's test: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         observe(&witness(dev, "ours", 1_000), Duration::from_secs(5)).verdict,
         Verdict::Alive

@@ -156,8 +156,8 @@ Fault knobs (`--fault [NODE:]KNOB`, repeatable; without NODE: every BMC):
   power-on-fails  acknowledge power on, stay off               --fault power-on-fails
   garbage         random, truncated or corrupted replies       --fault garbage
   crash           answer nothing at all (a dead BMC)           --fault node3:crash
-  lies            IPMI/Redfish: acknowledge power changes, make none, and report the
-                  state asked for (off while the node runs)    --fault node1:lies
+  lies            acknowledge power changes, make none         --fault node1:lies
+                  (IPMI/Redfish), and report the state asked for: off while the node runs
 SNMP PDUs: crash = no reply at all (timeout); refuse-auth = every request treated as a
   wrong community (dropped) or wrong v3 digest (usmStatsWrongDigests report); stuck,
   power-on-fails, garbage, latency, drop as above; server-error = sets answer genErr.
