@@ -411,6 +411,111 @@ fn three_nodes_a_fence_requested_on_b_runs_once_and_history_is_identical_on_b_an
     assert_eq!(ha, hb, "node1's history after it rejoined");
     assert_eq!(bed.get("node2", "/v1/cluster")["history"], hb);
     assert_eq!(power_offs(bed.bmc("node1")), 1);
+
+    // Each member's own history (`GET /v1/history`, what `fence_node history` shows) holds
+    // the agreed operation once: node2 its engine's record, node3 the copy it persisted when
+    // the outcome was delivered, node1 the copy it persisted from the snapshot it rejoined
+    // with (it was powered off before the outcome).
+    let until = Instant::now() + WAIT;
+    let hist_b = loop {
+        let b = bed.agreed_history("node2");
+        if b.len() == 1 || Instant::now() > until {
+            break b;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        hist_b,
+        vec![AgreedOp {
+            op: hist_b.first().map(|o| o.op.clone()).unwrap_or_default(),
+            origin: "node2".into(),
+            executor: "node2".into(),
+            target: "node1".into(),
+            action: "off".into(),
+            state: "succeeded".into(),
+            read_back: true,
+        }],
+        "node2's history: {}",
+        bed.get("node2", "/v1/history")
+    );
+    assert_eq!(
+        bed.agreed_history("node3"),
+        hist_b,
+        "node3's history: {}",
+        bed.get("node3", "/v1/history")
+    );
+    assert_eq!(
+        bed.agreed_history("node1"),
+        hist_b,
+        "node1's history after it rejoined: {}\n{}",
+        bed.get("node1", "/v1/history"),
+        bed.log("node1")
+    );
+    // Every copy is in that member's own ledger, which verifies with that member's own key.
+    let mut keys = std::collections::BTreeSet::new();
+    for n in ["node1", "node2", "node3"] {
+        let v = bed.get(n, "/v1/ledger/verify");
+        assert_eq!(v["ok"], true, "{n}'s ledger: {v}");
+        assert!(
+            v["report"]["signed"].as_u64() > Some(0),
+            "{n}'s ledger: {v}"
+        );
+        keys.insert(v["report"]["public_key"].as_str().unwrap().to_string());
+        let ledger = bed.get(n, "/v1/ledger?limit=1000");
+        assert!(
+            ledger
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["entry"]["kind"] == "operation"
+                    && r["entry"]["operation"]["cluster"]["op"] == hist_b[0].op.as_str()
+                    && r["entry"]["operation"]["state"] == "succeeded"),
+            "{n}'s ledger lacks the agreed operation: {ledger}"
+        );
+    }
+    assert_eq!(
+        keys.len(),
+        3,
+        "each member signs with its own key: {keys:?}"
+    );
+}
+
+/// An agreed operation as one member's own history records it (ids differ per member).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct AgreedOp {
+    op: String,
+    origin: String,
+    executor: String,
+    target: String,
+    action: String,
+    state: String,
+    /// The outcome's confirmation is a device read-back.
+    read_back: bool,
+}
+
+impl Bed {
+    /// `node`'s own history (`GET /v1/history`) of cluster-agreed operations, by cluster op.
+    fn agreed_history(&self, node: &str) -> Vec<AgreedOp> {
+        let h = self.get(node, "/v1/history?limit=1000");
+        let mut ops: Vec<AgreedOp> = h
+            .as_array()
+            .unwrap_or_else(|| panic!("{node}: /v1/history is not a list: {h}"))
+            .iter()
+            .filter(|o| o["cluster"].is_object())
+            .map(|o| AgreedOp {
+                op: o["cluster"]["op"].as_str().unwrap_or_default().into(),
+                origin: o["cluster"]["origin"].as_str().unwrap_or_default().into(),
+                executor: o["cluster"]["executor"].as_str().unwrap_or_default().into(),
+                target: o["target"].as_str().unwrap_or_default().into(),
+                action: o["action"].as_str().unwrap_or_default().into(),
+                state: o["state"].as_str().unwrap_or_default().into(),
+                read_back: o["outcome"]["outcome"] == "succeeded"
+                    && o["outcome"]["confirmation"]["method"] == "power_read_back",
+            })
+            .collect();
+        ops.sort();
+        ops
+    }
 }
 
 #[test]
