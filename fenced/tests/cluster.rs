@@ -518,6 +518,99 @@ impl Bed {
     }
 }
 
+/// Test 2 of the issue: `off` asked on node2 and `on` asked on node3 for one target at the
+/// same moment, round after round (20; 200 with `PALISADE_LONG=1`). From the BMC's own event
+/// log: never a power on between a power off and the chassis status read that follows it
+/// (the off's confirmation). Every request is answered: done, or refused saying which
+/// operation owns the target.
+#[test]
+fn conflicting_requests_on_two_members_never_interleave_an_on_inside_an_off() {
+    if !have_corosync() {
+        return;
+    }
+    let rounds = if std::env::var_os("PALISADE_LONG").is_some() {
+        200
+    } else {
+        20
+    };
+    // node4 is a BMC only (no cluster node): every member reaches it, and its power changes
+    // kill nothing, so every round can fence it again.
+    let bed = Bed::new(3, 4);
+    for n in ["node1", "node2", "node3"] {
+        bed.start_fenced(n, "");
+    }
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    let bmc = bed.bmc("node4");
+    let (mut done, mut refused) = (0u32, 0u32);
+    let mut seen = Duration::ZERO;
+    let (mut offs, mut ons) = (0u32, 0u32);
+    for round in 0..rounds {
+        let barrier = std::sync::Barrier::new(2);
+        let (off, on) = std::thread::scope(|s| {
+            let off = s.spawn(|| {
+                barrier.wait();
+                bed.fence_node("node2", &["off", "node4", "--reason", "race: off"])
+            });
+            let on = s.spawn(|| {
+                barrier.wait();
+                bed.fence_node("node3", &["on", "node4", "--reason", "race: on"])
+            });
+            (off.join().unwrap(), on.join().unwrap())
+        });
+        for (what, out) in [("off on node2", &off), ("on on node3", &on)] {
+            let t = text(out);
+            if out.status.code() == Some(0) {
+                done += 1;
+            } else {
+                // The only acceptable failure is the cluster's refusal, with its reason.
+                assert!(
+                    t.contains("already has cluster operation") && t.contains("in flight"),
+                    "round {round}: {what} was neither done nor refused as a conflict:\n{t}\n--- node2:\n{}\n--- node3:\n{}",
+                    bed.log("node2"),
+                    bed.log("node3")
+                );
+                refused += 1;
+            }
+        }
+        // The BMC's log for this round (it keeps the last 64 distinct events: read it now).
+        let events: Vec<_> = bmc.events().into_iter().filter(|e| e.at > seen).collect();
+        seen = events.iter().map(|e| e.at).max().unwrap_or(seen);
+        let mut off_unconfirmed = false;
+        for e in &events {
+            match &e.kind {
+                EventKind::Power(PowerEvent::Off) => {
+                    offs += e.count;
+                    off_unconfirmed = true
+                }
+                // Get Chassis Status (IPMI v2.0 §28.2: NetFn chassis 0x00, cmd 0x01) answered.
+                EventKind::Command {
+                    net_fn: 0,
+                    cmd: 1,
+                    completion_code: 0,
+                } => off_unconfirmed = false,
+                EventKind::Power(PowerEvent::On) => {
+                    ons += e.count;
+                    assert!(
+                        !off_unconfirmed,
+                        "round {round}: the BMC powered on between a power off and its read-back: {events:?}"
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+    eprintln!("{rounds} rounds: {done} requests done, {refused} refused as conflicts; the BMC powered off {offs} and on {ons} times");
+    // The rounds really raced both actions through the BMC (else the check above saw nothing).
+    assert!(offs > 0 && ons > 0, "the BMC saw {offs} offs and {ons} ons");
+    assert_eq!(done + refused, 2 * rounds, "every request answered");
+    assert!(
+        done >= rounds,
+        "at least one request of each round was done"
+    );
+}
+
 #[test]
 fn partition_the_minority_refuses_the_majority_fences_it_and_histories_converge() {
     if !have_corosync() {
