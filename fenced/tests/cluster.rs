@@ -724,10 +724,15 @@ fn a_member_that_reaches_no_device_forwards_and_a_lying_bmc_is_not_reported_fenc
             .any(|r| r["Accepted"]["executor"] == "node2"),
         "{h}"
     );
-    // node1's own engine never touched a device: it has no operation of its own.
+    // node1's own history (`fence_node history`) holds the agreed operation once, as the
+    // copy it persisted: asked on node1, executed by node2 (node1's engine ran nothing).
     let own = bed.fence_node("node1", &["history", "node3", "--json"]);
     let own: Value = serde_json::from_slice(&own.stdout).unwrap();
-    assert_eq!(own.as_array().map(Vec::len), Some(0), "{own}");
+    let own = own.as_array().unwrap();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(own[0]["cluster"]["origin"], "node1", "{own:?}");
+    assert_eq!(own[0]["cluster"]["executor"], "node2", "{own:?}");
+    assert_eq!(own[0]["state"], "succeeded", "{own:?}");
 
     // The BMC acknowledges and ignores the power off: the answer on node1 is NOT FENCED
     // with the executor's reason, never a success.
