@@ -395,6 +395,7 @@ fn history_commit() -> Duration {
             pending: vec![],
             witnesses: Vec::new(),
             outcome: None,
+            cluster: None,
         };
         let t = Instant::now();
         h.record(&op).unwrap();

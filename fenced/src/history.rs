@@ -39,6 +39,9 @@ const BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("operation
 const IN_FLIGHT: TableDefinition<u64, ()> = TableDefinition::new("operations_in_flight");
 const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Cluster operation (`node/pid#n`) -> this history's operation id: one record per cluster
+/// operation on each member.
+const CLUSTER_OPS: TableDefinition<&str, u64> = TableDefinition::new("cluster_operations");
 
 /// redb's page cache; the default (1 GiB cap) is far above what a fence controller needs.
 const CACHE_BYTES: usize = 512 * 1024;
@@ -494,6 +497,7 @@ impl History {
             tx.open_table(IN_FLIGHT).map_err(|e| self.store_err(e))?;
             tx.open_table(LEDGER).map_err(|e| self.store_err(e))?;
             tx.open_table(META).map_err(|e| self.store_err(e))?;
+            tx.open_table(CLUSTER_OPS).map_err(|e| self.store_err(e))?;
         }
         tx.commit().map_err(|e| self.store_err(e))
     }
@@ -564,6 +568,12 @@ impl History {
                 tx.open_table(BY_TIME)
                     .map_err(|e| self.store_err(e))?
                     .insert((op.created_ms, op.id), ())
+                    .map_err(|e| self.store_err(e))?;
+            }
+            if let Some(c) = &op.cluster {
+                tx.open_table(CLUSTER_OPS)
+                    .map_err(|e| self.store_err(e))?
+                    .insert(c.op.as_str(), op.id)
                     .map_err(|e| self.store_err(e))?;
             }
             let mut inflight = tx.open_table(IN_FLIGHT).map_err(|e| self.store_err(e))?;
@@ -867,6 +877,14 @@ impl History {
         Ok(out)
     }
 
+    /// This history's id for a cluster operation (`node/pid#n`), if it holds one.
+    pub fn cluster_operation(&self, op: &str) -> Result<Option<u64>, HistoryError> {
+        let rx = self.db.begin_read().map_err(|e| self.store_err(e))?;
+        let t = rx.open_table(CLUSTER_OPS).map_err(|e| self.store_err(e))?;
+        let id = t.get(op).map_err(|e| self.store_err(e))?.map(|v| v.value());
+        Ok(id)
+    }
+
     /// The highest operation id ever recorded (0 if none).
     pub fn last_operation_id(&self) -> Result<u64, HistoryError> {
         let rx = self.db.begin_read().map_err(|e| self.store_err(e))?;
@@ -1102,6 +1120,7 @@ mod tests {
             pending: vec![],
             witnesses: Vec::new(),
             outcome: None,
+            cluster: None,
         }
     }
 
@@ -1567,6 +1586,7 @@ mod figures {
             pending: vec![],
             witnesses: Vec::new(),
             outcome: None,
+            cluster: None,
         }
     }
 }

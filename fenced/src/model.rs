@@ -337,6 +337,22 @@ pub struct Operation {
     pub witnesses: Vec<WitnessReport>,
     /// How it ended, once it has.
     pub outcome: Option<Outcome>,
+    /// For an operation agreed by the fencer cluster: which cluster operation it is and who
+    /// originated and executed it (every member keeps its own copy). Absent outside a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Box<ClusterOrigin>>,
+}
+
+/// Where a cluster-agreed operation came from: the same on every member's copy of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterOrigin {
+    /// The cluster operation (`node/pid#n`: the originating member and its claim number);
+    /// each member's history holds one record per cluster operation.
+    pub op: String,
+    /// The member (node name) whose API received the request.
+    pub origin: String,
+    /// The member (node name) that executed it last (after any takeover).
+    pub executor: String,
 }
 
 /// One witness's observation of the target after one level's devices read back off.

@@ -144,6 +144,7 @@ fn run_records_operations_interrupted_by_a_crash() {
             pending: vec![],
             witnesses: Vec::new(),
             outcome: None,
+            cluster: None,
         })
         .unwrap();
     }

@@ -18,7 +18,9 @@ pub struct ErrorBody {
 /// The inside of [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
-    /// Stable code (`unknown_target`, `conflict`, `forbidden`, `bad_request`, ...).
+    /// Stable code (`unknown_target`, `conflict`, `forbidden`, `bad_request`, ...; in a
+    /// fencer cluster also `no_quorum` 503, `no_executor` 503, `config_mismatch` 409,
+    /// `cluster_joining` 503, `cluster_timeout` 503, `cluster_lost` 503, `cluster_state` 503).
     pub code: String,
     /// What happened.
     pub message: String,

@@ -101,6 +101,21 @@ impl ApiError {
     }
 }
 
+/// The fencer cluster's error codes (issue 16) with the status each is answered with and
+/// when it happens: the OpenAPI document lists them on the routes that go through the
+/// cluster, and a test checks each against [`status_of`].
+pub const CLUSTER_ERRORS: &[(&str, u16, &str)] = &[
+    ("no_quorum", 503, "this member's partition has no quorum: new operations are refused (Pacemaker's rule) unless `[cluster] allow_without_quorum` is set"),
+    ("no_executor", 503, "no cluster member other than the target reaches a device of any of its levels"),
+    ("config_mismatch", 409, "members define the target differently (levels, identities, delays); the message names the members"),
+    ("cluster_joining", 503, "this member is still joining the cluster (waiting for a member's snapshot); retry in a moment"),
+    ("cluster_timeout", 503, "the request was not delivered back through Corosync in time"),
+    ("cluster_lost", 503, "this member is not in the cluster (corosync stopped or the member left the group)"),
+    ("cluster_state", 503, "the cluster operation left this member's state before it could be answered"),
+    ("conflict", 409, "another cluster operation with another action owns the target, wherever it was asked"),
+    ("request_id_mismatch", 409, "the request_id names another request, on any member"),
+];
+
 /// The HTTP status the API answers an engine error with.
 pub fn status_of(e: &EngineError) -> StatusCode {
     match e {
@@ -660,4 +675,26 @@ async fn method_not_allowed(req: Request) -> ApiError {
         format!("{} is not allowed on {}", req.method(), req.uri().path()),
         "the routes and their methods are listed in /v1/openapi.json",
     )
+}
+
+#[cfg(test)]
+mod cluster_error_tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_cluster_error_has_the_documented_status() {
+        for (code, status, _) in CLUSTER_ERRORS {
+            let e = EngineError::Cluster {
+                code,
+                detail: String::new(),
+            };
+            assert_eq!(
+                status_of(&e).as_u16(),
+                *status,
+                "api/mod.rs CLUSTER_ERRORS: `{code}` is documented as {status}, answered as {}",
+                status_of(&e)
+            );
+            assert_eq!(e.code(), *code, "api/mod.rs CLUSTER_ERRORS: `{code}`");
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! The document is checked in at `fenced/openapi.json` and served from there; a test
 //! regenerates it and fails with a diff when the two differ (`UPDATE_OPENAPI=1` rewrites it).
 
-use super::routes::{error_schema, Body, Method, RouteSpec, ROUTES};
+use super::routes::{error_schema, Body, Handler, Method, RouteSpec, ROUTES};
+use super::CLUSTER_ERRORS;
 use crate::config::Role;
 use schemars::gen::SchemaSettings;
 use serde_json::{json, Map, Value};
@@ -103,6 +104,29 @@ fn operation(spec: &RouteSpec, g: &mut schemars::gen::SchemaGenerator) -> Value 
                 "content": error(),
             }),
         );
+    }
+    // A fence or a manual confirmation is agreed through the fencer cluster when the daemon
+    // has `[cluster]`: its refusals have codes and statuses of their own.
+    if matches!(spec.handler, Handler::Fence | Handler::Confirm) {
+        for status in [409u16, 503] {
+            let codes: Vec<String> = CLUSTER_ERRORS
+                .iter()
+                .filter(|(_, s, _)| *s == status)
+                .map(|(code, _, when)| format!("`{code}`: {when}"))
+                .collect();
+            let lead = if status == 409 {
+                "Conflict: `conflict` (another operation on the target is in flight; for a fence also `request_id_mismatch`, `paused`). In a fencer cluster (`[cluster]`) these come from the whole cluster"
+            } else {
+                "The fencer cluster (`[cluster]`) cannot agree on the request now"
+            };
+            responses.insert(
+                status.to_string(),
+                json!({
+                    "description": format!("{lead}: {}.", codes.join("; ")),
+                    "content": error(),
+                }),
+            );
+        }
     }
     responses.insert(
         "default".into(),

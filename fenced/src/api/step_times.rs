@@ -222,6 +222,7 @@ mod tests {
             pending: vec![],
             witnesses: Vec::new(),
             outcome: None,
+            cluster: None,
         }
     }
 

@@ -292,15 +292,54 @@ impl Cluster {
     }
 
     fn deliver(&self, d: &Delivered) {
-        let (me, fx, quorate) = {
+        let (me, fx, quorate, copies) = {
             let mut rt = self.shared.rt();
             let quorate = rt.quorate;
             let Some(member) = rt.member.as_mut() else {
                 return;
             };
             let me = member.me;
-            (me, member.apply(d), quorate)
+            let was_synced = member.synced;
+            let fx = member.apply(d);
+            // What this member must hold in its own history: every operation that finished
+            // now, and, when it just adopted a snapshot (it rejoined), every finished one the
+            // snapshot holds (those it missed).
+            let finished: Vec<OpKey> = if member.synced && !was_synced {
+                member
+                    .state
+                    .ops
+                    .values()
+                    .filter(|o| o.phase != OpPhase::Running)
+                    .map(|o| o.key)
+                    .collect()
+            } else {
+                fx.iter()
+                    .filter_map(|e| match e {
+                        Effect::Finished { op } => Some(*op),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let copies: Vec<Operation> = finished
+                .iter()
+                .filter_map(|k| member.state.ops.get(k))
+                .map(history_copy)
+                .collect();
+            (me, fx, quorate, copies)
         };
+        if !copies.is_empty() {
+            // Deduplicated by cluster operation: the executor's own engine record (and any
+            // copy made before) already counts, so each member keeps one record of each.
+            match self.shared.engine.record_cluster_copies(copies) {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(ids = ?ids, "cluster: recorded operations agreed in the cluster in this member's history")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(
+                    "cluster: could not record agreed operations in this member's history: {e}; its `fence_node history` lacks them until they are delivered again (at the next rejoin)"
+                ),
+            }
+        }
         // Whenever anyone joins, everyone announces itself again (a joiner's view of the
         // others is reset on every member); after any change everyone says its quorum again
         // (the state forgets every member's quorum when members leave).
@@ -393,7 +432,12 @@ impl Cluster {
             request_id: None,
             timeout_s: None,
         };
-        let accepted = match engine.fence(req, &by).await {
+        let origin = ClusterOrigin {
+            op: key.to_string(),
+            origin: op.origin_name.clone(),
+            executor: self.shared.cluster.node_name.clone(),
+        };
+        let accepted = match engine.fence_as(req, &by, Some(Box::new(origin))).await {
             Ok(a) => a,
             Err(e) => {
                 self.send(Message::Outcome {
@@ -795,6 +839,23 @@ fn live_proof(s: &TargetSummary) -> Option<Proof> {
     })
 }
 
+/// This member's history record of a finished cluster operation: the cluster's view of it
+/// (the executor's attempts and outcome, the cluster's phase), tagged with the cluster
+/// operation, its origin and its executor; the id is given when it is stored.
+fn history_copy(op: &ClusterOp) -> Operation {
+    let created = op.record.as_ref().map_or_else(now_ms, |r| r.created_ms);
+    let caller = Caller {
+        identity: format!("cluster:{}", op.key.origin),
+    };
+    let mut copy = remote_operation(0, op, caller, created);
+    copy.cluster = Some(Box::new(ClusterOrigin {
+        op: op.key.to_string(),
+        origin: op.origin_name.clone(),
+        executor: op.executor_name.clone(),
+    }));
+    copy
+}
+
 /// A remote operation as this member shows it: the executor's record when it sent one, with
 /// the state and outcome always the cluster's (a success only after the executor's read-back).
 fn remote_operation(id: u64, op: &ClusterOp, caller: Caller, created: Millis) -> Operation {
@@ -881,5 +942,7 @@ fn remote_operation(id: u64, op: &ClusterOp, caller: Caller, created: Millis) ->
         witnesses,
         pending: Vec::new(),
         outcome,
+        // The executor's record names the cluster operation; a copy is tagged by its caller.
+        cluster: base.and_then(|b| b.cluster),
     }
 }

@@ -338,6 +338,9 @@ pub struct ClusterOp {
     pub levels: Vec<Vec<String>>,
     /// Why.
     pub reason: String,
+    /// The originating member's node name (absent in snapshots from before it was kept).
+    #[serde(default)]
+    pub origin_name: String,
     /// Who executes it now.
     pub executor: MemberId,
     /// The executor's name.
@@ -954,6 +957,7 @@ impl ClusterState {
             request_id: c.request_id.clone(),
             levels: c.levels.clone(),
             reason: c.reason.clone(),
+            origin_name: hello.name.clone(),
             executor,
             executor_name: self.name_of(executor),
             takeovers: 0,

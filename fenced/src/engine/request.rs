@@ -21,10 +21,22 @@ impl Engine {
         req: FenceRequest,
         by: &Requester,
     ) -> Result<FenceAccepted, EngineError> {
+        self.fence_as(req, by, None).await
+    }
+
+    /// [`Engine::fence`] for an operation the fencer cluster agreed on and gave this member to
+    /// execute: a new operation is recorded with `cluster` (which cluster operation it is), so
+    /// this member's history holds it once (see [`Engine::record_cluster_copies`]).
+    pub async fn fence_as(
+        &self,
+        req: FenceRequest,
+        by: &Requester,
+        cluster: Option<Box<ClusterOrigin>>,
+    ) -> Result<FenceAccepted, EngineError> {
         let what = format!("fence {} {}", req.target, req.action);
         let why = req.reason.clone();
         let (target, action) = (req.target.clone(), req.action);
-        let result = self.accept(req, by, &what).await;
+        let result = self.accept(req, by, &what, cluster).await;
         match &result {
             // A new operation's audit record was written with the operation's first record.
             Ok(a) if !a.joined => {}
@@ -108,6 +120,7 @@ impl Engine {
         req: FenceRequest,
         by: &Requester,
         what: &str,
+        cluster: Option<Box<ClusterOrigin>>,
     ) -> Result<FenceAccepted, EngineError> {
         let caller = &by.caller;
         let target = self.target(&req.target)?.clone();
@@ -236,6 +249,7 @@ impl Engine {
                 pending: Vec::new(),
                 witnesses: Vec::new(),
                 outcome: None,
+                cluster,
             };
             // Without a delay the first level's commands follow at once: they are recorded with
             // the operation itself (one durable write, not two).
@@ -379,6 +393,60 @@ impl Engine {
         })
     }
 
+    /// Persists this member's copies of finished cluster operations that another member
+    /// executed (or that it learnt of from a snapshot when it rejoined): each gets an id of
+    /// this engine and goes into this member's own history and ledger, signed with its key,
+    /// in one durable commit. A cluster operation already in this history (by its
+    /// [`ClusterOrigin::op`]: executed here, or copied before) is skipped, so a member keeps
+    /// one record per cluster operation however often it hears of it. Returns the ids given.
+    pub fn record_cluster_copies(&self, ops: Vec<Operation>) -> Result<Vec<u64>, EngineError> {
+        let inner = &self.inner;
+        // Under the state lock: ids come from the same counter as this engine's own
+        // operations, and two deliveries of one operation cannot both pass the check.
+        let mut st = inner.state();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut writes = Vec::new();
+        for mut op in ops {
+            let Some(key) = op.cluster.as_ref().map(|c| c.op.clone()) else {
+                continue;
+            };
+            if !op.state.is_terminal()
+                || !seen.insert(key.clone())
+                || inner.history.cluster_operation(&key)?.is_some()
+            {
+                continue;
+            }
+            op.id = st.next_id;
+            st.next_id += 1;
+            writes.push(Write::Operation {
+                operation: Box::new(op),
+                also: Vec::new(),
+            });
+        }
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<u64> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Operation { operation, .. } => Some(operation.id),
+                Write::Events(_) => None,
+            })
+            .collect();
+        let mut stored = Vec::new();
+        for (r, id) in inner.history.commit_batch(&writes).into_iter().zip(ids) {
+            r?;
+            stored.push(id);
+        }
+        drop(st);
+        for w in writes {
+            if let Write::Operation { operation, .. } = w {
+                let _ = inner.events.send(Event::Operation { operation });
+            }
+        }
+        Ok(stored)
+    }
+
     fn record_confirmation(
         &self,
         target: &str,
@@ -429,6 +497,7 @@ impl Engine {
                     caller.identity
                 ),
             }),
+            cluster: None,
         };
         let audit = self.audit_entry(by, what, reason, &format!("recorded as operation {id}"));
         inner.history.record_with(&op, &[audit])?;

@@ -656,6 +656,7 @@ async fn crash_mid_operation_is_recorded_as_interrupted_failure() {
             pending: vec![],
             witnesses: Vec::new(),
             outcome: None,
+            cluster: None,
         };
         h.record(&op).unwrap();
         // Dropped without finishing: what a SIGKILL leaves behind.
@@ -753,6 +754,7 @@ async fn crash_after_a_command_was_recorded_says_it_may_have_been_sent() {
             }],
             witnesses: Vec::new(),
             outcome: None,
+            cluster: None,
         };
         h.record(&op).unwrap();
     }
