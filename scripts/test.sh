@@ -30,7 +30,7 @@ mkdir -p "$target_dir"
 # why) so the package test (hw-tests/tests/debian_package.rs) only installs, upgrades and
 # purges them. amd64 only: the arm64 packages are another full cross build of that profile,
 # over CI's budget (scripts/check-debs.sh checks them by hand; its header says how).
-echo "== Debian packages (amd64, deb profile)"
+echo "== Debian packages (amd64, release profile)"
 export PALISADE_DEB_DIR="$target_dir/debian"
 rm -f "$PALISADE_DEB_DIR"/*.deb
 PALISADE_DEB_ARCHES=amd64 bash scripts/build-debs.sh "$PALISADE_DEB_DIR"

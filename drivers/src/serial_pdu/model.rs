@@ -2,8 +2,9 @@
 //! and read an outlet, and how the status reply is laid out.
 //!
 //! The command sets are described from the vendors' manuals (WTI NPS/IPS user's guide, APC
-//! Switched Rack PDU CLI guide, BayTech RPC owner's manual); a new model is a new table entry,
-//! and a site whose firmware differs can be described the same way in configuration.
+//! Switched Rack PDU CLI guide, BayTech RPC owner's manual); a new model is a new table entry
+//! here. Configuration only names a built-in model (`model = "wti"`): a site whose firmware
+//! speaks a different dialogue cannot describe it in the config file, it needs an entry here.
 
 /// How a status reply lays out one outlet per line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
