@@ -29,6 +29,17 @@ pub enum Verdict {
     NoEvidence,
 }
 
+impl Verdict {
+    /// The verdict as serde spells it (`silent`, `alive`, `no_evidence`), for metric labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Silent => "silent",
+            Verdict::Alive => "alive",
+            Verdict::NoEvidence => "no_evidence",
+        }
+    }
+}
+
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -76,4 +87,11 @@ pub trait Witness: Send + Sync + 'static {
     /// only after the witness's settle time passed without one, and [`Verdict::NoEvidence`] when
     /// it could not observe; it returns by `deadline` in every case.
     async fn observe(&self, deadline: tokio::time::Instant) -> Observation;
+
+    /// Why this witness can never observe (it could not be built from its configuration), or
+    /// `None` for one that can. `/metrics` exports it, so an alert fires before a fence needs
+    /// the witness rather than when it gives no evidence in the middle of one.
+    fn unavailable(&self) -> Option<&str> {
+        None
+    }
 }

@@ -1278,6 +1278,24 @@ mod witnesses {
         );
         let m = r.engine.metrics();
         assert_eq!(m.lying_devices.get("bmc"), Some(&1));
+        // The vetoed "off" is no confirmation; the PDU's counts, witness watch included.
+        assert!(
+            !m.device_confirm_ms.contains_key("bmc"),
+            "{:?}",
+            m.device_confirm_ms
+        );
+        let pdu_ms = &m.device_confirm_ms["pdu"];
+        assert_eq!(pdu_ms.count, 1);
+        assert!(pdu_ms.sum_ms >= SETTLE.as_millis() as u64, "{pdu_ms:?}");
+        assert_eq!(
+            m.witness_verdicts
+                .get(&("net".into(), "test".into(), "alive".into())),
+            Some(&1)
+        );
+        assert_eq!(
+            m.witness_confirm_ms[&("net".into(), "test".into())].count,
+            1
+        );
     }
 
     #[tokio::test(start_paused = true)]
