@@ -11,6 +11,7 @@
 
 pub mod disk;
 pub mod network;
+pub mod power_path;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -107,7 +107,8 @@ pub type WitnessSlots = BTreeMap<String, Vec<WitnessSlot>>;
 /// Builds every target's witnesses from the configuration. The configuration already built each
 /// one when it was checked; one that fails now anyway is held as a witness that gives no
 /// evidence, with the reason, so its target can never be confirmed off without it.
-pub fn build_witnesses(config: &Config) -> WitnessSlots {
+pub fn build_witnesses(config: &Config, devices: &BTreeMap<String, DeviceSlot>) -> WitnessSlots {
+    let lookup = |name: &str| devices.get(name).map(|s| s.device.clone());
     config
         .targets
         .values()
@@ -118,7 +119,7 @@ pub fn build_witnesses(config: &Config) -> WitnessSlots {
                 .iter()
                 .map(|name| {
                     let witness = match config.witnesses.get(name) {
-                        Some(w) => w.kind.build(&t.name).unwrap_or_else(|e| {
+                        Some(w) => w.kind.build(&t.name, &lookup).unwrap_or_else(|e| {
                             Arc::new(Unbuilt {
                                 kind: w.kind.name(),
                                 why: e,
@@ -299,7 +300,7 @@ impl Engine {
         interrupted: u32,
         clock: Clock,
     ) -> Result<Engine, EngineError> {
-        let witnesses = build_witnesses(&config);
+        let witnesses = build_witnesses(&config, &devices);
         Self::with_witnesses(config, devices, witnesses, history, interrupted, clock)
     }
 
