@@ -321,7 +321,11 @@ fn fenced_exports_every_series_the_alert_rules_select() {
         .iter()
         .flat_map(|e| selectors(e))
         .collect();
-    assert!(wanted.len() >= 7, "the rules select {wanted:?}");
+    // 10 rules selecting 16 series (as of the witness alerts): fewer means one went missing.
+    assert!(
+        rule_exprs(&rules).len() >= 10 && wanted.len() >= 16,
+        "the rules select {wanted:?}"
+    );
     for s in &wanted {
         assert!(
             s.name.starts_with("palisade_"),
@@ -330,14 +334,23 @@ fn fenced_exports_every_series_the_alert_rules_select() {
     }
 
     // node1 fences honestly; node2's BMC acknowledges and never changes power (a failed
-    // fence); node3's stops answering (its device turns unhealthy at the next check).
+    // fence); node3's stops answering (its device turns unhealthy at the next check); node4's
+    // lies (reports off, changes nothing), and its network witness, a closed port on this
+    // machine that answers with RSTs, sees it alive: a veto, a lie counted.
     let lab = BackgroundLab::start(LabSpec::new(
-        3,
+        4,
         "admin",
         Secret::new(PASSWORD.as_bytes().to_vec()),
     ))
     .unwrap();
     lab.bmc("node2").unwrap().set_fault(Fault::Stuck(true));
+    lab.bmc("node4").unwrap().set_fault(Fault::Lies(true));
+    // A port nobody listens on: the kernel refuses connects to it, which a witness reads as a
+    // running node.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     write_secret(&d.join("pw"), &format!("{PASSWORD}\n"));
@@ -355,6 +368,13 @@ fn fenced_exports_every_series_the_alert_rules_select() {
             d = d.display(),
         ));
     }
+    cfg.push_str(&format!(
+        "[witnesses.node4-net]\nkind = \"network\"\naddresses = [\"{closed}\"]\nsettle_s = 1\nprobe_timeout_ms = 200\ninterval_ms = 200\n\n"
+    ));
+    cfg = cfg.replace(
+        "[targets.node4]\n",
+        "[targets.node4]\nconfirm = \"device+witness\"\nwitnesses = [\"node4-net\"]\n",
+    );
     let config = d.join("fenced.toml");
     std::fs::write(&config, cfg).unwrap();
     let fenced = Fenced::start(d, &config);
@@ -364,6 +384,8 @@ fn fenced_exports_every_series_the_alert_rules_select() {
     assert_eq!(ok["state"], "succeeded", "{ok}");
     let failed = fenced.json(&["off", "node2", "--reason", "metrics scrape test"]);
     assert_eq!(failed["state"], "failed", "{failed}");
+    let vetoed = fenced.json(&["off", "node4", "--reason", "metrics scrape test"]);
+    assert_eq!(vetoed["state"], "failed", "{vetoed}");
     let paused = fenced.fence_node(&["pause", "--reason", "metrics scrape test"]);
     assert!(paused.status.success(), "{}", text(&paused));
 
@@ -404,7 +426,7 @@ fn fenced_exports_every_series_the_alert_rules_select() {
                 "palisade_operations_total",
                 &[("action", "off"), ("outcome", "failed")],
             ),
-            1.0,
+            2.0,
         ),
         (
             sel(
@@ -421,6 +443,47 @@ fn fenced_exports_every_series_the_alert_rules_select() {
             1.0,
         ),
         (sel("palisade_paused", &[]), 1.0),
+        // Time to confirmed off: the honest BMC once; the liar's vetoed off is not counted.
+        (
+            sel(
+                "palisade_device_confirm_seconds_count",
+                &[("device", "bmc-node1")],
+            ),
+            1.0,
+        ),
+        (
+            sel("palisade_device_lies_total", &[("device", "bmc-node4")]),
+            1.0,
+        ),
+        (
+            sel("palisade_device_lies_total", &[("device", "bmc-node1")]),
+            0.0,
+        ),
+        (
+            sel(
+                "palisade_witness_verdicts_total",
+                &[
+                    ("witness", "node4-net"),
+                    ("kind", "network"),
+                    ("verdict", "alive"),
+                ],
+            ),
+            1.0,
+        ),
+        (
+            sel(
+                "palisade_witness_verdicts_total",
+                &[("witness", "node4-net"), ("verdict", "no_evidence")],
+            ),
+            0.0,
+        ),
+        (
+            sel(
+                "palisade_witness_unavailable",
+                &[("target", "node4"), ("witness", "node4-net")],
+            ),
+            0.0,
+        ),
         (sel("palisade_ledger_intact", &[]), 1.0),
         (
             sel(
@@ -433,6 +496,15 @@ fn fenced_exports_every_series_the_alert_rules_select() {
         let got = find(&page, &s).map(|(_, v)| *v);
         assert_eq!(got, Some(want), "{s:?}");
     }
+    // Neither the liar's off (vetoed) nor the stuck BMC's counts as a confirmation.
+    assert!(find(
+        &page,
+        &sel(
+            "palisade_device_confirm_seconds_count",
+            &[("device", "bmc-node4")]
+        )
+    )
+    .is_none());
     // The stuck BMC's step was not confirmed: no duration recorded for it.
     assert!(find(
         &page,

@@ -11,6 +11,7 @@
 
 pub mod disk;
 pub mod network;
+pub mod power_path;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,17 @@ pub enum Verdict {
     /// The witness could not observe (an error, a timeout, an unreadable disk): neither a veto
     /// nor agreement, and never read as "off".
     NoEvidence,
+}
+
+impl Verdict {
+    /// The verdict as serde spells it (`silent`, `alive`, `no_evidence`), for metric labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Silent => "silent",
+            Verdict::Alive => "alive",
+            Verdict::NoEvidence => "no_evidence",
+        }
+    }
 }
 
 impl std::fmt::Display for Verdict {
@@ -76,4 +88,11 @@ pub trait Witness: Send + Sync + 'static {
     /// only after the witness's settle time passed without one, and [`Verdict::NoEvidence`] when
     /// it could not observe; it returns by `deadline` in every case.
     async fn observe(&self, deadline: tokio::time::Instant) -> Observation;
+
+    /// Why this witness can never observe (it could not be built from its configuration), or
+    /// `None` for one that can. `/metrics` exports it, so an alert fires before a fence needs
+    /// the witness rather than when it gives no evidence in the middle of one.
+    fn unavailable(&self) -> Option<&str> {
+        None
+    }
 }

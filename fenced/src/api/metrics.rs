@@ -1,6 +1,6 @@
 //! `/metrics` in the Prometheus text exposition format 0.0.4.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Histogram, Metrics, WitnessInfo, CONFIRM_BUCKETS_MS};
 use crate::model::HealthState;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -149,6 +149,9 @@ pub fn render(engine: &Engine, api_refused: &BTreeMap<String, u64>) -> String {
         }
     }
 
+    let devices: Vec<String> = engine.device_health().into_iter().map(|(d, _)| d).collect();
+    render_confirmation(&mut p, &m, &devices, &engine.witnesses());
+
     p.family(
         "palisade_operations_interrupted_at_startup",
         "gauge",
@@ -160,6 +163,100 @@ pub fn render(engine: &Engine, api_refused: &BTreeMap<String, u64>) -> String {
         m.interrupted_at_startup,
     );
     p.0
+}
+
+/// One histogram of [`CONFIRM_BUCKETS_MS`] with its labels, cumulative as the format wants.
+fn histogram(p: &mut Page, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+    let mut cumulative = 0;
+    for (i, bound) in CONFIRM_BUCKETS_MS.iter().enumerate() {
+        cumulative += h.buckets[i];
+        let le = (*bound as f64 / 1000.0).to_string();
+        let mut l = labels.to_vec();
+        l.push(("le", &le));
+        p.sample(&format!("{name}_bucket"), &l, cumulative);
+    }
+    let mut l = labels.to_vec();
+    l.push(("le", "+Inf"));
+    p.sample(&format!("{name}_bucket"), &l, h.count);
+    p.sample(&format!("{name}_sum"), labels, h.sum_ms as f64 / 1000.0);
+    p.sample(&format!("{name}_count"), labels, h.count);
+}
+
+/// The confirmation series: time to confirmed off per device and per witness, witness
+/// verdicts, lying devices and witnesses that cannot observe. Counters start at 0 for every
+/// configured device and witness, so an alert on their `increase` sees the first event too.
+fn render_confirmation(p: &mut Page, m: &Metrics, devices: &[String], witnesses: &[WitnessInfo]) {
+    let name = "palisade_device_confirm_seconds";
+    p.family(
+        name,
+        "histogram",
+        "Time from a device's off step start to its level's off standing (read back and, under confirm = \"device+witness\", every witness silent), by device, seconds. An off a witness refused is not counted.",
+    );
+    for (device, h) in &m.device_confirm_ms {
+        histogram(p, name, &[("device", device)], h);
+    }
+
+    let name = "palisade_witness_seconds";
+    p.family(
+        name,
+        "histogram",
+        "Time from a witness's start to its silent verdict (the node seen off), by witness and kind, seconds.",
+    );
+    for ((witness, kind), h) in &m.witness_confirm_ms {
+        histogram(p, name, &[("witness", witness), ("kind", kind)], h);
+    }
+
+    let mut verdicts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for w in witnesses {
+        for v in ["silent", "alive", "no_evidence"] {
+            verdicts.insert((w.name.clone(), w.kind.clone(), v.to_string()), 0);
+        }
+    }
+    for (k, n) in &m.witness_verdicts {
+        *verdicts.entry(k.clone()).or_default() += n;
+    }
+    p.family(
+        "palisade_witness_verdicts_total",
+        "counter",
+        "Witness observations by witness, kind and verdict (silent, alive: a veto, no_evidence: could not observe).",
+    );
+    for ((witness, kind, verdict), n) in &verdicts {
+        p.sample(
+            "palisade_witness_verdicts_total",
+            &[("witness", witness), ("kind", kind), ("verdict", verdict)],
+            n,
+        );
+    }
+
+    let mut lies: BTreeMap<&str, u64> = devices.iter().map(|d| (d.as_str(), 0)).collect();
+    for (d, n) in &m.lying_devices {
+        *lies.entry(d.as_str()).or_default() += n;
+    }
+    p.family(
+        "palisade_device_lies_total",
+        "counter",
+        "Times a device read back off while a witness saw its node alive (a lying device or the wrong outlet/BMC for the node), by device.",
+    );
+    for (device, n) in lies {
+        p.sample("palisade_device_lies_total", &[("device", device)], n);
+    }
+
+    p.family(
+        "palisade_witness_unavailable",
+        "gauge",
+        "1 for a configured witness that could not be built and can never observe (its target cannot be confirmed off), else 0; by target, witness and kind.",
+    );
+    for w in witnesses {
+        p.sample(
+            "palisade_witness_unavailable",
+            &[
+                ("target", &w.target),
+                ("witness", &w.name),
+                ("kind", &w.kind),
+            ],
+            u8::from(w.unavailable.is_some()),
+        );
+    }
 }
 
 /// Appends the API's security counters: failed authentications, sources refused for failing
@@ -255,7 +352,62 @@ pub(crate) fn render_security(out: &mut String, s: &super::ApiState) {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::*;
+
+    #[test]
+    fn confirmation_series_are_rendered_with_zeroes_for_every_device_and_witness() {
+        let mut m = Metrics::default();
+        let mut h = Histogram::default();
+        h.push(40);
+        h.push(3_200);
+        m.device_confirm_ms.insert("pdu".into(), h.clone());
+        m.witness_confirm_ms
+            .insert(("n1-net".into(), "network".into()), h);
+        m.witness_verdicts
+            .insert(("n1-net".into(), "network".into(), "alive".into()), 2);
+        m.lying_devices.insert("bmc".into(), 2);
+        let witnesses = [
+            WitnessInfo {
+                target: "n1".into(),
+                name: "n1-net".into(),
+                kind: "network".into(),
+                unavailable: None,
+            },
+            WitnessInfo {
+                target: "n1".into(),
+                name: "n1-hb".into(),
+                kind: "disk-heartbeat".into(),
+                unavailable: Some("cannot open /dev/sdz".into()),
+            },
+        ];
+        let mut p = Page(String::new());
+        render_confirmation(&mut p, &m, &["bmc".into(), "pdu".into()], &witnesses);
+        let text = p.0;
+        for line in [
+            // 40 ms falls in the 50 ms bucket, 3.2 s in the 3.5 s one; buckets are cumulative.
+            "palisade_device_confirm_seconds_bucket{device=\"pdu\",le=\"0.01\"} 0\n",
+            "palisade_device_confirm_seconds_bucket{device=\"pdu\",le=\"0.05\"} 1\n",
+            "palisade_device_confirm_seconds_bucket{device=\"pdu\",le=\"2.5\"} 1\n",
+            "palisade_device_confirm_seconds_bucket{device=\"pdu\",le=\"3.5\"} 2\n",
+            "palisade_device_confirm_seconds_bucket{device=\"pdu\",le=\"+Inf\"} 2\n",
+            "palisade_device_confirm_seconds_sum{device=\"pdu\"} 3.24\n",
+            "palisade_device_confirm_seconds_count{device=\"pdu\"} 2\n",
+            "palisade_witness_seconds_count{witness=\"n1-net\",kind=\"network\"} 2\n",
+            "palisade_witness_verdicts_total{witness=\"n1-net\",kind=\"network\",verdict=\"alive\"} 2\n",
+            "palisade_witness_verdicts_total{witness=\"n1-net\",kind=\"network\",verdict=\"silent\"} 0\n",
+            "palisade_witness_verdicts_total{witness=\"n1-hb\",kind=\"disk-heartbeat\",verdict=\"no_evidence\"} 0\n",
+            "palisade_device_lies_total{device=\"bmc\"} 2\n",
+            "palisade_device_lies_total{device=\"pdu\"} 0\n",
+            "palisade_witness_unavailable{target=\"n1\",witness=\"n1-net\",kind=\"network\"} 0\n",
+            "palisade_witness_unavailable{target=\"n1\",witness=\"n1-hb\",kind=\"disk-heartbeat\"} 1\n",
+            "# TYPE palisade_device_confirm_seconds histogram\n",
+            "# TYPE palisade_device_lies_total counter\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        // No device without a confirmed off gets a histogram.
+        assert!(!text.contains("palisade_device_confirm_seconds_count{device=\"bmc\"}"));
+    }
 
     #[test]
     fn label_values_are_escaped() {

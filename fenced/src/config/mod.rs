@@ -34,6 +34,7 @@ mod targets;
 mod witness;
 mod witness_disk;
 mod witness_network;
+mod witness_power_path;
 
 pub use api::{ApiConfig, ApiSecurity, CertMatch, ClientCertRule, Role, TlsConfig};
 pub use cluster::ClusterConfig;
@@ -45,6 +46,7 @@ pub use targets::{Confirm, LevelEntry, TargetConfig, Timing};
 pub use witness::{WitnessConfig, WitnessKind};
 pub use witness_disk::DiskHeartbeatSettings;
 pub use witness_network::NetworkSettings;
+pub use witness_power_path::PowerPathSettings;
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -401,7 +403,7 @@ impl Config {
                 },
             );
         }
-        let witnesses = witness::resolve(&ctx, raw.witnesses)?;
+        let witnesses = witness::resolve(&ctx, raw.witnesses, &devices)?;
         let targets = targets::resolve(&ctx, raw.targets, &raw.defaults, &devices, &witnesses)?;
         let cluster = cluster::resolve(&ctx, raw.cluster, &daemon.node_name, &devices)?;
 

@@ -270,7 +270,7 @@ pub(super) fn resolve(
             identities.insert(dev.clone(), id.get_ref().trim().to_ascii_lowercase());
         }
         let timing = timing(ctx, &name, &t, defaults, header.clone())?;
-        let (confirm, witnesses) = confirm(ctx, &name, &t, witnesses, &timing, header)?;
+        let (confirm, witnesses) = confirm(ctx, &name, &t, witnesses, &timing, header, &levels)?;
         targets.insert(
             name.clone(),
             TargetConfig {
@@ -296,6 +296,7 @@ fn confirm(
     all: &BTreeMap<String, WitnessConfig>,
     timing: &Timing,
     header: Range<usize>,
+    levels: &[Vec<LevelEntry>],
 ) -> Result<(Confirm, Vec<String>), ConfigError> {
     let confirm = match &t.confirm {
         None => Confirm::Device,
@@ -342,7 +343,7 @@ fn confirm(
                 format!("witness `{}` is listed twice", w.get_ref()),
             ));
         }
-        if let Err(e) = cfg.kind.build(name) {
+        if let Err(e) = cfg.kind.check(name, levels) {
             return Err(ctx.at(
                 w,
                 &field,

@@ -7,8 +7,9 @@
 //! below. A witness table is read as key → spanned value, so every setting keeps its line
 //! and a setting the kind does not know is refused there, with the ones it takes.
 
-use super::{ConfigError, Ctx};
+use super::{ConfigError, Ctx, DeviceConfig};
 use drivers::witness::Witness;
+use drivers::PowerDevice;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -31,9 +32,17 @@ pub(crate) trait WitnessKindSettings: Sized + Sync {
     /// How long the witness watches before it can say `silent`: the attempt must leave it
     /// that much time after the device read back off.
     fn settle(&self) -> Duration;
-    /// The witness watching target `target` (the node's name where the kind needs one).
-    fn build(&self, target: &str) -> Result<Arc<dyn Witness>, String>;
+    /// The witness watching target `target` (the node's name where the kind needs one);
+    /// `device` finds the engine's driver of a configured device (kinds that read one).
+    fn build(&self, target: &str, device: &DeviceLookup<'_>) -> Result<Arc<dyn Witness>, String>;
+    /// Whether the witness can watch `target`, checked when the config is read (no driver is
+    /// built then: a relay's lines are not opened by `check-config`).
+    /// `levels` are the target's: a kind that reads a device refuses one a level uses.
+    fn check(&self, target: &str, levels: &[Vec<super::LevelEntry>]) -> Result<(), String>;
 }
+
+/// Finds the engine's driver of a configured device by name.
+pub type DeviceLookup<'a> = dyn Fn(&str) -> Option<Arc<dyn PowerDevice>> + 'a;
 
 /// Declares the witness kinds: the enum of their checked settings and the dispatch. One line
 /// per kind.
@@ -80,10 +89,17 @@ macro_rules! witness_kinds {
                 }
             }
 
-            /// The witness watching `target`.
-            pub fn build(&self, target: &str) -> Result<Arc<dyn Witness>, String> {
+            /// The witness watching `target`; `device` finds a configured device's driver.
+            pub fn build(&self, target: &str, device: &DeviceLookup<'_>) -> Result<Arc<dyn Witness>, String> {
                 match self {
-                    $( WitnessKind::$variant(s) => s.build(target), )*
+                    $( WitnessKind::$variant(s) => s.build(target, device), )*
+                }
+            }
+
+            /// Whether it can watch `target` (checked when the config is read).
+            pub fn check(&self, target: &str, levels: &[Vec<super::LevelEntry>]) -> Result<(), String> {
+                match self {
+                    $( WitnessKind::$variant(s) => s.check(target, levels), )*
                 }
             }
         }
@@ -97,6 +113,8 @@ witness_kinds! {
     Network("network", super::witness_network::NetworkSettings),
     /// The node's heartbeat on a shared SBD disk stops advancing.
     DiskHeartbeat("disk-heartbeat", super::witness_disk::DiskHeartbeatSettings),
+    /// An outlet feeding the node (any configured device and port) reads off.
+    PowerPath("power-path", super::witness_power_path::PowerPathSettings),
 }
 
 /// A configured witness.
@@ -117,6 +135,8 @@ pub(crate) struct WitnessCx<'a> {
     fields: RawWitness,
     kind: &'static str,
     keys: &'static [&'static str],
+    /// The configured devices (a power-path witness names one).
+    pub(crate) devices: &'a BTreeMap<String, DeviceConfig>,
 }
 
 impl WitnessCx<'_> {
@@ -246,6 +266,7 @@ impl WitnessCx<'_> {
 pub(super) fn resolve(
     ctx: &Ctx,
     raw: BTreeMap<String, Spanned<RawWitness>>,
+    devices: &BTreeMap<String, DeviceConfig>,
 ) -> Result<BTreeMap<String, WitnessConfig>, ConfigError> {
     let mut out = BTreeMap::new();
     for (name, table) in raw {
@@ -278,6 +299,7 @@ pub(super) fn resolve(
             fields,
             kind: kind_name,
             keys: &[],
+            devices,
         };
         let resolved = WitnessKind::resolve(kind_name, &mut cx).ok_or_else(|| {
             ctx.at(
@@ -356,7 +378,7 @@ witnesses = ["n1-net", "sbd-hb"]
         // The disk witness watches the target's own slot.
         assert!(c.witnesses["sbd-hb"]
             .kind
-            .build("node1")
+            .build("node1", &|_| None)
             .unwrap()
             .describe()
             .contains("node node1"));
@@ -374,7 +396,7 @@ witnesses = ["n1-net", "sbd-hb"]
         let cases = [
             (
                 BASE.replace("kind = \"network\"", "kind = \"ping\""),
-                ":9: witnesses.n1-net.kind: unknown witness kind \"ping\"; expected one of: network, disk-heartbeat",
+                ":9: witnesses.n1-net.kind: unknown witness kind \"ping\"; expected one of: network, disk-heartbeat, power-path",
             ),
             (
                 BASE.replace("settle_s = 2", "settle_s = 2\nports = [1]"),
@@ -423,6 +445,123 @@ witnesses = ["n1-net", "sbd-hb"]
                 e.starts_with(&format!("/etc/palisade/fenced.toml{want}")),
                 "expected {want}\n     got {e}"
             );
+        }
+    }
+
+    const POWER: &str = r#"
+[devices.bmc1]
+kind = "ipmi"
+address = "127.0.0.1:6230"
+username = "admin"
+password_env = "PW"
+
+[devices.pdu-a]
+kind = "snmp-pdu"
+address = "127.0.0.1"
+model = "apc-rpdu"
+community_env = "PW"
+
+[devices.relays]
+kind = "relay"
+chip = "/dev/gpiochip0"
+
+[devices.relays.lines.sensed]
+line = 17
+polarity = "active-high"
+mode = "power-cut"
+sense_line = 27
+sense_polarity = "active-high"
+
+[devices.relays.lines.blind]
+line = 18
+polarity = "active-high"
+mode = "power-cut"
+confirm_off_by_relay_output_without_sense = true
+
+[witnesses.feed]
+kind = "power-path"
+device = "pdu-a"
+port = "7"
+
+[targets.node1]
+levels = [["bmc1"]]
+confirm = "device+witness"
+witnesses = ["feed"]
+"#;
+
+    /// `:N:` of the line holding `marker` (unique in `text`).
+    fn line_of(text: &str, marker: &str) -> usize {
+        let i = text.find(marker).unwrap_or_else(|| panic!("{marker}"));
+        text[..i].lines().count() + usize::from(text[..i].ends_with('\n'))
+    }
+
+    #[test]
+    fn a_power_path_witness_reads_a_pdu_outlet_or_a_sensed_relay_line() {
+        let c = parse(POWER).unwrap();
+        let WitnessKind::PowerPath(p) = &c.witnesses["feed"].kind else {
+            panic!()
+        };
+        assert_eq!((p.device.as_str(), p.port.as_str()), ("pdu-a", "7"));
+        assert_eq!(p.settle, drivers::witness::power_path::DEFAULT_SETTLE);
+        let c = parse(&POWER.replace(
+            "device = \"pdu-a\"\nport = \"7\"",
+            "device = \"relays\"\nport = \"sensed\"",
+        ))
+        .unwrap();
+        assert!(c.witnesses["feed"]
+            .kind
+            .describe()
+            .contains("relays:sensed"));
+    }
+
+    #[test]
+    fn a_power_path_witness_that_cannot_prove_anything_is_refused_at_its_line() {
+        let cases: Vec<(String, &str, String)> = vec![
+            // A BMC is not on the power path.
+            (
+                POWER.replace("device = \"pdu-a\"", "device = \"bmc1\""),
+                "device = \"bmc1\"",
+                "witnesses.feed.device: device `bmc1` is an ipmi device, not on the node's power path".into(),
+            ),
+            (
+                POWER.replace("device = \"pdu-a\"", "device = \"pdu-b\""),
+                "device = \"pdu-b\"",
+                "witnesses.feed.device: device `pdu-b` is not defined; expected one of: bmc1, pdu-a, relays".into(),
+            ),
+            (
+                POWER.replace("port = \"7\"\n", ""),
+                "[witnesses.feed]",
+                "witnesses.feed.port: device `pdu-a` is a snmp-pdu with several outlets: give `port = \"OUTLET\"`".into(),
+            ),
+            (
+                POWER.replace("device = \"pdu-a\"\nport = \"7\"", "device = \"relays\"\nport = \"blind\""),
+                "port = \"blind\"",
+                "witnesses.feed.port: relay line `relays:blind` has no sense_line".into(),
+            ),
+            (
+                POWER.replace("device = \"pdu-a\"\nport = \"7\"", "device = \"relays\"\nport = \"node9\""),
+                "port = \"node9\"",
+                "witnesses.feed.port: relay `relays` has no line `node9`; expected one of: blind, sensed".into(),
+            ),
+            // The witness reads the device a level of its own target uses.
+            (
+                POWER.replace("levels = [[\"bmc1\"]]", "levels = [[\"bmc1\"], [\"pdu-a:7\"]]"),
+                "witnesses = [\"feed\"]",
+                "targets.node1.witnesses: witness `feed` cannot watch `node1`: it reads device `pdu-a`, which level 2 of this target uses".into(),
+            ),
+            (
+                POWER.replace("port = \"7\"", "port = \"7\"\nmax_watts = 5"),
+                "max_watts",
+                "witnesses.feed.max_watts: unknown setting `max_watts` for a power-path witness; expected one of: kind, device, port, settle_s, timeout_ms".into(),
+            ),
+        ];
+        for (text, marker, want) in cases {
+            let got = err(&text);
+            let want = format!(
+                "/etc/palisade/fenced.toml:{}: {want}",
+                line_of(&text, marker)
+            );
+            assert!(got.contains(&want), "expected {want:?}\n     got {got:?}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! its `palisade-sbd watch`) must stop advancing for `settle_s` after the device read back off.
 //! The node's name is the target's unless `node = "..."` says otherwise.
 
-use super::witness::{WitnessCx, WitnessKindSettings};
+use super::witness::{DeviceLookup, WitnessCx, WitnessKindSettings};
 use super::ConfigError;
 use drivers::witness::disk::{self, DiskHeartbeatConfig, DiskHeartbeatWitness};
 use drivers::witness::Witness;
@@ -104,7 +104,11 @@ impl WitnessKindSettings for DiskHeartbeatSettings {
         self.settle
     }
 
-    fn build(&self, target: &str) -> Result<Arc<dyn Witness>, String> {
+    fn check(&self, target: &str, _levels: &[Vec<super::LevelEntry>]) -> Result<(), String> {
+        self.build(target, &|_| None).map(|_| ())
+    }
+
+    fn build(&self, target: &str, _device: &DeviceLookup<'_>) -> Result<Arc<dyn Witness>, String> {
         DiskHeartbeatWitness::new(self.config(target))
             .map(|w| Arc::new(w) as Arc<dyn Witness>)
             .map_err(|e| e.to_string())

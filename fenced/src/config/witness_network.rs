@@ -1,7 +1,7 @@
 //! Witness kind `network`: `addresses = ["IP:port", ...]` of the node must stop answering TCP
 //! connects for `settle_s` after the device read back off.
 
-use super::witness::{WitnessCx, WitnessKindSettings};
+use super::witness::{DeviceLookup, WitnessCx, WitnessKindSettings};
 use super::ConfigError;
 use drivers::witness::network::{self, NetworkConfig, NetworkWitness};
 use drivers::witness::Witness;
@@ -71,7 +71,11 @@ impl WitnessKindSettings for NetworkSettings {
         self.0.settle
     }
 
-    fn build(&self, _target: &str) -> Result<Arc<dyn Witness>, String> {
+    fn check(&self, target: &str, _levels: &[Vec<super::LevelEntry>]) -> Result<(), String> {
+        self.build(target, &|_| None).map(|_| ())
+    }
+
+    fn build(&self, _target: &str, _device: &DeviceLookup<'_>) -> Result<Arc<dyn Witness>, String> {
         NetworkWitness::new(self.0.clone())
             .map(|w| Arc::new(w) as Arc<dyn Witness>)
             .map_err(|e| e.to_string())

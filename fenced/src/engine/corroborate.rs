@@ -87,7 +87,11 @@ pub(super) async fn corroborate(
             let mut st = inner.state();
             *st.metrics
                 .witness_verdicts
-                .entry((slot.name.clone(), kind.to_string(), obs.verdict.to_string()))
+                .entry((
+                    slot.name.clone(),
+                    kind.to_string(),
+                    obs.verdict.as_str().to_string(),
+                ))
                 .or_default() += 1;
             if obs.verdict == Verdict::Silent {
                 st.metrics

@@ -88,13 +88,27 @@ pub struct WitnessSlot {
     pub witness: Arc<dyn drivers::witness::Witness>,
 }
 
+/// A configured witness of one target, as `/metrics` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessInfo {
+    /// The target it watches.
+    pub target: String,
+    /// Its configured name (`[witnesses.NAME]`).
+    pub name: String,
+    /// Its kind (`network`, `disk-heartbeat`, `power-path`).
+    pub kind: String,
+    /// Why it can never observe (it could not be built), if so.
+    pub unavailable: Option<String>,
+}
+
 /// Per target, its witnesses in the order its `witnesses` lists them.
 pub type WitnessSlots = BTreeMap<String, Vec<WitnessSlot>>;
 
 /// Builds every target's witnesses from the configuration. The configuration already built each
 /// one when it was checked; one that fails now anyway is held as a witness that gives no
 /// evidence, with the reason, so its target can never be confirmed off without it.
-pub fn build_witnesses(config: &Config) -> WitnessSlots {
+pub fn build_witnesses(config: &Config, devices: &BTreeMap<String, DeviceSlot>) -> WitnessSlots {
+    let lookup = |name: &str| devices.get(name).map(|s| s.device.clone());
     config
         .targets
         .values()
@@ -105,7 +119,7 @@ pub fn build_witnesses(config: &Config) -> WitnessSlots {
                 .iter()
                 .map(|name| {
                     let witness = match config.witnesses.get(name) {
-                        Some(w) => w.kind.build(&t.name).unwrap_or_else(|e| {
+                        Some(w) => w.kind.build(&t.name, &lookup).unwrap_or_else(|e| {
                             Arc::new(Unbuilt {
                                 kind: w.kind.name(),
                                 why: e,
@@ -141,6 +155,10 @@ impl drivers::witness::Witness for Unbuilt {
 
     fn describe(&self) -> String {
         format!("not built: {}", self.why)
+    }
+
+    fn unavailable(&self) -> Option<&str> {
+        Some(&self.why)
     }
 
     async fn observe(&self, _deadline: tokio::time::Instant) -> drivers::witness::Observation {
@@ -202,7 +220,8 @@ pub struct Metrics {
     pub duration_ms_sum: BTreeMap<String, u64>,
     /// Operations recorded as interrupted at start-up.
     pub interrupted_at_startup: u32,
-    /// Time from a device's step start to its confirmed off, by device.
+    /// Time from a device's off step start to its level's off standing (read back, and under
+    /// `device+witness` every witness silent), by device. A vetoed "off" is not counted.
     pub device_confirm_ms: BTreeMap<String, Histogram>,
     /// Time from a witness's start to its `silent`, by (witness, kind).
     pub witness_confirm_ms: BTreeMap<(String, String), Histogram>,
@@ -281,7 +300,7 @@ impl Engine {
         interrupted: u32,
         clock: Clock,
     ) -> Result<Engine, EngineError> {
-        let witnesses = build_witnesses(&config);
+        let witnesses = build_witnesses(&config, &devices);
         Self::with_witnesses(config, devices, witnesses, history, interrupted, clock)
     }
 
@@ -531,6 +550,22 @@ impl Engine {
     /// A copy of the counters.
     pub fn metrics(&self) -> Metrics {
         self.inner.state().metrics.clone()
+    }
+
+    /// Every target's witnesses, target by target in the order each lists them.
+    pub fn witnesses(&self) -> Vec<WitnessInfo> {
+        self.inner
+            .witnesses
+            .iter()
+            .flat_map(|(target, slots)| {
+                slots.iter().map(move |s| WitnessInfo {
+                    target: target.clone(),
+                    name: s.name.clone(),
+                    kind: s.witness.kind().to_string(),
+                    unavailable: s.witness.unavailable().map(str::to_string),
+                })
+            })
+            .collect()
     }
 
     /// Operations in flight.

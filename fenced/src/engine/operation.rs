@@ -208,6 +208,9 @@ async fn drive(
                 witnessed.push_str(&format!(" (after {})", vetoes.join(" | ")));
             }
         }
+        if first_phase == Phase::Off {
+            confirmed_off(inner, op, n);
+        }
         if let (Some(_), Action::On) = (r.pill_msgwait_ms, op.action) {
             return Outcome::Succeeded {
                 summary: format!(
@@ -313,6 +316,24 @@ async fn drive(
             },
             level_failures.join(" | ")
         ),
+    }
+}
+
+/// Counts, per device of level `n`, the time from its off step's start to the level's "off"
+/// standing. Called only once it stands (read back, and under `device+witness` every witness
+/// silent), so a device whose "off" a witness refused is not counted as a confirmation, and the
+/// witnesses' watch is part of the time.
+fn confirmed_off(inner: &Inner, op: &Operation, n: u32) {
+    let now = inner.clock.now_ms();
+    let mut st = inner.state();
+    for a in op.attempts.iter().filter(|a| {
+        a.level == n && a.phase == Phase::Off && matches!(a.result, StepResult::Confirmed { .. })
+    }) {
+        st.metrics
+            .device_confirm_ms
+            .entry(a.device.clone())
+            .or_default()
+            .push(now.saturating_sub(a.started_ms));
     }
 }
 
@@ -471,13 +492,6 @@ async fn run_level(
                 .steps
                 .entry((e.device.clone(), code))
                 .or_default() += 1;
-            if let (StepResult::Confirmed { .. }, Phase::Off) = (&result, phase) {
-                st.metrics
-                    .device_confirm_ms
-                    .entry(e.device.clone())
-                    .or_default()
-                    .push(inner.clock.now_ms().saturating_sub(started));
-            }
         }
         match &result {
             StepResult::Confirmed {

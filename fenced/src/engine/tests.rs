@@ -1150,6 +1150,22 @@ mod witnesses {
         devs: &[(&str, &TestDevice)],
         witnesses: &[(&str, &str, Arc<TestWitness>)],
     ) -> Rig {
+        let mut slots = WitnessSlots::new();
+        for (t, name, w) in witnesses {
+            slots.entry(t.to_string()).or_default().push(WitnessSlot {
+                name: name.to_string(),
+                witness: w.clone(),
+            });
+        }
+        rig_slots(targets, devs, slots)
+    }
+
+    /// [`rig_w`] with the witness slots given as they are (any witness kind).
+    fn rig_slots(
+        targets: Vec<TargetConfig>,
+        devs: &[(&str, &TestDevice)],
+        slots: WitnessSlots,
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(targets, dir.path());
         let (history, _) = History::open(&cfg.daemon.history, 0).unwrap();
@@ -1166,13 +1182,6 @@ mod witnesses {
                 )
             })
             .collect();
-        let mut slots = WitnessSlots::new();
-        for (t, name, w) in witnesses {
-            slots.entry(t.to_string()).or_default().push(WitnessSlot {
-                name: name.to_string(),
-                witness: w.clone(),
-            });
-        }
         let engine =
             Engine::with_witnesses(Arc::new(cfg), devices, slots, history, 0, Clock::system())
                 .unwrap();
@@ -1280,6 +1289,99 @@ mod witnesses {
         );
         let m = r.engine.metrics();
         assert_eq!(m.lying_devices.get("bmc"), Some(&1));
+        // The vetoed "off" is no confirmation; the PDU's counts, witness watch included.
+        assert!(
+            !m.device_confirm_ms.contains_key("bmc"),
+            "{:?}",
+            m.device_confirm_ms
+        );
+        let pdu_ms = &m.device_confirm_ms["pdu"];
+        assert_eq!(pdu_ms.count, 1);
+        assert!(pdu_ms.sum_ms >= SETTLE.as_millis() as u64, "{pdu_ms:?}");
+        assert_eq!(
+            m.witness_verdicts
+                .get(&("net".into(), "test".into(), "alive".into())),
+            Some(&1)
+        );
+        assert_eq!(
+            m.witness_confirm_ms[&("net".into(), "test".into())].count,
+            1
+        );
+    }
+
+    /// A metered PDU outlet feeding the node: it reads on while the node really has power
+    /// (every one of `feeds` really on), whatever those devices report.
+    struct Feed(Vec<TestDevice>);
+
+    #[async_trait::async_trait]
+    impl drivers::PowerDevice for Feed {
+        async fn status(&self, _port: Option<&str>) -> Result<PowerState, drivers::DeviceError> {
+            Ok(if self.0.iter().all(|d| d.true_power() == PowerState::On) {
+                PowerState::On
+            } else {
+                PowerState::Off
+            })
+        }
+
+        async fn power(
+            &self,
+            _port: Option<&str>,
+            _command: PowerCommand,
+        ) -> Result<(), drivers::DeviceError> {
+            panic!("a witness never switches the outlet it reads")
+        }
+
+        async fn health(&self) -> Result<drivers::Identity, drivers::DeviceError> {
+            Ok(drivers::Identity {
+                kind: "test".into(),
+                value: "feed".into(),
+                description: "metered outlet".into(),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_power_path_witness_vetoes_a_lying_bmc_and_the_next_level_fences() {
+        let bmc = TestDevice::new(PowerState::On).with(|s| s.lies = true);
+        let relay = TestDevice::new(PowerState::On);
+        let outlet = Arc::new(drivers::witness::power_path::PowerPathWitness {
+            device_name: "pdu-a".into(),
+            device: Arc::new(Feed(vec![bmc.clone(), relay.clone()])),
+            port: Some("7".into()),
+            settle: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(1),
+        });
+        let mut slots = WitnessSlots::new();
+        slots.entry("n1".into()).or_default().push(WitnessSlot {
+            name: "feed".into(),
+            witness: outlet,
+        });
+        let r = rig_slots(
+            vec![witnessed(target("n1", &[&["bmc"], &["relay"]]), &["feed"])],
+            &[("bmc", &bmc), ("relay", &relay)],
+            slots,
+        );
+        let op = run(&r.engine, req("n1", Action::Off)).await;
+        assert!(op.fenced(), "{op:?}");
+        assert!(matches!(
+            op.outcome,
+            Some(Outcome::Succeeded {
+                confirmation: Confirmation::PowerReadBack { level: 2, .. },
+                ..
+            })
+        ));
+        assert_eq!(relay.true_power(), PowerState::Off);
+        let s = summary(&op);
+        assert!(
+            s.contains("after level 1: bmc read back off, but n1 is still alive: witness feed (power-path): outlet pdu-a:7 still reads on"),
+            "{s}"
+        );
+        let verdicts: Vec<_> = op.witnesses.iter().map(|w| (w.level, w.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            vec![(1, WitnessVerdict::Alive), (2, WitnessVerdict::Silent)]
+        );
+        assert_eq!(r.engine.metrics().lying_devices.get("bmc"), Some(&1));
     }
 
     #[tokio::test(start_paused = true)]
