@@ -1,14 +1,15 @@
 //! A real three-node Pacemaker 2.1 + Corosync 3 cluster on the cluster lab whose STONITH
 //! device is Palisade (`fence_palisade` -> the node's `fenced` -> its lab BMC, then its lab
 //! PDU outlet), failing over a writer on a shared volume (the drill's O_DIRECT, sequence
-//! numbered, node-tagged records) run by the stock `ocf:heartbeat:anything` agent.
+//! numbered, node-tagged records) in an LXC container run by the stock `ocf:heartbeat:lxc`
+//! agent (why LXC, the fault matrix and how to run it: docs/pacemaker.md).
 //!
 //! Checked every run: no record of the old node after the new node's first record; the
 //! writer runs on exactly one node, by Pacemaker's view and by the nodes' processes;
 //! Pacemaker's fence history agrees with fenced's; nothing is left behind.
 //!
 //! The short always-run case is the power off of the active node; the longer variants run
-//! with `PALISADE_LONG=1`.
+//! with `PALISADE_LONG=1`; `long_case` runs one cell of the fault matrix.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
