@@ -20,7 +20,8 @@
 //! node whose only network is cut).
 //!
 //! The writer resource runs the drill's `palisade-workload write` on a loop device that every
-//! node sees, through the stock `ocf:heartbeat:anything` agent.
+//! node sees, inside an LXC container run by the stock `ocf:heartbeat:lxc` agent (or as a plain
+//! process through `ocf:heartbeat:anything`); why LXC: docs/pacemaker.md.
 
 use crate::cluster::{ClusterError, ClusterLab};
 use crate::lab::node::{PowerEvent, PowerHook};

@@ -1,14 +1,15 @@
 //! A real three-node Pacemaker 2.1 + Corosync 3 cluster on the cluster lab whose STONITH
 //! device is Palisade (`fence_palisade` -> the node's `fenced` -> its lab BMC, then its lab
 //! PDU outlet), failing over a writer on a shared volume (the drill's O_DIRECT, sequence
-//! numbered, node-tagged records) run by the stock `ocf:heartbeat:anything` agent.
+//! numbered, node-tagged records) in an LXC container run by the stock `ocf:heartbeat:lxc`
+//! agent (why LXC, the fault matrix and how to run it: docs/pacemaker.md).
 //!
 //! Checked every run: no record of the old node after the new node's first record; the
 //! writer runs on exactly one node, by Pacemaker's view and by the nodes' processes;
 //! Pacemaker's fence history agrees with fenced's; nothing is left behind.
 //!
 //! The short always-run case is the power off of the active node; the longer variants run
-//! with `PALISADE_LONG=1`.
+//! with `PALISADE_LONG=1`; `long_case` runs one cell of the fault matrix.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -182,8 +183,10 @@ fn failover(
 }
 
 /// The checks of every fenced failover: the log is clean, the writer runs once, and
-/// Pacemaker's fence history agrees with the fenced of the node that ran the device.
-fn assert_fenced_failover(c: &PacemakerCluster, f: &Failover) {
+/// Pacemaker's fence history agrees with fenced's: with fence_palisade the fenced of the
+/// node that ran the device has that one operation, confirmed; with fence_ipmilan (no
+/// fenced on the path) no fenced has any.
+fn assert_fenced_failover(c: &PacemakerCluster, f: &Failover, device: StonithDevice) {
     let new = f.new.as_deref().unwrap_or_else(|| {
         panic!(
             "the writer never wrote on another node after {} was lost: {:?}\n{}",
@@ -236,12 +239,12 @@ fn assert_fenced_failover(c: &PacemakerCluster, f: &Failover) {
     }
     let delegate = ok[0].delegate.clone().expect("a delegate");
     assert!(survivors.contains(&delegate), "{delegate} is no survivor");
-    // fenced's: the delegate's fenced has exactly that operation, confirmed by read-back;
-    // the other survivors' fenced fenced nothing.
+    // fenced's: with fence_palisade the delegate's fenced has exactly that operation,
+    // confirmed by read-back; every other fenced (all of them with fence_ipmilan) has none.
     for s in &survivors {
         let h = c.fenced_history(s, &f.old, &fence_node_bin()).unwrap();
         let succeeded: Vec<_> = h.iter().filter(|o| o["state"] == "succeeded").collect();
-        if *s == delegate {
+        if *s == delegate && device == StonithDevice::Palisade {
             assert_eq!(succeeded.len(), 1, "{s}: {h:?}\n{}", c.fenced_log(s));
             assert_eq!(succeeded[0]["action"], "off", "{h:?}");
             assert!(
@@ -318,7 +321,7 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
         f.fault_to_new_write,
         f.verdict.summary()
     );
-    assert_fenced_failover(&c, &f);
+    assert_fenced_failover(&c, &f, StonithDevice::Palisade);
     // The old node is off at its BMC: fencing really cut its power.
     assert!(!c.bmcs().bmc(&f.old).unwrap().power());
     assert_eq!(
@@ -366,38 +369,79 @@ fn fenced_case(c: PacemakerCluster, fault: FaultKind, prepare: impl FnOnce(&str)
         f.old,
         f.verdict.summary()
     );
-    assert_fenced_failover(&c, &f);
+    assert_fenced_failover(&c, &f, StonithDevice::Palisade);
     assert!(
         !c.lab().node(&f.old).unwrap().lab_node().is_on(),
         "{} still runs",
         f.old
     );
+    if fault != FaultKind::PowerOff {
+        // The container kept writing after the fault, until fencing stopped it.
+        assert!(
+            f.old_after_fault > 0,
+            "{} stopped writing at the fault",
+            f.old
+        );
+    }
     let l = leftovers(&c);
     drop(c);
     assert_nothing_left(&l);
     f
 }
 
+/// What fencing can do in a long variant: the fault matrix of the issue is every
+/// [`FaultKind`] times every `Fencing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fencing {
+    /// STONITH through fence_palisade; the BMC (level 1) fences.
+    Works,
+    /// `stonith-enabled=false`: nobody fences.
+    Disabled,
+    /// The lost node's BMC lies (acknowledges, never powers off): fenced's level 1 fails on
+    /// read-back and level 2, the node's PDU outlet, fences it.
+    StuckBmc,
+    /// Stuck BMC and stuck outlet: nothing can confirm the node off.
+    BothLevelsFail,
+}
+
+/// One cell of the fault matrix on a fresh cluster with an LXC writer; prints its duration
+/// (`CASE ... whole run`), the figure the lead needs to size CI's budget.
+fn long_case(fault: FaultKind, fencing: Fencing) {
+    if !long() {
+        return;
+    }
+    let started = Instant::now();
+    let c = cluster(
+        StonithDevice::Palisade,
+        fencing != Fencing::Disabled,
+        WriterKind::Lxc,
+    );
+    match fencing {
+        Fencing::Works => {
+            fenced_case(c, fault, |_| {});
+        }
+        Fencing::Disabled => without_stonith(c, fault),
+        Fencing::StuckBmc => stuck_bmc(c, fault),
+        Fencing::BothLevelsFail => both_levels_fail(c, fault),
+    }
+    eprintln!(
+        "CASE {fault:?} / {fencing:?}: whole run {:?}",
+        started.elapsed()
+    );
+}
+
 /// (a) The active node's network is cut while its container keeps writing: the survivors
 /// fence it through fence_palisade (its BMC), then start the container.
 #[test]
 fn long_network_cut_of_the_active_node_fails_over_through_fence_palisade() {
-    if !long() {
-        return;
-    }
-    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
-    fenced_case(c, FaultKind::NetworkCut, |_| {});
+    long_case(FaultKind::NetworkCut, Fencing::Works);
 }
 
 /// (b) The active node's Corosync and Pacemaker freeze (SIGSTOP) while its container keeps
 /// writing: the survivors fence it, then start the container.
 #[test]
 fn long_frozen_cluster_stack_of_the_active_node_fails_over_through_fence_palisade() {
-    if !long() {
-        return;
-    }
-    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
-    fenced_case(c, FaultKind::Freeze, |_| {});
+    long_case(FaultKind::Freeze, Fencing::Works);
 }
 
 /// The same writer as a plain process (`ocf:heartbeat:anything`), power off.
@@ -410,74 +454,144 @@ fn long_power_off_with_an_ocf_anything_writer() {
     fenced_case(c, FaultKind::PowerOff, |_| {});
 }
 
-/// The BMC of the cut node lies (acknowledges, never powers off): fenced's level 1 fails on
-/// read-back and level 2, the node's PDU outlet, fences it.
+/// (a) with a stuck BMC: the PDU outlet fences the cut node.
 #[test]
 fn long_stuck_bmc_the_pdu_outlet_fences() {
-    if !long() {
-        return;
-    }
-    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
+    long_case(FaultKind::NetworkCut, Fencing::StuckBmc);
+}
+
+/// (b) with a stuck BMC: the PDU outlet fences the frozen node.
+#[test]
+fn long_stuck_bmc_the_pdu_outlet_fences_a_frozen_node() {
+    long_case(FaultKind::Freeze, Fencing::StuckBmc);
+}
+
+/// (c) with a stuck BMC: the dead node's BMC still reads on, so only the outlet can
+/// confirm it off.
+#[test]
+fn long_stuck_bmc_the_pdu_outlet_fences_a_powered_off_node() {
+    long_case(FaultKind::PowerOff, Fencing::StuckBmc);
+}
+
+/// (a) with both levels failing: the container stays down, nothing is written twice.
+#[test]
+fn long_both_levels_fail_the_container_stays_down() {
+    long_case(FaultKind::NetworkCut, Fencing::BothLevelsFail);
+}
+
+/// (b) with both levels failing: the frozen node's container keeps writing alone.
+#[test]
+fn long_both_levels_fail_a_frozen_node_keeps_the_container() {
+    long_case(FaultKind::Freeze, Fencing::BothLevelsFail);
+}
+
+/// (c) with both levels failing: the node is dead, but nothing can confirm it, so
+/// Pacemaker does not start the container elsewhere.
+#[test]
+fn long_both_levels_fail_a_powered_off_node_the_container_stays_down() {
+    long_case(FaultKind::PowerOff, Fencing::BothLevelsFail);
+}
+
+/// (a) without STONITH: overlapping writes.
+#[test]
+fn long_without_stonith_a_cut_gives_overlapping_writes() {
+    long_case(FaultKind::NetworkCut, Fencing::Disabled);
+}
+
+/// (b) without STONITH: overlapping writes (the frozen stack cannot stop its container).
+#[test]
+fn long_without_stonith_a_freeze_gives_overlapping_writes() {
+    long_case(FaultKind::Freeze, Fencing::Disabled);
+}
+
+/// (c) without STONITH: Pacemaker takes a node that left the membership for down when it
+/// cannot fence, and starts the container at once; the node really is dead, so no write
+/// overlaps (luck, not safety: the same cluster overlaps on a cut or a freeze).
+#[test]
+fn long_without_stonith_a_power_off_fails_over_without_overlap() {
+    long_case(FaultKind::PowerOff, Fencing::Disabled);
+}
+
+fn survivors_of(c: &PacemakerCluster, old: &str) -> Vec<String> {
+    c.lab()
+        .nodes()
+        .iter()
+        .map(|n| n.name().to_string())
+        .filter(|n| n != old)
+        .collect()
+}
+
+/// Sets `old`'s BMC stuck (acknowledges, never powers off).
+fn stick_bmc(c: &PacemakerCluster, old: &str) {
+    c.bmcs()
+        .bmcs()
+        .iter()
+        .find(|b| b.name() == old)
+        .unwrap()
+        .set_fault(hw_tests::lab::Fault::Stuck(true));
+}
+
+fn node_index(name: &str) -> usize {
+    name.trim_start_matches("node").parse().unwrap()
+}
+
+fn stuck_bmc(c: PacemakerCluster, fault: FaultKind) {
     let bmcs: Vec<_> = c.bmcs().bmcs().to_vec();
     let pdu = c.pdu().unwrap().clone();
-    let f = fenced_case(c, FaultKind::NetworkCut, |old| {
+    let f = fenced_case(c, fault, |old| {
         bmcs.iter()
             .find(|b| b.name() == old)
             .unwrap()
             .set_fault(hw_tests::lab::Fault::Stuck(true));
     });
-    let i: usize = f.old.trim_start_matches("node").parse().unwrap();
-    assert_eq!(pdu.outlet_on(i), Some(false), "the outlet fenced {}", f.old);
+    assert_eq!(
+        pdu.outlet_on(node_index(&f.old)),
+        Some(false),
+        "the outlet fenced {}",
+        f.old
+    );
     assert!(
         bmcs.iter().find(|b| b.name() == f.old).unwrap().power(),
         "the stuck BMC still reads on"
     );
 }
 
-/// Both levels fail (stuck BMC, stuck outlet): nothing can confirm the cut node off, so
-/// Pacemaker never starts the container elsewhere and nothing is written twice.
-#[test]
-fn long_both_levels_fail_the_container_stays_down() {
-    if !long() {
-        return;
-    }
-    let c = cluster(StonithDevice::Palisade, true, WriterKind::Lxc);
-    let bmcs: Vec<_> = c.bmcs().bmcs().to_vec();
+fn both_levels_fail(c: PacemakerCluster, fault: FaultKind) {
     let pdu = c.pdu().unwrap().clone();
-    let f = failover(
-        &c,
-        FaultKind::NetworkCut,
-        false,
-        Duration::from_secs(25),
-        |old| {
-            bmcs.iter()
-                .find(|b| b.name() == old)
-                .unwrap()
-                .set_fault(hw_tests::lab::Fault::Stuck(true));
-            let i: usize = old.trim_start_matches("node").parse().unwrap();
-            pdu.set_outlet_stuck(i, true);
-        },
+    let f = failover(&c, fault, false, Duration::from_secs(25), |old| {
+        stick_bmc(&c, old);
+        pdu.set_outlet_stuck(node_index(old), true);
+    });
+    eprintln!(
+        "{fault:?}, both levels failing: {} records of {} after the fault; {}",
+        f.old_after_fault,
+        f.old,
+        f.verdict.summary()
     );
-    eprintln!("both levels failing: {}", f.verdict.summary());
     assert_eq!(f.new, None, "{}", f.verdict.summary());
     assert!(f.verdict.is_clean(), "{}", f.verdict.summary());
-    let survivors: Vec<String> = ["node1", "node2", "node3"]
-        .iter()
-        .map(|s| s.to_string())
-        .filter(|n| *n != f.old)
-        .collect();
-    // Not running anywhere the survivors can see, and no process outside the old node.
-    assert!(
-        c.writer_location(&survivors[0]).unwrap().is_empty() || {
-            // Pacemaker may still list it on the lost node it cannot fence.
-            c.writer_location(&survivors[0]).unwrap() == vec![f.old.clone()]
+    let survivors = survivors_of(&c, &f.old);
+    // Pacemaker never places it on a survivor: nowhere, or still on the node it cannot
+    // fence.
+    for s in &survivors {
+        let at = c.writer_location(s).unwrap();
+        assert!(at.iter().all(|n| *n == f.old), "{s} sees it on {at:?}");
+    }
+    let procs = c.writer_processes();
+    match fault {
+        // Dead with everything in it; and nothing it wrote is dated after its death.
+        FaultKind::PowerOff => {
+            assert!(procs.is_empty(), "{procs:?}");
+            assert_eq!(f.old_after_fault_returned, 0, "{} wrote when dead", f.old);
         }
-    );
-    assert!(
-        c.writer_processes().iter().all(|n| *n == f.old),
-        "{:?}",
-        c.writer_processes()
-    );
+        // Its frozen Pacemaker cannot stop the container: it keeps writing, alone.
+        FaultKind::Freeze => {
+            assert_eq!(procs, vec![f.old.clone()]);
+            assert!(f.old_after_fault > 0, "{} stopped writing", f.old);
+        }
+        // Its Pacemaker may stop the container on losing quorum (no-quorum-policy=stop).
+        FaultKind::NetworkCut => assert!(procs.iter().all(|n| *n == f.old), "{procs:?}"),
+    }
     let pcmk = c.pacemaker_fence_history(&survivors[0], &f.old).unwrap();
     assert!(pcmk.iter().all(|e| !e.successful), "{pcmk:?}");
     assert!(
@@ -496,34 +610,47 @@ fn long_both_levels_fail_the_container_stays_down() {
     assert_nothing_left(&l);
 }
 
-/// stonith-enabled=false: the cut node keeps writing while the survivors start the
-/// container: the log shows (and counts) the overlapping writes fencing prevents.
-#[test]
-fn long_without_stonith_a_cut_gives_overlapping_writes() {
-    if !long() {
-        return;
-    }
-    let c = cluster(StonithDevice::Palisade, false, WriterKind::Lxc);
-    let f = failover(
-        &c,
-        FaultKind::NetworkCut,
-        true,
-        Duration::from_secs(3),
-        |_| {},
-    );
+fn without_stonith(c: PacemakerCluster, fault: FaultKind) {
+    let f = failover(&c, fault, true, Duration::from_secs(3), |_| {});
     eprintln!(
-        "without STONITH: {} records of {} after {:?} started writing; {}",
+        "{fault:?} without STONITH: {} records of {} after {:?} started writing (writer there after {:?}); {}",
         f.verdict.first_after_second.len(),
         f.old,
         f.new,
+        f.fault_to_new_write,
         f.verdict.summary()
     );
-    assert!(f.new.is_some(), "the survivors never started the container");
-    assert!(
-        !f.verdict.first_after_second.is_empty(),
-        "expected overlapping writes without fencing: {}",
-        f.verdict.summary()
-    );
+    let new = f
+        .new
+        .clone()
+        .expect("the survivors never started the container");
+    let survivors = survivors_of(&c, &f.old);
+    // Nobody fenced: with stonith-enabled=false Pacemaker does not even try.
+    for s in &survivors {
+        let pcmk = c.pacemaker_fence_history(s, &f.old).unwrap();
+        assert!(pcmk.is_empty(), "{s}: {pcmk:?}");
+        let h = c.fenced_history(s, &f.old, &fence_node_bin()).unwrap();
+        assert!(h.is_empty(), "{s}: {h:?}");
+    }
+    match fault {
+        FaultKind::PowerOff => {
+            // The node died with its container: one copy, no overlap.
+            assert!(f.verdict.is_clean(), "{}", f.verdict.summary());
+            assert_eq!(f.old_after_fault_returned, 0, "{} wrote when dead", f.old);
+            for s in &survivors {
+                assert_eq!(c.writer_location(s).unwrap(), vec![new.clone()], "{s}");
+            }
+            assert_eq!(c.writer_processes(), vec![new]);
+        }
+        FaultKind::NetworkCut | FaultKind::Freeze => {
+            assert!(
+                !f.verdict.first_after_second.is_empty(),
+                "expected overlapping writes without fencing: {}",
+                f.verdict.summary()
+            );
+            assert!(!f.verdict.is_clean(), "{}", f.verdict.summary());
+        }
+    }
     let l = leftovers(&c);
     drop(c);
     assert_nothing_left(&l);
@@ -609,12 +736,18 @@ fn figure_failover_palisade_vs_fence_ipmilan() {
                 }
                 rss.push(total);
                 let f = failover(&c, fault, true, Duration::from_millis(500), |_| {});
-                assert!(f.verdict.is_clean(), "{}", f.verdict.summary());
-                let survivor = if f.old == "node1" { "node2" } else { "node1" };
-                let h = c.pacemaker_fence_history(survivor, &f.old).unwrap();
-                assert_eq!(h.iter().filter(|e| e.successful).count(), 1, "{h:?}");
+                // The same checks for both devices: clean log, container on exactly one
+                // node, fence histories agreeing, the old node off at its BMC, nothing left.
+                assert_fenced_failover(&c, &f, device);
+                assert!(
+                    !c.bmcs().bmc(&f.old).unwrap().power(),
+                    "{device:?} left {} on at its BMC",
+                    f.old
+                );
                 failover_s.push(f.fault_to_new_write.unwrap().as_secs_f64());
+                let l = leftovers(&c);
                 drop(c);
+                assert_nothing_left(&l);
                 whole.push(started.elapsed().as_secs_f64());
             }
             println!(
