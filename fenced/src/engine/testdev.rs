@@ -21,6 +21,22 @@ pub enum Fault {
     Hang,
     /// Answer after a delay.
     Slow(Duration),
+    /// Answer within 1 ms, while fenced's only runtime thread is busy elsewhere for this long
+    /// (see [`starve_runtime`]): the answer waits unread, as under an overloaded daemon.
+    Starve(Duration),
+}
+
+/// Blocks the runtime's thread for `d` of paused time, as a burst of other work would: the
+/// clock moves on while no timer fires and no other task runs.
+pub async fn starve_runtime(d: Duration) {
+    let mut advance = std::pin::pin!(tokio::time::advance(d));
+    // One poll of `advance` moves the clock at once; its trailing yield is not awaited, so
+    // this task never lets another run meanwhile.
+    std::future::poll_fn(|cx| {
+        let _ = std::future::Future::poll(advance.as_mut(), cx);
+        std::task::Poll::Ready(())
+    })
+    .await
 }
 
 #[derive(Debug)]
@@ -109,6 +125,11 @@ impl TestDevice {
             Fault::Hang => std::future::pending().await,
             Fault::Slow(d) => {
                 tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Fault::Starve(d) => {
+                tokio::spawn(starve_runtime(d));
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 Ok(())
             }
         }
