@@ -59,6 +59,8 @@ pub struct State {
     pub commands: Vec<PowerCommand>,
     /// Status reads answered.
     pub status_reads: u32,
+    /// Health checks (identity reads) begun.
+    pub health_checks: u32,
     /// Status reads that answered `off`.
     pub off_reads: u32,
     /// What the device says it is.
@@ -86,6 +88,7 @@ impl TestDevice {
             faults: VecDeque::new(),
             commands: Vec::new(),
             status_reads: 0,
+            health_checks: 0,
             off_reads: 0,
             identity: "guid-a".into(),
             pill: None,
@@ -214,6 +217,7 @@ impl PowerDevice for TestDevice {
     }
 
     async fn health(&self) -> Result<Identity, DeviceError> {
+        self.state().health_checks += 1;
         self.fault().await?;
         Ok(Identity {
             kind: "system-guid".into(),
