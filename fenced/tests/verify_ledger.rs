@@ -3,6 +3,8 @@
 //! verifier must accept such a ledger and must still catch a change to a record inside a
 //! commit, one no signature of its own covers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use fenced::history::{load_or_create_key, History, LedgerEntry, Write};
 use std::path::Path;
 use std::process::{Command, Output};
