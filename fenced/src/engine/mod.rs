@@ -575,6 +575,8 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod pace_tests;
+#[cfg(test)]
 mod relay_tests;
 #[cfg(test)]
 pub(crate) mod testdev;

@@ -413,7 +413,8 @@ async fn run_level(
     phase: Phase,
     deadline: Instant,
 ) -> LevelResult {
-    let attempt_deadline = deadline.min(Instant::now() + target.timing.attempt_timeout);
+    let begun = Instant::now();
+    let attempt_deadline = deadline.min(begun + target.timing.attempt_timeout);
     let plan = StepPlan {
         command: match phase {
             Phase::Off => PowerCommand::Off,
@@ -424,6 +425,7 @@ async fn run_level(
         } else {
             PillKind::Off
         },
+        begun,
         deadline: attempt_deadline,
     };
     // Durability before any command: whatever this level may send is in history first, so a

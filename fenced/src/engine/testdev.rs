@@ -21,6 +21,22 @@ pub enum Fault {
     Hang,
     /// Answer after a delay.
     Slow(Duration),
+    /// Answer within 1 ms, while fenced's only runtime thread is busy elsewhere for this long
+    /// (see [`starve_runtime`]): the answer waits unread, as under an overloaded daemon.
+    Starve(Duration),
+}
+
+/// Blocks the runtime's thread for `d` of paused time, as a burst of other work would: the
+/// clock moves on while no timer fires and no other task runs.
+pub async fn starve_runtime(d: Duration) {
+    let mut advance = std::pin::pin!(tokio::time::advance(d));
+    // One poll of `advance` moves the clock at once; its trailing yield is not awaited, so
+    // this task never lets another run meanwhile.
+    std::future::poll_fn(|cx| {
+        let _ = std::future::Future::poll(advance.as_mut(), cx);
+        std::task::Poll::Ready(())
+    })
+    .await
 }
 
 #[derive(Debug)]
@@ -43,6 +59,8 @@ pub struct State {
     pub commands: Vec<PowerCommand>,
     /// Status reads answered.
     pub status_reads: u32,
+    /// Health checks (identity reads) begun.
+    pub health_checks: u32,
     /// Status reads that answered `off`.
     pub off_reads: u32,
     /// What the device says it is.
@@ -70,6 +88,7 @@ impl TestDevice {
             faults: VecDeque::new(),
             commands: Vec::new(),
             status_reads: 0,
+            health_checks: 0,
             off_reads: 0,
             identity: "guid-a".into(),
             pill: None,
@@ -109,6 +128,11 @@ impl TestDevice {
             Fault::Hang => std::future::pending().await,
             Fault::Slow(d) => {
                 tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Fault::Starve(d) => {
+                tokio::spawn(starve_runtime(d));
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 Ok(())
             }
         }
@@ -193,6 +217,7 @@ impl PowerDevice for TestDevice {
     }
 
     async fn health(&self) -> Result<Identity, DeviceError> {
+        self.state().health_checks += 1;
         self.fault().await?;
         Ok(Identity {
             kind: "system-guid".into(),

@@ -105,7 +105,7 @@ pub(crate) fn rig_in(dir: tempfile::TempDir, cfg: Config, devs: &[(&str, &TestDe
     Rig { engine, _dir: dir }
 }
 
-fn rig(targets: Vec<TargetConfig>, devs: &[(&str, &TestDevice)]) -> Rig {
+pub(crate) fn rig(targets: Vec<TargetConfig>, devs: &[(&str, &TestDevice)]) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(targets, dir.path());
     rig_in(dir, cfg, devs)
@@ -124,7 +124,7 @@ fn by() -> Requester {
     }
 }
 
-fn req(target: &str, action: Action) -> FenceRequest {
+pub(crate) fn req(target: &str, action: Action) -> FenceRequest {
     FenceRequest {
         target: target.into(),
         action,
@@ -134,7 +134,7 @@ fn req(target: &str, action: Action) -> FenceRequest {
     }
 }
 
-async fn run(e: &Engine, r: FenceRequest) -> Operation {
+pub(crate) async fn run(e: &Engine, r: FenceRequest) -> Operation {
     let a = e.fence(r, &by()).await.unwrap();
     e.wait_operation(a.id, Duration::from_secs(3600))
         .await

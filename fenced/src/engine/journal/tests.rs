@@ -1,5 +1,7 @@
 //! Lie tests of the group commit: a failed shared commit, a failed first record and a health
-//! check that failed while fencing ran must never end in a claim that is not true.
+//! check that failed while fencing ran must never end in a claim that is not true. And
+//! fencing before monitoring: a scheduled check waits while fencing is in flight, and only
+//! as many run at once as the semaphore allows.
 
 use super::super::testdev::{Fault, TestDevice};
 use super::super::tests::{config, rig_in, target, Rig};
@@ -243,4 +245,75 @@ async fn a_health_check_that_failed_while_fencing_ran_is_not_stored() {
         .unwrap();
     assert_eq!(check.await.unwrap(), Some(HealthState::Healthy));
     assert_eq!(health("d1"), HealthState::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_check_waits_while_fencing_is_in_flight() {
+    let (r, devs) = fleet(2);
+    let permits = Arc::new(tokio::sync::Semaphore::new(4));
+    // n0's device takes 300 ms to switch off: fencing is in flight that long.
+    let a = r.engine.fence(off("n0"), &by()).await.unwrap();
+    assert_eq!(r.engine.in_flight(), 1);
+    let engine = r.engine.clone();
+    let p = permits.clone();
+    let check = tokio::spawn(async move {
+        let state = engine.scheduled_check("d1", &p).await;
+        (state, tokio::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        devs[1].state().health_checks,
+        0,
+        "a check must not start while fencing is in flight"
+    );
+    assert!(!check.is_finished());
+    let op = r
+        .engine
+        .wait_operation(a.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(op.fenced(), "{op:?}");
+    let ended = tokio::time::Instant::now();
+    let (state, checked) = check.await.unwrap();
+    assert_eq!(state, Some(HealthState::Healthy));
+    assert_eq!(devs[1].state().health_checks, 1);
+    assert!(checked >= ended, "the check ended before the fence did");
+    // With nothing in flight a check runs at once.
+    let before = tokio::time::Instant::now();
+    assert_eq!(
+        r.engine.scheduled_check("d1", &permits).await,
+        Some(HealthState::Healthy)
+    );
+    assert_eq!(tokio::time::Instant::now(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_more_scheduled_checks_run_at_once_than_the_permits() {
+    const PERMITS: usize = 4;
+    let (r, devs) = fleet(10);
+    for d in &devs {
+        d.state()
+            .faults
+            .push_back(Fault::Slow(Duration::from_secs(1)));
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(PERMITS));
+    let checks: Vec<_> = (0..devs.len())
+        .map(|i| {
+            let engine = r.engine.clone();
+            let p = permits.clone();
+            tokio::spawn(async move { engine.scheduled_check(&format!("d{i}"), &p).await })
+        })
+        .collect();
+    let begun = || -> u32 { devs.iter().map(|d| d.state().health_checks).sum() };
+    // Each check takes 1 s: within each second only PERMITS more begin.
+    let start = tokio::time::Instant::now();
+    for (at_ms, want) in [(500, 4), (1500, 8), (2500, 10)] {
+        tokio::time::sleep_until(start + Duration::from_millis(at_ms)).await;
+        assert_eq!(begun(), want, "checks begun by {at_ms} ms");
+        assert!(permits.available_permits() <= PERMITS);
+    }
+    for c in checks {
+        assert_eq!(c.await.unwrap(), Some(HealthState::Healthy));
+    }
+    assert_eq!(permits.available_permits(), PERMITS);
 }
