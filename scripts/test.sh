@@ -74,7 +74,13 @@ fi
 # 9 m 22 s, test binaries 5 m 29 s, tests 42 s wall; 8.2 min of CPU in all.
 if [ "${ARM64:-1}" != 0 ]; then
   echo "== arm64: cross-build the daemons, unit tests under qemu-aarch64"
-  cargo build --locked --target aarch64-unknown-linux-gnu -p fenced -p watchdog --bins
+  # fenced without its `corosync` feature here: Corosync's client libraries are installed for
+  # amd64 only (the arm64 libcpg/libquorum would need a multiarch or sysroot set-up), so the
+  # arm64 build is the single-node fenced; the cluster code is built and tested on amd64.
+  cargo build --locked --target aarch64-unknown-linux-gnu -p watchdog --bins
+  cargo build --locked --target aarch64-unknown-linux-gnu -p fenced --bins --no-default-features
   cargo nextest run --locked --no-fail-fast --target aarch64-unknown-linux-gnu \
-    -p drivers -p watchdog -p boards -p fenced --lib
+    -p drivers -p watchdog -p boards --lib
+  cargo nextest run --locked --no-fail-fast --target aarch64-unknown-linux-gnu \
+    -p fenced --lib --no-default-features
 fi

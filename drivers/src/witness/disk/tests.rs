@@ -322,12 +322,18 @@ async fn a_deadline_inside_the_settle_is_no_evidence_not_silence() {
     let t = Instant::now();
     let o = witness(&d, "node1", 2_000).observe(soon(300)).await;
     assert_eq!(o.verdict, Verdict::NoEvidence, "{o:?}");
+    // The deadline ends it between reads (silence not yet established) or during one (the
+    // read did not answer in time): which one is up to the machine's speed (qemu-user is
+    // slow), both are no evidence, never silence.
+    let detail = all_detail(&o);
     assert!(
-        all_detail(&o).contains("before silence could be established"),
+        detail.contains("before silence could be established")
+            || detail.contains("before the observation's deadline"),
         "{o:?}"
     );
+    // It kept the observation's deadline instead of waiting out the 2 s settle.
     assert!(
-        t.elapsed() < Duration::from_millis(400),
+        t.elapsed() < Duration::from_millis(1_500),
         "{:?}",
         t.elapsed()
     );
