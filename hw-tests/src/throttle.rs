@@ -19,6 +19,7 @@ pub struct Throttle {
 impl Throttle {
     /// Creates a group limiting reads of `maj_min` to `bytes_per_sec`.
     pub fn new(maj_min: &str, bytes_per_sec: u64) -> io::Result<Self> {
+        remove_stale_groups();
         let dir = PathBuf::from(ROOT).join(format!(
             "palisade-throttle-{}-{}",
             std::process::id(),
@@ -83,6 +84,28 @@ impl Throttle {
                 Err(format!("{} does not exist", file.display()))
             },
         )
+    }
+}
+
+/// Removes the groups of test processes that are gone: a test killed by its harness (a
+/// timeout, a panic while a read was stuck) never ran [`Drop`], and a cgroup directory outlives
+/// its processes. A group still holding tasks is left alone (its removal fails).
+fn remove_stale_groups() {
+    let Ok(groups) = std::fs::read_dir(ROOT) else {
+        return;
+    };
+    for g in groups.flatten() {
+        let name = g.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("palisade-throttle-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir(g.path());
+        }
     }
 }
 
