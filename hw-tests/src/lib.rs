@@ -49,3 +49,13 @@ pub mod peers;
 pub mod require;
 pub mod throttle;
 pub mod vm;
+
+/// Whether `name` is `PREFIX<pid>-…` (or `PREFIX<pid>`) for a process that no longer exists:
+/// how the labs recognise cgroups and namespaces a killed test left behind (its drop guards
+/// never ran). `false` for any other name.
+pub(crate) fn owner_is_gone(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}

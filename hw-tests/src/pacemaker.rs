@@ -922,16 +922,9 @@ fn remove_leaked_lxc_cgroups() {
         };
         for g in groups.flatten() {
             let name = g.file_name().to_string_lossy().to_string();
-            let Some(rest) = name
-                .strip_prefix("lxc.payload.pw")
-                .or_else(|| name.strip_prefix("lxc.monitor.pw"))
-            else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            if crate::owner_is_gone(&name, "lxc.payload.pw")
+                || crate::owner_is_gone(&name, "lxc.monitor.pw")
+            {
                 remove_cgroup_children(&g.path());
                 let _ = std::fs::remove_dir(g.path());
             }

@@ -95,15 +95,7 @@ fn remove_stale_groups() {
         return;
     };
     for g in groups.flatten() {
-        let name = g.file_name().to_string_lossy().to_string();
-        let Some(pid) = name
-            .strip_prefix("palisade-throttle-")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if crate::owner_is_gone(&g.file_name().to_string_lossy(), "palisade-throttle-") {
             let _ = std::fs::remove_dir(g.path());
         }
     }

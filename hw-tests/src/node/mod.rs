@@ -762,12 +762,7 @@ impl LabNet {
 /// Removes namespaces and cgroups named after a process that no longer exists (a test killed
 /// before its drop guards ran).
 fn sweep_leftovers() {
-    let dead = |name: &str| {
-        name.strip_prefix(PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-    };
+    let dead = |name: &str| crate::owner_is_gone(name, PREFIX);
     if let Ok(root) = cgroup::hierarchy() {
         for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
