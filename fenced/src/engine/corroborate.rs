@@ -18,8 +18,55 @@ fn unix_ms(t: SystemTime) -> Millis {
         .unwrap_or(0)
 }
 
+/// Why corroboration refused a level's "off": the record's failure code comes from this, never
+/// from the words of the message, so rewording a message cannot turn a veto into "no evidence".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dissent {
+    /// At least one witness saw the node alive after its devices read back off: a veto.
+    Alive,
+    /// No witness saw life, but at least one could not observe: not confirmed either.
+    NoEvidence,
+    /// The target has no witness to ask (the configuration refuses this; kept as a refusal).
+    NoWitness,
+}
+
+impl Dissent {
+    /// The attempt's failure code in the record and the API (`witness_alive`, ...).
+    pub(super) fn code(self) -> &'static str {
+        match self {
+            Dissent::Alive => "witness_alive",
+            Dissent::NoEvidence => "witness_no_evidence",
+            Dissent::NoWitness => "witness_none",
+        }
+    }
+}
+
+/// A level whose "off" the witnesses did not corroborate: what kind of refusal, and the words
+/// with the evidence for the record and the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refusal {
+    /// The kind of refusal, which picks the failure code.
+    pub(super) dissent: Dissent,
+    /// The level's failure message, evidence included.
+    pub(super) message: String,
+}
+
+/// The verdict of a whole corroboration from the verdicts of its witnesses, in any order: any
+/// `Alive` is a veto, otherwise any `NoEvidence` refuses, otherwise (all silent) `None`.
+pub(super) fn dissent_of(verdicts: impl IntoIterator<Item = Verdict>) -> Option<Dissent> {
+    let mut seen = None;
+    for v in verdicts {
+        match v {
+            Verdict::Alive => return Some(Dissent::Alive),
+            Verdict::NoEvidence => seen = Some(Dissent::NoEvidence),
+            Verdict::Silent => {}
+        }
+    }
+    seen
+}
+
 /// Runs every witness of `target` for level `level`, whose devices `names` read back off.
-/// `Ok` carries the words for the summary ("witnesses silent: ..."); `Err` the level's failure.
+/// `Ok` carries the words for the summary ("witnesses silent: ..."); `Err` the level's refusal.
 /// The reports are pushed to `op.witnesses`; the caller saves the operation.
 pub(super) async fn corroborate(
     inner: &Inner,
@@ -28,14 +75,17 @@ pub(super) async fn corroborate(
     level: u32,
     names: &str,
     deadline: Instant,
-) -> Result<String, String> {
+) -> Result<String, Refusal> {
     let Some(slots) = inner.witnesses.get(&target.name).filter(|s| !s.is_empty()) else {
         // The configuration refuses device+witness without witnesses; should it ever get here
         // anyway, there is nobody to corroborate, which is not agreement.
-        return Err(format!(
-            "{names} read back off, but confirm = \"device+witness\" and no witness is configured for {}: NOT confirmed off",
-            target.name
-        ));
+        return Err(Refusal {
+            dissent: Dissent::NoWitness,
+            message: format!(
+                "{names} read back off, but confirm = \"device+witness\" and no witness is configured for {}: NOT confirmed off",
+                target.name
+            ),
+        });
     };
     let budget = deadline.saturating_duration_since(Instant::now());
     let mut running: FuturesUnordered<_> = slots
@@ -70,6 +120,7 @@ pub(super) async fn corroborate(
     let mut silent = Vec::new();
     let mut alive = Vec::new();
     let mut blind = Vec::new();
+    let dissent = dissent_of(done.iter().map(|(.., obs)| obs.verdict));
     for (i, started, finished, obs) in done {
         let slot = &slots[i];
         let kind = slot.witness.kind();
@@ -119,32 +170,70 @@ pub(super) async fn corroborate(
                 .collect(),
         });
     }
-    if !alive.is_empty() {
-        let mut st = inner.state();
-        for e in target.levels.get(level as usize - 1).into_iter().flatten() {
-            *st.metrics
-                .lying_devices
-                .entry(e.device.clone())
-                .or_default() += 1;
+    match dissent {
+        None => Ok(format!("witnesses silent: {}", silent.join(", "))),
+        Some(Dissent::Alive) => {
+            count_lies(inner, target, level);
+            let mut why = format!(
+                "{names} read back off, but {} is still alive: {}",
+                target.name,
+                alive.join("; ")
+            );
+            if !blind.is_empty() {
+                why.push_str(&format!(" (and {})", blind.join("; ")));
+            }
+            Err(Refusal {
+                dissent: Dissent::Alive,
+                message: format!(
+                    "{why}; a lying device or the wrong outlet/BMC for this node: NOT confirmed off"
+                ),
+            })
         }
-        drop(st);
-        let mut why = format!(
-            "{names} read back off, but {} is still alive: {}",
-            target.name,
-            alive.join("; ")
+        Some(d) => Err(Refusal {
+            dissent: d,
+            message: format!(
+                "{names} read back off, but {}: NOT confirmed off",
+                blind.join("; ")
+            ),
+        }),
+    }
+}
+
+/// Counts every device of level `level` as caught lying (a witness saw the node alive after
+/// they read back off).
+fn count_lies(inner: &Inner, target: &TargetConfig, level: u32) {
+    let mut st = inner.state();
+    for e in target.levels.get(level as usize - 1).into_iter().flatten() {
+        *st.metrics
+            .lying_devices
+            .entry(e.device.clone())
+            .or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_alive_is_a_veto_whatever_else_the_witnesses_said() {
+        use Verdict::*;
+        assert_eq!(
+            dissent_of([Silent, Alive, NoEvidence]),
+            Some(Dissent::Alive)
         );
-        if !blind.is_empty() {
-            why.push_str(&format!(" (and {})", blind.join("; ")));
-        }
-        return Err(format!(
-            "{why}; a lying device or the wrong outlet/BMC for this node: NOT confirmed off"
-        ));
+        assert_eq!(dissent_of([NoEvidence, Alive]), Some(Dissent::Alive));
+        assert_eq!(dissent_of([Silent, NoEvidence]), Some(Dissent::NoEvidence));
+        assert_eq!(dissent_of([Silent, Silent]), None);
+        // No verdict at all is agreement only for this fold; corroborate refuses a target
+        // without witnesses before it gets here (Dissent::NoWitness).
+        assert_eq!(dissent_of([]), None);
     }
-    if !blind.is_empty() {
-        return Err(format!(
-            "{names} read back off, but {}: NOT confirmed off",
-            blind.join("; ")
-        ));
+
+    #[test]
+    fn the_failure_code_comes_from_the_kind_not_the_words() {
+        assert_eq!(Dissent::Alive.code(), "witness_alive");
+        assert_eq!(Dissent::NoEvidence.code(), "witness_no_evidence");
+        assert_eq!(Dissent::NoWitness.code(), "witness_none");
     }
-    Ok(format!("witnesses silent: {}", silent.join(", ")))
 }

@@ -181,14 +181,11 @@ async fn drive(
             }
             match verdict {
                 Ok(words) => witnessed = format!("; {words}"),
-                Err(why) => {
+                Err(refusal) => {
                     // The devices' read-backs are not a confirmation any more: the record says
                     // so, with the evidence, so no reader of history takes them for one.
-                    let code = if why.contains("still alive") {
-                        "witness_alive"
-                    } else {
-                        "witness_no_evidence"
-                    };
+                    let code = refusal.dissent.code();
+                    let why = refusal.message;
                     for a in op.attempts.iter_mut().filter(|a| a.level == n) {
                         if matches!(a.result, StepResult::Confirmed { .. }) && a.phase == Phase::Off
                         {
