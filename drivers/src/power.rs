@@ -232,6 +232,14 @@ pub trait PowerDevice: Send + Sync + 'static {
     /// that power changed: the engine confirms by reading [`PowerDevice::status`] back.
     async fn power(&self, port: Option<&str>, command: PowerCommand) -> Result<(), DeviceError>;
 
+    /// The power `port` draws now in watts, where the device meters it (a metered-by-outlet
+    /// PDU); `Ok(None)` for devices that do not report draw. A read that fails is an error,
+    /// never a reading of zero.
+    async fn power_draw(&self, port: Option<&str>) -> Result<Option<u32>, DeviceError> {
+        let _ = port;
+        Ok(None)
+    }
+
     /// Lists outlets, for devices that have several.
     async fn list(&self) -> Result<Vec<Outlet>, DeviceError> {
         Err(DeviceError::Unsupported {

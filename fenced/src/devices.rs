@@ -152,6 +152,12 @@ impl PowerDevice for Selected {
         self.inner.power(plug.as_deref(), command).await
     }
 
+    async fn power_draw(&self, port: Option<&str>) -> Result<Option<u32>, DeviceError> {
+        let _p = self.permit().await?;
+        let plug = self.resolve(port).await?;
+        self.inner.power_draw(plug.as_deref()).await
+    }
+
     async fn list(&self) -> Result<Vec<Outlet>, DeviceError> {
         let _p = self.permit().await?;
         self.inner.list().await

@@ -340,8 +340,50 @@ impl PduDevice {
     }
 }
 
+/// An outlet's metered power from its active-power varbind, in watts. The MIB types the column
+/// INTEGER (PowerNet-MIB) but agents also answer Gauge32; a negative value (APC answers -1 on
+/// an outlet that is not metered), an exception or any other type is not a reading, and says
+/// what was seen instead.
+pub fn watts_of(v: &Value) -> Result<u32, String> {
+    match v {
+        Value::Integer(w) => u32::try_from(*w)
+            .map_err(|_| format!("reads {w} W, which is not a load reading (not metered?)")),
+        Value::Gauge32(w) => Ok(*w),
+        Value::NoSuchInstance | Value::NoSuchObject => Err(
+            "has no active-power reading (noSuchInstance: this unit does not meter its outlets)"
+                .into(),
+        ),
+        other => Err(format!(
+            "active power is {other:?}, not an INTEGER number of watts"
+        )),
+    }
+}
+
 #[async_trait]
 impl PowerDevice for PduDevice {
+    async fn power_draw(&self, port: Option<&str>) -> Result<Option<u32>, DeviceError> {
+        let r = OutletRef::parse(self.port(port)?)?;
+        let mut st = self.state.lock().await;
+        let (n, name) = self.resolve(&mut st, &r).await?;
+        let Some(watts) = self.cfg.model.watts_oid(n) else {
+            return Ok(None);
+        };
+        let mut oids = vec![watts];
+        if name.is_some() {
+            oids.push(self.cfg.model.name_oid(n));
+        }
+        let v = self.get(&mut st, oids, "read outlet power").await?;
+        if let Some(want) = name {
+            self.check_name(n, &want, v.get(1).unwrap_or(&Value::Null))?;
+        }
+        watts_of(v.first().unwrap_or(&Value::Null))
+            .map(Some)
+            .map_err(|detail| DeviceError::Protocol {
+                address: self.address(),
+                detail: format!("outlet {n} {detail}"),
+            })
+    }
+
     async fn status(&self, port: Option<&str>) -> Result<PowerState, DeviceError> {
         let r = OutletRef::parse(self.port(port)?)?;
         let mut st = self.state.lock().await;
@@ -490,3 +532,27 @@ pub fn version_of(s: &Security) -> &'static str {
 
 /// A short default per-try timeout: PDUs answer on the LAN in milliseconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn watts_are_read_from_an_integer_or_a_gauge() {
+        assert_eq!(watts_of(&Value::Integer(0)), Ok(0));
+        assert_eq!(watts_of(&Value::Integer(142)), Ok(142));
+        assert_eq!(watts_of(&Value::Gauge32(7)), Ok(7));
+    }
+
+    #[test]
+    fn what_is_not_a_watt_reading_is_an_error_that_says_what_was_seen() {
+        let e = watts_of(&Value::Integer(-1)).unwrap_err();
+        assert!(e.contains("-1 W") && e.contains("not metered"), "{e}");
+        let e = watts_of(&Value::NoSuchInstance).unwrap_err();
+        assert!(e.contains("noSuchInstance"), "{e}");
+        let e = watts_of(&Value::OctetString(b"12".to_vec())).unwrap_err();
+        assert!(e.contains("not an INTEGER"), "{e}");
+        assert!(watts_of(&Value::Null).is_err());
+    }
+}

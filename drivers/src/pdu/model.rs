@@ -53,6 +53,10 @@ pub struct Model {
     pub state_pending: Option<(i64, i64)>,
     /// Full OID of the serial number, if the family has one; otherwise sysName identifies.
     pub serial: Option<&'static str>,
+    /// Outlet active-power column in watts, on families that meter each outlet (APC
+    /// rPDU2OutletMeteredStatusPower); `None` where the driver knows no such column. The
+    /// `power-path` witness's `max_watts` reads it.
+    pub outlet_watts: Option<&'static str>,
 }
 
 /// Every model the driver knows, the APC families first.
@@ -74,6 +78,7 @@ pub const MODELS: &[Model] = &[
         command_off: 2,
         state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.12.1.6.0"),
+        outlet_watts: None,
     },
     Model {
         name: "apc-rpdu2",
@@ -92,6 +97,12 @@ pub const MODELS: &[Model] = &[
         command_off: 2,
         state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.26.2.1.9.1"),
+        // rPDU2OutletMeteredStatusPower (rPDU2OutletMeteredStatusTable .26.9.4.3, column 7):
+        // the outlet's load in watts, on metered-by-outlet units (AP86xx, AP88xx). Indexed by
+        // rPDU2OutletMeteredStatusIndex, which on a single (not daisy-chained) unit is the
+        // outlet number. Units without outlet metering answer noSuchInstance: a read error,
+        // which the witness takes as no evidence.
+        outlet_watts: Some("1.3.6.1.4.1.318.1.1.26.9.4.3.1.7"),
     },
     Model {
         name: "apc-masterswitch",
@@ -109,6 +120,7 @@ pub const MODELS: &[Model] = &[
         command_off: 2,
         state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.4.1.5.0"),
+        outlet_watts: None,
     },
     Model {
         name: "apc-masterswitch-v6",
@@ -125,6 +137,7 @@ pub const MODELS: &[Model] = &[
         command_off: 2,
         state_pending: None,
         serial: Some("1.3.6.1.4.1.318.1.1.4.1.5.0"),
+        outlet_watts: None,
     },
     Model {
         name: "tripplite",
@@ -142,6 +155,7 @@ pub const MODELS: &[Model] = &[
         command_off: 1,
         state_pending: None,
         serial: None,
+        outlet_watts: None,
     },
     Model {
         name: "tripplite-lx",
@@ -163,6 +177,7 @@ pub const MODELS: &[Model] = &[
         command_off: 1,
         state_pending: None,
         serial: None,
+        outlet_watts: None,
     },
     Model {
         name: "eaton-epdu",
@@ -186,6 +201,7 @@ pub const MODELS: &[Model] = &[
         state_pending: Some((2, 3)),
         // serialNumber.0 (unitTable, INDEX { unitIndex }, 0 for the first unit).
         serial: Some("1.3.6.1.4.1.534.6.6.7.1.2.1.4.0"),
+        outlet_watts: None,
     },
     Model {
         name: "raritan-px2",
@@ -207,6 +223,7 @@ pub const MODELS: &[Model] = &[
         state_pending: None,
         // pduSerialNumber.1.
         serial: Some("1.3.6.1.4.1.13742.6.3.2.1.1.4.1"),
+        outlet_watts: None,
     },
     Model {
         name: "sentry3",
@@ -229,6 +246,7 @@ pub const MODELS: &[Model] = &[
         state_pending: Some((2, 3)),
         // systemNICSerialNumber.0.
         serial: Some("1.3.6.1.4.1.1718.3.1.2.0"),
+        outlet_watts: None,
     },
     Model {
         name: "sentry4",
@@ -251,6 +269,7 @@ pub const MODELS: &[Model] = &[
         state_pending: None,
         // st4SystemNICSerialNumber.0.
         serial: Some("1.3.6.1.4.1.1718.4.1.1.1.5.0"),
+        outlet_watts: None,
     },
 ];
 
@@ -306,6 +325,11 @@ impl Model {
     /// The name OID of `outlet`.
     pub fn name_oid(&self, outlet: u32) -> Oid {
         self.at_column(self.names, outlet)
+    }
+
+    /// The active-power OID of `outlet`, on families that meter each outlet.
+    pub fn watts_oid(&self, outlet: u32) -> Option<Oid> {
+        self.outlet_watts.map(|c| self.at_column(c, outlet))
     }
 
     /// The outlet number of a name-column OID, if it is one of this model's rows.

@@ -6,6 +6,11 @@
 //! - `Off` on a read: `Silent`.
 //! - An error, an `Unknown` state, a read that overruns its timeout, or a transition
 //!   (powering on/off) still reported after `settle`: `NoEvidence`.
+//! - With `max_watts` (outlets a PDU meters): an outlet that reads on is read again for its
+//!   draw. At most `max_watts` is `Silent` (a host that is off, BMC and all, on a switched-on
+//!   outlet draws next to nothing); above it for the whole settle, `Alive`; a draw that cannot
+//!   be read (an error, a timeout, a device that does not meter), `NoEvidence`. This is what
+//!   lets the witness see a node whose BMC lies behind an outlet nobody switched.
 //!
 //! It does not prove the node is off either (the wrong outlet mapped to the node reads off
 //! too), so, like every witness, it only vetoes.
@@ -37,6 +42,9 @@ pub struct PowerPathWitness {
     pub settle: Duration,
     /// Deadline of each read.
     pub read_timeout: Duration,
+    /// With a metering device: the most an outlet that reads on may draw for a node that is
+    /// off (standby supplies, fans spinning down). `None`: an outlet that reads on is a veto.
+    pub max_watts: Option<u32>,
 }
 
 impl std::fmt::Debug for PowerPathWitness {
@@ -44,6 +52,7 @@ impl std::fmt::Debug for PowerPathWitness {
         f.debug_struct("PowerPathWitness")
             .field("device", &self.device_name)
             .field("port", &self.port)
+            .field("max_watts", &self.max_watts)
             .finish()
     }
 }
@@ -54,6 +63,63 @@ impl PowerPathWitness {
             Some(p) => format!("{}:{p}", self.device_name),
             None => self.device_name.clone(),
         }
+    }
+}
+
+impl PowerPathWitness {
+    /// An outlet that reads on, under `max_watts`: its draw decides. Polled until it falls to
+    /// `max` or the settle ends (a PDU's meter averages over a second or more, so a node that
+    /// just went off may still read its last load).
+    async fn watch_draw(&self, max: u32, start: Instant, deadline: Instant) -> Observation {
+        let outlet = self.outlet();
+        let mut last;
+        loop {
+            let until = deadline.min(Instant::now() + self.read_timeout);
+            let read =
+                tokio::time::timeout_at(until, self.device.power_draw(self.port.as_deref())).await;
+            match read {
+                Err(_) => {
+                    return one(
+                        Verdict::NoEvidence,
+                        format!(
+                            "outlet {outlet} reads on; its power draw read did not answer within {} ms",
+                            until.saturating_duration_since(start).as_millis()
+                        ),
+                    )
+                }
+                Ok(Err(e)) => {
+                    return one(
+                        Verdict::NoEvidence,
+                        format!("outlet {outlet} reads on; cannot read its power draw: {e}"),
+                    )
+                }
+                Ok(Ok(None)) => {
+                    return one(
+                        Verdict::NoEvidence,
+                        format!("outlet {outlet} reads on, and the device does not meter it: max_watts = {max} cannot be checked; remove max_watts or name a metered outlet"),
+                    )
+                }
+                Ok(Ok(Some(w))) if w <= max => {
+                    return one(
+                        Verdict::Silent,
+                        format!("outlet {outlet} reads on but draws {w} W, at most max_watts = {max}: no load on this path"),
+                    )
+                }
+                Ok(Ok(Some(w))) => last = w,
+            }
+            let next = Instant::now() + POLL;
+            if next >= deadline || start.elapsed() >= self.settle {
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+        one(
+            Verdict::Alive,
+            format!(
+                "outlet {outlet} still draws {last} W (above max_watts = {max}) {:.1} s after the device reported off: the node still takes power on this path",
+                start.elapsed().as_secs_f64()
+            ),
+        )
     }
 }
 
@@ -74,7 +140,13 @@ impl Witness for PowerPathWitness {
     }
 
     fn describe(&self) -> String {
-        format!("outlet {} feeding the node reads off", self.outlet())
+        match self.max_watts {
+            Some(w) => format!(
+                "outlet {} feeding the node reads off or draws at most {w} W",
+                self.outlet()
+            ),
+            None => format!("outlet {} feeding the node reads off", self.outlet()),
+        }
     }
 
     async fn observe(&self, deadline: Instant) -> Observation {
@@ -105,6 +177,10 @@ impl Witness for PowerPathWitness {
                 }
                 Ok(Ok(PowerState::Off)) => {
                     return one(Verdict::Silent, format!("outlet {outlet} reads off"))
+                }
+                Ok(Ok(PowerState::On)) if self.max_watts.is_some() => {
+                    let max = self.max_watts.unwrap_or_default();
+                    return self.watch_draw(max, start, deadline).await;
                 }
                 Ok(Ok(PowerState::On)) => {
                     return one(
@@ -153,18 +229,42 @@ mod tests {
         Hang,
     }
 
-    /// An outlet that answers status reads from a script (the last answer repeats).
+    /// What one power-draw read of the scripted outlet does.
+    #[derive(Clone)]
+    enum Draw {
+        Watts(u32),
+        NotMetered,
+        Error,
+        Hang,
+    }
+
+    /// An outlet that answers status and draw reads from scripts (the last answer repeats).
     struct Outlet {
         script: Mutex<VecDeque<Read>>,
+        draws: Mutex<VecDeque<Draw>>,
         reads: Mutex<Vec<Option<String>>>,
     }
 
     impl Outlet {
         fn new(script: &[Read]) -> Arc<Self> {
+            Self::metered(script, &[Draw::NotMetered])
+        }
+
+        fn metered(script: &[Read], draws: &[Draw]) -> Arc<Self> {
             Arc::new(Outlet {
                 script: Mutex::new(script.iter().cloned().collect()),
+                draws: Mutex::new(draws.iter().cloned().collect()),
                 reads: Mutex::new(Vec::new()),
             })
+        }
+    }
+
+    fn next_of<T: Clone>(q: &Mutex<VecDeque<T>>) -> T {
+        let mut s = q.lock().unwrap();
+        if s.len() > 1 {
+            s.pop_front().unwrap()
+        } else {
+            s.front().cloned().unwrap()
         }
     }
 
@@ -190,6 +290,19 @@ mod tests {
             }
         }
 
+        async fn power_draw(&self, port: Option<&str>) -> Result<Option<u32>, DeviceError> {
+            assert_eq!(port, Some("7"), "the draw of the witness's own outlet");
+            match next_of(&self.draws) {
+                Draw::Watts(w) => Ok(Some(w)),
+                Draw::NotMetered => Ok(None),
+                Draw::Error => Err(DeviceError::Protocol {
+                    address: "pdu-a".into(),
+                    detail: "outlet 7 has no active-power reading".into(),
+                }),
+                Draw::Hang => std::future::pending().await,
+            }
+        }
+
         async fn power(&self, _: Option<&str>, _: PowerCommand) -> Result<(), DeviceError> {
             panic!("a witness never switches its outlet")
         }
@@ -210,7 +323,82 @@ mod tests {
             port: Some("7".into()),
             settle: Duration::from_secs(2),
             read_timeout: Duration::from_millis(500),
+            max_watts: None,
         }
+    }
+
+    /// The witness over a metered outlet that reads on, with `max_watts = 10`.
+    async fn observe_draw(draws: &[Draw]) -> Observation {
+        let o = Outlet::metered(&[Read::State(PowerState::On)], draws);
+        let w = PowerPathWitness {
+            max_watts: Some(10),
+            ..witness(&o)
+        };
+        w.observe(Instant::now() + Duration::from_secs(10)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_max_watts_a_draw_at_or_below_it_is_silent_even_when_the_outlet_reads_on() {
+        let o = observe_draw(&[Draw::Watts(10)]).await;
+        assert_eq!(o.verdict, Verdict::Silent, "{o:?}");
+        assert_eq!(
+            detail(&o),
+            "outlet pdu-a:7 reads on but draws 10 W, at most max_watts = 10: no load on this path"
+        );
+        // A meter that still shows the last load for a moment, then falls.
+        let t0 = Instant::now();
+        let o = observe_draw(&[Draw::Watts(140), Draw::Watts(140), Draw::Watts(2)]).await;
+        assert_eq!(o.verdict, Verdict::Silent, "{o:?}");
+        assert_eq!(t0.elapsed(), POLL * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_max_watts_a_draw_above_it_for_the_whole_settle_is_alive() {
+        let t0 = Instant::now();
+        let o = observe_draw(&[Draw::Watts(140)]).await;
+        assert_eq!(o.verdict, Verdict::Alive, "{o:?}");
+        assert!(
+            detail(&o).contains("outlet pdu-a:7 still draws 140 W (above max_watts = 10)"),
+            "{o:?}"
+        );
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took <= Duration::from_secs(2) + POLL,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_max_watts_an_unreadable_draw_is_no_evidence() {
+        let o = observe_draw(&[Draw::Error]).await;
+        assert_eq!(o.verdict, Verdict::NoEvidence, "{o:?}");
+        assert!(
+            detail(&o).contains("cannot read its power draw")
+                && detail(&o).contains("active-power"),
+            "{o:?}"
+        );
+        let o = observe_draw(&[Draw::NotMetered]).await;
+        assert_eq!(o.verdict, Verdict::NoEvidence, "{o:?}");
+        assert!(detail(&o).contains("does not meter it"), "{o:?}");
+        let t0 = Instant::now();
+        let o = observe_draw(&[Draw::Hang]).await;
+        assert_eq!(o.verdict, Verdict::NoEvidence, "{o:?}");
+        assert!(detail(&o).contains("draw read did not answer"), "{o:?}");
+        assert_eq!(t0.elapsed(), Duration::from_millis(500));
+        // A draw read error is never taken as zero, even after readings above the limit.
+        let o = observe_draw(&[Draw::Watts(140), Draw::Error]).await;
+        assert_eq!(o.verdict, Verdict::NoEvidence, "{o:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_max_watts_an_outlet_that_reads_off_is_silent_without_a_draw_read() {
+        let o = Outlet::metered(&[Read::State(PowerState::Off)], &[Draw::Error]);
+        let w = PowerPathWitness {
+            max_watts: Some(10),
+            ..witness(&o)
+        };
+        let obs = w.observe(Instant::now() + Duration::from_secs(10)).await;
+        assert_eq!(obs.verdict, Verdict::Silent, "{obs:?}");
     }
 
     async fn observe(script: &[Read]) -> (Observation, Arc<Outlet>) {

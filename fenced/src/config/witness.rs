@@ -202,6 +202,29 @@ impl WitnessCx<'_> {
         }
     }
 
+    /// An integer within `lo..=hi`, if written; `unit` names what it counts in the error.
+    pub(crate) fn integer(
+        &mut self,
+        field: &str,
+        unit: &str,
+        (lo, hi): (i64, i64),
+    ) -> Result<Option<Spanned<i64>>, ConfigError> {
+        let Some(v) = self.fields.remove(field) else {
+            return Ok(None);
+        };
+        let Some(n) = v.get_ref().as_integer() else {
+            return Err(self.wrong_type(&v, field, &format!("an integer number of {unit}")));
+        };
+        if !(lo..=hi).contains(&n) {
+            return Err(self.at(
+                &v,
+                field,
+                format!("{n} {unit} is out of range; expected {lo} to {hi}"),
+            ));
+        }
+        Ok(Some(Spanned::new(v.span(), n)))
+    }
+
     /// A path (relative to the config file's directory), if written.
     pub(crate) fn path(&mut self, field: &str) -> Result<Option<Spanned<PathBuf>>, ConfigError> {
         Ok(self
@@ -503,6 +526,26 @@ witnesses = ["feed"]
         };
         assert_eq!((p.device.as_str(), p.port.as_str()), ("pdu-a", "7"));
         assert_eq!(p.settle, drivers::witness::power_path::DEFAULT_SETTLE);
+        assert_eq!(p.max_watts, None);
+        // A metered-by-outlet APC (rPDU2OutletMeteredStatusPower) takes a draw threshold.
+        let c = parse(
+            &POWER
+                .replace("model = \"apc-rpdu\"", "model = \"apc-rpdu2\"")
+                .replace("port = \"7\"", "port = \"7\"\nmax_watts = 15"),
+        )
+        .unwrap();
+        let WitnessKind::PowerPath(p) = &c.witnesses["feed"].kind else {
+            panic!()
+        };
+        assert_eq!(p.max_watts, Some(15));
+        assert!(
+            c.witnesses["feed"]
+                .kind
+                .describe()
+                .contains("pdu-a:7 reads off or draws at most 15 W"),
+            "{}",
+            c.witnesses["feed"].kind.describe()
+        );
         let c = parse(&POWER.replace(
             "device = \"pdu-a\"\nport = \"7\"",
             "device = \"relays\"\nport = \"sensed\"",
@@ -549,10 +592,31 @@ witnesses = ["feed"]
                 "witnesses = [\"feed\"]",
                 "targets.node1.witnesses: witness `feed` cannot watch `node1`: it reads device `pdu-a`, which level 2 of this target uses".into(),
             ),
+            // apc-rpdu (AP79xx) does not meter its outlets: no draw to compare.
             (
                 POWER.replace("port = \"7\"", "port = \"7\"\nmax_watts = 5"),
                 "max_watts",
-                "witnesses.feed.max_watts: unknown setting `max_watts` for a power-path witness; expected one of: kind, device, port, settle_s, timeout_ms".into(),
+                "witnesses.feed.max_watts: device `pdu-a` is a snmp-pdu (model apc-rpdu), which reports no outlet power draw: max_watts needs an snmp-pdu whose model meters each outlet (apc-rpdu2)".into(),
+            ),
+            (
+                POWER.replace("device = \"pdu-a\"\nport = \"7\"", "device = \"relays\"\nport = \"sensed\"\nmax_watts = 5"),
+                "max_watts",
+                "witnesses.feed.max_watts: device `relays` is a relay, which reports no outlet power draw".into(),
+            ),
+            (
+                POWER.replace("model = \"apc-rpdu\"", "model = \"apc-rpdu2\"").replace("port = \"7\"", "port = \"7\"\nmax_watts = -1"),
+                "max_watts",
+                "witnesses.feed.max_watts: -1 watts is out of range; expected 0 to 100000".into(),
+            ),
+            (
+                POWER.replace("model = \"apc-rpdu\"", "model = \"apc-rpdu2\"").replace("port = \"7\"", "port = \"7\"\nmax_watts = \"5 W\""),
+                "max_watts",
+                "witnesses.feed.max_watts: expected an integer number of watts, found a string".into(),
+            ),
+            (
+                POWER.replace("port = \"7\"", "port = \"7\"\nmax_wats = 5"),
+                "max_wats",
+                "witnesses.feed.max_wats: unknown setting `max_wats` for a power-path witness; expected one of: kind, device, port, settle_s, timeout_ms, max_watts".into(),
             ),
         ];
         for (text, marker, want) in cases {

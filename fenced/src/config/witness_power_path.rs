@@ -9,8 +9,10 @@
 //! sense line reads back only what it was told to do. And the device must not be one of the
 //! target's levels: at that level it would vouch for itself.
 //!
-//! No power-draw threshold: none of the PDU drivers reads an outlet's load, so "off" here is the
-//! outlet's switched state.
+//! `max_watts = N` (optional) adds the outlet's load: an outlet that reads on but draws at most
+//! N watts counts as no sign of life, one that draws more is a veto. Only an `snmp-pdu` whose
+//! model meters each outlet (`apc-rpdu2`: PowerNet-MIB rPDU2OutletMeteredStatusPower) reports
+//! a draw; the configuration refuses `max_watts` on any other device.
 
 use super::witness::{DeviceLookup, WitnessCx, WitnessKindSettings};
 use super::LevelEntry;
@@ -31,12 +33,15 @@ pub struct PowerPathSettings {
     pub settle: Duration,
     /// Deadline of each status read.
     pub read_timeout: Duration,
+    /// The most an outlet that reads on may draw for a node that is off; `None`: no draw read.
+    pub max_watts: Option<u32>,
 }
 
 const WANT: &str = "a power-path witness needs `device = \"NAME\"`, a [devices.NAME] on the node's power path (kind snmp-pdu or serial-pdu, or a relay line with a sense_line), and `port = \"...\"`, the outlet or line feeding the node";
 
 impl WitnessKindSettings for PowerPathSettings {
-    const KEYS: &'static [&'static str] = &["device", "port", "settle_s", "timeout_ms"];
+    const KEYS: &'static [&'static str] =
+        &["device", "port", "settle_s", "timeout_ms", "max_watts"];
 
     fn resolve(cx: &mut WitnessCx<'_>) -> Result<Self, ConfigError> {
         let Some(device) = cx.string("device")? else {
@@ -123,8 +128,28 @@ impl WitnessKindSettings for PowerPathSettings {
                 ));
             }
         }
+        let max_watts = cx.integer("max_watts", "watts", (0, 100_000))?;
+        if let Some(w) = &max_watts {
+            let metered =
+                matches!(&d.kind, DeviceKind::SnmpPdu(p) if p.model.outlet_watts.is_some());
+            if !metered {
+                let model = match &d.kind {
+                    DeviceKind::SnmpPdu(p) => format!(" (model {})", p.model.name),
+                    _ => String::new(),
+                };
+                return Err(cx.at(
+                    w,
+                    "max_watts",
+                    format!(
+                        "device `{}` is a {kind}{model}, which reports no outlet power draw: max_watts needs an snmp-pdu whose model meters each outlet (apc-rpdu2); remove max_watts to use the outlet's switched state only",
+                        device.get_ref()
+                    ),
+                ));
+            }
+        }
         let port = port.map(|p| p.into_inner()).unwrap_or_default();
         Ok(PowerPathSettings {
+            max_watts: max_watts.map(|w| u32::try_from(*w.get_ref()).unwrap_or(u32::MAX)),
             device: device.into_inner(),
             port,
             settle: cx.seconds("settle_s", power_path::DEFAULT_SETTLE, (0.0, 600.0))?,
@@ -137,8 +162,12 @@ impl WitnessKindSettings for PowerPathSettings {
     }
 
     fn describe(&self) -> String {
+        let draw = match self.max_watts {
+            Some(w) => format!(" or draws at most {w} W"),
+            None => String::new(),
+        };
         format!(
-            "outlet {}:{} reads off; settle_s {}, timeout_ms {}",
+            "outlet {}:{} reads off{draw}; settle_s {}, timeout_ms {}",
             self.device,
             self.port,
             self.settle.as_secs_f64(),
@@ -173,6 +202,7 @@ impl WitnessKindSettings for PowerPathSettings {
             port: Some(self.port.clone()),
             settle: self.settle,
             read_timeout: self.read_timeout,
+            max_watts: self.max_watts,
         }))
     }
 }

@@ -1350,6 +1350,7 @@ mod witnesses {
             port: Some("7".into()),
             settle: Duration::from_secs(2),
             read_timeout: Duration::from_secs(1),
+            max_watts: None,
         });
         let mut slots = WitnessSlots::new();
         slots.entry("n1".into()).or_default().push(WitnessSlot {
