@@ -481,7 +481,13 @@ struct Shared {
     faults: Mutex<Faults>,
     events: Mutex<EventLog>,
     counters: Mutex<BTreeMap<String, u32>>,
+    /// What is plugged into each outlet (1-based), for models that meter outlets.
+    loads: Mutex<BTreeMap<usize, OutletLoad>>,
 }
+
+/// The watts the equipment plugged into an outlet draws while the outlet is on, asked at every
+/// read (a lab node: its load while its processes run, next to nothing once its power went).
+pub type OutletLoad = Arc<dyn Fn() -> u32 + Send + Sync>;
 
 impl Shared {
     fn record(&self, kind: EventKind) {
@@ -543,6 +549,17 @@ impl PduHandle {
         if let Some(o) = lock(&self.shared.outlets).get_mut(n.wrapping_sub(1)) {
             o.node.force(on);
         }
+    }
+
+    /// Plugs `load` into outlet `n`, or unplugs it (`None`: the outlet draws 0 W). Models with
+    /// an outlet power column (apc-rpdu2's rPDU2OutletMeteredStatusPower) serve its watts while
+    /// the outlet is on, 0 W while it is off.
+    pub fn set_outlet_load(&self, n: usize, load: Option<OutletLoad>) {
+        let mut l = lock(&self.shared.loads);
+        match load {
+            Some(f) => l.insert(n, f),
+            None => l.remove(&n),
+        };
     }
 
     /// Renames outlet `n` (as an operator would on the PDU's web page).
@@ -687,6 +704,7 @@ impl PduLab {
                 faults: Mutex::new(spec.faults),
                 events: Mutex::new(EventLog::default()),
                 counters: Mutex::new(BTreeMap::new()),
+                loads: Mutex::new(BTreeMap::new()),
             });
             let agent = Agent::new(shared.clone(), &spec, i as u64);
             lab.pdus.push(PduHandle { shared });
@@ -836,6 +854,14 @@ impl Agent {
                 _ => m.state_off,
             };
             mib.insert(m.state_oid(n), Value::Integer(state));
+            if let Some(col) = m.watts_oid(n) {
+                let load = lock(&self.shared.loads).get(&(k + 1)).cloned();
+                let watts = match load {
+                    Some(f) if on => f(),
+                    _ => 0,
+                };
+                mib.insert(col, Value::Integer(i64::from(watts)));
+            }
             if let Some(col) = p.command_pending {
                 // outletStatusCommandPending(1), outletStatusNoCommandPending(2).
                 let pending = if o.going_on.is_some() { 1 } else { 2 };
