@@ -10,7 +10,11 @@
 //! FAR, Ironic, bmclib) would report, asserted here as the demonstration of why the policy
 //! exists.
 //!
-//! fenced and the BMCs run inside the lab switch's network namespace (entered with setns(2)
+//! A metered PDU (the lab's apc-rpdu2, outlet 1 feeding node1, its load served from whether
+//! node1's processes run) is the `power-path` witness with `max_watts`: the outlet stays
+//! switched on whatever a BMC does, but its draw shows whether the node really went off.
+//!
+//! fenced, the BMCs and the PDU run inside the lab switch's network namespace (entered with setns(2)
 //! on a thread of their own, whose children and threads inherit it): from there the node's
 //! address is reachable and nothing is ever sent on the host's network.
 
@@ -21,6 +25,7 @@ mod common;
 use common::process::{text, Fenced};
 use drivers::Secret;
 use hw_tests::lab::node::PowerEvent;
+use hw_tests::lab::snmp::{PduLab, PduLabSpec};
 use hw_tests::lab::{BackgroundLab, EventKind, Fault, LabSpec};
 use hw_tests::node::{LabNet, LabNode, NodeProcess, NodeSpec};
 use serde_json::Value;
@@ -32,6 +37,11 @@ use std::time::Instant;
 
 const PASSWORD: &str = "lab-password";
 const PORT: u16 = 5405;
+/// What node1 draws from its outlet while it runs, and once its power went (standby).
+const WATTS_ON: u32 = 118;
+const WATTS_STANDBY: u32 = 1;
+/// The power-path witness's threshold.
+const MAX_WATTS: u32 = 10;
 
 /// Runs `f` on a thread that entered network namespace `name` (`/run/netns/NAME`); threads
 /// and processes it starts stay in that namespace.
@@ -81,6 +91,8 @@ fn running(pid: u32) -> bool {
 struct Bench {
     fenced: Fenced,
     lab: BackgroundLab,
+    pdu: PduLab,
+    _rt: tokio::runtime::Runtime,
     listener: NodeProcess,
     node: Arc<LabNode>,
     _net: LabNet,
@@ -107,6 +119,27 @@ fn bench(target: &str) -> Option<Bench> {
     let mut spec = LabSpec::new(2, "admin", Secret::new(PASSWORD.as_bytes().to_vec()));
     spec.power_on = true;
     let lab = in_netns(&switch, || BackgroundLab::start(spec)).unwrap();
+    // The PDU's socket and its runtime's thread are made in the switch's namespace too.
+    let (rt, pdu) = in_netns(&switch, || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let spec = PduLabSpec::new(1, 2, drivers::pdu::model::by_name("apc-rpdu2").unwrap());
+        let pdu = rt.block_on(PduLab::start(spec)).unwrap();
+        (rt, pdu)
+    });
+    // Outlet 1 feeds node1: 118 W while its processes run, 1 W (a standby supply) once its
+    // power went.
+    let fed: Weak<LabNode> = Arc::downgrade(&node);
+    pdu.pdus()[0].set_outlet_load(
+        1,
+        Some(Arc::new(move || match fed.upgrade() {
+            Some(n) if !n.pids().is_empty() => WATTS_ON,
+            _ => WATTS_STANDBY,
+        })),
+    );
     lab.bmc("node1").unwrap().set_fault(Fault::Lies(true));
     // BMC 2 feeds node1. A node without power answers nothing on the network (its NIC is
     // dead too), so power off also silences the node's interface; the lab node itself only
@@ -145,6 +178,12 @@ fn bench(target: &str) -> Option<Bench> {
             lab.bmc(bmc).unwrap().addr()
         ));
     }
+    let community = common::process::secret_file(dir, "community", "private");
+    cfg.push_str(&format!(
+        "[devices.pdu-a]\nkind = \"snmp-pdu\"\naddress = \"{}\"\nmodel = \"apc-rpdu2\"\nversion = \"2c\"\ncommunity_file = {community:?}\ntimeout_ms = 300\nretries = 1\n\n\
+         [witnesses.node1-feed]\nkind = \"power-path\"\ndevice = \"pdu-a\"\nport = \"1\"\nmax_watts = {MAX_WATTS}\nsettle_s = 1\ntimeout_ms = 500\n\n",
+        pdu.pdus()[0].addr()
+    ));
     cfg.push_str(&format!(
         "[witnesses.node1-net]\nkind = \"network\"\naddresses = [\"{}:{PORT}\"]\nsettle_s = 1\nprobe_timeout_ms = 200\ninterval_ms = 200\n\n[targets.node1]\n{target}",
         node.addr()
@@ -155,6 +194,8 @@ fn bench(target: &str) -> Option<Bench> {
     Some(Bench {
         fenced,
         lab,
+        pdu,
+        _rt: rt,
         listener,
         node,
         _net: net,
@@ -278,4 +319,80 @@ fn a_witness_veto_with_no_further_level_leaves_the_node_not_fenced() {
     assert!(running(b.listener.id()));
     let op: Value = b.fenced.last_op("node1");
     assert_eq!(op["witnesses"][0]["verdict"], "alive", "{op}");
+}
+
+const FED: &str = "levels = [[\"bmc-liar\"], [\"bmc-real\"]]\nconfirm = \"device+witness\"\nwitnesses = [\"node1-feed\"]\n";
+
+#[test]
+fn the_power_path_witness_sees_the_lying_bmcs_node_still_draw_power_and_the_next_level_fences() {
+    let Some(b) = bench(FED) else { return };
+    let s = b
+        .fenced
+        .fenced_ok("off", "node1", "power-path witness test");
+    assert!(
+        s.contains("node1 FENCED: power read back from bmc-real (level 2)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("witnesses: node1-feed (power-path) ALIVE at level 1; node1-feed (power-path) silent at level 2"),
+        "{s}"
+    );
+    // The node really is off, through BMC 2; the outlet was never switched (it reads on).
+    assert!(b.node.pids().is_empty(), "{:?}", b.node.pids());
+    assert!(!running(b.listener.id()));
+    assert!(powered_off_by(&b, "node2") && lied(&b) && !powered_off_by(&b, "node1"));
+    assert_eq!(b.pdu.pdus()[0].outlet_on(1), Some(true));
+    let op = b.fenced.last_op("node1");
+    let attempts = op["attempts"].as_array().unwrap();
+    let l1 = attempts.iter().find(|a| a["level"] == 1).unwrap();
+    assert_eq!(l1["code"], "witness_alive", "{l1}");
+    let why = l1["message"].as_str().unwrap();
+    assert!(
+        why.contains(&format!("bmc-liar read back off, but node1 is still alive: witness node1-feed (power-path): outlet pdu-a:1 still draws {WATTS_ON} W (above max_watts = {MAX_WATTS})")),
+        "{why}"
+    );
+    let l2 = attempts.iter().find(|a| a["level"] == 2).unwrap();
+    assert_eq!(l2["result"], "confirmed", "{l2}");
+    let w: Vec<(i64, String, String)> = op["witnesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["level"].as_i64().unwrap(),
+                w["verdict"].as_str().unwrap().to_string(),
+                w["evidence"][0]["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(w.len(), 2, "{op}");
+    assert_eq!((w[0].0, w[0].1.as_str()), (1, "alive"), "{op}");
+    assert_eq!((w[1].0, w[1].1.as_str()), (2, "silent"), "{op}");
+    assert_eq!(
+        w[1].2,
+        format!("outlet pdu-a:1 reads on but draws {WATTS_STANDBY} W, at most max_watts = {MAX_WATTS}: no load on this path"),
+        "{op}"
+    );
+}
+
+#[test]
+fn the_power_path_witness_confirms_an_honest_bmc_once_the_outlet_draw_falls() {
+    // The reverse: the BMC really powers the node off, the outlet's draw falls to standby,
+    // and the witness agrees at the first level.
+    let Some(b) = bench(
+        "levels = [[\"bmc-real\"]]\nconfirm = \"device+witness\"\nwitnesses = [\"node1-feed\"]\n",
+    ) else {
+        return;
+    };
+    let s = b
+        .fenced
+        .fenced_ok("off", "node1", "power-path witness agrees");
+    assert!(
+        s.contains("node1 FENCED: power read back from bmc-real (level 1)")
+            && s.contains("node1-feed (power-path) silent at level 1"),
+        "{s}"
+    );
+    assert!(b.node.pids().is_empty(), "{:?}", b.node.pids());
+    let op = b.fenced.last_op("node1");
+    assert_eq!(op["witnesses"][0]["verdict"], "silent", "{op}");
 }
