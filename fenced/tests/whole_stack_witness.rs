@@ -396,3 +396,49 @@ fn the_power_path_witness_confirms_an_honest_bmc_once_the_outlet_draw_falls() {
     let op = b.fenced.last_op("node1");
     assert_eq!(op["witnesses"][0]["verdict"], "silent", "{op}");
 }
+
+/// The A/B figure for hw-tests/figures/witness.md: time from `fence_node off` to its answer
+/// with an honest BMC (`bmc-real`, level 1 only), under `confirm = "device"` and under
+/// `device+witness` with each witness kind this bench wires (network: settle_s = 1; power
+/// path: max_watts over the metered outlet, settle_s = 1). Medians of 5, a fresh lab each run.
+/// Prints only; run with `-- --ignored --nocapture`.
+#[test]
+#[ignore = "figure: prints timings, run by hand"]
+fn figures_added_time_to_confirmed_off_per_witness_kind() {
+    let policies = [
+        ("device", String::new()),
+        (
+            "device+witness (network)",
+            "confirm = \"device+witness\"\nwitnesses = [\"node1-net\"]\n".to_string(),
+        ),
+        (
+            "device+witness (power-path)",
+            "confirm = \"device+witness\"\nwitnesses = [\"node1-feed\"]\n".to_string(),
+        ),
+    ];
+    let mut medians = Vec::new();
+    for (name, extra) in &policies {
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let Some(b) = bench(&format!("levels = [[\"bmc-real\"]]\n{extra}")) else {
+                return;
+            };
+            let t = Instant::now();
+            let s = b.fenced.fenced_ok("off", "node1", "witness figure");
+            runs.push(t.elapsed());
+            assert!(s.contains("node1 FENCED"), "{s}");
+            assert!(b.node.pids().is_empty(), "{:?}", b.node.pids());
+        }
+        runs.sort();
+        let ms: Vec<u128> = runs.iter().map(|d| d.as_millis()).collect();
+        eprintln!("{name}: runs {ms:?} ms, median {} ms", ms[2]);
+        medians.push((name, ms[2]));
+    }
+    let base = medians[0].1;
+    for (name, m) in &medians[1..] {
+        eprintln!(
+            "added by {name}: {} ms (median {m} ms vs {base} ms)",
+            *m as i128 - base as i128
+        );
+    }
+}
