@@ -478,8 +478,53 @@ pub struct ClusterState {
     pub request_ids: BTreeMap<String, OpKey>,
     /// The newest operation per target.
     pub latest: BTreeMap<String, OpKey>,
-    /// The shared history, in delivery order.
-    pub log: Vec<Record>,
+    /// The shared history, in delivery order: the newest [`LOG_KEEP`] records.
+    pub log: DeliveryLog,
+}
+
+/// How many records of the shared history a member keeps (and sends in each snapshot): the
+/// log is in memory and travels whole in every `Sync` over CPG, so it is a ring. Each
+/// member's own ledger (`GET /v1/history`) keeps every operation durably.
+pub const LOG_KEEP: usize = 1024;
+
+/// The shared history as a ring of its newest [`LOG_KEEP`] records, with the count of older
+/// records that fell out. Both follow from the delivered sequence alone, so every synced
+/// member (and every snapshot) holds the same ring and the same count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryLog {
+    records: std::collections::VecDeque<Record>,
+    dropped: u64,
+}
+
+impl DeliveryLog {
+    /// Appends a record, dropping the oldest beyond [`LOG_KEEP`].
+    pub fn push(&mut self, r: Record) {
+        self.records.push_back(r);
+        while self.records.len() > LOG_KEEP {
+            self.records.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// The records kept, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter()
+    }
+
+    /// How many records are kept.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// No record is kept.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// How many older records fell out of the ring since the cluster was founded.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
 }
 
 /// Maps keyed by a struct ([`MemberId`], [`OpKey`]) as a list of pairs: JSON object keys

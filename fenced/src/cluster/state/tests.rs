@@ -329,7 +329,7 @@ proptest! {
                 }
             }
         }
-        for r in &replay.log {
+        for r in replay.log.iter() {
             if let Record::Finished { op, phase: OpPhase::Succeeded, proof, .. } = r {
                 prop_assert!(proof.is_some());
                 prop_assert!(conf.get(op).is_some_and(|c| c.1), "{op} succeeded without a read-back from its executor");
@@ -614,4 +614,55 @@ fn a_member_cut_off_neither_claims_nor_takes_over_on_its_old_quorum() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_shared_log_is_a_ring_of_the_newest_records_with_a_count_of_the_dropped_ones() {
+    let mut s = Sim::new();
+    s.join(1);
+    s.join(2);
+    let a = s.members[0].me;
+    // Each claim for an unknown target is refused: one record per delivery, no operation.
+    let extra = 10u64;
+    for n in 0..(LOG_KEEP as u64 + extra) {
+        s.deliver(Delivered::Message {
+            from: a,
+            msg: Message::Claim(Claim {
+                origin_op: 1000 + n,
+                target: "nowhere".into(),
+                action: Action::Off,
+                request_id: None,
+                levels: levels("nowhere"),
+                reason: "t".into(),
+            }),
+        });
+    }
+    let log = &s.members[0].state.log;
+    assert_eq!(
+        log.len(),
+        LOG_KEEP,
+        "the ring keeps exactly LOG_KEEP records"
+    );
+    // Joins log nothing: exactly the refusals beyond the ring fell out.
+    assert_eq!(log.dropped(), extra, "every record pushed out is counted");
+    match log.iter().next() {
+        Some(Record::Refused { claim, .. }) => assert_eq!(
+            claim.origin_op,
+            1000 + extra,
+            "the oldest record kept is the first one not dropped"
+        ),
+        other => panic!("expected the oldest kept record to be a refusal, got {other:?}"),
+    }
+    match log.iter().last() {
+        Some(Record::Refused { claim, .. }) => {
+            assert_eq!(claim.origin_op, 1000 + LOG_KEEP as u64 + extra - 1)
+        }
+        other => panic!("expected the newest record to be the last refusal, got {other:?}"),
+    }
+    // A member joining now gets the same ring and the same count in its snapshot.
+    s.join(3);
+    let joiner = s.members.iter().find(|m| m.me.node == 3).unwrap();
+    assert!(joiner.synced, "the joiner adopted a snapshot");
+    assert_eq!(joiner.state.log, s.members[0].state.log);
+    assert_eq!(joiner.state.log.dropped(), extra);
 }
