@@ -196,7 +196,9 @@ struct Runtime {
     /// Ids given to callers for operations executed elsewhere.
     remote_ids: BTreeMap<u64, (OpKey, Caller, Millis)>,
     next_remote: u64,
-    confirms: HashMap<String, oneshot::Sender<Result<(), OpKey>>>,
+    confirms: HashMap<String, oneshot::Sender<Result<String, OpKey>>>,
+    /// This member's next manual confirmation number.
+    next_confirm: u64,
 }
 
 struct Shared {
@@ -258,6 +260,7 @@ impl Cluster {
                     remote_ids: BTreeMap::new(),
                     next_remote: REMOTE_ID_BASE,
                     confirms: HashMap::new(),
+                    next_confirm: 1,
                 }),
                 version,
                 copies,
@@ -363,11 +366,44 @@ impl Cluster {
                     })
                     .collect()
             };
-            let copies: Vec<Operation> = finished
+            let mut copies: Vec<Operation> = finished
                 .iter()
                 .filter_map(|k| member.state.ops.get(k))
                 .map(history_copy)
                 .collect();
+            // Manual confirmations agreed now (or, for a rejoiner, those its snapshot's log
+            // still holds) are copied too; this member's own are recorded by `confirm`.
+            let confirmed: Vec<String> = if member.synced && !was_synced {
+                member
+                    .state
+                    .log
+                    .iter()
+                    .filter_map(|r| match r {
+                        state::Record::ManualConfirm { key: Some(k), .. } => Some(k.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                fx.iter()
+                    .filter_map(|e| match e {
+                        Effect::ManualConfirmed {
+                            from,
+                            result: Ok(k),
+                            ..
+                        } if *from != me => Some(k.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let mine = format!("{me}#");
+            for k in confirmed.iter().filter(|k| !k.starts_with(&mine)) {
+                let record = member.state.log.iter().rev().find(
+                    |r| matches!(r, state::Record::ManualConfirm { key: Some(x), .. } if x.as_str() == k.as_str()),
+                );
+                if let Some(r) = record {
+                    copies.extend(confirmation_copy(r));
+                }
+            }
             (me, fx, quorate, copies)
         };
         if !copies.is_empty() {
@@ -795,15 +831,29 @@ impl Cluster {
                 }
                 let (tx, rx) = oneshot::channel();
                 rt.confirms.insert(target.to_string(), tx);
-                rx
+                let n = rt.next_confirm;
+                rt.next_confirm += 1;
+                (rx, n)
             };
+            let (rx, confirm) = rx;
             self.send(Message::ManualConfirm {
                 target: target.to_string(),
                 by: by.caller.identity.clone(),
                 reason: reason.to_string(),
+                confirm,
             });
             match tokio::time::timeout(DELIVERY_TIMEOUT, rx).await {
-                Ok(Ok(Ok(()))) => self.shared.engine.confirm(target, reason, by),
+                // Agreed: recorded here with its cluster key; every other member copies it.
+                Ok(Ok(Ok(key))) => self.shared.engine.confirm_as(
+                    target,
+                    reason,
+                    by,
+                    Some(Box::new(ClusterOrigin {
+                        op: key,
+                        origin: self.shared.cluster.node_name.clone(),
+                        executor: self.shared.cluster.node_name.clone(),
+                    })),
+                ),
                 Ok(Ok(Err(op))) => Err(cluster_err(
                     "conflict",
                     format!("cluster operation {op} on {target} is in flight; wait for it to finish before confirming by hand"),
@@ -898,6 +948,54 @@ fn live_proof(s: &TargetSummary) -> Option<Proof> {
                         .join(", ")
                 ),
             })
+    })
+}
+
+/// This member's history record of a manual confirmation another member took: a succeeded
+/// `off` confirmed by the operator, tagged with the confirmation's cluster key and the member
+/// it was entered on (as origin and executor).
+fn confirmation_copy(r: &state::Record) -> Option<Operation> {
+    let state::Record::ManualConfirm {
+        target,
+        by,
+        reason,
+        on,
+        key: Some(key),
+    } = r
+    else {
+        return None;
+    };
+    let now = now_ms();
+    Some(Operation {
+        id: 0,
+        target: target.clone(),
+        action: Action::Off,
+        reason: reason.clone(),
+        requested_by: Caller {
+            identity: by.clone(),
+        },
+        request_id: None,
+        state: OpState::Succeeded,
+        created_ms: now,
+        started_ms: Some(now),
+        finished_ms: Some(now),
+        delay_ms: 0,
+        attempts: Vec::new(),
+        pending: Vec::new(),
+        witnesses: Vec::new(),
+        outcome: Some(Outcome::Succeeded {
+            confirmation: Confirmation::Manual {
+                by: by.clone(),
+                reason: reason.clone(),
+            },
+            powered_on: None,
+            summary: format!("{target} confirmed off by hand by {by} on {on}: {reason}"),
+        }),
+        cluster: Some(Box::new(ClusterOrigin {
+            op: key.clone(),
+            origin: on.clone(),
+            executor: on.clone(),
+        })),
     })
 }
 

@@ -187,6 +187,10 @@ pub enum Message {
         by: String,
         /// What they checked.
         reason: String,
+        /// The sender's own number for it (unique per sender): with the sender, the key each
+        /// member's copy is deduplicated by (0 from a fenced that sent none).
+        #[serde(default)]
+        confirm: u64,
     },
     /// A snapshot for members that just joined, sent by the lowest synced member.
     Sync {
@@ -414,6 +418,10 @@ pub enum Record {
         reason: String,
         /// The member it was entered on.
         on: String,
+        /// The cluster key of the confirmation (`node/pid#confirmN`), which each member's
+        /// copy in its own history carries.
+        #[serde(default)]
+        key: Option<String>,
     },
 }
 
@@ -457,8 +465,9 @@ pub enum Effect {
         from: MemberId,
         /// The target.
         target: String,
-        /// Recorded, or the operation in flight.
-        result: Result<(), OpKey>,
+        /// Recorded (with its cluster key: every member copies it into its own history), or
+        /// the operation in flight.
+        result: Result<String, OpKey>,
     },
 }
 
@@ -507,7 +516,7 @@ impl DeliveryLog {
     }
 
     /// The records kept, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Record> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Record> {
         self.records.iter()
     }
 
@@ -525,6 +534,12 @@ impl DeliveryLog {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+}
+
+/// The cluster key of `from`'s manual confirmation number `n`: like an operation's
+/// (`node/pid#…`), so one history index deduplicates both.
+pub fn confirm_key(from: MemberId, n: u64) -> String {
+    format!("{from}#confirm{n}")
 }
 
 /// Maps keyed by a struct ([`MemberId`], [`OpKey`]) as a list of pairs: JSON object keys
@@ -801,7 +816,12 @@ impl ClusterState {
                     ExecResult::Failed { .. } => self.finish(*op, OpPhase::Failed, result.clone()),
                 }
             }
-            Message::ManualConfirm { target, by, reason } => {
+            Message::ManualConfirm {
+                target,
+                by,
+                reason,
+                confirm,
+            } => {
                 if let Some(k) = self.active.get(target) {
                     return vec![Effect::ManualConfirmed {
                         from,
@@ -810,16 +830,18 @@ impl ClusterState {
                     }];
                 }
                 self.latest.remove(target);
+                let key = confirm_key(from, *confirm);
                 self.log.push(Record::ManualConfirm {
                     target: target.clone(),
                     by: by.clone(),
                     reason: reason.clone(),
                     on: self.name_of(from),
+                    key: Some(key.clone()),
                 });
                 vec![Effect::ManualConfirmed {
                     from,
                     target: target.clone(),
-                    result: Ok(()),
+                    result: Ok(key),
                 }]
             }
             Message::Sync { for_members, .. } => {

@@ -91,8 +91,21 @@ impl Engine {
         reason: &str,
         by: &Requester,
     ) -> Result<Operation, EngineError> {
+        self.confirm_as(target, reason, by, None)
+    }
+
+    /// [`Engine::confirm`] for a confirmation the fencer cluster agreed on: recorded with
+    /// `cluster` (its cluster key), so this member's history holds it once while every other
+    /// member copies it (see [`Engine::record_cluster_copies`]).
+    pub fn confirm_as(
+        &self,
+        target: &str,
+        reason: &str,
+        by: &Requester,
+        cluster: Option<Box<ClusterOrigin>>,
+    ) -> Result<Operation, EngineError> {
         let what = format!("confirm {target} off");
-        let result = self.record_confirmation(target, reason, by, &what);
+        let result = self.record_confirmation(target, reason, by, &what, cluster);
         if let Err(e) = &result {
             self.audit(by, &what, reason, &refused(e));
         }
@@ -492,6 +505,7 @@ impl Engine {
         reason: &str,
         by: &Requester,
         what: &str,
+        cluster: Option<Box<ClusterOrigin>>,
     ) -> Result<Operation, EngineError> {
         let caller = &by.caller;
         self.target(target)?;
@@ -536,7 +550,7 @@ impl Engine {
                     caller.identity
                 ),
             }),
-            cluster: None,
+            cluster,
         };
         let audit = self.audit_entry(by, what, reason, &format!("recorded as operation {id}"));
         inner.history.record_with(&op, &[audit])?;

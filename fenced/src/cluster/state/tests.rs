@@ -666,3 +666,49 @@ fn the_shared_log_is_a_ring_of_the_newest_records_with_a_count_of_the_dropped_on
     assert_eq!(joiner.state.log, s.members[0].state.log);
     assert_eq!(joiner.state.log.dropped(), extra);
 }
+
+#[test]
+fn a_manual_confirmation_is_agreed_with_a_key_every_member_copies_it_by() {
+    let mut s = Sim::new();
+    s.join(1);
+    s.join(2);
+    let b = s.members[1].me;
+    let confirm = |n| Delivered::Message {
+        from: b,
+        msg: Message::ManualConfirm {
+            target: "n1".into(),
+            by: "uid:0".into(),
+            reason: "checked".into(),
+            confirm: n,
+        },
+    };
+    // Every member derives the same effect with the same key, the key its copy carries.
+    let fx: Vec<Vec<Effect>> = s.members.iter_mut().map(|m| m.apply(&confirm(3))).collect();
+    let key = confirm_key(b, 3);
+    for f in &fx {
+        assert_eq!(
+            f,
+            &vec![Effect::ManualConfirmed {
+                from: b,
+                target: "n1".into(),
+                result: Ok(key.clone())
+            }]
+        );
+    }
+    assert!(
+        matches!(s.members[0].state.log.iter().last(),
+            Some(Record::ManualConfirm { key: Some(k), on, .. }) if *k == key && on == "n2"),
+        "{:?}",
+        s.members[0].state.log
+    );
+    // Another confirmation of the same member has another key.
+    assert_ne!(confirm_key(b, 4), key);
+    // A message from a fenced that sent no number still decodes (number 0).
+    let old = br#"{"ManualConfirm":{"target":"n1","by":"u","reason":"r"}}"#;
+    let mut wire = vec![1u8];
+    wire.extend_from_slice(old);
+    assert!(matches!(
+        crate::cluster::wire::decode(&wire),
+        Ok(Message::ManualConfirm { confirm: 0, .. })
+    ));
+}
