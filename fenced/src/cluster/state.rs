@@ -1083,6 +1083,88 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    /// Merges the state of another partition that kept the group (two sides each with
+    /// quorum, or allowed without it) into this one, by operation key (origin, claim): the
+    /// result is the same whichever side merges into which (`a.merge(b)` equals `b.merge(a)`
+    /// in its operations and log), so the members of both sides converge. Not yet called by
+    /// [`Member::apply`]: after a heal without a fence the two sides still keep their own
+    /// states until the runtime merges at the other side's `Sync` (which must also place the
+    /// records delivered between the membership change and that `Sync`).
+    ///
+    /// - an operation known to one side only is taken; known to both, a finished one beats
+    ///   one still running there (its executor was on the other side), and of two finished
+    ///   ones a success (it carries its executor's read-back) beats a failure;
+    /// - where the sides disagree on a target's newest operation or on a request id, the
+    ///   entry is dropped: a repeated request then starts a new operation instead of being
+    ///   answered with a result that may be stale;
+    /// - the log keeps the common prefix, then each side's records since, the side whose
+    ///   records encode lower first, without records the first side already holds.
+    pub fn merge(&mut self, other: &ClusterState) {
+        for (k, theirs) in &other.ops {
+            let take = match self.ops.get(k) {
+                None => true,
+                Some(mine) => rank(theirs) > rank(mine),
+            };
+            if take {
+                self.ops.insert(*k, theirs.clone());
+            }
+        }
+        // In flight per target: the operation still running, the lower key if both are.
+        let mut active: BTreeMap<String, OpKey> = BTreeMap::new();
+        for o in self.ops.values() {
+            if o.phase == OpPhase::Running {
+                active.entry(o.target.clone()).or_insert(o.key);
+            }
+        }
+        self.active = active;
+        self.latest = agreed(&self.latest, &other.latest, &self.ops);
+        self.request_ids = agreed(&self.request_ids, &other.request_ids, &self.ops);
+        let mine: Vec<&Record> = self.log.iter().collect();
+        let theirs: Vec<&Record> = other.log.iter().collect();
+        let common = mine.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+        let (x, y) = (&mine[common..], &theirs[common..]);
+        let enc = |r: &[&Record]| serde_json::to_string(r).unwrap_or_default();
+        let (first, second) = if enc(x) <= enc(y) { (x, y) } else { (y, x) };
+        let mut log = DeliveryLog {
+            records: mine[..common].iter().map(|r| (*r).clone()).collect(),
+            dropped: self.log.dropped.max(other.log.dropped),
+        };
+        for r in first {
+            log.push((*r).clone());
+        }
+        for r in second.iter().filter(|r| !first.contains(r)) {
+            log.push((*r).clone());
+        }
+        self.log = log;
+    }
+}
+
+/// How much an operation's record says: running, failed, succeeded.
+fn rank(o: &ClusterOp) -> u8 {
+    match o.phase {
+        OpPhase::Running => 0,
+        OpPhase::Failed => 1,
+        OpPhase::Succeeded => 2,
+    }
+}
+
+/// The entries both maps agree on or only one holds, for operations that exist.
+fn agreed(
+    a: &BTreeMap<String, OpKey>,
+    b: &BTreeMap<String, OpKey>,
+    ops: &BTreeMap<OpKey, ClusterOp>,
+) -> BTreeMap<String, OpKey> {
+    let mut out = BTreeMap::new();
+    for (k, v) in a.iter().chain(b) {
+        let same = a.get(k).is_none_or(|x| x == v) && b.get(k).is_none_or(|x| x == v);
+        if same && ops.contains_key(v) {
+            out.insert(k.clone(), *v);
+        }
+    }
+    out
+}
+
 /// One member's side: the shared state plus what only this member knows (who it is, and,
 /// while it joins, the deliveries it holds back until a snapshot arrives).
 #[derive(Debug, Clone)]
