@@ -701,6 +701,142 @@ fn partition_the_minority_refuses_the_majority_fences_it_and_histories_converge(
     );
 }
 
+impl Bed {
+    /// SIGKILLs `node`'s fenced (the node, its corosync and its lab BMC stay up).
+    fn kill_fenced(&self, node: &str) {
+        let pid = self
+            .lab
+            .daemon_pids(node)
+            .unwrap()
+            .into_iter()
+            .rfind(|(n, _)| n == node)
+            .unwrap_or_else(|| panic!("no fenced running on {node}"))
+            .1;
+        // SAFETY: kill(2) of the lab's own child (the lab reaps it on drop).
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    }
+
+    /// `node`'s own history records of cluster-agreed manual confirmations: (cluster key,
+    /// member it was entered on, target, operator, confirmation method).
+    fn agreed_confirmations(&self, node: &str) -> Vec<(String, String, String, String, String)> {
+        let h = self.get(node, "/v1/history?limit=1000");
+        let mut v: Vec<_> = h
+            .as_array()
+            .unwrap_or_else(|| panic!("{node}: /v1/history is not a list: {h}"))
+            .iter()
+            .filter(|o| {
+                o["cluster"]["op"]
+                    .as_str()
+                    .is_some_and(|k| k.contains("#confirm"))
+            })
+            .map(|o| {
+                (
+                    o["cluster"]["op"].as_str().unwrap_or_default().to_string(),
+                    o["cluster"]["origin"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    o["target"].as_str().unwrap_or_default().to_string(),
+                    o["outcome"]["confirmation"]["by"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    o["outcome"]["confirmation"]["method"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// A manual confirmation taken on one member is agreed and copied into every member's own
+/// history (`GET /v1/history`), signed by that member: at once by the members in the group,
+/// and from the snapshot by a member whose fenced was down at the time and rejoins.
+#[test]
+fn a_manual_confirmation_on_one_member_is_in_every_members_own_history() {
+    if !have_corosync() {
+        return;
+    }
+    let bed = Bed::new(3, 3);
+    for n in ["node1", "node2", "node3"] {
+        bed.start_fenced(n, "");
+    }
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    // node3's fenced is down when the operator confirms: it learns of it when it rejoins.
+    bed.kill_fenced("node3");
+    bed.wait_joined("node2", 2);
+    bed.wait_joined("node1", 2);
+    let out = bed.fence_node(
+        "node2",
+        &[
+            "confirm",
+            "node3",
+            "--reason",
+            "checked dark in the rack",
+            "--yes",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}
+{}",
+        text(&out),
+        bed.log("node2")
+    );
+    bed.start_fenced("node3", "");
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    let until = Instant::now() + WAIT;
+    let all: Vec<_> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| loop {
+            let c = bed.agreed_confirmations(n);
+            if !c.is_empty() || Instant::now() > until {
+                break c;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        })
+        .collect();
+    assert_eq!(
+        all[1].len(),
+        1,
+        "node2's history: {}",
+        bed.get("node2", "/v1/history")
+    );
+    let (key, on, target, _, method) = &all[1][0];
+    assert!(key.contains("#confirm"), "{key}");
+    assert_eq!(
+        (on.as_str(), target.as_str(), method.as_str()),
+        ("node2", "node3", "manual")
+    );
+    assert_eq!(
+        all[0],
+        all[1],
+        "node1's history: {}",
+        bed.get("node1", "/v1/history")
+    );
+    assert_eq!(
+        all[2],
+        all[1],
+        "node3's history after it rejoined: {}\n{}",
+        bed.get("node3", "/v1/history"),
+        bed.log("node3")
+    );
+    // Each copy is in that member's own ledger, which verifies with its own key.
+    for n in ["node1", "node2", "node3"] {
+        let v = bed.get(n, "/v1/ledger/verify");
+        assert_eq!(v["ok"], true, "{n}'s ledger: {v}");
+    }
+}
+
 #[test]
 fn a_member_that_reaches_no_device_forwards_and_a_lying_bmc_is_not_reported_fenced() {
     if !have_corosync() {
@@ -831,6 +967,55 @@ fn the_executor_killed_mid_operation_is_taken_over_with_a_read_back_of_its_own()
         bed.get("node3", "/v1/cluster")["history"],
         bed.get("node2", "/v1/cluster")["history"]
     );
+    // node1's fenced restarts: its own history first ends the operation it was executing as
+    // interrupted, then the snapshot it rejoins with supersedes that with the cluster's
+    // outcome (appended to its ledger), so its history says what the others say.
+    bed.start_fenced("node1", "");
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    let expected = bed.agreed_history("node2");
+    assert_eq!(expected.len(), 1, "{expected:?}");
+    assert_eq!(expected[0].state, "succeeded", "{expected:?}");
+    let until = Instant::now() + WAIT;
+    let mine = loop {
+        let a = bed.agreed_history("node1");
+        if a.iter()
+            .map(|o| &o.state)
+            .eq(expected.iter().map(|o| &o.state))
+            || Instant::now() > until
+        {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        mine.iter()
+            .map(|o| (&o.op, &o.state, o.read_back))
+            .collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|o| (&o.op, &o.state, o.read_back))
+            .collect::<Vec<_>>(),
+        "node1's history after its restart: {}\n{}",
+        bed.get("node1", "/v1/history"),
+        bed.log("node1")
+    );
+    // Append-only: the interrupted record is still in node1's ledger, before the outcome.
+    let ledger = bed.get("node1", "/v1/ledger?limit=1000");
+    let states: Vec<&str> = ledger
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["entry"]["operation"]["cluster"]["op"] == expected[0].op.as_str())
+        .filter_map(|r| r["entry"]["operation"]["state"].as_str())
+        .collect();
+    assert_eq!(states.last(), Some(&"succeeded"), "{ledger}");
+    assert!(
+        states.contains(&"failed"),
+        "the interrupted record is gone: {ledger}"
+    );
+    assert_eq!(bed.get("node1", "/v1/ledger/verify")["ok"], true);
 }
 
 #[test]

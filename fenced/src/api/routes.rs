@@ -798,6 +798,7 @@ async fn cluster(State(s): State<AppState>) -> Json<crate::cluster::ClusterView>
         None => crate::cluster::ClusterView {
             status: None,
             history: Vec::new(),
+            history_dropped: 0,
         },
     })
 }

@@ -135,8 +135,13 @@ pub struct ClusterInFlight {
 pub struct ClusterView {
     /// The member's view; `None` when this fenced runs alone (no `[cluster]`).
     pub status: Option<ClusterStatus>,
-    /// The shared history in delivery order (the same on every member that saw it all).
+    /// The shared history in delivery order (the same on every member that saw it all): the
+    /// newest records only, at most [`state::LOG_KEEP`].
     pub history: Vec<state::Record>,
+    /// How many older records of the shared history fell out of `history` (each member's
+    /// own ledger, `GET /v1/history`, keeps every operation).
+    #[serde(default)]
+    pub history_dropped: u64,
 }
 
 /// The tasks of a running member: the transport and the runtime loop.
@@ -191,7 +196,9 @@ struct Runtime {
     /// Ids given to callers for operations executed elsewhere.
     remote_ids: BTreeMap<u64, (OpKey, Caller, Millis)>,
     next_remote: u64,
-    confirms: HashMap<String, oneshot::Sender<Result<(), OpKey>>>,
+    confirms: HashMap<String, oneshot::Sender<Result<String, OpKey>>>,
+    /// This member's next manual confirmation number.
+    next_confirm: u64,
 }
 
 struct Shared {
@@ -202,6 +209,11 @@ struct Shared {
     rt: Mutex<Runtime>,
     /// Bumped after every delivered item, so waiters re-read the state.
     version: watch::Sender<u64>,
+    /// Copies of agreed operations for this member's history, in delivery order, to the
+    /// history writer ([`Cluster::write_copies`]).
+    copies: mpsc::UnboundedSender<Vec<Operation>>,
+    /// The writer's end, taken when [`Cluster::run`] starts.
+    copies_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Operation>>>>,
 }
 
 impl Shared {
@@ -231,6 +243,7 @@ impl Cluster {
     ) -> Cluster {
         let hello = hello_of(engine.config(), &cluster);
         let (version, _) = watch::channel(0);
+        let (copies, copies_rx) = mpsc::unbounded_channel();
         Cluster {
             shared: Arc::new(Shared {
                 engine,
@@ -247,8 +260,11 @@ impl Cluster {
                     remote_ids: BTreeMap::new(),
                     next_remote: REMOTE_ID_BASE,
                     confirms: HashMap::new(),
+                    next_confirm: 1,
                 }),
                 version,
+                copies,
+                copies_rx: Mutex::new(Some(copies_rx)),
             }),
         }
     }
@@ -260,11 +276,41 @@ impl Cluster {
 
     /// Applies what the transport delivers until it closes.
     pub async fn run(self, mut incoming: mpsc::UnboundedReceiver<Incoming>) {
+        let rx = self
+            .shared
+            .copies_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let writer = rx.map(|rx| tokio::spawn(self.clone().write_copies(rx)));
+        // The writer ends with this loop (its sender lives in `Shared`, which outlives it).
+        let _writer = writer.map(AbortOnDrop);
         while let Some(i) = incoming.recv().await {
             self.handle(i);
         }
         self.shared.rt().lost = Some("the cluster transport stopped".into());
         self.shared.version.send_modify(|v| *v += 1);
+    }
+
+    /// The history writer: persists copies in delivery order (one at a time, so one
+    /// operation is never copied twice), each batch with whatever else is queued by then, and
+    /// wakes waiters once they are durable.
+    async fn write_copies(self, mut rx: mpsc::UnboundedReceiver<Vec<Operation>>) {
+        while let Some(mut copies) = rx.recv().await {
+            while let Ok(more) = rx.try_recv() {
+                copies.extend(more);
+            }
+            match self.shared.engine.record_cluster_copies(copies).await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(ids = ?ids, "cluster: recorded operations agreed in the cluster in this member's history")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(
+                    "cluster: could not record agreed operations in this member's history: {e}; its `fence_node history` lacks them, and this member reports them still running, until they are delivered again (at the next rejoin)"
+                ),
+            }
+            self.shared.version.send_modify(|v| *v += 1);
+        }
     }
 
     fn handle(&self, i: Incoming) {
@@ -320,25 +366,51 @@ impl Cluster {
                     })
                     .collect()
             };
-            let copies: Vec<Operation> = finished
+            let mut copies: Vec<Operation> = finished
                 .iter()
                 .filter_map(|k| member.state.ops.get(k))
                 .map(history_copy)
                 .collect();
+            // Manual confirmations agreed now (or, for a rejoiner, those its snapshot's log
+            // still holds) are copied too; this member's own are recorded by `confirm`.
+            let confirmed: Vec<String> = if member.synced && !was_synced {
+                member
+                    .state
+                    .log
+                    .iter()
+                    .filter_map(|r| match r {
+                        state::Record::ManualConfirm { key: Some(k), .. } => Some(k.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                fx.iter()
+                    .filter_map(|e| match e {
+                        Effect::ManualConfirmed {
+                            from,
+                            result: Ok(k),
+                            ..
+                        } if *from != me => Some(k.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let mine = format!("{me}#");
+            for k in confirmed.iter().filter(|k| !k.starts_with(&mine)) {
+                let record = member.state.log.iter().rev().find(
+                    |r| matches!(r, state::Record::ManualConfirm { key: Some(x), .. } if x.as_str() == k.as_str()),
+                );
+                if let Some(r) = record {
+                    copies.extend(confirmation_copy(r));
+                }
+            }
             (me, fx, quorate, copies)
         };
         if !copies.is_empty() {
-            // Deduplicated by cluster operation: the executor's own engine record (and any
-            // copy made before) already counts, so each member keeps one record of each.
-            match self.shared.engine.record_cluster_copies(copies) {
-                Ok(ids) if !ids.is_empty() => {
-                    tracing::info!(ids = ?ids, "cluster: recorded operations agreed in the cluster in this member's history")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(
-                    "cluster: could not record agreed operations in this member's history: {e}; its `fence_node history` lacks them until they are delivered again (at the next rejoin)"
-                ),
-            }
+            // Off this thread and off every lock: the history writer commits them (fsync) while
+            // deliveries go on. A member's copy is durable once the writer has committed it;
+            // until then this member reports the operation as still running (see `view`).
+            let _ = self.shared.copies.send(copies);
         }
         // Whenever anyone joins, everyone announces itself again (a joiner's view of the
         // others is reset on every member); after any change everyone says its quorum again
@@ -647,7 +719,21 @@ impl Cluster {
     fn view(&self, id: u64) -> Option<Operation> {
         let (key, caller, created) = self.shared.rt().remote_ids.get(&id).cloned()?;
         let op = self.op(&key)?;
-        Some(remote_operation(id, &op, caller, created))
+        let mut view = remote_operation(id, &op, caller, created);
+        // An outcome is told only once this member's copy is in its ledger: a caller told
+        // "fenced" (or "failed") here finds the same in `fence_node history` after a crash.
+        if view.state.is_terminal()
+            && !self
+                .shared
+                .engine
+                .has_cluster_record(&key.to_string())
+                .unwrap_or(false)
+        {
+            view.state = OpState::Running;
+            view.outcome = None;
+            view.finished_ms = None;
+        }
+        Some(view)
     }
 
     /// `GET /v1/operations/{id}` for ids this member gave out for remote execution: `None`
@@ -745,15 +831,29 @@ impl Cluster {
                 }
                 let (tx, rx) = oneshot::channel();
                 rt.confirms.insert(target.to_string(), tx);
-                rx
+                let n = rt.next_confirm;
+                rt.next_confirm += 1;
+                (rx, n)
             };
+            let (rx, confirm) = rx;
             self.send(Message::ManualConfirm {
                 target: target.to_string(),
                 by: by.caller.identity.clone(),
                 reason: reason.to_string(),
+                confirm,
             });
             match tokio::time::timeout(DELIVERY_TIMEOUT, rx).await {
-                Ok(Ok(Ok(()))) => self.shared.engine.confirm(target, reason, by),
+                // Agreed: recorded here with its cluster key; every other member copies it.
+                Ok(Ok(Ok(key))) => self.shared.engine.confirm_as(
+                    target,
+                    reason,
+                    by,
+                    Some(Box::new(ClusterOrigin {
+                        op: key,
+                        origin: self.shared.cluster.node_name.clone(),
+                        executor: self.shared.cluster.node_name.clone(),
+                    })),
+                ),
                 Ok(Ok(Err(op))) => Err(cluster_err(
                     "conflict",
                     format!("cluster operation {op} on {target} is in flight; wait for it to finish before confirming by hand"),
@@ -771,20 +871,32 @@ impl Cluster {
 
     /// `GET /v1/cluster`.
     pub fn cluster_view(&self) -> ClusterView {
+        let (history, history_dropped) = self.log();
         ClusterView {
             status: Some(self.status()),
-            history: self.log(),
+            history,
+            history_dropped,
         }
     }
 
-    /// The shared history as delivered to this member.
-    pub fn log(&self) -> Vec<state::Record> {
+    /// The shared history as delivered to this member (its newest records), and how many
+    /// older records fell out of it.
+    pub fn log(&self) -> (Vec<state::Record>, u64) {
         self.shared
             .rt()
             .member
             .as_ref()
-            .map(|m| m.state.log.clone())
+            .map(|m| (m.state.log.iter().cloned().collect(), m.state.log.dropped()))
             .unwrap_or_default()
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -836,6 +948,54 @@ fn live_proof(s: &TargetSummary) -> Option<Proof> {
                         .join(", ")
                 ),
             })
+    })
+}
+
+/// This member's history record of a manual confirmation another member took: a succeeded
+/// `off` confirmed by the operator, tagged with the confirmation's cluster key and the member
+/// it was entered on (as origin and executor).
+fn confirmation_copy(r: &state::Record) -> Option<Operation> {
+    let state::Record::ManualConfirm {
+        target,
+        by,
+        reason,
+        on,
+        key: Some(key),
+    } = r
+    else {
+        return None;
+    };
+    let now = now_ms();
+    Some(Operation {
+        id: 0,
+        target: target.clone(),
+        action: Action::Off,
+        reason: reason.clone(),
+        requested_by: Caller {
+            identity: by.clone(),
+        },
+        request_id: None,
+        state: OpState::Succeeded,
+        created_ms: now,
+        started_ms: Some(now),
+        finished_ms: Some(now),
+        delay_ms: 0,
+        attempts: Vec::new(),
+        pending: Vec::new(),
+        witnesses: Vec::new(),
+        outcome: Some(Outcome::Succeeded {
+            confirmation: Confirmation::Manual {
+                by: by.clone(),
+                reason: reason.clone(),
+            },
+            powered_on: None,
+            summary: format!("{target} confirmed off by hand by {by} on {on}: {reason}"),
+        }),
+        cluster: Some(Box::new(ClusterOrigin {
+            op: key.clone(),
+            origin: on.clone(),
+            executor: on.clone(),
+        })),
     })
 }
 

@@ -187,6 +187,10 @@ pub enum Message {
         by: String,
         /// What they checked.
         reason: String,
+        /// The sender's own number for it (unique per sender): with the sender, the key each
+        /// member's copy is deduplicated by (0 from a fenced that sent none).
+        #[serde(default)]
+        confirm: u64,
     },
     /// A snapshot for members that just joined, sent by the lowest synced member.
     Sync {
@@ -414,6 +418,10 @@ pub enum Record {
         reason: String,
         /// The member it was entered on.
         on: String,
+        /// The cluster key of the confirmation (`node/pid#confirmN`), which each member's
+        /// copy in its own history carries.
+        #[serde(default)]
+        key: Option<String>,
     },
 }
 
@@ -457,8 +465,9 @@ pub enum Effect {
         from: MemberId,
         /// The target.
         target: String,
-        /// Recorded, or the operation in flight.
-        result: Result<(), OpKey>,
+        /// Recorded (with its cluster key: every member copies it into its own history), or
+        /// the operation in flight.
+        result: Result<String, OpKey>,
     },
 }
 
@@ -478,8 +487,59 @@ pub struct ClusterState {
     pub request_ids: BTreeMap<String, OpKey>,
     /// The newest operation per target.
     pub latest: BTreeMap<String, OpKey>,
-    /// The shared history, in delivery order.
-    pub log: Vec<Record>,
+    /// The shared history, in delivery order: the newest [`LOG_KEEP`] records.
+    pub log: DeliveryLog,
+}
+
+/// How many records of the shared history a member keeps (and sends in each snapshot): the
+/// log is in memory and travels whole in every `Sync` over CPG, so it is a ring. Each
+/// member's own ledger (`GET /v1/history`) keeps every operation durably.
+pub const LOG_KEEP: usize = 1024;
+
+/// The shared history as a ring of its newest [`LOG_KEEP`] records, with the count of older
+/// records that fell out. Both follow from the delivered sequence alone, so every synced
+/// member (and every snapshot) holds the same ring and the same count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryLog {
+    records: std::collections::VecDeque<Record>,
+    dropped: u64,
+}
+
+impl DeliveryLog {
+    /// Appends a record, dropping the oldest beyond [`LOG_KEEP`].
+    pub fn push(&mut self, r: Record) {
+        self.records.push_back(r);
+        while self.records.len() > LOG_KEEP {
+            self.records.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// The records kept, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Record> {
+        self.records.iter()
+    }
+
+    /// How many records are kept.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// No record is kept.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// How many older records fell out of the ring since the cluster was founded.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// The cluster key of `from`'s manual confirmation number `n`: like an operation's
+/// (`node/pid#…`), so one history index deduplicates both.
+pub fn confirm_key(from: MemberId, n: u64) -> String {
+    format!("{from}#confirm{n}")
 }
 
 /// Maps keyed by a struct ([`MemberId`], [`OpKey`]) as a list of pairs: JSON object keys
@@ -756,7 +816,12 @@ impl ClusterState {
                     ExecResult::Failed { .. } => self.finish(*op, OpPhase::Failed, result.clone()),
                 }
             }
-            Message::ManualConfirm { target, by, reason } => {
+            Message::ManualConfirm {
+                target,
+                by,
+                reason,
+                confirm,
+            } => {
                 if let Some(k) = self.active.get(target) {
                     return vec![Effect::ManualConfirmed {
                         from,
@@ -765,16 +830,18 @@ impl ClusterState {
                     }];
                 }
                 self.latest.remove(target);
+                let key = confirm_key(from, *confirm);
                 self.log.push(Record::ManualConfirm {
                     target: target.clone(),
                     by: by.clone(),
                     reason: reason.clone(),
                     on: self.name_of(from),
+                    key: Some(key.clone()),
                 });
                 vec![Effect::ManualConfirmed {
                     from,
                     target: target.clone(),
-                    result: Ok(()),
+                    result: Ok(key),
                 }]
             }
             Message::Sync { for_members, .. } => {
@@ -1014,6 +1081,88 @@ impl ClusterState {
             self.latest.retain(|_, v| v != k);
         }
     }
+}
+
+impl ClusterState {
+    /// Merges the state of another partition that kept the group (two sides each with
+    /// quorum, or allowed without it) into this one, by operation key (origin, claim): the
+    /// result is the same whichever side merges into which (`a.merge(b)` equals `b.merge(a)`
+    /// in its operations and log), so the members of both sides converge. Not yet called by
+    /// [`Member::apply`]: after a heal without a fence the two sides still keep their own
+    /// states until the runtime merges at the other side's `Sync` (which must also place the
+    /// records delivered between the membership change and that `Sync`).
+    ///
+    /// - an operation known to one side only is taken; known to both, a finished one beats
+    ///   one still running there (its executor was on the other side), and of two finished
+    ///   ones a success (it carries its executor's read-back) beats a failure;
+    /// - where the sides disagree on a target's newest operation or on a request id, the
+    ///   entry is dropped: a repeated request then starts a new operation instead of being
+    ///   answered with a result that may be stale;
+    /// - the log keeps the common prefix, then each side's records since, the side whose
+    ///   records encode lower first, without records the first side already holds.
+    pub fn merge(&mut self, other: &ClusterState) {
+        for (k, theirs) in &other.ops {
+            let take = match self.ops.get(k) {
+                None => true,
+                Some(mine) => rank(theirs) > rank(mine),
+            };
+            if take {
+                self.ops.insert(*k, theirs.clone());
+            }
+        }
+        // In flight per target: the operation still running, the lower key if both are.
+        let mut active: BTreeMap<String, OpKey> = BTreeMap::new();
+        for o in self.ops.values() {
+            if o.phase == OpPhase::Running {
+                active.entry(o.target.clone()).or_insert(o.key);
+            }
+        }
+        self.active = active;
+        self.latest = agreed(&self.latest, &other.latest, &self.ops);
+        self.request_ids = agreed(&self.request_ids, &other.request_ids, &self.ops);
+        let mine: Vec<&Record> = self.log.iter().collect();
+        let theirs: Vec<&Record> = other.log.iter().collect();
+        let common = mine.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+        let (x, y) = (&mine[common..], &theirs[common..]);
+        let enc = |r: &[&Record]| serde_json::to_string(r).unwrap_or_default();
+        let (first, second) = if enc(x) <= enc(y) { (x, y) } else { (y, x) };
+        let mut log = DeliveryLog {
+            records: mine[..common].iter().map(|r| (*r).clone()).collect(),
+            dropped: self.log.dropped.max(other.log.dropped),
+        };
+        for r in first {
+            log.push((*r).clone());
+        }
+        for r in second.iter().filter(|r| !first.contains(r)) {
+            log.push((*r).clone());
+        }
+        self.log = log;
+    }
+}
+
+/// How much an operation's record says: running, failed, succeeded.
+fn rank(o: &ClusterOp) -> u8 {
+    match o.phase {
+        OpPhase::Running => 0,
+        OpPhase::Failed => 1,
+        OpPhase::Succeeded => 2,
+    }
+}
+
+/// The entries both maps agree on or only one holds, for operations that exist.
+fn agreed(
+    a: &BTreeMap<String, OpKey>,
+    b: &BTreeMap<String, OpKey>,
+    ops: &BTreeMap<OpKey, ClusterOp>,
+) -> BTreeMap<String, OpKey> {
+    let mut out = BTreeMap::new();
+    for (k, v) in a.iter().chain(b) {
+        let same = a.get(k).is_none_or(|x| x == v) && b.get(k).is_none_or(|x| x == v);
+        if same && ops.contains_key(v) {
+            out.insert(k.clone(), *v);
+        }
+    }
+    out
 }
 
 /// One member's side: the shared state plus what only this member knows (who it is, and,

@@ -205,6 +205,9 @@ struct State {
     device_status: BTreeMap<String, DeviceStatus>,
     next_id: u64,
     metrics: Metrics,
+    /// Cluster operations (`node/pid#n`) whose copy has an id and is queued for history but
+    /// not yet committed: a second delivery of one of them is not copied twice.
+    cluster_pending: std::collections::BTreeSet<String>,
 }
 
 /// Counters exported at `/metrics`.
@@ -387,6 +390,7 @@ impl Engine {
                     device_status,
                     next_id,
                     metrics,
+                    cluster_pending: std::collections::BTreeSet::new(),
                 }),
                 events,
                 clock,

@@ -91,8 +91,21 @@ impl Engine {
         reason: &str,
         by: &Requester,
     ) -> Result<Operation, EngineError> {
+        self.confirm_as(target, reason, by, None)
+    }
+
+    /// [`Engine::confirm`] for a confirmation the fencer cluster agreed on: recorded with
+    /// `cluster` (its cluster key), so this member's history holds it once while every other
+    /// member copies it (see [`Engine::record_cluster_copies`]).
+    pub fn confirm_as(
+        &self,
+        target: &str,
+        reason: &str,
+        by: &Requester,
+        cluster: Option<Box<ClusterOrigin>>,
+    ) -> Result<Operation, EngineError> {
         let what = format!("confirm {target} off");
-        let result = self.record_confirmation(target, reason, by, &what);
+        let result = self.record_confirmation(target, reason, by, &what, cluster);
         if let Err(e) = &result {
             self.audit(by, &what, reason, &refused(e));
         }
@@ -396,55 +409,94 @@ impl Engine {
     /// Persists this member's copies of finished cluster operations that another member
     /// executed (or that it learnt of from a snapshot when it rejoined): each gets an id of
     /// this engine and goes into this member's own history and ledger, signed with its key,
-    /// in one durable commit. A cluster operation already in this history (by its
+    /// through the group commit. A cluster operation already in this history (by its
     /// [`ClusterOrigin::op`]: executed here, or copied before) is skipped, so a member keeps
-    /// one record per cluster operation however often it hears of it. Returns the ids given.
-    pub fn record_cluster_copies(&self, ops: Vec<Operation>) -> Result<Vec<u64>, EngineError> {
+    /// one record per cluster operation however often it hears of it; except that a record
+    /// this member's restart ended as `interrupted` is superseded by the cluster's outcome
+    /// (another member finished it): the outcome is appended as a new ledger record of the
+    /// same operation, after the interrupted one, which stays. Returns the ids written.
+    ///
+    /// The state lock is held only to give ids (no I/O under it); the writes are queued to
+    /// the history writer and each copy is durable when this returns `Ok`.
+    pub async fn record_cluster_copies(
+        &self,
+        ops: Vec<Operation>,
+    ) -> Result<Vec<u64>, EngineError> {
         let inner = &self.inner;
-        // Under the state lock: ids come from the same counter as this engine's own
-        // operations, and two deliveries of one operation cannot both pass the check.
-        let mut st = inner.state();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut writes = Vec::new();
-        for mut op in ops {
+        // What is already stored, read before the lock (redb reads do not block writers).
+        let mut plans = Vec::new();
+        for op in ops {
             let Some(key) = op.cluster.as_ref().map(|c| c.op.clone()) else {
                 continue;
             };
-            if !op.state.is_terminal()
-                || !seen.insert(key.clone())
-                || inner.history.cluster_operation(&key)?.is_some()
-            {
+            if !op.state.is_terminal() {
                 continue;
             }
-            op.id = st.next_id;
-            st.next_id += 1;
-            writes.push(Write::Operation {
-                operation: Box::new(op),
-                also: Vec::new(),
-            });
+            let stored = match inner.history.cluster_operation(&key)? {
+                Some(id) => inner.history.get(id)?,
+                None => None,
+            };
+            plans.push((key, op, stored));
         }
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<u64> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Operation { operation, .. } => Some(operation.id),
-                Write::Events(_) => None,
-            })
-            .collect();
-        let mut stored = Vec::new();
-        for (r, id) in inner.history.commit_batch(&writes).into_iter().zip(ids) {
-            r?;
-            stored.push(id);
-        }
-        drop(st);
-        for w in writes {
-            if let Write::Operation { operation, .. } = w {
-                let _ = inner.events.send(Event::Operation { operation });
+        let mut writes = Vec::new();
+        let mut keys = Vec::new();
+        {
+            let mut st = inner.state();
+            for (key, mut op, stored) in plans {
+                if st.cluster_pending.contains(&key) {
+                    continue;
+                }
+                match stored {
+                    None => {
+                        op.id = st.next_id;
+                        st.next_id += 1;
+                    }
+                    Some(local) if supersedes(&local, &op) => op = superseded(local, op),
+                    Some(_) => continue,
+                }
+                st.cluster_pending.insert(key.clone());
+                keys.push(key);
+                writes.push(op);
             }
         }
-        Ok(stored)
+        let results = futures_util::future::join_all(writes.iter().map(|op| {
+            inner.journal.write(Write::Operation {
+                operation: Box::new(op.clone()),
+                also: Vec::new(),
+            })
+        }))
+        .await;
+        {
+            let mut st = inner.state();
+            for k in &keys {
+                st.cluster_pending.remove(k);
+            }
+        }
+        let mut stored = Vec::new();
+        let mut first_err = None;
+        for (op, r) in writes.into_iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    stored.push(op.id);
+                    let _ = inner.events.send(Event::Operation {
+                        operation: Box::new(op),
+                    });
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(stored),
+        }
+    }
+
+    /// Whether this member's history holds its record of cluster operation `op` (`node/pid#n`)
+    /// durably: what the cluster waits for before it reports the operation finished.
+    pub fn has_cluster_record(&self, op: &str) -> Result<bool, EngineError> {
+        Ok(self.inner.history.cluster_operation(op)?.is_some())
     }
 
     fn record_confirmation(
@@ -453,6 +505,7 @@ impl Engine {
         reason: &str,
         by: &Requester,
         what: &str,
+        cluster: Option<Box<ClusterOrigin>>,
     ) -> Result<Operation, EngineError> {
         let caller = &by.caller;
         self.target(target)?;
@@ -497,7 +550,7 @@ impl Engine {
                     caller.identity
                 ),
             }),
-            cluster: None,
+            cluster,
         };
         let audit = self.audit_entry(by, what, reason, &format!("recorded as operation {id}"));
         inner.history.record_with(&op, &[audit])?;
@@ -568,4 +621,34 @@ enum Taken {
         delay: Duration,
         id: u64,
     },
+}
+
+/// A local record this member's restart ended as `interrupted` gives way to the cluster's
+/// outcome of the same cluster operation, when the cluster's word is another one.
+fn supersedes(local: &Operation, cluster: &Operation) -> bool {
+    let code = |o: &Operation| match &o.outcome {
+        Some(Outcome::Failed { code, .. }) => Some(code.clone()),
+        _ => None,
+    };
+    code(local).as_deref() == Some("interrupted") && code(cluster).as_deref() != Some("interrupted")
+}
+
+/// The local record with the cluster's outcome appended: same id and creation, the local
+/// (interrupted) attempts first, then the finishing executor's, and the cluster's state,
+/// outcome and tag.
+fn superseded(local: Operation, cluster: Operation) -> Operation {
+    let mut attempts = local.attempts;
+    attempts.extend(cluster.attempts);
+    let mut witnesses = local.witnesses;
+    witnesses.extend(cluster.witnesses);
+    Operation {
+        id: local.id,
+        created_ms: local.created_ms,
+        requested_by: local.requested_by,
+        attempts,
+        witnesses,
+        pending: Vec::new(),
+        cluster: cluster.cluster.or(local.cluster),
+        ..cluster
+    }
 }

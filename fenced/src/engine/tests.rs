@@ -1515,3 +1515,196 @@ mod witnesses {
         assert_eq!(net.calls(), 0);
     }
 }
+
+/// A finished cluster operation as another member's copy carries it.
+fn cluster_copy(key: &str, outcome: Outcome) -> Operation {
+    Operation {
+        id: 0,
+        target: "n1".into(),
+        action: Action::Off,
+        reason: "cluster operation".into(),
+        requested_by: Caller {
+            identity: format!("cluster:{key}"),
+        },
+        request_id: None,
+        state: if matches!(outcome, Outcome::Succeeded { .. }) {
+            OpState::Succeeded
+        } else {
+            OpState::Failed
+        },
+        created_ms: 5,
+        started_ms: Some(5),
+        finished_ms: Some(9),
+        delay_ms: 0,
+        attempts: vec![Attempt {
+            level: 1,
+            device: "bmc".into(),
+            port: None,
+            phase: Phase::Off,
+            started_ms: 6,
+            finished_ms: 8,
+            result: StepResult::Confirmed {
+                state: PowerState::Off,
+                already: false,
+                polls: 1,
+                identity: None,
+                pill: None,
+                basis: None,
+            },
+        }],
+        pending: vec![],
+        witnesses: Vec::new(),
+        outcome: Some(outcome),
+        cluster: Some(Box::new(ClusterOrigin {
+            op: key.into(),
+            origin: "node2".into(),
+            executor: "node3".into(),
+        })),
+    }
+}
+
+fn read_back_off() -> Outcome {
+    Outcome::Succeeded {
+        confirmation: Confirmation::PowerReadBack {
+            level: 1,
+            devices: vec!["bmc".into()],
+            already: false,
+        },
+        powered_on: None,
+        summary: "n1 off, read back by node3".into(),
+    }
+}
+
+#[tokio::test]
+async fn cluster_copies_are_durable_once_and_an_interrupted_record_gives_way_to_the_cluster_outcome(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.redb");
+    // This member executed cluster operation 2/200#1 and was SIGKILLed before its outcome.
+    {
+        let (h, _) = History::open(&path, 0).unwrap();
+        let mut op = cluster_copy("2/200#1", read_back_off());
+        op.id = 7;
+        op.state = OpState::Running;
+        op.finished_ms = None;
+        op.outcome = None;
+        op.attempts.clear();
+        op.pending = vec![PendingStep {
+            level: 1,
+            device: "bmc".into(),
+            port: None,
+            phase: Phase::Off,
+            command: "power off".into(),
+            since_ms: 6,
+        }];
+        h.record(&op).unwrap();
+    }
+    let cfg = config(vec![target("n1", &[&["bmc"]])], dir.path());
+    let d = TestDevice::new(PowerState::On);
+    let r = rig_in(dir, cfg, &[("bmc", &d)]);
+    let local = r.engine.operation(7).unwrap();
+    assert_eq!(
+        failed_code(&local),
+        "interrupted",
+        "the restart ended it: {local:?}"
+    );
+    let ledger_before = r.engine.inner.history.verify_chain().unwrap();
+
+    // On rejoin the snapshot says another member finished it (twice in one batch, as a
+    // snapshot and a delivery can both carry it), and holds an operation this member missed.
+    let done = cluster_copy("2/200#1", read_back_off());
+    let missed = cluster_copy("3/300#4", read_back_off());
+    let ids = r
+        .engine
+        .record_cluster_copies(vec![done.clone(), done.clone(), missed])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids,
+        vec![7, 8],
+        "the superseded record keeps its id; the missed one is new"
+    );
+    let op = r.engine.operation(7).unwrap();
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+    assert!(op.fenced());
+    // The interrupted attempt stays in the record, followed by the finishing executor's.
+    assert_eq!(op.attempts.len(), 2, "{:?}", op.attempts);
+    assert!(
+        matches!(&op.attempts[0].result, StepResult::Failed { code, .. } if code == "interrupted")
+    );
+    assert!(matches!(
+        op.attempts[1].result,
+        StepResult::Confirmed { .. }
+    ));
+    // Append-only: the interrupted record is still in the ledger, the outcome after it.
+    assert_eq!(
+        r.engine.inner.history.verify_chain().unwrap(),
+        ledger_before + 2
+    );
+    let ledger = r.engine.inner.history.ledger(1, 100).unwrap();
+    let states: Vec<(u64, OpState)> = ledger
+        .iter()
+        .filter_map(|rec| match &rec.entry {
+            crate::history::LedgerEntry::Operation { operation } if operation.id == 7 => {
+                Some((operation.id, operation.state))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (7, OpState::Running),
+            (7, OpState::Failed),
+            (7, OpState::Succeeded)
+        ],
+        "the ledger keeps every record of operation 7 in order"
+    );
+
+    // Heard of again: nothing more is written (the record is no longer interrupted).
+    let again = r
+        .engine
+        .record_cluster_copies(vec![done, cluster_copy("3/300#4", read_back_off())])
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "copied twice: {again:?}");
+    assert_eq!(
+        r.engine.inner.history.verify_chain().unwrap(),
+        ledger_before + 2
+    );
+
+    // Durable when the call returned: a read transaction sees only committed (fsynced)
+    // transactions, and it finds both.
+    let h = &r.engine.inner.history;
+    assert_eq!(h.get(7).unwrap().unwrap().state, OpState::Succeeded);
+    assert_eq!(h.cluster_operation("3/300#4").unwrap(), Some(8));
+}
+
+#[tokio::test]
+async fn a_stored_cluster_outcome_is_never_replaced_by_a_later_word() {
+    let r = rig(vec![target("n1", &[&["bmc"]])], &[]);
+    // A copy recorded before, with a real outcome, is never replaced by a later word.
+    let ids = r
+        .engine
+        .record_cluster_copies(vec![cluster_copy("2/200#1", read_back_off())])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    let failed = Outcome::Failed {
+        code: "executor_left".into(),
+        message: "n1 NOT confirmed fenced".into(),
+    };
+    let later = r
+        .engine
+        .record_cluster_copies(vec![cluster_copy("2/200#1", failed)])
+        .await
+        .unwrap();
+    assert!(
+        later.is_empty(),
+        "a stored success was overwritten: {later:?}"
+    );
+    assert_eq!(
+        r.engine.operation(ids[0]).unwrap().state,
+        OpState::Succeeded
+    );
+}

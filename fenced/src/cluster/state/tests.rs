@@ -329,7 +329,7 @@ proptest! {
                 }
             }
         }
-        for r in &replay.log {
+        for r in replay.log.iter() {
             if let Record::Finished { op, phase: OpPhase::Succeeded, proof, .. } = r {
                 prop_assert!(proof.is_some());
                 prop_assert!(conf.get(op).is_some_and(|c| c.1), "{op} succeeded without a read-back from its executor");
@@ -614,4 +614,276 @@ fn a_member_cut_off_neither_claims_nor_takes_over_on_its_old_quorum() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_shared_log_is_a_ring_of_the_newest_records_with_a_count_of_the_dropped_ones() {
+    let mut s = Sim::new();
+    s.join(1);
+    s.join(2);
+    let a = s.members[0].me;
+    // Each claim for an unknown target is refused: one record per delivery, no operation.
+    let extra = 10u64;
+    for n in 0..(LOG_KEEP as u64 + extra) {
+        s.deliver(Delivered::Message {
+            from: a,
+            msg: Message::Claim(Claim {
+                origin_op: 1000 + n,
+                target: "nowhere".into(),
+                action: Action::Off,
+                request_id: None,
+                levels: levels("nowhere"),
+                reason: "t".into(),
+            }),
+        });
+    }
+    let log = &s.members[0].state.log;
+    assert_eq!(
+        log.len(),
+        LOG_KEEP,
+        "the ring keeps exactly LOG_KEEP records"
+    );
+    // Joins log nothing: exactly the refusals beyond the ring fell out.
+    assert_eq!(log.dropped(), extra, "every record pushed out is counted");
+    match log.iter().next() {
+        Some(Record::Refused { claim, .. }) => assert_eq!(
+            claim.origin_op,
+            1000 + extra,
+            "the oldest record kept is the first one not dropped"
+        ),
+        other => panic!("expected the oldest kept record to be a refusal, got {other:?}"),
+    }
+    match log.iter().last() {
+        Some(Record::Refused { claim, .. }) => {
+            assert_eq!(claim.origin_op, 1000 + LOG_KEEP as u64 + extra - 1)
+        }
+        other => panic!("expected the newest record to be the last refusal, got {other:?}"),
+    }
+    // A member joining now gets the same ring and the same count in its snapshot.
+    s.join(3);
+    let joiner = s.members.iter().find(|m| m.me.node == 3).unwrap();
+    assert!(joiner.synced, "the joiner adopted a snapshot");
+    assert_eq!(joiner.state.log, s.members[0].state.log);
+    assert_eq!(joiner.state.log.dropped(), extra);
+}
+
+#[test]
+fn a_manual_confirmation_is_agreed_with_a_key_every_member_copies_it_by() {
+    let mut s = Sim::new();
+    s.join(1);
+    s.join(2);
+    let b = s.members[1].me;
+    let confirm = |n| Delivered::Message {
+        from: b,
+        msg: Message::ManualConfirm {
+            target: "n1".into(),
+            by: "uid:0".into(),
+            reason: "checked".into(),
+            confirm: n,
+        },
+    };
+    // Every member derives the same effect with the same key, the key its copy carries.
+    let fx: Vec<Vec<Effect>> = s.members.iter_mut().map(|m| m.apply(&confirm(3))).collect();
+    let key = confirm_key(b, 3);
+    for f in &fx {
+        assert_eq!(
+            f,
+            &vec![Effect::ManualConfirmed {
+                from: b,
+                target: "n1".into(),
+                result: Ok(key.clone())
+            }]
+        );
+    }
+    assert!(
+        matches!(s.members[0].state.log.iter().last(),
+            Some(Record::ManualConfirm { key: Some(k), on, .. }) if *k == key && on == "n2"),
+        "{:?}",
+        s.members[0].state.log
+    );
+    // Another confirmation of the same member has another key.
+    assert_ne!(confirm_key(b, 4), key);
+    // A message from a fenced that sent no number still decodes (number 0).
+    let old = br#"{"ManualConfirm":{"target":"n1","by":"u","reason":"r"}}"#;
+    let mut wire = vec![1u8];
+    wire.extend_from_slice(old);
+    assert!(matches!(
+        crate::cluster::wire::decode(&wire),
+        Ok(Message::ManualConfirm { confirm: 0, .. })
+    ));
+}
+
+/// One side of a split: `members` with quorum, and one fence of `target` claimed by `by`
+/// (claim `n`), executed by `by`, finished as `ok` (with its read-back) or failed.
+fn side(
+    base: &ClusterState,
+    members: &[MemberId],
+    by: MemberId,
+    n: u64,
+    target: &str,
+    ok: bool,
+) -> ClusterState {
+    let mut s = base.clone();
+    s.apply(&Delivered::Membership {
+        members: members.to_vec(),
+        joined: Vec::new(),
+    });
+    for x in members {
+        s.apply(&Delivered::Message {
+            from: *x,
+            msg: Message::Quorum { quorate: true },
+        });
+    }
+    let op = OpKey {
+        origin: by,
+        origin_op: n,
+    };
+    let fx = s.apply(&Delivered::Message {
+        from: by,
+        msg: Message::Claim(Claim {
+            origin_op: n,
+            target: target.into(),
+            action: Action::Off,
+            request_id: Some(format!("req-{by}-{n}")),
+            levels: levels(target),
+            reason: "split".into(),
+        }),
+    });
+    assert!(
+        fx.contains(&Effect::Execute {
+            op,
+            executor: by,
+            takeover: false
+        }),
+        "{fx:?}"
+    );
+    if ok {
+        s.apply(&Delivered::Message {
+            from: by,
+            msg: Message::Confirmed {
+                op,
+                proof: Proof::PowerReadBack {
+                    detail: "bmc read back off".into(),
+                },
+            },
+        });
+    }
+    let result = if ok {
+        ExecResult::Succeeded {
+            summary: "off".into(),
+        }
+    } else {
+        ExecResult::Failed {
+            code: "all_levels_failed".into(),
+            message: "NOT fenced".into(),
+        }
+    };
+    s.apply(&Delivered::Message {
+        from: by,
+        msg: Message::Outcome {
+            op,
+            result,
+            record: None,
+        },
+    });
+    s
+}
+
+#[test]
+fn two_partitions_that_both_kept_the_group_merge_by_origin_and_claim_whichever_merges_first() {
+    let (a, b, c) = (m(1, 1), m(2, 2), m(3, 3));
+    let mut base = ClusterState::default();
+    base.apply(&Delivered::Membership {
+        members: vec![a, b, c],
+        joined: vec![a, b, c],
+    });
+    for (x, name) in [(a, "n1"), (b, "n2"), (c, "n3")] {
+        base.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Hello(Hello {
+                allow_without_quorum: true,
+                ..hello(name, &["bmc-n1", "bmc-n2", "bmc-n3"])
+            }),
+        });
+    }
+    // Before the split, one operation everyone saw.
+    let base = side(&base, &[a, b, c], a, 1, "n3", true);
+    // {n1} and {n2, n3} both keep going (allowed without quorum): each fences a target.
+    let left = side(&base, &[a], a, 2, "n2", true);
+    let right = side(&base, &[b, c], b, 1, "n1", false);
+    let mut l = left.clone();
+    l.merge(&right);
+    let mut r = right.clone();
+    r.merge(&left);
+    assert_eq!(l.ops, r.ops, "the operations depend on who merged");
+    assert_eq!(l.log, r.log, "the log depends on who merged");
+    assert_eq!(l.active, r.active);
+    assert_eq!(l.latest, r.latest);
+    assert_eq!(l.request_ids, r.request_ids);
+    // Every operation of both sides, once, by (origin, claim), with its own outcome.
+    let keys: Vec<(u32, u64, OpPhase)> = l
+        .ops
+        .values()
+        .map(|o| (o.key.origin.node, o.key.origin_op, o.phase))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            (1, 1, OpPhase::Succeeded),
+            (1, 2, OpPhase::Succeeded),
+            (2, 1, OpPhase::Failed)
+        ]
+    );
+    // The log: the common prefix once, then both sides' records, none twice.
+    let accepted = l
+        .log
+        .iter()
+        .filter(|r| matches!(r, Record::Accepted { .. }))
+        .count();
+    assert_eq!(accepted, 3, "{:?}", l.log);
+    assert_eq!(l.log.len(), 6, "{:?}", l.log);
+    assert!(l.active.is_empty());
+    // Merging again changes nothing.
+    let mut again = l.clone();
+    again.merge(&right);
+    assert_eq!(again.ops, l.ops);
+    assert_eq!(again.log, l.log);
+}
+
+#[test]
+fn a_merge_prefers_a_finished_operation_and_drops_what_the_sides_disagree_on() {
+    let (a, b) = (m(1, 1), m(2, 2));
+    let mut base = ClusterState::default();
+    base.apply(&Delivered::Membership {
+        members: vec![a, b],
+        joined: vec![a, b],
+    });
+    for (x, name) in [(a, "n1"), (b, "n2")] {
+        base.apply(&Delivered::Message {
+            from: x,
+            msg: Message::Hello(Hello {
+                allow_without_quorum: true,
+                ..hello(name, &["bmc-n3"])
+            }),
+        });
+    }
+    // Both sides fence n3: each side's newest operation on n3 is its own.
+    let left = side(&base, &[a], a, 1, "n3", true);
+    let right = side(&base, &[b], b, 1, "n3", true);
+    let mut l = left.clone();
+    l.merge(&right);
+    assert_eq!(l.ops.len(), 2);
+    assert!(
+        !l.latest.contains_key("n3"),
+        "the sides disagree on n3's newest operation: no request id may be answered from either"
+    );
+    // One side saw an operation finish that the other still had running.
+    let mut running = left.clone();
+    let k = *running.ops.keys().next().unwrap();
+    running.ops.get_mut(&k).unwrap().phase = OpPhase::Running;
+    running.active.insert("n3".into(), k);
+    let mut merged = running.clone();
+    merged.merge(&left);
+    assert_eq!(merged.ops[&k].phase, OpPhase::Succeeded);
+    assert!(merged.active.is_empty(), "{:?}", merged.active);
 }
