@@ -64,18 +64,12 @@ for arch in "${arches[@]}"; do
     target_args=()
     bin=$target_dir/$profile
   fi
-  # fenced's `corosync` feature (the [cluster] membership) links Corosync's libcpg and
-  # libquorum of the target architecture; where they are missing (arm64 here: they are
-  # installed for amd64 only) fenced is built without it, and this build log says so.
-  features=()
-  libdir=/usr/lib/$([[ $arch == arm64 ]] && echo aarch64-linux-gnu || echo x86_64-linux-gnu)
-  if [[ ! -e $libdir/libcpg.so || ! -e $libdir/libquorum.so ]]; then
-    features=(--no-default-features)
-    echo "build-debs: $arch fenced WITHOUT [cluster] support: no $libdir/libcpg.so and libquorum.so (libcpg-dev, libquorum-dev for $arch)"
-  fi
+  # fenced's [cluster] membership opens Corosync's libcpg/libquorum at run time
+  # (fenced/src/cluster/libs.rs), so every architecture's fenced has it without their -dev
+  # packages; the .deb suggests libcpg4 and libquorum5.
   t0=$SECONDS
   cargo build --profile "$profile" --locked "${target_args[@]}" -p fenced -p watchdog \
-    "${features[@]}" --bin fenced --bin fence_node --bin fence_palisade --bin palisade-sbd
+    --bin fenced --bin fence_node --bin fence_palisade --bin palisade-sbd
   echo "build-debs: $arch binaries ($profile profile) ready in $((SECONDS - t0)) s"
 
   for pkg in fenced fence-node fence-palisade palisade-sbd; do

@@ -5,18 +5,18 @@
 //! ([`super::Cluster::run`]) as [`Incoming`] items; what the runtime sends is multicast with
 //! `CPG_TYPE_AGREED`.
 //!
-//! rust-corosync 3.2.0's `initialize` hands libcpg and libquorum a pointer to its own stack
-//! copy of the context, so the context its callbacks read back is garbage. This binding sets
-//! the context itself with `context_set` once the handles exist, and the callbacks read it
-//! back with `context_get`: the address of the [`Sink`] the connection owns.
+//! The libraries are opened at run time ([`super::libs`], which says why they are not linked).
+//! Each handle's context is the address of the [`Sink`] the connection owns; the callbacks
+//! read it back with `context_get`.
 //!
 //! When Corosync goes away (stopped, crashed) the runtime is told ([`Incoming::Lost`]) and the
 //! binding reconnects every [`RECONNECT`]; it comes back as a new member (same node and pid, a
 //! fresh join), so the group hands it the state again.
 
+use super::libs::{self, CpgAddress, CpgName, CsError, Handle, RingId};
 use super::state::{Delivered, MemberId, Message};
 use super::{wire, Incoming};
-use rust_corosync::{cpg, quorum, CsError, DispatchFlags, NodeId, TrackFlags};
+use std::ffi::c_void;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -46,6 +46,12 @@ pub enum CorosyncError {
         /// Corosync's error.
         err: CsError,
     },
+    /// Corosync's client libraries are not installed.
+    #[error(transparent)]
+    Load(#[from] libs::LoadError),
+    /// The group's name does not fit CPG's.
+    #[error("the cluster group name `{0}` is longer than CPG's {max} bytes; choose a shorter [cluster] group", max = libs::MAX_NAME)]
+    GroupName(String),
     /// A dispatch descriptor could not be registered with tokio.
     #[error("cannot watch corosync's {service} descriptor: {source}; check the process's file descriptor limit")]
     Watch {
@@ -59,6 +65,15 @@ pub enum CorosyncError {
 
 fn call(call: &'static str) -> impl FnOnce(CsError) -> CorosyncError {
     move |err| CorosyncError::Call { call, err }
+}
+
+impl From<libs::OpenError> for CorosyncError {
+    fn from(e: libs::OpenError) -> Self {
+        match e {
+            libs::OpenError::Load(l) => CorosyncError::Load(l),
+            libs::OpenError::Call(call, err) => CorosyncError::Call { call, err },
+        }
+    }
 }
 
 /// What the C callbacks record during one dispatch, read out right after it.
@@ -80,27 +95,35 @@ impl Sink {
 /// The sink a callback's context names.
 ///
 /// # Safety
-/// `ctx` must be 0 or the address of a [`Sink`] that outlives the call; [`Connection`] sets
-/// it to its boxed sink, which it drops only after both handles (whose callbacks run only
-/// inside its own `dispatch` calls).
-unsafe fn sink_at<'a>(ctx: u64) -> Option<&'a Sink> {
+/// `ctx` must be NULL or the address of a [`Sink`] that outlives the call; [`Connection`]
+/// sets it to its boxed sink, which it drops only after both handles (whose callbacks run
+/// only inside its own `dispatch` calls).
+unsafe fn sink_at<'a>(ctx: *const c_void) -> Option<&'a Sink> {
     // SAFETY: per this function's contract.
-    unsafe { (ctx as *const Sink).as_ref() }
+    unsafe { ctx.cast::<Sink>().as_ref() }
 }
 
-fn member(node: NodeId, pid: u32) -> MemberId {
-    MemberId {
-        node: u32::from(node),
-        pid,
-    }
+fn member(node: u32, pid: u32) -> MemberId {
+    MemberId { node, pid }
 }
 
-fn on_deliver(h: &cpg::Handle, _group: String, node: NodeId, pid: u32, msg: &[u8], _len: usize) {
-    let Ok(ctx) = cpg::context_get(h) else { return };
-    // SAFETY: the context is the connection's sink (set in `Connection::open`).
+unsafe extern "C" fn on_deliver(
+    h: Handle,
+    _group: *const CpgName,
+    node: u32,
+    pid: u32,
+    msg: *mut c_void,
+    len: usize,
+) {
+    let Some(ctx) = libs::Cpg::context(h) else {
+        return;
+    };
+    // SAFETY: the context is the connection's sink (given in `Connection::open`).
     let Some(sink) = (unsafe { sink_at(ctx) }) else {
         return;
     };
+    // SAFETY: libcpg hands `len` bytes at `msg`, valid during the callback.
+    let msg = unsafe { libs::slice(msg.cast::<u8>().cast_const(), len) };
     let from = member(node, pid);
     match wire::decode(msg) {
         Ok(msg) => sink.push(Incoming::Delivered(Delivered::Message { from, msg })),
@@ -109,22 +132,35 @@ fn on_deliver(h: &cpg::Handle, _group: String, node: NodeId, pid: u32, msg: &[u8
     }
 }
 
-fn on_confchg(
-    h: &cpg::Handle,
-    _group: &str,
-    members: Vec<cpg::Address>,
-    _left: Vec<cpg::Address>,
-    joined: Vec<cpg::Address>,
+#[allow(clippy::too_many_arguments)] // cpg_confchg_fn_t's signature
+unsafe extern "C" fn on_confchg(
+    h: Handle,
+    _group: *const CpgName,
+    members: *const CpgAddress,
+    n_members: usize,
+    _left: *const CpgAddress,
+    _n_left: usize,
+    joined: *const CpgAddress,
+    n_joined: usize,
 ) {
-    let Ok(ctx) = cpg::context_get(h) else { return };
+    let Some(ctx) = libs::Cpg::context(h) else {
+        return;
+    };
     // SAFETY: as in `on_deliver`.
     let Some(sink) = (unsafe { sink_at(ctx) }) else {
         return;
     };
-    let ids = |l: Vec<cpg::Address>| {
+    let ids = |l: &[CpgAddress]| {
         let mut v: Vec<MemberId> = l.iter().map(|a| member(a.nodeid, a.pid)).collect();
         v.sort_unstable();
         v
+    };
+    // SAFETY: libcpg hands arrays of the given lengths, valid during the callback.
+    let (members, joined) = unsafe {
+        (
+            libs::slice(members, n_members),
+            libs::slice(joined, n_joined),
+        )
     };
     sink.push(Incoming::Delivered(Delivered::Membership {
         members: ids(members),
@@ -132,13 +168,19 @@ fn on_confchg(
     }));
 }
 
-fn on_quorum(h: &quorum::Handle, quorate: bool, _ring: quorum::RingId, _members: Vec<NodeId>) {
-    let Ok(ctx) = quorum::context_get(h) else {
+unsafe extern "C" fn on_quorum(
+    h: Handle,
+    quorate: u32,
+    _ring: RingId,
+    _n_members: u32,
+    _members: *const u32,
+) {
+    let Some(ctx) = libs::Quorum::context(h) else {
         return;
     };
     // SAFETY: as in `on_deliver`.
     if let Some(sink) = unsafe { sink_at(ctx) } {
-        sink.push(Incoming::Quorum(quorate));
+        sink.push(Incoming::Quorum(quorate != 0));
     }
 }
 
@@ -158,9 +200,10 @@ pub struct Connection {
     // sink their callbacks write to.
     cpg_fd: AsyncFd<Fd>,
     quorum_fd: AsyncFd<Fd>,
-    cpg: cpg::Handle,
-    quorum: quorum::Handle,
+    cpg: libs::Cpg,
+    quorum: libs::Quorum,
     group: String,
+    name: CpgName,
     me: MemberId,
     quorate: bool,
     /// Leave the group without quorum (`allow_without_quorum = false`).
@@ -177,27 +220,19 @@ impl Connection {
     /// joins `group` once this node is quorate (at once when `follow_quorum` is false).
     /// Must be called inside a tokio runtime.
     pub fn open(group: &str, follow_quorum: bool) -> Result<Connection, CorosyncError> {
+        let name = CpgName::new(group).ok_or_else(|| CorosyncError::GroupName(group.into()))?;
         let sink = Box::new(Sink::default());
-        let ctx = std::ptr::from_ref::<Sink>(&sink) as u64;
-        let cpg_model = cpg::ModelData::ModelV1(cpg::Model1Data {
-            flags: cpg::Model1Flags::None,
-            deliver_fn: Some(on_deliver),
-            confchg_fn: Some(on_confchg),
-            totem_confchg_fn: None,
-        });
-        let cpg = cpg::initialize(&cpg_model, 0).map_err(call("cpg_model_initialize"))?;
-        cpg::context_set(&cpg, ctx).map_err(call("cpg_context_set"))?;
-        let q_model = quorum::ModelData::ModelV1(quorum::Model1Data {
-            flags: quorum::Model1Flags::None,
-            quorum_notification_fn: Some(on_quorum),
-            nodelist_notification_fn: None,
-        });
-        let (quorum, _) =
-            quorum::initialize(&q_model, 0).map_err(call("quorum_model_initialize"))?;
-        quorum::context_set(&quorum, ctx).map_err(call("quorum_context_set"))?;
-        let node = cpg::local_get(&cpg).map_err(call("cpg_local_get"))?;
-        let quorate = quorum::getquorate(&quorum).map_err(call("quorum_getquorate"))?;
-        quorum::trackstart(&quorum, TrackFlags::Changes).map_err(call("quorum_trackstart"))?;
+        let ctx = std::ptr::from_ref::<Sink>(&sink)
+            .cast_mut()
+            .cast::<c_void>();
+        // SAFETY: `ctx` is the boxed sink, which the connection drops after both handles
+        // (field order); the callbacks only push to it.
+        let cpg = unsafe { libs::Cpg::open(on_deliver, on_confchg, ctx) }?;
+        // SAFETY: as above.
+        let quorum = unsafe { libs::Quorum::open(on_quorum, ctx) }?;
+        let node = cpg.local_node().map_err(call("cpg_local_get"))?;
+        let quorate = quorum.quorate().map_err(call("quorum_getquorate"))?;
+        quorum.track_changes().map_err(call("quorum_trackstart"))?;
         let watch = |service, fd| {
             // SAFETY: the descriptor belongs to a handle that this connection drops only
             // after the `AsyncFd` (field order), so it stays open and the same file while
@@ -209,17 +244,15 @@ impl Connection {
                 }
             })
         };
-        let cpg_fd = watch("cpg", cpg::fd_get(&cpg).map_err(call("cpg_fd_get"))?)?;
-        let quorum_fd = watch(
-            "quorum",
-            quorum::fd_get(&quorum).map_err(call("quorum_fd_get"))?,
-        )?;
+        let cpg_fd = watch("cpg", cpg.fd().map_err(call("cpg_fd_get"))?)?;
+        let quorum_fd = watch("quorum", quorum.fd().map_err(call("quorum_fd_get"))?)?;
         Ok(Connection {
             cpg_fd,
             quorum_fd,
             cpg,
             quorum,
             group: group.to_string(),
+            name,
             me: member(node, std::process::id()),
             quorate,
             follow_quorum,
@@ -242,7 +275,7 @@ impl Connection {
         let items = std::mem::take(&mut *self.sink.items());
         for i in items {
             if matches!(i, Incoming::Delivered(Delivered::Membership { .. })) {
-                if let Ok(q) = quorum::getquorate(&self.quorum) {
+                if let Ok(q) = self.quorum.quorate() {
                     if q != self.quorate {
                         self.quorate = q;
                         to.send(Incoming::Quorum(q))
@@ -270,14 +303,16 @@ impl Connection {
         let stopping = |_| "fenced is stopping".to_string();
         if want && !self.in_group {
             to.send(Incoming::Joined(self.me)).map_err(stopping)?;
-            cpg::join(&self.cpg, &self.group)
+            self.cpg
+                .join(&self.name)
                 .map_err(|e| format!("cpg_join of group `{}` failed: {e}", self.group))?;
             tracing::info!(group = %self.group, member = %self.me, "cluster: joined the CPG group");
             self.in_group = true;
             self.told_out = false;
         } else if !want && (self.in_group || !self.told_out) {
             if self.in_group {
-                cpg::leave(&self.cpg, &self.group)
+                self.cpg
+                    .leave(&self.name)
                     .map_err(|e| format!("cpg_leave of group `{}` failed: {e}", self.group))?;
                 self.in_group = false;
             }
@@ -307,9 +342,9 @@ impl Connection {
         };
         let mut tries = 0;
         loop {
-            match cpg::mcast_joined(&self.cpg, cpg::Guarantee::TypeAgreed, &bytes) {
+            match self.cpg.mcast_agreed(&bytes) {
                 Ok(()) => return Ok(()),
-                Err(CsError::CsErrTryAgain) if tries < TRY_AGAIN_LIMIT => {
+                Err(libs::TRY_AGAIN) if tries < TRY_AGAIN_LIMIT => {
                     tries += 1;
                     tokio::time::sleep(TRY_AGAIN).await;
                 }
@@ -341,7 +376,7 @@ impl Connection {
                     Ok(mut g) => {
                         // Cleared before dispatching: whatever arrives meanwhile wakes us again.
                         g.clear_ready();
-                        cpg::dispatch(&self.cpg, DispatchFlags::All)
+                        self.cpg.dispatch()
                             .map_err(|e| format!("cpg_dispatch failed: {e}"))
                     }
                     Err(e) => Err(format!("waiting on the CPG descriptor failed: {e}")),
@@ -349,7 +384,7 @@ impl Connection {
                 r = self.quorum_fd.readable() => match r {
                     Ok(mut g) => {
                         g.clear_ready();
-                        quorum::dispatch(&self.quorum, DispatchFlags::All)
+                        self.quorum.dispatch()
                             .map_err(|e| format!("quorum_dispatch failed: {e}"))
                     }
                     Err(e) => Err(format!("waiting on the quorum descriptor failed: {e}")),

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "corosync")]
 pub mod corosync;
+pub mod libs;
 pub mod state;
 pub mod wire;
 

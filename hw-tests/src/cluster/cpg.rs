@@ -2,10 +2,9 @@
 //! a member client that joins a group on a node, and the parse of `corosync-cpgtool`.
 //!
 //! Debian ships no CPG client that joins a group (`testcpg` is not packaged, and
-//! `corosync-cpgtool` only lists groups), and `rust-corosync` is not a dependency of the
-//! bench, so the member is our own: the `palisade-cpg GROUP` binary (this crate) loads
-//! Debian's `libcpg.so.4` at run time (no build-time link, so the bench builds without
-//! `libcpg-dev`), joins GROUP, prints one [`CpgEvent`] line per event on stdout and
+//! `corosync-cpgtool` only lists groups), so the member is our own: the `palisade-cpg GROUP`
+//! binary (this crate) loads Debian's `libcpg.so.4` at run time through fenced's binding
+//! ([`fenced::cluster::libs`], no build-time link), joins GROUP, prints one [`CpgEvent`] line per event on stdout and
 //! multicasts (agreed order) every line it reads on stdin; at end of stdin it leaves and exits 0.
 //! `palisade-cpg --hold GROUP` ignores stdin and stays a member until killed: a stand-in
 //! daemon for [`ClusterLab::add_daemon`](super::ClusterLab::add_daemon).
@@ -16,7 +15,7 @@
 use super::{ClusterError, ClusterLab};
 use crate::node::NodeProcess;
 use std::collections::BTreeMap;
-use std::ffi::{c_int, c_uint, c_void, CStr};
+use std::ffi::{c_int, c_void};
 use std::fmt;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -220,139 +219,7 @@ pub fn parse_cpgtool(text: &str) -> Result<BTreeMap<String, Vec<CpgAddr>>, Strin
 
 // ---- The member client (runs inside a node, as `palisade-cpg GROUP`). ----
 
-const CS_OK: c_int = 1;
-const CS_ERR_TRY_AGAIN: c_int = 6;
-const CS_DISPATCH_ALL: c_int = 2;
-const CPG_TYPE_AGREED: c_int = 2;
-const CPG_MAX_NAME_LENGTH: usize = 128;
-
-#[repr(C)]
-struct CpgName {
-    length: u32,
-    value: [u8; CPG_MAX_NAME_LENGTH],
-}
-
-#[repr(C)]
-struct RawAddress {
-    nodeid: u32,
-    pid: u32,
-    reason: u32,
-}
-
-type DeliverFn = extern "C" fn(u64, *const CpgName, u32, u32, *mut c_void, usize);
-type ConfchgFn = extern "C" fn(
-    u64,
-    *const CpgName,
-    *const RawAddress,
-    usize,
-    *const RawAddress,
-    usize,
-    *const RawAddress,
-    usize,
-);
-
-#[repr(C)]
-struct Callbacks {
-    deliver: Option<DeliverFn>,
-    confchg: Option<ConfchgFn>,
-}
-
-type InitializeFn = unsafe extern "C" fn(*mut u64, *mut Callbacks) -> c_int;
-type GroupFn = unsafe extern "C" fn(u64, *const CpgName) -> c_int;
-type FdGetFn = unsafe extern "C" fn(u64, *mut c_int) -> c_int;
-type DispatchFn = unsafe extern "C" fn(u64, c_int) -> c_int;
-type McastFn = unsafe extern "C" fn(u64, c_int, *const libc::iovec, c_uint) -> c_int;
-type LocalGetFn = unsafe extern "C" fn(u64, *mut c_uint) -> c_int;
-type FinalizeFn = unsafe extern "C" fn(u64) -> c_int;
-
-/// The libcpg functions the member calls, resolved with dlopen/dlsym.
-struct Lib {
-    initialize: InitializeFn,
-    join: GroupFn,
-    leave: GroupFn,
-    fd_get: FdGetFn,
-    dispatch: DispatchFn,
-    mcast_joined: McastFn,
-    local_get: LocalGetFn,
-    finalize: FinalizeFn,
-}
-
-impl Lib {
-    fn open() -> Result<Lib, String> {
-        let name = c"libcpg.so.4";
-        // SAFETY: dlopen of a NUL-terminated name; the handle is never closed, so the
-        // resolved functions stay valid for the whole process.
-        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW) };
-        if handle.is_null() {
-            return Err(format!(
-                "cannot load {LIBCPG}: {}; install Debian's corosync (scripts/install-test-deps.sh)",
-                dl_error()
-            ));
-        }
-        let sym = |s: &CStr| -> Result<*mut c_void, String> {
-            // SAFETY: dlsym on a live handle with a NUL-terminated name.
-            let p = unsafe { libc::dlsym(handle, s.as_ptr()) };
-            if p.is_null() {
-                Err(format!(
-                    "{LIBCPG} has no {}: {}; is it Corosync 3's libcpg?",
-                    s.to_string_lossy(),
-                    dl_error()
-                ))
-            } else {
-                Ok(p)
-            }
-        };
-        // SAFETY: each symbol is the cpg.h function of that name, whose C signature the
-        // type it is cast to spells out (Corosync 3.1 cpg.h; enums are C ints).
-        unsafe {
-            Ok(Lib {
-                initialize: std::mem::transmute::<*mut c_void, InitializeFn>(sym(
-                    c"cpg_initialize",
-                )?),
-                join: std::mem::transmute::<*mut c_void, GroupFn>(sym(c"cpg_join")?),
-                leave: std::mem::transmute::<*mut c_void, GroupFn>(sym(c"cpg_leave")?),
-                fd_get: std::mem::transmute::<*mut c_void, FdGetFn>(sym(c"cpg_fd_get")?),
-                dispatch: std::mem::transmute::<*mut c_void, DispatchFn>(sym(c"cpg_dispatch")?),
-                mcast_joined: std::mem::transmute::<*mut c_void, McastFn>(sym(
-                    c"cpg_mcast_joined",
-                )?),
-                local_get: std::mem::transmute::<*mut c_void, LocalGetFn>(sym(c"cpg_local_get")?),
-                finalize: std::mem::transmute::<*mut c_void, FinalizeFn>(sym(c"cpg_finalize")?),
-            })
-        }
-    }
-}
-
-fn dl_error() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until the next dl call
-    // on this thread; it is copied at once.
-    unsafe {
-        let e = libc::dlerror();
-        if e.is_null() {
-            "no detail".into()
-        } else {
-            CStr::from_ptr(e).to_string_lossy().into_owned()
-        }
-    }
-}
-
-/// A cs_error_t as its cpg.h name (the common ones) and number.
-fn cs_error(code: c_int) -> String {
-    let name = match code {
-        2 => "CS_ERR_LIBRARY (Corosync is not running on this node, or it went away)",
-        4 => "CS_ERR_INIT",
-        5 => "CS_ERR_TIMEOUT",
-        6 => "CS_ERR_TRY_AGAIN",
-        7 => "CS_ERR_INVALID_PARAM",
-        9 => "CS_ERR_BAD_HANDLE",
-        11 => "CS_ERR_ACCESS (run as root)",
-        12 => "CS_ERR_NOT_EXIST",
-        14 => "CS_ERR_EXIST (already joined)",
-        100 => "CS_ERR_SECURITY",
-        _ => "cs_error_t",
-    };
-    format!("{name} ({code})")
-}
+use fenced::cluster::libs::{self, CpgAddress as RawAddress, CpgName, CsError};
 
 std::thread_local! {
     /// Events the callbacks produced during one `cpg_dispatch` (the callbacks get no context
@@ -431,15 +298,15 @@ extern "C" fn on_confchg(
 /// membership change in progress) before it gives up.
 const TRY_AGAIN_FOR: Duration = Duration::from_secs(10);
 
-fn retry(what: &str, mut call: impl FnMut() -> c_int) -> Result<(), String> {
+fn retry(what: &str, mut call: impl FnMut() -> Result<(), CsError>) -> Result<(), String> {
     let until = Instant::now() + TRY_AGAIN_FOR;
     loop {
         match call() {
-            CS_OK => return Ok(()),
-            CS_ERR_TRY_AGAIN if Instant::now() < until => {
+            Ok(()) => return Ok(()),
+            Err(libs::TRY_AGAIN) if Instant::now() < until => {
                 std::thread::sleep(Duration::from_millis(20))
             }
-            e => return Err(format!("{what}: {}", cs_error(e))),
+            Err(e) => return Err(format!("{what}: {e}")),
         }
     }
 }
@@ -457,37 +324,43 @@ fn emit(out: &mut impl Write) -> Result<(), String> {
 /// `hold` (`palisade-cpg --hold GROUP`, a daemon started with no stdin) it ignores stdin and
 /// stays a member until it is killed or Corosync goes away.
 pub fn serve_member(group: &str, hold: bool) -> Result<(), String> {
-    if group.is_empty() || group.len() > CPG_MAX_NAME_LENGTH {
-        return Err(format!(
-            "group name must be 1 to {CPG_MAX_NAME_LENGTH} bytes, got {}",
-            group.len()
-        ));
-    }
-    let lib = Lib::open()?;
-    let mut name = CpgName {
-        length: group.len() as u32,
-        value: [0; CPG_MAX_NAME_LENGTH],
+    let name = CpgName::new(group)
+        .filter(|_| !group.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "group name must be 1 to {} bytes, got {}",
+                libs::MAX_NAME,
+                group.len()
+            )
+        })?;
+    let until = Instant::now() + TRY_AGAIN_FOR;
+    let cpg = loop {
+        // SAFETY: the callbacks ignore the context (they record into this thread's EVENTS)
+        // and run only inside `dispatch` on this thread.
+        match unsafe { libs::Cpg::open(on_deliver, on_confchg, std::ptr::null_mut()) } {
+            Ok(c) => break c,
+            Err(libs::OpenError::Call(_, libs::TRY_AGAIN)) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{e}; install Debian's corosync (scripts/install-test-deps.sh)"
+                ))
+            }
+        }
     };
-    name.value[..group.len()].copy_from_slice(group.as_bytes());
-    let mut callbacks = Callbacks {
-        deliver: Some(on_deliver),
-        confchg: Some(on_confchg),
-    };
-    let mut handle: u64 = 0;
-    // SAFETY (this and every libcpg call below): the functions are libcpg's (Lib::open),
-    // called with a handle cpg_initialize produced and pointers to live locals; libcpg copies
-    // the callbacks and the group name.
-    retry("cpg_initialize", || unsafe {
-        (lib.initialize)(&mut handle, &mut callbacks)
-    })?;
     let run = || -> Result<(), String> {
-        retry("cpg_join", || unsafe { (lib.join)(handle, &name) })?;
-        let mut nodeid: c_uint = 0;
-        retry("cpg_local_get", || unsafe {
-            (lib.local_get)(handle, &mut nodeid)
+        retry("cpg_join", || cpg.join(&name))?;
+        let mut nodeid = 0;
+        retry("cpg_local_get", || {
+            nodeid = cpg.local_node()?;
+            Ok(())
         })?;
         let mut fd: c_int = -1;
-        retry("cpg_fd_get", || unsafe { (lib.fd_get)(handle, &mut fd) })?;
+        retry("cpg_fd_get", || {
+            fd = cpg.fd()?;
+            Ok(())
+        })?;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         push(CpgEvent::Local(CpgAddr {
@@ -527,11 +400,11 @@ pub fn serve_member(group: &str, hold: bool) -> Result<(), String> {
                 return Err(format!("poll: {e}"));
             }
             if fds[1].revents != 0 {
-                // SAFETY: as above (libcpg call on our handle).
-                let rc = unsafe { (lib.dispatch)(handle, CS_DISPATCH_ALL) };
+                let rc = cpg.dispatch();
                 emit(&mut out)?;
-                if rc != CS_OK && rc != CS_ERR_TRY_AGAIN {
-                    return Err(format!("cpg_dispatch: {}", cs_error(rc)));
+                match rc {
+                    Ok(()) | Err(libs::TRY_AGAIN) => {}
+                    Err(e) => return Err(format!("cpg_dispatch: {e}")),
                 }
             }
             if fds[0].revents != 0 {
@@ -546,35 +419,26 @@ pub fn serve_member(group: &str, hold: bool) -> Result<(), String> {
                 }
                 if got == 0 {
                     // End of input: leave cleanly, so the others see `leave`, not `procdown`.
-                    return retry("cpg_leave", || unsafe { (lib.leave)(handle, &name) });
+                    return retry("cpg_leave", || cpg.leave(&name));
                 }
                 pending.extend_from_slice(&buf[..got as usize]);
                 while let Some(i) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=i).take(i).collect();
-                    let iov = libc::iovec {
-                        iov_base: line.as_ptr() as *mut c_void,
-                        iov_len: line.len(),
-                    };
                     retry("cpg_mcast_joined", || {
-                        // SAFETY: as above; `iov` points into `line`, alive across the call
-                        // (libcpg copies the message before returning).
-                        let rc = unsafe { (lib.mcast_joined)(handle, CPG_TYPE_AGREED, &iov, 1) };
-                        if rc == CS_ERR_TRY_AGAIN {
+                        let r = cpg.mcast_agreed(&line);
+                        if r == Err(libs::TRY_AGAIN) {
                             // Flow control: deliveries must be read for it to lift.
-                            // SAFETY: as above.
-                            unsafe { (lib.dispatch)(handle, CS_DISPATCH_ALL) };
+                            let _ = cpg.dispatch();
                         }
-                        rc
+                        r
                     })?;
                     emit(&mut out)?;
                 }
             }
         }
     };
-    let r = run();
-    // SAFETY: as above; the handle is not used after this.
-    unsafe { (lib.finalize)(handle) };
-    r
+    // `cpg` is finalized when it drops, after the run.
+    run()
 }
 
 // ---- The test side: a member on a lab node. ----
