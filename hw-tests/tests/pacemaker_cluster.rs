@@ -142,7 +142,8 @@ enum Expect {
 }
 
 /// Starts the cluster, configures it, waits for the writer, injects `fault` on the writer's
-/// node and waits for the writer on another node (or `settle` without one); then checks.
+/// node and waits as `expect` says (the writer on another node, or Pacemaker's failed
+/// fencing verdict); then checks.
 fn failover(
     c: &PacemakerCluster,
     fault: FaultKind,
@@ -366,6 +367,7 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
         return;
     }
     let started = Instant::now();
+    CASE_START.with(|s| s.set(Some(started)));
     let c = PacemakerCluster::start(3, &bins()).unwrap();
     let formed = started.elapsed();
     c.configure("node1", StonithDevice::Palisade, true, WriterKind::Lxc)
@@ -405,7 +407,7 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     drop(c);
     assert_nothing_left(&l);
     phase("cleaned up");
-    eprintln!("whole run {:?}", started.elapsed());
+    eprintln!("CASE PowerOff / Works: whole run {:?}", started.elapsed());
 }
 
 fn cluster(device: StonithDevice, stonith: bool, writer: WriterKind) -> PacemakerCluster {
@@ -518,8 +520,14 @@ fn power_off_with_an_ocf_anything_writer() {
     if !have_pacemaker() {
         return;
     }
+    let started = Instant::now();
+    CASE_START.with(|s| s.set(Some(started)));
     let c = cluster(StonithDevice::Palisade, true, WriterKind::Anything);
     fenced_case(c, FaultKind::PowerOff, |_| {});
+    eprintln!(
+        "CASE PowerOff / Works, ocf:anything: whole run {:?}",
+        started.elapsed()
+    );
 }
 
 /// (a) with a stuck BMC: the PDU outlet fences the cut node.
