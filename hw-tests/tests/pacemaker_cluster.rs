@@ -8,8 +8,9 @@
 //! writer runs on exactly one node, by Pacemaker's view and by the nodes' processes;
 //! Pacemaker's fence history agrees with fenced's; nothing is left behind.
 //!
-//! The short always-run case is the power off of the active node; the longer variants run
-//! with `PALISADE_LONG=1`; `long_case` runs one cell of the fault matrix.
+//! Every case runs in CI: the power off of the active node, and the whole fault matrix
+//! (`matrix_case` runs one cell), each on a cluster of its own, so nextest runs them two at a
+//! time in its `peers` group (.config/nextest.toml).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -82,6 +83,19 @@ fn not_running(pid: u32) -> bool {
     }
 }
 
+thread_local! {
+    /// When the running case began, for its `PHASE` lines.
+    static CASE_START: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Prints how far into the case `what` was reached, so a slow run shows where its time went
+/// (printed, never asserted: timings on 2 shared cores are not results).
+fn phase(what: &str) {
+    if let Some(t) = CASE_START.with(std::cell::Cell::get) {
+        eprintln!("PHASE {:>7.1?} {what}", t.elapsed());
+    }
+}
+
 /// What a failover run found.
 #[derive(Debug)]
 struct Failover {
@@ -109,16 +123,35 @@ enum FaultKind {
     Freeze,
 }
 
+/// What a failover run waits for after the fault.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// A survivor starts the writer (within 90 s); then both are watched for `settle`.
+    NewWriter {
+        /// How long to keep watching after the new writer's first record.
+        settle: Duration,
+    },
+    /// Fencing fails and the writer must start nowhere else: waits until Pacemaker records
+    /// the failed fencing (at most `verdict_within`), then watches for `settle` more.
+    NoWriter {
+        /// The bound for Pacemaker's verdict on the fencing.
+        verdict_within: Duration,
+        /// How long to keep watching after it.
+        settle: Duration,
+    },
+}
+
 /// Starts the cluster, configures it, waits for the writer, injects `fault` on the writer's
-/// node and waits for the writer on another node (or `settle` without one); then checks.
+/// node and waits as `expect` says (the writer on another node, or Pacemaker's failed
+/// fencing verdict); then checks.
 fn failover(
     c: &PacemakerCluster,
     fault: FaultKind,
-    expect_new: bool,
-    settle: Duration,
+    expect: Expect,
     prepare: impl FnOnce(&str),
 ) -> Failover {
     let old = c.wait_writer("node1", Duration::from_secs(90)).unwrap();
+    phase(&format!("writer placed on {old}"));
     let dev = c.volume().to_path_buf();
     // The writer really writes before the fault.
     let until = Instant::now() + Duration::from_secs(30);
@@ -139,19 +172,50 @@ fn failover(
         }
     }
     let t_fault_returned = mono_ns();
-    let until = Instant::now()
-        + if expect_new {
-            Duration::from_secs(90)
-        } else {
-            settle
-        };
+    phase(&format!("{fault:?} of {old} injected"));
+    let (mut until, settle) = match expect {
+        Expect::NewWriter { settle } => (Instant::now() + Duration::from_secs(90), settle),
+        Expect::NoWriter { verdict_within, .. } => {
+            (Instant::now() + verdict_within, Duration::ZERO)
+        }
+    };
+    let survivor = c
+        .lab()
+        .nodes()
+        .iter()
+        .map(|n| n.name().to_string())
+        .find(|n| *n != old)
+        .unwrap();
+    let mut fence_failed = false;
+    let mut next_history = Instant::now();
     let mut new = None;
     while Instant::now() < until {
         if let Some(r) = records(&dev).iter().find(|r| r.node != old) {
             new = Some(r.node.clone());
             break;
         }
+        if let Expect::NoWriter { settle, .. } = expect {
+            if !fence_failed && Instant::now() >= next_history {
+                next_history = Instant::now() + Duration::from_millis(500);
+                let h = c.pacemaker_fence_history(&survivor, &old).unwrap();
+                if h.iter().any(|e| !e.successful && !e.pending) {
+                    fence_failed = true;
+                    phase("Pacemaker recorded the failed fencing");
+                    // Watch on: a survivor must not start the container after the failure.
+                    until = Instant::now() + settle;
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    phase(&format!("new writer: {new:?}"));
+    if let Expect::NoWriter { verdict_within, .. } = expect {
+        assert!(
+            fence_failed || new.is_some(),
+            "Pacemaker recorded no failed fencing of {old} within {verdict_within:?}: {}",
+            c.tool(&survivor, "stonith_admin", &["--history", "*", "--verbose"])
+                .unwrap_or_default()
+        );
     }
     if new.is_some() {
         // Both would write for a while if the old copy still ran.
@@ -303,6 +367,7 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
         return;
     }
     let started = Instant::now();
+    CASE_START.with(|s| s.set(Some(started)));
     let c = PacemakerCluster::start(3, &bins()).unwrap();
     let formed = started.elapsed();
     c.configure("node1", StonithDevice::Palisade, true, WriterKind::Lxc)
@@ -310,8 +375,9 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
     let f = failover(
         &c,
         FaultKind::PowerOff,
-        true,
-        Duration::from_secs(2),
+        Expect::NewWriter {
+            settle: Duration::from_secs(2),
+        },
         |_| {},
     );
     eprintln!(
@@ -336,19 +402,12 @@ fn power_off_of_the_active_node_fails_over_through_fence_palisade() {
         cg.contains(&format!("lxc.payload.{}", c.container())),
         "the writer is not in its container: {cg}"
     );
+    phase("checks done");
     let l = leftovers(&c);
     drop(c);
     assert_nothing_left(&l);
-    eprintln!("whole run {:?}", started.elapsed());
-}
-
-/// The long variants run only with `PALISADE_LONG=1` (each starts its own cluster, ~40 s).
-fn long() -> bool {
-    let on = std::env::var_os("PALISADE_LONG").is_some_and(|v| v == "1");
-    if !on {
-        eprintln!("long variant: set PALISADE_LONG=1 to run it");
-    }
-    on && have_pacemaker()
+    phase("cleaned up");
+    eprintln!("CASE PowerOff / Works: whole run {:?}", started.elapsed());
 }
 
 fn cluster(device: StonithDevice, stonith: bool, writer: WriterKind) -> PacemakerCluster {
@@ -359,7 +418,14 @@ fn cluster(device: StonithDevice, stonith: bool, writer: WriterKind) -> Pacemake
 
 /// `failover` plus the checks of a fenced failover and of an empty machine afterwards.
 fn fenced_case(c: PacemakerCluster, fault: FaultKind, prepare: impl FnOnce(&str)) -> Failover {
-    let f = failover(&c, fault, true, Duration::from_secs(2), prepare);
+    let f = failover(
+        &c,
+        fault,
+        Expect::NewWriter {
+            settle: Duration::from_secs(2),
+        },
+        prepare,
+    );
     eprintln!(
         "{fault:?} of {}: writer on {:?} after {:?}; {} records of {} after the fault; {}",
         f.old,
@@ -383,13 +449,15 @@ fn fenced_case(c: PacemakerCluster, fault: FaultKind, prepare: impl FnOnce(&str)
             f.old
         );
     }
+    phase("checks done");
     let l = leftovers(&c);
     drop(c);
     assert_nothing_left(&l);
+    phase("cleaned up");
     f
 }
 
-/// What fencing can do in a long variant: the fault matrix of the issue is every
+/// What fencing can do in a case of the fault matrix: the matrix of the issue is every
 /// [`FaultKind`] times every `Fencing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fencing {
@@ -406,16 +474,18 @@ enum Fencing {
 
 /// One cell of the fault matrix on a fresh cluster with an LXC writer; prints its duration
 /// (`CASE ... whole run`), the figure the lead needs to size CI's budget.
-fn long_case(fault: FaultKind, fencing: Fencing) {
-    if !long() {
+fn matrix_case(fault: FaultKind, fencing: Fencing) {
+    if !have_pacemaker() {
         return;
     }
     let started = Instant::now();
+    CASE_START.with(|s| s.set(Some(started)));
     let c = cluster(
         StonithDevice::Palisade,
         fencing != Fencing::Disabled,
         WriterKind::Lxc,
     );
+    phase("cluster formed and configured");
     match fencing {
         Fencing::Works => {
             fenced_case(c, fault, |_| {});
@@ -433,83 +503,89 @@ fn long_case(fault: FaultKind, fencing: Fencing) {
 /// (a) The active node's network is cut while its container keeps writing: the survivors
 /// fence it through fence_palisade (its BMC), then start the container.
 #[test]
-fn long_network_cut_of_the_active_node_fails_over_through_fence_palisade() {
-    long_case(FaultKind::NetworkCut, Fencing::Works);
+fn network_cut_of_the_active_node_fails_over_through_fence_palisade() {
+    matrix_case(FaultKind::NetworkCut, Fencing::Works);
 }
 
 /// (b) The active node's Corosync and Pacemaker freeze (SIGSTOP) while its container keeps
 /// writing: the survivors fence it, then start the container.
 #[test]
-fn long_frozen_cluster_stack_of_the_active_node_fails_over_through_fence_palisade() {
-    long_case(FaultKind::Freeze, Fencing::Works);
+fn frozen_cluster_stack_of_the_active_node_fails_over_through_fence_palisade() {
+    matrix_case(FaultKind::Freeze, Fencing::Works);
 }
 
 /// The same writer as a plain process (`ocf:heartbeat:anything`), power off.
 #[test]
-fn long_power_off_with_an_ocf_anything_writer() {
-    if !long() {
+fn power_off_with_an_ocf_anything_writer() {
+    if !have_pacemaker() {
         return;
     }
+    let started = Instant::now();
+    CASE_START.with(|s| s.set(Some(started)));
     let c = cluster(StonithDevice::Palisade, true, WriterKind::Anything);
     fenced_case(c, FaultKind::PowerOff, |_| {});
+    eprintln!(
+        "CASE PowerOff / Works, ocf:anything: whole run {:?}",
+        started.elapsed()
+    );
 }
 
 /// (a) with a stuck BMC: the PDU outlet fences the cut node.
 #[test]
-fn long_stuck_bmc_the_pdu_outlet_fences() {
-    long_case(FaultKind::NetworkCut, Fencing::StuckBmc);
+fn stuck_bmc_the_pdu_outlet_fences() {
+    matrix_case(FaultKind::NetworkCut, Fencing::StuckBmc);
 }
 
 /// (b) with a stuck BMC: the PDU outlet fences the frozen node.
 #[test]
-fn long_stuck_bmc_the_pdu_outlet_fences_a_frozen_node() {
-    long_case(FaultKind::Freeze, Fencing::StuckBmc);
+fn stuck_bmc_the_pdu_outlet_fences_a_frozen_node() {
+    matrix_case(FaultKind::Freeze, Fencing::StuckBmc);
 }
 
 /// (c) with a stuck BMC: the dead node's BMC still reads on, so only the outlet can
 /// confirm it off.
 #[test]
-fn long_stuck_bmc_the_pdu_outlet_fences_a_powered_off_node() {
-    long_case(FaultKind::PowerOff, Fencing::StuckBmc);
+fn stuck_bmc_the_pdu_outlet_fences_a_powered_off_node() {
+    matrix_case(FaultKind::PowerOff, Fencing::StuckBmc);
 }
 
 /// (a) with both levels failing: the container stays down, nothing is written twice.
 #[test]
-fn long_both_levels_fail_the_container_stays_down() {
-    long_case(FaultKind::NetworkCut, Fencing::BothLevelsFail);
+fn both_levels_fail_the_container_stays_down() {
+    matrix_case(FaultKind::NetworkCut, Fencing::BothLevelsFail);
 }
 
 /// (b) with both levels failing: the frozen node's container keeps writing alone.
 #[test]
-fn long_both_levels_fail_a_frozen_node_keeps_the_container() {
-    long_case(FaultKind::Freeze, Fencing::BothLevelsFail);
+fn both_levels_fail_a_frozen_node_keeps_the_container() {
+    matrix_case(FaultKind::Freeze, Fencing::BothLevelsFail);
 }
 
 /// (c) with both levels failing: the node is dead, but nothing can confirm it, so
 /// Pacemaker does not start the container elsewhere.
 #[test]
-fn long_both_levels_fail_a_powered_off_node_the_container_stays_down() {
-    long_case(FaultKind::PowerOff, Fencing::BothLevelsFail);
+fn both_levels_fail_a_powered_off_node_the_container_stays_down() {
+    matrix_case(FaultKind::PowerOff, Fencing::BothLevelsFail);
 }
 
 /// (a) without STONITH: overlapping writes.
 #[test]
-fn long_without_stonith_a_cut_gives_overlapping_writes() {
-    long_case(FaultKind::NetworkCut, Fencing::Disabled);
+fn without_stonith_a_cut_gives_overlapping_writes() {
+    matrix_case(FaultKind::NetworkCut, Fencing::Disabled);
 }
 
 /// (b) without STONITH: overlapping writes (the frozen stack cannot stop its container).
 #[test]
-fn long_without_stonith_a_freeze_gives_overlapping_writes() {
-    long_case(FaultKind::Freeze, Fencing::Disabled);
+fn without_stonith_a_freeze_gives_overlapping_writes() {
+    matrix_case(FaultKind::Freeze, Fencing::Disabled);
 }
 
 /// (c) without STONITH: Pacemaker takes a node that left the membership for down when it
 /// cannot fence, and starts the container at once; the node really is dead, so no write
 /// overlaps (luck, not safety: the same cluster overlaps on a cut or a freeze).
 #[test]
-fn long_without_stonith_a_power_off_fails_over_without_overlap() {
-    long_case(FaultKind::PowerOff, Fencing::Disabled);
+fn without_stonith_a_power_off_fails_over_without_overlap() {
+    matrix_case(FaultKind::PowerOff, Fencing::Disabled);
 }
 
 fn survivors_of(c: &PacemakerCluster, old: &str) -> Vec<String> {
@@ -556,9 +632,22 @@ fn stuck_bmc(c: PacemakerCluster, fault: FaultKind) {
     );
 }
 
+/// How the both-levels-failing cases wait. One fenced operation with both levels stuck takes
+/// about 10 s (level 1: the BMC acknowledges and reads back on for fenced's 5 s attempt
+/// timeout; level 2: the same at the outlet). Pacemaker's fencer runs the device on every
+/// survivor that has it (2 here), so its verdict comes about 20 s after the fence request,
+/// some 23 s after the fault (`pcmk_off_retries=1`, see `PacemakerCluster::configure`; with
+/// Pacemaker's default of 2 it took 40 s, and the former fixed 25 s wait ended while the
+/// operation was still pending). Then 5 s more show that no survivor starts the container
+/// after the failure either.
+const BOTH_LEVELS_FAIL_WAIT: Expect = Expect::NoWriter {
+    verdict_within: Duration::from_secs(60),
+    settle: Duration::from_secs(5),
+};
+
 fn both_levels_fail(c: PacemakerCluster, fault: FaultKind) {
     let pdu = c.pdu().unwrap().clone();
-    let f = failover(&c, fault, false, Duration::from_secs(25), |old| {
+    let f = failover(&c, fault, BOTH_LEVELS_FAIL_WAIT, |old| {
         stick_bmc(&c, old);
         pdu.set_outlet_stuck(node_index(old), true);
     });
@@ -592,26 +681,54 @@ fn both_levels_fail(c: PacemakerCluster, fault: FaultKind) {
         // Its Pacemaker may stop the container on losing quorum (no-quorum-policy=stop).
         FaultKind::NetworkCut => assert!(procs.iter().all(|n| *n == f.old), "{procs:?}"),
     }
+    phase("placement and processes checked");
     let pcmk = c.pacemaker_fence_history(&survivors[0], &f.old).unwrap();
+    phase("Pacemaker's fence history read");
+    // Every attempt Pacemaker made, for the log: how often it retried in the wait.
+    if let Ok(raw) = c.tool(
+        &survivors[0],
+        "stonith_admin",
+        &["--history", "*", "--verbose"],
+    ) {
+        eprintln!("stonith_admin --history '*' on {}:\n{raw}", survivors[0]);
+    }
     assert!(pcmk.iter().all(|e| !e.successful), "{pcmk:?}");
     assert!(
-        pcmk.iter().any(|e| !e.successful),
+        pcmk.iter().any(|e| !e.successful && !e.pending),
         "no failed fencing recorded: {pcmk:?}"
     );
+    // fenced says the same: nothing succeeded, and the survivors' fenceds ran the failed
+    // operations Pacemaker recorded.
+    let mut failed = 0;
     for s in &survivors {
         let h = c.fenced_history(s, &f.old, &fence_node_bin()).unwrap();
         assert!(
             h.iter().all(|o| o["state"] != "succeeded"),
             "{s} says fenced: {h:?}"
         );
+        failed += h.iter().filter(|o| o["state"] == "failed").count();
     }
+    assert!(
+        failed > 0,
+        "no fenced recorded a failed operation on {}",
+        f.old
+    );
+    phase("checks done");
     let l = leftovers(&c);
     drop(c);
     assert_nothing_left(&l);
+    phase("cleaned up");
 }
 
 fn without_stonith(c: PacemakerCluster, fault: FaultKind) {
-    let f = failover(&c, fault, true, Duration::from_secs(3), |_| {});
+    let f = failover(
+        &c,
+        fault,
+        Expect::NewWriter {
+            settle: Duration::from_secs(3),
+        },
+        |_| {},
+    );
     eprintln!(
         "{fault:?} without STONITH: {} records of {} after {:?} started writing (writer there after {:?}); {}",
         f.verdict.first_after_second.len(),
@@ -651,9 +768,11 @@ fn without_stonith(c: PacemakerCluster, fault: FaultKind) {
             assert!(!f.verdict.is_clean(), "{}", f.verdict.summary());
         }
     }
+    phase("checks done");
     let l = leftovers(&c);
     drop(c);
     assert_nothing_left(&l);
+    phase("cleaned up");
 }
 
 /// Resident memory of every process of the cluster (all nodes' cgroup trees), MiB, in all
@@ -735,7 +854,14 @@ fn figure_failover_palisade_vs_fence_ipmilan() {
                     );
                 }
                 rss.push(total);
-                let f = failover(&c, fault, true, Duration::from_millis(500), |_| {});
+                let f = failover(
+                    &c,
+                    fault,
+                    Expect::NewWriter {
+                        settle: Duration::from_millis(500),
+                    },
+                    |_| {},
+                );
                 // The same checks for both devices: clean log, container on exactly one
                 // node, fence histories agreeing, the old node off at its BMC, nothing left.
                 assert_fenced_failover(&c, &f, device);
