@@ -554,3 +554,37 @@ fn readme_relay_and_serial_pdu_examples_pass_check_config() {
         assert!(!out.contains("pdu-secret"), "{out}");
     }
 }
+
+/// A described serial-PDU dialogue whose status pattern cannot be read (a column named twice)
+/// is refused by `fenced check-config` at its line, saying what was expected.
+#[test]
+fn check_config_refuses_a_serial_dialogue_whose_status_pattern_is_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fenced.toml");
+    let text = "[devices.pdu]\nkind = \"serial-pdu\"\naddress = \"192.0.2.30:2001\"\n\n\
+                [devices.pdu.dialogue]\nprompts = [\"PDU>\"]\noff = \"off {outlet}\"\non = \"on {outlet}\"\n\
+                status = \"status\"\nlogout = \"quit\"\nstatus_layout = \"pipe-table\"\nstatus_columns = [0, 2, 2]\n\n\
+                [targets.node1]\nlevels = [[\"pdu:1\"]]\n";
+    std::fs::write(&p, text).unwrap();
+    let o = check(&p);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:12: devices.pdu.dialogue.status_columns: expected three different columns [ID, NAME, STATE], each 0 to 15, found [0, 2, 2]",
+            p.display()
+        )),
+        "{err}"
+    );
+    // The same dialogue with a readable pattern passes, and check-config names it.
+    std::fs::write(&p, text.replace("[0, 2, 2]", "[0, 1, 2]")).unwrap();
+    let o = check(&p);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("dialogue of devices.pdu"), "{out}");
+}

@@ -297,3 +297,57 @@ fn figures_off_to_confirmed_ours_vs_fence_wti() {
         );
     }
 }
+
+/// A site's own dialogue, written in config as the WTI text interface (model.rs `WTI_NPS`),
+/// against the simulator's WTI console on TCP: fenced fences the outlet through the described
+/// dialogue alone (no `model`), reading the status screen back, and powers it on again.
+#[test]
+fn a_dialogue_described_in_config_fences_an_outlet_of_the_wti_simulator() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut spec = SerialLabSpec::new(1, 3, model::by_name("wti").unwrap());
+    spec.names = ["db1", "db2", "db3"].map(String::from).to_vec();
+    spec.password = Some(Secret::new(PASSWORD.into()));
+    spec.pty = false;
+    let lab = rt.block_on(SerialLab::start(spec)).unwrap();
+    let pdu = &lab.pdus()[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pw = secret_file(dir, "console.pw", PASSWORD);
+    let cfg = format!(
+        "[daemon]\nsocket = {sock:?}\nhistory = {hist:?}\n\n[defaults]\nattempt_timeout_s = 3\ntotal_timeout_s = 8\n\n\
+         [devices.site-pdu]\nkind = \"serial-pdu\"\naddress = \"{tcp}\"\npassword_file = {pw:?}\nread_timeout_ms = 500\nreply_timeout_ms = 2500\n\n\
+         [devices.site-pdu.dialogue]\nprompts = [\"NPS>\"]\nuser_prompts = [\"login:\"]\npassword_prompts = [\"password:\"]\n\
+         line_ending = \"crlf\"\noff = \"/OFF {{outlet}},Y\"\non = \"/ON {{outlet}},Y\"\nstatus = \"/S\"\n\
+         confirm_question = \"sure?\"\nconfirm_answer = \"Y\"\nlogout = \"/X\"\n\
+         status_layout = \"pipe-table\"\nstatus_columns = [0, 1, 2]\nerror_markers = [\"invalid\"]\n\n\
+         [targets.db2]\nlevels = [[\"site-pdu:db2\"]]\n",
+        sock = dir.join("fenced.sock"),
+        hist = dir.join("history.redb"),
+        tcp = pdu.tcp().unwrap(),
+    );
+    let config = dir.join("fenced.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let fenced = Fenced::start(dir, &config);
+    let s = fenced.fenced_ok("off", "db2", "site dialogue");
+    assert!(s.contains("FENCED") && !s.contains("NOT FENCED"), "{s}");
+    assert_eq!(
+        (pdu.outlet_on(1), pdu.outlet_on(2), pdu.outlet_on(3)),
+        (Some(true), Some(false), Some(true))
+    );
+    let op = fenced.last_op("db2");
+    assert_eq!(
+        op["outcome"]["confirmation"]["method"], "power_read_back",
+        "{op}"
+    );
+    assert!(
+        pdu.received().iter().any(|l| l == "/OFF db2,Y"),
+        "{:?}",
+        pdu.received()
+    );
+    fenced.fenced_ok("on", "db2", "site dialogue");
+    assert_eq!(pdu.outlet_on(2), Some(true));
+}

@@ -3,8 +3,8 @@
 //!
 //! The command sets are described from the vendors' manuals (WTI NPS/IPS user's guide, APC
 //! Switched Rack PDU CLI guide, BayTech RPC owner's manual); a new model is a new table entry
-//! here. Configuration only names a built-in model (`model = "wti"`): a site whose firmware
-//! speaks a different dialogue cannot describe it in the config file, it needs an entry here.
+//! here. Configuration names a built-in model (`model = "wti"`) or, for a firmware that speaks
+//! another dialogue, describes one in the same terms (fenced's `[devices.NAME.dialogue]`).
 
 /// How a status reply lays out one outlet per line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,22 @@ pub enum StatusLayout {
         id_end: char,
     },
 }
+
+/// The words a status reply uses for an outlet's state, matched whole and case-insensitively
+/// (a trailing `*`, a plug still switching, reads as unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateWords {
+    /// Words that mean the outlet has power.
+    pub on: &'static [&'static str],
+    /// Words that mean it has none.
+    pub off: &'static [&'static str],
+}
+
+/// `ON` and `OFF`, as every built-in model prints them.
+pub const ON_OFF: StateWords = StateWords {
+    on: &["on"],
+    off: &["off"],
+};
 
 /// How the PDU says a switching command was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +83,8 @@ pub struct Model {
     pub logout: &'static str,
     /// How the status reply is read.
     pub layout: StatusLayout,
+    /// What the state column says.
+    pub states: StateWords,
     /// How a switching command is acknowledged.
     pub ack: Ack,
     /// Substrings (case-insensitive) of lines that mean the command was refused.
@@ -100,6 +118,7 @@ pub const WTI_NPS: Model = Model {
         name: 1,
         state: 2,
     },
+    states: ON_OFF,
     ack: Ack::Prompt,
     error_markers: &["invalid", "access denied", "not owned"],
 };
@@ -125,6 +144,7 @@ pub const APC_AP79XX: Model = Model {
     confirm: None,
     logout: "exit",
     layout: StatusLayout::Numbered { id_end: ':' },
+    states: ON_OFF,
     ack: Ack::ResultCode,
     error_markers: &[],
 };
@@ -150,6 +170,7 @@ pub const BAYTECH_RPC: Model = Model {
     confirm: Some(("(y/n)", "Y")),
     logout: "LOGOUT",
     layout: StatusLayout::Numbered { id_end: ')' },
+    states: ON_OFF,
     ack: Ack::Prompt,
     error_markers: &["input error", "invalid", "error"],
 };

@@ -8,7 +8,7 @@
 //! never repaired, so line noise can never turn `On` into `Off`. Resynchronisation is by
 //! line: after garbage, the next complete line is read afresh.
 
-use super::model::{Ack, Model, StatusLayout};
+use super::model::{Ack, Model, StateWords, StatusLayout};
 use crate::PowerState;
 
 /// Longest line kept; a longer one is garbage (a PDU's widest status screen is under 100
@@ -140,16 +140,16 @@ pub struct OutletStatus {
 
 /// The state word of a status line, or `None` if it is not one (then the line is not a
 /// status line at all, so a header or noise never yields an outlet).
-fn state_word(word: &str) -> Option<PowerState> {
+fn state_word(states: StateWords, word: &str) -> Option<PowerState> {
     let w = word.trim();
     // A trailing `*` marks a plug still switching (WTI): its state is not yet known.
     let (w, busy) = match w.strip_suffix('*') {
         Some(rest) => (rest.trim_end(), true),
         None => (w, false),
     };
-    let state = if w.eq_ignore_ascii_case("on") {
+    let state = if states.on.iter().any(|s| w.eq_ignore_ascii_case(s)) {
         PowerState::On
-    } else if w.eq_ignore_ascii_case("off") {
+    } else if states.off.iter().any(|s| w.eq_ignore_ascii_case(s)) {
         PowerState::Off
     } else {
         return None;
@@ -166,7 +166,11 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Reads one cleaned line as a status line of `layout`, if it is one.
-pub fn parse_status_line(layout: StatusLayout, line: &str) -> Option<OutletStatus> {
+pub fn parse_status_line(
+    layout: StatusLayout,
+    states: StateWords,
+    line: &str,
+) -> Option<OutletStatus> {
     match layout {
         StatusLayout::PipeTable { id, name, state } => {
             let line = line.trim();
@@ -180,7 +184,7 @@ pub fn parse_status_line(layout: StatusLayout, line: &str) -> Option<OutletStatu
             let body = line.strip_prefix('|').unwrap_or(line);
             let cols: Vec<&str> = body.split('|').map(str::trim).collect();
             let oid = *cols.get(id)?;
-            let st = state_word(cols.get(state)?)?;
+            let st = state_word(states, cols.get(state)?)?;
             if !valid_id(oid) {
                 return None;
             }
@@ -201,7 +205,7 @@ pub fn parse_status_line(layout: StatusLayout, line: &str) -> Option<OutletStatu
                 Some((name, st)) => (name, st),
                 None => ("", rest),
             };
-            let st = state_word(st)?;
+            let st = state_word(states, st)?;
             Some(OutletStatus {
                 id: oid.to_string(),
                 // BayTech pads the name with leader dots, printed `...` or `. . .` (DS-RPC
@@ -235,7 +239,7 @@ pub fn parse_status(model: &Model, buf: &[u8]) -> StatusReport {
     for raw in lines {
         match clean_line(raw) {
             Some(text) => {
-                if let Some(o) = parse_status_line(model.layout, &text) {
+                if let Some(o) = parse_status_line(model.layout, model.states, &text) {
                     report.outlets.push(o);
                 }
             }

@@ -27,6 +27,7 @@ mod redfish;
 mod relay;
 mod sbd;
 mod secret;
+mod serial_dialogue;
 mod serial_pdu;
 mod snmp_pdu;
 mod table;
@@ -190,7 +191,7 @@ const MAX_WINDOW_S: i64 = 7 * 86_400;
 /// The file being read: turns byte offsets into lines, paths into absolute ones, and looks up
 /// environment variables.
 pub(crate) struct Ctx<'a> {
-    file: &'a Path,
+    pub(crate) file: &'a Path,
     text: &'a str,
     /// The config file's directory: relative paths in it are relative to this.
     base_dir: &'a Path,

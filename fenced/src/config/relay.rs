@@ -2,8 +2,13 @@
 //! cut or power button with an optional sense line, straight into the driver's
 //! [`LineConfig`]. Level entries name its lines (`relays:node2`).
 //!
-//! The address of a relay device is its GPIO chip (`/dev/gpiochip0`): that is what must exist
-//! and what fenced must be allowed to open. A sense line is on the same chip as its relay.
+//! Two backends (`backend = "cdev" | "rppal"`):
+//! - `cdev` (the default): the Linux GPIO character device. The address of the device is its
+//!   GPIO chip (`/dev/gpiochip0`): that is what must exist and what fenced must be allowed to
+//!   open. A sense line is on the same chip as its relay.
+//! - `rppal`: a Raspberry Pi's GPIO registers through rppal (fenced's feature `rppal`), lines
+//!   named by BCM number and no `chip`. A fenced built without the feature, or a configured
+//!   board that is not a Raspberry Pi, is refused at the `backend` line.
 
 use super::device::{DeviceCx, KindSettings, KindTable};
 use super::ConfigError;
@@ -30,11 +35,18 @@ const SETTLE_MS: (u32, u32) = (0, 60_000);
 const SENSE_TIMEOUT_MS: (u32, u32) = (100, 600_000);
 /// How often the sense line is read while waiting.
 const SENSE_POLL_MS: (u32, u32) = (10, 10_000);
+/// BCM GPIO numbers rppal can address: BCM2711 has 58 (GPIO0-57), RP1's first bank 28.
+const BCM: (u32, u32) = (0, 57);
+/// How the rppal backend names the Raspberry Pi's GPIO block (the device's address).
+const RPPAL_ADDRESS: &str = "Raspberry Pi GPIO (rppal)";
+/// Profiles whose GPIO rppal drives (boards/profiles): the Raspberry Pi SoCs and RP1.
+const RPPAL_BOARDS: &[&str] = &["raspberry-pi-", "compute-module-"];
 
 /// `[devices.NAME]` with `kind = "relay"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RelayTable {
+    backend: Option<Spanned<String>>,
     chip: Option<Spanned<PathBuf>>,
     // Plain tables: toml gives no span for a table written under its own header.
     lines: Option<BTreeMap<String, LineTable>>,
@@ -68,10 +80,23 @@ pub struct RelayLine {
     pub sense_offset: Option<u32>,
 }
 
-/// A checked relay device: its chip and its lines, in name order.
+/// Which GPIO access drives the lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayBackend {
+    /// The Linux GPIO character device (`gpiocdev`): any board, lines requested exclusively.
+    Cdev,
+    /// A Raspberry Pi's GPIO registers through `rppal` (fenced's feature `rppal`), by BCM number.
+    Rppal,
+}
+
+/// A checked relay device: its backend, its chip and its lines, in name order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySettings {
-    /// The GPIO character device, e.g. `/dev/gpiochip0`.
+    /// Which GPIO access drives the lines.
+    pub backend: RelayBackend,
+    /// The GPIO character device, e.g. `/dev/gpiochip0` (`cdev`). With `rppal`, the board
+    /// profile's header chip, whose offsets are the BCM numbers, used only for the board
+    /// checks (empty without a board).
     pub chip: PathBuf,
     /// The lines.
     pub lines: Vec<RelayLine>,
@@ -86,12 +111,29 @@ impl KindTable for RelayTable {
     const SECRETS: &'static [&'static str] = &[];
 
     fn resolve(self, cx: &DeviceCx<'_>) -> Result<RelaySettings, ConfigError> {
-        let chip = cx.required(
-            &self.chip,
-            "chip",
-            "a relay device needs `chip = \"/dev/gpiochipN\"` (`gpiodetect` lists the chips)",
-        )?;
-        let chip = cx.path(chip.get_ref());
+        let backend = backend(cx, &self.backend)?;
+        let chip = match backend {
+            RelayBackend::Cdev => {
+                let chip = cx.required(
+                    &self.chip,
+                    "chip",
+                    "a relay device needs `chip = \"/dev/gpiochipN\"` (`gpiodetect` lists the chips)",
+                )?;
+                cx.path(chip.get_ref())
+            }
+            RelayBackend::Rppal => {
+                if let Some(c) = &self.chip {
+                    return Err(cx.at(c, "chip", "the rppal backend drives the SoC's GPIO registers by BCM number, not a character device; remove `chip` (or use `backend = \"cdev\"`)"));
+                }
+                // The header chip's offsets are the BCM numbers rppal takes, so the board's
+                // line checks apply unchanged.
+                cx.ctx
+                    .board()
+                    .and_then(|b| b.board.header_chip())
+                    .map(|c| PathBuf::from(&c.chip))
+                    .unwrap_or_default()
+            }
+        };
         let lines = match &self.lines {
             Some(l) if !l.is_empty() => l,
             _ => return Err(cx.missing("lines", "a relay device needs at least one line: `[devices.NAME.lines.LINE]` with `line`, `polarity` and `mode`")),
@@ -101,7 +143,7 @@ impl KindTable for RelayTable {
         let mut used: BTreeMap<u32, String> = BTreeMap::new();
         let mut out = Vec::with_capacity(lines.len());
         for (name, t) in lines {
-            let line = t.resolve(cx, name, &chip)?;
+            let line = t.resolve(cx, name, &chip, backend)?;
             // The configured board must have the line, and with a HAT the output must be one
             // of its relays at its polarity (a wrong one switches it when fenced claims it).
             let role = boards::LineRole::Relay(match line.config.polarity {
@@ -141,18 +183,56 @@ impl KindTable for RelayTable {
             }
             out.push(line);
         }
-        let board_label = cx.ctx.board().and_then(|b| {
-            b.board
-                .gpio
-                .iter()
-                .find(|c| c.is_at(&chip))
-                .map(|c| c.label.clone())
-        });
+        // rppal reads no chip label: only the character device can name the wrong chip.
+        let board_label = (backend == RelayBackend::Cdev)
+            .then(|| cx.ctx.board())
+            .flatten()
+            .and_then(|b| {
+                b.board
+                    .gpio
+                    .iter()
+                    .find(|c| c.is_at(&chip))
+                    .map(|c| c.label.clone())
+            });
         Ok(RelaySettings {
+            backend,
             chip,
             lines: out,
             board_label,
         })
+    }
+}
+
+/// Reads `backend`: `cdev` unless written. `rppal` needs fenced's `rppal` feature and, when a
+/// board is configured, a Raspberry Pi board (rppal reads the SoC's registers and refuses any
+/// other machine at start; refusing it here says so at check-config, at the line).
+fn backend(cx: &DeviceCx<'_>, v: &Option<Spanned<String>>) -> Result<RelayBackend, ConfigError> {
+    let Some(v) = v else {
+        return Ok(RelayBackend::Cdev);
+    };
+    match v.get_ref().as_str() {
+        "cdev" => Ok(RelayBackend::Cdev),
+        "rppal" if !cfg!(feature = "rppal") => Err(cx.at(
+            v,
+            "backend",
+            "this fenced was built without its `rppal` feature; use `backend = \"cdev\"` (the GPIO character device, which every Raspberry Pi OS and Debian kernel has) or a fenced built with `--features rppal`",
+        )),
+        "rppal" => match cx.ctx.board() {
+            Some(b) if !RPPAL_BOARDS.iter().any(|p| b.name.starts_with(p)) => Err(cx.at(
+                v,
+                "backend",
+                format!(
+                    "the rppal backend only drives a Raspberry Pi's GPIO, and board `{}` is not one; use `backend = \"cdev\"`",
+                    b.name
+                ),
+            )),
+            _ => Ok(RelayBackend::Rppal),
+        },
+        other => Err(cx.at(
+            v,
+            "backend",
+            format!("expected \"cdev\" or \"rppal\", found `{other}`"),
+        )),
     }
 }
 
@@ -199,6 +279,7 @@ impl LineTable {
         cx: &DeviceCx<'_>,
         name: &str,
         chip: &std::path::Path,
+        backend: RelayBackend,
     ) -> Result<RelayLine, ConfigError> {
         let f = |field: &str| format!("lines.{name}.{field}");
         // A missing setting is reported at the line's first setting (its table's first line),
@@ -214,7 +295,12 @@ impl LineTable {
                 "a relay line needs `line = N`, its offset on the chip (`gpioinfo` lists them)",
             )
         })?;
-        let offset = cx.count(&Some(line.clone()), &f("line"), 0, OFFSET, "")?;
+        // rppal addresses BCM numbers, a much smaller range than a chip's offsets.
+        let range = match backend {
+            RelayBackend::Cdev => OFFSET,
+            RelayBackend::Rppal => BCM,
+        };
+        let offset = cx.count(&Some(line.clone()), &f("line"), 0, range, "")?;
         // Required, not defaulted: a wrong polarity would cut every node's power the moment
         // fenced claims the lines.
         let pol = self.polarity.as_ref().ok_or_else(|| {
@@ -286,7 +372,7 @@ impl LineTable {
                 (None, None)
             }
             Some(s) => {
-                let offset = cx.count(&Some(s.clone()), &f("sense_line"), 0, OFFSET, "")?;
+                let offset = cx.count(&Some(s.clone()), &f("sense_line"), 0, range, "")?;
                 let sp = self.sense_polarity.as_ref().ok_or_else(|| {
                     missing("sense_polarity", "a sense line needs `sense_polarity = \"active-high\"` or `\"active-low\"` (the level that means the node has power)")
                 })?;
@@ -327,7 +413,10 @@ impl LineTable {
             }
             _ => false,
         };
-        let label = |off: u32| format!("{} line {off}", chip.display());
+        let label = |off: u32| match backend {
+            RelayBackend::Cdev => format!("{} line {off}", chip.display()),
+            RelayBackend::Rppal => format!("BCM {off}"),
+        };
         Ok(RelayLine {
             config: LineConfig {
                 name: name.to_string(),
@@ -365,7 +454,10 @@ fn proof(c: &LineConfig) -> String {
 
 impl KindSettings for RelaySettings {
     fn address(&self) -> String {
-        self.chip.display().to_string()
+        match self.backend {
+            RelayBackend::Cdev => self.chip.display().to_string(),
+            RelayBackend::Rppal => RPPAL_ADDRESS.into(),
+        }
     }
 
     fn describe(&self) -> String {
@@ -401,11 +493,23 @@ impl KindSettings for RelaySettings {
                 )
             })
             .collect();
-        lines.join("; ")
+        match self.backend {
+            RelayBackend::Cdev => lines.join("; "),
+            RelayBackend::Rppal => format!("rppal, BCM numbers: {}", lines.join("; ")),
+        }
     }
 
-    #[cfg(target_os = "linux")]
     fn build(&self, _node_name: &str) -> Result<Arc<dyn PowerDevice>, DeviceError> {
+        match self.backend {
+            RelayBackend::Cdev => self.build_cdev(),
+            RelayBackend::Rppal => self.build_rppal(),
+        }
+    }
+}
+
+impl RelaySettings {
+    #[cfg(target_os = "linux")]
+    fn build_cdev(&self) -> Result<Arc<dyn PowerDevice>, DeviceError> {
         use drivers::relay::cdev::CdevPin;
         use drivers::relay::{LinePins, RelayDevice};
         if let Some(want) = &self.board_label {
@@ -427,12 +531,46 @@ impl KindSettings for RelaySettings {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn build(&self, _node_name: &str) -> Result<Arc<dyn PowerDevice>, DeviceError> {
+    fn build_cdev(&self) -> Result<Arc<dyn PowerDevice>, DeviceError> {
         Err(DeviceError::Hardware {
             device: self.chip.display().to_string(),
             detail:
                 "relay devices use the Linux GPIO character device; this build is not for Linux: run fenced on Linux"
                     .into(),
+        })
+    }
+
+    /// Opens the Raspberry Pi's GPIO block and takes the lines by BCM number. rppal holds no
+    /// kernel claim: it refuses a pin taken twice in this process, not one another process
+    /// drives (drivers/src/relay/rpi.rs), which is why `cdev` is the default.
+    #[cfg(feature = "rppal")]
+    fn build_rppal(&self) -> Result<Arc<dyn PowerDevice>, DeviceError> {
+        use drivers::relay::rpi;
+        use drivers::relay::{LinePins, RelayDevice};
+        let gpio = rpi::open()?;
+        let bcm = |off: u32| {
+            u8::try_from(off).map_err(|_| DeviceError::Policy {
+                detail: format!("BCM {off} is not a Raspberry Pi GPIO number; fix the line"),
+            })
+        };
+        let mut lines = Vec::with_capacity(self.lines.len());
+        for l in &self.lines {
+            let output = rpi::output(&gpio, bcm(l.offset)?, l.config.resting_level())?;
+            let sense = match l.sense_offset {
+                Some(off) => Some(rpi::input(&gpio, bcm(off)?)?),
+                None => None,
+            };
+            lines.push((l.config.clone(), LinePins { output, sense }));
+        }
+        Ok(Arc::new(RelayDevice::new(RPPAL_ADDRESS, lines)?))
+    }
+
+    /// The config refuses `backend = "rppal"` in this build; this says so again should a
+    /// settings value be made some other way.
+    #[cfg(not(feature = "rppal"))]
+    fn build_rppal(&self) -> Result<Arc<dyn PowerDevice>, DeviceError> {
+        Err(DeviceError::Policy {
+            detail: "this fenced was built without its `rppal` feature; use `backend = \"cdev\"` or a fenced built with `--features rppal`".into(),
         })
     }
 }
@@ -783,6 +921,111 @@ levels = [["relays:node1"]]
         let e = parse(&text).unwrap_err();
         assert_eq!(e.line, Some(line(&text, "timeout_ms = ")), "{e}");
         assert!(e.message.contains("unknown field `timeout_ms`"), "{e}");
+    }
+
+    #[test]
+    fn the_backend_is_cdev_unless_written_and_an_unknown_one_is_refused_at_its_line() {
+        assert_eq!(settings(&parse(BOARD).unwrap()).backend, RelayBackend::Cdev);
+        let text = BOARD.replacen(
+            "kind = \"relay\"",
+            "kind = \"relay\"\nbackend = \"cdev\"",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(settings(&c), settings(&parse(BOARD).unwrap()));
+        let text = BOARD.replacen(
+            "kind = \"relay\"",
+            "kind = \"relay\"\nbackend = \"sysfs\"",
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(line(&text, "backend = ")), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("/etc/palisade/fenced.toml:{}: devices.relays.backend: expected \"cdev\" or \"rppal\", found `sysfs`", line(&text, "backend = "))),
+            "{e}"
+        );
+    }
+
+    /// `BOARD` on the rppal backend: no `chip`, lines by BCM number.
+    fn rppal_board() -> String {
+        BOARD.replacen("chip = \"/dev/gpiochip0\"", "backend = \"rppal\"", 1)
+    }
+
+    #[cfg(not(feature = "rppal"))]
+    #[test]
+    fn rppal_in_a_build_without_the_feature_is_refused_at_the_backend_line() {
+        let text = rppal_board();
+        let e = parse(&text).unwrap_err();
+        let at = line(&text, "backend = ");
+        assert_eq!(e.line, Some(at), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("/etc/palisade/fenced.toml:{at}: devices.relays.backend: this fenced was built without its `rppal` feature; use `backend = \"cdev\"`")),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "rppal")]
+    #[test]
+    fn rppal_selects_bcm_pins_without_a_chip() {
+        let c = parse(&rppal_board()).unwrap();
+        let s = settings(&c);
+        assert_eq!(s.backend, RelayBackend::Rppal);
+        assert_eq!(c.devices["relays"].address(), "Raspberry Pi GPIO (rppal)");
+        assert_eq!(s.board_label, None);
+        let n1 = &s.lines[0];
+        assert_eq!((n1.offset, n1.sense_offset), (17, Some(27)));
+        assert_eq!(n1.config.output_label, "BCM 17");
+        assert_eq!(n1.config.sense_label.as_deref(), Some("BCM 27"));
+        // The same safety rule as on the character device: what each line can prove.
+        assert_eq!(n1.config.basis(), Basis::SenseLine);
+        let d = c.devices["relays"].kind.describe();
+        assert!(d.starts_with("rppal, BCM numbers: node1: line 17"), "{d}");
+        // On a Raspberry Pi board the header's lines are checked as BCM numbers.
+        let on_pi = format!("board = \"raspberry-pi-4\"\n{}", rppal_board());
+        let c = parse(&on_pi).unwrap();
+        assert_eq!(settings(&c).chip, Path::new("/dev/gpiochip0"));
+        let e = parse(&on_pi.replacen("line = 19", "line = 40", 1)).unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("devices.relays.lines.node3.line"),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "rppal")]
+    #[test]
+    fn rppal_refuses_a_chip_a_non_bcm_line_and_a_board_that_is_not_a_pi_at_their_line() {
+        let text = rppal_board().replacen(
+            "backend = \"rppal\"",
+            "backend = \"rppal\"\nchip = \"/dev/gpiochip0\"",
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(line(&text, "chip = ")), "{e}");
+        assert!(e.message.contains("remove `chip`"), "{e}");
+        let text = rppal_board().replacen("line = 18", "line = 58", 1);
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(line(&text, "line = 58")), "{e}");
+        assert!(e.message.contains("expected 0 to 57, found 58"), "{e}");
+        let text = format!("board = \"generic-x86\"\n{}", rppal_board());
+        let e = parse(&text).unwrap_err();
+        let at = line(&text, "backend = ");
+        assert!(
+            e.to_string().starts_with(&format!("/etc/palisade/fenced.toml:{at}: devices.relays.backend: the rppal backend only drives a Raspberry Pi's GPIO, and board `generic-x86` is not one")),
+            "{e}"
+        );
+    }
+
+    /// rppal on a machine that is not a Raspberry Pi (this one: no BCM GPIO block) fails at
+    /// build, saying so; the backend itself has never driven real BCM GPIO in CI.
+    #[cfg(feature = "rppal")]
+    #[test]
+    fn rppal_off_a_raspberry_pi_fails_the_build_saying_so() {
+        let c = parse(&rppal_board()).unwrap();
+        let e = crate::devices::build(&c).map(|_| ()).unwrap_err();
+        let t = e.to_string();
+        assert!(t.starts_with("device `relays` (kind relay): "), "{t}");
+        assert!(t.contains("rppal only works on a Raspberry Pi"), "{t}");
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! username = "admin"
 //! password_file = "/etc/palisade/pdu-a.pw"
 //! ```
+//!
+//! Instead of `model`, a console none of the built-in models speaks is described in
+//! `[devices.NAME.dialogue]` (serial_dialogue.rs).
 
 use super::device::{DeviceCx, KindSettings, KindTable};
 use super::ConfigError;
@@ -52,6 +55,8 @@ pub(crate) struct SerialPduTable {
     connect_timeout_ms: Option<Spanned<i64>>,
     read_timeout_ms: Option<Spanned<i64>>,
     reply_timeout_ms: Option<Spanned<i64>>,
+    // A plain table: toml gives no span for a table written under its own header.
+    dialogue: Option<Box<super::serial_dialogue::DialogueTable>>,
 }
 
 /// `HOST:PORT` with an explicit port (console servers put each line on its own port);
@@ -76,12 +81,23 @@ impl KindTable for SerialPduTable {
     const SECRETS: &'static [&'static str] = &["password"];
 
     fn resolve(self, cx: &DeviceCx<'_>) -> Result<SerialPduConfig, ConfigError> {
-        let model = cx.model(
-            &self.model,
-            "a serial-pdu",
-            &drivers::serial_pdu::model::names(),
-            drivers::serial_pdu::model::by_name,
-        )?;
+        // A built-in model or the site's own dialogue, never both: which one speaks would
+        // otherwise depend on a precedence rule the reader has to know.
+        let model = match (&self.dialogue, &self.model) {
+            (Some(_), Some(m)) => {
+                return Err(cx.at(m, "model", "this device also has a `[dialogue]`; give either `model` (a built-in dialogue) or the dialogue, not both"))
+            }
+            (Some(d), None) => d.resolve(cx)?,
+            (None, _) => cx.model(
+                &self.model,
+                "a serial-pdu",
+                &format!(
+                    "{}; or describe the console's own in `[devices.NAME.dialogue]`",
+                    drivers::serial_pdu::model::names()
+                ),
+                drivers::serial_pdu::model::by_name,
+            )?,
+        };
         let endpoint = match (&self.port, &self.address) {
             (Some(_), Some(a)) => {
                 return Err(cx.at(
