@@ -8,7 +8,9 @@
 //! - `refused`: N more requests that the per-target limit refuses (429);
 //! - `accept`: N requests on targets with a 30 s fence-race delay, so no device step runs: the
 //!   CPU of accepting a request up to its first device step; and fenced's idle RSS (VmRSS of
-//!   that fresh daemon once its start-up checks are done, before the first request).
+//!   that fresh daemon once its start-up checks are done, before the first request);
+//! - `devices`: `GET /v1/devices` latency and CPU with every device listed, and on-demand
+//!   health checks (`POST /v1/devices/{d}/monitor`), one at a time and on every device at once.
 //!
 //! Each line: how many succeeded / failed, the time to all confirmed (first request sent to
 //! last outcome read), fenced's CPU (utime+stime from /proc) over the phase divided by the
@@ -192,12 +194,44 @@ fn line(label: &str, delay: u64, phase: &str, r: &Round, cpu_s: f64, hwm_kib: u6
         cpu_s * 1000.0 / n as f64,
         hwm_kib
     );
+    let times: Vec<mass::OpTimes> = r
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Succeeded { times, .. } => *times,
+            _ => None,
+        })
+        .collect();
+    if let Some(t) = breakdown(&times) {
+        let _ = write!(s, "\n           {t}");
+    }
     let mut top: Vec<_> = reasons.into_iter().collect();
     top.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (reason, c) in top.into_iter().take(5) {
         let _ = write!(s, "\n           {c} x {reason}");
     }
     s
+}
+
+/// Where the succeeded operations' time went (fenced's clock): median / 90th percentile / max
+/// of each part, and fenced's own span from the first acceptance to the last outcome.
+fn breakdown(times: &[mass::OpTimes]) -> Option<String> {
+    let first = times.iter().map(|t| t.created_ms).min()?;
+    let last = times.iter().map(|t| t.finished_ms).max()?;
+    let q = |f: fn(&mass::OpTimes) -> u64| {
+        let mut v: Vec<u64> = times.iter().map(f).collect();
+        v.sort_unstable();
+        let at = |p: usize| v[(v.len() - 1) * p / 100];
+        format!("{}/{}/{}", at(50), at(90), at(100))
+    };
+    Some(format!(
+        "fenced's clock, ms median/p90/max: accepted->first step {}, steps {}, last step->outcome {}, polls {}; first accepted -> last outcome {} ms",
+        q(|t| t.to_step),
+        q(|t| t.steps),
+        q(|t| t.to_outcome),
+        q(|t| t.polls),
+        last.saturating_sub(first)
+    ))
 }
 
 async fn wait_healthz(client: &Client, fenced: &mut FencedProcess) -> Result<(), String> {
@@ -242,6 +276,90 @@ async fn wait_checked(client: &Client) -> Duration {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     t0.elapsed()
+}
+
+/// The median and the largest of `v` (sorted here), in ms.
+fn median_max_ms(v: &mut [Duration]) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match v {
+        [] => (0.0, 0.0),
+        _ => (ms(v[v.len() / 2]), ms(v[v.len() - 1])),
+    }
+}
+
+/// Latency and CPU of reads at the fleet's size, once every device has been checked:
+/// `GET /v1/devices` 20 times one after another, `POST /v1/devices/{d}/monitor` on 20 devices
+/// one after another, then on every device at once (wall time to the last answer, CPU per
+/// check). A failed call is counted, not timed.
+async fn devices_line(
+    label: &str,
+    delay: u64,
+    client: &Client,
+    names: &[String],
+    pid: u32,
+) -> String {
+    const N: usize = 20;
+    let mut failed = 0usize;
+    let mut size = 0usize;
+    let mut gets = Vec::with_capacity(N);
+    let (c0, _) = cpu_and_hwm(pid);
+    for _ in 0..N {
+        let t = Instant::now();
+        match client
+            .call("GET", "/v1/devices", None, Some(Duration::from_secs(30)))
+            .await
+        {
+            Ok(v) => {
+                gets.push(t.elapsed());
+                size = v.as_array().map_or(0, Vec::len);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let (c1, _) = cpu_and_hwm(pid);
+    let get_cpu = (c1 - c0) * 1000.0 / N as f64;
+    let check = |name: String| {
+        let client = client.clone();
+        async move {
+            let t = Instant::now();
+            let r = client
+                .call(
+                    "POST",
+                    &format!("/v1/devices/bmc-{name}/monitor"),
+                    None,
+                    Some(Duration::from_secs(60)),
+                )
+                .await;
+            let healthy = r
+                .as_ref()
+                .is_ok_and(|v| v.get("health").and_then(Value::as_str) == Some("healthy"));
+            (healthy, t.elapsed())
+        }
+    };
+    let mut one = Vec::with_capacity(N);
+    for name in names.iter().take(N) {
+        match check(name.clone()).await {
+            (true, d) => one.push(d),
+            (false, _) => failed += 1,
+        }
+    }
+    let (c0, _) = cpu_and_hwm(pid);
+    let t = Instant::now();
+    let all = mass::join_local(names.iter().cloned().map(check).collect()).await;
+    let all_wall = t.elapsed();
+    let (c1, _) = cpu_and_hwm(pid);
+    let unhealthy = all.iter().filter(|(ok, _)| !ok).count();
+    let mut all_lat: Vec<Duration> = all.into_iter().map(|(_, d)| d).collect();
+    let (g_med, g_max) = median_max_ms(&mut gets);
+    let (o_med, o_max) = median_max_ms(&mut one);
+    let (a_med, a_max) = median_max_ms(&mut all_lat);
+    format!(
+        "{label:>8} delay={delay:>3}ms devices  GET /v1/devices ({size} devices) median={g_med:.1}ms max={g_max:.1}ms cpu/req={get_cpu:.3}ms; one check median={o_med:.1}ms max={o_max:.1}ms; {n} checks at once all_ended={:.2}s median={a_med:.1}ms max={a_max:.1}ms cpu/check={:.3}ms unhealthy={unhealthy} failed_calls={failed}",
+        all_wall.as_secs_f64(),
+        (c1 - c0) * 1000.0 / names.len().max(1) as f64,
+        n = names.len(),
+    )
 }
 
 async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<String>, String> {
@@ -304,6 +422,9 @@ async fn run(opts: &Opts, label: &str, bin: &Path, delay: u64) -> Result<Vec<Str
     let r = mass::round(&client, &names, "off", false, send).await;
     let (c1, hwm) = cpu_and_hwm(pid);
     lines.push(line(label, delay, "refused", &r, c1 - c0, hwm));
+
+    // Reads at the fleet's size: `GET /v1/devices` (every device) and on-demand health checks.
+    lines.push(devices_line(label, delay, &client, &names, pid).await);
     fenced.stop(Duration::from_secs(10)).await;
 
     // Accepted, up to the first device step: a fresh history, every target behind a 30 s

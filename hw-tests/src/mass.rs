@@ -171,6 +171,8 @@ pub enum Outcome {
         id: u64,
         /// How it was confirmed (`power_read_back`, ...).
         method: String,
+        /// Where its time went, by fenced's own clock (from the operation's record).
+        times: Option<OpTimes>,
     },
     /// The operation failed, with its message.
     Failed(String),
@@ -178,6 +180,47 @@ pub enum Outcome {
     Refused(String),
     /// Accepted and not waited for.
     Accepted,
+}
+
+/// Where one operation's time went, in ms of fenced's clock, from the operation's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpTimes {
+    /// When fenced accepted the request (`created_ms`).
+    pub created_ms: u64,
+    /// Accepted to its first device step starting (the durable write of the operation, and
+    /// waiting for the runtime).
+    pub to_step: u64,
+    /// The first step's start to the last step's end (identity check, command, read-back).
+    pub steps: u64,
+    /// The last step's end to the outcome being stored (`finished_ms`).
+    pub to_outcome: u64,
+    /// Status reads after the command, summed over the confirmed steps.
+    pub polls: u64,
+    /// When the outcome was stored (`finished_ms`).
+    pub finished_ms: u64,
+}
+
+impl OpTimes {
+    /// The times of an operation's JSON record; `None` if a field is missing.
+    pub fn of(op: &Value) -> Option<OpTimes> {
+        let created = op.get("created_ms")?.as_u64()?;
+        let finished = op.get("finished_ms")?.as_u64()?;
+        let attempts = op.get("attempts")?.as_array()?;
+        let first = attempts.first()?.get("started_ms")?.as_u64()?;
+        let last = attempts.last()?.get("finished_ms")?.as_u64()?;
+        let polls = attempts
+            .iter()
+            .filter_map(|a| a.get("polls").and_then(Value::as_u64))
+            .sum();
+        Some(OpTimes {
+            created_ms: created,
+            to_step: first.saturating_sub(created),
+            steps: last.saturating_sub(first),
+            to_outcome: finished.saturating_sub(last),
+            polls,
+            finished_ms: finished,
+        })
+    }
 }
 
 /// One round's results.
@@ -319,6 +362,7 @@ async fn follow(client: &Client, id: u64) -> Outcome {
                             .and_then(Value::as_str)
                             .unwrap_or("")
                             .to_string(),
+                        times: OpTimes::of(&op),
                     }
                 }
                 Some("failed") => {

@@ -195,27 +195,35 @@ impl Engine {
         self.inner
             .devices
             .iter()
-            .map(|(name, slot)| {
-                let ds = st.device_status.get(name);
-                DeviceSummary {
-                    name: name.clone(),
-                    kind: slot.kind.clone(),
-                    address: slot.address.clone(),
-                    targets: self
-                        .inner
-                        .uses
-                        .get(name)
-                        .map(|u| u.iter().map(|(t, _)| t.clone()).collect())
-                        .unwrap_or_default(),
-                    health: ds.map_or(HealthState::Unknown, |d| d.health.clone()),
-                    identity: ds.and_then(|d| d.identity.clone()),
-                    error: ds.and_then(|d| d.error.clone()),
-                    checked_ms: ds.and_then(|d| d.checked_ms),
-                    warnings: slot.device.warnings(),
-                    outlets: ds.map(|d| d.outlets.clone()).unwrap_or_default(),
-                }
-            })
+            .map(|(name, slot)| self.device_summary(&st, name, slot))
             .collect()
+    }
+
+    /// One device with its last health check (what [`Engine::devices`] lists for it).
+    fn device_summary(
+        &self,
+        st: &super::State,
+        name: &str,
+        slot: &super::DeviceSlot,
+    ) -> DeviceSummary {
+        let ds = st.device_status.get(name);
+        DeviceSummary {
+            name: name.to_string(),
+            kind: slot.kind.clone(),
+            address: slot.address.clone(),
+            targets: self
+                .inner
+                .uses
+                .get(name)
+                .map(|u| u.iter().map(|(t, _)| t.clone()).collect())
+                .unwrap_or_default(),
+            health: ds.map_or(HealthState::Unknown, |d| d.health.clone()),
+            identity: ds.and_then(|d| d.identity.clone()),
+            error: ds.and_then(|d| d.error.clone()),
+            checked_ms: ds.and_then(|d| d.checked_ms),
+            warnings: slot.device.warnings(),
+            outlets: ds.map(|d| d.outlets.clone()).unwrap_or_default(),
+        }
     }
 
     /// Checks one device now (identity against every target that pins one) and returns it.
@@ -226,12 +234,17 @@ impl Engine {
             }));
         }
         check_device(&self.inner, name).await;
-        self.devices()
-            .into_iter()
-            .find(|d| d.name == name)
+        // This device's summary only: listing the whole fleet to return one device made each
+        // check cost O(devices) (5 ms of CPU per check at 1000 devices, mass_fence `devices`).
+        let slot = self
+            .inner
+            .devices
+            .get(name)
             .ok_or_else(|| EngineError::UnknownDevice {
                 device: name.to_string(),
-            })
+            })?;
+        let st = self.inner.state();
+        Ok(self.device_summary(&st, name, slot))
     }
 
     /// A scheduled (periodic or start-up) health check of `name`. Fencing comes first: the

@@ -792,6 +792,33 @@ async fn crash_after_a_command_was_recorded_says_it_may_have_been_sent() {
     assert!(h.verify_chain().is_ok());
 }
 
+/// An on-demand check answers with its own device's summary, the same one `devices()` lists,
+/// among several devices (it no longer lists the whole fleet to find it).
+#[tokio::test(start_paused = true)]
+async fn a_device_check_answers_the_summary_the_device_list_shows() {
+    let a = TestDevice::new(PowerState::On);
+    let b = TestDevice::new(PowerState::On);
+    let r = rig(
+        vec![target("n1", &[&["bmc-a"]]), target("n2", &[&["bmc-b"]])],
+        &[("bmc-a", &a), ("bmc-b", &b)],
+    );
+    let checked = r.engine.monitor_device("bmc-b").await.unwrap();
+    assert_eq!(
+        checked.name, "bmc-b",
+        "fenced/src/engine/monitor.rs: the checked device"
+    );
+    assert_eq!(checked.health, HealthState::Healthy);
+    assert_eq!(checked.targets, vec!["n2".to_string()]);
+    let listed = r.engine.devices();
+    let same = listed.iter().find(|d| d.name == "bmc-b").unwrap();
+    assert_eq!(
+        &checked, same,
+        "the check's answer and the list's entry for bmc-b differ"
+    );
+    let other = listed.iter().find(|d| d.name == "bmc-a").unwrap();
+    assert_eq!(other.health, HealthState::Unknown, "bmc-a was not checked");
+}
+
 #[tokio::test(start_paused = true)]
 async fn live_status_and_device_monitor() {
     let d = TestDevice::new(PowerState::On);
