@@ -14,6 +14,12 @@
 //! node1's processes run) is the `power-path` witness with `max_watts`: the outlet stays
 //! switched on whatever a BMC does, but its draw shows whether the node really went off.
 //!
+//! A shared SBD disk (a loop device) carries node1's heartbeat for the `disk-heartbeat`
+//! witness: node1's watcher runs in this test process (the bench's software watchdog and
+//! recording self-fence, `hw-tests/tests/watch_common`, never the real ones), and BMC 2's power
+//! hook stops it, as the node's power going stops its watcher. The lying BMC 1 leaves it
+//! writing.
+//!
 //! fenced, the BMCs and the PDU run inside the lab switch's network namespace (entered with setns(2)
 //! on a thread of their own, whose children and threads inherit it): from there the node's
 //! address is reachable and nothing is ever sent on the host's network.
@@ -21,19 +27,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+// node1's watcher, as hw-tests' own watcher tests run it (software watchdog, recording sink).
+#[path = "../../hw-tests/tests/watch_common/mod.rs"]
+mod watch_common;
 
 use common::process::{text, Fenced};
 use drivers::Secret;
 use hw_tests::lab::node::PowerEvent;
 use hw_tests::lab::snmp::{PduLab, PduLabSpec};
 use hw_tests::lab::{BackgroundLab, EventKind, Fault, LabSpec};
+use hw_tests::loopdev::LoopDevice;
 use hw_tests::node::{LabNet, LabNode, NodeProcess, NodeSpec};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "lab-password";
 const PORT: u16 = 5405;
@@ -86,11 +97,48 @@ fn running(pid: u32) -> bool {
     })
 }
 
+/// node1's heartbeat on the shared disk: its watcher (stopped by BMC 2's power off), then the
+/// disk (field order is drop order: the watcher ends before its disk goes).
+struct Heartbeat {
+    watcher: watch_common::Running,
+    disk: LoopDevice,
+}
+
+impl Heartbeat {
+    /// A fresh SBD disk with a heartbeat area (`palisade-sbd create`) and node1's watcher
+    /// writing to it, ready (slot allocated, watchdog fed) when returned.
+    fn start() -> Heartbeat {
+        let disks = watch_common::sbd_disks(1);
+        let path = disks[0].path().to_path_buf();
+        let watcher = watch_common::start(&[(path, None)], "node1");
+        assert!(
+            watcher.dog.fed_more(3, Duration::from_secs(30)),
+            "node1's watcher never fed its watchdog"
+        );
+        watch_common::wait_slot(&disks, "node1", Duration::from_secs(30));
+        let disk = disks.into_iter().next().unwrap();
+        Heartbeat { watcher, disk }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.disk.path()
+    }
+
+    /// Whether node1's watcher still runs (writes its heartbeat).
+    fn writing(&self) -> bool {
+        self.watcher
+            .handle
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+}
+
 // Field order is drop order: fenced first, then the BMCs (which hold the power hook), then
-// the node's processes, the lab network, the files.
+// node1's watcher and its disk, the node's processes, the lab network, the files.
 struct Bench {
     fenced: Fenced,
     lab: BackgroundLab,
+    heartbeat: Option<Heartbeat>,
     pdu: PduLab,
     _rt: tokio::runtime::Runtime,
     listener: NodeProcess,
@@ -102,6 +150,12 @@ struct Bench {
 /// Lab node `node1`; BMC 1 (`bmc-liar`) lies, BMC 2 (`bmc-real`) really powers node1.
 /// `target` is the `[targets.node1]` body after its header.
 fn bench(target: &str) -> Option<Bench> {
+    bench_with(target, false)
+}
+
+/// [`bench`], and with `heartbeat` node1's watcher writing its heartbeat to a shared SBD
+/// disk, watched by witness `node1-hb` (`disk-heartbeat`, settle_s = 1).
+fn bench_with(target: &str, heartbeat: bool) -> Option<Bench> {
     let root = (unsafe { libc::geteuid() } == 0)
         .then_some(())
         .ok_or_else(|| "not running as root (lab nodes are namespaces and cgroups)".to_string());
@@ -109,6 +163,9 @@ fn bench(target: &str) -> Option<Bench> {
         || !hw_tests::require::needs_command("nft", "Debian package nftables")
         || !hw_tests::require::needs_command("/usr/bin/python3", "Debian package python3")
     {
+        return None;
+    }
+    if heartbeat && !hw_tests::loopdev::require() {
         return None;
     }
     let mut net = LabNet::new().unwrap();
@@ -141,6 +198,10 @@ fn bench(target: &str) -> Option<Bench> {
         })),
     );
     lab.bmc("node1").unwrap().set_fault(Fault::Lies(true));
+    let heartbeat = heartbeat.then(Heartbeat::start);
+    // Set when node1's power goes: its watcher stops writing (it runs here, not on the node).
+    let watcher_stop: Option<Arc<AtomicBool>> =
+        heartbeat.as_ref().map(|h| Arc::clone(&h.watcher.stop));
     // BMC 2 feeds node1. A node without power answers nothing on the network (its NIC is
     // dead too), so power off also silences the node's interface; the lab node itself only
     // stops its processes, and its namespace's kernel would still answer with RSTs.
@@ -153,6 +214,9 @@ fn bench(target: &str) -> Option<Bench> {
             match ev {
                 PowerEvent::Off => {
                     hook("node1", ev);
+                    if let Some(stop) = &watcher_stop {
+                        stop.store(true, Ordering::SeqCst);
+                    }
                     if let Err(e) = n.cut_off() {
                         eprintln!("node1: cannot silence its network: {e}");
                     }
@@ -184,6 +248,12 @@ fn bench(target: &str) -> Option<Bench> {
          [witnesses.node1-feed]\nkind = \"power-path\"\ndevice = \"pdu-a\"\nport = \"1\"\nmax_watts = {MAX_WATTS}\nsettle_s = 1\ntimeout_ms = 500\n\n",
         pdu.pdus()[0].addr()
     ));
+    if let Some(h) = &heartbeat {
+        cfg.push_str(&format!(
+            "[witnesses.node1-hb]\nkind = \"disk-heartbeat\"\ndisk = {:?}\nsettle_s = 1\npoll_ms = 100\ntimeout_ms = 1000\n\n",
+            h.path()
+        ));
+    }
     cfg.push_str(&format!(
         "[witnesses.node1-net]\nkind = \"network\"\naddresses = [\"{}:{PORT}\"]\nsettle_s = 1\nprobe_timeout_ms = 200\ninterval_ms = 200\n\n[targets.node1]\n{target}",
         node.addr()
@@ -194,6 +264,7 @@ fn bench(target: &str) -> Option<Bench> {
     Some(Bench {
         fenced,
         lab,
+        heartbeat,
         pdu,
         _rt: rt,
         listener,
@@ -397,30 +468,90 @@ fn the_power_path_witness_confirms_an_honest_bmc_once_the_outlet_draw_falls() {
     assert_eq!(op["witnesses"][0]["verdict"], "silent", "{op}");
 }
 
+const HEARD: &str = "levels = [[\"bmc-liar\"], [\"bmc-real\"]]\nconfirm = \"device+witness\"\nwitnesses = [\"node1-hb\"]\n";
+
+#[test]
+fn the_disk_heartbeat_witness_sees_the_lying_bmcs_node_still_write_and_the_next_level_fences() {
+    let Some(b) = bench_with(HEARD, true) else {
+        return;
+    };
+    let s = b
+        .fenced
+        .fenced_ok("off", "node1", "disk-heartbeat witness test");
+    assert!(
+        s.contains("node1 FENCED: power read back from bmc-real (level 2)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("witnesses: node1-hb (disk-heartbeat) ALIVE at level 1; node1-hb (disk-heartbeat) silent at level 2"),
+        "{s}"
+    );
+    // The lab's own records: BMC 1 only lied, BMC 2 cut the power, and with it node1's
+    // processes and its watcher's heartbeat stopped.
+    assert!(b.node.pids().is_empty(), "{:?}", b.node.pids());
+    assert!(powered_off_by(&b, "node2") && lied(&b) && !powered_off_by(&b, "node1"));
+    assert!(!b.heartbeat.as_ref().unwrap().writing());
+    let op = b.fenced.last_op("node1");
+    let attempts = op["attempts"].as_array().unwrap();
+    let l1 = attempts.iter().find(|a| a["level"] == 1).unwrap();
+    assert_eq!(l1["code"], "witness_alive", "{l1}");
+    let why = l1["message"].as_str().unwrap();
+    assert!(
+        why.contains(
+            "bmc-liar read back off, but node1 is still alive: witness node1-hb (disk-heartbeat): "
+        ) && why.contains("advanced from"),
+        "{why}"
+    );
+    let l2 = attempts.iter().find(|a| a["level"] == 2).unwrap();
+    assert_eq!(l2["result"], "confirmed", "{l2}");
+    let verdicts: Vec<&str> = op["witnesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["alive", "silent"], "{op}");
+}
+
 /// The A/B figure for hw-tests/figures/witness.md: time from `fence_node off` to its answer
 /// with an honest BMC (`bmc-real`, level 1 only), under `confirm = "device"` and under
 /// `device+witness` with each witness kind this bench wires (network: settle_s = 1; power
-/// path: max_watts over the metered outlet, settle_s = 1). Medians of 5, a fresh lab each run.
-/// Prints only; run with `-- --ignored --nocapture`.
+/// path: max_watts over the metered outlet, settle_s = 1; disk heartbeat: settle_s = 1,
+/// poll_ms = 100, node1's watcher stopped by the BMC's power off). Medians of 5, a fresh lab
+/// each run (with the heartbeat, a fresh disk and watcher too, under `device` as well, so the
+/// disk row's baseline carries the same load). Prints only; run with `-- --ignored
+/// --nocapture`, optionally with a filter on the row's name in `WITNESS_FIGURE_ROWS`.
 #[test]
 #[ignore = "figure: prints timings, run by hand"]
 fn figures_added_time_to_confirmed_off_per_witness_kind() {
+    let witnessed = |w: &str| format!("confirm = \"device+witness\"\nwitnesses = [\"{w}\"]\n");
     let policies = [
-        ("device", String::new()),
-        (
-            "device+witness (network)",
-            "confirm = \"device+witness\"\nwitnesses = [\"node1-net\"]\n".to_string(),
-        ),
+        ("device", String::new(), false),
+        ("device+witness (network)", witnessed("node1-net"), false),
         (
             "device+witness (power-path)",
-            "confirm = \"device+witness\"\nwitnesses = [\"node1-feed\"]\n".to_string(),
+            witnessed("node1-feed"),
+            false,
+        ),
+        ("device (heartbeat disk present)", String::new(), true),
+        (
+            "device+witness (disk-heartbeat)",
+            witnessed("node1-hb"),
+            true,
         ),
     ];
+    // Which rows to run: all, or those whose name contains one of these comma-separated words.
+    let only = std::env::var("WITNESS_FIGURE_ROWS").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| name.contains(w));
     let mut medians = Vec::new();
-    for (name, extra) in &policies {
+    for (name, extra, heartbeat) in &policies {
+        if !wanted(name) {
+            continue;
+        }
         let mut runs = Vec::new();
         for _ in 0..5 {
-            let Some(b) = bench(&format!("levels = [[\"bmc-real\"]]\n{extra}")) else {
+            let Some(b) = bench_with(&format!("levels = [[\"bmc-real\"]]\n{extra}"), *heartbeat)
+            else {
                 return;
             };
             let t = Instant::now();
@@ -428,17 +559,34 @@ fn figures_added_time_to_confirmed_off_per_witness_kind() {
             runs.push(t.elapsed());
             assert!(s.contains("node1 FENCED"), "{s}");
             assert!(b.node.pids().is_empty(), "{:?}", b.node.pids());
+            if let Some(h) = &b.heartbeat {
+                assert!(!h.writing(), "node1's watcher outlived its power");
+            }
         }
         runs.sort();
         let ms: Vec<u128> = runs.iter().map(|d| d.as_millis()).collect();
         eprintln!("{name}: runs {ms:?} ms, median {} ms", ms[2]);
         medians.push((name, ms[2]));
     }
-    let base = medians[0].1;
-    for (name, m) in &medians[1..] {
-        eprintln!(
-            "added by {name}: {} ms (median {m} ms vs {base} ms)",
-            *m as i128 - base as i128
-        );
+    // Each witnessed row against the `device` row of the same bench (with or without the
+    // heartbeat disk), when that row ran.
+    for (name, m) in &medians {
+        let Some(base_name) = (if name.contains("disk-heartbeat") {
+            Some("device (heartbeat disk present)")
+        } else if name.starts_with("device+witness") {
+            Some("device")
+        } else {
+            None
+        }) else {
+            continue;
+        };
+        if let Some((_, base)) = medians.iter().find(|(n, _)| **n == base_name) {
+            eprintln!(
+                "added by {name}: {} ms (median {m} ms vs {base} ms, {base_name})",
+                *m as i128 - *base as i128
+            );
+        }
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("load average after the run: {}", load.trim());
 }

@@ -102,6 +102,14 @@ pub const MODELS: &[Model] = &[
         // rPDU2OutletMeteredStatusIndex, which on a single (not daisy-chained) unit is the
         // outlet number. Units without outlet metering answer noSuchInstance: a read error,
         // which the witness takes as no evidence.
+        // Checked against APC's PowerNet-MIB v4.5.2 (2023-11-08), as kept in
+        // github.com/DotZero24/pysnmp-mibs mibs/apc/PowerNet-MIB (commit 3ff4d5d0): apc = 318,
+        // products 1, hardware 1, rPDU2 26, rPDU2Outlet 9, rPDU2OutletMetered 4, StatusTable 3,
+        // Entry 1, Power 7; SYNTAX INTEGER, read-only. Its DESCRIPTION names no unit (unlike
+        // the same entry's current, "tenths of Amps", or rPDU2DeviceStatusPower, "hundredths
+        // of kilowatts"), but the sibling rPDU2OutletMeteredConfigTable's thresholds for the
+        // same outlets (LowLoad/NearOverload/OverloadCurrentThreshold) are "in Watts": whole
+        // watts, no scaling, which is what `watts_of` (pdu/device.rs) assumes.
         outlet_watts: Some("1.3.6.1.4.1.318.1.1.26.9.4.3.1.7"),
     },
     Model {
