@@ -308,6 +308,7 @@ fn mark_interrupted(op: &mut Operation, now_ms: Millis) {
                     "{said}; fenced stopped before the power state was read back, so it is NOT confirmed"
                 ),
             },
+            overruled: None,
         });
         sent.push(said);
     }

@@ -166,6 +166,35 @@ pub struct Attempt {
     /// What came of it.
     #[serde(flatten)]
     pub result: StepResult,
+    /// When witnesses overruled this device's read-back (the result is then a failure,
+    /// `witness_alive` or `witness_no_evidence`): what the device read back, then what each
+    /// witness of the level concluded. Absent on every other attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overruled: Option<Overruled>,
+}
+
+/// The device's side of an attempt that witnesses overruled, kept as a record rather than
+/// only as words in the failure's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Overruled {
+    /// The device's read-back as the step recorded it before the witnesses were asked (a
+    /// `confirmed` result: state, polls, identity, basis).
+    pub read_back: StepResult,
+    /// Each witness's verdict at this level, in the order they were asked (their evidence is
+    /// in the operation's `witnesses`).
+    pub witnesses: Vec<OverrulingVerdict>,
+}
+
+/// One witness's verdict on the level whose read-back it overruled (or agreed with, when
+/// another witness overruled it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OverrulingVerdict {
+    /// The witness's configured name.
+    pub witness: String,
+    /// Its kind.
+    pub kind: String,
+    /// What it concluded.
+    pub verdict: WitnessVerdict,
 }
 
 /// A device command that may go out, recorded durably before it is sent: if fenced dies before

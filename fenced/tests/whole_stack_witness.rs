@@ -100,8 +100,31 @@ fn running(pid: u32) -> bool {
 /// node1's heartbeat on the shared disk: its watcher (stopped by BMC 2's power off), then the
 /// disk (field order is drop order: the watcher ends before its disk goes).
 struct Heartbeat {
-    watcher: watch_common::Running,
+    _watcher: watch_common::Running,
+    /// The watcher's thread, taken out of `watcher` so that BMC 2's power hook can wait for
+    /// its end: a node's writes end with its power, so the BMC reports off only once the
+    /// watcher wrote its last record (stopping it alone left one more write in flight, which
+    /// the witness rightly saw as a sign of life).
+    thread: PowerOff,
     disk: LoopDevice,
+}
+
+/// What BMC 2's power off does to node1's watcher: stop it and wait for its thread to end.
+#[derive(Clone)]
+struct PowerOff {
+    stop: Arc<AtomicBool>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<WatchResult>>>>,
+}
+
+type WatchResult = Result<watchdog::Outcome, watchdog::WatchError>;
+
+impl PowerOff {
+    fn cut(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.lock().unwrap().take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl Heartbeat {
@@ -110,14 +133,22 @@ impl Heartbeat {
     fn start() -> Heartbeat {
         let disks = watch_common::sbd_disks(1);
         let path = disks[0].path().to_path_buf();
-        let watcher = watch_common::start(&[(path, None)], "node1");
+        let mut watcher = watch_common::start(&[(path, None)], "node1");
+        let thread = PowerOff {
+            stop: Arc::clone(&watcher.stop),
+            thread: Arc::new(std::sync::Mutex::new(watcher.handle.take())),
+        };
         assert!(
             watcher.dog.fed_more(3, Duration::from_secs(30)),
             "node1's watcher never fed its watchdog"
         );
         watch_common::wait_slot(&disks, "node1", Duration::from_secs(30));
         let disk = disks.into_iter().next().unwrap();
-        Heartbeat { watcher, disk }
+        Heartbeat {
+            _watcher: watcher,
+            thread,
+            disk,
+        }
     }
 
     fn path(&self) -> &std::path::Path {
@@ -126,8 +157,10 @@ impl Heartbeat {
 
     /// Whether node1's watcher still runs (writes its heartbeat).
     fn writing(&self) -> bool {
-        self.watcher
-            .handle
+        self.thread
+            .thread
+            .lock()
+            .unwrap()
             .as_ref()
             .is_some_and(|h| !h.is_finished())
     }
@@ -199,9 +232,8 @@ fn bench_with(target: &str, heartbeat: bool) -> Option<Bench> {
     );
     lab.bmc("node1").unwrap().set_fault(Fault::Lies(true));
     let heartbeat = heartbeat.then(Heartbeat::start);
-    // Set when node1's power goes: its watcher stops writing (it runs here, not on the node).
-    let watcher_stop: Option<Arc<AtomicBool>> =
-        heartbeat.as_ref().map(|h| Arc::clone(&h.watcher.stop));
+    // Run when node1's power goes: its watcher stops writing (it runs here, not on the node).
+    let watcher_stop: Option<PowerOff> = heartbeat.as_ref().map(|h| h.thread.clone());
     // BMC 2 feeds node1. A node without power answers nothing on the network (its NIC is
     // dead too), so power off also silences the node's interface; the lab node itself only
     // stops its processes, and its namespace's kernel would still answer with RSTs.
@@ -214,8 +246,8 @@ fn bench_with(target: &str, heartbeat: bool) -> Option<Bench> {
             match ev {
                 PowerEvent::Off => {
                     hook("node1", ev);
-                    if let Some(stop) = &watcher_stop {
-                        stop.store(true, Ordering::SeqCst);
+                    if let Some(w) = &watcher_stop {
+                        w.cut();
                     }
                     if let Err(e) = n.cut_off() {
                         eprintln!("node1: cannot silence its network: {e}");
@@ -245,7 +277,8 @@ fn bench_with(target: &str, heartbeat: bool) -> Option<Bench> {
     let community = common::process::secret_file(dir, "community", "private");
     cfg.push_str(&format!(
         "[devices.pdu-a]\nkind = \"snmp-pdu\"\naddress = \"{}\"\nmodel = \"apc-rpdu2\"\nversion = \"2c\"\ncommunity_file = {community:?}\ntimeout_ms = 300\nretries = 1\n\n\
-         [witnesses.node1-feed]\nkind = \"power-path\"\ndevice = \"pdu-a\"\nport = \"1\"\nmax_watts = {MAX_WATTS}\nsettle_s = 1\ntimeout_ms = 500\n\n",
+         [witnesses.node1-feed]\nkind = \"power-path\"\ndevice = \"pdu-a\"\nport = \"1\"\nmax_watts = {MAX_WATTS}\nsettle_s = 1\ntimeout_ms = 500\n\n\
+         [witnesses.node1-outlet]\nkind = \"power-path\"\ndevice = \"pdu-a\"\nport = \"1\"\nsettle_s = 1\ntimeout_ms = 500\n\n",
         pdu.pdus()[0].addr()
     ));
     if let Some(h) = &heartbeat {
@@ -417,6 +450,15 @@ fn the_power_path_witness_sees_the_lying_bmcs_node_still_draw_power_and_the_next
     let attempts = op["attempts"].as_array().unwrap();
     let l1 = attempts.iter().find(|a| a["level"] == 1).unwrap();
     assert_eq!(l1["code"], "witness_alive", "{l1}");
+    // The device's side, as a record: BMC 1 read back off, then the witness said alive.
+    let over = &l1["overruled"];
+    assert_eq!(over["read_back"]["result"], "confirmed", "{l1}");
+    assert_eq!(over["read_back"]["state"], "off", "{l1}");
+    assert_eq!(
+        over["witnesses"],
+        serde_json::json!([{"witness": "node1-feed", "kind": "power-path", "verdict": "alive"}]),
+        "{l1}"
+    );
     let why = l1["message"].as_str().unwrap();
     assert!(
         why.contains(&format!("bmc-liar read back off, but node1 is still alive: witness node1-feed (power-path): outlet pdu-a:1 still draws {WATTS_ON} W (above max_watts = {MAX_WATTS})")),
@@ -468,6 +510,116 @@ fn the_power_path_witness_confirms_an_honest_bmc_once_the_outlet_draw_falls() {
     assert_eq!(op["witnesses"][0]["verdict"], "silent", "{op}");
 }
 
+/// Attempt `level` of the newest operation on node1.
+fn attempt(op: &Value, level: i64) -> Value {
+    op["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["level"] == level)
+        .cloned()
+        .unwrap_or_else(|| panic!("no attempt at level {level}: {op}"))
+}
+
+#[test]
+fn a_state_only_outlet_witness_vetoes_the_lying_bmc_and_every_level_that_leaves_its_outlet_on() {
+    // `node1-outlet` reads only the switched state of pdu-a:1 (no max_watts). No level of
+    // this target may switch pdu-a (the configuration refuses a witness that would vouch for
+    // its own level), and a BMC's power off leaves the outlet on: so the witness vetoes the
+    // lie at level 1, and at level 2 it vetoes again although BMC 2 really cut node1's power.
+    // NOT FENCED is the safe answer (the witness saw power on the node's path), never a false
+    // success; a state-only outlet witness only agrees when its outlet was switched off.
+    let Some(b) = bench(
+        "levels = [[\"bmc-liar\"], [\"bmc-real\"]]\nconfirm = \"device+witness\"\nwitnesses = [\"node1-outlet\"]\n",
+    ) else {
+        return;
+    };
+    let s = b.fenced.not_fenced("node1");
+    assert!(s.contains("NOT FENCED (all_levels_failed)"), "{s}");
+    // The lab's own event logs: BMC 1 only lied, BMC 2 really powered node1 off; the PDU's
+    // outlet was never switched (it still reads on).
+    assert!(lied(&b) && !powered_off_by(&b, "node1"), "BMC 1 only lied");
+    assert!(powered_off_by(&b, "node2"), "BMC 2 powered node1 off");
+    assert!(b.node.pids().is_empty(), "{:?}", b.node.pids());
+    assert_eq!(b.pdu.pdus()[0].outlet_on(1), Some(true));
+    let op = b.fenced.last_op("node1");
+    for level in [1, 2] {
+        let a = attempt(&op, level);
+        assert_eq!(a["result"], "failed", "{a}");
+        assert_eq!(a["code"], "witness_alive", "{a}");
+        let dev = if level == 1 { "bmc-liar" } else { "bmc-real" };
+        let why = a["message"].as_str().unwrap();
+        assert!(
+            why.contains(&format!("{dev} read back off, but node1 is still alive: witness node1-outlet (power-path): outlet pdu-a:1 still reads on")),
+            "{why}"
+        );
+    }
+    let verdicts: Vec<&str> = op["witnesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["alive", "alive"], "{op}");
+}
+
+#[test]
+fn an_outlet_witness_whose_pdu_times_out_or_errs_is_no_evidence_never_off_and_never_a_veto() {
+    // The issue's rule: "a witness that times out or errors is 'no evidence', never 'off'".
+    // An honest BMC really powers node1 off; the witness's PDU does not answer (every
+    // datagram dropped), or answers garbage. The level is NOT confirmed off
+    // (witness_no_evidence), and it is not a veto either (no "still alive", not witness_alive).
+    for (fault, undo, applied, what) in [
+        (Fault::Drop(1.0), Fault::Drop(0.0), "dropped", "times out"),
+        (
+            Fault::Garbage(true),
+            Fault::Garbage(false),
+            "garbage",
+            "errs",
+        ),
+    ] {
+        let Some(b) = bench(
+            "levels = [[\"bmc-real\"]]\nconfirm = \"device+witness\"\nwitnesses = [\"node1-outlet\"]\n",
+        ) else {
+            return;
+        };
+        b.pdu.pdus()[0].set_fault(fault);
+        let s = b.fenced.not_fenced("node1");
+        assert!(s.contains("NOT FENCED"), "{what}: {s}");
+        assert!(!s.contains("still alive"), "{what}: {s}");
+        // The node really is off (the lab's log): only the witness could not say so, and the
+        // PDU's log shows why.
+        assert!(powered_off_by(&b, "node2"), "{what}");
+        assert!(
+            b.pdu.pdus()[0]
+                .events()
+                .iter()
+                .any(|e| e.kind == EventKind::FaultApplied(applied)),
+            "{what}: {:?}",
+            b.pdu.pdus()[0].events()
+        );
+        assert!(b.node.pids().is_empty(), "{what}: {:?}", b.node.pids());
+        let op = b.fenced.last_op("node1");
+        let a = attempt(&op, 1);
+        assert_eq!(a["result"], "failed", "{what}: {a}");
+        assert_eq!(a["code"], "witness_no_evidence", "{what}: {a}");
+        assert_eq!(a["overruled"]["read_back"]["state"], "off", "{what}: {a}");
+        assert_eq!(
+            a["overruled"]["witnesses"][0]["verdict"], "no_evidence",
+            "{what}: {a}"
+        );
+        let why = a["message"].as_str().unwrap();
+        assert!(
+            why.starts_with("bmc-real read back off, but ")
+                && why.contains("witness node1-outlet (power-path)")
+                && why.ends_with("NOT confirmed off"),
+            "{what}: {why}"
+        );
+        assert_eq!(op["witnesses"][0]["verdict"], "no_evidence", "{what}: {op}");
+        b.pdu.pdus()[0].set_fault(undo);
+    }
+}
+
 const HEARD: &str = "levels = [[\"bmc-liar\"], [\"bmc-real\"]]\nconfirm = \"device+witness\"\nwitnesses = [\"node1-hb\"]\n";
 
 #[test]
@@ -504,6 +656,7 @@ fn the_disk_heartbeat_witness_sees_the_lying_bmcs_node_still_write_and_the_next_
     );
     let l2 = attempts.iter().find(|a| a["level"] == 2).unwrap();
     assert_eq!(l2["result"], "confirmed", "{l2}");
+    assert!(l2.get("overruled").is_none(), "{l2}");
     let verdicts: Vec<&str> = op["witnesses"]
         .as_array()
         .unwrap()

@@ -217,6 +217,7 @@ mod tests {
                             message: "no answer".into(),
                         }
                     },
+                    overruled: None,
                 })
                 .collect(),
             pending: vec![],

@@ -175,6 +175,7 @@ async fn drive(
         // Corroboration: the level's "off" stands only if every witness saw silence.
         let mut witnessed = String::new();
         if op.action.fences() && target.confirm == Confirm::DeviceAndWitness {
+            let asked_from = op.witnesses.len();
             let verdict = corroborate(inner, target, op, n, &names, r.deadline).await;
             if verdict.is_ok() {
                 save(inner, tx, op).await;
@@ -186,13 +187,32 @@ async fn drive(
                     // so, with the evidence, so no reader of history takes them for one.
                     let code = refusal.dissent.code();
                     let why = refusal.message;
+                    // The reports this corroboration added (a retried level has older ones).
+                    let verdicts: Vec<OverrulingVerdict> = op
+                        .witnesses
+                        .get(asked_from..)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|w| OverrulingVerdict {
+                            witness: w.witness.clone(),
+                            kind: w.kind.clone(),
+                            verdict: w.verdict,
+                        })
+                        .collect();
                     for a in op.attempts.iter_mut().filter(|a| a.level == n) {
                         if matches!(a.result, StepResult::Confirmed { .. }) && a.phase == Phase::Off
                         {
-                            a.result = StepResult::Failed {
-                                code: code.into(),
-                                message: why.clone(),
-                            };
+                            let read_back = std::mem::replace(
+                                &mut a.result,
+                                StepResult::Failed {
+                                    code: code.into(),
+                                    message: why.clone(),
+                                },
+                            );
+                            a.overruled = Some(Overruled {
+                                read_back,
+                                witnesses: verdicts.clone(),
+                            });
                         }
                     }
                     save(inner, tx, op).await;
@@ -522,6 +542,7 @@ async fn run_level(
             started_ms: started,
             finished_ms: inner.clock.now_ms(),
             result,
+            overruled: None,
         });
         let last = done == entries.len();
         if last && (ends_anyway || (ends_if_ok && ok)) {

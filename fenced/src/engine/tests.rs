@@ -1578,6 +1578,7 @@ fn cluster_copy(key: &str, outcome: Outcome) -> Operation {
                 pill: None,
                 basis: None,
             },
+            overruled: None,
         }],
         pending: vec![],
         witnesses: Vec::new(),
