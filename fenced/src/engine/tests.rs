@@ -1309,6 +1309,28 @@ mod witnesses {
             }
             other => panic!("{other:?}"),
         }
+        // ... and keeps the device's side as a record: its read-back, then the verdicts.
+        let over = a1.overruled.as_ref().expect("level 1's read-back is kept");
+        assert!(
+            matches!(
+                over.read_back,
+                StepResult::Confirmed {
+                    state: PowerState::Off,
+                    ..
+                }
+            ),
+            "{over:?}"
+        );
+        assert_eq!(
+            over.witnesses,
+            vec![OverrulingVerdict {
+                witness: "net".into(),
+                kind: "test".into(),
+                verdict: WitnessVerdict::Alive,
+            }]
+        );
+        let a2 = op.attempts.iter().find(|a| a.level == 2).unwrap();
+        assert!(a2.overruled.is_none(), "{a2:?}");
         let verdicts: Vec<_> = op.witnesses.iter().map(|w| (w.level, w.verdict)).collect();
         assert_eq!(
             verdicts,
