@@ -1096,6 +1096,154 @@ fn two_node_split_both_quorate_the_fence_race_is_won_by_the_undelayed_side() {
     assert!(bed.bmc("node1").power());
 }
 
+impl Bed {
+    /// One round of a two_node split that both sides survive (each alone stays quorate):
+    /// node1 fences `a`, node2 fences `b` and confirms `b` by hand, then the cut heals.
+    /// Returns the time from the heal to both members' own histories (`GET /v1/history`)
+    /// holding the same agreed operations, `want` of them (panics after [`WAIT`]).
+    fn split_fence_heal(&self, round: u32, a: &str, b: &str, want: usize) -> Duration {
+        for t in [a, b] {
+            self.bmc(t).set_power(true);
+        }
+        self.lab.partition(&[&["node1"], &["node2"]]).unwrap();
+        self.lab.wait_converged(WAIT).unwrap();
+        self.wait_joined("node1", 1);
+        self.wait_joined("node2", 1);
+        let reason = format!("split round {round}");
+        for (on, target) in [("node1", a), ("node2", b)] {
+            let out = self.fence_node(on, &["off", target, "--reason", &reason]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "round {round}: off {target} on {on}: {}
+{}",
+                text(&out),
+                self.log(on)
+            );
+        }
+        let out = self.fence_node(
+            "node2",
+            &["confirm", b, "--reason", "dark in the rack", "--yes"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: confirm on node2: {}
+{}",
+            text(&out),
+            self.log("node2")
+        );
+        let before = (self.agreed_history("node1"), self.agreed_history("node2"));
+        assert_ne!(
+            before.0, before.1,
+            "round {round}: the sides' histories should differ before the heal"
+        );
+        let healed = Instant::now();
+        self.lab.heal_all().unwrap();
+        let until = healed + WAIT;
+        loop {
+            let (h1, h2) = (self.agreed_history("node1"), self.agreed_history("node2"));
+            if h1 == h2 && h1.len() == want {
+                return healed.elapsed();
+            }
+            assert!(
+                Instant::now() < until,
+                "round {round}: histories did not converge after the heal:
+node1: {h1:?}
+node2: {h2:?}
+--- node1:
+{}
+--- node2:
+{}",
+                self.log("node1"),
+                self.log("node2")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Two partitions that both kept the group (votequorum two_node: each node alone stays
+/// quorate, so neither leaves CPG) each record operations: node1 fences node3, node2 fences
+/// node4 and confirms it by hand. After the heal the members merge by (origin, claim): each
+/// member's own history (`GET /v1/history`) holds all three, each copy in that member's own
+/// signed ledger, which verifies; the shared history is the same on both; the BMCs' own
+/// logs show each target powered off once and neither cluster node touched.
+#[test]
+fn healed_partitions_that_both_kept_the_group_merge_their_histories() {
+    if !have_corosync() {
+        return;
+    }
+    let bed = Bed::with_spec(ClusterSpec::new(2), 4);
+    for n in ["node1", "node2"] {
+        bed.start_fenced(n, "");
+    }
+    for n in ["node1", "node2"] {
+        bed.wait_joined(n, 2);
+    }
+    let took = bed.split_fence_heal(0, "node3", "node4", 3);
+    eprintln!("histories converged {} ms after the heal", took.as_millis());
+    for n in ["node1", "node2"] {
+        bed.wait_joined(n, 2);
+    }
+    let h = bed.agreed_history("node1");
+    let mut seen: Vec<(&str, &str, &str, &str)> = h
+        .iter()
+        .map(|o| {
+            (
+                o.origin.as_str(),
+                o.target.as_str(),
+                o.state.as_str(),
+                if o.read_back {
+                    "read back"
+                } else {
+                    "no read-back"
+                },
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("node1", "node3", "succeeded", "read back"),
+            ("node2", "node4", "succeeded", "no read-back"),
+            ("node2", "node4", "succeeded", "read back"),
+        ],
+        "{h:?}"
+    );
+    // The shared history (`GET /v1/cluster`) is the same on both members.
+    assert_eq!(
+        bed.get("node1", "/v1/cluster")["history"],
+        bed.get("node2", "/v1/cluster")["history"]
+    );
+    // Each copy is in that member's own ledger, signed with its own key.
+    let mut keys = std::collections::BTreeSet::new();
+    for n in ["node1", "node2"] {
+        let v = bed.get(n, "/v1/ledger/verify");
+        assert_eq!(v["ok"], true, "{n}'s ledger: {v}");
+        keys.insert(v["report"]["public_key"].as_str().unwrap().to_string());
+        let ledger = bed.get(n, "/v1/ledger?limit=1000");
+        for o in &h {
+            assert!(
+                ledger
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["entry"]["operation"]["cluster"]["op"] == o.op.as_str()),
+                "{n}'s ledger lacks {}: {ledger}",
+                o.op
+            );
+        }
+    }
+    assert_eq!(keys.len(), 2, "each member signs with its own key");
+    // From the BMCs: each fenced target off once, the cluster nodes never.
+    assert_eq!(power_offs(bed.bmc("node3")), 1);
+    assert_eq!(power_offs(bed.bmc("node4")), 1);
+    assert_eq!(power_offs(bed.bmc("node1")), 0);
+    assert_eq!(power_offs(bed.bmc("node2")), 0);
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     st.lines()
