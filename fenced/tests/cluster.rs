@@ -1314,3 +1314,37 @@ fn figures_cluster_latency_and_memory() {
         eprintln!("FIGURE fenced idle RSS ({what}): {} KiB", rss_kib(pid));
     }
 }
+
+/// Figure for the note (prints, asserts nothing about speed): time from the heal of a
+/// two_node split in which both sides recorded operations (a fence each, a manual
+/// confirmation on one) to both members' own histories (`GET /v1/history`) being equal,
+/// median of 5 rounds, polled every 20 ms.
+/// `cargo test -p fenced --test cluster figures_history -- --ignored --nocapture`
+#[test]
+#[ignore = "figures: run by hand"]
+fn figures_history_convergence_after_a_heal() {
+    if !have_corosync() {
+        return;
+    }
+    let bed = Bed::with_spec(ClusterSpec::new(2), 4);
+    for n in ["node1", "node2"] {
+        bed.start_fenced(n, "");
+    }
+    let mut times = Vec::new();
+    for round in 0..5u32 {
+        for n in ["node1", "node2"] {
+            bed.wait_joined(n, 2);
+        }
+        let t = bed.split_fence_heal(round, "node3", "node4", 3 * (round as usize + 1));
+        eprintln!(
+            "round {round}: histories equal {} ms after the heal",
+            t.as_millis()
+        );
+        times.push(t);
+    }
+    let all: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+    eprintln!(
+        "FIGURE history convergence after a heal (two_node, each side 1 fence, one side 1 manual confirmation), median of 5: {} ms (rounds {all:?} ms)",
+        common::process::median(times).as_millis()
+    );
+}
