@@ -1018,6 +1018,212 @@ fn the_executor_killed_mid_operation_is_taken_over_with_a_read_back_of_its_own()
     assert_eq!(bed.get("node1", "/v1/ledger/verify")["ok"], true);
 }
 
+/// How the executor is lost mid-operation in [`executor_lost_mid_operation`].
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// Its node powered off through its lab BMC (corosync and fenced die with it).
+    PowerOff,
+    /// Its node's lab link cut by nftables (everything keeps running, nothing gets through,
+    /// not even to the BMCs).
+    LinkCut,
+}
+
+/// How many Get Chassis Status (IPMI v2.0 §28.2: NetFn chassis 0x00, cmd 0x01, the power
+/// read-back) the BMC answered, from its own event log (repeats are counted in place).
+fn read_backs(b: &BmcHandle) -> u32 {
+    b.events()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Command {
+                    net_fn: 0,
+                    cmd: 1,
+                    completion_code: 0
+                }
+            )
+        })
+        .map(|e| e.count)
+        .sum()
+}
+
+/// Test 4 of the issue for a lost node: node1 executes a fence of node4 (a BMC only, slow:
+/// 2 s to change power) and is lost mid-operation. The operation is never lost: it finishes
+/// on node2 and node3 alike, either succeeded by a survivor that took it over with a
+/// read-back of its own, which node4's BMC log shows (chassis status answered after node1
+/// could no longer send any: its fenced dead, or its link cut; and node4 off), or recorded
+/// failed with the reason.
+fn executor_lost_mid_operation(loss: Loss) {
+    let bed = Bed::new(3, 4);
+    for n in ["node1", "node2", "node3"] {
+        bed.start_fenced(n, "");
+    }
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    bed.bmc("node4").set_power_delay(Duration::from_secs(2));
+    let out = bed.fence_node(
+        "node1",
+        &["off", "node4", "--reason", "executor lost", "--no-wait"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let until = Instant::now() + WAIT;
+    loop {
+        let v = bed.get("node2", "/v1/cluster");
+        let f = v["status"]["in_flight"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if f.iter().any(|o| o["executor"] == "node1") {
+            break;
+        }
+        assert!(Instant::now() < until, "node1 is not executing: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // node1 opened its session and sent its command; sessions opened from now on are not
+    // its (it is dead, or cannot reach the BMC).
+    let until = Instant::now() + WAIT;
+    while !bed.bmc("node4").events().iter().any(|e| {
+        matches!(e.kind, EventKind::Power(PowerEvent::Off))
+            || matches!(
+                e.kind,
+                EventKind::Command {
+                    net_fn: 0,
+                    cmd: 2,
+                    ..
+                }
+            )
+    }) {
+        assert!(
+            Instant::now() < until,
+            "node1 sent no power command: {:?}",
+            bed.bmc("node4").events()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fenced1 = bed
+        .lab
+        .daemon_pids("node1")
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "node1")
+        .unwrap()
+        .1;
+    match loss {
+        Loss::PowerOff => {
+            bed.bmc("node1").set_power(false);
+            // The node dies in milliseconds (cgroup.kill); the survivors notice only after
+            // Corosync's token timeout, so nothing of theirs is counted before this.
+            let until = Instant::now() + WAIT;
+            while std::path::Path::new(&format!("/proc/{fenced1}")).exists() {
+                assert!(
+                    Instant::now() < until,
+                    "node1's fenced outlived its power off"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Loss::LinkCut => bed.lab.cut("node1").unwrap(),
+    }
+    // From here node1 can send node4's BMC nothing.
+    let before = read_backs(bed.bmc("node4"));
+    let until = Instant::now() + WAIT;
+    let h = loop {
+        let h = bed.get("node2", "/v1/cluster")["history"].clone();
+        if h.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["Finished"].is_object())
+        {
+            break h;
+        }
+        assert!(
+            Instant::now() < until,
+            "{loss:?}: the operation is lost (never finished): {h}\n--- node2:\n{}\n--- node3:\n{}",
+            bed.log("node2"),
+            bed.log("node3")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let h = h.as_array().unwrap();
+    let fin = h.iter().find(|r| r["Finished"].is_object()).unwrap();
+    eprintln!("{loss:?}: {fin}");
+    match fin["Finished"]["phase"].as_str() {
+        Some("Succeeded") => {
+            let took = h
+                .iter()
+                .find(|r| r["TookOver"]["from"] == "node1")
+                .unwrap_or_else(|| panic!("{loss:?}: a success without a takeover: {h:?}"));
+            assert!(
+                took["TookOver"]["to"] == "node2" || took["TookOver"]["to"] == "node3",
+                "{took}"
+            );
+            assert!(
+                fin["Finished"]["proof"]["PowerReadBack"].is_object(),
+                "{fin}"
+            );
+            // From node4's BMC: off, and read back in a session opened after the loss.
+            assert!(
+                !bed.bmc("node4").power(),
+                "{loss:?}: node4 reported fenced but on"
+            );
+            let after = read_backs(bed.bmc("node4"));
+            assert!(
+                after > before,
+                "{loss:?}: node4's BMC answered no read-back after node1 was lost ({before} before, {after} after): {:?}",
+                bed.bmc("node4").events()
+            );
+        }
+        Some("Failed") => {
+            let msg = fin["Finished"]["result"]["Failed"]["message"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                msg.contains("NOT"),
+                "{loss:?}: a failure without its reason: {fin}"
+            );
+        }
+        other => panic!("{loss:?}: unexpected phase {other:?}: {fin}"),
+    }
+    assert_eq!(
+        bed.get("node3", "/v1/cluster")["history"],
+        bed.get("node2", "/v1/cluster")["history"],
+        "{loss:?}: the survivors' histories differ"
+    );
+    // node1 returns (powered on, or its link restored) and rejoins the group.
+    match loss {
+        Loss::PowerOff => bed.bmc("node1").set_power(true),
+        Loss::LinkCut => bed.lab.heal("node1").unwrap(),
+    }
+    bed.lab
+        .wait_quorate_all(hw_tests::cluster::FORM_WAIT)
+        .unwrap();
+    for n in ["node1", "node2", "node3"] {
+        bed.wait_joined(n, 3);
+    }
+    assert_eq!(
+        bed.get("node1", "/v1/cluster")["history"],
+        bed.get("node2", "/v1/cluster")["history"],
+        "{loss:?}: node1's shared history after it rejoined"
+    );
+}
+
+#[test]
+fn the_executors_node_powered_off_mid_operation_is_finished_by_another_or_failed() {
+    if !have_corosync() {
+        return;
+    }
+    executor_lost_mid_operation(Loss::PowerOff);
+}
+
+#[test]
+fn the_executors_link_cut_mid_operation_is_finished_by_another_or_failed() {
+    if !have_corosync() {
+        return;
+    }
+    executor_lost_mid_operation(Loss::LinkCut);
+}
+
 #[test]
 fn a_target_defined_differently_on_two_members_is_refused_naming_them() {
     if !have_corosync() {
