@@ -1053,10 +1053,19 @@ fn read_backs(b: &BmcHandle) -> u32 {
 /// read-back of its own, which node4's BMC log shows (chassis status answered after node1
 /// could no longer send any: its fenced dead, or its link cut; and node4 off), or recorded
 /// failed with the reason.
-fn executor_lost_mid_operation(loss: Loss) {
+///
+/// With `survivors_reach` false, only node1 reaches node4's BMC: the operation must be
+/// recorded failed, and node4's BMC log shows nobody read it back after the loss.
+fn executor_lost_mid_operation(loss: Loss, survivors_reach: bool) {
     let bed = Bed::new(3, 4);
-    for n in ["node1", "node2", "node3"] {
-        bed.start_fenced(n, "");
+    bed.start_fenced("node1", "");
+    let survivors = if survivors_reach {
+        ""
+    } else {
+        "reaches = [\"bmc-node1\", \"bmc-node2\", \"bmc-node3\"]\n"
+    };
+    for n in ["node2", "node3"] {
+        bed.start_fenced(n, survivors);
     }
     for n in ["node1", "node2", "node3"] {
         bed.wait_joined(n, 3);
@@ -1149,6 +1158,9 @@ fn executor_lost_mid_operation(loss: Loss) {
     let fin = h.iter().find(|r| r["Finished"].is_object()).unwrap();
     eprintln!("{loss:?}: {fin}");
     match fin["Finished"]["phase"].as_str() {
+        Some("Succeeded") if !survivors_reach => {
+            panic!("{loss:?}: a success though no survivor reaches node4: {fin}")
+        }
         Some("Succeeded") => {
             let took = h
                 .iter()
@@ -1182,6 +1194,15 @@ fn executor_lost_mid_operation(loss: Loss) {
                 msg.contains("NOT"),
                 "{loss:?}: a failure without its reason: {fin}"
             );
+            if !survivors_reach {
+                assert!(msg.contains("no remaining member reaches"), "{fin}");
+                // Nobody touched node4 after node1 was lost.
+                assert_eq!(
+                    read_backs(bed.bmc("node4")),
+                    before,
+                    "{loss:?}: node4 was read after the loss though no survivor reaches it"
+                );
+            }
         }
         other => panic!("{loss:?}: unexpected phase {other:?}: {fin}"),
     }
@@ -1213,7 +1234,16 @@ fn the_executors_node_powered_off_mid_operation_is_finished_by_another_or_failed
     if !have_corosync() {
         return;
     }
-    executor_lost_mid_operation(Loss::PowerOff);
+    executor_lost_mid_operation(Loss::PowerOff, true);
+}
+
+#[test]
+fn the_executors_node_powered_off_mid_operation_with_no_member_left_to_take_over_is_recorded_failed(
+) {
+    if !have_corosync() {
+        return;
+    }
+    executor_lost_mid_operation(Loss::PowerOff, false);
 }
 
 #[test]
@@ -1221,7 +1251,7 @@ fn the_executors_link_cut_mid_operation_is_finished_by_another_or_failed() {
     if !have_corosync() {
         return;
     }
-    executor_lost_mid_operation(Loss::LinkCut);
+    executor_lost_mid_operation(Loss::LinkCut, true);
 }
 
 #[test]
