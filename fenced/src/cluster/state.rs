@@ -1300,6 +1300,23 @@ pub struct Member {
     pub synced: bool,
     /// A join or a heal in progress.
     merging: Option<Merging>,
+    /// After a heal, this side's snapshot until its `Sync` is delivered: if its sender
+    /// leaves first, the next member of the side sends it, or the other sides would wait
+    /// for it forever.
+    side_sync: Option<SideSync>,
+}
+
+/// This side's snapshot as of a heal, and who is to send it.
+#[derive(Debug, Clone)]
+struct SideSync {
+    /// The member of this side that sends it (the lowest still present).
+    sender: MemberId,
+    /// This side's members (synced in the snapshot).
+    side: BTreeSet<MemberId>,
+    /// The members it is for.
+    for_members: Vec<MemberId>,
+    /// The state right after the heal's change on this side.
+    snapshot: ClusterState,
 }
 
 /// What a member gathers between a change that brought in members it did not hold and the
@@ -1333,6 +1350,7 @@ impl Member {
             state: ClusterState::default(),
             synced: false,
             merging: None,
+            side_sync: None,
         }
     }
 
@@ -1344,6 +1362,45 @@ impl Member {
     /// Applies one delivered item; returns the effects (empty while this member is joining
     /// or merging, then those of everything it held).
     pub fn apply(&mut self, d: &Delivered) -> Vec<Effect> {
+        let mut resend = Vec::new();
+        match (d, self.side_sync.as_mut()) {
+            (
+                Delivered::Message {
+                    from,
+                    msg: Message::Sync { .. },
+                },
+                Some(ss),
+            ) if *from == ss.sender => self.side_sync = None,
+            (Delivered::Membership { members, .. }, Some(ss)) if !members.contains(&ss.sender) => {
+                match ss.side.iter().find(|m| members.contains(m)) {
+                    None => self.side_sync = None,
+                    Some(next) => {
+                        ss.sender = *next;
+                        if *next == self.me {
+                            resend.push(Effect::SendSync {
+                                sender: self.me,
+                                for_members: ss
+                                    .for_members
+                                    .iter()
+                                    .filter(|m| members.contains(m))
+                                    .copied()
+                                    .collect(),
+                                snapshot: Box::new(ss.snapshot.clone()),
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut fx = self.step(d);
+        fx.extend(resend);
+        fx
+    }
+
+    /// [`Member::apply`] without the care for this side's snapshot (a replay of held items
+    /// must not send it again).
+    fn step(&mut self, d: &Delivered) -> Vec<Effect> {
         if self.merging.is_some() {
             return self.hold(d);
         }
@@ -1358,9 +1415,33 @@ impl Member {
                     .copied()
                     .collect();
                 if !pending.is_empty() {
+                    // The base is this side's snapshot exactly as its sender sends it (every
+                    // member of the side derives the same `SendSync`), so every side folds
+                    // the same states.
+                    let base = fx
+                        .iter()
+                        .find_map(|e| match e {
+                            Effect::SendSync { snapshot, .. } => Some((**snapshot).clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| self.state.clone());
+                    let side: BTreeSet<MemberId> = base
+                        .members
+                        .iter()
+                        .filter(|(_, i)| i.synced)
+                        .map(|(m, _)| *m)
+                        .collect();
+                    if let Some(sender) = side.first().copied() {
+                        self.side_sync = Some(SideSync {
+                            sender,
+                            side,
+                            for_members: pending.iter().copied().collect(),
+                            snapshot: base.clone(),
+                        });
+                    }
                     self.merging = Some(Merging {
                         change: d.clone(),
-                        base: Some(self.state.clone()),
+                        base: Some(base),
                         pending,
                         snapshots: Vec::new(),
                         held: Vec::new(),
@@ -1463,7 +1544,7 @@ impl Member {
             fx.extend(self.state.reassign_orphans());
         }
         for h in &mg.held {
-            fx.extend(self.apply(h));
+            fx.extend(self.step(h));
         }
         fx
     }

@@ -1323,3 +1323,81 @@ fn a_conflict_found_at_the_merge_is_recorded_and_keeps_the_target_owned_until_bo
         assert_eq!(x.state, st, "{} differs", x.me);
     }
 }
+
+#[test]
+fn a_side_whose_snapshot_sender_leaves_before_its_sync_still_sends_it_and_the_heal_completes() {
+    let mut s = Split::new();
+    let (a, b, c) = (m(1, 1), m(2, 2), m(3, 3));
+    let ka = s.fence(true, a, 1, "n3", true);
+    let kb = s.fence(false, b, 1, "n1", true);
+    let members = vec![a, b, c];
+    let fx_left = s.side(
+        true,
+        &Delivered::Membership {
+            members: members.clone(),
+            joined: vec![b, c],
+        },
+    );
+    s.side(
+        false,
+        &Delivered::Membership {
+            members: members.clone(),
+            joined: vec![a],
+        },
+    );
+    // Only the left side's snapshot is delivered; b, the right side's sender, dies first.
+    let sync_left = fx_left
+        .iter()
+        .flat_map(|(_, f)| f.iter())
+        .find_map(|e| match e {
+            Effect::SendSync {
+                sender,
+                for_members,
+                snapshot,
+            } => Some(Delivered::Message {
+                from: *sender,
+                msg: Message::Sync {
+                    for_members: for_members.clone(),
+                    snapshot: snapshot.clone(),
+                },
+            }),
+            _ => None,
+        })
+        .unwrap();
+    s.all(&sync_left);
+    s.right.retain(|x| x.me != b);
+    let fx = s.all(&Delivered::Membership {
+        members: vec![a, c],
+        joined: vec![],
+    });
+    assert!(
+        s.left[0].merging(),
+        "a still waits for the right side's state"
+    );
+    // c, now the right side's lowest, sends the right side's snapshot.
+    let resent = fx
+        .iter()
+        .filter(|(me, _)| *me == c)
+        .flat_map(|(_, f)| f.iter())
+        .find_map(|e| match e {
+            Effect::SendSync {
+                sender,
+                for_members,
+                snapshot,
+            } if *sender == c => Some(Delivered::Message {
+                from: c,
+                msg: Message::Sync {
+                    for_members: for_members.clone(),
+                    snapshot: snapshot.clone(),
+                },
+            }),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("c did not send the right side's snapshot: {fx:?}"));
+    s.all(&resent);
+    assert!(!s.left[0].merging());
+    let st = s.left[0].state.clone();
+    assert_eq!(s.right[0].state, st, "a and c differ");
+    assert_eq!(st.ops[&ka].phase, OpPhase::Succeeded);
+    assert_eq!(st.ops[&kb].phase, OpPhase::Succeeded);
+}
