@@ -73,6 +73,7 @@ pub fn hello_of(config: &Config, cluster: &ClusterConfig) -> Hello {
             .map(|t| (t.name.clone(), target_digest(t)))
             .collect(),
         allow_without_quorum: cluster.allow_without_quorum,
+        holds_state: false,
     }
 }
 
@@ -339,7 +340,7 @@ impl Cluster {
     }
 
     fn deliver(&self, d: &Delivered) {
-        let (me, fx, quorate, copies) = {
+        let (me, fx, quorate, copies, holds_state) = {
             let mut rt = self.shared.rt();
             let quorate = rt.quorate;
             let Some(member) = rt.member.as_mut() else {
@@ -348,10 +349,19 @@ impl Cluster {
             let me = member.me;
             let was_synced = member.synced;
             let fx = member.apply(d);
+            // A heal merged another partition's state: like a rejoiner, this member copies
+            // what it lacks (the engine skips what its history already holds).
+            let merged = fx.iter().any(|e| matches!(e, Effect::Merged { .. }));
+            if let Some(Effect::Merged { sides }) =
+                fx.iter().find(|e| matches!(e, Effect::Merged { .. }))
+            {
+                tracing::info!(sides, ops = member.state.ops.len(), "cluster: merged the states of partitions that healed; copying what this member lacks into its history");
+            }
+            let caught_up = (member.synced && !was_synced) || merged;
             // What this member must hold in its own history: every operation that finished
-            // now, and, when it just adopted a snapshot (it rejoined), every finished one the
-            // snapshot holds (those it missed).
-            let finished: Vec<OpKey> = if member.synced && !was_synced {
+            // now, and, when it just adopted a snapshot (it rejoined) or merged a healed
+            // partition's, every finished one the state holds (those it missed).
+            let finished: Vec<OpKey> = if caught_up {
                 member
                     .state
                     .ops
@@ -374,7 +384,7 @@ impl Cluster {
                 .collect();
             // Manual confirmations agreed now (or, for a rejoiner, those its snapshot's log
             // still holds) are copied too; this member's own are recorded by `confirm`.
-            let confirmed: Vec<String> = if member.synced && !was_synced {
+            let confirmed: Vec<String> = if caught_up {
                 member
                     .state
                     .log
@@ -405,7 +415,7 @@ impl Cluster {
                     copies.extend(confirmation_copy(r));
                 }
             }
-            (me, fx, quorate, copies)
+            (me, fx, quorate, copies, member.synced)
         };
         if !copies.is_empty() {
             // Off this thread and off every lock: the history writer commits them (fsync) while
@@ -418,7 +428,11 @@ impl Cluster {
         // (the state forgets every member's quorum when members leave).
         if let Delivered::Membership { joined, .. } = d {
             if !joined.is_empty() {
-                self.send(Message::Hello(self.shared.hello.clone()));
+                // Whether the others must wait for this member's side's snapshot to merge.
+                self.send(Message::Hello(Hello {
+                    holds_state,
+                    ..self.shared.hello.clone()
+                }));
             }
             self.send(Message::Quorum { quorate });
         }

@@ -87,6 +87,11 @@ pub struct Hello {
     pub digests: BTreeMap<String, String>,
     /// This member's config allows new operations without quorum (dangerous).
     pub allow_without_quorum: bool,
+    /// The sender held a cluster state when it sent this (it was in a partition that kept
+    /// the group): the others wait for its side's snapshot and merge it. `false` from a
+    /// fenced that just started (it holds nothing to merge) and from one that never says.
+    #[serde(default)]
+    pub holds_state: bool,
 }
 
 /// A request to own a target for an action.
@@ -423,6 +428,16 @@ pub enum Record {
         #[serde(default)]
         key: Option<String>,
     },
+    /// Two partitions that both kept the group healed and their states disagreed about a
+    /// target: how the merge settled it (the same on every member).
+    MergeConflict {
+        /// The target.
+        target: String,
+        /// The operations involved.
+        ops: Vec<OpKey>,
+        /// What the merge kept and what still needs a read-back.
+        resolution: String,
+    },
 }
 
 /// What a delivered item implies; every member computes the same effects, and each acts on the
@@ -458,6 +473,13 @@ pub enum Effect {
         for_members: Vec<MemberId>,
         /// The state at this point of the sequence.
         snapshot: Box<ClusterState>,
+    },
+    /// This member merged the states of partitions that healed (it now holds operations and
+    /// confirmations it may lack in its own history); the effects of what was delivered
+    /// meanwhile follow.
+    Merged {
+        /// How many partitions' states were merged.
+        sides: usize,
     },
     /// A manual confirmation was recorded, or refused (`Err`) because an operation is in flight.
     ManualConfirmed {
@@ -1051,8 +1073,18 @@ impl ClusterState {
         o.phase = phase;
         o.result = Some(result.clone());
         let proof = o.proof.clone().filter(|_| phase == OpPhase::Succeeded);
-        if self.active.get(&o.target) == Some(&key) {
-            self.active.remove(&o.target);
+        let target = o.target.clone();
+        if self.active.get(&target) == Some(&key) {
+            self.active.remove(&target);
+            // After a merge two operations may still run on one target (one per side): the
+            // target stays owned until the last finishes, so no third one starts beside it.
+            if let Some(next) = self
+                .ops
+                .values()
+                .find(|x| x.target == target && x.phase == OpPhase::Running)
+            {
+                self.active.insert(target, next.key);
+            }
         }
         self.log.push(Record::Finished {
             op: key,
@@ -1087,24 +1119,35 @@ impl ClusterState {
     /// Merges the state of another partition that kept the group (two sides each with
     /// quorum, or allowed without it) into this one, by operation key (origin, claim): the
     /// result is the same whichever side merges into which (`a.merge(b)` equals `b.merge(a)`
-    /// in its operations and log), so the members of both sides converge. Not yet called by
-    /// [`Member::apply`]: after a heal without a fence the two sides still keep their own
-    /// states until the runtime merges at the other side's `Sync` (which must also place the
-    /// records delivered between the membership change and that `Sync`).
+    /// in its operations and log), so the members of both sides converge. [`Member::apply`]
+    /// calls it (through [`ClusterState::merge_sides`]) once every side's snapshot after a
+    /// heal was delivered.
     ///
     /// - an operation known to one side only is taken; known to both, a finished one beats
-    ///   one still running there (its executor was on the other side), and of two finished
-    ///   ones a success (it carries its executor's read-back) beats a failure;
+    ///   one still running there (its executor was on the other side), of two finished ones
+    ///   a success (it carries its executor's read-back) beats a failure, and of two equal
+    ///   in rank the one whose record encodes higher (a deterministic choice: its executor's
+    ///   word is the one that counts, and it must still deliver its own read-back);
+    /// - a member is taken from the side that holds it (synced there);
     /// - where the sides disagree on a target's newest operation or on a request id, the
     ///   entry is dropped: a repeated request then starts a new operation instead of being
     ///   answered with a result that may be stale;
     /// - the log keeps the common prefix, then each side's records since, the side whose
     ///   records encode lower first, without records the first side already holds.
     pub fn merge(&mut self, other: &ClusterState) {
+        for (m, theirs) in &other.members {
+            let take = match self.members.get(m) {
+                None => true,
+                Some(mine) => member_rank(theirs) > member_rank(mine),
+            };
+            if take {
+                self.members.insert(*m, theirs.clone());
+            }
+        }
         for (k, theirs) in &other.ops {
             let take = match self.ops.get(k) {
                 None => true,
-                Some(mine) => rank(theirs) > rank(mine),
+                Some(mine) => (rank(theirs), encoded(theirs)) > (rank(mine), encoded(mine)),
             };
             if take {
                 self.ops.insert(*k, theirs.clone());
@@ -1138,6 +1181,85 @@ impl ClusterState {
         }
         self.log = log;
     }
+
+    /// The state of a healed group from every side's state as of the change that healed it:
+    /// folded in the order of their encodings (so every member, whichever side it was on and
+    /// in whichever order the snapshots came, computes the same), then each disagreement
+    /// about a target recorded as a [`Record::MergeConflict`]:
+    /// - one operation run by two executors (each side handed it to one of its own): the
+    ///   merged record names one, and only that one's read-back and outcome count;
+    /// - two operations still running on one target (each side started one): the lower key
+    ///   owns the target, the other's executor still finishes it with its own read-back, and
+    ///   the target takes no new operation until both have finished.
+    ///
+    /// Returns `None` for no states.
+    pub fn merge_sides(mut sides: Vec<ClusterState>) -> Option<ClusterState> {
+        sides.sort_by_cached_key(|s| serde_json::to_string(s).unwrap_or_default());
+        sides.dedup();
+        let mut it = sides.iter();
+        let mut merged = it.next()?.clone();
+        for s in it {
+            merged.merge(s);
+        }
+        let mut records = Vec::new();
+        for (k, o) in &merged.ops {
+            let executors: BTreeSet<&str> = sides
+                .iter()
+                .filter_map(|s| s.ops.get(k))
+                .map(|x| x.executor_name.as_str())
+                .collect();
+            if executors.len() > 1 {
+                let names: Vec<&str> = executors.into_iter().collect();
+                records.push(Record::MergeConflict {
+                    target: o.target.clone(),
+                    ops: vec![*k],
+                    resolution: format!(
+                        "{k} was executed by {} in different partitions; the merged record keeps {}'s ({:?}), and only its own read-back counts",
+                        names.join(" and "),
+                        o.executor_name,
+                        o.phase
+                    ),
+                });
+            }
+        }
+        let mut running: BTreeMap<&str, Vec<OpKey>> = BTreeMap::new();
+        for o in merged.ops.values().filter(|o| o.phase == OpPhase::Running) {
+            running.entry(o.target.as_str()).or_default().push(o.key);
+        }
+        for (target, ops) in running.into_iter().filter(|(_, v)| v.len() > 1) {
+            let rest: Vec<String> = ops[1..].iter().map(OpKey::to_string).collect();
+            records.push(Record::MergeConflict {
+                target: target.to_string(),
+                ops: ops.clone(),
+                resolution: format!(
+                    "partitions started operations on {target} that still run: {} owns the target; {} still finish with their own executors' read-backs, and {target} takes no new operation until all have finished",
+                    ops[0],
+                    rest.join(", ")
+                ),
+            });
+        }
+        for r in records {
+            merged.log.push(r);
+        }
+        Some(merged)
+    }
+}
+
+/// Which side's record of a member wins a merge: the side it is synced in (it holds that
+/// side's state), then the one that heard more from it; then the encoding, so the choice is
+/// the same on every member.
+fn member_rank(i: &MemberInfo) -> (bool, bool, bool, String) {
+    (
+        i.synced,
+        i.hello.is_some(),
+        i.quorum_known,
+        serde_json::to_string(i).unwrap_or_default(),
+    )
+}
+
+/// An operation's encoding, the last tie-break of a merge.
+fn encoded(o: &ClusterOp) -> String {
+    serde_json::to_string(o).unwrap_or_default()
 }
 
 /// How much an operation's record says: running, failed, succeeded.
@@ -1166,7 +1288,8 @@ fn agreed(
 }
 
 /// One member's side: the shared state plus what only this member knows (who it is, and,
-/// while it joins, the deliveries it holds back until a snapshot arrives).
+/// while it joins or its partition heals, the deliveries it holds back until every other
+/// side's snapshot arrives).
 #[derive(Debug, Clone)]
 pub struct Member {
     /// This member.
@@ -1175,8 +1298,47 @@ pub struct Member {
     pub state: ClusterState,
     /// This member holds the cluster's state.
     pub synced: bool,
-    /// Deliveries since this member joined, held until the snapshot (it is taken at the
-    /// membership change that brought this member in, so these follow it).
+    /// A join or a heal in progress.
+    merging: Option<Merging>,
+    /// After a heal, this side's snapshot until its `Sync` is delivered: if its sender
+    /// leaves first, the next member of the side sends it, or the other sides would wait
+    /// for it forever.
+    side_sync: Option<SideSync>,
+}
+
+/// This side's snapshot as of a heal, and who is to send it.
+#[derive(Debug, Clone)]
+struct SideSync {
+    /// The member of this side that sends it (the lowest still present).
+    sender: MemberId,
+    /// This side's members (synced in the snapshot).
+    side: BTreeSet<MemberId>,
+    /// The members it is for.
+    for_members: Vec<MemberId>,
+    /// The state right after the heal's change on this side.
+    snapshot: ClusterState,
+}
+
+/// What a member gathers between a change that brought in members it did not hold and the
+/// moment it knows every member's state: each side's state as of that change, and what was
+/// delivered since (held, then replayed on the merged state).
+///
+/// Every side's members see the same sequence after the change, so every member merges
+/// the same states and replays the same items, whichever side it was on: the sides
+/// converge. A side's snapshot is the state right after the change on that side, sent by
+/// its lowest member; a member that just started holds no state and says so in its
+/// `Hello`, so nobody waits for a snapshot of it.
+#[derive(Debug, Clone)]
+struct Merging {
+    /// The change (replayed on an empty state if no member turns out to hold one).
+    change: Delivered,
+    /// This member's own state right after the change (`None` for a member that held none).
+    base: Option<ClusterState>,
+    /// Members whose state is not known yet: neither covered by a snapshot nor fresh.
+    pending: BTreeSet<MemberId>,
+    /// Other sides' snapshots.
+    snapshots: Vec<ClusterState>,
+    /// Deliveries since the change.
     held: Vec<Delivered>,
 }
 
@@ -1187,53 +1349,204 @@ impl Member {
             me,
             state: ClusterState::default(),
             synced: false,
-            held: Vec::new(),
+            merging: None,
+            side_sync: None,
         }
     }
 
-    /// Applies one delivered item; returns the effects (empty while this member is joining).
+    /// This member is holding deliveries back until the other sides' snapshots arrive.
+    pub fn merging(&self) -> bool {
+        self.merging.is_some()
+    }
+
+    /// Applies one delivered item; returns the effects (empty while this member is joining
+    /// or merging, then those of everything it held).
     pub fn apply(&mut self, d: &Delivered) -> Vec<Effect> {
+        let mut resend = Vec::new();
+        match (d, self.side_sync.as_mut()) {
+            (
+                Delivered::Message {
+                    from,
+                    msg: Message::Sync { .. },
+                },
+                Some(ss),
+            ) if *from == ss.sender => self.side_sync = None,
+            (Delivered::Membership { members, .. }, Some(ss)) if !members.contains(&ss.sender) => {
+                match ss.side.iter().find(|m| members.contains(m)) {
+                    None => self.side_sync = None,
+                    Some(next) => {
+                        ss.sender = *next;
+                        if *next == self.me {
+                            resend.push(Effect::SendSync {
+                                sender: self.me,
+                                for_members: ss
+                                    .for_members
+                                    .iter()
+                                    .filter(|m| members.contains(m))
+                                    .copied()
+                                    .collect(),
+                                snapshot: Box::new(ss.snapshot.clone()),
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut fx = self.step(d);
+        fx.extend(resend);
+        fx
+    }
+
+    /// [`Member::apply`] without the care for this side's snapshot (a replay of held items
+    /// must not send it again).
+    fn step(&mut self, d: &Delivered) -> Vec<Effect> {
+        if self.merging.is_some() {
+            return self.hold(d);
+        }
         if self.synced {
-            return self.state.apply(d);
+            let fx = self.state.apply(d);
+            if let Delivered::Membership { members, joined } = d {
+                // Members this side did not hold: fresh fenceds, or another partition that
+                // kept the group. Wait until each is known (see `Merging`).
+                let pending: BTreeSet<MemberId> = joined
+                    .iter()
+                    .filter(|j| **j != self.me && members.contains(j))
+                    .copied()
+                    .collect();
+                if !pending.is_empty() {
+                    // The base is this side's snapshot exactly as its sender sends it (every
+                    // member of the side derives the same `SendSync`), so every side folds
+                    // the same states.
+                    let base = fx
+                        .iter()
+                        .find_map(|e| match e {
+                            Effect::SendSync { snapshot, .. } => Some((**snapshot).clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| self.state.clone());
+                    let side: BTreeSet<MemberId> = base
+                        .members
+                        .iter()
+                        .filter(|(_, i)| i.synced)
+                        .map(|(m, _)| *m)
+                        .collect();
+                    if let Some(sender) = side.first().copied() {
+                        self.side_sync = Some(SideSync {
+                            sender,
+                            side,
+                            for_members: pending.iter().copied().collect(),
+                            snapshot: base.clone(),
+                        });
+                    }
+                    self.merging = Some(Merging {
+                        change: d.clone(),
+                        base: Some(base),
+                        pending,
+                        snapshots: Vec::new(),
+                        held: Vec::new(),
+                    });
+                }
+            }
+            return fx;
         }
         match d {
-            Delivered::Membership { members, joined } if self.held.is_empty() => {
-                let fresh = joined.contains(&self.me);
-                if fresh && joined.len() == members.len() {
+            Delivered::Membership { members, joined } if joined.contains(&self.me) => {
+                if joined.len() == members.len() {
                     // Everyone in the group just arrived: the cluster is founded here.
                     self.synced = true;
                     return self.state.apply(d);
                 }
-                self.held.push(d.clone());
+                self.merging = Some(Merging {
+                    change: d.clone(),
+                    base: None,
+                    pending: members.iter().filter(|m| **m != self.me).copied().collect(),
+                    snapshots: Vec::new(),
+                    held: Vec::new(),
+                });
                 Vec::new()
+            }
+            // Nothing is delivered to a member before the change that brings it in.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Holds `d` while merging; once every member's state is known, merges and replays.
+    fn hold(&mut self, d: &Delivered) -> Vec<Effect> {
+        let me = self.me;
+        let Some(mg) = self.merging.as_mut() else {
+            return Vec::new();
+        };
+        mg.held.push(d.clone());
+        match d {
+            Delivered::Message {
+                from,
+                msg: Message::Hello(h),
+            } if !h.holds_state => {
+                mg.pending.remove(from);
             }
             Delivered::Message {
-                msg:
-                    Message::Sync {
-                        for_members,
-                        snapshot,
-                    },
-                ..
-            } if for_members.contains(&self.me) => {
-                self.state = (**snapshot).clone();
-                self.synced = true;
-                // The snapshot is the state right after the membership change (the first held
-                // item): replay what followed, then this Sync, as everyone else applied them.
-                let held = std::mem::take(&mut self.held);
-                let mut fx = Vec::new();
-                for h in held.iter().skip(1) {
-                    fx.extend(self.state.apply(h));
+                from,
+                msg: Message::Sync { snapshot, .. },
+            } => {
+                // This side's own snapshot is this member's base; another side's covers the
+                // members synced in it.
+                let own_side = mg
+                    .base
+                    .as_ref()
+                    .is_some_and(|b| b.members.get(from).is_some_and(|i| i.synced));
+                let covered: Vec<MemberId> = snapshot
+                    .members
+                    .iter()
+                    .filter(|(_, i)| i.synced)
+                    .map(|(m, _)| *m)
+                    .collect();
+                if !own_side && covered.iter().any(|m| mg.pending.contains(m)) {
+                    for m in &covered {
+                        mg.pending.remove(m);
+                    }
+                    mg.snapshots.push((**snapshot).clone());
                 }
-                fx.extend(self.state.apply(d));
-                fx
             }
-            _ => {
-                self.held.push(d.clone());
-                // The holder of the state left before its snapshot reached us: when a later
-                // membership shows nobody else holding it, this member founds with the rest.
-                Vec::new()
+            Delivered::Membership { members, joined } => {
+                // Whoever left will send nothing; whoever joined must be known too.
+                mg.pending.retain(|m| members.contains(m));
+                mg.pending
+                    .extend(joined.iter().filter(|j| **j != me).copied());
             }
+            _ => {}
         }
+        if !mg.pending.is_empty() {
+            return Vec::new();
+        }
+        let Some(mg) = self.merging.take() else {
+            return Vec::new();
+        };
+        let mut fx = Vec::new();
+        let sides = mg.snapshots.len() + usize::from(mg.base.is_some());
+        let mut states = mg.snapshots;
+        states.extend(mg.base);
+        let real_merge = sides > 1;
+        self.state = match ClusterState::merge_sides(states) {
+            Some(s) => s,
+            None => {
+                // Nobody held a state (every holder left before its snapshot): the members
+                // present found the cluster from the change on.
+                let mut s = ClusterState::default();
+                fx.extend(s.apply(&mg.change));
+                s
+            }
+        };
+        self.synced = true;
+        if real_merge {
+            fx.push(Effect::Merged { sides });
+            // An executor lost on one side may be held on none: hand it over or fail it.
+            fx.extend(self.state.reassign_orphans());
+        }
+        for h in &mg.held {
+            fx.extend(self.step(h));
+        }
+        fx
     }
 }
 

@@ -630,7 +630,13 @@ fn supersedes(local: &Operation, cluster: &Operation) -> bool {
         Some(Outcome::Failed { code, .. }) => Some(code.clone()),
         _ => None,
     };
-    code(local).as_deref() == Some("interrupted") && code(cluster).as_deref() != Some("interrupted")
+    match code(local).as_deref() {
+        Some("interrupted") => code(cluster).as_deref() != Some("interrupted"),
+        // This member's partition lost the executor and recorded the operation failed; the
+        // healed cluster holds the executor's own read-back: the success is appended.
+        Some("executor_left") => cluster.state == OpState::Succeeded,
+        _ => false,
+    }
 }
 
 /// The local record with the cluster's outcome appended: same id and creation, the local

@@ -16,6 +16,7 @@ fn hello(name: &str, reaches: &[&str]) -> Hello {
             .map(|t| (t.to_string(), "d0".to_string()))
             .collect(),
         allow_without_quorum: false,
+        holds_state: false,
     }
 }
 
@@ -886,4 +887,517 @@ fn a_merge_prefers_a_finished_operation_and_drops_what_the_sides_disagree_on() {
     merged.merge(&left);
     assert_eq!(merged.ops[&k].phase, OpPhase::Succeeded);
     assert!(merged.active.is_empty(), "{:?}", merged.active);
+}
+
+/// Two groups of [`Member`]s that were one group, split, and each kept going; `heal`
+/// delivers to each side the change CPG delivers it (the other side's members joined), then
+/// one common sequence, as Corosync's total order does after the merge.
+struct Split {
+    left: Vec<Member>,
+    right: Vec<Member>,
+}
+
+impl Split {
+    /// n1 (left) and n2, n3 (right), each allowed without quorum, every one reaching every
+    /// BMC; founded together, then split.
+    fn new() -> Split {
+        let ids = [m(1, 1), m(2, 2), m(3, 3)];
+        let mut all: Vec<Member> = ids.iter().map(|i| Member::new(*i)).collect();
+        let mut common = vec![Delivered::Membership {
+            members: ids.to_vec(),
+            joined: ids.to_vec(),
+        }];
+        for (i, x) in ids.iter().enumerate() {
+            common.push(Delivered::Message {
+                from: *x,
+                msg: Message::Hello(Hello {
+                    allow_without_quorum: true,
+                    ..hello(
+                        &format!("n{}", i + 1),
+                        &["bmc-n1", "bmc-n2", "bmc-n3", "pdu"],
+                    )
+                }),
+            });
+        }
+        for d in &common {
+            for mem in &mut all {
+                mem.apply(d);
+            }
+        }
+        let right = all.split_off(1);
+        let mut s = Split { left: all, right };
+        s.side(
+            true,
+            &Delivered::Membership {
+                members: vec![ids[0]],
+                joined: vec![],
+            },
+        );
+        s.side(
+            false,
+            &Delivered::Membership {
+                members: vec![ids[1], ids[2]],
+                joined: vec![],
+            },
+        );
+        s
+    }
+
+    /// Delivers `d` to one side only; returns the effects of its members.
+    fn side(&mut self, left: bool, d: &Delivered) -> Vec<(MemberId, Vec<Effect>)> {
+        let ms = if left {
+            &mut self.left
+        } else {
+            &mut self.right
+        };
+        ms.iter_mut().map(|x| (x.me, x.apply(d))).collect()
+    }
+
+    /// Delivers `d` to every member of both sides.
+    fn all(&mut self, d: &Delivered) -> Vec<(MemberId, Vec<Effect>)> {
+        let mut fx = self.side(true, d);
+        fx.extend(self.side(false, d));
+        fx
+    }
+
+    /// One fence of `target` claimed (`n`) and executed by `by` on one side, finished as
+    /// confirmed off or left running.
+    fn fence(&mut self, left: bool, by: MemberId, n: u64, target: &str, finish: bool) -> OpKey {
+        self.side(
+            left,
+            &Delivered::Message {
+                from: by,
+                msg: Message::Quorum { quorate: true },
+            },
+        );
+        let fx = self.side(
+            left,
+            &Delivered::Message {
+                from: by,
+                msg: Message::Claim(Claim {
+                    origin_op: n,
+                    target: target.into(),
+                    action: Action::Off,
+                    request_id: None,
+                    levels: levels(target),
+                    reason: "split".into(),
+                }),
+            },
+        );
+        let op = OpKey {
+            origin: by,
+            origin_op: n,
+        };
+        assert!(
+            fx.iter().any(|(_, f)| f.contains(&Effect::Execute {
+                op,
+                executor: by,
+                takeover: false
+            })),
+            "{fx:?}"
+        );
+        if finish {
+            for msg in [
+                Message::Confirmed {
+                    op,
+                    proof: Proof::PowerReadBack {
+                        detail: "read back off".into(),
+                    },
+                },
+                Message::Outcome {
+                    op,
+                    result: ExecResult::Succeeded {
+                        summary: "off".into(),
+                    },
+                    record: None,
+                },
+            ] {
+                self.side(left, &Delivered::Message { from: by, msg });
+            }
+        }
+        op
+    }
+
+    /// The heal: each side's change, then the runtime's answers to it (Hello holding a state,
+    /// each side's snapshot from its lowest member, in the order given), through the wire.
+    fn heal(&mut self, right_sync_first: bool) -> Vec<(MemberId, Vec<Effect>)> {
+        let (l, r): (Vec<MemberId>, Vec<MemberId>) = (
+            self.left.iter().map(|x| x.me).collect(),
+            self.right.iter().map(|x| x.me).collect(),
+        );
+        let mut members: Vec<MemberId> = l.iter().chain(&r).copied().collect();
+        members.sort();
+        let mut syncs = Vec::new();
+        for (left, joined) in [(true, r.clone()), (false, l.clone())] {
+            for (me, fx) in self.side(
+                left,
+                &Delivered::Membership {
+                    members: members.clone(),
+                    joined,
+                },
+            ) {
+                for e in fx {
+                    if let Effect::SendSync {
+                        sender,
+                        for_members,
+                        snapshot,
+                    } = e
+                    {
+                        if sender == me {
+                            let msg = Message::Sync {
+                                for_members,
+                                snapshot,
+                            };
+                            let msg = crate::cluster::wire::decode(
+                                &crate::cluster::wire::encode(&msg).unwrap(),
+                            )
+                            .unwrap();
+                            syncs.push((left, Delivered::Message { from: sender, msg }));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(syncs.len(), 2, "each side sends one snapshot: {syncs:?}");
+        if right_sync_first {
+            syncs.reverse();
+        }
+        let mut fx = Vec::new();
+        for x in &members {
+            let h = Hello {
+                holds_state: true,
+                allow_without_quorum: true,
+                ..hello(
+                    &format!("n{}", x.node),
+                    &["bmc-n1", "bmc-n2", "bmc-n3", "pdu"],
+                )
+            };
+            fx.extend(self.all(&Delivered::Message {
+                from: *x,
+                msg: Message::Hello(h),
+            }));
+        }
+        for (_, s) in syncs {
+            fx.extend(self.all(&s));
+        }
+        fx
+    }
+
+    fn members(&self) -> impl Iterator<Item = &Member> {
+        self.left.iter().chain(&self.right)
+    }
+}
+
+#[test]
+fn healed_partitions_that_both_kept_the_group_converge_on_every_member_in_either_order() {
+    for right_first in [false, true] {
+        let mut s = Split::new();
+        let (a, b) = (m(1, 1), m(2, 2));
+        // Each side fences a target the other does not: both succeed with a read-back.
+        let ka = s.fence(true, a, 1, "n3", true);
+        let kb = s.fence(false, b, 1, "n1", true);
+        let fx = s.heal(right_first);
+        let reference = s.left[0].state.clone();
+        for x in s.members() {
+            assert!(!x.merging(), "{} is still merging", x.me);
+            assert!(x.synced);
+            assert_eq!(
+                x.state, reference,
+                "{} differs (right first: {right_first})",
+                x.me
+            );
+        }
+        assert_eq!(reference.ops[&ka].phase, OpPhase::Succeeded);
+        assert_eq!(reference.ops[&kb].phase, OpPhase::Succeeded);
+        assert!(
+            reference.members.values().all(|i| i.synced),
+            "{:?}",
+            reference.members
+        );
+        // Every member says it merged two sides (so the runtime copies what it lacked).
+        for x in s.members() {
+            assert!(
+                fx.iter()
+                    .any(|(me, f)| *me == x.me && f.contains(&Effect::Merged { sides: 2 })),
+                "{} did not report the merge: {fx:?}",
+                x.me
+            );
+        }
+        // Both sides' records, the common ones once; no conflict (disjoint targets).
+        let finished = reference
+            .log
+            .iter()
+            .filter(|r| matches!(r, Record::Finished { .. }))
+            .count();
+        assert_eq!(finished, 2, "{:?}", reference.log);
+        assert!(
+            !reference
+                .log
+                .iter()
+                .any(|r| matches!(r, Record::MergeConflict { .. })),
+            "{:?}",
+            reference.log
+        );
+        // After the heal the group agrees again: a claim is decided the same everywhere.
+        s.all(&Delivered::Message {
+            from: m(3, 3),
+            msg: Message::Quorum { quorate: true },
+        });
+        let fx = s.all(&Delivered::Message {
+            from: m(3, 3),
+            msg: Message::Claim(Claim {
+                origin_op: 9,
+                target: "n2".into(),
+                action: Action::Off,
+                request_id: None,
+                levels: levels("n2"),
+                reason: "after".into(),
+            }),
+        });
+        let decided: BTreeSet<String> =
+            fx.iter().map(|(_, f)| format!("{:?}", f.first())).collect();
+        assert_eq!(decided.len(), 1, "members decided differently: {decided:?}");
+    }
+}
+
+#[test]
+fn deliveries_during_a_heal_are_held_and_decided_once_on_the_merged_state() {
+    let mut s = Split::new();
+    let (a, b, c) = (m(1, 1), m(2, 2), m(3, 3));
+    s.fence(true, a, 1, "n3", true);
+    // The heal's change, then a claim from c before either snapshot is delivered.
+    let members = vec![a, b, c];
+    s.side(
+        true,
+        &Delivered::Membership {
+            members: members.clone(),
+            joined: vec![b, c],
+        },
+    );
+    let fx = s.side(
+        false,
+        &Delivered::Membership {
+            members: members.clone(),
+            joined: vec![a],
+        },
+    );
+    let sync_right = fx
+        .iter()
+        .flat_map(|(_, f)| f.iter())
+        .find_map(|e| match e {
+            Effect::SendSync {
+                sender,
+                for_members,
+                snapshot,
+            } => Some(Delivered::Message {
+                from: *sender,
+                msg: Message::Sync {
+                    for_members: for_members.clone(),
+                    snapshot: snapshot.clone(),
+                },
+            }),
+            _ => None,
+        })
+        .unwrap();
+    let sync_left = Delivered::Message {
+        from: a,
+        msg: Message::Sync {
+            for_members: vec![b, c],
+            snapshot: Box::new(s.left[0].state.clone()),
+        },
+    };
+    s.all(&Delivered::Message {
+        from: c,
+        msg: Message::Quorum { quorate: true },
+    });
+    // c claims n3, which the left side already fenced: nobody decides it yet.
+    let fx = s.all(&Delivered::Message {
+        from: c,
+        msg: Message::Claim(Claim {
+            origin_op: 5,
+            target: "n3".into(),
+            action: Action::On,
+            request_id: None,
+            levels: levels("n3"),
+            reason: "during the heal".into(),
+        }),
+    });
+    assert!(fx.iter().all(|(_, f)| f.is_empty()), "{fx:?}");
+    for x in members.iter() {
+        let h = Hello {
+            holds_state: true,
+            allow_without_quorum: true,
+            ..hello(
+                &format!("n{}", x.node),
+                &["bmc-n1", "bmc-n2", "bmc-n3", "pdu"],
+            )
+        };
+        s.all(&Delivered::Message {
+            from: *x,
+            msg: Message::Hello(h),
+        });
+    }
+    let mut decisions = Vec::new();
+    for sync in [sync_left, sync_right] {
+        for (me, f) in s.all(&sync) {
+            for e in f {
+                if let Effect::Decided { claim, result } = e {
+                    decisions.push((me, claim, result));
+                }
+            }
+        }
+    }
+    // Each member decided c's claim exactly once, and all the same way.
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    let results: BTreeSet<String> = decisions.iter().map(|d| format!("{:?}", d.2)).collect();
+    assert_eq!(results.len(), 1, "{decisions:?}");
+    let reference = s.left[0].state.clone();
+    for x in s.members() {
+        assert_eq!(x.state, reference, "{} differs", x.me);
+    }
+}
+
+#[test]
+fn a_conflict_found_at_the_merge_is_recorded_and_keeps_the_target_owned_until_both_finish() {
+    let mut s = Split::new();
+    let (a, b) = (m(1, 1), m(2, 2));
+    // Both sides start an operation on n3 and neither has finished at the heal.
+    let ka = s.fence(true, a, 1, "n3", false);
+    let kb = s.fence(false, b, 1, "n3", false);
+    s.heal(false);
+    let st = s.left[0].state.clone();
+    for x in s.members() {
+        assert_eq!(x.state, st, "{} differs", x.me);
+    }
+    let low = ka.min(kb);
+    let high = ka.max(kb);
+    assert_eq!(st.active.get("n3"), Some(&low));
+    let conflict = st
+        .log
+        .iter()
+        .find_map(|r| match r {
+            Record::MergeConflict { target, ops, .. } => Some((target.clone(), ops.clone())),
+            _ => None,
+        })
+        .expect("the conflict is recorded");
+    assert_eq!(conflict, ("n3".to_string(), vec![low, high]));
+    // The owner finishes with its read-back: the target stays owned by the other one, so a
+    // new claim on it is refused as a conflict.
+    let owner = st.ops[&low].executor;
+    for msg in [
+        Message::Confirmed {
+            op: low,
+            proof: Proof::PowerReadBack {
+                detail: "off".into(),
+            },
+        },
+        Message::Outcome {
+            op: low,
+            result: ExecResult::Succeeded {
+                summary: "off".into(),
+            },
+            record: None,
+        },
+    ] {
+        s.all(&Delivered::Message { from: owner, msg });
+    }
+    let st = s.left[0].state.clone();
+    assert_eq!(st.ops[&low].phase, OpPhase::Succeeded);
+    assert_eq!(st.active.get("n3"), Some(&high));
+    // The other executor's success without its own read-back is a failure.
+    let other = st.ops[&high].executor;
+    s.all(&Delivered::Message {
+        from: other,
+        msg: Message::Outcome {
+            op: high,
+            result: ExecResult::Succeeded {
+                summary: "off".into(),
+            },
+            record: None,
+        },
+    });
+    let st = s.left[0].state.clone();
+    assert_eq!(st.ops[&high].phase, OpPhase::Failed);
+    assert!(st.active.is_empty(), "{:?}", st.active);
+    for x in s.members() {
+        assert_eq!(x.state, st, "{} differs", x.me);
+    }
+}
+
+#[test]
+fn a_side_whose_snapshot_sender_leaves_before_its_sync_still_sends_it_and_the_heal_completes() {
+    let mut s = Split::new();
+    let (a, b, c) = (m(1, 1), m(2, 2), m(3, 3));
+    let ka = s.fence(true, a, 1, "n3", true);
+    let kb = s.fence(false, b, 1, "n1", true);
+    let members = vec![a, b, c];
+    let fx_left = s.side(
+        true,
+        &Delivered::Membership {
+            members: members.clone(),
+            joined: vec![b, c],
+        },
+    );
+    s.side(
+        false,
+        &Delivered::Membership {
+            members: members.clone(),
+            joined: vec![a],
+        },
+    );
+    // Only the left side's snapshot is delivered; b, the right side's sender, dies first.
+    let sync_left = fx_left
+        .iter()
+        .flat_map(|(_, f)| f.iter())
+        .find_map(|e| match e {
+            Effect::SendSync {
+                sender,
+                for_members,
+                snapshot,
+            } => Some(Delivered::Message {
+                from: *sender,
+                msg: Message::Sync {
+                    for_members: for_members.clone(),
+                    snapshot: snapshot.clone(),
+                },
+            }),
+            _ => None,
+        })
+        .unwrap();
+    s.all(&sync_left);
+    s.right.retain(|x| x.me != b);
+    let fx = s.all(&Delivered::Membership {
+        members: vec![a, c],
+        joined: vec![],
+    });
+    assert!(
+        s.left[0].merging(),
+        "a still waits for the right side's state"
+    );
+    // c, now the right side's lowest, sends the right side's snapshot.
+    let resent = fx
+        .iter()
+        .filter(|(me, _)| *me == c)
+        .flat_map(|(_, f)| f.iter())
+        .find_map(|e| match e {
+            Effect::SendSync {
+                sender,
+                for_members,
+                snapshot,
+            } if *sender == c => Some(Delivered::Message {
+                from: c,
+                msg: Message::Sync {
+                    for_members: for_members.clone(),
+                    snapshot: snapshot.clone(),
+                },
+            }),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("c did not send the right side's snapshot: {fx:?}"));
+    s.all(&resent);
+    assert!(!s.left[0].merging());
+    let st = s.left[0].state.clone();
+    assert_eq!(s.right[0].state, st, "a and c differ");
+    assert_eq!(st.ops[&ka].phase, OpPhase::Succeeded);
+    assert_eq!(st.ops[&kb].phase, OpPhase::Succeeded);
 }
