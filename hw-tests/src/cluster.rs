@@ -776,6 +776,55 @@ impl ClusterLab {
         Ok(())
     }
 
+    /// SIGKILLs the registered daemon `daemon` of `name` and reaps it (no drain, no clean
+    /// up: a crash); the node and its other processes keep running. `Unchanged` if it was
+    /// not running. It stays registered: [`ClusterLab::start_daemon`] or the next power on
+    /// starts it again.
+    pub fn kill_daemon(&self, name: &str, daemon: &str) -> Result<Transition, ClusterError> {
+        let node = self.node(name)?;
+        let running = lock(&node.daemons)
+            .iter_mut()
+            .find(|d| d.name == daemon)
+            .ok_or_else(|| {
+                ClusterError::Spec(format!("no daemon `{daemon}` registered on {name}"))
+            })?
+            .running
+            .take();
+        // Dropping a NodeProcess SIGKILLs and reaps it.
+        Ok(match running {
+            Some(p) => {
+                drop(p);
+                Transition::Changed
+            }
+            None => Transition::Unchanged,
+        })
+    }
+
+    /// Starts the registered daemon `daemon` of `name` again if it is not running (after
+    /// [`ClusterLab::kill_daemon`], or when it exited); `Unchanged` if it runs. Fails when
+    /// the node is off (its next power on starts it).
+    pub fn start_daemon(&self, name: &str, daemon: &str) -> Result<Transition, ClusterError> {
+        let node = self.node(name)?;
+        if !node.node.is_on() || node.corosync_pid().is_none() {
+            return Err(ClusterError::Node(NodeError::PoweredOff(name.to_string())));
+        }
+        let mut daemons = lock(&node.daemons);
+        let d = daemons
+            .iter_mut()
+            .find(|d| d.name == daemon)
+            .ok_or_else(|| {
+                ClusterError::Spec(format!("no daemon `{daemon}` registered on {name}"))
+            })?;
+        if d.running
+            .as_mut()
+            .is_some_and(|p| matches!(p.try_wait(), Ok(None)))
+        {
+            return Ok(Transition::Unchanged);
+        }
+        d.running = Some((d.start)(&node.node)?);
+        Ok(Transition::Changed)
+    }
+
     /// The host pid of each registered daemon of `name` now running, by daemon name.
     pub fn daemon_pids(&self, name: &str) -> Result<Vec<(String, u32)>, ClusterError> {
         Ok(lock(&self.node(name)?.daemons)

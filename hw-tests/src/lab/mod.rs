@@ -303,6 +303,10 @@ pub enum EventKind {
     },
     /// The node's power changed.
     Power(PowerEvent),
+    /// The node's power was changed by hand at the chassis ([`BmcHandle::set_power_by_hand`]),
+    /// not by a command: kept apart from [`EventKind::Power`] so a check of what clients did
+    /// to the power can leave it out.
+    PowerByHand(PowerEvent),
     /// A fault knob was changed through the handle.
     FaultSet(String),
     /// A fault changed what the device did: `dropped`, `garbage`, `stuck`, `power-on-fails`,
@@ -334,14 +338,35 @@ pub struct Event {
 }
 
 /// A counted ring buffer of recent events (as Hubris's `counted_ringbuf!`): the last
-/// [`EVENT_LOG_CAPACITY`] distinct entries, repeats counted in place.
-#[derive(Debug, Clone, Default)]
+/// [`EVENT_LOG_CAPACITY`] distinct entries (or as many as [`EventLog::set_capacity`] says),
+/// repeats counted in place.
+#[derive(Debug, Clone)]
 pub struct EventLog {
     entries: VecDeque<Event>,
     total: u64,
+    capacity: usize,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            entries: VecDeque::new(),
+            total: 0,
+            capacity: EVENT_LOG_CAPACITY,
+        }
+    }
 }
 
 impl EventLog {
+    /// Keeps the last `capacity` distinct entries from now on (at least one); a test that
+    /// checks a whole run's order of events sets it above what the run records.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
+
     /// Records an event at `at` (time since the lab started).
     pub fn record(&mut self, at: Duration, kind: EventKind) {
         self.total = self.total.saturating_add(1);
@@ -351,7 +376,7 @@ impl EventLog {
                 return;
             }
         }
-        if self.entries.len() >= EVENT_LOG_CAPACITY {
+        if self.entries.len() >= self.capacity {
             self.entries.pop_front();
         }
         self.entries.push_back(Event { at, count: 1, kind });
@@ -583,16 +608,18 @@ impl Shared {
     /// Applies due power changes, logs them and calls the hook outside the lock.
     pub(crate) fn settle(&self, now: Instant) {
         let events = self.with_node(|n| n.settle(now));
-        self.emit(events);
+        self.emit_as(events, EventKind::Power);
     }
 
-    fn emit(&self, events: Vec<PowerEvent>) {
+    /// Logs power changes (as `kind` says: by command, or by hand) and calls the hook
+    /// outside the lock.
+    fn emit_as(&self, events: Vec<PowerEvent>, kind: fn(PowerEvent) -> EventKind) {
         if events.is_empty() {
             return;
         }
         let hook = lock(&self.hook).clone();
         for e in events {
-            self.record(EventKind::Power(e));
+            self.record(kind(e));
             if let Some(h) = &hook {
                 h(&self.name, e);
             }
@@ -668,8 +695,27 @@ impl BmcHandle {
     /// the state changes.
     pub fn set_power(&self, on: bool) {
         let event = self.shared.with_node(|n| n.force(on));
-        self.shared.emit(event.into_iter().collect());
+        self.shared
+            .emit_as(event.into_iter().collect(), EventKind::Power);
         self.shared.wake.notify_one();
+    }
+
+    /// Sets the node's power at once as a hand at the chassis does (a pulled cord, the
+    /// power button), cancelling scheduled changes; the hook is called if the state changes,
+    /// and the log says [`EventKind::PowerByHand`], so the change is told apart from one a
+    /// client's command made.
+    pub fn set_power_by_hand(&self, on: bool) {
+        let event = self.shared.with_node(|n| n.force(on));
+        self.shared
+            .emit_as(event.into_iter().collect(), EventKind::PowerByHand);
+        self.shared.wake.notify_one();
+    }
+
+    /// Keeps the last `capacity` distinct events from now on (default
+    /// [`EVENT_LOG_CAPACITY`]): a test that checks the order of a whole run's events sets
+    /// it above what the run records.
+    pub fn set_event_capacity(&self, capacity: usize) {
+        lock(&self.shared.events).set_capacity(capacity);
     }
 
     /// Changes the delay of later power changes.
@@ -1004,5 +1050,34 @@ mod tests {
         }
         assert_eq!(log.entries().len(), EVENT_LOG_CAPACITY);
         assert_eq!(log.total(), 102);
+    }
+
+    #[test]
+    fn event_log_keeps_as_many_as_its_capacity_says() {
+        let mut log = EventLog::default();
+        log.set_capacity(1000);
+        for i in 0..500u16 {
+            log.record(
+                Duration::ZERO,
+                EventKind::Command {
+                    net_fn: 0,
+                    cmd: (i % 256) as u8,
+                    completion_code: (i / 256) as u8,
+                },
+            );
+        }
+        assert_eq!(log.entries().len(), 500);
+        log.set_capacity(10);
+        let e = log.entries();
+        assert_eq!(e.len(), 10);
+        // The newest are kept.
+        assert_eq!(
+            e[9].kind,
+            EventKind::Command {
+                net_fn: 0,
+                cmd: (499 % 256) as u8,
+                completion_code: 1
+            }
+        );
     }
 }
