@@ -16,7 +16,7 @@ use common::cluster::{have_corosync, power_offs, AgreedOp, Bed, WAIT};
 use common::process::text;
 use hw_tests::cluster::ClusterSpec;
 use hw_tests::lab::node::PowerEvent;
-use hw_tests::lab::EventKind;
+use hw_tests::lab::{BmcHandle, EventKind};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
