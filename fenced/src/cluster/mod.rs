@@ -256,13 +256,13 @@ impl Cluster {
                     member: None,
                     quorate: false,
                     lost: None,
-                    next_claim: 1,
+                    next_claim: first_number(std::time::SystemTime::now()),
                     decisions: HashMap::new(),
                     local_ids: HashMap::new(),
                     remote_ids: BTreeMap::new(),
                     next_remote: REMOTE_ID_BASE,
                     confirms: HashMap::new(),
-                    next_confirm: 1,
+                    next_confirm: first_number(std::time::SystemTime::now()),
                 }),
                 version,
                 copies,
@@ -1014,6 +1014,24 @@ fn confirmation_copy(r: &state::Record) -> Option<Operation> {
     })
 }
 
+/// The first claim (and confirmation) number of this fenced process: the wall clock in
+/// microseconds, so that every life of a member numbers its operations above its earlier lives.
+///
+/// Why not 1: an operation's key is (Corosync node id, pid, number), and a restarted fenced can
+/// get its old pid back (PID 1 of a container; a fresh PID namespace, as the lab's power-on makes;
+/// pid wrap). Numbers that restarted at 1 gave new operations the keys of the last life's, and
+/// every member that already held a record under such a key took the new operation for a copy it
+/// had (the five-node chaos test found a rejoined member missing six succeeded operations). The
+/// clock holds as long as it does not step back across a restart by more than the time between
+/// them (a board without a real-time clock keeps its time across reboots with fake-hwclock or
+/// systemd-timesyncd's saved clock, both in Debian); at one claim per microsecond a life would
+/// have to claim for longer than it lived to reach the next life's numbers.
+fn first_number(now: std::time::SystemTime) -> u64 {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .max(1)
+}
+
 /// This member's history record of a finished cluster operation: the cluster's view of it
 /// (the executor's attempts and outcome, the cluster's phase), tagged with the cluster
 /// operation, its origin and its executor; the id is given when it is stored.
@@ -1119,5 +1137,36 @@ fn remote_operation(id: u64, op: &ClusterOp, caller: Caller, created: Millis) ->
         outcome,
         // The executor's record names the cluster operation; a copy is tagged by its caller.
         cluster: base.and_then(|b| b.cluster),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_number;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A fenced restarted with its old pid must not reuse the last life's operation keys: a
+    /// later life starts above every number the earlier one could have claimed at up to one
+    /// claim per microsecond, and never at 0 (the keys start at 1 before 1970 too).
+    #[test]
+    fn a_later_life_numbers_its_operations_above_an_earlier_lifes() {
+        let first_life = UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let lived = Duration::from_secs(3600);
+        let claimed = u64::try_from(lived.as_micros()).unwrap();
+        for gap in [
+            Duration::from_micros(1),
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        ] {
+            let start = first_number(first_life);
+            let next_life = first_number(first_life + lived + gap);
+            assert!(
+                next_life > start + claimed - 1,
+                "a life {gap:?} after the last ended starts at {next_life}, inside the last life's numbers {start}..{}",
+                start + claimed
+            );
+        }
+        assert_eq!(first_number(UNIX_EPOCH), 1);
+        assert_eq!(first_number(UNIX_EPOCH - Duration::from_secs(5)), 1);
     }
 }
